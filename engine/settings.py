@@ -1,0 +1,181 @@
+"""The job's settings as typed, immutable values.
+
+`config_file.py` turns TOML into these; the engine only ever sees these.
+Every field has the default a new user would want, so an empty table is a
+valid table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+
+InputFormat = Literal["auto", "text", "csv", "jsonl", "documents"]
+
+
+@dataclass(frozen=True, slots=True)
+class KeySettings:
+    """One API key: where its secret lives and what it may use.
+
+    `env` names an environment variable; the secret itself is never part of
+    the settings, so it can't leak into the store, a preset file or a log.
+    `rpm`/`tpm` of None mean "unknown": the engine learns them from the
+    provider's `x-ratelimit-limit-*` headers and from 429s.
+    """
+
+    env: str
+    alias: str = ""
+    rpm: int | None = None
+    tpm: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSettings:
+    """An OpenAI-compatible endpoint and the keys that may call it."""
+
+    name: str
+    base_url: str
+    model: str
+    keys: tuple[KeySettings, ...] = ()
+    price_input_per_m: float = 0.0
+    price_output_per_m: float = 0.0
+    request_timeout_s: float | None = None  # None: the preset's timeout applies
+    max_output_tokens: int = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class PromptSettings:
+    """How a batch of chunks becomes a chat request.
+
+    `user` is a template with `{chunks}` (the `[id=<id>] <text>` lines) and
+    `{shape}` (the JSON shape expected back).  Bumping `version` makes every
+    chunk eligible again: results are keyed by chunk id + prompt version +
+    model.
+    """
+
+    system: str = (
+        "You extract structured facts from text. Answer with one JSON object only."
+    )
+    user: str = (
+        "For every chunk below, return one entry in \"results\" with the chunk's id.\n"
+        "Answer with JSON of this shape: {shape}\n\n{chunks}"
+    )
+    shape: str = '{"results": [{"id": "<chunk id>", "summary": "<one sentence>"}]}'
+    version: str = "1"
+    temperature: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Preset:
+    """The knobs an operator switches between mid-run."""
+
+    name: str = "default"
+    concurrency: int = 16
+    batch_size: int = 5
+    max_retries: int = 5
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 30.0
+    request_timeout_s: float = 60.0
+    batch_delay_s: float = 0.0
+    adaptive_concurrency: bool = True
+    memory_soft_mb: int = 1536
+    memory_hard_mb: int = 2048
+
+    def with_values(self, **changes: Any) -> Preset:
+        """A copy with some fields changed (used by `--set preset.x=…`)."""
+        return replace(self, **changes)
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+
+BUILTIN_PRESETS: dict[str, Preset] = {
+    "conservative": Preset(
+        name="conservative",
+        concurrency=4,
+        batch_size=5,
+        max_retries=6,
+        backoff_base_s=1.0,
+        backoff_max_s=60.0,
+        request_timeout_s=90.0,
+        batch_delay_s=0.25,
+        adaptive_concurrency=True,
+        memory_soft_mb=1024,
+        memory_hard_mb=1536,
+    ),
+    "aggressive": Preset(
+        name="aggressive",
+        concurrency=64,
+        batch_size=10,
+        max_retries=4,
+        backoff_base_s=0.25,
+        backoff_max_s=20.0,
+        request_timeout_s=60.0,
+        batch_delay_s=0.0,
+        adaptive_concurrency=True,
+        memory_soft_mb=1536,
+        memory_hard_mb=2048,
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class JobSettings:
+    """What to process and where to keep the results."""
+
+    name: str = "job"
+    input: str = ""  # a file, a directory, or a glob
+    input_format: InputFormat = "auto"
+    text_field: str = "text"  # csv/jsonl: the column/key holding the text
+    id_field: str = ""  # csv/jsonl: optional column/key naming each record
+    store: str = "crawldeck.db"
+    chunk_tokens: int = 800
+    chunk_overlap_tokens: int = 80
+
+
+@dataclass(frozen=True, slots=True)
+class SimulatorSettings:
+    """The bundled provider simulator, started by `run` when `autostart`.
+
+    Keys whose environment variable is unset get a throwaway per-run secret
+    that only this simulator knows, so the demo needs no real key.
+    """
+
+    autostart: bool = False
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: any free port; providers' base_url is rewritten to it
+    latency_s: tuple[float, float] = (0.5, 2.0)
+    seconds_per_output_token: float = 0.0005
+    fault_5xx: float = 0.0
+    fault_reset: float = 0.0
+    fault_hang: float = 0.0
+    fault_malformed: float = 0.0
+    limit_scale: float = 1.0  # real limits = configured limits × this
+    seed: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    """Engine internals that rarely need changing."""
+
+    snapshot_events: int = 200  # how many recent events a snapshot carries
+    store_batch_rows: int = 500
+    store_batch_ms: int = 200
+    memory_sample_s: float = 1.0
+    queue_size: int = 1024  # bound of each queue between stages
+
+
+@dataclass(frozen=True, slots=True)
+class JobConfig:
+    """Everything a run needs, resolved: defaults < file < preset < flags."""
+
+    job: JobSettings = field(default_factory=JobSettings)
+    providers: tuple[ProviderSettings, ...] = ()
+    prompt: PromptSettings = field(default_factory=PromptSettings)
+    presets: dict[str, Preset] = field(default_factory=lambda: dict(BUILTIN_PRESETS))
+    preset: Preset = field(default_factory=lambda: BUILTIN_PRESETS["conservative"])
+    simulator: SimulatorSettings = field(default_factory=SimulatorSettings)
+    engine: EngineSettings = field(default_factory=EngineSettings)
+    source: Path | None = None  # the TOML file this came from, for messages
