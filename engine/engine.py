@@ -1,0 +1,797 @@
+"""The pipeline: read → chunk → skip done → batch → dispatch → parse → store.
+
+One `asyncio.TaskGroup` owns every stage; bounded queues join them, so a
+slow stage pushes back on the one before it instead of filling memory.
+The public surface is small: `run()`, `snapshot()`, and the controls
+(`set_concurrency`, `apply_preset`, `pause`, `resume`, `drain`, `stop`).
+Controls only flip state and wake the stages; their effect shows in the
+next snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
+
+from engine.adaptive_concurrency import AdaptiveConcurrency
+from engine.chunking import iter_chunks
+from engine.concurrency_limit import ConcurrencyLimit
+from engine.config_file import effective_settings
+from engine.events import EventBus, EventKind
+from engine.inputs import iter_documents
+from engine.key_pool import KeyPool, KeyState, NoUsableKeyError
+from engine.memory_guard import MemoryGuard, MemoryState
+from engine.prompt import AnswerShapeError, build_messages, estimate_prompt_tokens, parse_answer
+from engine.provider_client import (
+    RETRYABLE,
+    CallFailure,
+    CallResult,
+    FailureKind,
+    ProviderClients,
+)
+from engine.rate_limiter import KeyBudget, RateHeaders, parse_retry_after
+from engine.records import Chunk
+from engine.run_stats import RunStats
+from engine.settings import JobConfig, Preset
+from engine.snapshot import (
+    Counts,
+    JobState,
+    KeySnapshot,
+    MemorySnapshot,
+    QueueDepths,
+    Snapshot,
+)
+from engine.store import FailureRow, ResultRow, Store
+from engine.work_queue import Batch, InProcessWorkQueue, WorkQueue
+
+Clock = Callable[[], float]
+_READ_BLOCK = 256  # chunks handed from the reading thread per hop
+
+
+def mask_secret(secret: str) -> str:
+    """What may be shown of a key: a hint of its kind and its last four characters."""
+    if len(secret) <= 8:
+        return "…" * 3
+    prefix = secret[:3] if secret.startswith("sk-") else ""
+    return f"{prefix}…{secret[-4:]}"
+
+
+class Engine:
+    """One job's run.  Create it, `await run()`, and read `snapshot()` meanwhile."""
+
+    def __init__(
+        self,
+        config: JobConfig,
+        secrets: Mapping[str, str],
+        *,
+        base_urls: Mapping[str, str] | None = None,
+        clock: Clock = time.monotonic,
+        read_rss: Callable[[], int] | None = None,
+    ) -> None:
+        """`secrets` maps key ids (`provider/alias`) to secrets; `base_urls`
+        optionally overrides providers' base URLs (the bundled simulator)."""
+        self.config = config
+        self._clock = clock
+        self._started = clock()
+        self._started_wall = time.time()
+        self.events = EventBus(keep=config.engine.snapshot_events)
+        self.stats = RunStats()
+        self._preset = config.preset
+        self._state = JobState.STARTING
+        self._concurrency = ConcurrencyLimit(config.preset.concurrency)
+        self._adaptive = AdaptiveConcurrency(config.preset.concurrency, clock())
+        self._queue: WorkQueue = InProcessWorkQueue(max(4, config.engine.queue_size // 8), clock)
+        self._blocks: asyncio.Queue[list[Chunk] | None] = asyncio.Queue(maxsize=8)
+        self._clients = ProviderClients()
+        keys: list[KeyState] = []
+        self._masked: dict[str, str] = {}
+        for provider in config.providers:
+            url = (base_urls or {}).get(provider.name, provider.base_url)
+            for key in provider.keys:
+                key_id = f"{provider.name}/{key.alias}"
+                secret = secrets[key_id]
+                self._masked[key_id] = mask_secret(secret)
+                self._clients.add_key(key_id, secret, url)
+                keys.append(
+                    KeyState(key_id, key.alias, provider, KeyBudget(key.rpm, key.tpm, clock), clock)
+                )
+        self._keys = KeyPool(keys, clock)
+        self._memory = MemoryGuard(
+            config.preset.memory_soft_mb,
+            config.preset.memory_hard_mb,
+            on_change=self._on_memory_change,
+            interval_s=config.engine.memory_sample_s,
+            **({"read_rss": read_rss} if read_rss else {}),
+        )
+        self._running = asyncio.Event()  # cleared while paused
+        self._running.set()
+        self._memory_ok = asyncio.Event()  # cleared while above the soft limit
+        self._memory_ok.set()
+        self._finished = asyncio.Event()
+        self._input_done = False
+        self._outstanding = 0  # batches made and not yet resolved
+        self._in_flight_chunks = 0
+        self._seen_ids: set[int] = set()
+        self._store: Store | None = None
+        self._run_id = 0
+        self._admission: asyncio.Task[None] | None = None
+        self._sends: set[asyncio.Task[None]] = set()
+        self._stop_requested = False
+        self._saturated = False
+        self._fatal: str = ""
+        self._rng = random.Random()
+        self._store_depth = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # ------------------------------------------------------------------ public
+    async def run(self) -> JobState:
+        """Run the job to its end (or until drained/stopped); returns the final state."""
+        cfg = self.config
+        self._loop = asyncio.get_running_loop()
+        self._store = store = await Store.open(
+            cfg.job.store, batch_rows=cfg.engine.store_batch_rows, batch_ms=cfg.engine.store_batch_ms
+        )
+        self.events.subscribe(self._persist_event)
+        try:
+            self._run_id = await store.begin_run(cfg.job.name, effective_settings(cfg))
+            self._state = JobState.RUNNING
+            self.events.emit(
+                EventKind.JOB_STARTED,
+                f"job {cfg.job.name} started with preset {self._preset.name}",
+                preset=self._preset.name,
+                concurrency=self._concurrency.limit,
+            )
+            async with asyncio.TaskGroup() as tg:
+                writer = tg.create_task(store.run_writer(), name="store-writer")
+                helpers = [
+                    tg.create_task(self._tick(), name="ticker"),
+                    tg.create_task(self._memory.run(), name="memory-guard"),
+                    tg.create_task(self._count_total(), name="census"),
+                ]
+                stages = [
+                    tg.create_task(self._read(), name="reader"),
+                    tg.create_task(self._batch(), name="batcher"),
+                    tg.create_task(self._dispatch(), name="dispatcher"),
+                ]
+                await self._finished.wait()
+                for task in stages + helpers:
+                    task.cancel()
+                await asyncio.gather(*stages, *helpers, return_exceptions=True)
+                self.stats.tick(self._clock())
+                self._state = self._final_state()
+                self.events.emit(
+                    EventKind.JOB_FINISHED,
+                    self.summary_line(),
+                    done=self.stats.done,
+                    failed=self.stats.failed,
+                    skipped=self.stats.skipped,
+                    state=str(self._state),
+                )
+                await store.end_run(self._run_id, str(self._state), self._summary())
+                await store.close_writer()
+                await writer
+        except BaseException:
+            if self._state not in (JobState.DONE, JobState.STOPPED):
+                self._state = JobState.FAILED
+            raise
+        finally:
+            await self._clients.aclose()
+            await store.close()
+        return self._state
+
+    def snapshot(self) -> Snapshot:
+        """The state of the run right now, as an immutable value."""
+        s = self.stats
+        remaining = None if s.total is None else max(0, s.total - s.finished)
+        eta, low, high = s.eta(remaining)
+        keys = tuple(self._key_snapshot(k) for k in self._keys.keys)
+        projected = None
+        if s.total is not None and s.done + s.failed > 0:
+            projected = s.cost_usd / (s.done + s.failed) * (s.total - s.skipped - s.cached)
+        pending = max(0, s.seen - s.finished - self._in_flight_chunks)
+        return Snapshot(
+            job_name=self.config.job.name,
+            state=self._state,
+            taken_at=time.time(),
+            elapsed_s=self._clock() - self._started,
+            counts=Counts(
+                total=s.total,
+                seen=s.seen,
+                pending=pending,
+                in_flight=self._in_flight_chunks,
+                done=s.done,
+                failed=s.failed,
+                skipped=s.skipped,
+                cached=s.cached,
+            ),
+            items_per_min=s.items_per_min,
+            requests_per_min=s.requests_per_min,
+            tokens_per_s=s.tokens_per_s,
+            eta_s=eta,
+            eta_low_s=low,
+            eta_high_s=high,
+            latency_p50_s=s.p50,
+            latency_p95_s=s.p95,
+            latency_p99_s=s.p99,
+            requests=s.requests,
+            rate_limited=s.rate_limited,
+            errors_by_kind=tuple(sorted(s.errors_by_kind.items())),
+            errors_by_key=tuple(sorted(s.errors_by_key.items())),
+            keys=keys,
+            concurrency=self._concurrency.limit,
+            in_flight_requests=self._concurrency.in_use,
+            preset=self._preset,
+            memory=MemorySnapshot(
+                rss_bytes=self._memory.rss_bytes,
+                soft_bytes=self._memory.soft_bytes,
+                hard_bytes=self._memory.hard_bytes,
+                limit_bytes=self._memory.limit_bytes,
+                state=str(self._memory.state),
+            ),
+            cost_usd=s.cost_usd,
+            cost_projected_usd=projected,
+            queues=QueueDepths(
+                chunks=self._blocks.qsize() * _READ_BLOCK,
+                batches=self._queue.fresh_count,
+                retries=self._queue.retry_count,
+                store=self._store_depth,
+            ),
+            throughput_history=tuple(s.throughput_history),
+            latency_history=tuple(s.latency_history),
+            error_rate_history=tuple(s.error_rate_history),
+            events=self.events.recent(),
+        )
+
+    # controls -----------------------------------------------------------
+    def set_concurrency(self, value: int) -> None:
+        """Set the maximum number of requests in flight, effective at once."""
+        value = max(1, int(value))
+        old = self._concurrency.limit
+        self._preset = replace(self._preset, concurrency=value)
+        self._adaptive.set_ceiling(value, self._clock())
+        self._concurrency.set_limit(value)
+        self.events.emit(
+            EventKind.CONCURRENCY_CHANGED, f"concurrency {old} → {value}", old=old, new=value
+        )
+
+    def apply_preset(self, preset: Preset | str) -> None:
+        """Switch to a preset (a name known to the job, or a `Preset` value) mid-run."""
+        if isinstance(preset, str):
+            if preset not in self.config.presets:
+                known = ", ".join(sorted(self.config.presets))
+                raise KeyError(f"unknown preset {preset!r} (known: {known})")
+            preset = self.config.presets[preset]
+        old = self._preset.name
+        self._preset = preset
+        self._adaptive.set_ceiling(preset.concurrency, self._clock())
+        self._concurrency.set_limit(preset.concurrency)
+        self._memory.set_limits(preset.memory_soft_mb, preset.memory_hard_mb)
+        self.events.emit(
+            EventKind.PRESET_CHANGED,
+            f"preset {old} → {preset.name} (concurrency {preset.concurrency}, "
+            f"batch {preset.batch_size})",
+            old=old,
+            new=preset.name,
+            concurrency=preset.concurrency,
+            batch_size=preset.batch_size,
+        )
+
+    def pause(self) -> None:
+        """Stop admitting requests; in-flight ones finish and are stored."""
+        if self._state == JobState.RUNNING:
+            self._running.clear()
+            self._state = JobState.PAUSED
+            self.events.emit(EventKind.PAUSED, "paused: no new requests until resumed")
+
+    def resume(self) -> None:
+        if self._state == JobState.PAUSED:
+            self._running.set()
+            self._state = JobState.RUNNING
+            self.events.emit(EventKind.RESUMED, "resumed")
+
+    def drain(self) -> None:
+        """Finish what is in flight, store it, then stop; the rest stays pending."""
+        if self._state in (JobState.RUNNING, JobState.PAUSED, JobState.STARTING):
+            self._state = JobState.DRAINING
+            self._running.set()
+            self.events.emit(
+                EventKind.DRAINING, f"draining: finishing {self._concurrency.in_use} in flight"
+            )
+            if self._admission is not None:
+                self._admission.cancel()
+
+    def stop(self) -> None:
+        """Stop now: in-flight requests are abandoned and their chunks stay pending."""
+        if self._state in (JobState.DONE, JobState.STOPPED, JobState.FAILED):
+            return
+        self._stop_requested = True
+        self._state = JobState.STOPPING
+        self._running.set()
+        self.events.emit(
+            EventKind.STOPPING, f"stopping now: {self._in_flight_chunks} chunks back to pending"
+        )
+        if self._admission is not None:
+            self._admission.cancel()
+        for task in tuple(self._sends):
+            task.cancel()
+
+    def summary_line(self) -> str:
+        s = self.stats
+        elapsed = self._clock() - self._started
+        return (
+            f"{self.config.job.name}: {s.done} done, {s.failed} failed, {s.skipped} skipped, "
+            f"{s.cached} duplicates, {s.requests} requests ({s.rate_limited} rate-limited) "
+            f"in {elapsed:.1f}s, cost ${s.cost_usd:.4f}"
+        )
+
+    # ------------------------------------------------------------------ stages
+    def _documents_chunks(self) -> Iterator[Chunk]:
+        job = self.config.job
+        docs = iter_documents(job, on_bad_record=self._bad_record)
+        return iter_chunks(docs, job.chunk_tokens, job.chunk_overlap_tokens)
+
+    def _bad_record(self, message: str) -> None:
+        # Called from the reading thread: hop to the loop before touching the bus.
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(
+                lambda: self.events.emit(EventKind.WARNING, f"skipped input record: {message}")
+            )
+
+    async def _read(self) -> None:
+        """Reading and chunking run in a thread, a block at a time."""
+        try:
+            chunks = self._documents_chunks()
+
+            def next_block() -> list[Chunk]:
+                return list(itertools.islice(chunks, _READ_BLOCK))
+
+            while True:
+                await self._memory_ok.wait()  # above the soft limit: take no new input
+                block = await asyncio.to_thread(next_block)
+                if not block:
+                    break
+                await self._blocks.put(block)
+        except (OSError, ValueError) as exc:
+            self._fatal = f"input: {exc}"
+            self.events.emit(EventKind.WARNING, f"cannot read input: {exc}")
+        finally:
+            await self._blocks.put(None)
+
+    async def _count_total(self) -> None:
+        """Count every chunk up front (in a thread) so progress and ETA have a total."""
+        job = self.config.job
+
+        def count() -> int:
+            docs = iter_documents(job, on_bad_record=lambda _message: None)
+            return sum(1 for _ in iter_chunks(docs, job.chunk_tokens, job.chunk_overlap_tokens))
+
+        try:
+            total = await asyncio.to_thread(count)
+        except (OSError, ValueError):
+            return
+        if self.stats.total is None:
+            self.stats.total = total
+
+    async def _batch(self) -> None:
+        """Skip what is done, group the rest into batches, queue them."""
+        assert self._store is not None
+        cfg = self.config
+        # A result from any of the job's models counts as done.
+        models = sorted({p.model for p in cfg.providers})
+        pending: list[Chunk] = []
+        while True:
+            block = await self._blocks.get()
+            if block is None:
+                break
+            self.stats.seen += len(block)
+            fresh: list[Chunk] = []
+            for chunk in block:
+                as_int = int(chunk.id, 16)
+                if as_int in self._seen_ids:
+                    self.stats.cached += 1  # the same text again: one result serves both
+                else:
+                    self._seen_ids.add(as_int)
+                    fresh.append(chunk)
+            ids = [c.id for c in fresh]
+            done: set[str] = set()
+            for model in models:
+                done |= await self._store.done_ids(ids, cfg.prompt.version, model)
+            self.stats.skipped += len(done)
+            pending.extend(c for c in fresh if c.id not in done)
+            while len(pending) >= self._preset.batch_size:
+                size = self._preset.batch_size
+                await self._enqueue(pending[:size])
+                del pending[:size]
+        if pending:
+            await self._enqueue(pending)
+        if self.stats.total is None or self.stats.total != self.stats.seen:
+            self.stats.total = self.stats.seen  # the reader is the final word
+        self._input_done = True
+        self._maybe_finish()
+
+    async def _enqueue(self, chunks: Sequence[Chunk]) -> None:
+        batch = Batch(tuple(chunks))
+        self._outstanding += 1
+        await self._queue.put(batch)
+
+    def _maybe_finish(self) -> None:
+        if self._input_done and self._outstanding == 0:
+            self._queue.close()
+
+    async def _dispatch(self) -> None:
+        """Admission: one loop hands batches to keys as budgets allow."""
+        try:
+            async with asyncio.TaskGroup() as sends:
+                self._admission = sends.create_task(self._admit(sends), name="admission")
+        finally:
+            self._finished.set()
+
+    async def _admit(self, sends: asyncio.TaskGroup) -> None:
+        while True:
+            batch = await self._queue.get()
+            if batch is None:
+                return
+            try:
+                await self._running.wait()
+                await self._memory.wait_below_hard()
+                if self._concurrency.in_use >= self._concurrency.limit:
+                    self._saturated = True
+                await self._concurrency.acquire()
+            except asyncio.CancelledError:
+                self._queue.put_retry(batch)
+                raise
+            try:
+                messages = build_messages(self.config.prompt, batch.chunks)
+                estimate = estimate_prompt_tokens(messages) + self._output_estimate(len(batch.chunks))
+                key = await self._keys.acquire(estimate)
+            except asyncio.CancelledError:
+                self._concurrency.release()
+                self._queue.put_retry(batch)
+                raise
+            except NoUsableKeyError:
+                self._concurrency.release()
+                self._queue.put_retry(batch)
+                self._fatal = "every API key is disabled"
+                self.events.emit(EventKind.WARNING, "every API key is disabled: stopping")
+                self.stop()
+                return
+            self._in_flight_chunks += len(batch.chunks)
+            key.in_flight += 1
+            task = sends.create_task(self._send(batch, key, messages, estimate))
+            self._sends.add(task)
+            task.add_done_callback(self._sends.discard)
+            if self._preset.batch_delay_s > 0:
+                await asyncio.sleep(self._preset.batch_delay_s)
+
+    def _output_estimate(self, n_chunks: int) -> int:
+        # Learned from the answers so far: the mean output per chunk with a margin.
+        s = self.stats
+        per_chunk = s.tokens_out / s.chunks_answered if s.chunks_answered else 150.0
+        return int(per_chunk * 1.2 * n_chunks) + 16
+
+    async def _send(
+        self, batch: Batch, key: KeyState, messages: list[dict[str, str]], estimate: int
+    ) -> None:
+        provider = key.provider
+        timeout = provider.request_timeout_s or self._preset.request_timeout_s
+        try:
+            outcome = await self._clients.chat(
+                key.key_id, provider.model, messages, timeout, self.config.prompt.temperature
+            )
+        except asyncio.CancelledError:
+            key.budget.release(estimate)  # stop now: the chunks stay pending
+            raise
+        finally:
+            key.in_flight -= 1
+            self._in_flight_chunks -= len(batch.chunks)
+            self._concurrency.release()
+        key.requests += 1
+        self.stats.requests += 1
+        if isinstance(outcome, CallResult):
+            await self._on_answer(batch, key, outcome, estimate)
+        else:
+            await self._on_failure(batch, key, outcome, estimate)
+        self._keys.notify()
+
+    async def _on_answer(
+        self, batch: Batch, key: KeyState, result: CallResult, estimate: int
+    ) -> None:
+        used = result.prompt_tokens + result.completion_tokens
+        key.budget.reconcile(estimate, used)
+        self._sync_headers(key, result.headers)
+        key.record_usage(used)
+        s = self.stats
+        s.tokens += used
+        s.record_latency(result.latency_s)
+        self._adaptive.record(self._clock(), False)
+        provider = key.provider
+        cost = (
+            result.prompt_tokens * provider.price_input_per_m
+            + result.completion_tokens * provider.price_output_per_m
+        ) / 1e6
+        s.cost_usd += cost
+        try:
+            parsed = parse_answer(result.content, batch.ids)
+        except AnswerShapeError as exc:
+            await self._retry_or_fail(batch, key, FailureKind.MALFORMED, str(exc))
+            return
+        s.tokens_out += result.completion_tokens
+        s.chunks_answered += len(parsed.results)
+        share = cost / max(1, len(batch.chunks))
+        assert self._store is not None
+        version, model = self.config.prompt.version, provider.model
+        for chunk in batch.chunks:
+            entry = parsed.results.get(chunk.id)
+            if entry is None:
+                continue
+            await self._store.put_result(
+                ResultRow(
+                    chunk_id=chunk.id,
+                    prompt_version=version,
+                    model=model,
+                    source=chunk.source,
+                    seq=chunk.seq,
+                    text=chunk.text,
+                    result_json=json.dumps(entry, ensure_ascii=False),
+                    provider=provider.name,
+                    key_alias=key.alias,
+                    input_tokens=result.prompt_tokens // max(1, len(batch.chunks)),
+                    output_tokens=result.completion_tokens // max(1, len(batch.chunks)),
+                    latency_ms=result.latency_s * 1000.0,
+                    cost=share,
+                    run_id=self._run_id,
+                )
+            )
+            s.done += 1
+        if parsed.missing:
+            # Each left-out chunk is retried on its own; that counts as a failed attempt.
+            by_id = {c.id: c for c in batch.chunks}
+            for missing_id in parsed.missing:
+                single = Batch((by_id[missing_id],), attempt=batch.attempt)
+                self._outstanding += 1
+                await self._retry_or_fail(
+                    single, key, FailureKind.MALFORMED, "answer left this chunk out", count=False
+                )
+        self._resolve(batch)
+
+    def _sync_headers(self, key: KeyState, headers: Mapping[str, str]) -> None:
+        if not headers:
+            return
+        learned = key.budget.sync(RateHeaders.parse(headers))
+        if learned:
+            which, old, new = learned
+            self.events.emit(
+                EventKind.LIMIT_LEARNED,
+                f"{key.key_id}: {which} limit {old:g} → {new:g} (from the provider's headers)",
+                key=key.key_id,
+                which=which,
+                old=old,
+                new=new,
+            )
+
+    async def _on_failure(
+        self, batch: Batch, key: KeyState, failure: CallFailure, estimate: int
+    ) -> None:
+        s = self.stats
+        s.errors_by_kind[str(failure.kind)] += 1
+        s.errors_by_key[key.key_id] += 1
+        key.errors += 1
+        self._sync_headers(key, failure.headers)
+        now = self._clock()
+        if failure.kind is FailureKind.RATE_LIMITED:
+            s.rate_limited += 1
+            key.rate_limited += 1
+            self._adaptive.record(now, True)
+            key.budget.release(estimate)
+            wait = parse_retry_after(failure.headers)
+            if wait is None:
+                wait = self._backoff(1)
+            key.cooldown_until = max(key.cooldown_until, now + wait)
+            lowered = key.budget.on_rate_limited(failure.rate_kind, key.sending_rpm())
+            self.events.emit(
+                EventKind.RATE_LIMITED,
+                f"429 on {key.key_id} ({failure.rate_kind}): cooling {wait:.2f}s, batch requeued",
+                key=key.key_id,
+                kind=failure.rate_kind,
+                retry_after_s=wait,
+            )
+            if lowered:
+                which, old, new = lowered
+                self.events.emit(
+                    EventKind.LIMIT_LEARNED,
+                    f"{key.key_id}: {which} limit {old:g} → {new:g} (from 429s)",
+                    key=key.key_id,
+                    which=which,
+                    old=old,
+                    new=new,
+                )
+            self._queue.put_retry(batch)
+            return
+        self._adaptive.record(now, False)
+        s.attempts_failed += 1
+        if failure.kind in (FailureKind.QUOTA, FailureKind.AUTH):
+            key.budget.release(estimate)
+            if key.usable:
+                key.disabled_reason = (
+                    "insufficient quota" if failure.kind is FailureKind.QUOTA else failure.message
+                )
+                self.events.emit(
+                    EventKind.KEY_DISABLED,
+                    f"{key.key_id} disabled: {key.disabled_reason}",
+                    key=key.key_id,
+                    reason=key.disabled_reason,
+                )
+            self._queue.put_retry(batch)
+            return
+        if failure.kind is FailureKind.BAD_REQUEST and len(batch.chunks) > 1:
+            # One bad chunk must not sink its batch-mates: try each alone.
+            for chunk in batch.chunks:
+                self._outstanding += 1
+                self._queue.put_retry(Batch((chunk,), attempt=batch.attempt + 1))
+            self._resolve(batch)
+            return
+        if failure.kind in RETRYABLE:
+            await self._retry_or_fail(batch, key, failure.kind, failure.message, count=False)
+            return
+        await self._fail(batch, f"{failure.kind}: {failure.message}")
+
+    async def _retry_or_fail(
+        self, batch: Batch, key: KeyState, kind: FailureKind, reason: str, count: bool = True
+    ) -> None:
+        if count:
+            self.stats.errors_by_kind[str(kind)] += 1
+            self.stats.errors_by_key[key.key_id] += 1
+            self.stats.attempts_failed += 1
+        batch.attempt += 1
+        batch.reasons.append(f"{kind}: {reason}")
+        if batch.attempt > self._preset.max_retries:
+            await self._fail(batch, f"{kind}: {reason} (after {batch.attempt} attempts)")
+            return
+        delay = self._backoff(batch.attempt)
+        if len(batch.chunks) == 1 or batch.attempt == 1:
+            self.events.emit(
+                EventKind.RETRY,
+                f"retry {batch.attempt}/{self._preset.max_retries} of {len(batch.chunks)} "
+                f"chunk(s) in {delay:.2f}s: {kind}: {reason}",
+                kind=str(kind),
+                attempt=batch.attempt,
+                delay_s=delay,
+            )
+        self._queue.put_retry(batch, delay)
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential backoff with full jitter."""
+        p = self._preset
+        return self._rng.uniform(0.0, min(p.backoff_max_s, p.backoff_base_s * 2 ** (attempt - 1)))
+
+    async def _fail(self, batch: Batch, reason: str) -> None:
+        assert self._store is not None
+        model = self.config.providers[0].model
+        for chunk in batch.chunks:
+            await self._store.put_failure(
+                FailureRow(
+                    chunk_id=chunk.id,
+                    prompt_version=self.config.prompt.version,
+                    model=model,
+                    source=chunk.source,
+                    seq=chunk.seq,
+                    text=chunk.text,
+                    reason=reason,
+                    attempts=batch.attempt,
+                    run_id=self._run_id,
+                )
+            )
+            self.stats.failed += 1
+        self.events.emit(
+            EventKind.CHUNK_FAILED,
+            f"{len(batch.chunks)} chunk(s) failed: {reason}",
+            chunks=len(batch.chunks),
+            reason=reason,
+        )
+        self._resolve(batch)
+
+    def _resolve(self, batch: Batch) -> None:
+        self._outstanding -= 1
+        self._maybe_finish()
+
+    # ------------------------------------------------------------------ helpers
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            now = self._clock()
+            self.stats.tick(now)
+            if self._preset.adaptive_concurrency and self._state == JobState.RUNNING:
+                new = self._adaptive.update(now, self._saturated)
+                if new is not None and new != self._concurrency.limit:
+                    old = self._concurrency.limit
+                    self._concurrency.set_limit(new)
+                    self.events.emit(
+                        EventKind.CONCURRENCY_CHANGED,
+                        f"adaptive concurrency {old} → {new}",
+                        old=old,
+                        new=new,
+                        adaptive=True,
+                    )
+            self._saturated = False
+            self._keys.notify()  # cooldowns may have ended; recovery may apply
+
+    def _on_memory_change(self, old: MemoryState, new: MemoryState, rss: int) -> None:
+        mb = rss / 2**20
+        if new is MemoryState.OK:
+            self._memory_ok.set()
+            self._concurrency.set_limit(self._adaptive.current)
+            self.events.emit(EventKind.MEMORY_OK, f"memory back to normal ({mb:.0f} MB)", rss=rss)
+        elif new is MemoryState.SOFT:
+            self._memory_ok.clear()
+            lowered = max(1, self._concurrency.limit // 2)
+            self._concurrency.set_limit(lowered)
+            self.events.emit(
+                EventKind.MEMORY_SOFT,
+                f"memory {mb:.0f} MB above the soft limit: input paused, concurrency {lowered}",
+                rss=rss,
+            )
+        else:
+            self._memory_ok.clear()
+            self.events.emit(
+                EventKind.MEMORY_HARD,
+                f"memory {mb:.0f} MB above the hard limit: no new requests until it falls",
+                rss=rss,
+            )
+
+    def _persist_event(self, event: object) -> None:
+        from engine.events import Event
+
+        if self._store is not None and isinstance(event, Event):
+            self._store.put_event_nowait(self._run_id, event)
+
+    def _key_snapshot(self, key: KeyState) -> KeySnapshot:
+        rpm_used, tpm_used = key.used_last_minute()
+        cooling = key.cooling_for()
+        state = "disabled" if not key.usable else ("cooling" if cooling > 0 else "ok")
+        return KeySnapshot(
+            key_id=key.key_id,
+            provider=key.provider.name,
+            alias=key.alias,
+            masked_secret=self._masked[key.key_id],
+            rpm_used=rpm_used,
+            rpm_limit=key.budget.limit_rpm,
+            tpm_used=tpm_used,
+            tpm_limit=key.budget.limit_tpm,
+            in_flight=key.in_flight,
+            requests=key.requests,
+            errors=key.errors,
+            rate_limited=key.rate_limited,
+            state=state,
+            cooldown_s=cooling,
+            disabled_reason=key.disabled_reason,
+        )
+
+    def _final_state(self) -> JobState:
+        s = self.stats
+        if self._fatal:
+            return JobState.FAILED
+        if self._stop_requested or self._state == JobState.DRAINING:
+            return JobState.STOPPED
+        if s.failed:
+            return JobState.FINISHED_WITH_FAILURES
+        return JobState.DONE
+
+    def _summary(self) -> dict[str, object]:
+        s = self.stats
+        return {
+            "done": s.done,
+            "failed": s.failed,
+            "skipped": s.skipped,
+            "cached": s.cached,
+            "requests": s.requests,
+            "rate_limited": s.rate_limited,
+            "tokens": s.tokens,
+            "cost_usd": s.cost_usd,
+            "elapsed_s": self._clock() - self._started,
+            "fatal": self._fatal,
+        }

@@ -1,0 +1,114 @@
+"""Status lines for SSH, nohup and systemd logs: one reader of the snapshot.
+
+Every few seconds one line (or one JSON object with `--json`), then the
+summary.  It only reads snapshots; it never computes a rate itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any, TextIO
+
+from engine.events import EventKind
+from engine.snapshot import Snapshot
+
+# Events worth a line of their own in a log (the rest are in the store).
+_LOUD = {
+    EventKind.KEY_DISABLED,
+    EventKind.LIMIT_LEARNED,
+    EventKind.MEMORY_SOFT,
+    EventKind.MEMORY_HARD,
+    EventKind.MEMORY_OK,
+    EventKind.PRESET_CHANGED,
+    EventKind.CONCURRENCY_CHANGED,
+    EventKind.PAUSED,
+    EventKind.RESUMED,
+    EventKind.DRAINING,
+    EventKind.STOPPING,
+    EventKind.WARNING,
+    EventKind.CHUNK_FAILED,
+}
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def status_line(snap: Snapshot) -> str:
+    c = snap.counts
+    total = "?" if c.total is None else str(c.total)
+    mem = snap.memory
+    mem_text = f"{mem.rss_bytes / 2**20:.0f}MB"
+    if mem.state != "ok":
+        mem_text += f" ({mem.state.upper()})"
+    eta = format_duration(snap.eta_s)
+    if snap.eta_low_s is not None and snap.eta_high_s is not None and snap.eta_s:
+        eta += f" [{format_duration(snap.eta_low_s)}–{format_duration(snap.eta_high_s)}]"
+    return (
+        f"[{snap.state}] {c.finished}/{total} "
+        f"(done {c.done}, failed {c.failed}, skipped {c.skipped}, in flight {c.in_flight}) "
+        f"{snap.items_per_min:.0f} items/min {snap.requests_per_min:.0f} req/min "
+        f"ETA {eta} 429s {snap.rate_limited} conc {snap.in_flight_requests}/{snap.concurrency} "
+        f"mem {mem_text} ${snap.cost_usd:.4f}"
+    )
+
+
+def snapshot_record(snap: Snapshot) -> dict[str, Any]:
+    """A JSON-able dict of a snapshot without the long histories."""
+    data = asdict(snap)
+    for heavy in ("throughput_history", "latency_history", "error_rate_history", "events"):
+        data.pop(heavy, None)
+    data["state"] = str(snap.state)
+    return data
+
+
+class HeadlessReporter:
+    """Prints the job's progress on a timer, and notable events as they happen."""
+
+    def __init__(
+        self,
+        take_snapshot: Callable[[], Snapshot],
+        interval_s: float = 5.0,
+        as_json: bool = False,
+        out: TextIO | None = None,
+    ) -> None:
+        self._take = take_snapshot
+        self._interval = interval_s
+        self._json = as_json
+        self._out = out or sys.stdout
+        self._last_event_ts = 0.0
+
+    def emit_once(self) -> None:
+        snap = self._take()
+        if self._json:
+            self._write(json.dumps({"type": "status", **snapshot_record(snap)}, default=str))
+        else:
+            for event in snap.events:
+                if event.ts > self._last_event_ts and event.kind in _LOUD:
+                    self._write(f"  · {event.kind}: {event.message}")
+            self._write(status_line(snap))
+        if snap.events:
+            self._last_event_ts = max(self._last_event_ts, snap.events[-1].ts)
+
+    async def run(self) -> None:
+        """Report until cancelled."""
+        while True:
+            await asyncio.sleep(self._interval)
+            self.emit_once()
+
+    def _write(self, line: str) -> None:
+        self._out.write(line + "\n")
+        self._out.flush()

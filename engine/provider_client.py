@@ -1,0 +1,177 @@
+"""Calling OpenAI-compatible providers through the official SDK.
+
+One `httpx2.AsyncClient` is the connection pool for every key; each key has
+its own `AsyncOpenAI` on top of it with `max_retries=0`, so every attempt
+passes our limiter (the SDK's own retries would bypass it and even retry
+`insufficient_quota`).  Closing a per-key client would close the shared
+pool, so only the shared client is closed, once.
+
+Every outcome becomes a `CallResult` or a `CallFailure` with a kind the
+dispatcher acts on; exceptions never escape a call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import httpx2
+import openai
+
+
+class FailureKind(StrEnum):
+    RATE_LIMITED = "rate_limited"  # 429: cool the key down, requeue, not a failed attempt
+    QUOTA = "insufficient_quota"  # the key is out of money: disable it
+    AUTH = "auth"  # 401/403: the key is wrong: disable it
+    SERVER = "server_error"  # 5xx
+    TIMEOUT = "timeout"
+    CONNECTION = "connection"  # resets, refused, protocol errors
+    MALFORMED = "malformed"  # a body that is not a chat completion
+    BAD_REQUEST = "bad_request"  # 4xx other than the above: retrying the same won't help
+
+
+RETRYABLE = {FailureKind.SERVER, FailureKind.TIMEOUT, FailureKind.CONNECTION, FailureKind.MALFORMED}
+
+
+@dataclass(frozen=True, slots=True)
+class CallResult:
+    content: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    headers: Mapping[str, str]
+    latency_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class CallFailure:
+    kind: FailureKind
+    message: str
+    headers: Mapping[str, str]
+    latency_s: float
+    rate_kind: str = "requests"  # for 429s: "requests" or "tokens"
+
+
+def _error_field(body: object, name: str) -> str:
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict):
+            value = err.get(name)
+            return str(value) if value is not None else ""
+    return ""
+
+
+def _headers_of(exc: openai.APIStatusError) -> Mapping[str, str]:
+    return {k.lower(): v for k, v in exc.response.headers.items()}
+
+
+def classify_status_error(exc: openai.APIStatusError, latency: float) -> CallFailure:
+    headers = _headers_of(exc)
+    code = _error_field(exc.body, "code")
+    err_type = _error_field(exc.body, "type")
+    message = _error_field(exc.body, "message") or str(exc)
+    status = exc.status_code
+    if status == 429:
+        if "insufficient_quota" in (code, err_type):
+            return CallFailure(FailureKind.QUOTA, message[:200], headers, latency)
+        rate_kind = "tokens" if err_type == "tokens" or "(TPM)" in message else "requests"
+        return CallFailure(FailureKind.RATE_LIMITED, message[:200], headers, latency, rate_kind)
+    if status in (401, 403):
+        return CallFailure(FailureKind.AUTH, f"HTTP {status}: {message[:160]}", headers, latency)
+    if status >= 500:
+        return CallFailure(FailureKind.SERVER, f"HTTP {status}: {message[:160]}", headers, latency)
+    if status in (408, 409):
+        return CallFailure(FailureKind.SERVER, f"HTTP {status}: {message[:160]}", headers, latency)
+    return CallFailure(FailureKind.BAD_REQUEST, f"HTTP {status}: {message[:160]}", headers, latency)
+
+
+class ProviderClients:
+    """The shared connection pool and one SDK client per key."""
+
+    def __init__(self, max_connections: int = 512) -> None:
+        # The SDK's default pool (1000/100 keep-alive) is fine, but we size it
+        # to the concurrency we can actually use and keep connections warm.
+        self._http = httpx2.AsyncClient(
+            limits=httpx2.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+            timeout=httpx2.Timeout(60.0, connect=10.0),
+        )
+        self._clients: dict[str, openai.AsyncOpenAI] = {}
+        self._closed = False
+
+    def add_key(self, key_id: str, secret: str, base_url: str) -> None:
+        self._clients[key_id] = openai.AsyncOpenAI(
+            api_key=secret, base_url=base_url, max_retries=0, http_client=self._http
+        )
+
+    async def chat(
+        self,
+        key_id: str,
+        model: str,
+        messages: list[dict[str, str]],
+        timeout_s: float,
+        temperature: float | None = None,
+    ) -> CallResult | CallFailure:
+        client = self._clients[key_id]
+        started = time.monotonic()
+        extra: dict[str, Any] = {}
+        if temperature is not None:
+            extra["temperature"] = temperature
+        try:
+            # The SDK's timeout covers each network phase; the outer one also
+            # catches a server that trickles bytes forever.
+            async with asyncio.timeout(timeout_s * 1.5 + 1.0):
+                raw = await client.chat.completions.with_raw_response.create(
+                    model=model,
+                    messages=messages,  # type: ignore[arg-type]
+                    timeout=timeout_s,
+                    **extra,
+                )
+                headers = {k.lower(): v for k, v in raw.headers.items()}
+                try:
+                    completion = raw.parse()
+                    content = completion.choices[0].message.content
+                    usage = completion.usage
+                except Exception as exc:  # the body is not a chat completion
+                    return CallFailure(
+                        FailureKind.MALFORMED,
+                        f"response body is not a chat completion ({type(exc).__name__})",
+                        headers,
+                        time.monotonic() - started,
+                    )
+        except openai.APITimeoutError:
+            return CallFailure(
+                FailureKind.TIMEOUT, f"timed out after {timeout_s:g}s", {}, time.monotonic() - started
+            )
+        except TimeoutError:
+            return CallFailure(
+                FailureKind.TIMEOUT, f"timed out after {timeout_s:g}s", {}, time.monotonic() - started
+            )
+        except openai.APIStatusError as exc:
+            return classify_status_error(exc, time.monotonic() - started)
+        except openai.APIConnectionError as exc:
+            cause = exc.__cause__ or exc
+            return CallFailure(
+                FailureKind.CONNECTION,
+                f"connection failed ({type(cause).__name__})",
+                {},
+                time.monotonic() - started,
+            )
+        except openai.APIError as exc:  # e.g. a response the SDK could not read at all
+            return CallFailure(
+                FailureKind.MALFORMED, f"unreadable response ({type(exc).__name__})", {},
+                time.monotonic() - started,
+            )
+        latency = time.monotonic() - started
+        prompt_tokens = usage.prompt_tokens if usage else 0
+        completion_tokens = usage.completion_tokens if usage else 0
+        return CallResult(content, prompt_tokens, completion_tokens, headers, latency)
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await self._http.aclose()

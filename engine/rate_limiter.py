@@ -1,0 +1,290 @@
+"""Per-key request and token budgets: reserve → reconcile → sync from headers.
+
+No limiter library can refund or adjust usage after a response, so this is
+a small dual token bucket.  Each bucket refills continuously at limit/60
+per second, like the providers' own limiters.  Admission may drive a bucket
+into debt (a request bigger than the burst still gets through once the
+bucket is full), which keeps the long-run rate exactly at the limit.
+
+The burst is deliberately short (a couple of seconds of the limit): some
+providers enforce a per-minute limit over shorter quanta, and a
+minute-sized burst would earn 429s there.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+Clock = Callable[[], float]
+
+BURST_SECONDS = 2.0
+# Below this many requests per minute a 2 s burst would be < 1 request.
+_MIN_CAPACITY = 1.0
+
+
+class TokenBucket:
+    """A continuously refilling bucket that may go into debt."""
+
+    __slots__ = ("_clock", "_level", "_stamp", "capacity", "rate")
+
+    def __init__(self, per_minute: float | None, clock: Clock) -> None:
+        self._clock = clock
+        self.rate = 0.0  # units per second; 0 with capacity inf means unlimited
+        self.capacity = math.inf
+        self._stamp = clock()
+        self._level = math.inf
+        self.set_limit(per_minute)
+
+    def set_limit(self, per_minute: float | None) -> None:
+        """Change the limit; None means unlimited (nothing known yet)."""
+        self._refill()
+        if per_minute is None:
+            self.rate, self.capacity, self._level = 0.0, math.inf, math.inf
+            return
+        self.rate = per_minute / 60.0
+        self.capacity = max(_MIN_CAPACITY, self.rate * BURST_SECONDS)
+        self._level = self.capacity if math.isinf(self._level) else min(self._level, self.capacity)
+
+    @property
+    def unlimited(self) -> bool:
+        return math.isinf(self.capacity)
+
+    def _refill(self) -> None:
+        now = self._clock()
+        if not math.isinf(self._level):
+            self._level = min(self.capacity, self._level + (now - self._stamp) * self.rate)
+        self._stamp = now
+
+    def level(self) -> float:
+        self._refill()
+        return self._level
+
+    def wait_for(self, amount: float) -> float:
+        """Seconds until `amount` can be admitted (0 if now)."""
+        if self.unlimited:
+            return 0.0
+        need = min(amount, self.capacity)
+        level = self.level()
+        if level >= need:
+            return 0.0
+        return (need - level) / self.rate if self.rate > 0 else math.inf
+
+    def take(self, amount: float) -> None:
+        self._refill()
+        if not self.unlimited:
+            self._level -= amount
+
+    def give_back(self, amount: float) -> None:
+        self._refill()
+        if not self.unlimited:
+            self._level = min(self.capacity, self._level + amount)
+
+    def clamp_to(self, level: float) -> None:
+        """Never let local headroom exceed what the provider says is left."""
+        self._refill()
+        if not self.unlimited and level < self._level:
+            self._level = level
+
+    def drain(self) -> None:
+        """The provider said we're at the limit: start from empty."""
+        self._refill()
+        if not self.unlimited:
+            self._level = min(self._level, 0.0)
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+
+
+def parse_reset(value: str | None) -> float | None:
+    """Seconds from an OpenAI-style duration (`"1s"`, `"6m0s"`, `"120ms"`, `"0.5"`)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    total, matched = 0.0, False
+    for number, unit in _DURATION_PART.findall(value):
+        matched = True
+        total += float(number) * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[unit]
+    return total if matched else None
+
+
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait from `retry-after-ms` (preferred, finer) or `retry-after`."""
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms:
+        try:
+            return max(0.0, float(raw_ms) / 1000.0)
+        except ValueError:
+            pass
+    raw = headers.get("retry-after")
+    if raw:
+        try:
+            return max(0.0, float(raw))
+        except ValueError:
+            return None  # an HTTP date: rare from LLM APIs; fall back to backoff
+    return None
+
+
+def _int_header(headers: Mapping[str, str], name: str) -> int | None:
+    raw = headers.get(name)
+    if raw is None:
+        return None
+    try:
+        return int(float(raw))
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class RateHeaders:
+    """What a response's `x-ratelimit-*` headers say (None: not sent)."""
+
+    limit_requests: int | None = None
+    limit_tokens: int | None = None
+    remaining_requests: int | None = None
+    remaining_tokens: int | None = None
+    reset_requests_s: float | None = None
+    reset_tokens_s: float | None = None
+
+    @classmethod
+    def parse(cls, headers: Mapping[str, str]) -> RateHeaders:
+        return cls(
+            limit_requests=_int_header(headers, "x-ratelimit-limit-requests"),
+            limit_tokens=_int_header(headers, "x-ratelimit-limit-tokens"),
+            remaining_requests=_int_header(headers, "x-ratelimit-remaining-requests"),
+            remaining_tokens=_int_header(headers, "x-ratelimit-remaining-tokens"),
+            reset_requests_s=parse_reset(headers.get("x-ratelimit-reset-requests")),
+            reset_tokens_s=parse_reset(headers.get("x-ratelimit-reset-tokens")),
+        )
+
+
+class KeyBudget:
+    """The request and token budget of one API key.
+
+    `configured_*` are what the job file says; `limit_*` are what is in
+    force: the configured values, lowered by what the provider's headers
+    report and by what 429s teach when there are no headers.
+    """
+
+    # After a 429 without limit headers, the limit drops to this share of
+    # the rate we were sending at; it creeps back up slowly while no 429s come.
+    BACKOFF_FACTOR = 0.85
+    RECOVERY_PER_MINUTE = 0.02
+    _RATE_WINDOW_S = 60.0
+
+    def __init__(self, rpm: int | None, tpm: int | None, clock: Clock = time.monotonic) -> None:
+        self._clock = clock
+        self.configured_rpm = rpm
+        self.configured_tpm = tpm
+        self.limit_rpm: float | None = rpm
+        self.limit_tpm: float | None = tpm
+        self._ceiling_rpm: float | None = None  # learned from 429s without headers
+        self._last_backoff = -math.inf
+        self._last_recovery = clock()
+        self.requests = TokenBucket(rpm, clock)
+        self.tokens = TokenBucket(tpm, clock)
+        self.header_limits_seen = False
+
+    # admission -----------------------------------------------------------
+    def wait_for(self, est_tokens: int) -> float:
+        """Seconds until a request of `est_tokens` fits both budgets."""
+        return max(self.requests.wait_for(1), self.tokens.wait_for(est_tokens))
+
+    def headroom(self) -> float:
+        """A 0..1 measure of free budget, for picking the emptiest key."""
+        shares = []
+        for bucket in (self.requests, self.tokens):
+            if not bucket.unlimited:
+                shares.append(max(0.0, bucket.level()) / bucket.capacity)
+        return min(shares) if shares else 1.0
+
+    def reserve(self, est_tokens: int) -> None:
+        self.requests.take(1)
+        self.tokens.take(est_tokens)
+
+    def reconcile(self, reserved_tokens: int, used_tokens: int) -> None:
+        """Settle a reservation with the real usage: refund or charge the difference."""
+        diff = reserved_tokens - used_tokens
+        if diff > 0:
+            self.tokens.give_back(diff)
+        elif diff < 0:
+            self.tokens.take(-diff)
+
+    def release(self, reserved_tokens: int) -> None:
+        """A request that never reached the provider gives its tokens back.
+
+        The request slot is not refunded: we cannot know whether the
+        provider counted it.
+        """
+        self.tokens.give_back(reserved_tokens)
+
+    # learning from the provider -----------------------------------------
+    def sync(self, headers: RateHeaders) -> tuple[str, float, float] | None:
+        """Tighten from headers; returns (which, old, new) when a limit was learned."""
+        learned = None
+        if headers.limit_requests:
+            self.header_limits_seen = True
+            if self.limit_rpm is None or headers.limit_requests < self.limit_rpm:
+                learned = ("rpm", self.limit_rpm or 0.0, float(headers.limit_requests))
+                self.limit_rpm = float(headers.limit_requests)
+                self.requests.set_limit(self.limit_rpm)
+        if headers.limit_tokens:
+            self.header_limits_seen = True
+            if self.limit_tpm is None or headers.limit_tokens < self.limit_tpm:
+                learned = learned or ("tpm", self.limit_tpm or 0.0, float(headers.limit_tokens))
+                self.limit_tpm = float(headers.limit_tokens)
+                self.tokens.set_limit(self.limit_tpm)
+        if headers.remaining_requests is not None:
+            self.requests.clamp_to(float(headers.remaining_requests))
+        if headers.remaining_tokens is not None:
+            self.tokens.clamp_to(float(headers.remaining_tokens))
+        return learned
+
+    def on_rate_limited(self, kind: str, sent_rpm: float) -> tuple[str, float, float] | None:
+        """A 429: empty the exhausted bucket; without header limits, lower the limit.
+
+        `sent_rpm` is the rate this key was actually sending at.  Returns
+        (which, old, new) when the limit was lowered.
+        """
+        bucket = self.tokens if kind == "tokens" else self.requests
+        bucket.drain()
+        if self.header_limits_seen:
+            return None  # the headers already told us the real limit
+        now = self._clock()
+        if now - self._last_backoff < 5.0:
+            return None  # one 429 storm is one lesson, not twenty
+        self._last_backoff = now
+        self._last_recovery = now
+        if kind == "tokens":
+            return None  # token limits without headers: the drain + backoff is enough
+        base = min(x for x in (self.limit_rpm, sent_rpm) if x) if (self.limit_rpm or sent_rpm) else 0
+        if not base:
+            return None
+        new = max(1.0, base * self.BACKOFF_FACTOR)
+        old = self.limit_rpm or 0.0
+        self.limit_rpm = new
+        self._ceiling_rpm = new
+        self.requests.set_limit(new)
+        self.requests.drain()
+        return ("rpm", old, new)
+
+    def recover(self) -> None:
+        """Creep a 429-learned limit back up towards the configured one."""
+        if self._ceiling_rpm is None or self.limit_rpm is None:
+            return
+        now = self._clock()
+        elapsed = now - self._last_recovery
+        if elapsed < 10.0:
+            return
+        self._last_recovery = now
+        target = self.configured_rpm or math.inf
+        grown = self.limit_rpm * (1.0 + self.RECOVERY_PER_MINUTE * elapsed / 60.0)
+        self.limit_rpm = min(target, grown)
+        self.requests.set_limit(self.limit_rpm)

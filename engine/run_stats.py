@@ -1,0 +1,121 @@
+"""Counters of a run, and the rates, latencies and ETA derived from them.
+
+Rates come from counter deltas on a one-second tick (as Scrapy's LogStats
+does), smoothed; percentiles are computed on the tick from a bounded
+window of recent latencies, so taking a snapshot costs almost nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+_HISTORY = 600  # seconds of per-second history kept for the charts
+_LATENCY_WINDOW = 2000
+
+
+@dataclass(slots=True)
+class RunStats:
+    """Mutable counters owned by the engine; read only through the engine's snapshot."""
+
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0
+    cached: int = 0
+    seen: int = 0
+    total: int | None = None
+    requests: int = 0
+    attempts_failed: int = 0
+    rate_limited: int = 0
+    tokens: int = 0
+    tokens_out: int = 0  # completion tokens of parsed answers
+    chunks_answered: int = 0
+    cost_usd: float = 0.0
+    errors_by_kind: Counter[str] = field(default_factory=Counter)
+    errors_by_key: Counter[str] = field(default_factory=Counter)
+    _latencies: deque[float] = field(default_factory=lambda: deque(maxlen=_LATENCY_WINDOW))
+    # derived on tick
+    items_per_min: float = 0.0
+    requests_per_min: float = 0.0
+    tokens_per_s: float = 0.0
+    items_per_min_low: float = 0.0
+    items_per_min_high: float = 0.0
+    p50: float | None = None
+    p95: float | None = None
+    p99: float | None = None
+    throughput_history: deque[float] = field(default_factory=lambda: deque(maxlen=_HISTORY))
+    latency_history: deque[float] = field(default_factory=lambda: deque(maxlen=_HISTORY))
+    error_rate_history: deque[float] = field(default_factory=lambda: deque(maxlen=_HISTORY))
+    _per_second_items: deque[int] = field(default_factory=lambda: deque(maxlen=60))
+    _last: tuple[float, int, int, int, int, int] | None = None
+    _ewma_items: float | None = None
+    _ewma_requests: float | None = None
+    _ewma_tokens: float | None = None
+
+    def record_latency(self, seconds: float) -> None:
+        self._latencies.append(seconds)
+
+    @property
+    def finished(self) -> int:
+        return self.done + self.failed + self.skipped + self.cached
+
+    def tick(self, now: float) -> None:
+        """Derive rates from the counters' change since the last tick."""
+        current = (now, self.done + self.failed, self.requests, self.tokens, self.attempts_failed,
+                   self.rate_limited)
+        if self._last is not None:
+            dt = now - self._last[0]
+            if dt > 0:
+                d_items = current[1] - self._last[1]
+                d_req = current[2] - self._last[2]
+                d_tok = current[3] - self._last[3]
+                d_fail = current[4] - self._last[4]
+                self._per_second_items.append(d_items)
+                # ~20 s smoothing: steady for the eye, quick enough for a preset switch.
+                alpha = 1.0 - math.exp(-dt / 20.0)
+                self._ewma_items = _ewma(self._ewma_items, d_items / dt * 60.0, alpha)
+                self._ewma_requests = _ewma(self._ewma_requests, d_req / dt * 60.0, alpha)
+                self._ewma_tokens = _ewma(self._ewma_tokens, d_tok / dt, alpha)
+                self.items_per_min = self._ewma_items
+                self.requests_per_min = self._ewma_requests
+                self.tokens_per_s = self._ewma_tokens
+                self._band()
+                self.throughput_history.append(d_items / dt * 60.0)
+                self.error_rate_history.append(d_fail / d_req if d_req else 0.0)
+        self._last = current
+        if self._latencies:
+            values = np.fromiter(self._latencies, dtype=np.float64, count=len(self._latencies))
+            p50, p95, p99 = np.percentile(values, (50, 95, 99))
+            self.p50, self.p95, self.p99 = float(p50), float(p95), float(p99)
+            self.latency_history.append(self.p50)
+
+    def _band(self) -> None:
+        # The band spans the rates seen over 10 s windows in the last minute.
+        samples = list(self._per_second_items)
+        if len(samples) < 10:
+            self.items_per_min_low = self.items_per_min_high = self.items_per_min
+            return
+        windows = [sum(samples[i : i + 10]) * 6.0 for i in range(0, len(samples) - 9, 5)]
+        self.items_per_min_low = min(min(windows), self.items_per_min)
+        self.items_per_min_high = max(max(windows), self.items_per_min)
+
+    def eta(self, remaining: int | None) -> tuple[float | None, float | None, float | None]:
+        """(eta, low, high) in seconds; None while there is no rate to go by."""
+        if remaining is None:
+            return None, None, None
+        if remaining <= 0:
+            return 0.0, 0.0, 0.0
+        if self.items_per_min <= 0:
+            return None, None, None
+        eta = remaining / self.items_per_min * 60.0
+        low = remaining / max(self.items_per_min_high, self.items_per_min) * 60.0
+        slow = min(self.items_per_min_low, self.items_per_min)
+        high = remaining / slow * 60.0 if slow > 0 else None
+        return eta, low, high
+
+
+def _ewma(previous: float | None, value: float, alpha: float) -> float:
+    return value if previous is None else previous + alpha * (value - previous)

@@ -1,0 +1,105 @@
+"""Starting the bundled simulator in its own process for a job.
+
+A separate process keeps the simulator's CPU out of the engine's (and the
+dashboard's) event loop, as a real provider would be.  Providers whose
+base_url is `http://127.0.0.1:0/v1` are pointed at it; their keys get
+throwaway secrets, which are passed to the child through its environment,
+never its command line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sys
+from collections.abc import AsyncIterator, Mapping
+
+from engine.key_secrets import key_id, served_by_simulator
+from engine.settings import JobConfig
+
+_READY = "listening on "
+
+
+def simulator_keys(config: JobConfig, secrets: Mapping[str, str]) -> list[dict[str, object]]:
+    """The simulator's keys: the job's own limits scaled by `limit_scale`."""
+    scale = config.simulator.limit_scale
+    keys: list[dict[str, object]] = []
+    for provider in config.providers:
+        if not served_by_simulator(provider):
+            continue
+        for key in provider.keys:
+            keys.append(
+                {
+                    "secret": secrets[key_id(provider, key.alias)],
+                    "rpm": None if key.rpm is None else max(1, int(key.rpm * scale)),
+                    "tpm": None if key.tpm is None else max(1, int(key.tpm * scale)),
+                }
+            )
+    return keys
+
+
+@contextlib.asynccontextmanager
+async def launched_simulator(
+    config: JobConfig, secrets: Mapping[str, str]
+) -> AsyncIterator[dict[str, str]]:
+    """Run the simulator for the job; yields {provider name: base_url} to use."""
+    sim = config.simulator
+    env = dict(os.environ)
+    env["CRAWLDECK_SIM_KEYS"] = json.dumps(simulator_keys(config, secrets))
+    args = [
+        sys.executable,
+        "-m",
+        "engine.simulator",
+        "--host",
+        sim.host,
+        "--port",
+        str(sim.port),
+        "--keys-from-env",
+        "CRAWLDECK_SIM_KEYS",
+        "--latency",
+        f"{sim.latency_s[0]},{sim.latency_s[1]}",
+        "--per-token",
+        str(sim.seconds_per_output_token),
+        "--fault-5xx",
+        str(sim.fault_5xx),
+        "--fault-reset",
+        str(sim.fault_reset),
+        "--fault-hang",
+        str(sim.fault_hang),
+        "--fault-malformed",
+        str(sim.fault_malformed),
+        "--seed",
+        str(sim.seed),
+    ]
+    proc = await asyncio.create_subprocess_exec(
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
+    )
+    try:
+        assert proc.stdout is not None
+        try:
+            async with asyncio.timeout(30):
+                line = (await proc.stdout.readline()).decode().strip()
+        except TimeoutError:
+            line = ""
+        if not line.startswith(_READY):
+            err = b""
+            if proc.stderr is not None:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(2):
+                        err = await proc.stderr.read()
+            raise RuntimeError(
+                f"the simulator did not start: {line or err.decode(errors='replace').strip()[-300:]}"
+            )
+        url = line[len(_READY) :]
+        yield {p.name: url for p in config.providers if served_by_simulator(p)}
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                async with asyncio.timeout(5):
+                    await proc.wait()
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()

@@ -1,0 +1,116 @@
+"""The engine's state as one immutable value, read by every front end.
+
+The dashboard and the headless reporter never compute a rate or an ETA
+themselves: everything they show is in here, computed once by the engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from engine.events import Event
+from engine.settings import Preset
+
+
+class JobState(StrEnum):
+    STARTING = "starting"
+    RUNNING = "running"
+    PAUSED = "paused"
+    DRAINING = "draining"  # finishing in-flight work, then stopping
+    STOPPING = "stopping"
+    DONE = "done"  # every chunk ended done
+    FINISHED_WITH_FAILURES = "finished_with_failures"
+    STOPPED = "stopped"  # stopped or drained before the end
+    FAILED = "failed"  # the engine itself could not go on
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """Chunks by state.  `total` is None until the whole input has been counted."""
+
+    total: int | None = None
+    seen: int = 0  # chunks read so far
+    pending: int = 0
+    in_flight: int = 0
+    done: int = 0  # results stored by this run
+    failed: int = 0
+    skipped: int = 0  # already had a result in the store (resumed/incremental)
+    cached: int = 0  # the same chunk id appeared again in this input
+
+    @property
+    def finished(self) -> int:
+        return self.done + self.failed + self.skipped + self.cached
+
+
+@dataclass(frozen=True, slots=True)
+class KeySnapshot:
+    key_id: str
+    provider: str
+    alias: str
+    masked_secret: str
+    rpm_used: int
+    rpm_limit: float | None
+    tpm_used: int
+    tpm_limit: float | None
+    in_flight: int
+    requests: int
+    errors: int
+    rate_limited: int
+    state: str  # "ok", "cooling", "disabled"
+    cooldown_s: float = 0.0
+    disabled_reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class MemorySnapshot:
+    rss_bytes: int = 0
+    soft_bytes: int = 0
+    hard_bytes: int = 0
+    limit_bytes: int | None = None
+    state: str = "ok"
+
+
+@dataclass(frozen=True, slots=True)
+class QueueDepths:
+    documents: int = 0
+    chunks: int = 0
+    batches: int = 0
+    retries: int = 0
+    store: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything a front end shows, at one instant."""
+
+    job_name: str = ""
+    state: JobState = JobState.STARTING
+    taken_at: float = 0.0  # wall clock
+    elapsed_s: float = 0.0
+    counts: Counts = field(default_factory=Counts)
+    items_per_min: float = 0.0
+    requests_per_min: float = 0.0
+    tokens_per_s: float = 0.0
+    eta_s: float | None = None
+    eta_low_s: float | None = None
+    eta_high_s: float | None = None
+    latency_p50_s: float | None = None
+    latency_p95_s: float | None = None
+    latency_p99_s: float | None = None
+    requests: int = 0
+    rate_limited: int = 0
+    errors_by_kind: tuple[tuple[str, int], ...] = ()
+    errors_by_key: tuple[tuple[str, int], ...] = ()
+    keys: tuple[KeySnapshot, ...] = ()
+    concurrency: int = 0
+    in_flight_requests: int = 0
+    preset: Preset = field(default_factory=Preset)
+    memory: MemorySnapshot = field(default_factory=MemorySnapshot)
+    cost_usd: float = 0.0
+    cost_projected_usd: float | None = None
+    queues: QueueDepths = field(default_factory=QueueDepths)
+    throughput_history: tuple[float, ...] = ()  # items/min, one value per second
+    latency_history: tuple[float, ...] = ()  # p50 seconds, one value per second
+    error_rate_history: tuple[float, ...] = ()  # failed attempts / attempts, per second
+    events: tuple[Event, ...] = ()

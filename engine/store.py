@@ -1,0 +1,576 @@
+"""The durable store: results, failures, runs and events in one SQLite file.
+
+One connection and one writer task.  Callers enqueue rows on a bounded
+queue (they only wait when it is full, which is the store's backpressure);
+the writer commits them in transactions of `batch_rows` rows or every
+`batch_ms`, whichever comes first.  A result row is the only "done" marker:
+a chunk that was in flight when the process died has no row and is simply
+redone, and WAL keeps the file consistent through a kill -9.
+
+No API key ever reaches the store: rows carry the key's alias only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import aiosqlite
+
+from engine.events import Event
+
+SCHEMA_VERSION = 1
+# SQLite's historical limit on bound parameters is 999; stay well under it.
+MAX_QUERY_PARAMS = 500
+BUSY_TIMEOUT_MS = 10_000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS results (
+    chunk_id TEXT NOT NULL,
+    prompt_version TEXT NOT NULL,
+    model TEXT NOT NULL,
+    source TEXT NOT NULL,
+    seq INT NOT NULL,
+    text TEXT NOT NULL,
+    result_json TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    key_alias TEXT NOT NULL,
+    input_tokens INT NOT NULL,
+    output_tokens INT NOT NULL,
+    latency_ms REAL NOT NULL,
+    cost REAL NOT NULL,
+    run_id INT,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (chunk_id, prompt_version, model)
+);
+CREATE TABLE IF NOT EXISTS failures (
+    chunk_id TEXT NOT NULL,
+    prompt_version TEXT NOT NULL,
+    model TEXT NOT NULL,
+    source TEXT NOT NULL,
+    seq INT NOT NULL,
+    text TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    attempts INT NOT NULL,
+    run_id INT,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (chunk_id, prompt_version, model)
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id INTEGER PRIMARY KEY,
+    job_name TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    ended_at REAL,
+    settings_json TEXT NOT NULL,
+    outcome TEXT,
+    summary_json TEXT
+);
+CREATE TABLE IF NOT EXISTS events (
+    run_id INT,
+    ts REAL NOT NULL,
+    kind TEXT NOT NULL,
+    message TEXT NOT NULL,
+    data_json TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_run ON events (run_id, ts);
+"""
+
+_INSERT_RESULT = """
+INSERT OR IGNORE INTO results (
+    chunk_id, prompt_version, model, source, seq, text, result_json, provider,
+    key_alias, input_tokens, output_tokens, latency_ms, cost, run_id, created_at
+) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+_DELETE_FAILURE = "DELETE FROM failures WHERE chunk_id = ? AND prompt_version = ? AND model = ?"
+# A failure for a chunk that already has a result is stale news: never record it.
+_UPSERT_FAILURE = """
+INSERT INTO failures (
+    chunk_id, prompt_version, model, source, seq, text, reason, attempts, run_id, created_at
+)
+SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10
+WHERE NOT EXISTS (
+    SELECT 1 FROM results WHERE chunk_id = ?1 AND prompt_version = ?2 AND model = ?3
+)
+ON CONFLICT (chunk_id, prompt_version, model) DO UPDATE SET
+    source = excluded.source, seq = excluded.seq, text = excluded.text,
+    reason = excluded.reason, attempts = excluded.attempts,
+    run_id = excluded.run_id, created_at = excluded.created_at
+"""
+_INSERT_EVENT = "INSERT INTO events (run_id, ts, kind, message, data_json) VALUES (?, ?, ?, ?, ?)"
+
+
+@dataclass(frozen=True, slots=True)
+class ResultRow:
+    """A chunk's answer: the row that marks it done for its prompt version and model."""
+
+    chunk_id: str
+    prompt_version: str
+    model: str
+    source: str
+    seq: int
+    text: str
+    result_json: str
+    provider: str
+    key_alias: str
+    input_tokens: int
+    output_tokens: int
+    latency_ms: float
+    cost: float
+    run_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class FailureRow:
+    """A chunk that gave up after its retries; replaced by a later result."""
+
+    chunk_id: str
+    prompt_version: str
+    model: str
+    source: str
+    seq: int
+    text: str
+    reason: str
+    attempts: int
+    run_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class _EventRow:
+    run_id: int
+    event: Event
+
+
+@dataclass(frozen=True, slots=True)
+class _FlushMarker:
+    """Travels through the queue; resolved once everything before it is committed."""
+
+    done: asyncio.Future[None]
+
+
+class _CloseMarker:
+    """Tells the writer to commit what is queued and return."""
+
+
+_CLOSE = _CloseMarker()
+
+_Item = ResultRow | FailureRow | _EventRow | _FlushMarker | _CloseMarker
+
+
+def _to_json(value: Mapping[str, Any]) -> str:
+    # `default=str` keeps an odd value (a Path, an enum) from losing the whole row.
+    return json.dumps(dict(value), default=str, ensure_ascii=False)
+
+
+def _batched(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class Store:
+    """Results, failures, runs and events in one SQLite file (see the module docstring).
+
+    Run `run_writer()` as a task; without one, `flush()` and `close()` write
+    the queue themselves, which suits short-lived users such as tests.
+    """
+
+    def __init__(
+        self,
+        conn: aiosqlite.Connection,
+        batch_rows: int,
+        batch_ms: int,
+        queue_rows: int,
+        on_commit: Callable[[int], None] | None = None,
+    ) -> None:
+        if batch_rows < 1 or batch_ms < 0 or queue_rows < 1:
+            raise ValueError("batch_rows and queue_rows must be >= 1 and batch_ms >= 0")
+        self._conn = conn
+        self._batch_rows = batch_rows
+        self._batch_s = batch_ms / 1000
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=queue_rows)
+        # Transactions and reads take turns on the one connection, so a read
+        # or a run row never lands inside the writer's open transaction.
+        self._lock = asyncio.Lock()
+        self._batch: list[_Item] = []  # being collected; kept here so a cancel loses nothing
+        self._inflight: asyncio.Task[None] | None = None
+        self._writer_active = False
+        self._writer_done = asyncio.Event()
+        self._writer_done.set()
+        self._accepting = True
+        self._closed = False
+        self._on_commit = on_commit
+        self._rows_committed = 0
+
+    @classmethod
+    async def open(
+        cls,
+        path: str | Path,
+        batch_rows: int = 500,
+        batch_ms: int = 200,
+        queue_rows: int | None = None,
+        on_commit: Callable[[int], None] | None = None,
+    ) -> Store:
+        """Open (or create) the store at `path`.
+
+        `queue_rows` bounds the queue (default 4 * batch_rows); `on_commit` is
+        told how many rows each committed transaction held.
+        """
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves, nothing implicit.
+        conn = await aiosqlite.connect(path, isolation_level=None)
+        try:
+            await conn.execute("PRAGMA journal_mode=WAL")
+            await conn.execute("PRAGMA synchronous=NORMAL")
+            await conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            await _migrate(conn)
+        except BaseException:
+            await conn.close()
+            raise
+        return cls(conn, batch_rows, batch_ms, queue_rows or 4 * batch_rows, on_commit)
+
+    async def __aenter__(self) -> Store:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def backlog(self) -> int:
+        """Rows (and markers) waiting for the writer."""
+        return self._queue.qsize()
+
+    @property
+    def rows_committed(self) -> int:
+        """Rows committed since the store was opened (ignored duplicates included)."""
+        return self._rows_committed
+
+    # -- writing -------------------------------------------------------------
+
+    async def put_result(self, row: ResultRow) -> None:
+        """Enqueue a result; waits only while the queue is full."""
+        await self._put(row)
+
+    async def put_failure(self, row: FailureRow) -> None:
+        """Enqueue a failure (the latest reason wins; a result for the chunk removes it)."""
+        await self._put(row)
+
+    async def put_event(self, run_id: int, event: Event) -> None:
+        """Enqueue an event for the run's log."""
+        await self._put(_EventRow(run_id, event))
+
+    async def flush(self) -> None:
+        """Return once everything enqueued before this call is committed."""
+        if self._writer_active and self._accepting:
+            marker = _FlushMarker(asyncio.get_running_loop().create_future())
+            await self._queue.put(marker)
+            await marker.done
+            return
+        await self._writer_done.wait()
+        await self._write_queue_inline()
+
+    async def run_writer(self) -> None:
+        """The writer: commit queued rows in batches until `close_writer()`.
+
+        Returns once the close request and everything queued before it are
+        committed.  If cancelled, it commits what it holds and re-raises.
+        """
+        if self._writer_active:
+            raise RuntimeError("the store already has a writer")
+        self._writer_active = True
+        self._writer_done.clear()
+        try:
+            while True:
+                closing = await self._collect_batch()
+                batch, self._batch = self._batch, []
+                await self._commit_shielded(batch)
+                if closing:
+                    # Rows whose put was waiting on a full queue when close came.
+                    await self._commit_shielded(self._take_queued())
+                    return
+        except asyncio.CancelledError:
+            if self._inflight is not None:
+                await self._inflight
+            batch, self._batch = self._batch + self._take_queued(), []
+            await self._commit_shielded(batch)
+            raise
+        except BaseException as exc:
+            self._fail_flushes([*self._batch, *self._take_queued()], exc)
+            raise
+        finally:
+            self._writer_active = False
+            self._writer_done.set()
+
+    async def close_writer(self) -> None:
+        """Ask the writer to commit everything queued and return; later puts are refused."""
+        if not self._accepting:
+            return
+        self._accepting = False
+        if self._writer_active:
+            await self._queue.put(_CLOSE)
+
+    async def close(self) -> None:
+        """Commit everything queued, wait for the writer, and close the connection."""
+        if self._closed:
+            return
+        await self.close_writer()
+        await self._writer_done.wait()
+        if self._inflight is not None and not self._inflight.done():
+            await self._inflight  # a write a cancelled writer left running
+        await self._write_queue_inline()
+        self._closed = True
+        await self._conn.close()
+
+    # -- runs ----------------------------------------------------------------
+
+    async def begin_run(self, job_name: str, settings: Mapping[str, Any]) -> int:
+        """Record a run's start now (not through the queue) and return its id."""
+        async with self._lock:
+            cursor = await self._conn.execute(
+                "INSERT INTO runs (job_name, started_at, settings_json) VALUES (?, ?, ?)",
+                (job_name, time.time(), _to_json(settings)),
+            )
+            run_id = cursor.lastrowid
+            await cursor.close()
+        if run_id is None:
+            raise RuntimeError("SQLite did not return a run id")
+        return run_id
+
+    async def end_run(self, run_id: int, outcome: str, summary: Mapping[str, Any]) -> None:
+        """Record how a run ended, now."""
+        async with self._lock:
+            await self._conn.execute(
+                "UPDATE runs SET ended_at = ?, outcome = ?, summary_json = ? WHERE run_id = ?",
+                (time.time(), outcome, _to_json(summary), run_id),
+            )
+
+    # -- reading -------------------------------------------------------------
+
+    async def done_ids(self, chunk_ids: Sequence[str], prompt_version: str, model: str) -> set[str]:
+        """Which of `chunk_ids` have a committed result for this prompt version and model."""
+        done: set[str] = set()
+        ids_per_query = MAX_QUERY_PARAMS - 2  # two parameters name the prompt version and model
+        async with self._lock:
+            for part in _batched(list(chunk_ids), ids_per_query):
+                placeholders = ",".join("?" * len(part))
+                rows = await self._conn.execute_fetchall(
+                    "SELECT chunk_id FROM results WHERE prompt_version = ? AND model = ?"
+                    f" AND chunk_id IN ({placeholders})",
+                    (prompt_version, model, *part),
+                )
+                done.update(row[0] for row in rows)
+        return done
+
+    async def counts(self, prompt_version: str | None = None) -> dict[str, int]:
+        """Committed results and failures, for one prompt version or all of them."""
+        where, params = (
+            ("WHERE prompt_version = ?", (prompt_version,))
+            if prompt_version is not None
+            else ("", ())
+        )
+        counts: dict[str, int] = {}
+        async with self._lock:
+            for table in ("results", "failures"):
+                rows = list(
+                    await self._conn.execute_fetchall(
+                        f"SELECT COUNT(*) FROM {table} {where}", params
+                    )
+                )
+                counts[table] = int(rows[0][0])
+        return counts
+
+    # -- internals -----------------------------------------------------------
+
+    async def _put(self, item: _Item) -> None:
+        if not self._accepting:
+            raise RuntimeError("the store is closed for writing")
+        if self._queue.full() and not self._writer_active:
+            await self._write_queue_inline()
+        await self._queue.put(item)
+
+    async def _collect_batch(self) -> bool:
+        """Fill `self._batch` up to batch_rows rows or batch_ms; True when close was asked."""
+        loop = asyncio.get_running_loop()
+        item = await self._queue.get()
+        self._batch.append(item)
+        if isinstance(item, _CloseMarker | _FlushMarker):
+            return isinstance(item, _CloseMarker)
+        deadline = loop.time() + self._batch_s
+        rows = 1
+        while rows < self._batch_rows:
+            try:
+                item = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    async with asyncio.timeout(remaining):
+                        item = await self._queue.get()
+                except TimeoutError:
+                    break
+            self._batch.append(item)
+            if isinstance(item, _CloseMarker):
+                return True
+            if isinstance(item, _FlushMarker):
+                break  # someone is waiting: commit now
+            rows += 1
+        return False
+
+    async def _commit_shielded(self, batch: list[_Item]) -> None:
+        # A cancel must not cut a transaction in half: the write runs on as its
+        # own task and the cancelled writer waits for it before committing the rest.
+        self._inflight = asyncio.ensure_future(self._write(batch))
+        await asyncio.shield(self._inflight)
+        self._inflight = None
+
+    def _take_queued(self) -> list[_Item]:
+        items: list[_Item] = []
+        while True:
+            try:
+                items.append(self._queue.get_nowait())
+            except asyncio.QueueEmpty:
+                return items
+
+    async def _write_queue_inline(self) -> None:
+        items = self._take_queued()
+        for start in range(0, len(items), self._batch_rows):
+            await self._write(items[start : start + self._batch_rows])
+
+    async def _write(self, batch: list[_Item]) -> None:
+        """Commit one batch in one transaction, then release the flushes it carries."""
+        now = time.time()
+        results: list[tuple[Any, ...]] = []
+        result_keys: list[tuple[str, str, str]] = []
+        failures: list[tuple[Any, ...]] = []
+        events: list[tuple[Any, ...]] = []
+        flushes: list[_FlushMarker] = []
+        for item in batch:
+            if isinstance(item, ResultRow):
+                results.append(
+                    (
+                        item.chunk_id,
+                        item.prompt_version,
+                        item.model,
+                        item.source,
+                        item.seq,
+                        item.text,
+                        item.result_json,
+                        item.provider,
+                        item.key_alias,
+                        item.input_tokens,
+                        item.output_tokens,
+                        item.latency_ms,
+                        item.cost,
+                        item.run_id,
+                        now,
+                    )
+                )
+                result_keys.append((item.chunk_id, item.prompt_version, item.model))
+            elif isinstance(item, FailureRow):
+                failures.append(
+                    (
+                        item.chunk_id,
+                        item.prompt_version,
+                        item.model,
+                        item.source,
+                        item.seq,
+                        item.text,
+                        item.reason,
+                        item.attempts,
+                        item.run_id,
+                        now,
+                    )
+                )
+            elif isinstance(item, _EventRow):
+                event = item.event
+                events.append(
+                    (item.run_id, event.ts, str(event.kind), event.message, _to_json(event.data))
+                )
+            elif isinstance(item, _FlushMarker):
+                flushes.append(item)
+        rows = len(results) + len(failures) + len(events)
+        try:
+            if rows:
+                async with self._lock:
+                    await self._commit(results, result_keys, failures, events)
+        except BaseException as exc:
+            self._fail_flushes(flushes, exc)
+            raise
+        if rows:
+            self._rows_committed += rows
+            if self._on_commit is not None:
+                try:
+                    self._on_commit(rows)
+                except Exception as exc:  # an observer's bug must not stop the writer
+                    print(f"crawldeck: store on_commit failed: {exc!r}", file=sys.stderr)
+        for flush in flushes:
+            if not flush.done.done():
+                flush.done.set_result(None)
+
+    async def _commit(
+        self,
+        results: list[tuple[Any, ...]],
+        result_keys: list[tuple[str, str, str]],
+        failures: list[tuple[Any, ...]],
+        events: list[tuple[Any, ...]],
+    ) -> None:
+        conn = self._conn
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Results first: the failure upsert then skips chunks that are done,
+            # whatever order the two arrived in within this batch.
+            if results:
+                await conn.executemany(_INSERT_RESULT, results)
+                await conn.executemany(_DELETE_FAILURE, result_keys)
+            if failures:
+                await conn.executemany(_UPSERT_FAILURE, failures)
+            if events:
+                await conn.executemany(_INSERT_EVENT, events)
+            await conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                await conn.execute("ROLLBACK")
+            raise
+
+    @staticmethod
+    def _fail_flushes(items: Sequence[_Item], exc: BaseException) -> None:
+        for item in items:
+            if isinstance(item, _FlushMarker) and not item.done.done():
+                if isinstance(exc, asyncio.CancelledError):
+                    item.done.cancel()
+                else:
+                    item.done.set_exception(exc)
+
+
+async def _migrate(conn: aiosqlite.Connection) -> None:
+    """Create the schema if missing; refuse a file written by a newer crawldeck."""
+    rows = list(await conn.execute_fetchall("PRAGMA user_version"))
+    version = int(rows[0][0])
+    if version > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"the store was written by a newer crawldeck (schema {version} > {SCHEMA_VERSION})"
+        )
+    if version < SCHEMA_VERSION:
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    await conn.execute(statement)
+            await conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            await conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                await conn.execute("ROLLBACK")
+            raise
