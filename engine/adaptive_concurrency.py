@@ -3,8 +3,9 @@
 The operator's concurrency is a ceiling.  A burst of 429s halves the
 working limit's headroom (multiplicative decrease); a quiet spell while
 requests queue for a slot adds one (additive increase).  A limit that
-led to a 429 storm is remembered, and growth slows near it, so the
-controller settles just under the real limit instead of oscillating.
+led to a 429 storm is remembered, and growth holds just under it for
+minutes before probing it again, so the controller settles just under the
+real limit instead of oscillating.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ class AdaptiveConcurrency:
     WINDOW_S = 10.0
     GROW_EVERY_S = 3.0
     QUIET_S = 15.0
+    # How long to sit one below a limit that stormed before probing it again.
+    # A probe costs a short storm, and the climb back takes ~30 s, so a short
+    # hold (it was 30 s) made a 60 s cycle of storms instead of settling.
+    HOLD_BELOW_STORM_S = 600.0
 
     def __init__(self, ceiling: int, now: float) -> None:
         self.ceiling = max(1, ceiling)
@@ -59,9 +64,15 @@ class AdaptiveConcurrency:
             and now - self._last_storm >= self.QUIET_S
             and now - self._last_change >= self.GROW_EVERY_S
         ):
-            near_storm = self._storm_limit is not None and self.current + 1 >= self._storm_limit
-            if near_storm and now - self._last_change < self.GROW_EVERY_S * 10:
-                return None
+            if self._storm_limit is not None and self.current + 1 >= self._storm_limit:
+                held = now - self._last_change
+                if self.current < self._storm_limit:
+                    if held < self.HOLD_BELOW_STORM_S:
+                        return None  # just under the limit that stormed: stay
+                elif held < self.QUIET_S:
+                    return None  # probing the storm limit: stay until it proves quiet
+                else:
+                    self._storm_limit = None  # the real limit has risen: grow freely
             return self._set(self.current + 1, now)
         return None
 

@@ -15,6 +15,7 @@ import itertools
 import json
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 
@@ -22,7 +23,7 @@ from engine.adaptive_concurrency import AdaptiveConcurrency
 from engine.chunking import iter_chunks
 from engine.concurrency_limit import ConcurrencyLimit
 from engine.config_file import effective_settings
-from engine.events import EventBus, EventKind
+from engine.events import Event, EventBus, EventKind
 from engine.inputs import iter_documents
 from engine.key_pool import KeyPool, KeyState, NoUsableKeyError
 from engine.memory_guard import MemoryGuard, MemoryState
@@ -125,7 +126,8 @@ class Engine:
         self._saturated = False
         self._fatal: str = ""
         self._rng = random.Random()
-        self._store_depth = 0
+        self._unsaved_events: deque[Event] = deque()
+        self._events_waiting = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # ------------------------------------------------------------------ public
@@ -134,7 +136,9 @@ class Engine:
         cfg = self.config
         self._loop = asyncio.get_running_loop()
         self._store = store = await Store.open(
-            cfg.job.store, batch_rows=cfg.engine.store_batch_rows, batch_ms=cfg.engine.store_batch_ms
+            cfg.job.store,
+            batch_rows=cfg.engine.store_batch_rows,
+            batch_ms=cfg.engine.store_batch_ms,
         )
         self.events.subscribe(self._persist_event)
         try:
@@ -152,6 +156,7 @@ class Engine:
                     tg.create_task(self._tick(), name="ticker"),
                     tg.create_task(self._memory.run(), name="memory-guard"),
                     tg.create_task(self._count_total(), name="census"),
+                    tg.create_task(self._save_events(), name="event-log"),
                 ]
                 stages = [
                     tg.create_task(self._read(), name="reader"),
@@ -172,6 +177,8 @@ class Engine:
                     skipped=self.stats.skipped,
                     state=str(self._state),
                 )
+                while self._unsaved_events:
+                    await store.put_event(self._run_id, self._unsaved_events.popleft())
                 await store.end_run(self._run_id, str(self._state), self._summary())
                 await store.close_writer()
                 await writer
@@ -239,7 +246,7 @@ class Engine:
                 chunks=self._blocks.qsize() * _READ_BLOCK,
                 batches=self._queue.fresh_count,
                 retries=self._queue.retry_count,
-                store=self._store_depth,
+                store=self._store.backlog if self._store is not None else 0,
             ),
             throughput_history=tuple(s.throughput_history),
             latency_history=tuple(s.latency_history),
@@ -447,7 +454,9 @@ class Engine:
                 raise
             try:
                 messages = build_messages(self.config.prompt, batch.chunks)
-                estimate = estimate_prompt_tokens(messages) + self._output_estimate(len(batch.chunks))
+                estimate = estimate_prompt_tokens(messages) + self._output_estimate(
+                    len(batch.chunks)
+                )
                 key = await self._keys.acquire(estimate)
             except asyncio.CancelledError:
                 self._concurrency.release()
@@ -743,11 +752,18 @@ class Engine:
                 rss=rss,
             )
 
-    def _persist_event(self, event: object) -> None:
-        from engine.events import Event
+    def _persist_event(self, event: Event) -> None:
+        # Listeners are synchronous; the writer is async: hand over through a deque.
+        self._unsaved_events.append(event)
+        self._events_waiting.set()
 
-        if self._store is not None and isinstance(event, Event):
-            self._store.put_event_nowait(self._run_id, event)
+    async def _save_events(self) -> None:
+        assert self._store is not None
+        while True:
+            await self._events_waiting.wait()
+            self._events_waiting.clear()
+            while self._unsaved_events:
+                await self._store.put_event(self._run_id, self._unsaved_events.popleft())
 
     def _key_snapshot(self, key: KeyState) -> KeySnapshot:
         rpm_used, tpm_used = key.used_last_minute()

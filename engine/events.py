@@ -71,7 +71,7 @@ class EventBus:
 
         return unsubscribe
 
-    def emit(self, kind: EventKind, message: str, **data: Any) -> Event:
+    def emit(self, kind: EventKind, message: str, /, **data: Any) -> Event:
         event = Event(kind, message, data)
         self.publish(event)
         return event
@@ -84,7 +84,9 @@ class EventBus:
             except Exception as exc:  # a listener's bug must not stop the job
                 if id(listener) not in self._broken:
                     self._broken.add(id(listener))
-                    print(f"crawldeck: event listener {listener!r} failed: {exc!r}", file=sys.stderr)
+                    print(
+                        f"crawldeck: event listener {listener!r} failed: {exc!r}", file=sys.stderr
+                    )
 
     def recent(self) -> tuple[Event, ...]:
         return tuple(self._recent)

@@ -10,7 +10,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any, TextIO
 
 from engine.events import EventKind
@@ -34,10 +34,13 @@ _LOUD = {
 }
 
 
+_RANGE_DASH = "\u2013"  # an en dash: the ETA band reads as a range, not a minus sign
+
+
 def format_duration(seconds: float | None) -> str:
     if seconds is None:
         return "?"
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     if hours:
@@ -56,7 +59,9 @@ def status_line(snap: Snapshot) -> str:
         mem_text += f" ({mem.state.upper()})"
     eta = format_duration(snap.eta_s)
     if snap.eta_low_s is not None and snap.eta_high_s is not None and snap.eta_s:
-        eta += f" [{format_duration(snap.eta_low_s)}–{format_duration(snap.eta_high_s)}]"
+        eta += (
+            f" [{format_duration(snap.eta_low_s)}{_RANGE_DASH}{format_duration(snap.eta_high_s)}]"
+        )
     return (
         f"[{snap.state}] {c.finished}/{total} "
         f"(done {c.done}, failed {c.failed}, skipped {c.skipped}, in flight {c.in_flight}) "
@@ -68,7 +73,11 @@ def status_line(snap: Snapshot) -> str:
 
 def snapshot_record(snap: Snapshot) -> dict[str, Any]:
     """A JSON-able dict of a snapshot without the long histories."""
-    data = asdict(snap)
+    # Emptied before asdict: it deep-copies, and an event's read-only data can't be copied.
+    light = replace(
+        snap, throughput_history=(), latency_history=(), error_rate_history=(), events=()
+    )
+    data = asdict(light)
     for heavy in ("throughput_history", "latency_history", "error_rate_history", "events"):
         data.pop(heavy, None)
     data["state"] = str(snap.state)

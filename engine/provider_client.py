@@ -145,11 +145,17 @@ class ProviderClients:
                     )
         except openai.APITimeoutError:
             return CallFailure(
-                FailureKind.TIMEOUT, f"timed out after {timeout_s:g}s", {}, time.monotonic() - started
+                FailureKind.TIMEOUT,
+                f"timed out after {timeout_s:g}s",
+                {},
+                time.monotonic() - started,
             )
         except TimeoutError:
             return CallFailure(
-                FailureKind.TIMEOUT, f"timed out after {timeout_s:g}s", {}, time.monotonic() - started
+                FailureKind.TIMEOUT,
+                f"timed out after {timeout_s:g}s",
+                {},
+                time.monotonic() - started,
             )
         except openai.APIStatusError as exc:
             return classify_status_error(exc, time.monotonic() - started)
@@ -163,7 +169,9 @@ class ProviderClients:
             )
         except openai.APIError as exc:  # e.g. a response the SDK could not read at all
             return CallFailure(
-                FailureKind.MALFORMED, f"unreadable response ({type(exc).__name__})", {},
+                FailureKind.MALFORMED,
+                f"unreadable response ({type(exc).__name__})",
+                {},
                 time.monotonic() - started,
             )
         latency = time.monotonic() - started

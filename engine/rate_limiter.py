@@ -24,6 +24,9 @@ Clock = Callable[[], float]
 BURST_SECONDS = 2.0
 # Below this many requests per minute a 2 s burst would be < 1 request.
 _MIN_CAPACITY = 1.0
+# Waiting exactly `wait_for()` seconds can leave the level a rounding error
+# short; without this slack the next answer is a wait of ~1e-14 s, forever.
+_LEVEL_SLACK = 1e-9
 
 
 class TokenBucket:
@@ -69,7 +72,7 @@ class TokenBucket:
             return 0.0
         need = min(amount, self.capacity)
         level = self.level()
-        if level >= need:
+        if level >= need - _LEVEL_SLACK:
             return 0.0
         return (need - level) / self.rate if self.rate > 0 else math.inf
 
@@ -186,6 +189,7 @@ class KeyBudget:
         self.limit_rpm: float | None = rpm
         self.limit_tpm: float | None = tpm
         self._ceiling_rpm: float | None = None  # learned from 429s without headers
+        self._header_rpm: float | None = None  # the provider's word caps any recovery
         self._last_backoff = -math.inf
         self._last_recovery = clock()
         self.requests = TokenBucket(rpm, clock)
@@ -231,6 +235,7 @@ class KeyBudget:
         learned = None
         if headers.limit_requests:
             self.header_limits_seen = True
+            self._header_rpm = float(headers.limit_requests)
             if self.limit_rpm is None or headers.limit_requests < self.limit_rpm:
                 learned = ("rpm", self.limit_rpm or 0.0, float(headers.limit_requests))
                 self.limit_rpm = float(headers.limit_requests)
@@ -264,7 +269,9 @@ class KeyBudget:
         self._last_recovery = now
         if kind == "tokens":
             return None  # token limits without headers: the drain + backoff is enough
-        base = min(x for x in (self.limit_rpm, sent_rpm) if x) if (self.limit_rpm or sent_rpm) else 0
+        base = (
+            min(x for x in (self.limit_rpm, sent_rpm) if x) if (self.limit_rpm or sent_rpm) else 0
+        )
         if not base:
             return None
         new = max(1.0, base * self.BACKOFF_FACTOR)
@@ -276,7 +283,7 @@ class KeyBudget:
         return ("rpm", old, new)
 
     def recover(self) -> None:
-        """Creep a 429-learned limit back up towards the configured one."""
+        """Creep a 429-learned limit back up towards the configured or header-reported one."""
         if self._ceiling_rpm is None or self.limit_rpm is None:
             return
         now = self._clock()
@@ -284,7 +291,7 @@ class KeyBudget:
         if elapsed < 10.0:
             return
         self._last_recovery = now
-        target = self.configured_rpm or math.inf
+        target = min(self.configured_rpm or math.inf, self._header_rpm or math.inf)
         grown = self.limit_rpm * (1.0 + self.RECOVERY_PER_MINUTE * elapsed / 60.0)
         self.limit_rpm = min(target, grown)
         self.requests.set_limit(self.limit_rpm)

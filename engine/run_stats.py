@@ -64,8 +64,14 @@ class RunStats:
 
     def tick(self, now: float) -> None:
         """Derive rates from the counters' change since the last tick."""
-        current = (now, self.done + self.failed, self.requests, self.tokens, self.attempts_failed,
-                   self.rate_limited)
+        current = (
+            now,
+            self.done + self.failed,
+            self.requests,
+            self.tokens,
+            self.attempts_failed,
+            self.rate_limited,
+        )
         if self._last is not None:
             dt = now - self._last[0]
             if dt > 0:

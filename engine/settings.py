@@ -54,11 +54,9 @@ class PromptSettings:
     model.
     """
 
-    system: str = (
-        "You extract structured facts from text. Answer with one JSON object only."
-    )
+    system: str = "You extract structured facts from text. Answer with one JSON object only."
     user: str = (
-        "For every chunk below, return one entry in \"results\" with the chunk's id.\n"
+        'For every chunk below, return one entry in "results" with the chunk\'s id.\n'
         "Answer with JSON of this shape: {shape}\n\n{chunks}"
     )
     shape: str = '{"results": [{"id": "<chunk id>", "summary": "<one sentence>"}]}'

@@ -89,9 +89,8 @@ async def launched_simulator(
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(2):
                         err = await proc.stderr.read()
-            raise RuntimeError(
-                f"the simulator did not start: {line or err.decode(errors='replace').strip()[-300:]}"
-            )
+            detail = line or err.decode(errors="replace").strip()[-300:]
+            raise RuntimeError(f"the simulator did not start: {detail}")
         url = line[len(_READY) :]
         yield {p.name: url for p in config.providers if served_by_simulator(p)}
     finally:

@@ -288,6 +288,8 @@ class Store:
         """
         if self._writer_active:
             raise RuntimeError("the store already has a writer")
+        if self._closed:
+            return  # created before close() but first scheduled after it: nothing left to do
         self._writer_active = True
         self._writer_done.clear()
         try:
@@ -317,8 +319,9 @@ class Store:
         if not self._accepting:
             return
         self._accepting = False
-        if self._writer_active:
-            await self._queue.put(_CLOSE)
+        # Queued even with no writer yet: a writer task created but not yet
+        # started must still see it.  Without a writer, close() skips it.
+        await self._enqueue(_CLOSE)
 
     async def close(self) -> None:
         """Commit everything queued, wait for the writer, and close the connection."""
@@ -328,8 +331,9 @@ class Store:
         await self._writer_done.wait()
         if self._inflight is not None and not self._inflight.done():
             await self._inflight  # a write a cancelled writer left running
-        await self._write_queue_inline()
+        # From here on a writer that has not started yet returns at once.
         self._closed = True
+        await self._write_queue_inline()
         await self._conn.close()
 
     # -- runs ----------------------------------------------------------------
@@ -395,8 +399,11 @@ class Store:
     async def _put(self, item: _Item) -> None:
         if not self._accepting:
             raise RuntimeError("the store is closed for writing")
+        await self._enqueue(item)
+
+    async def _enqueue(self, item: _Item) -> None:
         if self._queue.full() and not self._writer_active:
-            await self._write_queue_inline()
+            await self._write_queue_inline()  # nobody else will make room
         await self._queue.put(item)
 
     async def _collect_batch(self) -> bool:

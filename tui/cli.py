@@ -104,9 +104,7 @@ def load_demo_config(preset: str | None, overrides: Sequence[str], store: str) -
 @contextlib.asynccontextmanager
 async def _providers(config: JobConfig) -> AsyncIterator[tuple[dict[str, str], dict[str, str]]]:
     """Secrets and base-URL overrides, with the simulator started if the job asks for it."""
-    simulated = config.simulator.autostart and any(
-        served_by_simulator(p) for p in config.providers
-    )
+    simulated = config.simulator.autostart and any(served_by_simulator(p) for p in config.providers)
     secrets = resolve_secrets(config, os.environ, simulated=simulated)
     if simulated:
         async with launched_simulator(config, secrets) as urls:

@@ -33,8 +33,15 @@ async def simulator_process(
     latency: tuple[float, float] = (0.5, 2.0),
     per_token: float = 0.0,
 ) -> AsyncIterator[str]:
-    args = [sys.executable, "-m", "engine.simulator", "--latency", f"{latency[0]},{latency[1]}",
-            "--per-token", str(per_token)]
+    args = [
+        sys.executable,
+        "-m",
+        "engine.simulator",
+        "--latency",
+        f"{latency[0]},{latency[1]}",
+        "--per-token",
+        str(per_token),
+    ]
     for secret, rpm, tpm in keys:
         args += ["--key", f"{secret}:{rpm or '-'}:{tpm or '-'}"]
     proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE)
@@ -50,7 +57,9 @@ async def simulator_process(
 def write_input(path: Path, records: int, words: int) -> None:
     with path.open("w", encoding="utf-8") as out:
         for i in range(records):
-            out.write(f"record {i}: " + " ".join(f"w{(i * 31 + j) % 997}" for j in range(words)) + "\n")
+            out.write(
+                f"record {i}: " + " ".join(f"w{(i * 31 + j) % 997}" for j in range(words)) + "\n"
+            )
 
 
 @dataclass
@@ -116,7 +125,12 @@ async def scenario(
         bound_s = engine.stats.tokens / rate
     del tokens
     return Outcome(
-        name, bound_s / wall, snap.rate_limited / max(1, snap.requests), snap.requests, wall, bound_s
+        name,
+        bound_s / wall,
+        snap.rate_limited / max(1, snap.requests),
+        snap.requests,
+        wall,
+        bound_s,
     )
 
 
@@ -127,8 +141,15 @@ async def main(quick: bool) -> None:
         work = Path(tmp)
         plans = [
             ("rpm-bound, 1 key", [(600, 10_000_000)], [(600, 10_000_000)], n * 5, 20, 5, "rpm"),
-            ("tpm-bound, 1 key", [(100_000, 200_000)], [(100_000, 200_000)], int(n * 1.5), 200,
-             5, "tpm"),
+            (
+                "tpm-bound, 1 key",
+                [(100_000, 200_000)],
+                [(100_000, 200_000)],
+                int(n * 1.5),
+                200,
+                5,
+                "tpm",
+            ),
             (
                 "4 keys, unequal limits",
                 [(300, 10**7), (200, 10**7), (120, 10**7), (60, 10**7)],
@@ -138,10 +159,20 @@ async def main(quick: bool) -> None:
                 5,
                 "rpm",
             ),
-            ("limits configured 2x too high", [(300, 10**7)], [(600, 2 * 10**7)], n * 3, 20, 5,
-             "rpm"),
+            (
+                "limits configured 2x too high",
+                [(300, 10**7)],
+                [(600, 2 * 10**7)],
+                n * 3,
+                20,
+                5,
+                "rpm",
+            ),
         ]
-        print(f"{'scenario':32} {'efficiency':>10} {'429s':>7} {'requests':>9} {'wall':>7} {'bound':>7}")
+        print(
+            f"{'scenario':32} {'efficiency':>10} {'429s':>7} {'requests':>9} "
+            f"{'wall':>7} {'bound':>7}"
+        )
         for name, real, configured, records, words, batch, bound in plans:
             slug = name.split(",")[0].replace(" ", "-")
             out = await scenario(slug, real, configured, records, words, batch, bound, work)

@@ -45,8 +45,10 @@ def job_config(
         name="sim",
         base_url=base_url,
         model="gpt-4o-mini",
-        keys=tuple(KeySettings(env=f"KEY_{alias.upper()}", alias=alias, rpm=rpm, tpm=tpm)
-                   for alias, rpm, tpm in keys),
+        keys=tuple(
+            KeySettings(env=f"KEY_{alias.upper()}", alias=alias, rpm=rpm, tpm=tpm)
+            for alias, rpm, tpm in keys
+        ),
         price_input_per_m=0.15,
         price_output_per_m=0.6,
     )

@@ -15,7 +15,9 @@ from tests.engine.conftest import job_config, sim_keys, stored, write_records
 async def test_every_chunk_gets_exactly_one_result(tmp_path: Path, simulator) -> None:
     keys = [("k1", 6000, 10_000_000)]
     sim = await simulator(keys=sim_keys(keys))
-    config, secrets = job_config(tmp_path, write_records(tmp_path / "in.txt", 47), sim.base_url, keys)
+    config, secrets = job_config(
+        tmp_path, write_records(tmp_path / "in.txt", 47), sim.base_url, keys
+    )
 
     engine = Engine(config, secrets)
     state = await engine.run()
@@ -34,7 +36,9 @@ async def test_every_chunk_gets_exactly_one_result(tmp_path: Path, simulator) ->
 async def test_a_second_run_skips_what_is_done(tmp_path: Path, simulator) -> None:
     keys = [("k1", 6000, 10_000_000)]
     sim = await simulator(keys=sim_keys(keys))
-    config, secrets = job_config(tmp_path, write_records(tmp_path / "in.txt", 20), sim.base_url, keys)
+    config, secrets = job_config(
+        tmp_path, write_records(tmp_path / "in.txt", 20), sim.base_url, keys
+    )
     await Engine(config, secrets).run()
     requests_before = sim.stats.requests
 
@@ -50,7 +54,9 @@ async def test_a_second_run_skips_what_is_done(tmp_path: Path, simulator) -> Non
 async def test_a_new_prompt_version_processes_everything_again(tmp_path: Path, simulator) -> None:
     keys = [("k1", 6000, 10_000_000)]
     sim = await simulator(keys=sim_keys(keys))
-    config, secrets = job_config(tmp_path, write_records(tmp_path / "in.txt", 10), sim.base_url, keys)
+    config, secrets = job_config(
+        tmp_path, write_records(tmp_path / "in.txt", 10), sim.base_url, keys
+    )
     await Engine(config, secrets).run()
 
     bumped = replace(config, prompt=replace(config.prompt, version="2"))
@@ -74,7 +80,9 @@ async def test_faults_end_in_done_or_failed_with_a_reason_and_nothing_is_lost(
         fault_missing_id=0.08,
         hang_s=30.0,
     )
-    config, secrets = job_config(tmp_path, write_records(tmp_path / "in.txt", 150), sim.base_url, keys)
+    config, secrets = job_config(
+        tmp_path, write_records(tmp_path / "in.txt", 150), sim.base_url, keys
+    )
     config = replace(config, preset=replace(config.preset, request_timeout_s=0.5, max_retries=3))
 
     engine = Engine(config, secrets)
@@ -94,7 +102,9 @@ async def test_faults_end_in_done_or_failed_with_a_reason_and_nothing_is_lost(
 async def test_retries_exhausted_store_the_reason(tmp_path: Path, simulator) -> None:
     keys = [("k1", 60_000, 100_000_000)]
     sim = await simulator(keys=sim_keys(keys), fault_5xx=1.0)
-    config, secrets = job_config(tmp_path, write_records(tmp_path / "in.txt", 6), sim.base_url, keys)
+    config, secrets = job_config(
+        tmp_path, write_records(tmp_path / "in.txt", 6), sim.base_url, keys
+    )
     config = replace(config, preset=replace(config.preset, max_retries=2))
 
     state = await Engine(config, secrets).run()
@@ -113,7 +123,9 @@ async def test_a_key_without_quota_is_disabled_and_the_others_finish(
     sim_key_list = list(sim_keys(keys))
     sim_key_list[1] = replace(sim_key_list[1], quota_exhausted=True)
     sim = await simulator(keys=tuple(sim_key_list))
-    config, secrets = job_config(tmp_path, write_records(tmp_path / "in.txt", 40), sim.base_url, keys)
+    config, secrets = job_config(
+        tmp_path, write_records(tmp_path / "in.txt", 40), sim.base_url, keys
+    )
 
     engine = Engine(config, secrets)
     state = await engine.run()
@@ -148,7 +160,9 @@ async def test_configured_limits_above_the_real_ones_are_learned_from_headers(
 async def test_secrets_never_reach_the_store_or_the_snapshot(tmp_path: Path, simulator) -> None:
     keys = [("k1", 6000, 10_000_000)]
     sim = await simulator(keys=sim_keys(keys))
-    config, secrets = job_config(tmp_path, write_records(tmp_path / "in.txt", 5), sim.base_url, keys)
+    config, secrets = job_config(
+        tmp_path, write_records(tmp_path / "in.txt", 5), sim.base_url, keys
+    )
     engine = Engine(config, secrets)
     await engine.run()
 
@@ -159,7 +173,9 @@ async def test_secrets_never_reach_the_store_or_the_snapshot(tmp_path: Path, sim
 async def test_pause_holds_new_requests_and_resume_lets_them_go(tmp_path: Path, simulator) -> None:
     keys = [("k1", 60_000, 100_000_000)]
     sim = await simulator(keys=sim_keys(keys), latency_s=(0.05, 0.05))
-    config, secrets = job_config(tmp_path, write_records(tmp_path / "in.txt", 200), sim.base_url, keys)
+    config, secrets = job_config(
+        tmp_path, write_records(tmp_path / "in.txt", 200), sim.base_url, keys
+    )
     config = replace(config, preset=replace(config.preset, concurrency=2))
     engine = Engine(config, secrets)
     run = asyncio.create_task(engine.run())
@@ -181,7 +197,9 @@ async def test_pause_holds_new_requests_and_resume_lets_them_go(tmp_path: Path, 
 async def test_concurrency_and_presets_change_mid_run(tmp_path: Path, simulator) -> None:
     keys = [("k1", 60_000, 100_000_000)]
     sim = await simulator(keys=sim_keys(keys), latency_s=(0.05, 0.05))
-    config, secrets = job_config(tmp_path, write_records(tmp_path / "in.txt", 300), sim.base_url, keys)
+    config, secrets = job_config(
+        tmp_path, write_records(tmp_path / "in.txt", 300), sim.base_url, keys
+    )
     engine = Engine(config, secrets)
     run = asyncio.create_task(engine.run())
     await asyncio.sleep(0.1)
@@ -204,7 +222,9 @@ async def test_drain_finishes_in_flight_and_a_rerun_completes_exactly_once(
 ) -> None:
     keys = [("k1", 60_000, 100_000_000)]
     sim = await simulator(keys=sim_keys(keys), latency_s=(0.05, 0.1))
-    config, secrets = job_config(tmp_path, write_records(tmp_path / "in.txt", 300), sim.base_url, keys)
+    config, secrets = job_config(
+        tmp_path, write_records(tmp_path / "in.txt", 300), sim.base_url, keys
+    )
     config = replace(config, preset=replace(config.preset, concurrency=4))
     engine = Engine(config, secrets)
     run = asyncio.create_task(engine.run())
@@ -226,7 +246,9 @@ async def test_drain_finishes_in_flight_and_a_rerun_completes_exactly_once(
 async def test_stop_now_leaves_in_flight_chunks_pending(tmp_path: Path, simulator) -> None:
     keys = [("k1", 60_000, 100_000_000)]
     sim = await simulator(keys=sim_keys(keys), latency_s=(0.5, 0.5))
-    config, secrets = job_config(tmp_path, write_records(tmp_path / "in.txt", 100), sim.base_url, keys)
+    config, secrets = job_config(
+        tmp_path, write_records(tmp_path / "in.txt", 100), sim.base_url, keys
+    )
     engine = Engine(config, secrets)
     run = asyncio.create_task(engine.run())
     while engine.snapshot().counts.in_flight == 0:

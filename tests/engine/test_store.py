@@ -110,7 +110,7 @@ async def test_the_schema_has_no_column_for_a_secret_only_the_key_alias(db: Path
     async with await Store.open(db):
         pass
     columns = {
-        column
+        str(column)
         for table in ("results", "failures", "runs", "events")
         for (_, column, *_rest) in query(db, f"PRAGMA table_info({table})")
     }
@@ -323,6 +323,16 @@ async def test_without_a_writer_flush_and_close_write_the_queue_themselves(db: P
     assert query(db, "SELECT COUNT(*) FROM failures") == [(1,)]
 
 
+async def test_a_writer_first_scheduled_after_close_returns_at_once(db: Path) -> None:
+    store = await Store.open(db)
+    writer = asyncio.create_task(store.run_writer())
+    await store.put_result(result_row(1))
+    await store.close()  # the writer task has not run yet
+
+    await asyncio.wait_for(writer, timeout=30)
+    assert query(db, "SELECT COUNT(*) FROM results") == [(1,)]
+
+
 # -- crash safety --------------------------------------------------------------
 
 # The child writes chunk after chunk (a failure first for every tenth) and
@@ -359,12 +369,14 @@ async def test_a_kill_9_mid_write_leaves_a_consistent_store_that_resumes_exactly
     )
     assert child.stdout is not None
     reported = 0
-    while reported < 2000:  # several hundred transactions in, while it keeps writing
-        line = await asyncio.wait_for(child.stdout.readline(), timeout=60)
-        assert line, "the writer child exited early"
-        reported = int(line)
-    child.send_signal(signal.SIGKILL)
-    await child.wait()
+    try:
+        while reported < 2000:  # dozens of transactions in, while it keeps writing
+            line = await asyncio.wait_for(child.stdout.readline(), timeout=60)
+            assert line, "the writer child exited early"
+            reported = int(line)
+    finally:
+        child.send_signal(signal.SIGKILL)  # also when the loop above failed: no orphan writer
+        await child.wait()
 
     assert query(db, "PRAGMA integrity_check") == [("ok",)]
     [(survived,)] = query(db, "SELECT COUNT(*) FROM results")
