@@ -117,7 +117,10 @@ class Engine:
         self._input_done = False
         self._outstanding = 0  # batches made and not yet resolved
         self._in_flight_chunks = 0
-        self._seen_ids: set[int] = set()
+        # Ids queued or in flight: a repeat of one of these is not sent twice.
+        # Finished ids leave the set (the store answers for them), so memory
+        # follows the queues, not the size of the input.
+        self._live_ids: set[int] = set()
         self._store: Store | None = None
         self._run_id = 0
         self._admission: asyncio.Task[None] | None = None
@@ -327,6 +330,11 @@ class Engine:
         for task in tuple(self._sends):
             task.cancel()
 
+    @property
+    def failure_reason(self) -> str:
+        """Why the engine itself could not go on ("" when it could)."""
+        return self._fatal
+
     def summary_line(self) -> str:
         s = self.stats
         elapsed = self._clock() - self._started
@@ -399,17 +407,21 @@ class Engine:
             fresh: list[Chunk] = []
             for chunk in block:
                 as_int = int(chunk.id, 16)
-                if as_int in self._seen_ids:
+                if as_int in self._live_ids:
                     self.stats.cached += 1  # the same text again: one result serves both
                 else:
-                    self._seen_ids.add(as_int)
+                    self._live_ids.add(as_int)
                     fresh.append(chunk)
             ids = [c.id for c in fresh]
             done: set[str] = set()
             for model in models:
                 done |= await self._store.done_ids(ids, cfg.prompt.version, model)
             self.stats.skipped += len(done)
-            pending.extend(c for c in fresh if c.id not in done)
+            for chunk in fresh:
+                if chunk.id in done:
+                    self._live_ids.discard(int(chunk.id, 16))
+                else:
+                    pending.append(chunk)
             while len(pending) >= self._preset.batch_size:
                 size = self._preset.batch_size
                 await self._enqueue(pending[:size])
@@ -557,6 +569,7 @@ class Engine:
                 )
             )
             s.done += 1
+            self._live_ids.discard(int(chunk.id, 16))
         if parsed.missing:
             # Each left-out chunk is retried on its own; that counts as a failed attempt.
             by_id = {c.id: c for c in batch.chunks}
@@ -696,6 +709,7 @@ class Engine:
                 )
             )
             self.stats.failed += 1
+            self._live_ids.discard(int(chunk.id, 16))
         self.events.emit(
             EventKind.CHUNK_FAILED,
             f"{len(batch.chunks)} chunk(s) failed: {reason}",

@@ -835,6 +835,9 @@ def _argument_parser() -> argparse.ArgumentParser:
         flag = kind.replace("_", "-")
         parser.add_argument(f"--fault-{flag}", type=float, default=0.0, metavar="P")
     parser.add_argument("--hang-s", type=float, default=3600.0)
+    parser.add_argument(
+        "--exit-with-parent", action="store_true", help="exit when stdin closes (parent died)"
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--embedding-dim", type=int, default=64)
     return parser
@@ -880,19 +883,36 @@ def _announce(base_url: str) -> None:
     print(f"listening on {base_url}", flush=True)
 
 
-async def _serve_until_signalled(config: SimulatorConfig, host: str, port: int) -> None:
+class _ParentGone(asyncio.Protocol):
+    """Cancels the server when stdin closes: the parent that launched us died."""
+
+    def __init__(self, task: asyncio.Task[None]) -> None:
+        self._task = task
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._task.cancel()
+
+
+async def _serve_until_signalled(
+    config: SimulatorConfig, host: str, port: int, exit_with_parent: bool = False
+) -> None:
     task = asyncio.create_task(serve(config, host, port, _announce))
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, task.cancel)
+    if exit_with_parent:
+        # Even a kill -9 of the parent closes our stdin pipe, so no orphan lingers.
+        await loop.connect_read_pipe(lambda: _ParentGone(task), sys.stdin)
     with contextlib.suppress(asyncio.CancelledError):  # the signal: a clean exit
         await task
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the simulator until SIGTERM or SIGINT; 0 on a clean exit."""
-    config, host, port = config_from_args(sys.argv[1:] if argv is None else argv)
-    asyncio.run(_serve_until_signalled(config, host, port))
+    raw = list(sys.argv[1:] if argv is None else argv)
+    exit_with_parent = "--exit-with-parent" in raw
+    config, host, port = config_from_args(raw)
+    asyncio.run(_serve_until_signalled(config, host, port, exit_with_parent))
     return 0
 
 

@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Mapping
 
 from engine.key_secrets import key_id, served_by_simulator
@@ -72,9 +73,18 @@ async def launched_simulator(
         str(sim.fault_malformed),
         "--seed",
         str(sim.seed),
+        "--exit-with-parent",
     ]
+    errors = tempfile.TemporaryFile()  # noqa: SIM115 -- closed in the finally below
     proc = await asyncio.create_subprocess_exec(
-        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
+        *args,
+        stdin=asyncio.subprocess.PIPE,  # closes when we die: the simulator follows
+        stdout=asyncio.subprocess.PIPE,
+        stderr=errors,  # a file, not a pipe: a full pipe would block the simulator
+        env=env,
+        # Its own session: a terminal's Ctrl-C goes to the whole foreground group,
+        # and the simulator must keep answering while the engine drains.
+        start_new_session=True,
     )
     try:
         assert proc.stdout is not None
@@ -84,11 +94,11 @@ async def launched_simulator(
         except TimeoutError:
             line = ""
         if not line.startswith(_READY):
-            err = b""
-            if proc.stderr is not None:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(2):
-                        err = await proc.stderr.read()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2):
+                    await proc.wait()
+            errors.seek(0)
+            err = errors.read()
             detail = line or err.decode(errors="replace").strip()[-300:]
             raise RuntimeError(f"the simulator did not start: {detail}")
         url = line[len(_READY) :]
@@ -102,3 +112,4 @@ async def launched_simulator(
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
+        errors.close()

@@ -22,6 +22,7 @@ from pathlib import Path
 from engine.config_file import ConfigError, load_config
 from engine.engine import Engine
 from engine.headless_reporter import HeadlessReporter
+from engine.inputs import InputError, iter_documents
 from engine.key_secrets import resolve_secrets, served_by_simulator
 from engine.settings import JobConfig
 from engine.simulator_launch import launched_simulator
@@ -115,6 +116,13 @@ async def _providers(config: JobConfig) -> AsyncIterator[tuple[dict[str, str], d
 
 async def run_job(config: JobConfig, as_json: bool, interval: float) -> int:
     """Run headless: status lines, Ctrl-C drains, a second Ctrl-C stops now."""
+    try:
+        # Only finds the first input file: a missing input fails here, in one
+        # line, before the simulator starts, not as an engine warning in the log.
+        iter_documents(config.job)
+    except InputError as exc:
+        print(f"crawldeck: {exc}", file=sys.stderr)
+        return 2
     async with _providers(config) as (secrets, urls):
         engine = Engine(config, secrets, base_urls=urls)
         reporter = HeadlessReporter(engine.snapshot, interval_s=interval, as_json=as_json)
@@ -140,6 +148,8 @@ async def run_job(config: JobConfig, as_json: bool, interval: float) -> int:
             finally:
                 reporting.cancel()
         reporter.emit_once()
+        if engine.failure_reason:
+            print(f"crawldeck: {engine.failure_reason}", file=sys.stderr)
         print(engine.summary_line(), file=sys.stderr)
         return 0 if state is JobState.DONE else 1
 
