@@ -523,6 +523,8 @@ class Engine:
         self, batch: Batch, key: KeyState, result: CallResult, estimate: int
     ) -> None:
         used = result.prompt_tokens + result.completion_tokens
+        if used == 0:
+            used = estimate  # no usage reported: keep what was reserved
         key.budget.reconcile(estimate, used)
         self._sync_headers(key, result.headers)
         key.record_usage(used)
@@ -612,7 +614,14 @@ class Engine:
             key.budget.release(estimate)
             wait = parse_retry_after(failure.headers)
             if wait is None:
-                wait = self._backoff(1)
+                # No retry-after: the limit's own reset time is the next best answer.
+                limits = RateHeaders.parse(failure.headers)
+                reset = (
+                    limits.reset_tokens_s
+                    if failure.rate_kind == "tokens"
+                    else limits.reset_requests_s
+                )
+                wait = reset if reset is not None else self._backoff(1)
             key.cooldown_until = max(key.cooldown_until, now + wait)
             lowered = key.budget.on_rate_limited(failure.rate_kind, key.sending_rpm())
             self.events.emit(

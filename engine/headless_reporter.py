@@ -102,12 +102,22 @@ class HeadlessReporter:
 
     def emit_once(self) -> None:
         snap = self._take()
+        for event in snap.events:
+            if event.ts > self._last_event_ts and event.kind in _LOUD:
+                if self._json:
+                    record = {
+                        "type": "event",
+                        "kind": str(event.kind),
+                        "message": event.message,
+                        "ts": event.ts,
+                        "data": dict(event.data),
+                    }
+                    self._write(json.dumps(record, default=str))
+                else:
+                    self._write(f"  · {event.kind}: {event.message}")
         if self._json:
             self._write(json.dumps({"type": "status", **snapshot_record(snap)}, default=str))
         else:
-            for event in snap.events:
-                if event.ts > self._last_event_ts and event.kind in _LOUD:
-                    self._write(f"  · {event.kind}: {event.message}")
             self._write(status_line(snap))
         if snap.events:
             self._last_event_ts = max(self._last_event_ts, snap.events[-1].ts)

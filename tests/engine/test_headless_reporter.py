@@ -101,9 +101,16 @@ def test_a_json_status_is_one_parseable_object_without_histories_or_events() -> 
     snap = running_snapshot(events=(event(EventKind.WARNING, "careful", ts=1.0),))
     HeadlessReporter(Feed(snap), as_json=True, out=out).emit_once()
 
-    [line] = lines(out)
+    event_line, line = lines(out)
     record = json.loads(line)
 
+    assert json.loads(event_line) == {
+        "type": "event",
+        "kind": "warning",
+        "message": "careful",
+        "ts": 1.0,
+        "data": {"key": "sim/a"},
+    }
     assert record["type"] == "status"
     assert record["state"] == "running"
     assert record["counts"]["done"] == 400
