@@ -623,7 +623,7 @@ class Engine:
                 )
                 wait = reset if reset is not None else self._backoff(1)
             key.cooldown_until = max(key.cooldown_until, now + wait)
-            lowered = key.budget.on_rate_limited(failure.rate_kind, key.sending_rpm())
+            lowered = key.budget.on_rate_limited(failure.rate_kind, key.answered_rpm())
             self.events.emit(
                 EventKind.RATE_LIMITED,
                 f"429 on {key.key_id} ({failure.rate_kind}): cooling {wait:.2f}s, batch requeued",

@@ -69,6 +69,20 @@ class KeyState:
         self._trim(self.clock())
         return self._win_requests, self._win_tokens
 
+    def answered_rpm(self, window_s: float = 10.0) -> float:
+        """Answered requests per minute over the last `window_s` seconds.
+
+        After a 429 this is what the provider really lets through: a short
+        window leaves the provider's opening burst behind quickly.
+        """
+        now = self.clock()
+        count = 0
+        for stamp, requests, _ in reversed(self._window):
+            if stamp < now - window_s:
+                break
+            count += requests
+        return count * 60.0 / window_s
+
     def sending_rpm(self) -> float:
         """The rate this key was sending at recently, in requests per minute."""
         self._trim(self.clock())

@@ -85,6 +85,8 @@ class SimulatorConfig:
     seed: int = 1
     embedding_dim: int = 64
     models: tuple[str, ...] = ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small")
+    # Some providers send no x-ratelimit-* headers at all; the engine must cope.
+    rate_headers: bool = True
 
     def __post_init__(self) -> None:
         low, high = self.latency_s
@@ -375,7 +377,7 @@ class ProviderSimulator:
         by_key[caller.secret] = by_key.get(caller.secret, 0) + 1
         if caller.quota_exhausted:
             self.stats.quota_rejected += 1
-            headers = {"x-request-id": request_id, **caller.budget.headers(self._clock())}
+            headers = {"x-request-id": request_id, **self._limit_headers(caller, self._clock())}
             message = (
                 "You exceeded your current quota, please check your plan and billing details. "
                 "For more information on this error, read the docs: "
@@ -389,16 +391,19 @@ class ProviderSimulator:
             token_cost = cost(body)
         except _BadRequest as bad:
             self.stats.bad_requests += 1
-            headers = {"x-request-id": request_id, **caller.budget.headers(self._clock())}
+            headers = {"x-request-id": request_id, **self._limit_headers(caller, self._clock())}
             return self._json(
                 400, _error_body(str(bad), "invalid_request_error", None, bad.param), headers
             )
         now = self._clock()
         admission = caller.budget.admit(token_cost, now)
-        headers = {"x-request-id": request_id, **caller.budget.headers(now)}
+        headers = {"x-request-id": request_id, **self._limit_headers(caller, now)}
         if not admission.admitted:
             return self._rate_limited(admission, str(body.get("model", "")), headers)
         return await answer(request, body, headers)
+
+    def _limit_headers(self, caller: _Caller, now: float) -> dict[str, str]:
+        return caller.budget.headers(now) if self._config.rate_headers else {}
 
     def _authenticate(self, request: web.BaseRequest) -> _Caller | None:
         scheme, _, secret = request.headers.get("Authorization", "").partition(" ")
