@@ -18,11 +18,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
+from pathlib import Path
 
 from engine.adaptive_concurrency import AdaptiveConcurrency
 from engine.chunking import iter_chunks
 from engine.concurrency_limit import ConcurrencyLimit
-from engine.config_file import effective_settings
+from engine.config_file import effective_settings, load_preset_file, save_preset
 from engine.events import Event, EventBus, EventKind
 from engine.inputs import iter_documents
 from engine.key_pool import KeyPool, KeyState, NoUsableKeyError
@@ -269,9 +270,18 @@ class Engine:
             EventKind.CONCURRENCY_CHANGED, f"concurrency {old} → {value}", old=old, new=value
         )
 
-    def apply_preset(self, preset: Preset | str) -> None:
-        """Switch to a preset (a name known to the job, or a `Preset` value) mid-run."""
-        if isinstance(preset, str):
+    def apply_preset(self, preset: Preset | str | Path) -> None:
+        """Switch to a preset mid-run: a name known to the job, a preset file, or a value.
+
+        A bad file raises `ConfigError` (one line per problem) and changes nothing.
+        """
+        if isinstance(preset, Path) or (
+            isinstance(preset, str)
+            and preset not in self.config.presets
+            and preset.endswith(".toml")
+        ):
+            preset = load_preset_file(Path(preset))
+        elif isinstance(preset, str):
             if preset not in self.config.presets:
                 known = ", ".join(sorted(self.config.presets))
                 raise KeyError(f"unknown preset {preset!r} (known: {known})")
@@ -290,6 +300,12 @@ class Engine:
             concurrency=preset.concurrency,
             batch_size=preset.batch_size,
         )
+
+    def save_preset(self, path: Path, name: str | None = None) -> Preset:
+        """Write the settings in force now (concurrency changes included) as a preset file."""
+        preset = replace(self._preset, name=name or self._preset.name)
+        save_preset(preset, path)
+        return preset
 
     def pause(self) -> None:
         """Stop admitting requests; in-flight ones finish and are stored."""
