@@ -77,6 +77,10 @@ def classify_status_error(exc: openai.APIStatusError, latency: float) -> CallFai
     if status == 429:
         if "insufficient_quota" in (code, err_type):
             return CallFailure(FailureKind.QUOTA, message[:200], headers, latency)
+        if "too large" in message.lower():
+            # Bigger than the whole per-minute budget: waiting can never help, a
+            # smaller request can (the dispatcher splits the batch).
+            return CallFailure(FailureKind.BAD_REQUEST, message[:200], headers, latency)
         rate_kind = "tokens" if err_type == "tokens" or "(TPM)" in message else "requests"
         return CallFailure(FailureKind.RATE_LIMITED, message[:200], headers, latency, rate_kind)
     if status in (401, 403):
