@@ -604,15 +604,18 @@ class Engine:
             return
         learned = key.budget.sync(RateHeaders.parse(headers))
         if learned:
-            which, old, new = learned
-            self.events.emit(
-                EventKind.LIMIT_LEARNED,
-                f"{key.key_id}: {which} limit {old:g} → {new:g} (from the provider's headers)",
-                key=key.key_id,
-                which=which,
-                old=old,
-                new=new,
-            )
+            self._limit_learned(key, learned, "the provider's headers")
+
+    def _limit_learned(self, key: KeyState, learned: tuple[str, float, float], source: str) -> None:
+        which, old, new = learned
+        self.events.emit(
+            EventKind.LIMIT_LEARNED,
+            f"{key.key_id}: {which} limit {old:g} → {new:g} (from {source})",
+            key=key.key_id,
+            which=which,
+            old=old,
+            new=new,
+        )
 
     async def _on_failure(
         self, batch: Batch, key: KeyState, failure: CallFailure, estimate: int
@@ -648,15 +651,7 @@ class Engine:
                 retry_after_s=wait,
             )
             if lowered:
-                which, old, new = lowered
-                self.events.emit(
-                    EventKind.LIMIT_LEARNED,
-                    f"{key.key_id}: {which} limit {old:g} → {new:g} (from 429s)",
-                    key=key.key_id,
-                    which=which,
-                    old=old,
-                    new=new,
-                )
+                self._limit_learned(key, lowered, "429s")
             self._queue.put_retry(batch)
             return
         self._adaptive.record(now, False)
