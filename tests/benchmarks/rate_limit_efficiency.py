@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from engine.engine import Engine
 from engine.settings import BUILTIN_PRESETS, JobConfig, JobSettings, KeySettings, ProviderSettings
@@ -32,6 +33,7 @@ async def simulator_process(
     keys: Sequence[tuple[str, int | None, int | None]],
     latency: tuple[float, float] = (0.5, 2.0),
     per_token: float = 0.0,
+    faults: Sequence[str] = (),
 ) -> AsyncIterator[str]:
     args = [
         sys.executable,
@@ -41,6 +43,7 @@ async def simulator_process(
         f"{latency[0]},{latency[1]}",
         "--per-token",
         str(per_token),
+        *faults,
     ]
     for secret, rpm, tpm in keys:
         args += ["--key", f"{secret}:{rpm or '-'}:{tpm or '-'}"]
@@ -70,6 +73,7 @@ class Outcome:
     requests: int
     wall_s: float
     bound_s: float
+    integrity: str
 
 
 async def scenario(
@@ -81,11 +85,12 @@ async def scenario(
     batch_size: int,
     bound: str,
     workdir: Path,
+    faults: Sequence[str] = (),
 ) -> Outcome:
     secrets = [(f"bench-{i}", rpm, tpm) for i, (rpm, tpm) in enumerate(real)]
     input_path = workdir / f"{name}.txt"
     write_input(input_path, records, words)
-    async with simulator_process(secrets) as url:
+    async with simulator_process(secrets, faults=faults) as url:
         provider = ProviderSettings(
             name="sim",
             base_url=url,
@@ -95,7 +100,14 @@ async def scenario(
                 for i, (rpm, tpm) in enumerate(configured)
             ),
         )
-        preset = replace(BUILTIN_PRESETS["aggressive"], concurrency=256, batch_size=batch_size)
+        # A 5 s timeout bounds what a hung request costs (the faults scenario).
+        preset = replace(
+            BUILTIN_PRESETS["aggressive"],
+            concurrency=256,
+            batch_size=batch_size,
+            request_timeout_s=5.0,
+            max_retries=6,
+        )
         config = JobConfig(
             job=JobSettings(
                 name=name,
@@ -114,16 +126,20 @@ async def scenario(
         wall = time.monotonic() - started
     snap = engine.snapshot()
     with sqlite3.connect(workdir / f"{name}.db") as db:
-        (tokens,) = db.execute("SELECT SUM(input_tokens + output_tokens) FROM results").fetchone()
+        results, distinct = db.execute(
+            "SELECT COUNT(*), COUNT(DISTINCT chunk_id) FROM results"
+        ).fetchone()
+        (failed,) = db.execute("SELECT COUNT(*) FROM failures WHERE reason != ''").fetchone()
+    lost = records - results - failed
+    integrity = f"{results} done, {failed} failed, {lost} lost, {results - distinct} twice"
     ok_requests = snap.requests - snap.rate_limited
     if bound == "rpm":
         rate = sum(rpm or 0 for rpm, _ in real) / 60.0
         bound_s = ok_requests / rate
     else:
-        # usage is split per chunk in the store; the engine's own token count is exact
+        # The engine's token count is exact; the store splits usage per chunk.
         rate = sum(tpm or 0 for _, tpm in real) / 60.0
         bound_s = engine.stats.tokens / rate
-    del tokens
     return Outcome(
         name,
         bound_s / wall,
@@ -131,6 +147,7 @@ async def scenario(
         snap.requests,
         wall,
         bound_s,
+        integrity,
     )
 
 
@@ -169,16 +186,23 @@ async def main(quick: bool) -> None:
                 "rpm",
             ),
         ]
+        faults = ["--fault-5xx", "0.02", "--fault-reset", "0.01", "--fault-hang", "0.005"]
+        faults += ["--fault-malformed", "0.01", "--hang-s", "3600"]
+        with_faults = ("rpm-bound with faults", [(600, 10**7)], [(600, 10**7)], n * 5, 20, 5, "rpm")
         print(
             f"{'scenario':32} {'efficiency':>10} {'429s':>7} {'requests':>9} "
-            f"{'wall':>7} {'bound':>7}"
+            f"{'wall':>7} {'bound':>7}  chunks"
         )
-        for name, real, configured, records, words, batch, bound in plans:
+        runs: list[tuple[tuple[Any, ...], list[str]]] = [(plan, []) for plan in plans]
+        runs.append((with_faults, faults))
+        for (name, real, configured, records, words, batch, bound), fault_args in runs:
             slug = name.split(",")[0].replace(" ", "-")
-            out = await scenario(slug, real, configured, records, words, batch, bound, work)
+            out = await scenario(
+                slug, real, configured, records, words, batch, bound, work, fault_args
+            )
             print(
                 f"{name:32} {out.efficiency:10.3f} {out.share_429:7.2%} {out.requests:9d} "
-                f"{out.wall_s:6.1f}s {out.bound_s:6.1f}s",
+                f"{out.wall_s:6.1f}s {out.bound_s:6.1f}s  {out.integrity}",
                 flush=True,
             )
 

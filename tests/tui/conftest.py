@@ -1,0 +1,135 @@
+"""Shared set-up for dashboard tests: a real engine on the simulator, or a fixed snapshot."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from engine.engine import Engine
+from engine.events import Event, EventKind
+from engine.settings import BUILTIN_PRESETS
+from engine.simulator import ProviderSimulator
+from engine.snapshot import (
+    Counts,
+    JobState,
+    KeySnapshot,
+    MemorySnapshot,
+    QueueDepths,
+    Snapshot,
+)
+from tests.engine.conftest import job_config, sim_keys, simulator, write_records
+
+__all__ = ["simulator"]  # the real simulator on loopback, re-exported as a fixture
+
+_MB = 2**20
+STARTED_AT = 1_700_000_000.0  # a fixed wall clock: event offsets are the same on every host
+
+
+def fixed_snapshot(**changes: object) -> Snapshot:
+    """A busy job at one instant, every field set, for deterministic screenshots."""
+
+    def at(offset: float, kind: EventKind, message: str) -> Event:
+        return Event(kind, message, ts=STARTED_AT + offset)
+
+    snap = Snapshot(
+        job_name="transcripts-q3",
+        state=JobState.RUNNING,
+        taken_at=STARTED_AT + 754.0,
+        elapsed_s=754.0,
+        counts=Counts(
+            total=12_000, seen=5_200, pending=900, in_flight=40, done=4_180, failed=12, skipped=60
+        ),
+        items_per_min=342.0,
+        requests_per_min=71.0,
+        tokens_per_s=5_400.0,
+        eta_s=1_350.0,
+        eta_low_s=1_180.0,
+        eta_high_s=1_610.0,
+        latency_p50_s=1.42,
+        latency_p95_s=3.1,
+        latency_p99_s=5.87,
+        requests=892,
+        rate_limited=7,
+        keys=(
+            KeySnapshot(
+                "openai/main", "openai", "main", "sk-…a1b2", 61, 500.0, 182_000, 200_000.0,
+                6, 600, 3, 5, "ok",
+            ),
+            KeySnapshot(
+                "openai/backup", "openai", "backup", "sk-…9f3c", 12, 500.0, 39_000, 200_000.0,
+                2, 280, 1, 2, "cooling", cooldown_s=4.0,
+            ),
+            KeySnapshot(
+                "local/sim", "local", "sim", "……", 0, None, 0, None, 0, 12, 12, 0,
+                "disabled", disabled_reason="insufficient_quota",
+            ),
+        ),
+        concurrency=8,
+        in_flight_requests=8,
+        preset=BUILTIN_PRESETS["aggressive"],
+        memory=MemorySnapshot(
+            rss_bytes=1_190 * _MB, soft_bytes=1_536 * _MB, hard_bytes=2_048 * _MB, state="ok"
+        ),
+        cost_usd=0.4821,
+        cost_projected_usd=1.3794,
+        queues=QueueDepths(documents=3, chunks=512, batches=14, retries=2, store=9),
+        throughput_history=tuple(300.0 + (i * 37) % 90 for i in range(120)),
+        latency_history=tuple(1.0 + ((i * 13) % 17) / 10 for i in range(120)),
+        events=(
+            at(0.0, EventKind.JOB_STARTED, "job transcripts-q3 started with preset aggressive"),
+            at(61.0, EventKind.RATE_LIMITED, "openai/backup: 429, cooling 4.0s"),
+            at(125.0, EventKind.CONCURRENCY_CHANGED, "concurrency 16 → 8"),
+            at(300.0, EventKind.KEY_DISABLED, "local/sim disabled: insufficient_quota"),
+            at(512.0, EventKind.CHUNK_FAILED, "chunk 4411 failed after 5 attempts"),
+            at(753.0, EventKind.RETRY, "batch 893 retry 1 in 0.5s (server_error)"),
+        ),
+    )
+    return replace(snap, **changes)  # type: ignore[arg-type]
+
+
+class FixedSource:
+    """Returns one snapshot forever and records the controls it was sent."""
+
+    def __init__(self, snap: Snapshot) -> None:
+        self.snap = snap
+        self.calls: list[tuple[str, object]] = []
+
+    def snapshot(self) -> Snapshot:
+        return self.snap
+
+    def set_concurrency(self, value: int) -> None:
+        self.calls.append(("set_concurrency", value))
+
+    def apply_preset(self, preset: str) -> None:
+        self.calls.append(("apply_preset", preset))
+
+    def pause(self) -> None:
+        self.calls.append(("pause", None))
+
+    def resume(self) -> None:
+        self.calls.append(("resume", None))
+
+    def drain(self) -> None:
+        self.calls.append(("drain", None))
+
+    def stop(self) -> None:
+        self.calls.append(("stop", None))
+
+
+KEYS = (("k1", 60_000, 100_000_000),)
+
+
+@pytest.fixture
+async def slow_engine(
+    tmp_path: Path, simulator: Callable[..., ProviderSimulator]
+) -> Engine:
+    """A real engine against a slow simulator: it stays running for the whole test."""
+    sim = await simulator(keys=sim_keys(KEYS), latency_s=(0.3, 0.4))  # type: ignore[misc]
+    config, secrets = job_config(
+        tmp_path, write_records(tmp_path / "in.txt", 400), sim.base_url, KEYS
+    )
+    config = replace(config, preset=replace(config.preset, concurrency=4))
+    return Engine(config, secrets)

@@ -1,0 +1,202 @@
+"""The dashboard drives the real engine, and looks the same every time from a fixed snapshot."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from textual.clock import Clock
+from textual.pilot import Pilot
+
+from engine.engine import Engine
+from engine.snapshot import JobState
+from tests.tui.conftest import FixedSource, fixed_snapshot
+from tui.actions import ACTIONS
+from tui.app import CrawldeckApp
+from tui.screens.confirm_quit import ConfirmQuitScreen
+from tui.widgets.event_log import EventLog
+from tui.widgets.key_usage_table import KeyUsageTable
+
+WAIT_S = 10.0  # a hang guard; conditions normally hold within a few ticks
+
+
+async def wait_until(pilot: Pilot[object], condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await pilot.pause(0.05)
+
+
+async def start(pilot: Pilot[object], engine: Engine) -> None:
+    await wait_until(pilot, lambda: engine.snapshot().state is JobState.RUNNING)
+
+
+async def finish(pilot: Pilot[object], app: CrawldeckApp, engine: Engine) -> None:
+    """Stop the engine and let its worker end before the app closes."""
+    engine.stop()
+    await wait_until(pilot, lambda: not app.engine_running)
+
+
+class FrozenClock(Clock):
+    """Time that never moves: nothing animates in a screenshot."""
+
+    @property
+    def time(self) -> float:
+        return 0.0
+
+
+def fixed_app(**changes: object) -> CrawldeckApp:
+    return CrawldeckApp(FixedSource(fixed_snapshot(**changes)), refresh_hz=0, clock=FrozenClock())
+
+
+# ---------------------------------------------------------------- the real engine
+async def test_space_pauses_and_p_resumes_the_engine(slow_engine: Engine) -> None:
+    app = CrawldeckApp(slow_engine, refresh_hz=20)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await start(pilot, slow_engine)
+
+        await pilot.press("space")
+        await pilot.pause()
+        assert slow_engine.snapshot().state is JobState.PAUSED
+        assert "PAUSED" in str(app.query_one("#job-status").render())
+
+        await pilot.press("p")
+        await pilot.pause()
+        assert slow_engine.snapshot().state is JobState.RUNNING
+        await finish(pilot, app, slow_engine)
+
+
+async def test_plus_and_minus_change_the_engine_concurrency(slow_engine: Engine) -> None:
+    app = CrawldeckApp(slow_engine, refresh_hz=20)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await start(pilot, slow_engine)
+        before = slow_engine.snapshot().concurrency
+
+        await pilot.press("plus", "plus")
+        await pilot.pause()
+        assert slow_engine.snapshot().concurrency == before + 2
+
+        await pilot.press("minus")
+        await pilot.pause()
+        assert slow_engine.snapshot().concurrency == before + 1
+        assert f"/{before + 1}" in str(app.query_one("#job-status").render())
+        await finish(pilot, app, slow_engine)
+
+
+async def test_t_switches_between_conservative_and_aggressive(slow_engine: Engine) -> None:
+    app = CrawldeckApp(slow_engine, refresh_hz=20)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await start(pilot, slow_engine)
+        assert slow_engine.snapshot().preset.name == "aggressive"
+
+        await pilot.press("t")
+        await pilot.pause()
+        snap = slow_engine.snapshot()
+        assert snap.preset.name == "conservative"
+        assert snap.concurrency == slow_engine.config.presets["conservative"].concurrency
+
+        await pilot.press("t")
+        await pilot.pause()
+        assert slow_engine.snapshot().preset.name == "aggressive"
+        await finish(pilot, app, slow_engine)
+
+
+async def test_d_drains_and_the_engine_ends_stopped(slow_engine: Engine) -> None:
+    app = CrawldeckApp(slow_engine, refresh_hz=20)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await start(pilot, slow_engine)
+
+        await pilot.press("d")
+        await pilot.pause()
+        assert slow_engine.snapshot().state in (JobState.DRAINING, JobState.STOPPED)
+        await wait_until(pilot, lambda: not app.engine_running)
+
+        assert slow_engine.snapshot().state is JobState.STOPPED
+        assert app.is_running  # draining ends the job, not the dashboard
+        # Steering is disabled once the job is over.
+        assert app.dashboard.check_action("toggle_pause", ()) is None
+
+
+async def test_quit_asks_while_running_and_stops_the_engine_on_yes(
+    slow_engine: Engine,
+) -> None:
+    app = CrawldeckApp(slow_engine, refresh_hz=20)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await start(pilot, slow_engine)
+
+        await pilot.press("q")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmQuitScreen)
+        await pilot.press("n")
+        await pilot.pause()
+        assert app.screen is app.dashboard
+        assert slow_engine.snapshot().state is JobState.RUNNING
+
+        await pilot.press("q")
+        await pilot.pause()
+        await pilot.press("y")
+        await wait_until(pilot, lambda: not app.is_running)
+
+    assert slow_engine.snapshot().state is JobState.STOPPED
+    assert app.return_value is JobState.STOPPED
+
+
+# ---------------------------------------------------------------- a fixed snapshot
+async def test_quit_is_immediate_once_the_job_is_over() -> None:
+    app = fixed_app(state=JobState.DONE)
+    async with app.run_test() as pilot:
+        await pilot.press("q")
+        await wait_until(pilot, lambda: not app.is_running)
+    assert app.return_value is JobState.DONE
+
+
+async def test_controls_call_the_source_and_the_palette_lists_them() -> None:
+    app = fixed_app()
+    source = app.source
+    assert isinstance(source, FixedSource)
+    async with app.run_test() as pilot:
+        await pilot.press("space", "plus", "minus", "t")
+        await pilot.pause()
+        assert source.calls == [
+            ("pause", None),
+            ("set_concurrency", 9),
+            ("set_concurrency", 7),
+            ("apply_preset", "conservative"),
+        ]
+        titles = [c.title for c in app.get_system_commands(app.dashboard)]
+        for action in ACTIONS:
+            if action.action != "request_quit":
+                assert action.description in titles
+        bound = {b.id for _, b in app.dashboard._bindings}
+        assert {a.id for a in ACTIONS} <= bound
+
+
+async def test_widgets_show_the_snapshot_values() -> None:
+    app = fixed_app()
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.pause()
+        table = app.query_one(KeyUsageTable)
+        assert table.row_count == 3
+        assert table.get_row("openai/main")[2] == "sk-…a1b2"
+        assert table.get_row("openai/backup")[7] == "cooling 4s"
+        log = app.query_one(EventLog)
+        assert len(log.lines) == 6
+        assert "+12:33" in log.lines[-1].text
+
+
+def test_dashboard_at_80x24(snap_compare: Callable[..., bool]) -> None:
+    assert snap_compare(fixed_app(), terminal_size=(80, 24))
+
+
+def test_dashboard_at_160x48(snap_compare: Callable[..., bool]) -> None:
+    assert snap_compare(fixed_app(), terminal_size=(160, 48))
+
+
+def test_the_theme_uses_no_hex_colours() -> None:
+    from tui.app import THEME_PATH
+
+    css = Path(THEME_PATH).read_text(encoding="utf-8")
+    assert "#" not in css.replace("#job-status", "").replace("#progress", "").replace(
+        "#sparklines", ""
+    )

@@ -1,0 +1,80 @@
+"""The dashboard's controls, declared once.
+
+Each entry feeds the key bindings (with a stable id, so `App.set_keymap()`
+can remap it), the footer and the command palette.  An action only calls an
+engine control; its effect shows in the next snapshot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual.binding import Binding
+
+
+@dataclass(frozen=True, slots=True)
+class DashboardAction:
+    id: str  # stable binding id, the key for user remaps
+    action: str  # the `action_*` method on the dashboard screen, without the prefix
+    description: str  # short: the footer's label
+    help: str  # longer: the command palette's help line
+    keys: str  # default keys, comma-separated Textual key names
+    key_display: str | None = None
+
+
+ACTIONS: tuple[DashboardAction, ...] = (
+    DashboardAction(
+        "crawldeck.pause_resume",
+        "toggle_pause",
+        "Pause/Resume",
+        "Pause new requests, or resume a paused job",
+        "space,p",
+        "space",
+    ),
+    DashboardAction(
+        "crawldeck.concurrency_up",
+        "concurrency_up",
+        "Conc +1",
+        "Allow one more request in flight",
+        "plus",
+        "+",
+    ),
+    DashboardAction(
+        "crawldeck.concurrency_down",
+        "concurrency_down",
+        "Conc -1",
+        "Allow one fewer request in flight",
+        "minus",
+        "-",
+    ),
+    DashboardAction(
+        "crawldeck.toggle_preset",
+        "toggle_preset",
+        "Preset",
+        "Switch between the conservative and aggressive presets",
+        "t",
+    ),
+    DashboardAction(
+        "crawldeck.drain",
+        "drain",
+        "Drain",
+        "Finish what is in flight, store it, then stop",
+        "d",
+    ),
+    DashboardAction(
+        "crawldeck.quit",
+        "request_quit",
+        "Quit",
+        "Quit the dashboard (asks first while the job runs)",
+        "q",
+    ),
+)
+
+ACTIONS_BY_ID: dict[str, DashboardAction] = {a.id: a for a in ACTIONS}
+
+
+def dashboard_bindings() -> list[Binding]:
+    return [
+        Binding(a.keys, a.action, a.description, key_display=a.key_display, id=a.id)
+        for a in ACTIONS
+    ]

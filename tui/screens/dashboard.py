@@ -1,0 +1,145 @@
+"""The live dashboard: every widget mounted once, fed each new snapshot.
+
+Controls call the engine and take a fresh snapshot at once; the screen never
+keeps its own copy of an engine setting.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+from textual.app import ComposeResult
+from textual.binding import BindingType
+from textual.clock import Clock
+from textual.containers import Horizontal
+from textual.screen import Screen
+from textual.widgets import Footer, ProgressBar
+
+from engine.config_file import ConfigError
+from engine.snapshot import JobState, Snapshot
+from tui.actions import ACTIONS, dashboard_bindings
+from tui.engine_source import EngineSource
+from tui.widgets.event_log import EventLog
+from tui.widgets.headline_figures import HeadlineFigures
+from tui.widgets.job_status import JobStatus
+from tui.widgets.key_usage_table import KeyUsageTable
+from tui.widgets.latency_sparkline import LatencySparkline
+from tui.widgets.memory_gauge import MemoryGauge
+from tui.widgets.queue_depths_bar import QueueDepthsBar
+from tui.widgets.throughput_sparkline import ThroughputSparkline
+
+if TYPE_CHECKING:
+    from tui.app import CrawldeckApp
+
+ACTIVE_STATES = frozenset(
+    {
+        JobState.STARTING,
+        JobState.RUNNING,
+        JobState.PAUSED,
+        JobState.DRAINING,
+        JobState.STOPPING,
+    }
+)
+# Controls that only make sense while the engine still takes new work.
+_STEERING = frozenset(a.action for a in ACTIONS if a.action != "request_quit")
+_STEERABLE_STATES = frozenset({JobState.STARTING, JobState.RUNNING, JobState.PAUSED})
+PRESET_TOGGLE = {"conservative": "aggressive", "aggressive": "conservative"}
+
+
+class DashboardScreen(Screen[None]):
+    BINDINGS: ClassVar[list[BindingType]] = list(dashboard_bindings())
+
+    def __init__(self, source: EngineSource, clock: Clock | None = None) -> None:
+        super().__init__()
+        self.source = source
+        self._clock = clock
+        self._state: JobState | None = None  # only to enable/disable the controls
+        self._progress: tuple[int | None, int] | None = None
+        self.ready = False  # set once the widgets are mounted
+
+    def compose(self) -> ComposeResult:
+        yield JobStatus(id="job-status")
+        yield HeadlineFigures(id="headline")
+        yield ProgressBar(id="progress", show_eta=False, clock=self._clock)
+        with Horizontal(id="sparklines"):
+            yield ThroughputSparkline(id="throughput")
+            yield LatencySparkline(id="latency")
+        yield MemoryGauge(id="memory")
+        yield QueueDepthsBar(id="queues")
+        yield KeyUsageTable(id="keys")
+        yield EventLog(id="events")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one(EventLog).border_title = "events"
+        self.ready = True
+        self.crawldeck.refresh_snapshot()
+
+    @property
+    def crawldeck(self) -> CrawldeckApp:
+        from tui.app import CrawldeckApp
+
+        assert isinstance(self.app, CrawldeckApp)
+        return self.app
+
+    # ------------------------------------------------------------ display
+    def show(self, snap: Snapshot) -> None:
+        """Hand the snapshot to every widget; each redraws only what changed."""
+        self.query_one(JobStatus).show(snap)
+        self.query_one(HeadlineFigures).show(snap)
+        progress = (snap.counts.total, snap.counts.finished)
+        if progress != self._progress:
+            self._progress = progress
+            self.query_one(ProgressBar).update(total=progress[0], progress=progress[1])
+        self.query_one(ThroughputSparkline).show(snap)
+        self.query_one(LatencySparkline).show(snap)
+        self.query_one(MemoryGauge).show(snap)
+        self.query_one(QueueDepthsBar).show(snap)
+        self.query_one(KeyUsageTable).show(snap)
+        self.query_one(EventLog).show(snap)
+        if snap.state is not self._state:
+            self._state = snap.state
+            self.refresh_bindings()
+
+    # ------------------------------------------------------------ controls
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in _STEERING and self._state not in _STEERABLE_STATES:
+            return None  # shown, but disabled: the job no longer takes steering
+        return True
+
+    def _after_control(self) -> None:
+        self.crawldeck.refresh_snapshot()
+
+    def action_toggle_pause(self) -> None:
+        state = self.source.snapshot().state
+        if state is JobState.PAUSED:
+            self.source.resume()
+        elif state is JobState.RUNNING:
+            self.source.pause()
+        self._after_control()
+
+    def action_concurrency_up(self) -> None:
+        self.source.set_concurrency(self.source.snapshot().concurrency + 1)
+        self._after_control()
+
+    def action_concurrency_down(self) -> None:
+        current = self.source.snapshot().concurrency
+        if current > 1:
+            self.source.set_concurrency(current - 1)
+        self._after_control()
+
+    def action_toggle_preset(self) -> None:
+        target = PRESET_TOGGLE.get(self.source.snapshot().preset.name, "conservative")
+        try:
+            self.source.apply_preset(target)
+        except (KeyError, ConfigError) as exc:
+            self.notify(str(exc), title="Preset not applied", severity="error")
+        self._after_control()
+
+    def action_drain(self) -> None:
+        self.source.drain()
+        self.notify("Finishing what is in flight, then stopping.", title="Draining")
+        self._after_control()
+
+    def action_request_quit(self) -> None:
+        self.crawldeck.request_quit()

@@ -1,0 +1,63 @@
+"""The four numbers an operator looks at first: rate, ETA, progress, cost.
+
+Every figure comes from the snapshot as the engine computed it; nothing here
+derives a rate or an ETA.
+"""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.reactive import reactive
+from textual.widget import Widget
+from textual.widgets import Static
+
+from engine.headless_reporter import format_duration
+from engine.snapshot import Snapshot
+
+# (label, value, note) for each figure, left to right
+Figures = tuple[tuple[str, str, str], ...]
+
+_FIGURE_IDS = ("rate", "eta", "progress", "cost")
+
+
+def headline_figures(snap: Snapshot) -> Figures:
+    counts = snap.counts
+    total = "?" if counts.total is None else f"{counts.total:,}"
+    band = ""
+    if snap.eta_low_s is not None and snap.eta_high_s is not None and snap.eta_s:
+        band = f"{format_duration(snap.eta_low_s)}\u2013{format_duration(snap.eta_high_s)}"
+    projected = "" if snap.cost_projected_usd is None else f"~${snap.cost_projected_usd:,.4f} total"
+    return (
+        ("items/min", f"{snap.items_per_min:,.0f}", f"{snap.requests_per_min:,.0f} req/min"),
+        ("ETA", format_duration(snap.eta_s), band),
+        ("done/total", f"{counts.finished:,}/{total}", f"{counts.failed:,} failed"),
+        ("cost", f"${snap.cost_usd:,.4f}", projected),
+    )
+
+
+class HeadlineFigures(Widget):
+    """Items per minute, ETA with its band, done/total and cost, side by side."""
+
+    DEFAULT_CSS = """
+    HeadlineFigures { layout: horizontal; height: 3; }
+    HeadlineFigures > .figure { width: 1fr; height: 3; }
+    """
+
+    figures: reactive[Figures] = reactive((), init=False)
+
+    def compose(self) -> ComposeResult:
+        for figure_id in _FIGURE_IDS:
+            yield Static(id=f"figure-{figure_id}", classes="figure")
+
+    def show(self, snap: Snapshot) -> None:
+        self.figures = headline_figures(snap)
+
+    def watch_figures(self, old: Figures, new: Figures) -> None:
+        for index, figure in enumerate(new):
+            if index < len(old) and old[index] == figure:
+                continue  # unchanged: leave the widget alone
+            label, value, note = figure
+            self.query_one(f"#figure-{_FIGURE_IDS[index]}", Static).update(
+                Text.assemble((label, "dim"), "\n", (value, "bold"), "\n", (note, "dim"))
+            )
