@@ -26,7 +26,7 @@ ACTIONS: tuple[DashboardAction, ...] = (
     DashboardAction(
         "crawldeck.pause_resume",
         "toggle_pause",
-        "Pause/Resume",
+        "Pause",
         "Pause new requests, or resume a paused job",
         "space,p",
         "space",
@@ -34,7 +34,7 @@ ACTIONS: tuple[DashboardAction, ...] = (
     DashboardAction(
         "crawldeck.concurrency_up",
         "concurrency_up",
-        "Conc +1",
+        "Conc+",
         "Allow one more request in flight",
         "plus",
         "+",
@@ -42,7 +42,7 @@ ACTIONS: tuple[DashboardAction, ...] = (
     DashboardAction(
         "crawldeck.concurrency_down",
         "concurrency_down",
-        "Conc -1",
+        "Conc-",
         "Allow one fewer request in flight",
         "minus",
         "-",

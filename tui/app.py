@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from textual import work
 from textual.app import App, SystemCommand
 from textual.clock import Clock
 from textual.screen import Screen
+from textual.timer import Timer
 from textual.worker import Worker, WorkerState
 
 import themes
@@ -57,6 +59,7 @@ class CrawldeckApp(App[JobState | None]):
         self._engine = source if isinstance(source, Engine) else None
         self._run_engine = self._engine is not None if run_engine is None else run_engine
         self._quit_when_finished = False
+        self._poll: Timer | None = None
         self.dashboard = DashboardScreen(source, clock=clock)
 
     def get_default_screen(self) -> Screen[None]:
@@ -64,9 +67,15 @@ class CrawldeckApp(App[JobState | None]):
 
     def on_mount(self) -> None:
         if self.refresh_hz > 0:
-            self.set_interval(1.0 / self.refresh_hz, self.refresh_snapshot, name="snapshot-poll")
+            self._poll = self.set_interval(
+                1.0 / self.refresh_hz, self.refresh_snapshot, name="snapshot-poll"
+            )
         if self._run_engine and self._engine is not None:
             self.run_engine(self._engine)
+
+    def on_unmount(self) -> None:
+        if self._poll is not None:
+            self._poll.stop()
 
     # ------------------------------------------------------------ the engine
     @work(exclusive=True, group=_ENGINE_GROUP, exit_on_error=False)
@@ -120,7 +129,7 @@ class CrawldeckApp(App[JobState | None]):
             self.exit(self.source.snapshot().state)
 
     # ------------------------------------------------------------ palette
-    def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
         if not isinstance(screen, DashboardScreen):
             return

@@ -1,6 +1,7 @@
 """The `crawldeck` command line.
 
-`run` and `demo` drive the engine (headless until the dashboard lands);
+`run` and `demo` drive the engine under the dashboard in a terminal, or
+headless (status lines) with `--headless`, `--json` or when output is piped;
 `simulate` serves the bundled provider simulator; `export` writes stored
 results out.  Textual is imported only by the commands that show a screen,
 so headless runs over SSH never load it.
@@ -76,9 +77,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             config = load_config(args.job, preset=args.preset, overrides=args.overrides)
+            if _wants_dashboard(args):
+                return asyncio.run(run_dashboard(config))
             return asyncio.run(run_job(config, args.json, args.interval))
         if args.command == "demo":
             config = load_demo_config(args.preset, args.overrides, args.store)
+            if _wants_dashboard(args):
+                return asyncio.run(run_dashboard(config))
             return asyncio.run(run_job(config, args.json, args.interval))
         if args.command == "simulate":
             return simulate(args.job, args.port)
@@ -148,6 +153,30 @@ async def run_job(config: JobConfig, as_json: bool, interval: float) -> int:
             finally:
                 reporting.cancel()
         reporter.emit_once()
+        if engine.failure_reason:
+            print(f"crawldeck: {engine.failure_reason}", file=sys.stderr)
+        print(engine.summary_line(), file=sys.stderr)
+        return 0 if state is JobState.DONE else 1
+
+
+def _wants_dashboard(args: argparse.Namespace) -> bool:
+    """The dashboard needs a terminal; pipes, logs and `--headless` get status lines."""
+    return not args.headless and not args.json and sys.stdout.isatty()
+
+
+async def run_dashboard(config: JobConfig) -> int:
+    """Run the job under the dashboard; quitting there stops the job."""
+    # Textual is loaded here only, so headless runs never import it.
+    from tui.app import CrawldeckApp
+
+    try:
+        iter_documents(config.job)
+    except InputError as exc:
+        print(f"crawldeck: {exc}", file=sys.stderr)
+        return 2
+    async with _providers(config) as (secrets, urls):
+        engine = Engine(config, secrets, base_urls=urls)
+        state = await CrawldeckApp(engine).run_async()
         if engine.failure_reason:
             print(f"crawldeck: {engine.failure_reason}", file=sys.stderr)
         print(engine.summary_line(), file=sys.stderr)

@@ -55,16 +55,51 @@ def fixed_snapshot(**changes: object) -> Snapshot:
         rate_limited=7,
         keys=(
             KeySnapshot(
-                "openai/main", "openai", "main", "sk-…a1b2", 61, 500.0, 182_000, 200_000.0,
-                6, 600, 3, 5, "ok",
+                "openai/main",
+                "openai",
+                "main",
+                "sk-…a1b2",
+                61,
+                500.0,
+                182_000,
+                200_000.0,
+                6,
+                600,
+                3,
+                5,
+                "ok",
             ),
             KeySnapshot(
-                "openai/backup", "openai", "backup", "sk-…9f3c", 12, 500.0, 39_000, 200_000.0,
-                2, 280, 1, 2, "cooling", cooldown_s=4.0,
+                "openai/backup",
+                "openai",
+                "backup",
+                "sk-…9f3c",
+                12,
+                500.0,
+                39_000,
+                200_000.0,
+                2,
+                280,
+                1,
+                2,
+                "cooling",
+                cooldown_s=4.0,
             ),
             KeySnapshot(
-                "local/sim", "local", "sim", "……", 0, None, 0, None, 0, 12, 12, 0,
-                "disabled", disabled_reason="insufficient_quota",
+                "local/sim",
+                "local",
+                "sim",
+                "……",
+                0,
+                None,
+                0,
+                None,
+                0,
+                12,
+                12,
+                0,
+                "disabled",
+                disabled_reason="insufficient_quota",
             ),
         ),
         concurrency=8,
@@ -123,9 +158,7 @@ KEYS = (("k1", 60_000, 100_000_000),)
 
 
 @pytest.fixture
-async def slow_engine(
-    tmp_path: Path, simulator: Callable[..., ProviderSimulator]
-) -> Engine:
+async def slow_engine(tmp_path: Path, simulator: Callable[..., ProviderSimulator]) -> Engine:
     """A real engine against a slow simulator: it stays running for the whole test."""
     sim = await simulator(keys=sim_keys(KEYS), latency_s=(0.3, 0.4))  # type: ignore[misc]
     config, secrets = job_config(

@@ -6,7 +6,7 @@ keeps its own copy of an engine setting.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from textual.app import ComposeResult
 from textual.binding import BindingType
@@ -27,6 +27,13 @@ from tui.widgets.latency_sparkline import LatencySparkline
 from tui.widgets.memory_gauge import MemoryGauge
 from tui.widgets.queue_depths_bar import QueueDepthsBar
 from tui.widgets.throughput_sparkline import ThroughputSparkline
+
+
+class SnapshotDisplay(Protocol):
+    """A widget that shows its part of a snapshot, redrawing only on change."""
+
+    def show(self, snap: Snapshot) -> None: ...
+
 
 if TYPE_CHECKING:
     from tui.app import CrawldeckApp
@@ -56,6 +63,8 @@ class DashboardScreen(Screen[None]):
         self._state: JobState | None = None  # only to enable/disable the controls
         self._progress: tuple[int | None, int] | None = None
         self.ready = False  # set once the widgets are mounted
+        self._displays: list[SnapshotDisplay] = []
+        self._progress_bar: ProgressBar | None = None
 
     def compose(self) -> ComposeResult:
         yield JobStatus(id="job-status")
@@ -72,6 +81,18 @@ class DashboardScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self.query_one(EventLog).border_title = "events"
+        # Looked up once: the poll reaches them directly, even while the app shuts down.
+        self._displays = [
+            self.query_one(JobStatus),
+            self.query_one(HeadlineFigures),
+            self.query_one(ThroughputSparkline),
+            self.query_one(LatencySparkline),
+            self.query_one(MemoryGauge),
+            self.query_one(QueueDepthsBar),
+            self.query_one(KeyUsageTable),
+            self.query_one(EventLog),
+        ]
+        self._progress_bar = self.query_one(ProgressBar)
         self.ready = True
         self.crawldeck.refresh_snapshot()
 
@@ -85,18 +106,12 @@ class DashboardScreen(Screen[None]):
     # ------------------------------------------------------------ display
     def show(self, snap: Snapshot) -> None:
         """Hand the snapshot to every widget; each redraws only what changed."""
-        self.query_one(JobStatus).show(snap)
-        self.query_one(HeadlineFigures).show(snap)
+        for widget in self._displays:
+            widget.show(snap)
         progress = (snap.counts.total, snap.counts.finished)
-        if progress != self._progress:
+        if progress != self._progress and self._progress_bar is not None:
             self._progress = progress
-            self.query_one(ProgressBar).update(total=progress[0], progress=progress[1])
-        self.query_one(ThroughputSparkline).show(snap)
-        self.query_one(LatencySparkline).show(snap)
-        self.query_one(MemoryGauge).show(snap)
-        self.query_one(QueueDepthsBar).show(snap)
-        self.query_one(KeyUsageTable).show(snap)
-        self.query_one(EventLog).show(snap)
+            self._progress_bar.update(total=progress[0], progress=progress[1])
         if snap.state is not self._state:
             self._state = snap.state
             self.refresh_bindings()

@@ -46,9 +46,12 @@ class HeadlineFigures(Widget):
 
     figures: reactive[Figures] = reactive((), init=False)
 
+    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes)
+        self._statics = [Static(id=f"figure-{name}", classes="figure") for name in _FIGURE_IDS]
+
     def compose(self) -> ComposeResult:
-        for figure_id in _FIGURE_IDS:
-            yield Static(id=f"figure-{figure_id}", classes="figure")
+        yield from self._statics
 
     def show(self, snap: Snapshot) -> None:
         self.figures = headline_figures(snap)
@@ -58,6 +61,6 @@ class HeadlineFigures(Widget):
             if index < len(old) and old[index] == figure:
                 continue  # unchanged: leave the widget alone
             label, value, note = figure
-            self.query_one(f"#figure-{_FIGURE_IDS[index]}", Static).update(
+            self._statics[index].update(
                 Text.assemble((label, "dim"), "\n", (value, "bold"), "\n", (note, "dim"))
             )

@@ -25,9 +25,14 @@ class MetricSparkline(Widget):
     history: reactive[tuple[float, ...]] = reactive((), init=False)
     caption: reactive[str] = reactive("", init=False)
 
+    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes)
+        self._caption = Static(classes="sparkline--caption")
+        self._sparkline = Sparkline([])
+
     def compose(self) -> ComposeResult:
-        yield Static(classes="sparkline--caption")
-        yield Sparkline([])
+        yield self._caption
+        yield self._sparkline
 
     def pick(self, snap: Snapshot) -> tuple[tuple[float, ...], str]:
         raise NotImplementedError
@@ -37,7 +42,7 @@ class MetricSparkline(Widget):
 
     def watch_history(self, history: Sequence[float]) -> None:
         # A new list each time: Sparkline only redraws when `data` is replaced.
-        self.query_one(Sparkline).data = list(history)
+        self._sparkline.data = list(history)
 
     def watch_caption(self, caption: str) -> None:
-        self.query_one(".sparkline--caption", Static).update(Text(caption))
+        self._caption.update(Text(caption))
