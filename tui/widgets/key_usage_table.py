@@ -65,4 +65,6 @@ class KeyUsageTable(DataTable[str]):
         for (key_id, before), (_, after) in zip(old, new, strict=True):
             for column, was, now in zip(COLUMNS, before, after, strict=True):
                 if was != now:
-                    self.update_cell(key_id, column, now)
+                    # Widen when a value outgrows its column (e.g. a learned
+                    # limit); only changed cells of a few keys, so it stays cheap.
+                    self.update_cell(key_id, column, now, update_width=True)
