@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import AsyncIterator, Mapping
 
 from engine.key_secrets import key_id, served_by_simulator
-from engine.settings import JobConfig
+from engine.settings import JobConfig, SimulatorSettings
 
 _READY = "listening on "
 
@@ -41,24 +41,13 @@ def simulator_keys(config: JobConfig, secrets: Mapping[str, str]) -> list[dict[s
     return keys
 
 
-@contextlib.asynccontextmanager
-async def launched_simulator(
-    config: JobConfig, secrets: Mapping[str, str]
-) -> AsyncIterator[dict[str, str]]:
-    """Run the simulator for the job; yields {provider name: base_url} to use."""
-    sim = config.simulator
-    env = dict(os.environ)
-    env["CRAWLDECK_SIM_KEYS"] = json.dumps(simulator_keys(config, secrets))
-    args = [
-        sys.executable,
-        "-m",
-        "engine.simulator",
+def simulator_arguments(sim: SimulatorSettings, port: int) -> list[str]:
+    """The simulator's command line for the job's [simulator] settings (keys aside)."""
+    return [
         "--host",
         sim.host,
         "--port",
-        str(sim.port),
-        "--keys-from-env",
-        "CRAWLDECK_SIM_KEYS",
+        str(port),
         "--latency",
         f"{sim.latency_s[0]},{sim.latency_s[1]}",
         "--per-token",
@@ -73,6 +62,24 @@ async def launched_simulator(
         str(sim.fault_malformed),
         "--seed",
         str(sim.seed),
+    ]
+
+
+@contextlib.asynccontextmanager
+async def launched_simulator(
+    config: JobConfig, secrets: Mapping[str, str]
+) -> AsyncIterator[dict[str, str]]:
+    """Run the simulator for the job; yields {provider name: base_url} to use."""
+    sim = config.simulator
+    env = dict(os.environ)
+    env["CRAWLDECK_SIM_KEYS"] = json.dumps(simulator_keys(config, secrets))
+    args = [
+        sys.executable,
+        "-m",
+        "engine.simulator",
+        *simulator_arguments(sim, port=sim.port),
+        "--keys-from-env",
+        "CRAWLDECK_SIM_KEYS",
         "--exit-with-parent",
     ]
     errors = tempfile.TemporaryFile()  # noqa: SIM115 -- closed in the finally below

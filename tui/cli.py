@@ -26,7 +26,7 @@ from engine.headless_reporter import HeadlessReporter
 from engine.inputs import InputError, iter_documents
 from engine.key_secrets import resolve_secrets, served_by_simulator
 from engine.settings import JobConfig
-from engine.simulator_launch import launched_simulator
+from engine.simulator_launch import launched_simulator, simulator_arguments
 from engine.snapshot import JobState
 
 
@@ -190,28 +190,10 @@ def simulate(job: Path, port: int) -> int:
     limits = [k for p in config.providers for k in p.keys]
     rpm = min((k.rpm for k in limits if k.rpm), default=None)
     tpm = min((k.tpm for k in limits if k.tpm), default=None)
-    sim = config.simulator
     argv = [
-        "--host",
-        sim.host,
-        "--port",
-        str(port),
+        *simulator_arguments(config.simulator, port=port),
         "--default-limits",
         f"{rpm or '-'}:{tpm or '-'}",
-        "--latency",
-        f"{sim.latency_s[0]},{sim.latency_s[1]}",
-        "--per-token",
-        str(sim.seconds_per_output_token),
-        "--fault-5xx",
-        str(sim.fault_5xx),
-        "--fault-reset",
-        str(sim.fault_reset),
-        "--fault-hang",
-        str(sim.fault_hang),
-        "--fault-malformed",
-        str(sim.fault_malformed),
-        "--seed",
-        str(sim.seed),
     ]
     return simulator_main(argv)
 
