@@ -2,7 +2,9 @@
 
 Each entry feeds the key bindings (with a stable id, so `App.set_keymap()`
 can remap it), the footer and the command palette.  An action only calls an
-engine control; its effect shows in the next snapshot.
+engine control; its effect shows in the next snapshot.  Actions named
+`app.*` open a view or change the look; they run on the app, so they stay
+available whatever the job's state.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ class DashboardAction:
     help: str  # longer: the command palette's help line
     keys: str  # default keys, comma-separated Textual key names
     key_display: str | None = None
+    show: bool = True  # listed in the footer (every action is in the palette)
 
 
 ACTIONS: tuple[DashboardAction, ...] = (
@@ -62,6 +65,35 @@ ACTIONS: tuple[DashboardAction, ...] = (
         "d",
     ),
     DashboardAction(
+        "crawldeck.keys",
+        "app.show_keys",
+        "Keys",
+        "Show every API key's usage, limits and errors",
+        "k",
+    ),
+    DashboardAction(
+        "crawldeck.results",
+        "app.show_results",
+        "Results",
+        "Search the stored results and failures",
+        "r",
+    ),
+    DashboardAction(
+        "crawldeck.event_log",
+        "app.show_event_log",
+        "Log",
+        "Show the full event log",
+        "l",
+    ),
+    DashboardAction(
+        "crawldeck.cycle_theme",
+        "app.cycle_theme",
+        "Theme",
+        "Switch to the next crawldeck theme (remembered for next time)",
+        "ctrl+t",
+        show=False,
+    ),
+    DashboardAction(
         "crawldeck.quit",
         "request_quit",
         "Quit",
@@ -71,10 +103,16 @@ ACTIONS: tuple[DashboardAction, ...] = (
 )
 
 ACTIONS_BY_ID: dict[str, DashboardAction] = {a.id: a for a in ACTIONS}
+CLOSE_VIEW_ID = "crawldeck.close_view"  # escape, on every pushed view
+BINDING_IDS = frozenset(ACTIONS_BY_ID) | {CLOSE_VIEW_ID}
 
 
 def dashboard_bindings() -> list[Binding]:
     return [
-        Binding(a.keys, a.action, a.description, key_display=a.key_display, id=a.id)
+        Binding(a.keys, a.action, a.description, show=a.show, key_display=a.key_display, id=a.id)
         for a in ACTIONS
     ]
+
+
+def close_view_binding() -> Binding:
+    return Binding("escape", "dismiss", "Close", id=CLOSE_VIEW_ID)

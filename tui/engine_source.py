@@ -6,6 +6,7 @@ snapshot, so screenshots do not depend on timing.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
 from engine.snapshot import Snapshot
@@ -25,3 +26,16 @@ class EngineSource(Protocol):
     def drain(self) -> None: ...
 
     def stop(self) -> None: ...
+
+
+def store_path_of(source: object) -> Path | None:
+    """The job's SQLite store, if the source knows it (optional: a fake need not).
+
+    A source may offer a `store_path` attribute; an `Engine` has its job's
+    configured store.
+    """
+    path = getattr(source, "store_path", None)
+    if path is None:
+        config = getattr(source, "config", None)
+        path = getattr(getattr(config, "job", None), "store", None)
+    return Path(path) if isinstance(path, str | Path) and str(path) else None

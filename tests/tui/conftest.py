@@ -157,6 +157,14 @@ class FixedSource:
 KEYS = (("k1", 60_000, 100_000_000),)
 
 
+@pytest.fixture(autouse=True)
+def isolated_config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets an empty settings dir: the user's own theme and keys never leak in."""
+    config_dir = tmp_path / "config"
+    monkeypatch.setenv("CRAWLDECK_CONFIG_DIR", str(config_dir))
+    return config_dir
+
+
 @pytest.fixture
 async def slow_engine(tmp_path: Path, simulator: Callable[..., ProviderSimulator]) -> Engine:
     """A real engine against a slow simulator: it stays running for the whole test."""
