@@ -3,8 +3,10 @@
 `run` and `demo` drive the engine under the dashboard in a terminal, or
 headless (status lines) with `--headless`, `--json` or when output is piped;
 `simulate` serves the bundled provider simulator; `export` writes stored
-results out.  Textual is imported only by the commands that show a screen,
-so headless runs over SSH never load it.
+results out.  A headless run serves a control socket in the job's state
+folder: `status` prints one snapshot of it, `attach` opens the dashboard on
+it, and leaving `attach` leaves the job running.  Textual is imported only
+by the commands that show a screen, so headless runs over SSH never load it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -21,13 +24,18 @@ from importlib import resources
 from pathlib import Path
 
 from engine.config_file import ConfigError, load_config
+from engine.control_client import ControlClient, ControlError
+from engine.control_server import ControlServer, ControlServerError, socket_path_for_store
 from engine.engine import Engine
-from engine.headless_reporter import HeadlessReporter
+from engine.headless_reporter import HeadlessReporter, snapshot_record, status_line
 from engine.inputs import InputError, iter_documents
 from engine.key_secrets import resolve_secrets, served_by_simulator
 from engine.settings import JobConfig
 from engine.simulator_launch import launched_simulator, simulator_arguments
-from engine.snapshot import JobState
+from engine.snapshot import JobState, Snapshot
+
+_DEMO_STORE = "crawldeck-demo.db"
+_VIEWER_LINGER_S = 0.5
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -56,13 +64,19 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run the bundled sample against the bundled simulator")
     job_flags(demo)
-    demo.add_argument(
-        "--store", default="crawldeck-demo.db", help="where the demo keeps its results"
-    )
+    demo.add_argument("--store", default=_DEMO_STORE, help="where the demo keeps its results")
 
     sim = sub.add_parser("simulate", help="serve the OpenAI-compatible simulator for a job")
     sim.add_argument("job", type=Path)
     sim.add_argument("--port", type=int, default=8765)
+
+    where = "a job file, a results database, its state folder or the control socket"
+    status = sub.add_parser("status", help="print one status line of a running headless job")
+    status.add_argument("target", nargs="?", type=Path, help=f"{where} (default: the demo's)")
+    status.add_argument("--json", action="store_true", help="the snapshot as one JSON object")
+
+    attach = sub.add_parser("attach", help="open the dashboard on a running headless job")
+    attach.add_argument("target", nargs="?", type=Path, help=f"{where} (default: the demo's)")
 
     export = sub.add_parser("export", help="write stored results as JSONL or CSV")
     export.add_argument("source", type=Path, help="a job file or a results database")
@@ -87,6 +101,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(run_job(config, args.json, args.interval))
         if args.command == "simulate":
             return simulate(args.job, args.port)
+        if args.command == "status":
+            return status(_control_socket(args.target), args.json)
+        if args.command == "attach":
+            return asyncio.run(run_attach(_control_socket(args.target)))
         if args.command == "export":
             return export(args.source, args.format, args.output, args.failures)
     except ConfigError as exc:
@@ -146,17 +164,95 @@ async def run_job(config: JobConfig, as_json: bool, interval: float) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, on_interrupt)
-        async with asyncio.TaskGroup() as tg:
-            reporting = tg.create_task(reporter.run())
-            try:
-                state = await engine.run()
-            finally:
-                reporting.cancel()
+        control = ControlServer(engine, socket_path_for_store(config.job.store))
+        try:
+            await control.bind()
+        except ControlServerError as exc:
+            # The job matters more than its remote control: run without one.
+            print(f"crawldeck: no control socket: {exc}", file=sys.stderr)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                reporting = tg.create_task(reporter.run())
+                serving = tg.create_task(control.serve()) if control.bound else None
+                try:
+                    state = await engine.run()
+                    if serving is not None and control.client_count:
+                        # Viewers poll a few times a second: let them see how it ended.
+                        control.refresh()
+                        await asyncio.sleep(_VIEWER_LINGER_S)
+                finally:
+                    reporting.cancel()
+                    if serving is not None:
+                        serving.cancel()
+        finally:
+            control.close()
         reporter.emit_once()
         if engine.failure_reason:
             print(f"crawldeck: {engine.failure_reason}", file=sys.stderr)
         print(engine.summary_line(), file=sys.stderr)
         return 0 if state is JobState.DONE else 1
+
+
+def _control_socket(target: Path | None) -> Path:
+    """The control socket a `status`/`attach` argument names."""
+    if target is None:
+        return socket_path_for_store(Path(_DEMO_STORE).resolve())
+    if target.suffix == ".toml":
+        return socket_path_for_store(load_config(target).job.store)
+    if target.is_dir():
+        return target / "control.sock"
+    if target.is_file():  # a results database
+        return socket_path_for_store(target.resolve())
+    return target
+
+
+def status(socket_path: Path, as_json: bool) -> int:
+    """One status line (or JSON object) of the job at the socket; 2 if none runs there."""
+
+    async def fetch() -> Snapshot:
+        async with await ControlClient.connect(socket_path) as client:
+            return await client.snapshot()
+
+    try:
+        snap = asyncio.run(fetch())
+    except ControlError as exc:
+        print(f"crawldeck: {exc}", file=sys.stderr)
+        return 2
+    if as_json:
+        print(json.dumps({"type": "status", **snapshot_record(snap)}, default=str))
+    else:
+        print(status_line(snap))
+    return 0
+
+
+async def run_attach(socket_path: Path) -> int:
+    """The dashboard on a job running elsewhere; quitting it leaves the job running."""
+    # Textual is loaded here only, so headless runs never import it.
+    from tui.app import CrawldeckApp
+    from tui.remote_source import RemoteSource
+
+    class AttachedApp(CrawldeckApp):
+        """Quitting detaches: the job is not this process's to stop."""
+
+        def request_quit(self) -> None:
+            self.exit(self.source.snapshot().state)
+
+    source = RemoteSource(socket_path)
+    try:
+        await source.start()
+    except ControlError as exc:
+        print(f"crawldeck: {exc}", file=sys.stderr)
+        return 2
+    try:
+        await AttachedApp(source, refresh_hz=1.0 / source.refresh_s).run_async()
+        await asyncio.wait_for(source.settled(), timeout=2.0)  # a last key press still lands
+    except TimeoutError:
+        pass
+    finally:
+        await source.close()
+    if source.last_error:
+        print(f"crawldeck: {source.last_error}", file=sys.stderr)
+    return 0
 
 
 def _wants_dashboard(args: argparse.Namespace) -> bool:
