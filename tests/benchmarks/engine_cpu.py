@@ -70,8 +70,12 @@ REQUIREMENT = 1.5
 
 # ---------------------------------------------------------------- shared set-up
 @contextmanager
-def simulator_process(rpm: int | None, tpm: int | None) -> Iterator[str]:
-    """A zero-latency simulator in its own process, so its CPU is not ours; yields its URL."""
+def simulator_process(rpm: int | None, tpm: int | None, latency: str = "0,0") -> Iterator[str]:
+    """A simulator in its own process, so its CPU is not ours; yields its URL.
+
+    Zero latency by default (the CPU benchmark); pass "LOW,HIGH" seconds for a
+    provider-like pace.
+    """
     limits = f"{rpm or '-'}:{tpm or '-'}"
     proc = subprocess.Popen(
         [
@@ -81,7 +85,7 @@ def simulator_process(rpm: int | None, tpm: int | None) -> Iterator[str]:
             "--key",
             f"{SECRET}:{limits}",
             "--latency",
-            "0,0",
+            latency,
             "--exit-with-parent",
         ],
         stdin=subprocess.PIPE,  # closed when we die, so no simulator outlives us

@@ -36,15 +36,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.benchmarks.engine_cpu import cpu_seconds, engine_config, write_input
+from tests.benchmarks.engine_cpu import (
+    SECRET,
+    cpu_seconds,
+    engine_config,
+    simulator_process,
+    write_input,
+)
 
-SECRET = "bench-ui-secret"
 KEY_ID = "sim/k0"
 RPM = 1200  # 20 requests/s
 HUGE_TPM = 10**10
@@ -57,39 +60,6 @@ SIZE = (160, 48)
 MAX_WAIT_S = 600.0
 MIN_THROUGHPUT_RATIO = 0.95
 MAX_UI_CORE_SHARE = 0.15
-
-
-@contextmanager
-def simulator_process() -> Iterator[str]:
-    """A simulator with provider-like latency in its own process; yields its URL."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "engine.simulator",
-            "--key",
-            f"{SECRET}:{RPM}:{HUGE_TPM}",
-            "--latency",
-            LATENCY,
-            "--exit-with-parent",
-        ],
-        stdin=subprocess.PIPE,  # closed when we die, so no simulator outlives us
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().strip()
-        if not line.startswith("listening on "):
-            raise RuntimeError(f"simulator did not start: {line!r}")
-        yield line.removeprefix("listening on ")
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 # ---------------------------------------------------------------- the child
@@ -209,7 +179,7 @@ def main(records: int, rounds: int) -> int:
         config_dir.mkdir()
         ratios: list[float] = []
         shares: list[float] = []
-        with simulator_process() as url:
+        with simulator_process(RPM, HUGE_TPM, LATENCY) as url:
             print(
                 f"{records} records, batch {BATCH_SIZE} (~{records // BATCH_SIZE} requests) at "
                 f"{RPM // 60} req/s, latency {LATENCY} s, dashboard {REFRESH_HZ:g} Hz "
