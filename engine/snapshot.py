@@ -80,6 +80,35 @@ class QueueDepths:
     store: int = 0
 
 
+class DriftState(StrEnum):
+    LEARNING = "learning"  # still collecting the baseline
+    OK = "ok"
+    WARNING = "warning"  # past half the threshold: worth a look
+    TRIPPED = "tripped"  # past the threshold; its gate's action was taken
+
+
+@dataclass(frozen=True, slots=True)
+class DriftMetric:
+    """One monitored quality metric: its recent series against its gate's threshold.
+
+    `values` are the metric's drift statistic (PSI, a z-score, a distance, …),
+    one per evaluation, oldest first; `current` is the last of them.  `action`
+    is what a trip does: "warn", "conservative", "pause" or "stop".
+    """
+
+    name: str
+    label: str
+    statistic: str  # what `values` measure, e.g. "psi", "z", "cosine distance"
+    values: tuple[float, ...] = ()
+    threshold: float = 0.0
+    current: float | None = None
+    state: DriftState = DriftState.LEARNING
+    action: str = "warn"
+    baseline_size: int = 0
+    window_size: int = 0
+    trips: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """Everything a front end shows, at one instant."""
@@ -113,4 +142,5 @@ class Snapshot:
     throughput_history: tuple[float, ...] = ()  # items/min, one value per second
     latency_history: tuple[float, ...] = ()  # p50 seconds, one value per second
     error_rate_history: tuple[float, ...] = ()  # failed attempts / attempts, per second
+    drift: tuple[DriftMetric, ...] = ()  # empty until a drift monitor runs
     events: tuple[Event, ...] = ()

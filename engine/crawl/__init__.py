@@ -1,0 +1,1 @@
+"""Fetching web targets politely and safely, and turning pages into text."""

@@ -1,0 +1,1 @@
+"""Quality drift: per-result features, tests against a baseline, and gates."""
