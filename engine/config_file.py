@@ -54,6 +54,8 @@ __all__ = [
     "load_config",
     "load_preset_file",
     "missing_key_variables",
+    "preset_from_text_fields",
+    "preset_from_values",
     "save_preset",
     "update_preset_in_file",
 ]
@@ -820,6 +822,34 @@ def load_preset_file(path: Path) -> Preset:
     if problems:
         raise ConfigError(problems)
     return preset
+
+
+def preset_from_values(base: Preset, values: Mapping[str, Any], source: str = "preset") -> Preset:
+    """`base` with `values` (TOML/JSON values by field name) applied and checked.
+
+    Every problem is a `ConfigProblem` naming `source` and the field;
+    `ConfigError` holds all of them and nothing is applied.
+    """
+    reader = _Reader(_Locator(source))
+    preset, _ = reader.settings(base, values, ())
+    if not preset.name.strip():
+        reader.add(("name",), "must be a non-empty string")
+    reader.report((), _preset_findings(preset))
+    if reader.problems:
+        raise ConfigError(reader.problems)
+    return preset
+
+
+def preset_from_text_fields(
+    base: Preset, fields_text: Mapping[str, str], source: str = "preset form"
+) -> Preset:
+    """Like `preset_from_values`, from text typed in a form: each read as a TOML value.
+
+    `32`, `0.5` and `true` take their types; a name stays text.
+    """
+    return preset_from_values(
+        base, {key: _read_flag_value(text) for key, text in fields_text.items()}, source
+    )
 
 
 def _sorted(problems: list[ConfigProblem], main_file: str) -> list[ConfigProblem]:

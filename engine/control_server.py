@@ -9,7 +9,7 @@ when the run ends.
 Protocol: one JSON object a line each way.  Requests are
 `{"op": "snapshot"}`, `{"op": "pause" | "resume" | "drain" | "stop"}`,
 `{"op": "set_concurrency", "value": N}` and `{"op": "apply_preset",
-"preset": NAME}`; answers are `{"ok": true, ...}` or `{"ok": false, "error":
+"preset": NAME | {field: value, ...}}`; answers are `{"ok": true, ...}` or `{"ok": false, "error":
 "one line"}`.  Nothing else is ever executed.
 
 Viewers must not slow the job: a snapshot is encoded at most once per
@@ -31,6 +31,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from engine.config_file import ConfigError, preset_from_values
+from engine.settings import Preset
 from engine.snapshot import Snapshot
 from engine.snapshot_codec import encode_snapshot
 
@@ -49,7 +51,7 @@ class ControlTarget(Protocol):
 
     def set_concurrency(self, value: int) -> None: ...
 
-    def apply_preset(self, preset: str) -> None: ...
+    def apply_preset(self, preset: str | Preset) -> None: ...
 
     def pause(self) -> None: ...
 
@@ -286,13 +288,25 @@ class ControlServer:
             self.target.set_concurrency(value)
         elif op == "apply_preset":
             name = request.get("preset")
+            if isinstance(name, dict):
+                # A whole preset, read and checked by the viewer (from a file or the
+                # editor) and checked again here: the engine never opens a path a
+                # client chose.
+                try:
+                    value = preset_from_values(Preset(), name, source="apply_preset")
+                except ConfigError as exc:
+                    raise _Refused(str(exc).replace("\n", "; ")) from None
+                self.target.apply_preset(value)
+                return
             # Names only: a path would make the engine read a file the client chose.
             if (
                 not isinstance(name, str)
                 or not _PRESET_NAME.fullmatch(name)
                 or name.endswith(".toml")
             ):
-                raise _Refused("apply_preset needs the name of one of the job's presets")
+                raise _Refused(
+                    "apply_preset needs the name of one of the job's presets, or a preset's values"
+                )
             self.target.apply_preset(name)
         else:
             raise _Refused(f"unknown op {str(op)[:40]!r}")

@@ -23,7 +23,12 @@ from pathlib import Path
 from engine.adaptive_concurrency import AdaptiveConcurrency
 from engine.chunking import iter_chunks
 from engine.concurrency_limit import ConcurrencyLimit
-from engine.config_file import effective_settings, load_preset_file, save_preset
+from engine.config_file import (
+    effective_settings,
+    load_preset_file,
+    preset_from_values,
+    save_preset,
+)
 from engine.events import Event, EventBus, EventKind
 from engine.inputs import iter_documents
 from engine.key_pool import KeyPool, KeyState, NoUsableKeyError
@@ -84,6 +89,7 @@ class Engine:
         self.events = EventBus(keep=config.engine.snapshot_events)
         self.stats = RunStats()
         self._preset = config.preset
+        self._preset_names = tuple(sorted(config.presets))
         self._state = JobState.STARTING
         self._concurrency = ConcurrencyLimit(config.preset.concurrency)
         self._adaptive = AdaptiveConcurrency(config.preset.concurrency, clock())
@@ -237,6 +243,7 @@ class Engine:
             concurrency=self._concurrency.limit,
             in_flight_requests=self._concurrency.in_use,
             preset=self._preset,
+            preset_names=self._preset_names,
             memory=MemorySnapshot(
                 rss_bytes=self._memory.rss_bytes,
                 soft_bytes=self._memory.soft_bytes,
@@ -273,7 +280,8 @@ class Engine:
     def apply_preset(self, preset: Preset | str | Path) -> None:
         """Switch to a preset mid-run: a name known to the job, a preset file, or a value.
 
-        A bad file raises `ConfigError` (one line per problem) and changes nothing.
+        A bad file or value raises `ConfigError` (one line per problem) and
+        changes nothing.
         """
         if isinstance(preset, Path) or (
             isinstance(preset, str)
@@ -286,6 +294,8 @@ class Engine:
                 known = ", ".join(sorted(self.config.presets))
                 raise KeyError(f"unknown preset {preset!r} (known: {known})")
             preset = self.config.presets[preset]
+        else:
+            preset = preset_from_values(preset, {}, source=f"preset {preset.name!r}")
         old = self._preset.name
         self._preset = preset
         self._adaptive.set_ceiling(preset.concurrency, self._clock())

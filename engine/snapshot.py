@@ -135,6 +135,7 @@ class Snapshot:
     concurrency: int = 0
     in_flight_requests: int = 0
     preset: Preset = field(default_factory=Preset)
+    preset_names: tuple[str, ...] = ()  # the presets the job knows by name
     memory: MemorySnapshot = field(default_factory=MemorySnapshot)
     cost_usd: float = 0.0
     cost_projected_usd: float | None = None

@@ -51,6 +51,13 @@ ACTIONS: tuple[DashboardAction, ...] = (
         "-",
     ),
     DashboardAction(
+        "crawldeck.concurrency_set",
+        "set_concurrency",
+        "Conc=",
+        "Set the number of requests in flight to an exact value",
+        "c",
+    ),
+    DashboardAction(
         "crawldeck.toggle_preset",
         "toggle_preset",
         "Preset",
@@ -58,11 +65,32 @@ ACTIONS: tuple[DashboardAction, ...] = (
         "t",
     ),
     DashboardAction(
+        "crawldeck.pick_preset",
+        "pick_preset",
+        "Pick",
+        "Switch to any preset: one the job names, or a preset file",
+        "o",
+    ),
+    DashboardAction(
+        "crawldeck.edit_preset",
+        "edit_preset",
+        "Edit",
+        "Edit the preset in force; apply it, or save it as a preset file",
+        "e",
+    ),
+    DashboardAction(
         "crawldeck.drain",
         "drain",
         "Drain",
         "Finish what is in flight, store it, then stop",
         "d",
+    ),
+    DashboardAction(
+        "crawldeck.quit",
+        "request_quit",
+        "Quit",
+        "Quit the dashboard (asks first while the job runs)",
+        "q",
     ),
     DashboardAction(
         "crawldeck.keys",
@@ -92,13 +120,6 @@ ACTIONS: tuple[DashboardAction, ...] = (
         "Switch to the next crawldeck theme (remembered for next time)",
         "ctrl+t",
         show=False,
-    ),
-    DashboardAction(
-        "crawldeck.quit",
-        "request_quit",
-        "Quit",
-        "Quit the dashboard (asks first while the job runs)",
-        "q",
     ),
 )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
+from engine.settings import Preset
 from engine.snapshot import Snapshot
 
 
@@ -17,7 +18,9 @@ class EngineSource(Protocol):
 
     def set_concurrency(self, value: int) -> None: ...
 
-    def apply_preset(self, preset: str) -> None: ...
+    def apply_preset(self, preset: str | Preset) -> None:
+        """A preset by the job's name for it, or a whole (checked) preset value."""
+        ...
 
     def pause(self) -> None: ...
 

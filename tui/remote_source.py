@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections import deque
 from dataclasses import replace
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 from engine.control_client import ControlClient, ControlError, NoJobRunning
 from engine.control_server import store_for_socket
 from engine.events import Event, EventKind
+from engine.settings import Preset
 from engine.snapshot import Snapshot
 
 
@@ -102,8 +104,11 @@ class RemoteSource:
     def set_concurrency(self, value: int) -> None:
         self._send("set_concurrency", value=int(value))
 
-    def apply_preset(self, preset: str) -> None:
-        self._send("apply_preset", preset=str(preset))
+    def apply_preset(self, preset: str | Preset) -> None:
+        if isinstance(preset, Preset):
+            self._send("apply_preset", preset=dataclasses.asdict(preset))
+        else:
+            self._send("apply_preset", preset=str(preset))
 
     def pause(self) -> None:
         self._send("pause")

@@ -50,6 +50,11 @@ def user_themes_dir() -> Path:
     return config_dir() / "themes"
 
 
+def user_presets_dir() -> Path:
+    """Where the preset editor saves preset files, and the preset picker finds them."""
+    return config_dir() / "presets"
+
+
 def load_settings(path: Path | None = None) -> UserSettings:
     """The settings in `path` (default: the user's file); none yet is empty settings."""
     path = path or settings_path()

@@ -7,6 +7,7 @@ that only guard against a hang.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import socket
@@ -101,8 +102,14 @@ async def test_controls_over_the_socket_change_the_engine(running_job: RunningJo
         await client.control("apply_preset", preset="conservative")
         assert engine.snapshot().preset.name == "conservative"
 
+        # A whole preset (from a viewer's file or editor) is checked again here.
+        edited = {**dataclasses.asdict(engine.snapshot().preset), "name": "mine", "batch_size": 3}
+        await client.control("apply_preset", preset=edited)
+        assert (engine.snapshot().preset.name, engine.snapshot().preset.batch_size) == ("mine", 3)
+
         remote = await client.snapshot()
         assert remote.preset == engine.snapshot().preset
+        assert remote.preset_names == ("aggressive", "conservative")
         assert remote.job_name == "test-job"
         assert remote.state is JobState.RUNNING
 
@@ -116,6 +123,8 @@ async def test_controls_over_the_socket_change_the_engine(running_job: RunningJo
         ({"op": "set_concurrency", "value": True}, "integer"),
         ({"op": "apply_preset", "preset": "/etc/passwd.toml"}, "name"),
         ({"op": "apply_preset", "preset": "no-such-preset"}, "unknown preset"),
+        ({"op": "apply_preset", "preset": {"concurrency": 0}}, "concurrency: must be at least 1"),
+        ({"op": "apply_preset", "preset": {"name": "x", "shell": "rm"}}, "shell"),
     ],
 )
 async def test_a_bad_request_gets_one_error_line_and_changes_nothing(

@@ -10,10 +10,12 @@ import pytest
 
 from engine.engine import Engine
 from engine.events import Event, EventKind
-from engine.settings import BUILTIN_PRESETS
+from engine.settings import BUILTIN_PRESETS, Preset
 from engine.simulator import ProviderSimulator
 from engine.snapshot import (
     Counts,
+    DriftMetric,
+    DriftState,
     JobState,
     KeySnapshot,
     MemorySnapshot,
@@ -113,6 +115,47 @@ def fixed_snapshot(**changes: object) -> Snapshot:
         queues=QueueDepths(documents=3, chunks=512, batches=14, retries=2, store=9),
         throughput_history=tuple(300.0 + (i * 37) % 90 for i in range(120)),
         latency_history=tuple(1.0 + ((i * 13) % 17) / 10 for i in range(120)),
+        error_rate_history=tuple(((i * 7) % 11) / 200 for i in range(120)),
+        preset_names=("aggressive", "conservative", "overnight"),
+        drift=(
+            DriftMetric(
+                "output_tokens",
+                "answer length",
+                "psi",
+                values=tuple(0.02 + ((i * 5) % 9) / 100 for i in range(60)),
+                threshold=0.25,
+                current=0.1,
+                state=DriftState.OK,
+                action="warn",
+                baseline_size=200,
+                window_size=200,
+            ),
+            DriftMetric(
+                "parse_failures",
+                "parse failures",
+                "z",
+                values=tuple(min(6.0, i / 10) for i in range(60)),
+                threshold=4.0,
+                current=5.9,
+                state=DriftState.TRIPPED,
+                action="pause",
+                baseline_size=200,
+                window_size=200,
+                trips=1,
+            ),
+            DriftMetric(
+                "items",
+                "items per chunk",
+                "psi",
+                values=tuple(0.1 + (i % 7) / 100 for i in range(60)),
+                threshold=0.25,
+                current=0.16,
+                state=DriftState.WARNING,
+                action="conservative",
+                baseline_size=200,
+                window_size=200,
+            ),
+        ),
         events=(
             at(0.0, EventKind.JOB_STARTED, "job transcripts-q3 started with preset aggressive"),
             at(61.0, EventKind.RATE_LIMITED, "openai/backup: 429, cooling 4.0s"),
@@ -138,7 +181,7 @@ class FixedSource:
     def set_concurrency(self, value: int) -> None:
         self.calls.append(("set_concurrency", value))
 
-    def apply_preset(self, preset: str) -> None:
+    def apply_preset(self, preset: str | Preset) -> None:
         self.calls.append(("apply_preset", preset))
 
     def pause(self) -> None:

@@ -8,17 +8,24 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
+from textual import events
 from textual.app import ComposeResult
 from textual.binding import BindingType
 from textual.clock import Clock
-from textual.containers import Horizontal
+from textual.containers import Container, Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, ProgressBar
 
 from engine.config_file import ConfigError
+from engine.settings import Preset
 from engine.snapshot import JobState, Snapshot
+from tui import user_settings
 from tui.actions import ACTIONS, dashboard_bindings
 from tui.engine_source import EngineSource
+from tui.screens.concurrency_prompt import ConcurrencyPrompt
+from tui.screens.preset_editor import PresetEdit, PresetEditor
+from tui.screens.preset_picker import PresetChoice, PresetPicker
+from tui.widgets.drift_panel import DriftPanel
 from tui.widgets.event_log import EventLog
 from tui.widgets.headline_figures import HeadlineFigures
 from tui.widgets.job_status import JobStatus
@@ -53,8 +60,27 @@ _STEERABLE_STATES = frozenset({JobState.STARTING, JobState.RUNNING, JobState.PAU
 PRESET_TOGGLE = {"conservative": "aggressive", "aggressive": "conservative"}
 
 
+# Below these sizes panels collapse, least needed first: drift charts shrink to
+# a line per metric (worst first), then sparklines, queues and drift go.  Wide
+# screens put the event log beside the keys and drift charts.
+TALL_ROWS = 36
+SHORT_ROWS = 24
+WIDE_COLUMNS = 150
+FULL_FOOTER_COLUMNS = 130
+
+
 class DashboardScreen(Screen[None]):
     BINDINGS: ClassVar[list[BindingType]] = list(dashboard_bindings())
+    # Textual declares these without ClassVar on Screen, so they can't be annotated here.
+    HORIZONTAL_BREAKPOINTS = [  # noqa: RUF012
+        (0, "-narrow"),
+        (WIDE_COLUMNS, "-wide"),
+    ]
+    VERTICAL_BREAKPOINTS = [  # noqa: RUF012
+        (0, "-tiny"),
+        (SHORT_ROWS, "-short"),
+        (TALL_ROWS, "-tall"),
+    ]
 
     def __init__(self, source: EngineSource, clock: Clock | None = None) -> None:
         super().__init__()
@@ -75,12 +101,16 @@ class DashboardScreen(Screen[None]):
             yield LatencySparkline(id="latency")
         yield MemoryGauge(id="memory")
         yield QueueDepthsBar(id="queues")
-        yield KeyUsageTable(id="keys")
-        yield EventLog(id="events")
+        with Container(id="lower"):
+            with Vertical(id="lower-left"):
+                yield KeyUsageTable(id="keys")
+                yield DriftPanel(id="drift")
+            yield EventLog(id="events")
         yield Footer()
 
     def on_mount(self) -> None:
         self.query_one(EventLog).border_title = "events"
+        self.query_one(DriftPanel).border_title = "drift"
         # Looked up once: the poll reaches them directly, even while the app shuts down.
         self._displays = [
             self.query_one(JobStatus),
@@ -90,11 +120,19 @@ class DashboardScreen(Screen[None]):
             self.query_one(MemoryGauge),
             self.query_one(QueueDepthsBar),
             self.query_one(KeyUsageTable),
+            self.query_one(DriftPanel),
             self.query_one(EventLog),
         ]
         self._progress_bar = self.query_one(ProgressBar)
         self.ready = True
         self.crawldeck.refresh_snapshot()
+
+    def on_resize(self, event: events.Resize) -> None:
+        self.query_one(DriftPanel).chart_rows = 3 if event.size.height >= TALL_ROWS else 1
+        footer = self.query_one(Footer)
+        footer.compact = event.size.width < FULL_FOOTER_COLUMNS
+        # At 80 columns the controls need the whole line; ctrl+p still opens the palette.
+        footer.show_command_palette = event.size.width >= FULL_FOOTER_COLUMNS
 
     @property
     def crawldeck(self) -> CrawldeckApp:
@@ -122,6 +160,10 @@ class DashboardScreen(Screen[None]):
             return None  # shown, but disabled: the job no longer takes steering
         return True
 
+    def _steerable(self) -> bool:
+        # Read afresh: a dialog may have been open while the job ended.
+        return self.source.snapshot().state in _STEERABLE_STATES
+
     def _after_control(self) -> None:
         self.crawldeck.refresh_snapshot()
 
@@ -143,13 +185,51 @@ class DashboardScreen(Screen[None]):
             self.source.set_concurrency(current - 1)
         self._after_control()
 
+    def action_set_concurrency(self) -> None:
+        def chosen(value: int | None) -> None:
+            if value is not None and self._steerable():
+                self.source.set_concurrency(value)
+            self._after_control()
+
+        self.app.push_screen(ConcurrencyPrompt(self.source.snapshot().concurrency), chosen)
+
     def action_toggle_preset(self) -> None:
-        target = PRESET_TOGGLE.get(self.source.snapshot().preset.name, "conservative")
+        self._apply_preset(PRESET_TOGGLE.get(self.source.snapshot().preset.name, "conservative"))
+
+    def _apply_preset(self, preset: PresetChoice) -> bool:
         try:
-            self.source.apply_preset(target)
-        except (KeyError, ConfigError) as exc:
-            self.notify(str(exc), title="Preset not applied", severity="error")
-        self._after_control()
+            self.source.apply_preset(preset)
+        except (KeyError, ConfigError, ValueError) as exc:
+            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+            self.notify(str(message), title="Preset not applied", severity="error")
+            return False
+        finally:
+            self._after_control()
+        return True
+
+    def action_pick_preset(self) -> None:
+        snap = self.source.snapshot()
+        names = snap.preset_names or tuple(PRESET_TOGGLE)
+
+        def chosen(choice: PresetChoice | None) -> None:
+            if choice is not None and self._steerable():
+                self._apply_preset(choice)
+
+        picker = PresetPicker(names, snap.preset.name, user_settings.user_presets_dir())
+        self.app.push_screen(picker, chosen)
+
+    def action_edit_preset(self) -> None:
+        current: Preset = self.source.snapshot().preset
+
+        def edited(edit: PresetEdit | None) -> None:
+            if edit is None:
+                return
+            if edit.saved_to is not None:
+                self.notify(f"Saved to {edit.saved_to}", title=f"Preset {edit.preset.name}")
+            if self._steerable():
+                self._apply_preset(edit.preset)
+
+        self.app.push_screen(PresetEditor(current, user_settings.user_presets_dir()), edited)
 
     def action_drain(self) -> None:
         self.source.drain()

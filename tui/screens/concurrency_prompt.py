@@ -1,0 +1,67 @@
+"""Asks for an exact concurrency: the number of requests allowed in flight."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.validation import Number
+from textual.widgets import Input, Label
+
+MAX_CONCURRENCY = 4096  # far past any provider's limits; stops a typo like 100000
+_RANGE_HINT = f"Enter a whole number from 1 to {MAX_CONCURRENCY}."
+
+
+class ConcurrencyPrompt(ModalScreen[int | None]):
+    """Dismisses with the typed value (1…MAX_CONCURRENCY), or None when cancelled."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "cancel", "Cancel", id="crawldeck.cancel_prompt"),
+    ]
+
+    DEFAULT_CSS = """
+    ConcurrencyPrompt { align: center middle; }
+    ConcurrencyPrompt > Vertical { width: 48; height: auto; padding: 1 2; }
+    ConcurrencyPrompt #concurrency-error { height: auto; }
+    """
+
+    def __init__(self, current: int) -> None:
+        super().__init__()
+        self._current = current
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label(
+                f"Most requests in flight (now {self._current})\nEnter sets it, Esc cancels"
+            )
+            yield Input(
+                str(self._current),
+                type="integer",
+                validators=[Number(minimum=1, maximum=MAX_CONCURRENCY)],
+                id="concurrency-value",
+            )
+            yield Label("", id="concurrency-error")
+
+    def on_mount(self) -> None:
+        field = self.query_one(Input)
+        field.focus()
+        field.select_all()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        error = self.query_one("#concurrency-error", Label)
+        result = event.validation_result
+        error.update("" if result is None or result.is_valid else _RANGE_HINT)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        result = event.validation_result
+        if result is not None and not result.is_valid:
+            self.query_one("#concurrency-error", Label).update(_RANGE_HINT)
+            return
+        self.dismiss(int(event.value))
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
