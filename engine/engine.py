@@ -400,8 +400,10 @@ class Engine:
         except (OSError, ValueError) as exc:
             self._fatal = f"input: {exc}"
             self.events.emit(EventKind.WARNING, f"cannot read input: {exc}")
-        finally:
-            await self._blocks.put(None)
+        # Not in a `finally`: when the run ends (drain, stop, done) the reader is
+        # cancelled and nobody reads the queue any more, so a put on a full queue
+        # would wait forever.
+        await self._blocks.put(None)
 
     async def _count_total(self) -> None:
         """Count every chunk up front (in a thread) so progress and ETA have a total."""
