@@ -195,15 +195,36 @@ def test_the_store_path_comes_from_the_source_or_the_engine_config(tmp_path: Pat
 
 
 # ---------------------------------------------------------------- screenshots
-def test_keys_view_at_80x24(snap_compare: Callable[..., bool]) -> None:
-    async def open_keys(pilot: Pilot[Any]) -> None:
-        await pilot.press("k")
+SIZES = pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=["80x24", "160x48"])
+
+
+def _opening(*keys: str) -> Callable[[Pilot[Any]], Any]:
+    async def run_before(pilot: Pilot[Any]) -> None:
+        await pilot.press(*keys)
         await pilot.pause()
 
-    assert snap_compare(app_with(), terminal_size=(80, 24), run_before=open_keys)
+    return run_before
 
 
-def test_results_view_at_80x24(snap_compare: Callable[..., bool], tmp_path: Path) -> None:
+@SIZES
+def test_keys_view(snap_compare: Callable[..., bool], size: tuple[int, int]) -> None:
+    assert snap_compare(app_with(), terminal_size=size, run_before=_opening("k"))
+
+
+@SIZES
+def test_event_log_view(snap_compare: Callable[..., bool], size: tuple[int, int]) -> None:
+    assert snap_compare(app_with(), terminal_size=size, run_before=_opening("l"))
+
+
+@SIZES
+def test_quit_confirmation(snap_compare: Callable[..., bool], size: tuple[int, int]) -> None:
+    assert snap_compare(app_with(), terminal_size=size, run_before=_opening("q"))
+
+
+@SIZES
+def test_results_view(
+    snap_compare: Callable[..., bool], tmp_path: Path, size: tuple[int, int]
+) -> None:
     store = make_store(tmp_path / "results.sqlite")
 
     async def open_results(pilot: Pilot[Any]) -> None:
@@ -212,4 +233,23 @@ def test_results_view_at_80x24(snap_compare: Callable[..., bool], tmp_path: Path
         pilot.app.screen.query_one(Input).cursor_blink = False
         await wait_until(pilot, lambda: pilot.app.screen.query_one(DataTable).row_count == 4)
 
-    assert snap_compare(app_with(store), terminal_size=(80, 24), run_before=open_results)
+    assert snap_compare(app_with(store), terminal_size=size, run_before=open_results)
+
+
+@SIZES
+def test_one_stored_row(
+    snap_compare: Callable[..., bool], tmp_path: Path, size: tuple[int, int]
+) -> None:
+    store = make_store(tmp_path / "results.sqlite")
+
+    async def open_row(pilot: Pilot[Any]) -> None:
+        await pilot.press("r")
+        await searched(pilot)
+        pilot.app.screen.query_one(Input).cursor_blink = False
+        await wait_until(pilot, lambda: pilot.app.screen.query_one(DataTable).row_count == 4)
+        pilot.app.screen.query_one(DataTable).focus()
+        await pilot.press("enter")
+        await pilot.pause()
+        assert isinstance(pilot.app.screen, StoredRowScreen)
+
+    assert snap_compare(app_with(store), terminal_size=size, run_before=open_row)
