@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import ipaddress
 import json
 import os
 import re
@@ -34,6 +35,7 @@ import tomlkit.exceptions
 
 from engine.settings import (
     BUILTIN_PRESETS,
+    CrawlSettings,
     EngineSettings,
     JobConfig,
     JobSettings,
@@ -300,6 +302,20 @@ def _coerce(value: Any, hint: Any) -> Any:
             got = repr(value) if isinstance(value, str) else _describe(value)
             raise _WrongType(f"must be one of {choices} (got {got})")
         return value
+    if origin is tuple and len(get_args(hint)) == 2 and get_args(hint)[1] is Ellipsis:
+        item_hint = get_args(hint)[0]
+        if not isinstance(value, list):
+            raise _WrongType(f"expected an array, got {_describe(value)}")
+        try:
+            return tuple(_coerce(item, item_hint) for item in value)
+        except _WrongType as exc:
+            raise _WrongType(f"every item: {exc}") from None
+    if origin is dict:
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            raise _WrongType(f"expected a table of strings, got {_describe(value)}")
+        return dict(value)
     if origin is tuple:
         args = get_args(hint)
         if not isinstance(value, list) or len(value) != len(args):
@@ -389,7 +405,45 @@ def _preset_findings(preset: Preset) -> list[_Finding]:
     return findings
 
 
-def _job_findings(job: JobSettings) -> list[_Finding]:
+def _crawl_findings(crawl: CrawlSettings) -> list[_Finding]:
+    findings = _apply_rules(
+        crawl,
+        (
+            ("concurrency", _at_least_one, "must be at least 1"),
+            ("per_host", _at_least_one, "must be at least 1"),
+            ("politeness_delay_s", _not_negative, "must be 0 or more"),
+            ("connect_timeout_s", _positive, "must be more than 0"),
+            ("read_timeout_s", _positive, "must be more than 0"),
+            ("total_timeout_s", _positive, "must be more than 0"),
+            ("max_body_bytes", _at_least_one, "must be at least 1"),
+            ("max_redirects", _not_negative, "must be 0 or more"),
+            ("max_depth", _not_negative, "must be 0 or more"),
+            ("max_pages_per_domain", _at_least_one, "must be at least 1"),
+            ("extract_workers", _not_negative, "must be 0 or more (0: one per core but one)"),
+        ),
+    )
+    if not crawl.targets.strip():
+        findings.append(("targets", "is required: a file of domains or URLs, one per line"))
+    for entry in crawl.allow_addresses:
+        if not _cidr_or_host(entry):
+            findings.append(("allow_addresses", f"{entry!r} is neither a CIDR nor a host name"))
+    for pattern, address in crawl.resolve.items():
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            findings.append(("resolve", f"{pattern} = {address!r} is not an IP address"))
+    return findings
+
+
+def _cidr_or_host(entry: str) -> bool:
+    try:
+        ipaddress.ip_network(entry, strict=False)
+        return True
+    except ValueError:
+        return bool(re.fullmatch(r"[A-Za-z0-9*]([A-Za-z0-9*.-]*[A-Za-z0-9])?", entry))
+
+
+def _job_findings(job: JobSettings, crawling: bool = False) -> list[_Finding]:
     findings = _apply_rules(
         job,
         (
@@ -397,7 +451,7 @@ def _job_findings(job: JobSettings) -> list[_Finding]:
             ("chunk_overlap_tokens", _not_negative, "must be 0 or more"),
         ),
     )
-    if not job.input.strip():
+    if not job.input.strip() and not crawling:
         findings.append(("input", "is required: a file, a directory or a glob of the documents"))
     if not job.store.strip():
         findings.append(("store", "must name the SQLite file that keeps the results"))
@@ -500,7 +554,7 @@ def _engine_findings(engine: EngineSettings) -> list[_Finding]:
 # --------------------------------------------------------------------------
 # Reading tables into settings
 
-_SECTIONS = ("job", "providers", "prompt", "presets", "simulator", "engine")
+_SECTIONS = ("job", "providers", "prompt", "presets", "simulator", "engine", "crawl")
 # Names people reach for when they paste a secret into the file.
 _SECRET_NAMES = frozenset({"key", "api_key", "apikey", "secret", "token", "value", "password"})
 
@@ -895,7 +949,17 @@ def load_config(path: Path, preset: str | None = None, overrides: Sequence[str] 
     job, job_extras = reader.settings(
         JobSettings(), reader.table(raw.get("job", {}), ("job",)), ("job",), extra={"preset": str}
     )
-    reader.report(("job",), _job_findings(job))
+    crawl: CrawlSettings | None = None
+    if "crawl" in raw:
+        read, _ = reader.settings(
+            CrawlSettings(), reader.table(raw["crawl"], ("crawl",)), ("crawl",)
+        )
+        reader.report(("crawl",), _crawl_findings(read))
+        if read.targets.strip():
+            origin = Path.cwd() if ("crawl", "targets") in flagged else base_dir
+            read = replace(read, targets=_resolve_path(read.targets, origin))
+        crawl = read
+    reader.report(("job",), _job_findings(job, crawling=crawl is not None))
     job = _with_absolute_paths(job, base_dir, flagged)
 
     providers = reader.providers(raw.get("providers"))
@@ -941,6 +1005,7 @@ def load_config(path: Path, preset: str | None = None, overrides: Sequence[str] 
         preset=active,
         simulator=simulator,
         engine=engine,
+        crawl=crawl,
         source=path,
     )
 

@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine.adaptive_concurrency import AdaptiveConcurrency
 from engine.chunking import iter_chunks
@@ -42,7 +43,7 @@ from engine.provider_client import (
     ProviderClients,
 )
 from engine.rate_limiter import KeyBudget, RateHeaders, parse_retry_after
-from engine.records import Chunk
+from engine.records import Chunk, Document
 from engine.run_stats import RunStats
 from engine.settings import JobConfig, Preset
 from engine.snapshot import (
@@ -57,6 +58,9 @@ from engine.store import FailureRow, ResultRow, Store
 from engine.work_queue import Batch, InProcessWorkQueue, WorkQueue
 
 Clock = Callable[[], float]
+if TYPE_CHECKING:
+    from engine.crawl.crawl_stage import CrawlStage
+
 _READ_BLOCK = 256  # chunks handed from the reading thread per hop
 
 
@@ -139,6 +143,7 @@ class Engine:
         self._unsaved_events: deque[Event] = deque()
         self._events_waiting = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._crawl: CrawlStage | None = None  # a crawl job's fetch stage, made by run()
 
     # ------------------------------------------------------------------ public
     async def run(self) -> JobState:
@@ -160,16 +165,37 @@ class Engine:
                 preset=self._preset.name,
                 concurrency=self._concurrency.limit,
             )
+            if cfg.crawl is not None:
+                # Imported here: the HTML parsers cost start-up time that
+                # document jobs need not pay.
+                from engine.crawl.crawl_stage import CrawlStage
+
+                self._crawl = CrawlStage(
+                    cfg.crawl,
+                    store=store,
+                    run_id=self._run_id,
+                    events=self.events,
+                    deliver=self._deliver_page,
+                    running=self._running,
+                    may_read=self._memory_ok,
+                    clock=self._clock,
+                )
+            crawl = self._crawl
             async with asyncio.TaskGroup() as tg:
                 writer = tg.create_task(store.run_writer(), name="store-writer")
                 helpers = [
                     tg.create_task(self._tick(), name="ticker"),
                     tg.create_task(self._memory.run(), name="memory-guard"),
-                    tg.create_task(self._count_total(), name="census"),
+                    tg.create_task(
+                        self._count_total() if crawl is None else crawl.count_targets(),
+                        name="census",
+                    ),
                     tg.create_task(self._save_events(), name="event-log"),
                 ]
                 stages = [
-                    tg.create_task(self._read(), name="reader"),
+                    tg.create_task(
+                        self._read() if crawl is None else self._crawl_read(crawl), name="reader"
+                    ),
                     tg.create_task(self._batch(), name="batcher"),
                     tg.create_task(self._dispatch(), name="dispatcher"),
                 ]
@@ -218,6 +244,7 @@ class Engine:
             elapsed_s=self._clock() - self._started,
             counts=Counts(
                 total=s.total,
+                total_estimated=self._crawl is not None and not self._input_done,
                 seen=s.seen,
                 pending=pending,
                 in_flight=self._in_flight_chunks,
@@ -244,6 +271,7 @@ class Engine:
             in_flight_requests=self._concurrency.in_use,
             preset=self._preset,
             preset_names=self._preset_names,
+            crawl=self._crawl.snapshot() if self._crawl is not None else None,
             memory=MemorySnapshot(
                 rss_bytes=self._memory.rss_bytes,
                 soft_bytes=self._memory.soft_bytes,
@@ -404,6 +432,45 @@ class Engine:
         # cancelled and nobody reads the queue any more, so a put on a full queue
         # would wait forever.
         await self._blocks.put(None)
+
+    async def _crawl_read(self, crawl: CrawlStage) -> None:
+        """A crawl job's input: pages' text from the crawl stage, chunked as they come."""
+        try:
+            await crawl.run()
+        except (OSError, ValueError) as exc:
+            self._fatal = f"crawl targets: {exc}"
+            self.events.emit(EventKind.WARNING, f"cannot read crawl targets: {exc}")
+        await self._blocks.put(None)  # not in a finally: see `_read`
+
+    async def _deliver_page(self, document: Document) -> None:
+        job = self.config.job
+        block = list(iter_chunks((document,), job.chunk_tokens, job.chunk_overlap_tokens))
+        if block:
+            await self._blocks.put(block)
+
+    def set_fetch_concurrency(self, value: int) -> None:
+        """A crawl job's fetches in flight across all hosts, effective at once."""
+        if self._crawl is None:
+            raise ValueError("this job does not crawl: it has no fetch stage")
+        value = max(1, int(value))
+        old = self._crawl.set_concurrency(value)
+        self.events.emit(
+            EventKind.CONCURRENCY_CHANGED,
+            f"fetch concurrency {old} → {value}",
+            old=old,
+            new=value,
+            stage="fetch",
+        )
+
+    def _estimate_crawl_total(self, crawl: CrawlStage) -> None:
+        # Until every site is crawled the number of chunks is unknown: project
+        # it from the chunks per finished site, so progress and ETA have a total.
+        s = self.stats
+        total_targets, finished = crawl.targets_total, crawl.targets_finished
+        if self._input_done or total_targets is None or finished == 0:
+            return
+        per_target = s.seen / finished
+        s.total = max(s.seen, round(s.seen + per_target * max(0, total_targets - finished)))
 
     async def _count_total(self) -> None:
         """Count every chunk up front (in a thread) so progress and ETA have a total."""
@@ -759,6 +826,9 @@ class Engine:
         while True:
             await asyncio.sleep(1.0)
             now = self._clock()
+            if self._crawl is not None:
+                self._crawl.tick(now)
+                self._estimate_crawl_total(self._crawl)
             self.stats.tick(now)
             if self._preset.adaptive_concurrency and self._state == JobState.RUNNING:
                 new = self._adaptive.update(now, self._saturated)

@@ -166,6 +166,39 @@ class EngineSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class CrawlSettings:
+    """A crawl job: web targets fetched politely, their pages' text fed to the pipeline.
+
+    `targets` is a file of domains or URLs (one per line, CSV or JSONL).
+    Fetch limits run apart from the LLM's: `concurrency` fetches in flight
+    across all hosts, `per_host` and `politeness_delay_s` per host.
+    `allow_addresses` admits private/loopback CIDRs or host names (local
+    tests only: by default no request reaches them), and `resolve` pins
+    host-name patterns to addresses, like curl's --resolve.
+    """
+
+    targets: str = ""
+    targets_column: str = ""  # CSV column or JSONL field (default: url/domain/host)
+    concurrency: int = 64
+    per_host: int = 2
+    politeness_delay_s: float = 1.0
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 20.0
+    total_timeout_s: float = 30.0
+    max_body_bytes: int = 5_000_000
+    max_redirects: int = 5
+    content_types: tuple[str, ...] = ("text/html", "application/xhtml+xml", "text/plain")
+    respect_robots: bool = True
+    user_agent: str = "crawldeck/{version} (+{contact})"
+    contact: str = ""
+    allow_addresses: tuple[str, ...] = ()
+    resolve: dict[str, str] = field(default_factory=dict)  # host pattern -> IP address
+    max_depth: int = 0  # follow same-site links this many clicks deep
+    max_pages_per_domain: int = 1
+    extract_workers: int = 0  # processes for HTML extraction; 0: one per core but one
+
+
+@dataclass(frozen=True, slots=True)
 class JobConfig:
     """Everything a run needs, resolved: defaults < file < preset < flags."""
 
@@ -176,4 +209,5 @@ class JobConfig:
     preset: Preset = field(default_factory=lambda: BUILTIN_PRESETS["conservative"])
     simulator: SimulatorSettings = field(default_factory=SimulatorSettings)
     engine: EngineSettings = field(default_factory=EngineSettings)
+    crawl: CrawlSettings | None = None  # set: targets are crawled instead of `job.input` read
     source: Path | None = None  # the TOML file this came from, for messages

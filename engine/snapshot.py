@@ -30,6 +30,7 @@ class Counts:
     """Chunks by state.  `total` is None until the whole input has been counted."""
 
     total: int | None = None
+    total_estimated: bool = False  # a crawl's total: projected from the pages so far
     seen: int = 0  # chunks read so far
     pending: int = 0
     in_flight: int = 0
@@ -78,6 +79,29 @@ class QueueDepths:
     batches: int = 0
     retries: int = 0
     store: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CrawlSnapshot:
+    """The fetch stage of a crawl job, beside the LLM stage's figures.
+
+    Targets are the sites (or URLs) in the input; pages include followed
+    links.  `outcomes` counts pages by outcome (fetched, redirected,
+    robots_blocked, timed_out, …), `fetch_*` are the fetch limits in force.
+    """
+
+    targets_total: int | None = None
+    targets_started: int = 0
+    targets_finished: int = 0
+    fetches_in_flight: int = 0
+    fetch_concurrency: int = 0
+    per_host: int = 0
+    pages: int = 0
+    pages_per_min: float = 0.0
+    bytes: int = 0
+    outcomes: tuple[tuple[str, int], ...] = ()
+    extracting: int = 0  # pages waiting for or in text extraction
+    resumed: int = 0  # targets whose pages came from the store, not the web
 
 
 class DriftState(StrEnum):
@@ -144,4 +168,5 @@ class Snapshot:
     latency_history: tuple[float, ...] = ()  # p50 seconds, one value per second
     error_rate_history: tuple[float, ...] = ()  # failed attempts / attempts, per second
     drift: tuple[DriftMetric, ...] = ()  # empty until a drift monitor runs
+    crawl: CrawlSnapshot | None = None  # set for crawl jobs
     events: tuple[Event, ...] = ()

@@ -26,7 +26,7 @@ import aiosqlite
 
 from engine.events import Event
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: crawled pages
 # SQLite's historical limit on bound parameters is 999; stay well under it.
 MAX_QUERY_PARAMS = 500
 BUSY_TIMEOUT_MS = 10_000
@@ -80,6 +80,24 @@ CREATE TABLE IF NOT EXISTS events (
     data_json TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_by_run ON events (run_id, ts);
+CREATE TABLE IF NOT EXISTS pages (
+    url TEXT NOT NULL,
+    target TEXT NOT NULL,
+    host TEXT NOT NULL,
+    depth INT NOT NULL,
+    outcome TEXT NOT NULL,
+    status INT,
+    final_url TEXT NOT NULL,
+    redirects INT NOT NULL,
+    bytes INT NOT NULL,
+    elapsed_ms REAL NOT NULL,
+    error TEXT NOT NULL,
+    title TEXT NOT NULL,
+    text TEXT,
+    run_id INT,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (target, url)
+);
 """
 
 _INSERT_RESULT = """
@@ -102,6 +120,13 @@ ON CONFLICT (chunk_id, prompt_version, model) DO UPDATE SET
     source = excluded.source, seq = excluded.seq, text = excluded.text,
     reason = excluded.reason, attempts = excluded.attempts,
     run_id = excluded.run_id, created_at = excluded.created_at
+"""
+# A page fetched again (a rerun retrying a timeout) replaces what was known of it.
+_UPSERT_PAGE = """
+INSERT OR REPLACE INTO pages (
+    url, target, host, depth, outcome, status, final_url, redirects, bytes, elapsed_ms,
+    error, title, text, run_id, created_at
+) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 _INSERT_EVENT = "INSERT INTO events (run_id, ts, kind, message, data_json) VALUES (?, ?, ?, ?, ?)"
 
@@ -142,6 +167,41 @@ class FailureRow:
 
 
 @dataclass(frozen=True, slots=True)
+class PageRow:
+    """One crawled page's outcome, and its extracted text when it has some.
+
+    `target` is the target (root URL) the page was reached from; `text` is
+    kept so a rerun feeds the pipeline again without fetching the page again.
+    """
+
+    url: str
+    target: str
+    host: str
+    depth: int
+    outcome: str
+    status: int | None
+    final_url: str
+    redirects: int
+    bytes: int
+    elapsed_ms: float
+    error: str
+    title: str
+    text: str | None
+    run_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPage:
+    """What a rerun needs to know about a page crawled before."""
+
+    url: str
+    depth: int
+    outcome: str
+    title: str
+    text: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class _EventRow:
     run_id: int
     event: Event
@@ -160,7 +220,7 @@ class _CloseMarker:
 
 _CLOSE = _CloseMarker()
 
-_Item = ResultRow | FailureRow | _EventRow | _FlushMarker | _CloseMarker
+_Item = ResultRow | FailureRow | PageRow | _EventRow | _FlushMarker | _CloseMarker
 
 
 def _to_json(value: Mapping[str, Any]) -> str:
@@ -264,6 +324,9 @@ class Store:
 
     async def put_failure(self, row: FailureRow) -> None:
         """Enqueue a failure (the latest reason wins; a result for the chunk removes it)."""
+        await self._put(row)
+
+    async def put_page(self, row: PageRow) -> None:
         await self._put(row)
 
     async def put_event(self, run_id: int, event: Event) -> None:
@@ -376,6 +439,31 @@ class Store:
                 done.update(row[0] for row in rows)
         return done
 
+    async def pages_of(self, targets: Sequence[str]) -> dict[str, list[StoredPage]]:
+        """The committed pages of each of `targets` (absent: never crawled), root first."""
+        found: dict[str, list[StoredPage]] = {}
+        async with self._lock:
+            for part in _batched(list(targets), MAX_QUERY_PARAMS):
+                placeholders = ",".join("?" * len(part))
+                rows = await self._conn.execute_fetchall(
+                    "SELECT target, url, depth, outcome, title, text FROM pages"
+                    f" WHERE target IN ({placeholders}) ORDER BY target, depth, rowid",
+                    tuple(part),
+                )
+                for target, url, depth, outcome, title, text in rows:
+                    found.setdefault(target, []).append(
+                        StoredPage(url, int(depth), outcome, title, text)
+                    )
+        return found
+
+    async def page_outcomes(self) -> dict[str, int]:
+        """Committed pages by outcome."""
+        async with self._lock:
+            rows = await self._conn.execute_fetchall(
+                "SELECT outcome, COUNT(*) FROM pages GROUP BY outcome"
+            )
+        return {str(outcome): int(count) for outcome, count in rows}
+
     async def counts(self, prompt_version: str | None = None) -> dict[str, int]:
         """Committed results and failures, for one prompt version or all of them."""
         where, params = (
@@ -462,6 +550,7 @@ class Store:
         result_keys: list[tuple[str, str, str]] = []
         failures: list[tuple[Any, ...]] = []
         events: list[tuple[Any, ...]] = []
+        pages: list[tuple[Any, ...]] = []
         flushes: list[_FlushMarker] = []
         for item in batch:
             if isinstance(item, ResultRow):
@@ -500,6 +589,26 @@ class Store:
                         now,
                     )
                 )
+            elif isinstance(item, PageRow):
+                pages.append(
+                    (
+                        item.url,
+                        item.target,
+                        item.host,
+                        item.depth,
+                        item.outcome,
+                        item.status,
+                        item.final_url,
+                        item.redirects,
+                        item.bytes,
+                        item.elapsed_ms,
+                        item.error,
+                        item.title,
+                        item.text,
+                        item.run_id,
+                        now,
+                    )
+                )
             elif isinstance(item, _EventRow):
                 event = item.event
                 events.append(
@@ -507,11 +616,11 @@ class Store:
                 )
             elif isinstance(item, _FlushMarker):
                 flushes.append(item)
-        rows = len(results) + len(failures) + len(events)
+        rows = len(results) + len(failures) + len(events) + len(pages)
         try:
             if rows:
                 async with self._lock:
-                    await self._commit(results, result_keys, failures, events)
+                    await self._commit(results, result_keys, failures, events, pages)
         except BaseException as exc:
             self._fail_flushes(flushes, exc)
             raise
@@ -532,6 +641,7 @@ class Store:
         result_keys: list[tuple[str, str, str]],
         failures: list[tuple[Any, ...]],
         events: list[tuple[Any, ...]],
+        pages: list[tuple[Any, ...]],
     ) -> None:
         conn = self._conn
         await conn.execute("BEGIN IMMEDIATE")
@@ -545,6 +655,8 @@ class Store:
                 await conn.executemany(_UPSERT_FAILURE, failures)
             if events:
                 await conn.executemany(_INSERT_EVENT, events)
+            if pages:
+                await conn.executemany(_UPSERT_PAGE, pages)
             await conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:

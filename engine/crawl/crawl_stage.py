@@ -1,0 +1,359 @@
+"""The crawl stage: targets → fetch → extract → documents for the LLM pipeline.
+
+It runs beside the LLM stage with limits of its own (fetches in flight,
+per host), so slow or broken sites hold fetch slots, never API keys.  Every
+page's outcome is stored, with its text when it has some: a rerun feeds the
+pipeline from the store instead of fetching a finished site again, and
+retries only sites that failed for a reason that may pass (a timeout, a
+refused connection, an HTTP error).
+
+Extraction runs in worker processes (`PageExtractor`), so parsing HTML never
+stalls the event loop the engine runs on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from engine.concurrency_limit import ConcurrencyLimit
+from engine.crawl.address_policy import AddressPolicy, Resolver
+from engine.crawl.extraction import ExtractedPage, PageExtractor
+from engine.crawl.fetch_settings import FetchSettings
+from engine.crawl.fetcher import Fetcher
+from engine.crawl.outcomes import FetchOutcome, FetchResult
+from engine.crawl.pinned_resolver import PinnedResolver
+from engine.crawl.targets import Target, TargetError, dedupe_targets, read_targets
+from engine.events import EventBus, EventKind
+from engine.records import Document
+from engine.settings import CrawlSettings
+from engine.snapshot import CrawlSnapshot
+from engine.store import PageRow, Store, StoredPage
+
+# Outcomes a rerun tries again; any other stored outcome is the site's answer.
+RETRIED_OUTCOMES = frozenset(
+    {
+        FetchOutcome.TIMED_OUT,
+        FetchOutcome.REFUSED,
+        FetchOutcome.DNS_FAILURE,
+        FetchOutcome.HTTP_ERROR,
+        FetchOutcome.TLS_ERROR,
+    }
+)
+_TARGET_BLOCK = 256  # targets read (and looked up in the store) at a time
+_WARNED_LINES = 20  # bad target lines reported one by one; the rest only counted
+_RATE_ALPHA = 0.3  # smoothing of pages per minute, per one-second tick
+
+Deliver = Callable[[Document], Awaitable[None]]
+
+
+def fetch_settings_of(crawl: CrawlSettings) -> FetchSettings:
+    """The fetcher's settings from the job's `[crawl]` table."""
+    return FetchSettings(
+        concurrency=crawl.concurrency,
+        per_host=crawl.per_host,
+        politeness_delay_s=crawl.politeness_delay_s,
+        connect_timeout_s=crawl.connect_timeout_s,
+        read_timeout_s=crawl.read_timeout_s,
+        total_timeout_s=crawl.total_timeout_s,
+        max_body_bytes=crawl.max_body_bytes,
+        max_redirects=crawl.max_redirects,
+        content_types=crawl.content_types,
+        respect_robots=crawl.respect_robots,
+        user_agent=crawl.user_agent,
+        contact=crawl.contact,
+        allow_addresses=crawl.allow_addresses,
+    )
+
+
+def page_document(url: str, page: ExtractedPage) -> Document:
+    """A page as the pipeline's document: its title, then its main text."""
+    text = f"{page.title}\n\n{page.text}" if page.title else page.text
+    return Document(source=url, text=text)
+
+
+@dataclass
+class _Counters:
+    targets_total: int | None = None
+    started: int = 0
+    finished: int = 0
+    resumed: int = 0
+    pages: int = 0
+    extracting: int = 0
+    bad_lines: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+    pages_per_min: float = 0.0
+    last_tick: float | None = None
+    pages_at_tick: int = 0
+
+
+class CrawlStage:
+    """Crawls the job's targets and hands each page's text to `deliver`.
+
+    `running` is cleared while the job is paused and `may_read` while memory
+    is above its soft limit: no new fetch starts then.  `resolver` and
+    `extractor` may be given (tests); by default names go to DNS (with the
+    job's pins) and extraction to a process pool.
+    """
+
+    def __init__(
+        self,
+        settings: CrawlSettings,
+        *,
+        store: Store,
+        run_id: int,
+        events: EventBus,
+        deliver: Deliver,
+        running: asyncio.Event,
+        may_read: asyncio.Event,
+        resolver: Resolver | None = None,
+        extractor: PageExtractor | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self._store = store
+        self._run_id = run_id
+        self._events = events
+        self._deliver = deliver
+        self._running = running
+        self._may_read = may_read
+        self._clock = clock
+        self._fetch_settings = fetch_settings_of(settings)
+        self._resolver = resolver if resolver is not None else PinnedResolver(settings.resolve)
+        self._extractor = extractor
+        self._own_extractor = extractor is None
+        self._fetcher: Fetcher | None = None
+        # Targets being crawled at once; the fetcher's own limit caps requests.
+        self._slots = ConcurrencyLimit(settings.concurrency)
+        self._c = _Counters()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # ------------------------------------------------------------ controls
+    def set_concurrency(self, value: int) -> int:
+        """Fetches in flight across all hosts, effective at once; returns the old value."""
+        value = max(1, int(value))
+        old = self._slots.limit
+        self._slots.set_limit(value)
+        if self._fetcher is not None:
+            self._fetcher.set_concurrency(value)
+        return old
+
+    @property
+    def concurrency(self) -> int:
+        return self._slots.limit
+
+    # ------------------------------------------------------------ reading
+    def snapshot(self) -> CrawlSnapshot:
+        c = self._c
+        stats = self._fetcher.stats() if self._fetcher is not None else None
+        return CrawlSnapshot(
+            targets_total=c.targets_total,
+            targets_started=c.started,
+            targets_finished=c.finished,
+            fetches_in_flight=stats.in_flight if stats is not None else 0,
+            fetch_concurrency=self._slots.limit,
+            per_host=self.settings.per_host,
+            pages=c.pages,
+            pages_per_min=c.pages_per_min,
+            bytes=stats.bytes if stats is not None else 0,
+            outcomes=tuple(sorted(c.outcomes.items(), key=lambda kv: (-kv[1], kv[0]))),
+            extracting=c.extracting,
+            resumed=c.resumed,
+        )
+
+    @property
+    def targets_total(self) -> int | None:
+        return self._c.targets_total
+
+    @property
+    def targets_finished(self) -> int:
+        return self._c.finished
+
+    def tick(self, now: float) -> None:
+        """Update the page rate; the engine calls this once a second."""
+        c = self._c
+        if c.last_tick is not None and now > c.last_tick:
+            rate = (c.pages - c.pages_at_tick) * 60.0 / (now - c.last_tick)
+            smoothed = _RATE_ALPHA * rate + (1 - _RATE_ALPHA) * c.pages_per_min
+            c.pages_per_min = rate if c.pages_at_tick == 0 else smoothed
+        c.last_tick, c.pages_at_tick = now, c.pages
+
+    # ------------------------------------------------------------ running
+    async def count_targets(self) -> None:
+        """Count the distinct targets (in a thread) so progress has a total."""
+
+        def count() -> int:
+            targets = read_targets(
+                Path(self.settings.targets),
+                self.settings.targets_column or None,
+                on_problem=lambda _line, _message: None,
+            )
+            return sum(1 for _ in dedupe_targets(targets))
+
+        try:
+            self._c.targets_total = await asyncio.to_thread(count)
+        except (OSError, TargetError, ValueError):
+            return  # the reader reports it
+
+    async def run(self) -> None:
+        """Crawl every target; returns once each has an outcome (or raises on bad input)."""
+        self._loop = asyncio.get_running_loop()
+        extractor = self._extractor
+        if extractor is None:
+            extractor = PageExtractor(self.settings.extract_workers or None)
+        policy = AddressPolicy(self.settings.allow_addresses)
+        try:
+            async with Fetcher(
+                self._fetch_settings, resolver=self._resolver, policy=policy, clock=self._clock
+            ) as fetcher:
+                self._fetcher = fetcher
+                fetcher.set_concurrency(self._slots.limit)
+                async with asyncio.TaskGroup() as crawls:
+                    await self._start_targets(crawls, fetcher, extractor)
+        finally:
+            self._fetcher = None
+            if self._own_extractor:
+                await extractor.aclose()
+
+    async def _start_targets(
+        self, crawls: asyncio.TaskGroup, fetcher: Fetcher, extractor: PageExtractor
+    ) -> None:
+        targets = dedupe_targets(
+            read_targets(
+                Path(self.settings.targets),
+                self.settings.targets_column or None,
+                on_problem=self._bad_line,
+            )
+        )
+
+        def next_block(source: Iterator[Target] = targets) -> list[Target]:
+            return list(itertools.islice(source, _TARGET_BLOCK))
+
+        while True:
+            block = await asyncio.to_thread(next_block)
+            if not block:
+                return
+            known = await self._store.pages_of([t.url for t in block])
+            for target in block:
+                await self._may_read.wait()  # memory above its soft limit: start nothing new
+                await self._running.wait()  # paused
+                await self._slots.acquire()
+                self._c.started += 1
+                crawls.create_task(
+                    self._crawl(target, known.get(target.url, []), fetcher, extractor),
+                    name=f"crawl {target.host}",
+                )
+
+    def _bad_line(self, line: int, message: str) -> None:
+        # Called from the reading thread: hop to the loop before touching the bus.
+        self._c.bad_lines += 1
+        if self._loop is None:
+            return
+        self._loop.call_soon_threadsafe(self._count, str(FetchOutcome.INVALID_URL))
+        if self._c.bad_lines <= _WARNED_LINES:
+            text = f"{self.settings.targets}:{line}: skipped target: {message}"
+            self._loop.call_soon_threadsafe(lambda: self._events.emit(EventKind.WARNING, text))
+
+    async def _crawl(
+        self,
+        target: Target,
+        stored: list[StoredPage],
+        fetcher: Fetcher,
+        extractor: PageExtractor,
+    ) -> None:
+        try:
+            if stored and stored[0].outcome not in RETRIED_OUTCOMES:
+                await self._replay(stored)
+            else:
+                await self._fetch_site(target, fetcher, extractor)
+        finally:
+            self._slots.release()
+            self._c.finished += 1
+
+    async def _replay(self, stored: list[StoredPage]) -> None:
+        """A site crawled by an earlier run: its stored text goes through again, unfetched.
+
+        Chunks that already have results are skipped downstream, so only the
+        ones the earlier run did not finish are sent.
+        """
+        self._c.resumed += 1
+        for page in stored:
+            self._count(page.outcome)
+            if page.text:
+                text = f"{page.title}\n\n{page.text}" if page.title else page.text
+                await self._deliver(Document(source=page.url, text=text))
+
+    async def _fetch_site(self, target: Target, fetcher: Fetcher, extractor: PageExtractor) -> None:
+        """The target's page, then same-site links breadth first, within depth and page caps."""
+        frontier: deque[tuple[str, int]] = deque([(target.url, 0)])
+        seen = {target.url}
+        fetched = 0
+        while frontier and fetched < self.settings.max_pages_per_domain:
+            url, depth = frontier.popleft()
+            await self._running.wait()
+            if depth == 0 and target.fallback_http:
+                result = await fetcher.fetch_target(urlsplit(target.url).netloc)
+            else:
+                result = await fetcher.fetch(url)
+            fetched += 1
+            page = await self._extract(result, extractor)
+            outcome = result.outcome
+            if page is not None and not page.text.strip():
+                outcome = FetchOutcome.EMPTY_TEXT
+            await self._record(target, url, depth, result, outcome, page)
+            if page is None or outcome is FetchOutcome.EMPTY_TEXT:
+                continue
+            await self._deliver(page_document(url, page))
+            if depth < self.settings.max_depth:
+                for link in page.links:
+                    if link not in seen:
+                        seen.add(link)
+                        frontier.append((link, depth + 1))
+
+    async def _extract(self, result: FetchResult, extractor: PageExtractor) -> ExtractedPage | None:
+        if not result.outcome.has_page:
+            return None
+        self._c.extracting += 1
+        try:
+            return await extractor.extract(result.body, result.final_url, result.content_type)
+        finally:
+            self._c.extracting -= 1
+
+    async def _record(
+        self,
+        target: Target,
+        url: str,
+        depth: int,
+        result: FetchResult,
+        outcome: FetchOutcome,
+        page: ExtractedPage | None,
+    ) -> None:
+        self._count(outcome)
+        await self._store.put_page(
+            PageRow(
+                url=url,
+                target=target.url,
+                host=target.host,
+                depth=depth,
+                outcome=str(outcome),
+                status=result.status,
+                final_url=result.final_url,
+                redirects=result.redirects,
+                bytes=len(result.body),
+                elapsed_ms=result.elapsed_s * 1000.0,
+                error=result.error,
+                title=page.title if page is not None else "",
+                text=page.text if page is not None and page.text.strip() else None,
+                run_id=self._run_id,
+            )
+        )
+
+    def _count(self, outcome: str) -> None:
+        self._c.pages += 1
+        self._c.outcomes[str(outcome)] = self._c.outcomes.get(str(outcome), 0) + 1
