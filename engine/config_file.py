@@ -35,6 +35,7 @@ import tomlkit.exceptions
 
 from engine.settings import (
     BUILTIN_PRESETS,
+    SIMULATED_DRIFTS,
     CrawlSettings,
     EngineSettings,
     JobConfig,
@@ -526,8 +527,16 @@ def _simulator_findings(simulator: SimulatorSettings) -> list[_Finding]:
             ("fault_hang", _a_rate, "must be between 0 and 1"),
             ("fault_malformed", _a_rate, "must be between 0 and 1"),
             ("limit_scale", _positive, "must be more than 0"),
+            ("drift_after", _not_negative, "must be 0 (never) or more"),
         ),
     )
+    for kind in simulator.drift:
+        if kind not in SIMULATED_DRIFTS:
+            close = difflib.get_close_matches(kind, SIMULATED_DRIFTS, n=1)
+            hint = (
+                f"did you mean {close[0]!r}?" if close else f"one of {', '.join(SIMULATED_DRIFTS)}"
+            )
+            findings.append(("drift", f"{kind!r} is not a simulated drift ({hint})"))
     low, high = simulator.latency_s
     if low < 0 or high < 0 or low > high:
         findings.append(

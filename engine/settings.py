@@ -152,6 +152,23 @@ class SimulatorSettings:
     fault_malformed: float = 0.0
     limit_scale: float = 1.0  # real limits = configured limits × this
     seed: int = 1
+    # Drift on cue, for demos and tests: from answer number `drift_after` on
+    # (0: never), answers change in the ways `drift` names: "shorter",
+    # "malformed", "missing_ids", "refusals", "fewer_items", "slower",
+    # "embeddings".
+    drift_after: int = 0
+    drift: tuple[str, ...] = ()
+
+
+SIMULATED_DRIFTS = (
+    "shorter",
+    "malformed",
+    "missing_ids",
+    "refusals",
+    "fewer_items",
+    "slower",
+    "embeddings",
+)
 
 
 @dataclass(frozen=True, slots=True)
