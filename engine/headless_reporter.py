@@ -52,7 +52,7 @@ def format_duration(seconds: float | None) -> str:
 
 def status_line(snap: Snapshot) -> str:
     c = snap.counts
-    total = "?" if c.total is None else str(c.total)
+    total = "?" if c.total is None else ("~" if c.total_estimated else "") + str(c.total)
     mem = snap.memory
     mem_text = f"{mem.rss_bytes / 2**20:.0f}MB"
     if mem.state != "ok":
@@ -68,6 +68,18 @@ def status_line(snap: Snapshot) -> str:
         f"{snap.items_per_min:.0f} items/min {snap.requests_per_min:.0f} req/min "
         f"ETA {eta} 429s {snap.rate_limited} conc {snap.in_flight_requests}/{snap.concurrency} "
         f"mem {mem_text} ${snap.cost_usd:.4f}"
+    ) + (_crawl_part(snap) if snap.crawl is not None else "")
+
+
+def _crawl_part(snap: Snapshot) -> str:
+    crawl = snap.crawl
+    assert crawl is not None
+    total = "?" if crawl.targets_total is None else str(crawl.targets_total)
+    outcomes = " ".join(f"{name} {count}" for name, count in crawl.outcomes)
+    return (
+        f" | crawl {crawl.targets_finished}/{total} sites {crawl.pages_per_min:.0f} pages/min "
+        f"fetch {crawl.fetches_in_flight}/{crawl.fetch_concurrency}"
+        + (f" ({outcomes})" if outcomes else "")
     )
 
 

@@ -25,16 +25,22 @@ from pathlib import Path
 
 from engine.config_file import ConfigError, load_config
 from engine.control_client import ControlClient, ControlError
-from engine.control_server import ControlServer, ControlServerError, socket_path_for_store
+from engine.control_server import (
+    ControlServer,
+    ControlServerError,
+    socket_path_for_store,
+    state_folder_for_store,
+)
 from engine.engine import Engine
 from engine.headless_reporter import HeadlessReporter, snapshot_record, status_line
 from engine.inputs import InputError, iter_documents
 from engine.key_secrets import resolve_secrets, served_by_simulator
-from engine.settings import JobConfig
+from engine.settings import CrawlSettings, JobConfig
 from engine.simulator_launch import launched_simulator, simulator_arguments
 from engine.snapshot import JobState, Snapshot
 
 _DEMO_STORE = "crawldeck-demo.db"
+_CRAWL_DEMO_STORE = "crawldeck-crawl-demo.db"
 _VIEWER_LINGER_S = 0.5
 
 
@@ -64,7 +70,20 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run the bundled sample against the bundled simulator")
     job_flags(demo)
-    demo.add_argument("--store", default=_DEMO_STORE, help="where the demo keeps its results")
+    demo.add_argument(
+        "--store",
+        default=None,
+        help=f"where the demo keeps its results (default: {_DEMO_STORE}, "
+        f"or {_CRAWL_DEMO_STORE} with --crawl)",
+    )
+    demo.add_argument(
+        "--crawl",
+        action="store_true",
+        help="crawl synthetic web sites served on loopback instead of reading transcripts",
+    )
+    demo.add_argument(
+        "--sites", type=int, default=3204, help="how many synthetic sites --crawl crawls"
+    )
 
     sim = sub.add_parser("simulate", help="serve the OpenAI-compatible simulator for a job")
     sim.add_argument("job", type=Path)
@@ -95,10 +114,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return asyncio.run(run_dashboard(config))
             return asyncio.run(run_job(config, args.json, args.interval))
         if args.command == "demo":
-            config = load_demo_config(args.preset, args.overrides, args.store)
+            if args.sites < 1:
+                print("crawldeck: --sites must be at least 1", file=sys.stderr)
+                return 2
+            sites = args.sites if args.crawl else None
+            store = args.store or (_CRAWL_DEMO_STORE if args.crawl else _DEMO_STORE)
+            config = load_demo_config(args.preset, args.overrides, store, crawl=args.crawl)
             if _wants_dashboard(args):
-                return asyncio.run(run_dashboard(config))
-            return asyncio.run(run_job(config, args.json, args.interval))
+                return asyncio.run(run_dashboard(config, demo_sites=sites))
+            return asyncio.run(run_job(config, args.json, args.interval, demo_sites=sites))
         if args.command == "simulate":
             return simulate(args.job, args.port)
         if args.command == "status":
@@ -115,10 +139,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
 
 
-def load_demo_config(preset: str | None, overrides: Sequence[str], store: str) -> JobConfig:
+def load_demo_config(
+    preset: str | None, overrides: Sequence[str], store: str, *, crawl: bool = False
+) -> JobConfig:
+    """The bundled demo job: the sample transcripts, or (`crawl`) synthetic web sites."""
     demo = resources.files("engine.sample").joinpath("demo.toml")
     with resources.as_file(demo) as path:
         config = load_config(path, preset=preset, overrides=overrides)
+    if crawl:
+        # The sites are served on loopback by the bundled site server: the
+        # address policy admits loopback for this job only, and every
+        # site-NNNN.test name is pinned to it.
+        config = replace(
+            config,
+            job=replace(config.job, name="sites-demo", input=""),
+            crawl=CrawlSettings(
+                targets="",  # written when the site server starts
+                resolve={"*.test": "127.0.0.1"},
+                allow_addresses=("127.0.0.0/8",),
+                contact="crawldeck-demo@localhost",
+                total_timeout_s=10.0,
+            ),
+        )
     # The demo's results go where the user is, not into the installed package.
     if not any(o.startswith("job.store=") for o in overrides):
         config = replace(config, job=replace(config.job, store=str(Path(store).resolve())))
@@ -126,27 +168,57 @@ def load_demo_config(preset: str | None, overrides: Sequence[str], store: str) -
 
 
 @contextlib.asynccontextmanager
-async def _providers(config: JobConfig) -> AsyncIterator[tuple[dict[str, str], dict[str, str]]]:
-    """Secrets and base-URL overrides, with the simulator started if the job asks for it."""
+async def _job_services(
+    config: JobConfig, demo_sites: int | None = None
+) -> AsyncIterator[tuple[JobConfig, dict[str, str], dict[str, str]]]:
+    """The job with its secrets and base-URL overrides, once what it needs is serving.
+
+    Starts the provider simulator if the job asks for it, and for the crawl
+    demo the synthetic site server, whose target list completes the job.
+    """
     simulated = config.simulator.autostart and any(served_by_simulator(p) for p in config.providers)
     secrets = resolve_secrets(config, os.environ, simulated=simulated)
-    if simulated:
-        async with launched_simulator(config, secrets) as urls:
-            yield secrets, urls
-    else:
-        yield secrets, {}
+    async with contextlib.AsyncExitStack() as services:
+        if demo_sites is not None and config.crawl is not None:
+            from engine.crawl.site_launch import launched_site_server
+
+            folder = state_folder_for_store(config.job.store)
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            sites = await services.enter_async_context(
+                launched_site_server(demo_sites, folder / "demo-sites.txt")
+            )
+            config = replace(config, crawl=replace(config.crawl, targets=str(sites.domains_file)))
+        urls: dict[str, str] = {}
+        if simulated:
+            urls = await services.enter_async_context(launched_simulator(config, secrets))
+        yield config, secrets, urls
 
 
-async def run_job(config: JobConfig, as_json: bool, interval: float) -> int:
-    """Run headless: status lines, Ctrl-C drains, a second Ctrl-C stops now."""
+def _input_problem(config: JobConfig, demo_sites: int | None) -> str | None:
+    """A missing input, in one line, before any service starts (None: it is there)."""
+    if config.crawl is not None:
+        targets = Path(config.crawl.targets)
+        if demo_sites is None and not targets.is_file():
+            return f"crawl targets: no such file: {targets}"
+        return None
     try:
         # Only finds the first input file: a missing input fails here, in one
-        # line, before the simulator starts, not as an engine warning in the log.
+        # line, not as an engine warning in the log.
         iter_documents(config.job)
     except InputError as exc:
-        print(f"crawldeck: {exc}", file=sys.stderr)
+        return str(exc)
+    return None
+
+
+async def run_job(
+    config: JobConfig, as_json: bool, interval: float, demo_sites: int | None = None
+) -> int:
+    """Run headless: status lines, Ctrl-C drains, a second Ctrl-C stops now."""
+    problem = _input_problem(config, demo_sites)
+    if problem is not None:
+        print(f"crawldeck: {problem}", file=sys.stderr)
         return 2
-    async with _providers(config) as (secrets, urls):
+    async with _job_services(config, demo_sites) as (config, secrets, urls):
         engine = Engine(config, secrets, base_urls=urls)
         reporter = HeadlessReporter(engine.snapshot, interval_s=interval, as_json=as_json)
         loop = asyncio.get_running_loop()
@@ -260,17 +332,16 @@ def _wants_dashboard(args: argparse.Namespace) -> bool:
     return not args.headless and not args.json and sys.stdout.isatty()
 
 
-async def run_dashboard(config: JobConfig) -> int:
+async def run_dashboard(config: JobConfig, demo_sites: int | None = None) -> int:
     """Run the job under the dashboard; quitting there stops the job."""
     # Textual is loaded here only, so headless runs never import it.
     from tui.app import CrawldeckApp
 
-    try:
-        iter_documents(config.job)
-    except InputError as exc:
-        print(f"crawldeck: {exc}", file=sys.stderr)
+    problem = _input_problem(config, demo_sites)
+    if problem is not None:
+        print(f"crawldeck: {problem}", file=sys.stderr)
         return 2
-    async with _providers(config) as (secrets, urls):
+    async with _job_services(config, demo_sites) as (config, secrets, urls):
         engine = Engine(config, secrets, base_urls=urls)
         state = await CrawldeckApp(engine).run_async()
         if engine.failure_reason:

@@ -425,7 +425,20 @@ def _argument_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--slow-s", type=float, default=3.0, help="delay of the slow sites")
     parser.add_argument("--crawl-delay", type=int, default=None, help="Crawl-delay for robots.txt")
+    parser.add_argument(
+        "--exit-with-parent", action="store_true", help="exit when stdin closes (parent died)"
+    )
     return parser
+
+
+class _ParentGone(asyncio.Protocol):
+    """Sets `stop` when stdin closes: even a kill -9 of the parent closes the pipe."""
+
+    def __init__(self, stop: asyncio.Event) -> None:
+        self._stop = stop
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop.set()
 
 
 async def _serve_until_signalled(args: argparse.Namespace) -> None:
@@ -433,6 +446,8 @@ async def _serve_until_signalled(args: argparse.Namespace) -> None:
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    if args.exit_with_parent:
+        await loop.connect_read_pipe(lambda: _ParentGone(stop), sys.stdin)
     server = SiteServer(args.host, args.port, slow_s=args.slow_s, crawl_delay_s=args.crawl_delay)
     async with server:
         port = server.port
