@@ -8,7 +8,7 @@ when the run ends.
 
 Protocol: one JSON object a line each way.  Requests are
 `{"op": "snapshot"}`, `{"op": "pause" | "resume" | "drain" | "stop"}`,
-`{"op": "set_concurrency", "value": N}` and `{"op": "apply_preset",
+`{"op": "set_concurrency" | "set_fetch_concurrency", "value": N}` and `{"op": "apply_preset",
 "preset": NAME | {field: value, ...}}`; answers are `{"ok": true, ...}` or `{"ok": false, "error":
 "one line"}`.  Nothing else is ever executed.
 
@@ -50,6 +50,8 @@ class ControlTarget(Protocol):
     def snapshot(self) -> Snapshot: ...
 
     def set_concurrency(self, value: int) -> None: ...
+
+    def set_fetch_concurrency(self, value: int) -> None: ...
 
     def apply_preset(self, preset: str | Preset) -> None: ...
 
@@ -281,6 +283,14 @@ class ControlServer:
     def _control(self, op: object, request: dict[str, Any]) -> None:
         if op in _CONTROLS:
             getattr(self.target, str(op))()
+        elif op == "set_fetch_concurrency":
+            value = request.get("value")
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise _Refused("set_fetch_concurrency needs an integer value of at least 1")
+            try:
+                self.target.set_fetch_concurrency(value)
+            except ValueError as exc:
+                raise _Refused(str(exc)) from None
         elif op == "set_concurrency":
             value = request.get("value")
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

@@ -93,6 +93,22 @@ ACTIONS: tuple[DashboardAction, ...] = (
         "q",
     ),
     DashboardAction(
+        "crawldeck.fetch_up",
+        "fetch_up",
+        "Fetch+",
+        "Crawl jobs: allow 8 more fetches in flight",
+        "right_square_bracket",
+        "]",
+    ),
+    DashboardAction(
+        "crawldeck.fetch_down",
+        "fetch_down",
+        "Fetch-",
+        "Crawl jobs: allow 8 fewer fetches in flight",
+        "left_square_bracket",
+        "[",
+    ),
+    DashboardAction(
         "crawldeck.keys",
         "app.show_keys",
         "Keys",

@@ -18,6 +18,10 @@ class EngineSource(Protocol):
 
     def set_concurrency(self, value: int) -> None: ...
 
+    def set_fetch_concurrency(self, value: int) -> None:
+        """A crawl job's fetches in flight; `ValueError` for a job that does not crawl."""
+        ...
+
     def apply_preset(self, preset: str | Preset) -> None:
         """A preset by the job's name for it, or a whole (checked) preset value."""
         ...

@@ -104,6 +104,9 @@ class RemoteSource:
     def set_concurrency(self, value: int) -> None:
         self._send("set_concurrency", value=int(value))
 
+    def set_fetch_concurrency(self, value: int) -> None:
+        self._send("set_fetch_concurrency", value=int(value))
+
     def apply_preset(self, preset: str | Preset) -> None:
         if isinstance(preset, Preset):
             self._send("apply_preset", preset=dataclasses.asdict(preset))

@@ -121,6 +121,8 @@ async def test_controls_over_the_socket_change_the_engine(running_job: RunningJo
         ({"op": "__init__"}, "unknown op"),
         ({"op": "set_concurrency", "value": "9"}, "integer"),
         ({"op": "set_concurrency", "value": True}, "integer"),
+        ({"op": "set_fetch_concurrency", "value": 4}, "does not crawl"),
+        ({"op": "set_fetch_concurrency", "value": 0}, "at least 1"),
         ({"op": "apply_preset", "preset": "/etc/passwd.toml"}, "name"),
         ({"op": "apply_preset", "preset": "no-such-preset"}, "unknown preset"),
         ({"op": "apply_preset", "preset": {"concurrency": 0}}, "concurrency: must be at least 1"),

@@ -14,6 +14,7 @@ from engine.settings import BUILTIN_PRESETS, Preset
 from engine.simulator import ProviderSimulator
 from engine.snapshot import (
     Counts,
+    CrawlSnapshot,
     DriftMetric,
     DriftState,
     JobState,
@@ -168,6 +169,38 @@ def fixed_snapshot(**changes: object) -> Snapshot:
     return replace(snap, **changes)  # type: ignore[arg-type]
 
 
+def fixed_crawl_snapshot(**changes: object) -> Snapshot:
+    """The fixed snapshot of a crawl job: a fetch stage beside the LLM stage."""
+    crawl = CrawlSnapshot(
+        targets_total=3_204,
+        targets_started=1_290,
+        targets_finished=1_251,
+        fetches_in_flight=39,
+        fetch_concurrency=64,
+        per_host=2,
+        pages=1_262,
+        pages_per_min=540.0,
+        bytes=48_200_000,
+        outcomes=(
+            ("fetched", 1_005),
+            ("redirected", 42),
+            ("robots_blocked", 84),
+            ("timed_out", 41),
+            ("http_error", 40),
+            ("not_html", 21),
+            ("empty_text", 20),
+            ("refused", 9),
+        ),
+        extracting=3,
+    )
+    snap = fixed_snapshot(
+        job_name="sites-q3",
+        crawl=crawl,
+        counts=Counts(total=9_350, total_estimated=True, seen=3_650, done=3_280, pending=310),
+    )
+    return replace(snap, **changes)  # type: ignore[arg-type]
+
+
 class FixedSource:
     """Returns one snapshot forever and records the controls it was sent."""
 
@@ -180,6 +213,9 @@ class FixedSource:
 
     def set_concurrency(self, value: int) -> None:
         self.calls.append(("set_concurrency", value))
+
+    def set_fetch_concurrency(self, value: int) -> None:
+        self.calls.append(("set_fetch_concurrency", value))
 
     def apply_preset(self, preset: str | Preset) -> None:
         self.calls.append(("apply_preset", preset))

@@ -13,7 +13,7 @@ from textual.pilot import Pilot
 
 from engine.engine import Engine
 from engine.snapshot import JobState
-from tests.tui.conftest import FixedSource, fixed_snapshot
+from tests.tui.conftest import FixedSource, fixed_crawl_snapshot, fixed_snapshot
 from tui.actions import ACTIONS
 from tui.app import CrawldeckApp
 from tui.screens.confirm_quit import ConfirmQuitScreen
@@ -50,6 +50,11 @@ class FrozenClock(Clock):
 
 def fixed_app(**changes: object) -> CrawldeckApp:
     return CrawldeckApp(FixedSource(fixed_snapshot(**changes)), refresh_hz=0, clock=FrozenClock())
+
+
+def fixed_crawl_app(**changes: object) -> CrawldeckApp:
+    source = FixedSource(fixed_crawl_snapshot(**changes))
+    return CrawldeckApp(source, refresh_hz=0, clock=FrozenClock())
 
 
 # ---------------------------------------------------------------- the real engine
@@ -154,17 +159,19 @@ async def test_quit_is_immediate_once_the_job_is_over() -> None:
 
 
 async def test_controls_call_the_source_and_the_palette_lists_them() -> None:
-    app = fixed_app()
+    app = fixed_crawl_app()
     source = app.source
     assert isinstance(source, FixedSource)
     async with app.run_test() as pilot:
-        await pilot.press("space", "plus", "minus", "t")
+        await pilot.press("space", "plus", "minus", "t", "right_square_bracket", "[")
         await pilot.pause()
         assert source.calls == [
             ("pause", None),
             ("set_concurrency", 9),
             ("set_concurrency", 7),
             ("apply_preset", "conservative"),
+            ("set_fetch_concurrency", 72),
+            ("set_fetch_concurrency", 56),
         ]
         titles = [c.title for c in app.get_system_commands(app.dashboard)]
         for action in ACTIONS:
@@ -193,6 +200,26 @@ def test_dashboard_at_80x24(snap_compare: Callable[..., bool]) -> None:
 
 def test_dashboard_at_160x48(snap_compare: Callable[..., bool]) -> None:
     assert snap_compare(fixed_app(), terminal_size=(160, 48))
+
+
+def test_crawl_dashboard_at_80x24(snap_compare: Callable[..., bool]) -> None:
+    assert snap_compare(fixed_crawl_app(), terminal_size=(80, 24))
+
+
+def test_crawl_dashboard_at_160x48(snap_compare: Callable[..., bool]) -> None:
+    assert snap_compare(fixed_crawl_app(), terminal_size=(160, 48))
+
+
+async def test_fetch_controls_are_hidden_for_a_job_that_does_not_crawl() -> None:
+    app = fixed_app()
+    source = app.source
+    assert isinstance(source, FixedSource)
+    async with app.run_test() as pilot:
+        await pilot.press("right_square_bracket")
+        await pilot.pause()
+        assert source.calls == []
+        titles = [c.title for c in app.get_system_commands(app.dashboard)]
+        assert "Fetch+" not in titles and "Pause" in titles
 
 
 def test_the_theme_uses_theme_variables_not_hex_colours() -> None:

@@ -25,6 +25,7 @@ from tui.engine_source import EngineSource
 from tui.screens.concurrency_prompt import ConcurrencyPrompt
 from tui.screens.preset_editor import PresetEdit, PresetEditor
 from tui.screens.preset_picker import PresetChoice, PresetPicker
+from tui.widgets.crawl_panel import CrawlPanel
 from tui.widgets.drift_panel import DriftPanel
 from tui.widgets.event_log import EventLog
 from tui.widgets.headline_figures import HeadlineFigures
@@ -57,6 +58,8 @@ ACTIVE_STATES = frozenset(
 # Controls that only make sense while the engine still takes new work.
 _STEERING = frozenset(a.action for a in ACTIONS if a.action != "request_quit")
 _STEERABLE_STATES = frozenset({JobState.STARTING, JobState.RUNNING, JobState.PAUSED})
+_CRAWL_ONLY = frozenset({"fetch_up", "fetch_down"})
+FETCH_STEP = 8
 PRESET_TOGGLE = {"conservative": "aggressive", "aggressive": "conservative"}
 
 
@@ -87,6 +90,7 @@ class DashboardScreen(Screen[None]):
         self.source = source
         self._clock = clock
         self._state: JobState | None = None  # only to enable/disable the controls
+        self._crawling = False  # only to show the fetch controls
         self._progress: tuple[int | None, int] | None = None
         self.ready = False  # set once the widgets are mounted
         self._displays: list[SnapshotDisplay] = []
@@ -101,6 +105,7 @@ class DashboardScreen(Screen[None]):
             yield LatencySparkline(id="latency")
         yield MemoryGauge(id="memory")
         yield QueueDepthsBar(id="queues")
+        yield CrawlPanel(id="crawl")
         with Container(id="lower"):
             with Vertical(id="lower-left"):
                 yield KeyUsageTable(id="keys")
@@ -119,6 +124,7 @@ class DashboardScreen(Screen[None]):
             self.query_one(LatencySparkline),
             self.query_one(MemoryGauge),
             self.query_one(QueueDepthsBar),
+            self.query_one(CrawlPanel),
             self.query_one(KeyUsageTable),
             self.query_one(DriftPanel),
             self.query_one(EventLog),
@@ -150,12 +156,15 @@ class DashboardScreen(Screen[None]):
         if progress != self._progress and self._progress_bar is not None:
             self._progress = progress
             self._progress_bar.update(total=progress[0], progress=progress[1])
-        if snap.state is not self._state:
-            self._state = snap.state
+        crawling = snap.crawl is not None
+        if snap.state is not self._state or crawling != self._crawling:
+            self._state, self._crawling = snap.state, crawling
             self.refresh_bindings()
 
     # ------------------------------------------------------------ controls
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in _CRAWL_ONLY and not self._crawling:
+            return False  # hidden: a document job has no fetch stage
         if action in _STEERING and self._state not in _STEERABLE_STATES:
             return None  # shown, but disabled: the job no longer takes steering
         return True
@@ -192,6 +201,22 @@ class DashboardScreen(Screen[None]):
             self._after_control()
 
         self.app.push_screen(ConcurrencyPrompt(self.source.snapshot().concurrency), chosen)
+
+    def action_fetch_up(self) -> None:
+        self._change_fetch_concurrency(+FETCH_STEP)
+
+    def action_fetch_down(self) -> None:
+        self._change_fetch_concurrency(-FETCH_STEP)
+
+    def _change_fetch_concurrency(self, step: int) -> None:
+        crawl = self.source.snapshot().crawl
+        if crawl is None:
+            return
+        try:
+            self.source.set_fetch_concurrency(max(1, crawl.fetch_concurrency + step))
+        except ValueError as exc:
+            self.notify(str(exc), title="Fetch concurrency", severity="error")
+        self._after_control()
 
     def action_toggle_preset(self) -> None:
         self._apply_preset(PRESET_TOGGLE.get(self.source.snapshot().preset.name, "conservative"))

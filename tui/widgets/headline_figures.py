@@ -24,6 +24,8 @@ _FIGURE_IDS = ("rate", "eta", "progress", "cost")
 def headline_figures(snap: Snapshot) -> Figures:
     counts = snap.counts
     total = "?" if counts.total is None else f"{counts.total:,}"
+    if counts.total is not None and counts.total_estimated:
+        total = f"~{total}"  # a crawl's total, projected from the sites crawled so far
     band = ""
     if snap.eta_low_s is not None and snap.eta_high_s is not None and snap.eta_s:
         band = f"{format_duration(snap.eta_low_s)}\u2013{format_duration(snap.eta_high_s)}"
