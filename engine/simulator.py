@@ -9,7 +9,13 @@ resets, hangs, malformed bodies, missing ids), all decided by one seeded RNG.
 
 A chat request's last user message carries `[id=<id>] <text>` lines; the
 answer's content is `{"results": [{"id": ..., "summary": ...}]}` with one
-deterministic summary per id, in order.
+deterministic summary per id, in order.  A prompt whose instructions ask
+for `"items": [...]` also gets a deterministic list of words per id.
+
+It drifts on cue: from chat answer number `drift_after` on, answers change
+in the ways `drift` names (shorter, malformed, missing ids, refusals, fewer
+items, slower, embeddings elsewhere), for demos and tests of the drift
+monitor.  Until then every answer is what it would be without drift.
 
 `GET /_sim/stats` (no key needed) returns the counters as JSON, for runs
 where the simulator lives in another process.
@@ -40,9 +46,13 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
+from engine.settings import SIMULATED_DRIFTS
 from engine.sim_rate_buckets import Admission, KeyBudget, format_duration
 
 FAULT_KINDS: tuple[str, ...] = ("5xx", "reset", "hang", "malformed", "missing_id")
+
+# One list of drift kinds for the job settings and the simulator.
+DRIFT_KINDS: tuple[str, ...] = SIMULATED_DRIFTS
 
 # Faults that make sense for an embeddings request (it has no ids to drop).
 _EMBEDDING_FAULTS: tuple[str, ...] = ("5xx", "reset", "hang", "malformed")
@@ -69,6 +79,12 @@ class SimulatorConfig:
     `default_tpm` is set; then each unknown secret gets its own buckets with
     those limits.  Fault rates are per-request probabilities, checked in the
     order of `FAULT_KINDS`; the first that fires decides the request.
+
+    From chat answer number `drift_after` on (0: never; every 200 answer,
+    faulty or not, counted in the order they are composed, across all keys;
+    embeddings requests drift once chat answers have), each kind in `drift`
+    (from `DRIFT_KINDS`) applies, decided by the seed and the answer's
+    number only.  Injected faults still apply on top.
     """
 
     keys: tuple[SimKey, ...] = ()
@@ -87,6 +103,8 @@ class SimulatorConfig:
     models: tuple[str, ...] = ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small")
     # Some providers send no x-ratelimit-* headers at all; the engine must cope.
     rate_headers: bool = True
+    drift_after: int = 0
+    drift: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         low, high = self.latency_s
@@ -102,6 +120,14 @@ class SimulatorConfig:
             rate = self.fault_rate(kind)
             if not 0.0 <= rate <= 1.0:
                 raise ValueError(f"fault_{kind} must be a probability in [0, 1], got {rate}")
+        if self.drift_after < 0:
+            raise ValueError(f"drift_after must not be negative, got {self.drift_after}")
+        unknown = [kind for kind in self.drift if kind not in DRIFT_KINDS]
+        if unknown:
+            raise ValueError(
+                f"unknown drift {', '.join(map(repr, unknown))}; "
+                f"choose from {', '.join(DRIFT_KINDS)}"
+            )
 
     def fault_rate(self, kind: str) -> float:
         """The probability of fault `kind` (one of `FAULT_KINDS`)."""
@@ -117,7 +143,10 @@ class SimulatorStats:
     """Live counters; read them, don't write them.  `as_dict()` copies them.
 
     `requests` counts everything that reached a handler; `requests_by_key`
-    only authenticated ones.  `chunk_ids_answered` counts ids in complete,
+    only authenticated ones.  `answers` counts chat answers sent (200s with a
+    body, faulty or not), `drifted_answers` those of them that drifted.
+    `completions_ok` counts answers with no injected fault and no drifted
+    malformation or dropped id.  `chunk_ids_answered` counts ids in complete,
     parseable results (a dropped id or a malformed answer does not count).
     """
 
@@ -134,6 +163,8 @@ class SimulatorStats:
     completions_ok: int = 0
     embeddings_ok: int = 0
     chunk_ids_answered: int = 0
+    answers: int = 0
+    drifted_answers: int = 0
 
     @property
     def too_many_requests(self) -> int:
@@ -152,6 +183,9 @@ _WORD = re.compile(r"\w+")
 _FILLER_WORDS = ("notes", "records", "details", "context", "material", "remarks", "points")
 _SUMMARY_LEAD = ("This", "passage", "covers")
 _MIN_SUMMARY_WORDS = 8
+_ITEMS_ASKED = re.compile(r'"items"\s*:')
+_ITEM_WORD = re.compile(r"\w{4,}")
+_MIN_ITEMS, _MAX_ITEMS = 2, 8
 
 
 def estimate_tokens(text_bytes: int) -> int:
@@ -198,11 +232,115 @@ def summarize(text: str) -> str:
     return " ".join((*_SUMMARY_LEAD, *words, *padding)) + "."
 
 
+def extract_items(text: str) -> list[str]:
+    """2 to 8 distinct words of four letters or more from the text, in order.
+
+    How many comes from the same hash as `summarize` (its other half); a
+    text with fewer such words gives fewer items.
+    """
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
+    count = _MIN_ITEMS + int.from_bytes(digest[4:], "little") % (_MAX_ITEMS - _MIN_ITEMS + 1)
+    distinct = dict.fromkeys(word.lower() for word in _ITEM_WORD.findall(text))
+    return list(distinct)[:count]
+
+
 def embed(text: str, dim: int) -> np.ndarray:
     """A unit vector of `dim` float32s that depends only on the text."""
     digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
     vector = np.random.default_rng(int.from_bytes(digest, "little")).standard_normal(dim)
     return (vector / np.linalg.norm(vector)).astype(np.float32)
+
+
+def _asks_for_items(prompt_text: Sequence[str]) -> bool:
+    """Whether the prompt's requested shape has an "items" list."""
+    # The whole prompt is searched, as the shape may follow the chunks; a
+    # chunk that quotes `"items":` is rare enough to be worth this simplicity.
+    return any(_ITEMS_ASKED.search(text) for text in prompt_text)
+
+
+# --- drift --------------------------------------------------------------------------------
+
+# How strongly each drift shows once it starts.
+_SHORTER_KEEP = 0.6  # a summary keeps this share of its words
+_MALFORMED_SHARE = 0.4  # of answers
+_MISSING_IDS_SHARE = 0.5  # of answers
+_REFUSAL_SHARE = 0.15  # of chunk entries
+_SLOWER_FACTOR = 2.5
+_EMBEDDING_PULL = 2.0  # weight of the fixed direction added to each vector
+REFUSAL_TEXT = "I'm sorry, but I can't help with that."
+
+
+def _drift_rng(seed: int, kind: str, number: int) -> random.Random:
+    # A stream per kind and answer: a drift's choices depend on neither the
+    # order requests interleave in nor which other drifts are on, and the
+    # main RNG (faults, latency) draws exactly what it would without drift.
+    return random.Random(f"drift/{seed}/{kind}/{number}")
+
+
+def shorten(summary: str) -> str:
+    """The summary's first 60% of words (at least two), as a sentence."""
+    words = summary.rstrip(".").split()
+    return " ".join(words[: max(2, round(len(words) * _SHORTER_KEEP))]) + "."
+
+
+def _drift_results(
+    results: list[dict[str, Any]], kinds: Sequence[str], seed: int, number: int
+) -> tuple[list[dict[str, Any]], int]:
+    """Answer number `number`'s entries changed by `kinds`; and how many ids were left out."""
+    if "shorter" in kinds:
+        results = [{**entry, "summary": shorten(entry["summary"])} for entry in results]
+    if "fewer_items" in kinds:
+        results = [
+            {**entry, "items": entry["items"][: len(entry["items"]) // 2]}
+            if "items" in entry
+            else entry
+            for entry in results
+        ]
+    if "refusals" in kinds:
+        rng = _drift_rng(seed, "refusals", number)
+        results = [
+            {
+                "id": entry["id"],
+                "summary": REFUSAL_TEXT,
+                **({"items": []} if "items" in entry else {}),
+            }
+            if rng.random() < _REFUSAL_SHARE
+            else entry
+            for entry in results
+        ]
+    dropped = 0
+    if "missing_ids" in kinds and results:
+        rng = _drift_rng(seed, "missing_ids", number)
+        if rng.random() < _MISSING_IDS_SHARE:
+            # At most half of a batch, so most answers stay usable; a batch of one loses it.
+            dropped = 1 + rng.randrange(max(1, len(results) // 2))
+            gone = set(rng.sample(range(len(results)), dropped))
+            results = [entry for index, entry in enumerate(results) if index not in gone]
+    return results, dropped
+
+
+def _malformed_content(results: list[dict[str, Any]], seed: int, number: int) -> str | None:
+    """Content that is not the expected JSON for ~40% of answers; None for the rest."""
+    rng = _drift_rng(seed, "malformed", number)
+    if rng.random() >= _MALFORMED_SHARE:
+        return None
+    variant = rng.randrange(3)
+    if variant == 0:  # chatty prose instead of JSON
+        return "Here are the summaries:\n" + "\n".join(
+            f"* {entry['id']}: {entry.get('summary', '')}" for entry in results
+        )
+    whole = json.dumps({"results": results}, ensure_ascii=False)
+    if variant == 1:  # JSON that stops halfway
+        return whole[: len(whole) // 2]
+    return json.dumps({"answer": results}, ensure_ascii=False)  # JSON of the wrong shape
+
+
+def _drifted_embedding(vector: np.ndarray, seed: int) -> np.ndarray:
+    """The vector pulled toward a fixed direction (per seed and dimension), renormalised."""
+    # The embedding of a text no prompt sends is as good a fixed direction as any.
+    direction = embed(f"\x00drift direction {seed}", vector.size).astype(np.float64)
+    moved = vector.astype(np.float64) + _EMBEDDING_PULL * direction
+    return (moved / np.linalg.norm(moved)).astype(np.float32)
 
 
 def _error_body(
@@ -264,11 +402,21 @@ class ProviderSimulator:
         self._closing: asyncio.Future[None] | None = None
         self._base_url: str | None = None
         self._completion_seq = 0
+        self._answers_numbered = 0  # chat answers composed: the drift's clock
 
     @property
     def config(self) -> SimulatorConfig:
         """The current configuration (fault rates may change while serving)."""
         return self._config
+
+    @property
+    def drifting(self) -> bool:
+        """True once drift has begun: the next chat answer (and every later one) drifts."""
+        return self._drifts(self._answers_numbered + 1)
+
+    def _drifts(self, answer_number: int) -> bool:
+        config = self._config
+        return config.drift_after > 0 and bool(config.drift) and answer_number >= config.drift_after
 
     @property
     def base_url(self) -> str:
@@ -355,7 +503,8 @@ class ProviderSimulator:
                 return self._unauthorized(request, request_id)
             return self._json(200, self._models(), {"x-request-id": request_id})
         if method == "GET" and path == "/_sim/stats":
-            return self._json(200, self.stats.as_dict(), {"x-request-id": request_id})
+            served = {**self.stats.as_dict(), "drifting": self.drifting}
+            return self._json(200, served, {"x-request-id": request_id})
         return self._json(
             404,
             _error_body(f"Invalid URL ({method} {request.path})", "invalid_request_error", None),
@@ -592,15 +741,35 @@ class ProviderSimulator:
             ),
             "",
         )
-        results = [{"id": cid, "summary": summarize(text)} for cid, text in parse_chunks(last_user)]
+        with_items = _asks_for_items(prompt_text)
+        results: list[dict[str, Any]] = [
+            {
+                "id": cid,
+                "summary": summarize(text),
+                **({"items": extract_items(text)} if with_items else {}),
+            }
+            for cid, text in parse_chunks(last_user)
+        ]
         if fault == "missing_id" and results:
             del results[self._rng.randrange(len(results))]
         not_json = fault == "malformed" and self._rng.random() < 0.5
         truncated_body = fault == "malformed" and not not_json
+
+        self._answers_numbered += 1
+        number = self._answers_numbered
+        drifts = self._drifts(number)
+        kinds = config.drift if drifts else ()
+        results, dropped = _drift_results(results, kinds, config.seed, number)
+        malformed = None
+        if "malformed" in kinds and not not_json:
+            malformed = _malformed_content(results, config.seed, number)
+
         if not_json:
             content = "Sure! Here is what each chunk says:\n" + "\n".join(
                 f"- {r['id']}: {r['summary']}" for r in results
             )
+        elif malformed is not None:
+            content = malformed
         else:
             content = json.dumps({"results": results}, ensure_ascii=False)
 
@@ -613,6 +782,8 @@ class ProviderSimulator:
             completion_tokens, finish_reason = max_tokens, "length"
 
         delay = self._base_latency() + config.seconds_per_output_token * completion_tokens
+        if "slower" in kinds:
+            delay *= _SLOWER_FACTOR
         if delay > 0.0:
             delay *= self._rng.uniform(0.9, 1.1)
             if not await self._sleep_unless_closing(delay):
@@ -641,11 +812,13 @@ class ProviderSimulator:
         }
         headers["openai-processing-ms"] = str(round((time.monotonic() - started) * 1000))
         payload = json.dumps(completion, ensure_ascii=False).encode("utf-8")
+        self.stats.answers += 1
+        self.stats.drifted_answers += int(drifts)
         if truncated_body:
             return self._raw_json(200, payload[: len(payload) // 2], headers)
-        if fault is None:
+        if fault is None and malformed is None and not dropped:
             self.stats.completions_ok += 1
-        if not not_json and finish_reason == "stop":
+        if not not_json and malformed is None and finish_reason == "stop":
             self.stats.chunk_ids_answered += len(results)
         return self._raw_json(200, payload, headers)
 
@@ -666,9 +839,12 @@ class ProviderSimulator:
         if not isinstance(dim, int) or dim < 1:
             dim = self._config.embedding_dim
         as_base64 = body.get("encoding_format") == "base64"
+        kinds = self._config.drift if self.drifting else ()
         data = []
         for index, text in enumerate(inputs):
             vector = embed(text, dim)
+            if "embeddings" in kinds:
+                vector = _drifted_embedding(vector, self._config.seed)
             encoded: Any = (
                 base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
                 if as_base64
@@ -676,7 +852,7 @@ class ProviderSimulator:
             )
             data.append({"object": "embedding", "index": index, "embedding": encoded})
         tokens = self._embedding_cost(body)
-        delay = self._base_latency()
+        delay = self._base_latency() * (_SLOWER_FACTOR if "slower" in kinds else 1.0)
         if delay > 0.0:
             delay *= self._rng.uniform(0.9, 1.1)
             if not await self._sleep_unless_closing(delay):
@@ -799,6 +975,17 @@ def _parse_default_limits(text: str) -> tuple[int | None, int | None]:
     return _parse_limit(rpm), _parse_limit(tpm)
 
 
+def _parse_drift(text: str) -> tuple[str, ...]:
+    """`kind[,kind...]` from `DRIFT_KINDS`."""
+    kinds = tuple(kind.strip() for kind in text.split(",") if kind.strip())
+    unknown = [kind for kind in kinds if kind not in DRIFT_KINDS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown drift {', '.join(map(repr, unknown))}; choose from {', '.join(DRIFT_KINDS)}"
+        )
+    return kinds
+
+
 def _argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m engine.simulator",
@@ -845,6 +1032,20 @@ def _argument_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--embedding-dim", type=int, default=64)
+    parser.add_argument(
+        "--drift-after",
+        type=int,
+        default=0,
+        metavar="N",
+        help="from the N-th chat answer on (all keys), apply --drift (default 0: never)",
+    )
+    parser.add_argument(
+        "--drift",
+        type=_parse_drift,
+        default=(),
+        metavar="KIND[,KIND...]",
+        help=f"how answers drift: {', '.join(DRIFT_KINDS)}",
+    )
     return parser
 
 
@@ -876,6 +1077,8 @@ def config_from_args(argv: Sequence[str]) -> tuple[SimulatorConfig, str, int]:
             hang_s=args.hang_s,
             seed=args.seed,
             embedding_dim=args.embedding_dim,
+            drift_after=args.drift_after,
+            drift=args.drift,
             **faults,
         )
     except ValueError as exc:

@@ -43,7 +43,7 @@ def simulator_keys(config: JobConfig, secrets: Mapping[str, str]) -> list[dict[s
 
 def simulator_arguments(sim: SimulatorSettings, port: int) -> list[str]:
     """The simulator's command line for the job's [simulator] settings (keys aside)."""
-    return [
+    arguments = [
         "--host",
         sim.host,
         "--port",
@@ -63,6 +63,11 @@ def simulator_arguments(sim: SimulatorSettings, port: int) -> list[str]:
         "--seed",
         str(sim.seed),
     ]
+    if sim.drift_after > 0:  # drift is for demos and tests: off unless asked for
+        arguments += ["--drift-after", str(sim.drift_after)]
+        if sim.drift:
+            arguments += ["--drift", ",".join(sim.drift)]
+    return arguments
 
 
 @contextlib.asynccontextmanager
