@@ -33,6 +33,7 @@ import tomli_w
 import tomlkit
 import tomlkit.exceptions
 
+from engine.drift.gates import DriftSettings, DriftSettingsError, parse_drift_settings
 from engine.settings import (
     BUILTIN_PRESETS,
     SIMULATED_DRIFTS,
@@ -563,7 +564,7 @@ def _engine_findings(engine: EngineSettings) -> list[_Finding]:
 # --------------------------------------------------------------------------
 # Reading tables into settings
 
-_SECTIONS = ("job", "providers", "prompt", "presets", "simulator", "engine", "crawl")
+_SECTIONS = ("job", "providers", "prompt", "presets", "simulator", "engine", "crawl", "drift")
 # Names people reach for when they paste a secret into the file.
 _SECRET_NAMES = frozenset({"key", "api_key", "apikey", "secret", "token", "value", "password"})
 
@@ -989,6 +990,7 @@ def load_config(path: Path, preset: str | None = None, overrides: Sequence[str] 
         EngineSettings(), reader.table(raw.get("engine", {}), ("engine",)), ("engine",)
     )
     reader.report(("engine",), _engine_findings(engine))
+    drift = _read_drift(reader, raw, file)
     problems.extend(reader.problems)
 
     active = _choose_preset(
@@ -1015,8 +1017,32 @@ def load_config(path: Path, preset: str | None = None, overrides: Sequence[str] 
         simulator=simulator,
         engine=engine,
         crawl=crawl,
+        drift=drift,
         source=path,
     )
+
+
+def _read_drift(reader: _Reader, raw: Mapping[str, Any], file: str) -> DriftSettings:
+    """The `[drift]` table; each problem is reported at its own key and line."""
+    if "drift" not in raw:
+        return DriftSettings()
+    table = _without_flag_wrappers(reader.table(raw["drift"], ("drift",)))
+    try:
+        return parse_drift_settings(table, file)
+    except DriftSettingsError as exc:
+        for problem in exc.problems:
+            path = tuple(problem.key.split("."))
+            reader.add(path, problem.message)
+        return DriftSettings()
+
+
+def _without_flag_wrappers(value: Any) -> Any:
+    # `--set drift.x=...` values arrive wrapped; the drift reader wants plain TOML values.
+    if isinstance(value, _FlagValue):
+        return value.value
+    if isinstance(value, dict):
+        return {key: _without_flag_wrappers(item) for key, item in value.items()}
+    return value
 
 
 def _choose_preset(

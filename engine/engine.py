@@ -30,6 +30,10 @@ from engine.config_file import (
     preset_from_values,
     save_preset,
 )
+from engine.drift.baseline import Baseline, BaselineFormatError
+from engine.drift.features import AnswerFeatures, features_of_result
+from engine.drift.gates import GateAction
+from engine.drift.monitor import DriftMonitor
 from engine.events import Event, EventBus, EventKind
 from engine.inputs import iter_documents
 from engine.key_pool import KeyPool, KeyState, NoUsableKeyError
@@ -144,6 +148,10 @@ class Engine:
         self._events_waiting = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._crawl: CrawlStage | None = None  # a crawl job's fetch stage, made by run()
+        self._drift = DriftMonitor(config.drift, clock) if config.drift.enabled else None
+        self._drift_learning = self._drift is not None
+        self._baseline_loaded = False
+        self._unsaved_baselines: deque[str] = deque()  # learned, to be kept in the store
 
     # ------------------------------------------------------------------ public
     async def run(self) -> JobState:
@@ -158,6 +166,7 @@ class Engine:
         self.events.subscribe(self._persist_event)
         try:
             self._run_id = await store.begin_run(cfg.job.name, effective_settings(cfg))
+            await self._load_saved_baseline()
             self._state = JobState.RUNNING
             self.events.emit(
                 EventKind.JOB_STARTED,
@@ -215,6 +224,7 @@ class Engine:
                 )
                 while self._unsaved_events:
                     await store.put_event(self._run_id, self._unsaved_events.popleft())
+                await self._save_baselines()
                 await store.end_run(self._run_id, str(self._state), self._summary())
                 await store.close_writer()
                 await writer
@@ -271,6 +281,7 @@ class Engine:
             in_flight_requests=self._concurrency.in_use,
             preset=self._preset,
             preset_names=self._preset_names,
+            drift=self._drift.metrics() if self._drift is not None else (),
             crawl=self._crawl.snapshot() if self._crawl is not None else None,
             memory=MemorySnapshot(
                 rss_bytes=self._memory.rss_bytes,
@@ -636,8 +647,10 @@ class Engine:
         try:
             parsed = parse_answer(result.content, batch.ids)
         except AnswerShapeError as exc:
+            self._observe_answer(batch, result, cost, parse_failed=True)
             await self._retry_or_fail(batch, key, FailureKind.MALFORMED, str(exc))
             return
+        self._observe_answer(batch, result, cost, missing=len(parsed.missing))
         s.tokens_out += result.completion_tokens
         s.chunks_answered += len(parsed.results)
         share = cost / max(1, len(batch.chunks))
@@ -647,6 +660,7 @@ class Engine:
             entry = parsed.results.get(chunk.id)
             if entry is None:
                 continue
+            encoded = json.dumps(entry, ensure_ascii=False, separators=(",", ":"))
             await self._store.put_result(
                 ResultRow(
                     chunk_id=chunk.id,
@@ -655,7 +669,7 @@ class Engine:
                     source=chunk.source,
                     seq=chunk.seq,
                     text=chunk.text,
-                    result_json=json.dumps(entry, ensure_ascii=False),
+                    result_json=encoded,
                     provider=provider.name,
                     key_alias=key.alias,
                     input_tokens=result.prompt_tokens // max(1, len(batch.chunks)),
@@ -667,6 +681,8 @@ class Engine:
             )
             s.done += 1
             self._live_ids.discard(int(chunk.id, 16))
+            if self._drift is not None:
+                self._drift.observe_result(features_of_result(entry, encoded=encoded))
         if parsed.missing:
             # Each left-out chunk is retried on its own; that counts as a failed attempt.
             by_id = {c.id: c for c in batch.chunks}
@@ -677,6 +693,69 @@ class Engine:
                     single, key, FailureKind.MALFORMED, "answer left this chunk out", count=False
                 )
         self._resolve(batch)
+
+    def _observe_answer(
+        self,
+        batch: Batch,
+        result: CallResult,
+        cost: float,
+        *,
+        parse_failed: bool = False,
+        missing: int = 0,
+    ) -> None:
+        if self._drift is None:
+            return
+        self._drift.observe_answer(
+            AnswerFeatures(
+                chunks=len(batch.chunks),
+                parse_failed=parse_failed,
+                missing_ids=missing,
+                output_tokens=result.completion_tokens,
+                latency_s=result.latency_s,
+                cost_usd=cost,
+            )
+        )
+        self._act_on_drift()
+
+    def _act_on_drift(self) -> None:
+        """Turn the monitor's news into events, and trips into their gates' actions."""
+        drift = self._drift
+        assert drift is not None
+        if self._drift_learning and not drift.learning:
+            self._drift_learning = False
+            learned = drift.baseline()
+            if learned is not None and not self._baseline_loaded:
+                self._unsaved_baselines.append(learned.to_json().decode("utf-8"))
+                self._events_waiting.set()
+                self.events.emit(
+                    EventKind.DRIFT_BASELINE,
+                    "drift baseline learned from the first results; gates are armed",
+                )
+        for trip in drift.trips():
+            self.events.emit(
+                EventKind.DRIFT_TRIPPED,
+                trip.message(),
+                metric=trip.metric,
+                statistic=trip.statistic,
+                value=round(trip.value, 4),
+                threshold=trip.threshold,
+                action=str(trip.action),
+                baseline_value=trip.baseline_value,
+                window_value=trip.window_value,
+                baseline_n=trip.baseline_n,
+                window_n=trip.window_n,
+            )
+            self._take_drift_action(trip.action)
+
+    def _take_drift_action(self, action: GateAction) -> None:
+        if action is GateAction.CONSERVATIVE:
+            if self._preset.name != "conservative" and "conservative" in self.config.presets:
+                self.apply_preset("conservative")
+        elif action is GateAction.PAUSE:
+            self.pause()
+        elif action is GateAction.STOP:
+            # Drain, not stop: what is in flight is already paid for; keep it.
+            self.drain()
 
     def _sync_headers(self, key: KeyState, headers: Mapping[str, str]) -> None:
         if not headers:
@@ -880,6 +959,34 @@ class Engine:
             self._events_waiting.clear()
             while self._unsaved_events:
                 await self._store.put_event(self._run_id, self._unsaved_events.popleft())
+            await self._save_baselines()
+
+    async def _save_baselines(self) -> None:
+        assert self._store is not None
+        while self._unsaved_baselines:
+            await self._store.add_baseline(self._run_id, self._unsaved_baselines.popleft())
+
+    async def _load_saved_baseline(self) -> None:
+        """Judge against the job's saved baseline (`crawldeck baseline save`), if it has one."""
+        assert self._store is not None
+        if self._drift is None:
+            return
+        saved = await self._store.saved_baseline()
+        if saved is None:
+            return
+        try:
+            baseline = Baseline.from_json(saved)
+        except BaselineFormatError as exc:
+            self.events.emit(
+                EventKind.WARNING, f"saved drift baseline ignored ({exc}); learning a new one"
+            )
+            return
+        self._drift.use_baseline(baseline)
+        self._drift_learning = False
+        self._baseline_loaded = True
+        self.events.emit(
+            EventKind.DRIFT_BASELINE, "drift gates armed with the job's saved baseline"
+        )
 
     def _key_snapshot(self, key: KeyState) -> KeySnapshot:
         rpm_used, tpm_used = key.used_last_minute()

@@ -34,6 +34,8 @@ class EventKind(StrEnum):
     DRAINING = "draining"
     STOPPING = "stopping"
     WARNING = "warning"
+    DRIFT_TRIPPED = "drift_tripped"  # a quality gate tripped; its action follows
+    DRIFT_BASELINE = "drift_baseline"  # a drift baseline was learned or loaded
 
 
 @dataclass(frozen=True, slots=True)

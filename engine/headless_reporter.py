@@ -19,6 +19,8 @@ from engine.snapshot import Snapshot
 # Events worth a line of their own in a log (the rest are in the store).
 _LOUD = {
     EventKind.KEY_DISABLED,
+    EventKind.DRIFT_TRIPPED,
+    EventKind.DRIFT_BASELINE,
     EventKind.LIMIT_LEARNED,
     EventKind.MEMORY_SOFT,
     EventKind.MEMORY_HARD,

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from engine.drift.gates import DriftSettings
+
 InputFormat = Literal["auto", "text", "csv", "jsonl", "documents"]
 
 
@@ -227,4 +229,5 @@ class JobConfig:
     simulator: SimulatorSettings = field(default_factory=SimulatorSettings)
     engine: EngineSettings = field(default_factory=EngineSettings)
     crawl: CrawlSettings | None = None  # set: targets are crawled instead of `job.input` read
+    drift: DriftSettings = field(default_factory=DriftSettings)
     source: Path | None = None  # the TOML file this came from, for messages

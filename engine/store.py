@@ -26,7 +26,7 @@ import aiosqlite
 
 from engine.events import Event
 
-SCHEMA_VERSION = 2  # 2: crawled pages
+SCHEMA_VERSION = 3  # 2: crawled pages; 3: drift baselines
 # SQLite's historical limit on bound parameters is 999; stay well under it.
 MAX_QUERY_PARAMS = 500
 BUSY_TIMEOUT_MS = 10_000
@@ -97,6 +97,13 @@ CREATE TABLE IF NOT EXISTS pages (
     run_id INT,
     created_at REAL NOT NULL,
     PRIMARY KEY (target, url)
+);
+CREATE TABLE IF NOT EXISTS drift_baselines (
+    baseline_id INTEGER PRIMARY KEY,
+    run_id INT,
+    created_at REAL NOT NULL,
+    saved INT NOT NULL DEFAULT 0,
+    baseline_json TEXT NOT NULL
 );
 """
 
@@ -455,6 +462,68 @@ class Store:
                         StoredPage(url, int(depth), outcome, title, text)
                     )
         return found
+
+    async def add_baseline(self, run_id: int, baseline_json: str) -> int:
+        """Keep a baseline a run learned; returns its id.  Written at once, not batched."""
+        async with self._lock:
+            cursor = await self._conn.execute(
+                "INSERT INTO drift_baselines (run_id, created_at, baseline_json) VALUES (?, ?, ?)",
+                (run_id, time.time(), baseline_json),
+            )
+            baseline_id = int(cursor.lastrowid or 0)
+            await cursor.close()
+        return baseline_id
+
+    async def save_baseline(self, baseline_id: int | None = None) -> int | None:
+        """Make one baseline (default: the newest) the job's saved baseline; its id, or None."""
+        async with self._lock:
+            rows = list(
+                await self._conn.execute_fetchall(
+                    "SELECT baseline_id FROM drift_baselines"
+                    + (" WHERE baseline_id = ?" if baseline_id is not None else "")
+                    + " ORDER BY baseline_id DESC LIMIT 1",
+                    (baseline_id,) if baseline_id is not None else (),
+                )
+            )
+            if not rows:
+                return None
+            chosen = int(rows[0][0])
+            await self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                await self._conn.execute("UPDATE drift_baselines SET saved = 0 WHERE saved = 1")
+                await self._conn.execute(
+                    "UPDATE drift_baselines SET saved = 1 WHERE baseline_id = ?", (chosen,)
+                )
+                await self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    await self._conn.execute("ROLLBACK")
+                raise
+        return chosen
+
+    async def clear_saved_baseline(self) -> None:
+        """Runs learn their own baseline again."""
+        async with self._lock:
+            await self._conn.execute("UPDATE drift_baselines SET saved = 0 WHERE saved = 1")
+
+    async def baselines(self) -> list[tuple[int, int | None, float, bool, str]]:
+        """(id, run id, created at, saved, JSON) of every kept baseline, newest first."""
+        async with self._lock:
+            rows = await self._conn.execute_fetchall(
+                "SELECT baseline_id, run_id, created_at, saved, baseline_json"
+                " FROM drift_baselines ORDER BY baseline_id DESC"
+            )
+        return [(int(a), b, float(c), bool(d), str(e)) for a, b, c, d, e in rows]
+
+    async def saved_baseline(self) -> str | None:
+        """The saved baseline's JSON, or None when runs learn their own."""
+        async with self._lock:
+            rows = list(
+                await self._conn.execute_fetchall(
+                    "SELECT baseline_json FROM drift_baselines WHERE saved = 1"
+                )
+            )
+        return str(rows[0][0]) if rows else None
 
     async def page_outcomes(self) -> dict[str, int]:
         """Committed pages by outcome."""

@@ -97,6 +97,15 @@ def _parser() -> argparse.ArgumentParser:
     attach = sub.add_parser("attach", help="open the dashboard on a running headless job")
     attach.add_argument("target", nargs="?", type=Path, help=f"{where} (default: the demo's)")
 
+    baseline = sub.add_parser(
+        "baseline", help="the drift baseline: show it, save a run's, or clear the saved one"
+    )
+    baseline.add_argument("action", choices=("show", "save", "clear"))
+    baseline.add_argument("source", type=Path, help="a job file or a results database")
+    baseline.add_argument(
+        "--id", type=int, default=None, help="save: which learned baseline (default: the newest)"
+    )
+
     export = sub.add_parser("export", help="write stored results as JSONL or CSV")
     export.add_argument("source", type=Path, help="a job file or a results database")
     export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
@@ -129,6 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return status(_control_socket(args.target), args.json)
         if args.command == "attach":
             return asyncio.run(run_attach(_control_socket(args.target)))
+        if args.command == "baseline":
+            return asyncio.run(baseline_command(args.action, args.source, args.id))
         if args.command == "export":
             return export(args.source, args.format, args.output, args.failures)
     except ConfigError as exc:
@@ -363,6 +374,54 @@ def simulate(job: Path, port: int) -> int:
         f"{rpm or '-'}:{tpm or '-'}",
     ]
     return simulator_main(argv)
+
+
+async def baseline_command(action: str, source: Path, baseline_id: int | None) -> int:
+    """`crawldeck baseline show|save|clear`: which baseline the job's drift gates judge by.
+
+    Every run keeps the baseline it learned; `save` makes one of them (the
+    newest by default) the job's, so later runs judge against it from their
+    first result instead of learning their own.
+    """
+    from datetime import datetime
+
+    from engine.drift.baseline import Baseline, BaselineFormatError
+    from engine.store import Store
+
+    db = Path(load_config(source).job.store) if source.suffix == ".toml" else source
+    if not db.exists():
+        print(f"crawldeck: no results database at {db}", file=sys.stderr)
+        return 2
+    store = await Store.open(db)
+    try:
+        kept = await store.baselines()
+        if action == "save":
+            chosen = await store.save_baseline(baseline_id)
+            if chosen is None:
+                which = f"no baseline {baseline_id}" if baseline_id else "no learned baseline yet"
+                print(f"crawldeck: {db}: {which} (a run learns one from its first results)")
+                return 2
+            print(f"saved baseline {chosen}: later runs of this job judge drift against it")
+            return 0
+        if action == "clear":
+            await store.clear_saved_baseline()
+            print("no saved baseline: each run learns its own from its first results")
+            return 0
+        if not kept:
+            print("no baselines yet: a run learns one from its first results")
+            return 0
+        for kept_id, run_id, created_at, saved, text in kept:
+            when = datetime.fromtimestamp(created_at).strftime("%Y-%m-%d %H:%M")
+            mark = "  [saved: runs judge against this one]" if saved else ""
+            print(f"baseline {kept_id}, learned by run {run_id} at {when}{mark}")
+            if saved or kept_id == kept[0][0]:
+                try:
+                    print("\n".join(Baseline.from_json(text).describe()))
+                except BaselineFormatError as exc:
+                    print(f"  unreadable: {exc}")
+        return 0
+    finally:
+        await store.close()
 
 
 def export(source: Path, fmt: str, output: Path | None, failures: bool) -> int:

@@ -87,14 +87,17 @@ def looks_like_refusal(text: str) -> bool:
     return not head or _REFUSAL.match(head) is not None
 
 
-def features_of_result(entry: Mapping[str, Any], id_key: str = "id") -> ResultFeatures:
+def features_of_result(
+    entry: Mapping[str, Any], id_key: str = "id", encoded: str | None = None
+) -> ResultFeatures:
     """Features of one parsed result entry, like `{"id": …, "summary": …, "items": […]}`.
 
     The entry is empty or a refusal when, apart from its id, it holds no
     content at all (only blanks, nulls and empty containers), or when one
     of its own texts (a top-level string, like `summary`) opens like a
     refusal.  Strings inside extracted items are data: an item "N/A" is not
-    the model refusing.
+    the model refusing.  `encoded`, the entry as compact JSON when the
+    caller has it already (the engine stores it), saves encoding it twice.
     """
     content = [value for key, value in entry.items() if key != id_key]
     items = max((len(value) for value in content if isinstance(value, list)), default=0)
@@ -103,7 +106,11 @@ def features_of_result(entry: Mapping[str, Any], id_key: str = "id") -> ResultFe
         isinstance(text, str) and text.strip() and looks_like_refusal(text) for text in content
     )
     return ResultFeatures(
-        answer_chars=len(json.dumps(entry, ensure_ascii=False, separators=(",", ":"))),
+        answer_chars=len(
+            encoded
+            if encoded is not None
+            else json.dumps(entry, ensure_ascii=False, separators=(",", ":"))
+        ),
         items=items,
         empty_or_refusal=refusal or not has_content,
     )

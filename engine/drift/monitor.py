@@ -88,6 +88,21 @@ SERIES_LENGTH = 120
 _LEARN_CAP = 20
 """Baseline samples kept per feature, in multiples of `baseline_size`, whatever the wait."""
 
+MIN_MEDIAN_SHIFT = 0.2
+"""How far (relative) a distribution's median must move for its drift to count in full.
+
+PSI and the shift detector judge *where in the baseline* values fall, so a
+narrow distribution trips on moves nobody cares about: in a live run,
+latency went from 28 to 29 ms as concurrency ramped up and scored PSI 5.
+A distribution's PSI is weighted by (median move / this)², full weight at a
+20% move; a sudden shift counts only when the recent median moved this far.
+"""
+# Latency also moves with the job's own load (concurrency ramping up, a
+# provider's busy hour) by tens of percent; only a larger move says the
+# provider changed.
+_MIN_MOVE = {"latency": 0.5}
+SHIFT_RECENT = 50  # answers whose median tells whether a detected jump is worth a trip
+
 SHIFT_FEATURES: tuple[Feature, ...] = ANSWER_FEATURES
 """The features watched for sudden jumps in the mean: the per-answer ones.
 
@@ -166,6 +181,12 @@ class DriftTrip:
             f"drift: {self.label} {self.statistic} {self.value:.2f} ≥ {_short(self.threshold)}"
             f" ({moved}; last {self.window_n} vs baseline {self.baseline_n}) → {self.action}"
         )
+
+
+def _median_move(window_median: float, baseline_median: float) -> float:
+    """The window median's distance from the baseline's, relative to the baseline's."""
+    scale = max(abs(baseline_median), 1e-12)
+    return abs(window_median - baseline_median) / scale
 
 
 def _short(value: float) -> str:
@@ -576,7 +597,9 @@ class DriftMonitor:
             value = psi_of_proportions(
                 expected, bin_proportions(values, reference.edges[feature.name])
             ) - psi_by_chance(expected.size, base_n, values.size)
-            value = max(0.0, value)
+            moved = _median_move(float(np.median(values)), reference.medians[feature.name])
+            floor = _MIN_MOVE.get(feature.name, MIN_MEDIAN_SHIFT)
+            value = max(0.0, value) * min(1.0, moved / floor) ** 2
             verdicts.append(_Verdict(feature.name, value, base_n, values.size, feature.unit))
 
         if spanned >= enough:
@@ -610,6 +633,11 @@ class DriftMonitor:
                     name
                     for name, tick in self._last_shift.items()
                     if tick > self._tick - settings.window_size
+                    and _median_move(
+                        float(np.median(answers[-SHIFT_RECENT:, _COLUMNS[name]])),
+                        reference.medians[name],
+                    )
+                    >= _MIN_MOVE.get(name, MIN_MEDIAN_SHIFT)
                 )
                 verdicts.append(
                     _Verdict(
