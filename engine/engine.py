@@ -21,6 +21,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+from numpy.typing import NDArray
+
 from engine.adaptive_concurrency import AdaptiveConcurrency
 from engine.chunking import iter_chunks
 from engine.concurrency_limit import ConcurrencyLimit
@@ -31,7 +34,7 @@ from engine.config_file import (
     save_preset,
 )
 from engine.drift.baseline import Baseline, BaselineFormatError
-from engine.drift.features import AnswerFeatures, features_of_result
+from engine.drift.features import AnswerFeatures, ResultFeatures, features_of_result
 from engine.drift.gates import GateAction
 from engine.drift.monitor import DriftMonitor
 from engine.events import Event, EventBus, EventKind
@@ -43,6 +46,7 @@ from engine.provider_client import (
     RETRYABLE,
     CallFailure,
     CallResult,
+    EmbeddingResult,
     FailureKind,
     ProviderClients,
 )
@@ -59,6 +63,7 @@ from engine.snapshot import (
     Snapshot,
 )
 from engine.store import FailureRow, ResultRow, Store
+from engine.token_estimate import estimate_tokens
 from engine.work_queue import Batch, InProcessWorkQueue, WorkQueue
 
 Clock = Callable[[], float]
@@ -150,6 +155,7 @@ class Engine:
         self._crawl: CrawlStage | None = None  # a crawl job's fetch stage, made by run()
         self._drift = DriftMonitor(config.drift, clock) if config.drift.enabled else None
         self._drift_learning = self._drift is not None
+        self._embeddings_wanted = self._drift is not None and config.drift.embeddings
         self._baseline_loaded = False
         self._unsaved_baselines: deque[str] = deque()  # learned, to be kept in the store
 
@@ -654,6 +660,7 @@ class Engine:
         s.tokens_out += result.completion_tokens
         s.chunks_answered += len(parsed.results)
         share = cost / max(1, len(batch.chunks))
+        observed: list[tuple[ResultFeatures, str]] = []  # for the drift monitor
         assert self._store is not None
         version, model = self.config.prompt.version, provider.model
         for chunk in batch.chunks:
@@ -682,7 +689,7 @@ class Engine:
             s.done += 1
             self._live_ids.discard(int(chunk.id, 16))
             if self._drift is not None:
-                self._drift.observe_result(features_of_result(entry, encoded=encoded))
+                observed.append((features_of_result(entry, encoded=encoded), encoded))
         if parsed.missing:
             # Each left-out chunk is retried on its own; that counts as a failed attempt.
             by_id = {c.id: c for c in batch.chunks}
@@ -693,6 +700,8 @@ class Engine:
                     single, key, FailureKind.MALFORMED, "answer left this chunk out", count=False
                 )
         self._resolve(batch)
+        if observed:
+            await self._observe_results(observed)
 
     def _observe_answer(
         self,
@@ -716,6 +725,57 @@ class Engine:
             )
         )
         self._act_on_drift()
+
+    async def _observe_results(self, observed: list[tuple[ResultFeatures, str]]) -> None:
+        """Results to the drift monitor, with their outputs' embeddings when it wants them."""
+        drift = self._drift
+        assert drift is not None
+        vectors: Sequence[NDArray[np.float32] | None] = [None] * len(observed)
+        if self._embeddings_wanted:
+            vectors = await self._embed([text for _, text in observed]) or vectors
+        for (features, _), vector in zip(observed, vectors, strict=True):
+            drift.observe_result(features, vector)
+        self._act_on_drift()
+
+    async def _embed(self, texts: list[str]) -> Sequence[NDArray[np.float32]] | None:
+        """The texts' embeddings through the job's keys, within their budgets; None if not."""
+        estimate = sum(estimate_tokens(text) for text in texts)
+        try:
+            key = await self._keys.acquire(estimate)
+        except NoUsableKeyError:
+            return None
+        model = self.config.drift.embedding_model
+        timeout = key.provider.request_timeout_s or self._preset.request_timeout_s
+        key.in_flight += 1
+        try:
+            outcome = await self._clients.embed(key.key_id, model, texts, timeout)
+        except asyncio.CancelledError:
+            key.budget.release(estimate)
+            raise
+        finally:
+            key.in_flight -= 1
+        key.requests += 1
+        self._keys.notify()
+        if isinstance(outcome, EmbeddingResult):
+            used = outcome.prompt_tokens or estimate
+            key.budget.reconcile(estimate, used)
+            key.record_usage(used)
+            self._sync_headers(key, outcome.headers)
+            return outcome.vectors
+        self._sync_headers(key, outcome.headers)
+        if outcome.kind is FailureKind.RATE_LIMITED:
+            self._cool_key(key, outcome, estimate, "drift embeddings skipped")
+            return None
+        key.budget.release(estimate)
+        if outcome.kind in (FailureKind.BAD_REQUEST, FailureKind.AUTH, FailureKind.QUOTA):
+            # The provider has no such model for this key (or refuses it): stop
+            # asking; the other drift metrics go on.
+            self._embeddings_wanted = False
+            self.events.emit(
+                EventKind.WARNING,
+                f"drift embeddings off: {model} on {key.key_id}: {outcome.message}",
+            )
+        return None
 
     def _act_on_drift(self) -> None:
         """Turn the monitor's news into events, and trips into their gates' actions."""
@@ -775,6 +835,33 @@ class Engine:
             new=new,
         )
 
+    def _cool_key(self, key: KeyState, failure: CallFailure, estimate: int, then: str) -> None:
+        """A 429: that key alone waits out retry-after, and its limit may be lowered."""
+        now = self._clock()
+        self.stats.rate_limited += 1
+        key.rate_limited += 1
+        self._adaptive.record(now, True)
+        key.budget.release(estimate)
+        wait = parse_retry_after(failure.headers)
+        if wait is None:
+            # No retry-after: the limit's own reset time is the next best answer.
+            limits = RateHeaders.parse(failure.headers)
+            reset = (
+                limits.reset_tokens_s if failure.rate_kind == "tokens" else limits.reset_requests_s
+            )
+            wait = reset if reset is not None else self._backoff(1)
+        key.cooldown_until = max(key.cooldown_until, now + wait)
+        lowered = key.budget.on_rate_limited(failure.rate_kind, key.answered_rpm())
+        self.events.emit(
+            EventKind.RATE_LIMITED,
+            f"429 on {key.key_id} ({failure.rate_kind}): cooling {wait:.2f}s, {then}",
+            key=key.key_id,
+            kind=failure.rate_kind,
+            retry_after_s=wait,
+        )
+        if lowered:
+            self._limit_learned(key, lowered, "429s")
+
     async def _on_failure(
         self, batch: Batch, key: KeyState, failure: CallFailure, estimate: int
     ) -> None:
@@ -785,31 +872,7 @@ class Engine:
         self._sync_headers(key, failure.headers)
         now = self._clock()
         if failure.kind is FailureKind.RATE_LIMITED:
-            s.rate_limited += 1
-            key.rate_limited += 1
-            self._adaptive.record(now, True)
-            key.budget.release(estimate)
-            wait = parse_retry_after(failure.headers)
-            if wait is None:
-                # No retry-after: the limit's own reset time is the next best answer.
-                limits = RateHeaders.parse(failure.headers)
-                reset = (
-                    limits.reset_tokens_s
-                    if failure.rate_kind == "tokens"
-                    else limits.reset_requests_s
-                )
-                wait = reset if reset is not None else self._backoff(1)
-            key.cooldown_until = max(key.cooldown_until, now + wait)
-            lowered = key.budget.on_rate_limited(failure.rate_kind, key.answered_rpm())
-            self.events.emit(
-                EventKind.RATE_LIMITED,
-                f"429 on {key.key_id} ({failure.rate_kind}): cooling {wait:.2f}s, batch requeued",
-                key=key.key_id,
-                kind=failure.rate_kind,
-                retry_after_s=wait,
-            )
-            if lowered:
-                self._limit_learned(key, lowered, "429s")
+            self._cool_key(key, failure, estimate, "batch requeued")
             self._queue.put_retry(batch)
             return
         self._adaptive.record(now, False)

@@ -20,7 +20,9 @@ from enum import StrEnum
 from typing import Any
 
 import httpx2
+import numpy as np
 import openai
+from numpy.typing import NDArray
 
 
 class FailureKind(StrEnum):
@@ -47,12 +49,37 @@ class CallResult:
 
 
 @dataclass(frozen=True, slots=True)
+class EmbeddingResult:
+    vectors: tuple[NDArray[np.float32], ...]
+    prompt_tokens: int
+    headers: Mapping[str, str]
+    latency_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class CallFailure:
     kind: FailureKind
     message: str
     headers: Mapping[str, str]
     latency_s: float
     rate_kind: str = "requests"  # for 429s: "requests" or "tokens"
+
+
+def _failure_of(exc: BaseException, timeout_s: float, latency: float) -> CallFailure:
+    """What an SDK exception (or our own outer timeout) means for the request."""
+    if isinstance(exc, TimeoutError | openai.APITimeoutError):
+        return CallFailure(FailureKind.TIMEOUT, f"timed out after {timeout_s:g}s", {}, latency)
+    if isinstance(exc, openai.APIStatusError):
+        return classify_status_error(exc, latency)
+    if isinstance(exc, openai.APIConnectionError):
+        cause = exc.__cause__ or exc
+        return CallFailure(
+            FailureKind.CONNECTION, f"connection failed ({type(cause).__name__})", {}, latency
+        )
+    # e.g. a response the SDK could not read at all
+    return CallFailure(
+        FailureKind.MALFORMED, f"unreadable response ({type(exc).__name__})", {}, latency
+    )
 
 
 def _error_field(body: object, name: str) -> str:
@@ -147,41 +174,49 @@ class ProviderClients:
                         headers,
                         time.monotonic() - started,
                     )
-        except openai.APITimeoutError:
-            return CallFailure(
-                FailureKind.TIMEOUT,
-                f"timed out after {timeout_s:g}s",
-                {},
-                time.monotonic() - started,
-            )
-        except TimeoutError:
-            return CallFailure(
-                FailureKind.TIMEOUT,
-                f"timed out after {timeout_s:g}s",
-                {},
-                time.monotonic() - started,
-            )
-        except openai.APIStatusError as exc:
-            return classify_status_error(exc, time.monotonic() - started)
-        except openai.APIConnectionError as exc:
-            cause = exc.__cause__ or exc
-            return CallFailure(
-                FailureKind.CONNECTION,
-                f"connection failed ({type(cause).__name__})",
-                {},
-                time.monotonic() - started,
-            )
-        except openai.APIError as exc:  # e.g. a response the SDK could not read at all
-            return CallFailure(
-                FailureKind.MALFORMED,
-                f"unreadable response ({type(exc).__name__})",
-                {},
-                time.monotonic() - started,
-            )
+        except (TimeoutError, openai.APIError) as exc:
+            return _failure_of(exc, timeout_s, time.monotonic() - started)
         latency = time.monotonic() - started
         prompt_tokens = usage.prompt_tokens if usage else 0
         completion_tokens = usage.completion_tokens if usage else 0
         return CallResult(content, prompt_tokens, completion_tokens, headers, latency)
+
+    async def embed(
+        self, key_id: str, model: str, inputs: list[str], timeout_s: float
+    ) -> EmbeddingResult | CallFailure:
+        """Embeddings of `inputs` through the key's client: one request, one vector each."""
+        client = self._clients[key_id]
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(timeout_s * 1.5 + 1.0):
+                raw = await client.embeddings.with_raw_response.create(
+                    model=model, input=inputs, timeout=timeout_s
+                )
+                headers = {k.lower(): v for k, v in raw.headers.items()}
+                try:
+                    answer = raw.parse()
+                    vectors = [
+                        np.asarray(item.embedding, dtype=np.float32)
+                        for item in sorted(answer.data, key=lambda item: item.index)
+                    ]
+                except Exception as exc:  # the body is not an embeddings list
+                    return CallFailure(
+                        FailureKind.MALFORMED,
+                        f"response body is not an embeddings list ({type(exc).__name__})",
+                        headers,
+                        time.monotonic() - started,
+                    )
+        except (TimeoutError, openai.APIError) as exc:
+            return _failure_of(exc, timeout_s, time.monotonic() - started)
+        if len(vectors) != len(inputs):
+            return CallFailure(
+                FailureKind.MALFORMED,
+                f"{len(vectors)} embeddings for {len(inputs)} inputs",
+                headers,
+                time.monotonic() - started,
+            )
+        tokens = answer.usage.prompt_tokens if answer.usage else 0
+        return EmbeddingResult(tuple(vectors), tokens, headers, time.monotonic() - started)
 
     async def aclose(self) -> None:
         if not self._closed:

@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -245,10 +246,26 @@ def extract_items(text: str) -> list[str]:
 
 
 def embed(text: str, dim: int) -> np.ndarray:
-    """A unit vector of `dim` float32s that depends only on the text."""
+    """A unit vector of `dim` float32s that depends only on the text.
+
+    Like a real model's, the vectors of one job's texts share a common
+    direction (cosine ~0.7 between any two), so their centroid is stable and
+    a drift moves it; purely random directions would make any two sets of
+    texts look far apart.
+    """
     digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
-    vector = np.random.default_rng(int.from_bytes(digest, "little")).standard_normal(dim)
+    noise = np.random.default_rng(int.from_bytes(digest, "little")).standard_normal(dim)
+    vector = _common_direction(dim) + _TEXT_SPREAD * noise / np.linalg.norm(noise)
     return (vector / np.linalg.norm(vector)).astype(np.float32)
+
+
+_TEXT_SPREAD = 0.65  # how far each text's vector strays from the common direction
+
+
+@functools.cache
+def _common_direction(dim: int) -> np.ndarray:
+    vector = np.random.default_rng(20261124).standard_normal(dim)
+    return vector / np.linalg.norm(vector)
 
 
 def _asks_for_items(prompt_text: Sequence[str]) -> bool:
@@ -337,8 +354,9 @@ def _malformed_content(results: list[dict[str, Any]], seed: int, number: int) ->
 
 def _drifted_embedding(vector: np.ndarray, seed: int) -> np.ndarray:
     """The vector pulled toward a fixed direction (per seed and dimension), renormalised."""
-    # The embedding of a text no prompt sends is as good a fixed direction as any.
-    direction = embed(f"\x00drift direction {seed}", vector.size).astype(np.float64)
+    # A direction of its own, not a text's: texts share the common direction.
+    direction = np.random.default_rng([seed, 7919]).standard_normal(vector.size)
+    direction /= np.linalg.norm(direction)
     moved = vector.astype(np.float64) + _EMBEDDING_PULL * direction
     return (moved / np.linalg.norm(moved)).astype(np.float32)
 

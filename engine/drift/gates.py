@@ -104,6 +104,7 @@ class DriftSettings:
     min_window: int = 100
     gates: tuple[Gate, ...] = DEFAULT_GATES
     embeddings: bool = False
+    embedding_model: str = "text-embedding-3-small"  # asked of the job's own keys
 
     def __post_init__(self) -> None:
         sizes = {key: getattr(self, key) for key in _SIZE_KEYS}
@@ -186,8 +187,13 @@ def parse_drift_settings(raw: Mapping[str, Any], file: str) -> DriftSettings:
                 values[key] = value
         elif key == "gates":
             values["gates"] = _parse_gates(value, problem)
+        elif key == "embedding_model":
+            if not isinstance(value, str) or not value.strip():
+                problem(key, f"must name a model (got {_shown(value)})")
+            else:
+                values[key] = value
         else:
-            known = ", ".join((*_SIZE_KEYS, *_BOOL_KEYS, "gates"))
+            known = ", ".join((*_SIZE_KEYS, *_BOOL_KEYS, "embedding_model", "gates"))
             problem(key, f"unknown key (known: {known})")
     defaults = DriftSettings()
     given = {key for key in _SIZE_KEYS if key in values}
