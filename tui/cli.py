@@ -352,6 +352,11 @@ async def run_dashboard(config: JobConfig, demo_sites: int | None = None) -> int
     if problem is not None:
         print(f"crawldeck: {problem}", file=sys.stderr)
         return 2
+    if config.crawl is not None:
+        # Extraction workers must be forkable before the app takes over stderr.
+        from engine.crawl.extraction import start_worker_server
+
+        start_worker_server()
     async with _job_services(config, demo_sites) as (config, secrets, urls):
         engine = Engine(config, secrets, base_urls=urls)
         state = await CrawldeckApp(engine).run_async()

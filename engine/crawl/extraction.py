@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import codecs
 import multiprocessing
+import multiprocessing.context
+import multiprocessing.forkserver
 import os
 import re
 import signal
@@ -220,6 +222,19 @@ def default_workers() -> int:
     return max(1, (usable or 1) - 1)
 
 
+def start_worker_server() -> multiprocessing.context.BaseContext:
+    """Start the forkserver that extraction workers fork from, if it isn't running.
+
+    Call it before anything replaces `sys.stderr` (a full-screen app does):
+    starting the server also starts multiprocessing's resource tracker, which
+    hands it stderr's file descriptor, and a replaced stderr has none.
+    """
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    multiprocessing.forkserver.ensure_running()
+    return context
+
+
 class PageExtractor:
     """Runs `extract_page` off the event loop, in a pool of worker processes.
 
@@ -239,8 +254,7 @@ class PageExtractor:
             # forkserver, not fork: forking a process that runs an event loop and
             # other threads can copy a lock mid-use into the child.  Preloading
             # this module makes the server import the parsers once for all workers.
-            context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload([__name__])
+            context = start_worker_server()
             self._executor = ProcessPoolExecutor(
                 self.workers, mp_context=context, initializer=_start_worker
             )

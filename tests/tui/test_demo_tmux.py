@@ -189,3 +189,35 @@ async def test_the_demo_draws_the_dashboard_obeys_its_keys_and_quits_after_askin
         assert exit_file.read_text().strip() == "1"  # stopped before every chunk was done
         assert (tmp_path / "crawldeck-demo.db").is_file()  # the demo's store, where it ran
         await until_no_process_has(marker)  # no demo, simulator or tmux server is left
+
+
+async def test_the_crawl_demo_crawls_under_the_dashboard_and_fetch_keys_steer_it(
+    tmp_path: Path,
+) -> None:
+    crawldeck = Path(sys.executable).with_name("crawldeck")
+    exit_file = tmp_path / "exit-code"
+    marker = uuid.uuid4().hex  # inherited by the demo, its simulator and its site server
+    async with private_tmux(tmp_path, marker) as terminal:
+        demo = shlex.join([str(crawldeck), "demo", "--crawl", "--sites", "90", *DEMO_FLAGS])
+        await terminal.start(f"{demo}; echo $? > {shlex.quote(str(exit_file))}", cwd=tmp_path)
+
+        # Pages arrive: extraction workers started although the app owns the terminal.
+        screen = await terminal.until_screen(
+            lambda s: re.search(r"pages\s+fetched [1-9]", s) is not None, "fetched pages"
+        )
+        assert "sites-demo" in screen and "crawl sites" in screen
+        assert "cannot read crawl targets" not in screen
+        assert "fetch 0/64" in screen or re.search(r"fetch \d+/64", screen), screen
+
+        await terminal.press("]")
+        await terminal.until_screen(lambda s: re.search(r"fetch \d+/72", s) is not None, "/72")
+
+        await terminal.press("q")
+        await terminal.until_shown("Stop and quit")
+        await terminal.press("y")
+        deadline = time.monotonic() + WAIT_S
+        while await terminal.session_alive():
+            assert time.monotonic() < deadline, await terminal.screen()
+            await asyncio.sleep(STEP_S)
+        assert (tmp_path / "crawldeck-crawl-demo.db").is_file()
+        await until_no_process_has(marker)  # no demo, simulator, site server or worker left
