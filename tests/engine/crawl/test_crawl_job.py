@@ -187,3 +187,30 @@ async def test_fetch_concurrency_is_a_control_of_its_own(
 
 def test_site_kinds_are_all_covered_by_this_job() -> None:
     assert {site_kind(n) for n in range(1, SITES + 1)} == set(SITE_KINDS)
+
+
+async def test_same_site_links_are_followed_to_the_depth_and_page_cap(
+    tmp_path: Path, simulator: Callable[..., object], sites: SiteServer
+) -> None:
+    engine, _ = await crawl_engine(tmp_path, simulator, sites, max_depth=1, max_pages_per_domain=3)
+
+    assert await engine.run() is JobState.DONE
+
+    with sqlite3.connect(engine.config.job.store) as conn:
+        rows = conn.execute("SELECT target, url, depth, outcome FROM pages").fetchall()
+    by_target: dict[str, list[tuple[str, int, str]]] = {}
+    for target, url, depth, outcome in rows:
+        by_target.setdefault(target, []).append((url, depth, outcome))
+    normal = [
+        f"https://{name}:{sites.port}/"
+        for n, name in enumerate(synthetic_domains(SITES), start=1)
+        if site_kind(n) == "normal"
+    ]
+    for target in normal:
+        pages = by_target[target]
+        assert len(pages) == 3, pages  # the page cap, though each page links to more
+        assert {depth for _, depth, _ in pages} == {0, 1}  # never deeper than max_depth
+        host = target.split("//")[1].split("/")[0].split(":")[0]
+        assert all(host in url for url, _, _ in pages)  # same site only
+    # Followed pages go through the LLM like the first ones.
+    assert len(set(stored_results(Path(engine.config.job.store)))) > len(normal)
