@@ -70,15 +70,18 @@ class Gate:
 # within one window.  One sudden shift is worth a trip.  A cosine distance of
 # 0.1 between centroids is ~7× the noise of topical outputs (mean 0.015,
 # peak 0.04) but depends on the embedding model: see `baseline show`'s spread.
+# Actions default to warn or the conservative preset, never pause or stop: a
+# headless job paused by a gate nobody chose waits forever.  A job file asks
+# for pause or stop where its operators want them (config.example.toml does).
 DEFAULT_GATES: tuple[Gate, ...] = (
     Gate("output_tokens", 0.25, GateAction.WARN),
     Gate("answer_chars", 0.25, GateAction.WARN),
     Gate("items", 0.25, GateAction.WARN),
     Gate("latency", 0.25, GateAction.CONSERVATIVE),
     Gate("cost", 0.25, GateAction.WARN),
-    Gate("parse_failures", 4.0, GateAction.PAUSE),
+    Gate("parse_failures", 4.0, GateAction.CONSERVATIVE),
     Gate("missing_ids", 4.0, GateAction.WARN),
-    Gate("refusals", 4.0, GateAction.PAUSE),
+    Gate("refusals", 4.0, GateAction.WARN),
     Gate("sudden_shift", 1.0, GateAction.WARN),
     Gate("embeddings", 0.1, GateAction.WARN),
 )

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from engine.drift.gates import DEFAULT_GATES, DriftSettings
+from engine.drift.gates import DEFAULT_GATES, DriftSettings, GateAction
 from engine.engine import Engine
 from engine.events import EventKind
 from engine.simulator import ProviderSimulator
@@ -28,7 +28,11 @@ DRIFT = DriftSettings(
     window_size=80,
     evaluate_every=10,
     min_window=40,
-    gates=tuple(gate for gate in DEFAULT_GATES if gate.metric != "latency"),
+    gates=tuple(
+        replace(gate, action=GateAction.PAUSE) if gate.metric == "parse_failures" else gate
+        for gate in DEFAULT_GATES
+        if gate.metric != "latency"
+    ),
 )
 
 

@@ -46,8 +46,10 @@ def test_every_metric_has_one_default_gate() -> None:
     assert settings.enabled and not settings.embeddings
     assert (settings.baseline_size, settings.window_size) == (200, 200)
     assert (settings.evaluate_every, settings.min_window) == (25, 100)
-    assert settings.gate("parse_failures") == Gate("parse_failures", 4.0, GateAction.PAUSE)
+    assert settings.gate("parse_failures") == Gate("parse_failures", 4.0, GateAction.CONSERVATIVE)
     assert settings.gate("nonsense") is None
+    # No default stops or pauses a job: a headless run would wait forever.
+    assert {gate.action for gate in DEFAULT_GATES} <= {GateAction.WARN, GateAction.CONSERVATIVE}
 
 
 def test_an_empty_table_is_the_defaults() -> None:
