@@ -99,12 +99,28 @@ def features_of_result(
     the model refusing.  `encoded`, the entry as compact JSON when the
     caller has it already (the engine stores it), saves encoding it twice.
     """
-    content = [value for key, value in entry.items() if key != id_key]
-    items = max((len(value) for value in content if isinstance(value, list)), default=0)
-    has_content = any(not isinstance(leaf, str) or leaf.strip() for leaf in _leaves(content))
-    refusal = any(
-        isinstance(text, str) and text.strip() and looks_like_refusal(text) for text in content
-    )
+    # One flat pass over the top level (this runs for every result); only
+    # nested containers are walked, and only while no content was found yet.
+    items = 0
+    has_content = False
+    refusal = False
+    for key, value in entry.items():
+        if key == id_key or value is None:
+            continue
+        if isinstance(value, str):
+            if value.strip():
+                has_content = True
+                if looks_like_refusal(value):
+                    refusal = True
+        elif isinstance(value, list):
+            items = max(items, len(value))
+            if not has_content:
+                has_content = _has_content(value)
+        elif isinstance(value, Mapping):
+            if not has_content:
+                has_content = _has_content(value)
+        else:
+            has_content = True
     return ResultFeatures(
         answer_chars=len(
             encoded
@@ -114,6 +130,11 @@ def features_of_result(
         items=items,
         empty_or_refusal=refusal or not has_content,
     )
+
+
+def _has_content(value: Any) -> bool:
+    """True if anything inside `value` is a non-blank string or another non-null scalar."""
+    return any(not isinstance(leaf, str) or leaf.strip() for leaf in _leaves(value))
 
 
 def _leaves(value: Any) -> Iterator[Any]:

@@ -94,8 +94,12 @@ MIN_MEDIAN_SHIFT = 0.2
 PSI and the shift detector judge *where in the baseline* values fall, so a
 narrow distribution trips on moves nobody cares about: in a live run,
 latency went from 28 to 29 ms as concurrency ramped up and scored PSI 5.
-A distribution's PSI is weighted by (median move / this)², full weight at a
-20% move; a sudden shift counts only when the recent median moved this far.
+A distribution's PSI is weighted by (median move / this)⁴: full weight at
+a 20% move, a sixteenth at half of it, so PSI from a narrow distribution's
+small move cannot trip; a sudden shift counts only when the recent median
+moved this far.  (A latency baseline learned during the start-up burst sat
+20% above the steady state and tripped in 9 of 22 healthy runs with the
+square.)  A change of shape without a move of the median goes unseen.
 """
 # Latency also moves with the job's own load (concurrency ramping up, a
 # provider's busy hour) by tens of percent; only a larger move says the
@@ -181,6 +185,18 @@ class DriftTrip:
             f"drift: {self.label} {self.statistic} {self.value:.2f} ≥ {_short(self.threshold)}"
             f" ({moved}; last {self.window_n} vs baseline {self.baseline_n}) → {self.action}"
         )
+
+
+def _median(values: NDArray[np.float64]) -> float:
+    """The median by partition: a few times cheaper than `np.median` on these small arrays."""
+    n = values.size
+    if n == 0:
+        return math.nan
+    half = n // 2
+    if n % 2:
+        return float(np.partition(values, half)[half])
+    low_high = np.partition(values, (half - 1, half))
+    return float(low_high[half - 1] + low_high[half]) / 2.0
 
 
 def _median_move(window_median: float, baseline_median: float) -> float:
@@ -597,9 +613,11 @@ class DriftMonitor:
             value = psi_of_proportions(
                 expected, bin_proportions(values, reference.edges[feature.name])
             ) - psi_by_chance(expected.size, base_n, values.size)
-            moved = _median_move(float(np.median(values)), reference.medians[feature.name])
-            floor = _MIN_MOVE.get(feature.name, MIN_MEDIAN_SHIFT)
-            value = max(0.0, value) * min(1.0, moved / floor) ** 2
+            if value > 0.0:  # the median is only worth its cost when PSI says something
+                moved = _median_move(_median(values), reference.medians[feature.name])
+                floor = _MIN_MOVE.get(feature.name, MIN_MEDIAN_SHIFT)
+                value *= min(1.0, moved / floor) ** 4
+            value = max(0.0, value)
             verdicts.append(_Verdict(feature.name, value, base_n, values.size, feature.unit))
 
         if spanned >= enough:
@@ -634,7 +652,7 @@ class DriftMonitor:
                     for name, tick in self._last_shift.items()
                     if tick > self._tick - settings.window_size
                     and _median_move(
-                        float(np.median(answers[-SHIFT_RECENT:, _COLUMNS[name]])),
+                        _median(answers[-SHIFT_RECENT:, _COLUMNS[name]]),
                         reference.medians[name],
                     )
                     >= _MIN_MOVE.get(name, MIN_MEDIAN_SHIFT)
