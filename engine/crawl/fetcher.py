@@ -1,12 +1,8 @@
-"""Fetching pages politely and safely, on one shared HTTP connection pool.
+"""Fetching pages politely and safely, through `GuardedTransport`.
 
-The safety check lives in the network backend of that pool: every
-connection resolves its host name through the `Resolver`, refuses the host
-if any address fails the `AddressPolicy`, and connects to the address it
-checked.  The URL keeps the host name, so the Host header, TLS SNI and
-certificate checks still use the name.  A redirect, a second lookup of the
-same name or a keep-alive miss all go through that one place, so DNS
-rebinding and redirects to private addresses are refused on connect.
+The address checks live in the transport's network backend (see
+`engine.crawl.guarded_transport`), so every connection — a redirect's, a
+second lookup's, a keep-alive miss's — is checked on connect.
 
 `Fetcher.fetch(url)` never raises for a site's problem: each failure is a
 `FetchOutcome`.  Redirects are followed here, hop by hop, so each hop is
@@ -16,295 +12,35 @@ checked against robots.txt and politeness like a fresh request.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ipaddress
-import select
-import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from http.cookiejar import CookieJar, DefaultCookiePolicy
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 from urllib.parse import urljoin
 
-import httpcore2
 import httpx2
 
 from engine.concurrency_limit import ConcurrencyLimit
 from engine.crawl.address_policy import AddressPolicy, Resolver, SystemResolver
+from engine.crawl.asyncio_network import TLSHandshakeError
 from engine.crawl.fetch_settings import FetchSettings
+from engine.crawl.guarded_transport import (
+    BlockedAddressError,
+    GuardedNetworkBackend,
+    GuardedTransport,
+    NameResolutionError,
+)
 from engine.crawl.host_politeness import HostPoliteness
 from engine.crawl.outcomes import FetchOutcome, FetchResult
 from engine.crawl.robots import MAX_ROBOTS_BYTES, RobotsCache
 
 _REDIRECT_STATUSES = frozenset((301, 302, 303, 307, 308))
 _ACCEPT = "text/html,application/xhtml+xml,text/plain;q=0.9,*/*;q=0.1"
+_ENCODINGS = "gzip, deflate"  # what httpx2 decodes without optional packages
 # Failures in these words happened before any byte of HTTP was exchanged:
 # the https-first fallback retries plain http only for them.
 _CONNECT_PHASE = "connect"
-
-
-# --- the guarded network backend -------------------------------------------------------------
-
-
-class BlockedAddressError(httpcore2.ConnectError):
-    """The address policy refused the address a host name resolved to."""
-
-
-class NameResolutionError(httpcore2.ConnectError):
-    """The host name did not resolve (or took longer than the connect timeout)."""
-
-
-class TLSHandshakeError(httpcore2.ConnectError):
-    """The TLS handshake failed: bad certificate, wrong protocol, or a dropped handshake."""
-
-
-class _GuardedStream(httpcore2.AsyncNetworkStream):
-    """A connected stream that names TLS failures and answers "is it readable?" cheaply.
-
-    Without the first, a handshake the server drops looks exactly like a
-    refused connection and the https-first fallback could not tell them
-    apart.  The second matters because the pool asks every idle connection
-    that question on every request, and the stock answer rebuilds a dict of
-    socket attributes each time: with a hundred idle connections it was
-    most of the fetcher's CPU.
-    """
-
-    def __init__(self, inner: httpcore2.AsyncNetworkStream, sock: Any = None) -> None:
-        self._inner = inner
-        self._socket = sock if sock is not None else inner.get_extra_info("socket")
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return await self._inner.read(max_bytes, timeout)
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        await self._inner.write(buffer, timeout)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-    async def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,
-    ) -> httpcore2.AsyncNetworkStream:
-        try:
-            tls = await self._inner.start_tls(ssl_context, server_hostname, timeout)
-        except httpcore2.ConnectError as exc:
-            cause = exc.__cause__ or exc
-            message = f"TLS handshake with {server_hostname} failed: {cause}"
-            raise TLSHandshakeError(message) from exc
-        return _GuardedStream(tls, self._socket)
-
-    def get_extra_info(self, info: str) -> Any:
-        if info == "is_readable":
-            return _readable(self._socket)
-        if info == "socket":
-            return self._socket
-        return self._inner.get_extra_info(info)
-
-
-def _readable(sock: Any) -> bool:
-    """True if a read would not block: data, or the peer's close, is waiting."""
-    fd = -1 if sock is None else sock.fileno()
-    if fd < 0:
-        return True  # gone: the next read returns b"", which is what "readable" predicts
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    return bool(poller.poll(0))
-
-
-class GuardedNetworkBackend(httpcore2.AsyncNetworkBackend):
-    """Connects only to addresses the policy admits, resolving names itself.
-
-    If any address of a name is refused the whole name is refused: an
-    attacker's DNS could otherwise list a public address first and a private
-    one second and wait for the first to fail.
-    """
-
-    def __init__(
-        self,
-        resolver: Resolver,
-        policy: AddressPolicy,
-        inner: httpcore2.AsyncNetworkBackend | None = None,
-    ) -> None:
-        self._resolver = resolver
-        self._policy = policy
-        self._inner = inner if inner is not None else httpcore2.AnyIOBackend()
-        self.connect_attempts = 0  # TCP connects tried, each to an admitted address
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore2.AsyncNetworkStream:
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        addresses = await self._addresses(host, port, timeout)
-        for ip in addresses:
-            reason = self._policy.check(ip, host)
-            if reason is not None:
-                raise BlockedAddressError(f"{host} resolves to {ip}: {reason}")
-        last_error: Exception | None = None
-        for ip in addresses:
-            remaining = None if deadline is None else max(0.0, deadline - loop.time())
-            self.connect_attempts += 1
-            try:
-                stream = await self._inner.connect_tcp(
-                    ip,
-                    port,
-                    timeout=remaining,
-                    local_address=local_address,
-                    socket_options=socket_options,
-                )
-            except httpcore2.ConnectError as exc:
-                last_error = exc  # the next address may answer
-                continue
-            await self._check_peer(stream, host)
-            return _GuardedStream(stream)
-        assert last_error is not None  # _addresses never returns an empty list
-        raise last_error
-
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore2.AsyncNetworkStream:
-        raise BlockedAddressError("unix sockets are never crawled")
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
-
-    async def _addresses(self, host: str, port: int, timeout: float | None) -> list[str]:
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            pass
-        else:
-            return [host]  # a literal address needs no lookup (the policy still applies)
-        try:
-            async with asyncio.timeout(timeout):
-                addresses = await self._resolver.resolve(host, port)
-        except TimeoutError:
-            raise NameResolutionError(f"resolving {host} took longer than {timeout}s") from None
-        except (OSError, UnicodeError) as exc:
-            raise NameResolutionError(f"{host} does not resolve: {exc}") from exc
-        if not addresses:
-            raise NameResolutionError(f"{host} resolves to no address")
-        return addresses
-
-    async def _check_peer(self, stream: httpcore2.AsyncNetworkStream, host: str) -> None:
-        """Re-check the address the socket really reached: cheap, and it closes any gap."""
-        peer = stream.get_extra_info("server_addr")
-        if not peer:
-            return
-        reason = self._policy.check(str(peer[0]), host)
-        if reason is not None:
-            await stream.aclose()
-            raise BlockedAddressError(f"{host} connected to {peer[0]}: {reason}")
-
-
-# --- the httpx2 transport over that backend --------------------------------------------------
-
-# Most specific first: a ConnectTimeout is also a TimeoutException.
-_CORE_TO_CLIENT_ERRORS: tuple[tuple[type[Exception], type[httpx2.HTTPError]], ...] = (
-    (httpcore2.ConnectTimeout, httpx2.ConnectTimeout),
-    (httpcore2.ReadTimeout, httpx2.ReadTimeout),
-    (httpcore2.WriteTimeout, httpx2.WriteTimeout),
-    (httpcore2.PoolTimeout, httpx2.PoolTimeout),
-    (httpcore2.TimeoutException, httpx2.TimeoutException),
-    (httpcore2.ConnectError, httpx2.ConnectError),
-    (httpcore2.ReadError, httpx2.ReadError),
-    (httpcore2.WriteError, httpx2.WriteError),
-    (httpcore2.NetworkError, httpx2.NetworkError),
-    (httpcore2.RemoteProtocolError, httpx2.RemoteProtocolError),
-    (httpcore2.LocalProtocolError, httpx2.LocalProtocolError),
-    (httpcore2.ProtocolError, httpx2.ProtocolError),
-    (httpcore2.UnsupportedProtocol, httpx2.UnsupportedProtocol),
-)
-
-
-@contextlib.contextmanager
-def _client_errors() -> Iterator[None]:
-    """Raise httpx2's exception for an httpcore2 one, keeping the original as the cause."""
-    try:
-        yield
-    except Exception as exc:
-        for core_type, client_type in _CORE_TO_CLIENT_ERRORS:
-            if isinstance(exc, core_type):
-                raise client_type(str(exc)) from exc
-        raise
-
-
-class _ResponseBody(httpx2.AsyncByteStream):
-    def __init__(self, core_stream: Any) -> None:
-        self._core_stream = core_stream
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        with _client_errors():
-            async for part in self._core_stream:
-                yield part
-
-    async def aclose(self) -> None:
-        await self._core_stream.aclose()
-
-
-class GuardedTransport(httpx2.AsyncBaseTransport):
-    """An httpx2 transport whose connection pool connects through `GuardedNetworkBackend`.
-
-    The pool itself has no connection cap: the fetcher's own limits decide
-    how many requests run, and a second cap here would only add a queue.
-    """
-
-    def __init__(
-        self,
-        backend: GuardedNetworkBackend,
-        *,
-        max_keepalive: int = 32,
-        keepalive_expiry_s: float = 5.0,
-        ssl_context: ssl.SSLContext | None = None,
-    ) -> None:
-        self.backend = backend
-        self._pool = httpcore2.AsyncConnectionPool(
-            ssl_context=ssl_context if ssl_context is not None else httpx2.create_ssl_context(),
-            max_connections=None,
-            max_keepalive_connections=max_keepalive,
-            keepalive_expiry=keepalive_expiry_s,
-            http1=True,
-            http2=False,
-            network_backend=backend,
-        )
-
-    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        core_request = httpcore2.Request(
-            method=request.method,
-            url=httpcore2.URL(
-                scheme=request.url.raw_scheme,
-                host=request.url.raw_host,
-                port=request.url.port,
-                target=request.url.raw_path,
-            ),
-            headers=request.headers.raw,
-            content=request.stream,  # type: ignore[arg-type]  # an AsyncByteStream is async-iterable
-            extensions=request.extensions,
-        )
-        with _client_errors():
-            core_response = await self._pool.handle_async_request(core_request)
-        return httpx2.Response(
-            status_code=core_response.status,
-            headers=core_response.headers,
-            stream=_ResponseBody(core_response.stream),
-            extensions=core_response.extensions,
-        )
-
-    async def aclose(self) -> None:
-        await self._pool.aclose()
 
 
 # --- the fetcher -----------------------------------------------------------------------------
@@ -406,9 +142,15 @@ def _host_key(url: httpx2.URL) -> str:
 class Fetcher:
     """Fetches pages within global and per-host limits, robots.txt and the address policy.
 
-    Use it as an async context manager: entering opens the one shared HTTP
-    client, leaving closes it.  `fetch` and `fetch_target` may be called
-    from any number of tasks at once.
+    Use it as an async context manager: entering opens the transport,
+    leaving closes it and its connections.  `fetch` and `fetch_target` may
+    be called from any number of tasks at once.
+
+    Requests go to `GuardedTransport` directly, not through an
+    `httpx2.AsyncClient`: what the client would add (its own redirects, a
+    cookie jar, proxies from the environment, auth and hooks) the crawler
+    must not have, and skipping it saved about 35 µs of CPU a request
+    (~11% of a keep-alive request) when measured.
     """
 
     def __init__(
@@ -433,27 +175,25 @@ class Fetcher:
             self._settings.per_host, self._settings.politeness_delay_s, clock=clock
         )
         self._robots = RobotsCache(self._fetch_robots_file, clock=clock)
-        self._client: httpx2.AsyncClient | None = None
+        self._transport: GuardedTransport | None = None
+        # Built once: every request sends the same headers (the Host header is added
+        # per request) and the same timeouts.  No Cookie header, ever: thousands of
+        # sites' cookies would otherwise pile up in one jar.
+        self._headers = httpx2.Headers(
+            {"User-Agent": self._user_agent, "Accept": _ACCEPT, "Accept-Encoding": _ENCODINGS}
+        )
+        self._timeouts = httpx2.Timeout(
+            connect=self._settings.connect_timeout_s,
+            read=self._settings.read_timeout_s,
+            write=self._settings.read_timeout_s,
+            pool=self._settings.connect_timeout_s,
+        ).as_dict()
         self._by_outcome: dict[str, int] = {outcome.value: 0 for outcome in FetchOutcome}
         self._bytes = 0
         self._pages = 0
 
     async def __aenter__(self) -> Self:
-        settings = self._settings
-        self._client = httpx2.AsyncClient(
-            transport=GuardedTransport(self._backend),
-            timeout=httpx2.Timeout(
-                connect=settings.connect_timeout_s,
-                read=settings.read_timeout_s,
-                write=settings.read_timeout_s,
-                pool=settings.connect_timeout_s,
-            ),
-            follow_redirects=False,  # followed here, so each hop gets robots and politeness
-            trust_env=False,  # a proxy from the environment would bypass the address checks
-            headers={"User-Agent": self._user_agent, "Accept": _ACCEPT},
-            # Thousands of sites' cookies would pile up in one shared jar: keep none.
-            cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
-        )
+        self._transport = GuardedTransport(self._backend)
         return self
 
     async def __aexit__(
@@ -465,10 +205,10 @@ class Fetcher:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the shared client and its connections.  Safe to call twice."""
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aclose()
+        """Close the transport and its connections.  Safe to call twice."""
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            await transport.aclose()
 
     @property
     def settings(self) -> FetchSettings:
@@ -600,17 +340,19 @@ class Fetcher:
             current = urljoin(str(target), hop.location)
 
     async def _request(self, target: httpx2.URL, *, robots_file: bool) -> _Hop:
-        client = self._client
-        if client is None:
+        transport = self._transport
+        if transport is None:
             raise RuntimeError("the fetcher is closed: use it as `async with Fetcher(...)`")
         limit = MAX_ROBOTS_BYTES if robots_file else self._settings.max_body_bytes
         total_s = self._settings.total_timeout_s
         try:
-            request = client.build_request("GET", target)
+            request = httpx2.Request(
+                "GET", target, headers=self._headers, extensions={"timeout": self._timeouts}
+            )
             # One deadline for connect, headers and body: the per-read timeout alone
             # would let a server that drips a byte every few seconds hold a slot forever.
             async with asyncio.timeout(total_s):
-                response = await client.send(request, stream=True)
+                response = await transport.handle_async_request(request)
                 try:
                     return await self._read(response, limit, robots_file=robots_file)
                 finally:

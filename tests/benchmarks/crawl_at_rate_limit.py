@@ -541,14 +541,18 @@ def print_table(job: JobFigures, crawl: CrawlFigures, targets: int) -> bool:
     return timely and complete and cheap
 
 
-# Where profiled CPU goes, by the first matching path fragment.
+# Where profiled CPU goes, by the first matching path fragment.  Our own transport
+# and network backend count as HTTP client: they replace httpcore2's pool and anyio.
+_HTTP_CLIENT = "HTTP client (httpx2, httpcore2, h11, anyio, our transport)"
 _AREAS: tuple[tuple[str, str], ...] = (
+    ("/engine/crawl/guarded_transport.py", _HTTP_CLIENT),
+    ("/engine/crawl/asyncio_network.py", _HTTP_CLIENT),
     ("/engine/", "crawldeck engine"),
-    ("/httpcore2/", "HTTP client (httpx2, httpcore2, h11, anyio)"),
-    ("/httpx2/", "HTTP client (httpx2, httpcore2, h11, anyio)"),
-    ("/h11/", "HTTP client (httpx2, httpcore2, h11, anyio)"),
-    ("/anyio/", "HTTP client (httpx2, httpcore2, h11, anyio)"),
-    ("/sniffio/", "HTTP client (httpx2, httpcore2, h11, anyio)"),
+    ("/httpcore2/", _HTTP_CLIENT),
+    ("/httpx2/", _HTTP_CLIENT),
+    ("/h11/", _HTTP_CLIENT),
+    ("/anyio/", _HTTP_CLIENT),
+    ("/sniffio/", _HTTP_CLIENT),
     ("/aiosqlite/", "aiosqlite"),
     ("/asyncio/", "asyncio"),
     ("/concurrent/", "process pool hand-off"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import replace
 
 import pytest
@@ -286,6 +286,47 @@ async def test_a_port_where_nothing_listens_is_refused(fetcher: Fetcher) -> None
     result = await fetcher.fetch(f"http://{host(first_site('normal'))}:{port}/")
 
     assert result.outcome is FetchOutcome.REFUSED
+
+
+@pytest.fixture
+def unanswered_port() -> Iterator[int]:
+    """A port whose listen backlog is full, so a new connect is never answered."""
+    with socket.socket() as listener, socket.socket() as filler:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        filler.connect(listener.getsockname())  # takes the one backlog place
+        yield listener.getsockname()[1]
+
+
+async def test_a_connect_nobody_answers_times_out(unanswered_port: int) -> None:
+    settings = replace(SETTINGS, connect_timeout_s=0.2, respect_robots=False)
+    async with Fetcher(settings, resolver=StaticResolver(default="127.0.0.1")) as fetcher:
+        result = await fetcher.fetch(f"http://{host(first_site('normal'))}:{unanswered_port}/")
+
+    assert result.outcome is FetchOutcome.TIMED_OUT
+    assert result.error == "connect timed out"
+
+
+async def test_the_total_timeout_also_bounds_a_connect(unanswered_port: int) -> None:
+    settings = replace(SETTINGS, connect_timeout_s=5.0, total_timeout_s=0.3, respect_robots=False)
+    async with Fetcher(settings, resolver=StaticResolver(default="127.0.0.1")) as fetcher:
+        result = await fetcher.fetch(f"http://{host(first_site('normal'))}:{unanswered_port}/")
+
+    assert result.outcome is FetchOutcome.TIMED_OUT
+    assert "within 0.3s" in result.error
+
+
+async def test_robots_txt_and_the_page_share_one_connection(
+    sites: SiteServer, fetcher: Fetcher
+) -> None:
+    name = host(first_site("normal"))
+
+    for k in range(3):
+        assert (await fetcher.fetch(f"http://{name}:{sites.port}/page/{k}")).outcome.has_page
+
+    assert sites.stats.requests_by_host[name] == 4  # robots.txt and three pages
+    assert sites.stats.connections == 1
+    assert fetcher.connect_attempts == 1
 
 
 # --- https first -----------------------------------------------------------------------------
