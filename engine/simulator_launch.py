@@ -9,15 +9,13 @@ never its command line.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
-import sys
-import tempfile
 from collections.abc import AsyncIterator, Mapping
 
 from engine.key_secrets import key_id, served_by_simulator
+from engine.service_process import ServiceStartError, service_process
 from engine.settings import JobConfig, SimulatorSettings
 
 _READY = "listening on "
@@ -79,49 +77,14 @@ async def launched_simulator(
     env = dict(os.environ)
     env["CRAWLDECK_SIM_KEYS"] = json.dumps(simulator_keys(config, secrets))
     args = [
-        sys.executable,
-        "-m",
         "engine.simulator",
         *simulator_arguments(sim, port=sim.port),
         "--keys-from-env",
         "CRAWLDECK_SIM_KEYS",
         "--exit-with-parent",
     ]
-    errors = tempfile.TemporaryFile()  # noqa: SIM115 -- closed in the finally below
-    proc = await asyncio.create_subprocess_exec(
-        *args,
-        stdin=asyncio.subprocess.PIPE,  # closes when we die: the simulator follows
-        stdout=asyncio.subprocess.PIPE,
-        stderr=errors,  # a file, not a pipe: a full pipe would block the simulator
-        env=env,
-        # Its own session: a terminal's Ctrl-C goes to the whole foreground group,
-        # and the simulator must keep answering while the engine drains.
-        start_new_session=True,
-    )
-    try:
-        assert proc.stdout is not None
-        try:
-            async with asyncio.timeout(30):
-                line = (await proc.stdout.readline()).decode().strip()
-        except TimeoutError:
-            line = ""
+    async with service_process("simulator", args, env) as line:
         if not line.startswith(_READY):
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(2):
-                    await proc.wait()
-            errors.seek(0)
-            err = errors.read()
-            detail = line or err.decode(errors="replace").strip()[-300:]
-            raise RuntimeError(f"the simulator did not start: {detail}")
+            raise ServiceStartError(f"the simulator did not start: {line}")
         url = line[len(_READY) :]
         yield {p.name: url for p in config.providers if served_by_simulator(p)}
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-            try:
-                async with asyncio.timeout(5):
-                    await proc.wait()
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-        errors.close()
