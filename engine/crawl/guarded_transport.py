@@ -172,13 +172,15 @@ def _client_errors() -> Iterator[None]:
 # --- a pool per site ----------------------------------------------------------------------
 
 _SiteKey = tuple[bytes, bytes, int]  # scheme, host, port
+# A connection and the socket under it: the socket says whether the peer hung up.
+_Kept = tuple[AsyncHTTP11Connection, httpcore2.AsyncNetworkStream]
 
 
 @dataclass(slots=True, eq=False)
 class _Site:
     """One site's idle keep-alive connections, and how many requests it has in flight."""
 
-    idle: list[AsyncHTTP11Connection] = field(default_factory=list)
+    idle: list[_Kept] = field(default_factory=list)
     in_flight: int = 0
     idle_since: float = 0.0
 
@@ -192,13 +194,13 @@ class _ResponseBody(httpx2.AsyncByteStream):
         transport: GuardedTransport,
         key: _SiteKey,
         site: _Site,
-        connection: AsyncHTTP11Connection,
+        kept: _Kept,
     ) -> None:
         self._core_stream = core_stream
         self._transport = transport
         self._key = key
         self._site = site
-        self._connection: AsyncHTTP11Connection | None = connection
+        self._kept: _Kept | None = kept
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         with _client_errors():
@@ -206,15 +208,15 @@ class _ResponseBody(httpx2.AsyncByteStream):
                 yield part
 
     async def aclose(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is None:
+        kept, self._kept = self._kept, None
+        if kept is None:
             return  # closed already
         try:
             # Whether the connection can be kept is decided here: only once the
             # whole answer was read does httpcore2 mark it idle.
             await self._core_stream.aclose()
         finally:
-            await self._transport._check_in(self._key, self._site, connection)
+            await self._transport._check_in(self._key, self._site, kept)
 
 
 class GuardedTransport(httpx2.AsyncBaseTransport):
@@ -276,20 +278,20 @@ class GuardedTransport(httpx2.AsyncBaseTransport):
         origin = core_url.origin
         key = (origin.scheme, origin.host, origin.port)
         site = await self._check_out(key)
-        connection: AsyncHTTP11Connection | None = None
+        kept: _Kept | None = None
         try:
             with _client_errors():
-                connection = await self._connection(site, origin, core_request)
-                core_response = await connection.handle_async_request(core_request)
+                kept = await self._connection(site, origin, core_request)
+                core_response = await kept[0].handle_async_request(core_request)
         except BaseException:
-            if connection is not None and not connection.is_closed():
-                await connection.aclose()  # it failed mid-request: it cannot be reused
+            if kept is not None and not kept[0].is_closed():
+                await kept[0].aclose()  # it failed mid-request: it cannot be reused
             self._release(key, site)
             raise
         return httpx2.Response(
             status_code=core_response.status,
             headers=core_response.headers,
-            stream=_ResponseBody(core_response.stream, self, key, site, connection),
+            stream=_ResponseBody(core_response.stream, self, key, site, kept),
             extensions=core_response.extensions,
         )
 
@@ -297,7 +299,7 @@ class GuardedTransport(httpx2.AsyncBaseTransport):
         sites, self._sites = self._sites, OrderedDict()
         for site in sites.values():
             idle, site.idle = site.idle, []
-            for connection in idle:
+            for connection, _stream in idle:
                 await connection.aclose()
 
     async def _check_out(self, key: _SiteKey) -> _Site:
@@ -314,13 +316,19 @@ class GuardedTransport(httpx2.AsyncBaseTransport):
 
     async def _connection(
         self, site: _Site, origin: httpcore2.Origin, request: httpcore2.Request
-    ) -> AsyncHTTP11Connection:
-        """The site's most recently used live idle connection, or a new one."""
+    ) -> _Kept:
+        """The site's most recently used live idle connection (and its socket), or a new one."""
         while site.idle:
-            connection = site.idle.pop()
-            # has_expired() is also true once the server has closed its end.
-            if connection.is_idle() and not connection.has_expired():
-                return connection
+            connection, stream = site.idle.pop()
+            # A readable idle socket means the server closed its end (or sent
+            # something unasked): httpcore2 2.17 no longer folds that into
+            # has_expired(), it refuses the request instead, so ask first.
+            if (
+                connection.is_idle()
+                and not connection.has_expired()
+                and not stream.get_extra_info("is_readable")
+            ):
+                return connection, stream
             await connection.aclose()
         timeout = request.extensions.get("timeout", {}).get("connect")
         host = origin.host.decode("ascii")
@@ -335,17 +343,19 @@ class GuardedTransport(httpx2.AsyncBaseTransport):
             except BaseException:
                 await stream.aclose()
                 raise
-        return AsyncHTTP11Connection(
+        connection = AsyncHTTP11Connection(
             origin=origin, stream=stream, keepalive_expiry=self._keepalive_expiry_s
         )
+        return connection, stream
 
     async def _check_in(
-        self, key: _SiteKey, site: _Site, connection: AsyncHTTP11Connection
+        self, key: _SiteKey, site: _Site, kept: _Kept
     ) -> None:
         """A response was closed: keep its connection if it is reusable and there is room."""
-        kept = self._sites.get(key) is site  # not so once the transport was closed
-        if kept and connection.is_idle() and len(site.idle) < self._per_site_keepalive:
-            site.idle.append(connection)
+        connection = kept[0]
+        open_site = self._sites.get(key) is site  # not so once the transport was closed
+        if open_site and connection.is_idle() and len(site.idle) < self._per_site_keepalive:
+            site.idle.append(kept)
         elif not connection.is_closed():
             await connection.aclose()
         self._release(key, site)
@@ -368,5 +378,5 @@ class GuardedTransport(httpx2.AsyncBaseTransport):
             if not over and now - site.idle_since <= self._keepalive_expiry_s:
                 return  # the rest were used more recently still
             del self._sites[key]
-            for connection in site.idle:
+            for connection, _stream in site.idle:
                 await connection.aclose()
