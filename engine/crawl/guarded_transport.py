@@ -348,9 +348,7 @@ class GuardedTransport(httpx2.AsyncBaseTransport):
         )
         return connection, stream
 
-    async def _check_in(
-        self, key: _SiteKey, site: _Site, kept: _Kept
-    ) -> None:
+    async def _check_in(self, key: _SiteKey, site: _Site, kept: _Kept) -> None:
         """A response was closed: keep its connection if it is reusable and there is room."""
         connection = kept[0]
         open_site = self._sites.get(key) is site  # not so once the transport was closed
