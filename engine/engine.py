@@ -11,6 +11,7 @@ next snapshot.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import random
@@ -62,7 +63,8 @@ from engine.snapshot import (
     QueueDepths,
     Snapshot,
 )
-from engine.store import FailureRow, ResultRow, Store
+from engine.store import Committed, FailureRow, ResultRow, Store
+from engine.store_error import StoreError
 from engine.token_estimate import estimate_tokens
 from engine.work_queue import Batch, InProcessWorkQueue, WorkQueue
 
@@ -164,12 +166,19 @@ class Engine:
         """Run the job to its end (or until drained/stopped); returns the final state."""
         cfg = self.config
         self._loop = asyncio.get_running_loop()
-        self._store = store = await Store.open(
-            cfg.job.store,
-            batch_rows=cfg.engine.store_batch_rows,
-            batch_ms=cfg.engine.store_batch_ms,
-        )
+        try:
+            self._store = store = await Store.open(
+                cfg.job.store,
+                batch_rows=cfg.engine.store_batch_rows,
+                batch_ms=cfg.engine.store_batch_ms,
+                on_commit=self._count_committed,
+            )
+        except StoreError as exc:
+            self._store_failed(exc)
+            await self._clients.aclose()
+            return self._state
         self.events.subscribe(self._persist_event)
+        ended = False  # by the run's own path: finished, stopped, or store trouble
         try:
             self._run_id = await store.begin_run(cfg.job.name, effective_settings(cfg))
             await self._load_saved_baseline()
@@ -218,6 +227,7 @@ class Engine:
                 for task in stages + helpers:
                     task.cancel()
                 await asyncio.gather(*stages, *helpers, return_exceptions=True)
+                await store.flush()  # done is what is committed: count it all first
                 self.stats.tick(self._clock())
                 self._state = self._final_state()
                 self.events.emit(
@@ -231,16 +241,22 @@ class Engine:
                 while self._unsaved_events:
                     await store.put_event(self._run_id, self._unsaved_events.popleft())
                 await self._save_baselines()
-                await store.end_run(self._run_id, str(self._state), self._summary())
                 await store.close_writer()
                 await writer
-        except BaseException:
-            if self._state not in (JobState.DONE, JobState.STOPPED):
-                self._state = JobState.FAILED
-            raise
+            await store.end_run(self._run_id, str(self._state), self._summary())
+            ended = True
+        except* StoreError as trouble:
+            ended = True
+            self._store_failed(_first_of(trouble))
+            await self._record_failed_end(store)
         finally:
+            if not ended and self._state not in (JobState.DONE, JobState.STOPPED):
+                self._state = JobState.FAILED
             await self._clients.aclose()
-            await store.close()
+            try:
+                await store.close()
+            except StoreError as exc:
+                self._store_failed(exc)
         return self._state
 
     def snapshot(self) -> Snapshot:
@@ -686,8 +702,7 @@ class Engine:
                     run_id=self._run_id,
                 )
             )
-            s.done += 1
-            self._live_ids.discard(int(chunk.id, 16))
+            self._live_ids.discard(int(chunk.id, 16))  # done is counted on commit
             if self._drift is not None:
                 observed.append((features_of_result(entry, encoded=encoded), encoded))
         if parsed.missing:
@@ -949,8 +964,7 @@ class Engine:
                     run_id=self._run_id,
                 )
             )
-            self.stats.failed += 1
-            self._live_ids.discard(int(chunk.id, 16))
+            self._live_ids.discard(int(chunk.id, 16))  # failed is counted on commit
         self.events.emit(
             EventKind.CHUNK_FAILED,
             f"{len(batch.chunks)} chunk(s) failed: {reason}",
@@ -1008,6 +1022,30 @@ class Engine:
                 EventKind.MEMORY_HARD,
                 f"memory {mb:.0f} MB above the hard limit: no new requests until it falls",
                 rss=rss,
+            )
+
+    def _count_committed(self, committed: Committed) -> None:
+        # Counted when the writer commits, not when a row is handed to it: what
+        # the job reports as done (summary, snapshot, runs row) is in the store.
+        self.stats.done += committed.results
+        self.stats.failed += committed.failures
+
+    def _store_failed(self, exc: StoreError) -> None:
+        """Store trouble ends the job as FAILED, with the one line that says why."""
+        if self._fatal == str(exc):
+            return
+        self._fatal = str(exc)
+        self._state = JobState.FAILED
+        self.events.emit(EventKind.WARNING, f"the store failed, the job ends: {exc}")
+
+    async def _record_failed_end(self, store: Store) -> None:
+        """Try once, briefly, to record the failed run; else the next start says interrupted."""
+        if not self._run_id:
+            return  # the run was never recorded
+        self.stats.tick(self._clock())
+        with contextlib.suppress(StoreError):
+            await store.end_run(
+                self._run_id, str(self._state), self._summary(), busy_timeout_ms=1000
             )
 
     def _persist_event(self, event: Event) -> None:
@@ -1097,3 +1135,12 @@ class Engine:
             "elapsed_s": self._clock() - self._started,
             "fatal": self._fatal,
         }
+
+
+def _first_of(group: BaseExceptionGroup[StoreError]) -> StoreError:
+    """The first store error of a group (task groups nest them)."""
+    first: BaseException = group
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    assert isinstance(first, StoreError)
+    return first

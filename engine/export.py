@@ -4,7 +4,8 @@ A CLI command, so plain `sqlite3` is enough.  Rows are read with a cursor
 and written one at a time: a store with millions of results never sits in
 memory.  The store is opened read-only, so exporting during a run is safe
 (WAL lets a reader work beside the writer) and a wrong path is an error
-rather than a new empty database.
+rather than a new empty database.  A file that is not a crawldeck store (not
+SQLite, someone else's SQLite, damaged) is a `StoreError`: one line.
 """
 
 from __future__ import annotations
@@ -17,7 +18,11 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
+from engine.store import schema_of, schema_problem
+from engine.store_error import store_error
+
 ExportFormat = Literal["jsonl", "csv"]
+_NAME_A_STORE = "export reads a crawldeck store: name a job file or its results database"
 
 # The order of CSV columns, and of keys in each JSON object.
 COLUMNS: tuple[str, ...] = (
@@ -68,14 +73,20 @@ def export_results(
     if not db_path.is_file():
         raise FileNotFoundError(f"no store at {db_path}")
     uri = f"{db_path.resolve().as_uri()}?mode=ro"
-    with closing(sqlite3.connect(uri, uri=True)) as conn:
-        records = _records(conn, include_failures)
-        if isinstance(out, Path):
-            out.parent.mkdir(parents=True, exist_ok=True)
-            # newline="": the csv module writes its own line endings.
-            with out.open("w", encoding="utf-8", newline="") as stream:
-                return _write(records, stream, fmt)
-        return _write(records, out, fmt)
+    try:
+        with closing(sqlite3.connect(uri, uri=True)) as conn:
+            problem = schema_problem(db_path, *schema_of(conn))
+            if problem is not None:
+                raise problem.advising(_NAME_A_STORE)
+            records = _records(conn, include_failures)
+            if isinstance(out, Path):
+                out.parent.mkdir(parents=True, exist_ok=True)
+                # newline="": the csv module writes its own line endings.
+                with out.open("w", encoding="utf-8", newline="") as stream:
+                    return _write(records, stream, fmt)
+            return _write(records, out, fmt)
+    except sqlite3.Error as exc:  # only reading the store raises these, never the output
+        raise store_error(db_path, exc).advising(_NAME_A_STORE) from exc
 
 
 def _records(conn: sqlite3.Connection, include_failures: bool) -> Iterator[dict[str, Any]]:

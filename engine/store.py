@@ -7,16 +7,27 @@ the writer commits them in transactions of `batch_rows` rows or every
 a chunk that was in flight when the process died has no row and is simply
 redone, and WAL keeps the file consistent through a kill -9.
 
+Trouble with the file (locked by another process, full, read-only, not a
+crawldeck store, damaged) is raised as `StoreError`, one line naming the
+file and what to do.  Once the writer fails, every later write raises that
+same error at once, so no caller waits on a queue nobody empties.  What the
+writer committed is reported through `on_commit`; only that counts as done.
+
 No API key ever reaches the store: rows carry the key's alias only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
+import sqlite3
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -25,11 +36,15 @@ from typing import Any
 import aiosqlite
 
 from engine.events import Event
+from engine.run_lease import RunLease, is_alive
+from engine.store_error import ANOTHER_STORE, StoreError, foreign, store_error
 
 SCHEMA_VERSION = 3  # 2: crawled pages; 3: drift baselines
 # SQLite's historical limit on bound parameters is 999; stay well under it.
 MAX_QUERY_PARAMS = 500
 BUSY_TIMEOUT_MS = 10_000
+# The `runs` outcome of a run whose process died without recording its end.
+INTERRUPTED = "interrupted"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
@@ -136,6 +151,15 @@ INSERT OR REPLACE INTO pages (
 ) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 _INSERT_EVENT = "INSERT INTO events (run_id, ts, kind, message, data_json) VALUES (?, ?, ?, ?, ?)"
+# A run's results and failures still in the store, and when it last committed anything.
+_WHAT_A_RUN_COMMITTED = """
+SELECT (SELECT COUNT(*) FROM results WHERE run_id = ?1),
+       (SELECT COUNT(*) FROM failures WHERE run_id = ?1),
+       (SELECT MAX(t) FROM (
+            SELECT MAX(created_at) AS t FROM results WHERE run_id = ?1
+            UNION ALL SELECT MAX(created_at) FROM failures WHERE run_id = ?1
+            UNION ALL SELECT MAX(ts) FROM events WHERE run_id = ?1))
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +233,20 @@ class StoredPage:
 
 
 @dataclass(frozen=True, slots=True)
+class Committed:
+    """What one transaction put in the store.
+
+    `results` counts result rows that took (not a second result for a chunk
+    that has one); `failures` the failures recorded (not one for a chunk that
+    is done).  `rows` is every row of the transaction, events and pages too.
+    """
+
+    rows: int
+    results: int
+    failures: int
+
+
+@dataclass(frozen=True, slots=True)
 class _EventRow:
     run_id: int
     event: Event
@@ -253,11 +291,14 @@ class Store:
         batch_rows: int,
         batch_ms: int,
         queue_rows: int,
-        on_commit: Callable[[int], None] | None = None,
+        on_commit: Callable[[Committed], None] | None = None,
+        *,
+        path: Path,
     ) -> None:
         if batch_rows < 1 or batch_ms < 0 or queue_rows < 1:
             raise ValueError("batch_rows and queue_rows must be >= 1 and batch_ms >= 0")
         self._conn = conn
+        self.path = path
         self._batch_rows = batch_rows
         self._batch_s = batch_ms / 1000
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=queue_rows)
@@ -273,6 +314,8 @@ class Store:
         self._closed = False
         self._on_commit = on_commit
         self._rows_committed = 0
+        self._failure: StoreError | None = None  # the writer's, once it could not commit
+        self._lease: RunLease | None = None
 
     @classmethod
     async def open(
@@ -281,26 +324,62 @@ class Store:
         batch_rows: int = 500,
         batch_ms: int = 200,
         queue_rows: int | None = None,
-        on_commit: Callable[[int], None] | None = None,
+        on_commit: Callable[[Committed], None] | None = None,
+        *,
+        max_pages: int | None = None,
     ) -> Store:
-        """Open (or create) the store at `path`.
+        """Open (or create) the store at `path`; `StoreError` if it cannot serve as one.
 
         `queue_rows` bounds the queue (default 4 * batch_rows); `on_commit` is
-        told how many rows each committed transaction held.
+        told what each committed transaction held.  `max_pages` caps the file
+        at that many pages: past it SQLite answers exactly as on a full disk.
+        A SQLite file that is not a crawldeck store is refused untouched.
         """
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves, nothing implicit.
-        conn = await aiosqlite.connect(path, isolation_level=None)
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves, nothing implicit.
+            conn = await aiosqlite.connect(path, isolation_level=None)
+        except (sqlite3.Error, OSError) as exc:
+            raise store_error(path, exc) from exc
+        try:
+            await conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            # Before anything is written: a foreign file must be left as it was.
+            problem = schema_problem(path, *await _read_schema(conn))
+            if problem is not None:
+                raise problem
+            if max_pages is not None:
+                await conn.execute(f"PRAGMA max_page_count={int(max_pages)}")
             await conn.execute("PRAGMA journal_mode=WAL")
             await conn.execute("PRAGMA synchronous=NORMAL")
-            await conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             await _migrate(conn)
-        except BaseException:
-            await conn.close()
+        except BaseException as exc:
+            with contextlib.suppress(sqlite3.Error, OSError):
+                await conn.close()
+            if isinstance(exc, sqlite3.Error | OSError):
+                raise store_error(path, exc) from exc
             raise
-        return cls(conn, batch_rows, batch_ms, queue_rows or 4 * batch_rows, on_commit)
+        return cls(conn, batch_rows, batch_ms, queue_rows or 4 * batch_rows, on_commit, path=path)
+
+    @classmethod
+    async def probe(cls, path: str | Path) -> None:
+        """Raise `StoreError` unless the store at `path` can be opened and written now.
+
+        Writes nothing that stays: it takes the write lock (so a lock held by
+        another process shows here, after the usual wait) and rewrites the
+        schema version inside a transaction it rolls back.
+        """
+        store = await cls.open(path)
+        try:
+            async with store._turn() as conn:
+                await conn.execute("BEGIN IMMEDIATE")
+                try:
+                    await conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                finally:
+                    if conn.in_transaction:  # SQLite may have rolled back itself
+                        await conn.execute("ROLLBACK")
+        finally:
+            await store.close()
 
     async def __aenter__(self) -> Store:
         return self
@@ -323,6 +402,11 @@ class Store:
         """Rows committed since the store was opened (ignored duplicates included)."""
         return self._rows_committed
 
+    @property
+    def failure(self) -> StoreError | None:
+        """Why the writer stopped committing (None while it can)."""
+        return self._failure
+
     # -- writing -------------------------------------------------------------
 
     async def put_result(self, row: ResultRow) -> None:
@@ -342,6 +426,8 @@ class Store:
 
     async def flush(self) -> None:
         """Return once everything enqueued before this call is committed."""
+        if self._failure is not None:
+            raise self._failure
         if self._writer_active and self._accepting:
             marker = _FlushMarker(asyncio.get_running_loop().create_future())
             await self._queue.put(marker)
@@ -378,7 +464,10 @@ class Store:
             await self._commit_shielded(batch)
             raise
         except BaseException as exc:
+            # Dropped, not committed: those chunks have no row and are redone
+            # next run.  Emptying the queue also frees anyone waiting to put.
             self._fail_flushes([*self._batch, *self._take_queued()], exc)
+            self._batch = []
             raise
         finally:
             self._writer_active = False
@@ -389,45 +478,121 @@ class Store:
         if not self._accepting:
             return
         self._accepting = False
+        if self._failure is not None:
+            return  # the writer is gone and nothing queued can be written
         # Queued even with no writer yet: a writer task created but not yet
         # started must still see it.  Without a writer, close() skips it.
         await self._enqueue(_CLOSE)
 
     async def close(self) -> None:
-        """Commit everything queued, wait for the writer, and close the connection."""
+        """Commit everything queued, wait for the writer, and close the connection.
+
+        After the writer failed, what is still queued is dropped (it was never
+        committed, so it is redone next run) and the connection is closed.
+        """
         if self._closed:
             return
-        await self.close_writer()
-        await self._writer_done.wait()
-        if self._inflight is not None and not self._inflight.done():
-            await self._inflight  # a write a cancelled writer left running
-        # From here on a writer that has not started yet returns at once.
-        self._closed = True
-        await self._write_queue_inline()
-        await self._conn.close()
+        try:
+            await self.close_writer()
+            await self._writer_done.wait()
+            if self._inflight is not None and not self._inflight.done():
+                await self._inflight  # a write a cancelled writer left running
+            # From here on a writer that has not started yet returns at once.
+            self._closed = True
+            if self._failure is None:
+                await self._write_queue_inline()
+        finally:
+            self._closed = True
+            self._release_lease()
+            try:
+                await self._conn.close()
+            except (sqlite3.Error, OSError) as exc:
+                if self._failure is None:
+                    raise store_error(self.path, exc) from exc
 
     # -- runs ----------------------------------------------------------------
 
     async def begin_run(self, job_name: str, settings: Mapping[str, Any]) -> int:
-        """Record a run's start now (not through the queue) and return its id."""
-        async with self._lock:
-            cursor = await self._conn.execute(
-                "INSERT INTO runs (job_name, started_at, settings_json) VALUES (?, ?, ?)",
-                (job_name, time.time(), _to_json(settings)),
-            )
-            run_id = cursor.lastrowid
-            await cursor.close()
-        if run_id is None:
-            raise RuntimeError("SQLite did not return a run id")
+        """Record a run's start now (not through the queue) and return its id.
+
+        Runs whose process died without recording their end (kill -9, a power
+        cut) are first marked `interrupted`, with what they had committed.
+        The new run holds a lease (see `engine.run_lease`) until `end_run` or
+        `close`, so a run starting beside it never takes it for dead.
+        """
+        # Imported here: readers of a store (export, the probe) need not load it.
+        from engine.control_server import state_folder_for_store
+
+        folder = state_folder_for_store(self.path)
+        async with self._turn() as conn:
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                await self._mark_interrupted(conn, folder)
+                cursor = await conn.execute(
+                    "INSERT INTO runs (job_name, started_at, settings_json) VALUES (?, ?, ?)",
+                    (job_name, time.time(), _to_json(settings)),
+                )
+                run_id = cursor.lastrowid
+                await cursor.close()
+                if run_id is None:
+                    raise RuntimeError("SQLite did not return a run id")
+                # Taken before the row is visible to anyone (see `is_alive`).
+                try:
+                    self._lease = RunLease.take(folder, run_id)
+                except OSError as exc:
+                    # Without a lease the run still runs; a run started beside
+                    # it may mark it interrupted, and its own end corrects that.
+                    print(f"crawldeck: {folder}: no run lease: {exc}", file=sys.stderr)
+                await conn.execute("COMMIT")
+            except BaseException:
+                self._release_lease()
+                if conn.in_transaction:
+                    await conn.execute("ROLLBACK")
+                raise
         return run_id
 
-    async def end_run(self, run_id: int, outcome: str, summary: Mapping[str, Any]) -> None:
-        """Record how a run ended, now."""
-        async with self._lock:
-            await self._conn.execute(
+    async def end_run(
+        self,
+        run_id: int,
+        outcome: str,
+        summary: Mapping[str, Any],
+        *,
+        busy_timeout_ms: int | None = None,
+    ) -> None:
+        """Record how a run ended, now; `busy_timeout_ms` shortens the wait for the lock."""
+        async with self._turn() as conn:
+            if busy_timeout_ms is not None:
+                await conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+            await conn.execute(
                 "UPDATE runs SET ended_at = ?, outcome = ?, summary_json = ? WHERE run_id = ?",
                 (time.time(), outcome, _to_json(summary), run_id),
             )
+        self._release_lease()
+
+    async def _mark_interrupted(self, conn: aiosqlite.Connection, folder: Path) -> None:
+        """Give every dead run without an outcome `interrupted` and its committed counts."""
+        open_runs = await conn.execute_fetchall(
+            "SELECT run_id, started_at FROM runs WHERE outcome IS NULL"
+        )
+        for run_id, started_at in open_runs:
+            if is_alive(folder, run_id):
+                continue
+            (done, failed, last), *_ = await conn.execute_fetchall(_WHAT_A_RUN_COMMITTED, (run_id,))
+            summary = {
+                "done": int(done),
+                "failed": int(failed),
+                "fatal": "the process ended without recording its end (killed?); "
+                "done and failed are what it committed",
+            }
+            await conn.execute(
+                "UPDATE runs SET ended_at = ?, outcome = ?, summary_json = ? WHERE run_id = ?",
+                (last if last is not None else started_at, INTERRUPTED, _to_json(summary), run_id),
+            )
+
+    def _release_lease(self) -> None:
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
 
     # -- reading -------------------------------------------------------------
 
@@ -435,10 +600,10 @@ class Store:
         """Which of `chunk_ids` have a committed result for this prompt version and model."""
         done: set[str] = set()
         ids_per_query = MAX_QUERY_PARAMS - 2  # two parameters name the prompt version and model
-        async with self._lock:
+        async with self._turn() as conn:
             for part in _batched(list(chunk_ids), ids_per_query):
                 placeholders = ",".join("?" * len(part))
-                rows = await self._conn.execute_fetchall(
+                rows = await conn.execute_fetchall(
                     "SELECT chunk_id FROM results WHERE prompt_version = ? AND model = ?"
                     f" AND chunk_id IN ({placeholders})",
                     (prompt_version, model, *part),
@@ -449,10 +614,10 @@ class Store:
     async def pages_of(self, targets: Sequence[str]) -> dict[str, list[StoredPage]]:
         """The committed pages of each of `targets` (absent: never crawled), root first."""
         found: dict[str, list[StoredPage]] = {}
-        async with self._lock:
+        async with self._turn() as conn:
             for part in _batched(list(targets), MAX_QUERY_PARAMS):
                 placeholders = ",".join("?" * len(part))
-                rows = await self._conn.execute_fetchall(
+                rows = await conn.execute_fetchall(
                     "SELECT target, url, depth, outcome, title, text FROM pages"
                     f" WHERE target IN ({placeholders}) ORDER BY target, depth, rowid",
                     tuple(part),
@@ -465,8 +630,8 @@ class Store:
 
     async def add_baseline(self, run_id: int, baseline_json: str) -> int:
         """Keep a baseline a run learned; returns its id.  Written at once, not batched."""
-        async with self._lock:
-            cursor = await self._conn.execute(
+        async with self._turn() as conn:
+            cursor = await conn.execute(
                 "INSERT INTO drift_baselines (run_id, created_at, baseline_json) VALUES (?, ?, ?)",
                 (run_id, time.time(), baseline_json),
             )
@@ -476,9 +641,9 @@ class Store:
 
     async def save_baseline(self, baseline_id: int | None = None) -> int | None:
         """Make one baseline (default: the newest) the job's saved baseline; its id, or None."""
-        async with self._lock:
+        async with self._turn() as conn:
             rows = list(
-                await self._conn.execute_fetchall(
+                await conn.execute_fetchall(
                     "SELECT baseline_id FROM drift_baselines"
                     + (" WHERE baseline_id = ?" if baseline_id is not None else "")
                     + " ORDER BY baseline_id DESC LIMIT 1",
@@ -488,28 +653,28 @@ class Store:
             if not rows:
                 return None
             chosen = int(rows[0][0])
-            await self._conn.execute("BEGIN IMMEDIATE")
+            await conn.execute("BEGIN IMMEDIATE")
             try:
-                await self._conn.execute("UPDATE drift_baselines SET saved = 0 WHERE saved = 1")
-                await self._conn.execute(
+                await conn.execute("UPDATE drift_baselines SET saved = 0 WHERE saved = 1")
+                await conn.execute(
                     "UPDATE drift_baselines SET saved = 1 WHERE baseline_id = ?", (chosen,)
                 )
-                await self._conn.execute("COMMIT")
+                await conn.execute("COMMIT")
             except BaseException:
-                if self._conn.in_transaction:
-                    await self._conn.execute("ROLLBACK")
+                if conn.in_transaction:
+                    await conn.execute("ROLLBACK")
                 raise
         return chosen
 
     async def clear_saved_baseline(self) -> None:
         """Runs learn their own baseline again."""
-        async with self._lock:
-            await self._conn.execute("UPDATE drift_baselines SET saved = 0 WHERE saved = 1")
+        async with self._turn() as conn:
+            await conn.execute("UPDATE drift_baselines SET saved = 0 WHERE saved = 1")
 
     async def baselines(self) -> list[tuple[int, int | None, float, bool, str]]:
         """(id, run id, created at, saved, JSON) of every kept baseline, newest first."""
-        async with self._lock:
-            rows = await self._conn.execute_fetchall(
+        async with self._turn() as conn:
+            rows = await conn.execute_fetchall(
                 "SELECT baseline_id, run_id, created_at, saved, baseline_json"
                 " FROM drift_baselines ORDER BY baseline_id DESC"
             )
@@ -517,9 +682,9 @@ class Store:
 
     async def saved_baseline(self) -> str | None:
         """The saved baseline's JSON, or None when runs learn their own."""
-        async with self._lock:
+        async with self._turn() as conn:
             rows = list(
-                await self._conn.execute_fetchall(
+                await conn.execute_fetchall(
                     "SELECT baseline_json FROM drift_baselines WHERE saved = 1"
                 )
             )
@@ -527,8 +692,8 @@ class Store:
 
     async def page_outcomes(self) -> dict[str, int]:
         """Committed pages by outcome."""
-        async with self._lock:
-            rows = await self._conn.execute_fetchall(
+        async with self._turn() as conn:
+            rows = await conn.execute_fetchall(
                 "SELECT outcome, COUNT(*) FROM pages GROUP BY outcome"
             )
         return {str(outcome): int(count) for outcome, count in rows}
@@ -541,19 +706,28 @@ class Store:
             else ("", ())
         )
         counts: dict[str, int] = {}
-        async with self._lock:
+        async with self._turn() as conn:
             for table in ("results", "failures"):
                 rows = list(
-                    await self._conn.execute_fetchall(
-                        f"SELECT COUNT(*) FROM {table} {where}", params
-                    )
+                    await conn.execute_fetchall(f"SELECT COUNT(*) FROM {table} {where}", params)
                 )
                 counts[table] = int(rows[0][0])
         return counts
 
     # -- internals -----------------------------------------------------------
 
+    @contextlib.asynccontextmanager
+    async def _turn(self) -> AsyncIterator[aiosqlite.Connection]:
+        """The connection between the writer's transactions, SQLite's errors as `StoreError`."""
+        async with self._lock:
+            try:
+                yield self._conn
+            except (sqlite3.Error, OSError) as exc:
+                raise store_error(self.path, exc) from exc
+
     async def _put(self, item: _Item) -> None:
+        if self._failure is not None:
+            raise self._failure
         if not self._accepting:
             raise RuntimeError("the store is closed for writing")
         await self._enqueue(item)
@@ -686,10 +860,15 @@ class Store:
             elif isinstance(item, _FlushMarker):
                 flushes.append(item)
         rows = len(results) + len(failures) + len(events) + len(pages)
+        taken = (0, 0)
         try:
             if rows:
                 async with self._lock:
-                    await self._commit(results, result_keys, failures, events, pages)
+                    taken = await self._commit(results, result_keys, failures, events, pages)
+        except (sqlite3.Error, OSError) as exc:
+            self._failure = store_error(self.path, exc)
+            self._fail_flushes(flushes, self._failure)
+            raise self._failure from exc
         except BaseException as exc:
             self._fail_flushes(flushes, exc)
             raise
@@ -697,7 +876,7 @@ class Store:
             self._rows_committed += rows
             if self._on_commit is not None:
                 try:
-                    self._on_commit(rows)
+                    self._on_commit(Committed(rows, *taken))
                 except Exception as exc:  # an observer's bug must not stop the writer
                     print(f"crawldeck: store on_commit failed: {exc!r}", file=sys.stderr)
         for flush in flushes:
@@ -711,17 +890,20 @@ class Store:
         failures: list[tuple[Any, ...]],
         events: list[tuple[Any, ...]],
         pages: list[tuple[Any, ...]],
-    ) -> None:
+    ) -> tuple[int, int]:
+        """Commit the rows in one transaction; (results, failures) that took."""
         conn = self._conn
+        results_taken = failures_taken = 0
         await conn.execute("BEGIN IMMEDIATE")
         try:
             # Results first: the failure upsert then skips chunks that are done,
             # whatever order the two arrived in within this batch.
             if results:
-                await conn.executemany(_INSERT_RESULT, results)
+                # rowcount: rows changed, so a second result for a chunk is not counted.
+                results_taken = (await conn.executemany(_INSERT_RESULT, results)).rowcount
                 await conn.executemany(_DELETE_FAILURE, result_keys)
             if failures:
-                await conn.executemany(_UPSERT_FAILURE, failures)
+                failures_taken = (await conn.executemany(_UPSERT_FAILURE, failures)).rowcount
             if events:
                 await conn.executemany(_INSERT_EVENT, events)
             if pages:
@@ -731,6 +913,7 @@ class Store:
             if conn.in_transaction:
                 await conn.execute("ROLLBACK")
             raise
+        return results_taken, failures_taken
 
     @staticmethod
     def _fail_flushes(items: Sequence[_Item], exc: BaseException) -> None:
@@ -742,14 +925,75 @@ class Store:
                     item.done.set_exception(exc)
 
 
+def schema_problem(
+    path: str | Path, user_version: int, tables: Mapping[str, AbstractSet[str]]
+) -> StoreError | None:
+    """Why the SQLite database at `path` cannot be a crawldeck store (None: it can).
+
+    `tables` maps each table in the file to its columns.  A file written by a
+    newer crawldeck, one that holds tables but was never a crawldeck store,
+    and one whose tables of our names lack our columns are all refused.
+    """
+    if user_version > SCHEMA_VERSION:
+        return StoreError(
+            path,
+            f"written by a newer crawldeck (store schema {user_version}; "
+            f"this one knows up to {SCHEMA_VERSION})",
+            f"run it with that crawldeck, or {ANOTHER_STORE}",
+        )
+    ours = _our_columns()
+    if user_version == 0:
+        theirs = sorted(name for name in tables if name not in ours)
+        if theirs:
+            shown = ", ".join(theirs[:4]) + (", …" if len(theirs) > 4 else "")
+            return foreign(path, f"its tables: {shown}")
+    for name, columns in sorted(tables.items()):
+        missing = sorted(ours.get(name, frozenset()) - columns)
+        if missing:
+            return foreign(path, f"its table {name} has no column {missing[0]}")
+    return None
+
+
+def schema_of(conn: sqlite3.Connection) -> tuple[int, dict[str, set[str]]]:
+    """A SQLite file's schema version and each table's columns, read without writing."""
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    tables: dict[str, set[str]] = {}
+    for (name,) in conn.execute(_TABLES).fetchall():
+        columns = conn.execute(f"PRAGMA table_info({_quoted(name)})").fetchall()
+        tables[str(name)] = {str(column[1]) for column in columns}
+    return int(version), tables
+
+
+@functools.cache
+def _our_columns() -> dict[str, frozenset[str]]:
+    """Each table of the current schema and its columns, read from the schema itself."""
+    with closing(sqlite3.connect(":memory:")) as conn:
+        conn.executescript(_SCHEMA)
+        _, tables = schema_of(conn)
+    return {name: frozenset(columns) for name, columns in tables.items()}
+
+
+_TABLES = "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+async def _read_schema(conn: aiosqlite.Connection) -> tuple[int, dict[str, set[str]]]:
+    """`schema_of`, through aiosqlite."""
+    (version,), *_ = await conn.execute_fetchall("PRAGMA user_version")
+    tables: dict[str, set[str]] = {}
+    for (name,) in await conn.execute_fetchall(_TABLES):
+        columns = await conn.execute_fetchall(f"PRAGMA table_info({_quoted(name)})")
+        tables[str(name)] = {str(column[1]) for column in columns}
+    return int(version), tables
+
+
 async def _migrate(conn: aiosqlite.Connection) -> None:
-    """Create the schema if missing; refuse a file written by a newer crawldeck."""
+    """Create the schema if missing (`schema_problem` has vouched for the file)."""
     rows = list(await conn.execute_fetchall("PRAGMA user_version"))
     version = int(rows[0][0])
-    if version > SCHEMA_VERSION:
-        raise RuntimeError(
-            f"the store was written by a newer crawldeck (schema {version} > {SCHEMA_VERSION})"
-        )
     if version < SCHEMA_VERSION:
         await conn.execute("BEGIN IMMEDIATE")
         try:

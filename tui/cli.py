@@ -38,6 +38,7 @@ from engine.key_secrets import resolve_secrets, served_by_simulator
 from engine.settings import CrawlSettings, JobConfig
 from engine.simulator_launch import launched_simulator, simulator_arguments
 from engine.snapshot import JobState, Snapshot
+from engine.store_error import StoreError
 
 _DEMO_STORE = "crawldeck-demo.db"
 _CRAWL_DEMO_STORE = "crawldeck-crawl-demo.db"
@@ -145,6 +146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 2
+    except StoreError as exc:  # the engine said what is wrong and what to do: one line
+        print(f"crawldeck: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     return 2
@@ -221,11 +225,22 @@ def _input_problem(config: JobConfig, demo_sites: int | None) -> str | None:
     return None
 
 
+async def _store_problem(config: JobConfig) -> str | None:
+    """Store trouble (locked, full, read-only, not a store), in one line, before services start."""
+    from engine.store import Store
+
+    try:
+        await Store.probe(config.job.store)
+    except StoreError as exc:
+        return str(exc)
+    return None
+
+
 async def run_job(
     config: JobConfig, as_json: bool, interval: float, demo_sites: int | None = None
 ) -> int:
     """Run headless: status lines, Ctrl-C drains, a second Ctrl-C stops now."""
-    problem = _input_problem(config, demo_sites)
+    problem = _input_problem(config, demo_sites) or await _store_problem(config)
     if problem is not None:
         print(f"crawldeck: {problem}", file=sys.stderr)
         return 2
@@ -348,7 +363,7 @@ async def run_dashboard(config: JobConfig, demo_sites: int | None = None) -> int
     # Textual is loaded here only, so headless runs never import it.
     from tui.app import CrawldeckApp
 
-    problem = _input_problem(config, demo_sites)
+    problem = _input_problem(config, demo_sites) or await _store_problem(config)
     if problem is not None:
         print(f"crawldeck: {problem}", file=sys.stderr)
         return 2

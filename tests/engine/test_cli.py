@@ -273,6 +273,15 @@ def test_a_run_killed_with_sigkill_resumes_and_stores_every_chunk_exactly_once(
     done, failed, skipped = summary_counts(second.stderr)
     assert skipped >= stored_before_kill > 0
     assert (done, failed) == (400 - skipped, 0)
+    # The killed run's row is marked interrupted, with what it had committed;
+    # each row's done is exactly that run's results in the store.
+    with closing(sqlite3.connect(db)) as conn:
+        runs = conn.execute("SELECT run_id, outcome, summary_json FROM runs ORDER BY run_id")
+        (killed, killed_outcome, killed_summary), (rerun, rerun_outcome, rerun_summary) = runs
+        per_run = dict(conn.execute("SELECT run_id, COUNT(*) FROM results GROUP BY run_id"))
+    assert (killed_outcome, rerun_outcome) == ("interrupted", "done")
+    assert json.loads(killed_summary)["done"] == per_run[killed] == skipped
+    assert json.loads(rerun_summary)["done"] == per_run[rerun] == done
 
 
 # --------------------------------------------------------------------------

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from engine.events import Event, EventKind
-from engine.store import SCHEMA_VERSION, FailureRow, ResultRow, Store
+from engine.store import SCHEMA_VERSION, Committed, FailureRow, ResultRow, Store
+from engine.store_error import StoreError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -102,8 +103,9 @@ async def test_a_store_from_a_newer_schema_is_refused(db: Path) -> None:
     db.parent.mkdir(parents=True)
     with sqlite3.connect(db) as conn:
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
-    with pytest.raises(RuntimeError, match="newer crawldeck"):
+    with pytest.raises(StoreError, match="newer crawldeck") as refused:
         await Store.open(db)
+    assert str(refused.value).startswith(f"{db}: ")
 
 
 async def test_the_schema_has_no_column_for_a_secret_only_the_key_alias(db: Path) -> None:
@@ -252,8 +254,8 @@ async def test_a_full_batch_commits_without_waiting_for_the_timer(db: Path) -> N
     commits: list[int] = []
     six_committed = asyncio.Event()
 
-    def on_commit(rows: int) -> None:
-        commits.append(rows)
+    def on_commit(committed: Committed) -> None:
+        commits.append(committed.rows)
         if sum(commits) >= 6:
             six_committed.set()
 
@@ -270,9 +272,7 @@ async def test_a_full_batch_commits_without_waiting_for_the_timer(db: Path) -> N
 
 async def test_a_partial_batch_commits_when_the_timer_runs_out(db: Path) -> None:
     committed = asyncio.Event()
-    store = await Store.open(
-        db, batch_rows=1000, batch_ms=10, on_commit=lambda rows: committed.set()
-    )
+    store = await Store.open(db, batch_rows=1000, batch_ms=10, on_commit=lambda _: committed.set())
     async with asyncio.TaskGroup() as tg:
         tg.create_task(store.run_writer())
         await store.put_result(result_row(1))
