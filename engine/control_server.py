@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from engine.config_file import ConfigError, preset_from_values
+from engine.setting_bounds import CONCURRENCY, FETCH_CONCURRENCY, Bound
 from engine.settings import Preset
 from engine.snapshot import Snapshot
 from engine.snapshot_codec import encode_snapshot
@@ -284,18 +285,13 @@ class ControlServer:
         if op in _CONTROLS:
             getattr(self.target, str(op))()
         elif op == "set_fetch_concurrency":
-            value = request.get("value")
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise _Refused("set_fetch_concurrency needs an integer value of at least 1")
+            fetches = _bounded_value(op, request, FETCH_CONCURRENCY)
             try:
-                self.target.set_fetch_concurrency(value)
+                self.target.set_fetch_concurrency(fetches)
             except ValueError as exc:
                 raise _Refused(str(exc)) from None
         elif op == "set_concurrency":
-            value = request.get("value")
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise _Refused("set_concurrency needs an integer value of at least 1")
-            self.target.set_concurrency(value)
+            self.target.set_concurrency(_bounded_value(op, request, CONCURRENCY))
         elif op == "apply_preset":
             name = request.get("preset")
             if isinstance(name, dict):
@@ -324,6 +320,16 @@ class ControlServer:
 
 class _Refused(Exception):
     pass
+
+
+def _bounded_value(op: str, request: dict[str, Any], bound: Bound) -> int:
+    value = request.get("value")
+    if not bound.holds(value):
+        raise _Refused(
+            f"{op} needs an integer value from {bound.low} to {bound.high} (got {value!r})"[:200]
+        )
+    assert isinstance(value, int)
+    return value
 
 
 def _one_line(text: str) -> str:

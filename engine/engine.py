@@ -53,6 +53,7 @@ from engine.provider_client import (
 from engine.rate_limiter import KeyBudget, RateHeaders, parse_retry_after
 from engine.records import Chunk, Document
 from engine.run_stats import RunStats
+from engine.setting_bounds import CONCURRENCY, FETCH_CONCURRENCY
 from engine.settings import JobConfig, Preset
 from engine.snapshot import (
     Counts,
@@ -312,8 +313,11 @@ class Engine:
 
     # controls -----------------------------------------------------------
     def set_concurrency(self, value: int) -> None:
-        """Set the maximum number of requests in flight, effective at once."""
-        value = max(1, int(value))
+        """Set the maximum number of requests in flight, effective at once.
+
+        A value outside `setting_bounds.CONCURRENCY` raises `ValueError` and changes nothing.
+        """
+        value = CONCURRENCY.check("concurrency", value)
         old = self._concurrency.limit
         self._preset = replace(self._preset, concurrency=value)
         self._adaptive.set_ceiling(value, self._clock())
@@ -469,7 +473,7 @@ class Engine:
         """A crawl job's fetches in flight across all hosts, effective at once."""
         if self._crawl is None:
             raise ValueError("this job does not crawl: it has no fetch stage")
-        value = max(1, int(value))
+        value = FETCH_CONCURRENCY.check("fetch concurrency", value)
         old = self._crawl.set_concurrency(value)
         self.events.emit(
             EventKind.CONCURRENCY_CHANGED,
