@@ -560,6 +560,8 @@ def _engine_findings(engine: EngineSettings) -> list[_Finding]:
             ("store_batch_ms", _at_least_one, "must be at least 1"),
             ("memory_sample_s", _positive, "must be more than 0"),
             ("queue_size", _at_least_one, "must be at least 1"),
+            # Viewers ask at least once a second; a shorter timeout would drop live ones.
+            ("control_idle_timeout_s", lambda value: value >= 2.0, "must be at least 2"),
         ),
     )
 

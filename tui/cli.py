@@ -248,7 +248,11 @@ async def run_job(
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, on_interrupt)
-        control = ControlServer(engine, socket_path_for_store(config.job.store))
+        control = ControlServer(
+            engine,
+            socket_path_for_store(config.job.store),
+            idle_timeout_s=config.engine.control_idle_timeout_s,
+        )
         try:
             await control.bind()
         except ControlServerError as exc:
