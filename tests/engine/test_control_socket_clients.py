@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.config_file import ConfigError, load_config
 from engine.control_client import ControlClient, ControlError, NoJobRunning
 from engine.control_server import DEFAULT_IDLE_TIMEOUT_S, ControlServer
 from engine.snapshot import JobState
@@ -32,6 +33,7 @@ from tests.engine.test_cli import (
     in_background,
     write_job,
 )
+from tests.engine.test_config_file import MINIMAL, line_of
 from tests.engine.test_control_socket import HANG_GUARD_S, RunningJob, running_job, until
 from tui.remote_source import RemoteSource
 
@@ -260,3 +262,18 @@ def test_with_the_default_timeout_a_newcomer_at_the_cap_takes_an_idle_ones_place
         for conn in idle[1:]:
             conn.close()
         assert run.proc.poll() is None, run.stderr
+
+
+def test_an_idle_timeout_shorter_than_a_viewers_polling_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "job.toml"
+    path.write_text(MINIMAL + "\n[engine]\ncontrol_idle_timeout_s = 0.5\n", encoding="utf-8")
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+
+    assert str(caught.value) == (
+        f"{path}:{line_of(path, 'control_idle_timeout_s')}: engine.control_idle_timeout_s: "
+        "must be at least 2 (got 0.5)"
+    )
+    path.write_text(MINIMAL + "\n[engine]\ncontrol_idle_timeout_s = 2\n", encoding="utf-8")
+    assert load_config(path).engine.control_idle_timeout_s == 2.0
