@@ -34,6 +34,8 @@ import tomlkit
 import tomlkit.exceptions
 
 from engine.drift.gates import DriftSettings, DriftSettingsError, parse_drift_settings
+from engine.prompt import placeholder_problems, placeholders_in
+from engine.setting_bounds import BATCH_SIZE, CONCURRENCY, FETCH_CONCURRENCY
 from engine.settings import (
     BUILTIN_PRESETS,
     SIMULATED_DRIFTS,
@@ -378,8 +380,8 @@ def _preset_findings(preset: Preset) -> list[_Finding]:
     findings = _apply_rules(
         preset,
         (
-            ("concurrency", _at_least_one, "must be at least 1"),
-            ("batch_size", _at_least_one, "must be at least 1"),
+            ("concurrency", CONCURRENCY.holds, CONCURRENCY.requirement),
+            ("batch_size", BATCH_SIZE.holds, BATCH_SIZE.requirement),
             ("max_retries", _not_negative, "must be 0 or more"),
             ("backoff_base_s", _not_negative, "must be 0 or more"),
             ("backoff_max_s", _not_negative, "must be 0 or more"),
@@ -411,7 +413,7 @@ def _crawl_findings(crawl: CrawlSettings) -> list[_Finding]:
     findings = _apply_rules(
         crawl,
         (
-            ("concurrency", _at_least_one, "must be at least 1"),
+            ("concurrency", FETCH_CONCURRENCY.holds, FETCH_CONCURRENCY.requirement),
             ("per_host", _at_least_one, "must be at least 1"),
             ("politeness_delay_s", _not_negative, "must be 0 or more"),
             ("connect_timeout_s", _positive, "must be more than 0"),
@@ -512,8 +514,9 @@ def _prompt_findings(prompt: PromptSettings) -> list[_Finding]:
     )
     if not prompt.version.strip():
         findings.append(("version", "must not be empty"))
-    if "{chunks}" not in prompt.user:
+    if "chunks" not in placeholders_in(prompt.user):
         findings.append(("user", "must contain {chunks}, where the batch's chunks go"))
+    findings.extend(placeholder_problems(prompt))
     return findings
 
 
@@ -557,6 +560,8 @@ def _engine_findings(engine: EngineSettings) -> list[_Finding]:
             ("store_batch_ms", _at_least_one, "must be at least 1"),
             ("memory_sample_s", _positive, "must be more than 0"),
             ("queue_size", _at_least_one, "must be at least 1"),
+            # Viewers ask at least once a second; a shorter timeout would drop live ones.
+            ("control_idle_timeout_s", lambda value: value >= 2.0, "must be at least 2"),
         ),
     )
 

@@ -15,6 +15,13 @@ Protocol: one JSON object a line each way.  Requests are
 Viewers must not slow the job: a snapshot is encoded at most once per
 `min_interval_s` and the same bytes go to every client; each client has its
 own task, and one that stops reading is dropped instead of being waited for.
+
+Nor can they lock each other out.  A client that sends nothing for
+`idle_timeout_s` is told so in one line and dropped (viewers poll a few times
+a second, `status` asks once and leaves, so only a stuck or forgotten
+connection is ever idle that long).  At `max_clients`, a new client takes the
+place of the one idle longest, if that one has been quiet for `evict_idle_s`;
+when every client is busy the new one is refused with a line saying why.
 """
 
 from __future__ import annotations
@@ -28,17 +35,24 @@ import stat
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from engine.config_file import ConfigError, preset_from_values
-from engine.settings import Preset
+from engine.setting_bounds import CONCURRENCY, FETCH_CONCURRENCY, Bound
+from engine.settings import EngineSettings, Preset
 from engine.snapshot import Snapshot
 from engine.snapshot_codec import encode_snapshot
 
 SOCKET_NAME = "control.sock"
 STATE_SUFFIX = ".crawldeck"
 MAX_LINE_BYTES = 64 * 1024
+DEFAULT_IDLE_TIMEOUT_S = EngineSettings().control_idle_timeout_s
+# A viewer we ship asks at least once a second (attach: 4 times): one quiet for
+# longer than this is not watching, and may give its place to a new client.
+_EVICT_IDLE_S = 5.0
+_REFUSAL_WAIT_S = 1.0  # how long a refused client has to ask, so it reads why
 _SUN_PATH_MAX = 107  # sockaddr_un.sun_path holds 108 bytes with the final NUL
 _PRESET_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _CONTROLS = ("pause", "resume", "drain", "stop")
@@ -109,6 +123,8 @@ class ControlServer:
         min_interval_s: float = 0.1,
         write_timeout_s: float = 2.0,
         max_clients: int = 32,
+        idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
+        evict_idle_s: float = _EVICT_IDLE_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.target = target
@@ -116,11 +132,15 @@ class ControlServer:
         self.min_interval_s = min_interval_s
         self.write_timeout_s = write_timeout_s
         self.max_clients = max_clients
+        self.idle_timeout_s = idle_timeout_s
+        self.evict_idle_s = evict_idle_s
         self._clock = clock
         self._server: asyncio.AbstractServer | None = None
         self._inode: int | None = None
         self._tg: asyncio.TaskGroup | None = None
-        self._clients: set[asyncio.Task[None]] = set()
+        self._clients: dict[asyncio.Task[None], _Client] = {}
+        self.dropped_idle = 0  # clients dropped for saying nothing (tests and logs read it)
+        self.evicted = 0  # idle clients that gave their place to a new one
         self._encoded: bytes = b""
         self._encoded_at = float("-inf")
         self.encodes = 0  # how many snapshots were encoded (tests check the sharing)
@@ -128,6 +148,11 @@ class ControlServer:
     @property
     def bound(self) -> bool:
         return self._server is not None
+
+    @property
+    def serving(self) -> bool:
+        """Whether clients are being accepted (after `serve()` has started)."""
+        return self._server is not None and self._server.is_serving()
 
     @property
     def client_count(self) -> int:
@@ -219,26 +244,73 @@ class ControlServer:
 
     # ------------------------------------------------------------ clients
     def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._tg is None or len(self._clients) >= self.max_clients:
-            writer.write(_line({"ok": False, "error": "too many clients"}))
+        if self._tg is None:
             writer.close()
             return
-        task = self._tg.create_task(self._serve_client(reader, writer))
-        self._clients.add(task)
-        task.add_done_callback(self._clients.discard)
+        if len(self._clients) >= self.max_clients and not self._evict_idlest():
+            self._tg.create_task(self._refuse(reader, writer))
+            return
+        client = _Client(writer, self._clock())
+        task = self._tg.create_task(self._serve_client(reader, client))
+        self._clients[task] = client
+        task.add_done_callback(self._forget)
 
-    async def _serve_client(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._clients.pop(task, None)
+
+    def _evict_idlest(self) -> bool:
+        """Drop the client idle longest, if it has been idle long enough; whether one was."""
+        if not self._clients:
+            return False
+        task, idlest = min(self._clients.items(), key=lambda item: item[1].last_request)
+        if self._clock() - idlest.last_request < self.evict_idle_s:
+            return False
+        _say_goodbye(
+            idlest.writer,
+            f"closed: idle while a new client needed the place ({self.max_clients} at most)",
+        )
+        self._clients.pop(task)
+        task.cancel()
+        self.evicted += 1
+        return True
+
+    async def _refuse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Tell a client there is no room, once it asks; never hold it long."""
+        # Answering its first request, rather than closing at once, is what
+        # lets the client read the reason instead of a bare "connection lost".
+        message = (
+            f"too many clients: {self.max_clients} are connected and all active "
+            "(the most this job serves); close one and try again"
+        )
+        try:
+            async with asyncio.timeout(_REFUSAL_WAIT_S):
+                await reader.readline()
+                writer.write(_line({"ok": False, "error": message}))
+                await writer.drain()
+        except (OSError, TimeoutError, ValueError):
+            pass
+        finally:
+            writer.close()
+
+    async def _serve_client(self, reader: asyncio.StreamReader, client: _Client) -> None:
+        writer = client.writer
         try:
             while True:
                 try:
-                    raw = await reader.readline()
+                    async with asyncio.timeout(self.idle_timeout_s):
+                        raw = await reader.readline()
                 except ValueError:  # longer than MAX_LINE_BYTES
                     writer.write(_line({"ok": False, "error": "request line too long"}))
                     break
+                except TimeoutError:
+                    # Held open and silent: stuck, or forgotten.  It would keep a
+                    # place a viewer may need, so it goes, told why.
+                    self.dropped_idle += 1
+                    _say_goodbye(writer, f"closed: no request for {self.idle_timeout_s:g}s")
+                    break
                 if not raw:
                     break
+                client.last_request = self._clock()
                 writer.write(self._answer(raw))
                 # A client that stops reading fills its buffer: it is dropped, never awaited long.
                 await asyncio.wait_for(writer.drain(), timeout=self.write_timeout_s)
@@ -284,18 +356,13 @@ class ControlServer:
         if op in _CONTROLS:
             getattr(self.target, str(op))()
         elif op == "set_fetch_concurrency":
-            value = request.get("value")
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise _Refused("set_fetch_concurrency needs an integer value of at least 1")
+            fetches = _bounded_value(op, request, FETCH_CONCURRENCY)
             try:
-                self.target.set_fetch_concurrency(value)
+                self.target.set_fetch_concurrency(fetches)
             except ValueError as exc:
                 raise _Refused(str(exc)) from None
         elif op == "set_concurrency":
-            value = request.get("value")
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise _Refused("set_concurrency needs an integer value of at least 1")
-            self.target.set_concurrency(value)
+            self.target.set_concurrency(_bounded_value(op, request, CONCURRENCY))
         elif op == "apply_preset":
             name = request.get("preset")
             if isinstance(name, dict):
@@ -324,6 +391,31 @@ class ControlServer:
 
 class _Refused(Exception):
     pass
+
+
+@dataclass(slots=True)
+class _Client:
+    """One connected client: where to write, and when it last asked for anything."""
+
+    writer: asyncio.StreamWriter
+    last_request: float
+
+
+def _say_goodbye(writer: asyncio.StreamWriter, why: str) -> None:
+    # Read by the client as the answer to its next request, so it learns why
+    # the connection is gone; never waited for: the client may not be reading.
+    with contextlib.suppress(OSError, RuntimeError):
+        writer.write(_line({"ok": False, "error": why}))
+
+
+def _bounded_value(op: str, request: dict[str, Any], bound: Bound) -> int:
+    value = request.get("value")
+    if not bound.holds(value):
+        raise _Refused(
+            f"{op} needs an integer value from {bound.low} to {bound.high} (got {value!r})"[:200]
+        )
+    assert isinstance(value, int)
+    return value
 
 
 def _one_line(text: str) -> str:

@@ -54,6 +54,7 @@ from engine.provider_client import (
 from engine.rate_limiter import KeyBudget, RateHeaders, parse_retry_after
 from engine.records import Chunk, Document
 from engine.run_stats import RunStats
+from engine.setting_bounds import CONCURRENCY, FETCH_CONCURRENCY
 from engine.settings import JobConfig, Preset
 from engine.snapshot import (
     Counts,
@@ -236,6 +237,7 @@ class Engine:
                     done=self.stats.done,
                     failed=self.stats.failed,
                     skipped=self.stats.skipped,
+                    records_skipped=self._records_skipped(),
                     state=str(self._state),
                 )
                 while self._unsaved_events:
@@ -284,6 +286,7 @@ class Engine:
                 failed=s.failed,
                 skipped=s.skipped,
                 cached=s.cached,
+                records_skipped=self._records_skipped(),
             ),
             items_per_min=s.items_per_min,
             requests_per_min=s.requests_per_min,
@@ -328,8 +331,11 @@ class Engine:
 
     # controls -----------------------------------------------------------
     def set_concurrency(self, value: int) -> None:
-        """Set the maximum number of requests in flight, effective at once."""
-        value = max(1, int(value))
+        """Set the maximum number of requests in flight, effective at once.
+
+        A value outside `setting_bounds.CONCURRENCY` raises `ValueError` and changes nothing.
+        """
+        value = CONCURRENCY.check("concurrency", value)
         old = self._concurrency.limit
         self._preset = replace(self._preset, concurrency=value)
         self._adaptive.set_ceiling(value, self._clock())
@@ -425,9 +431,12 @@ class Engine:
     def summary_line(self) -> str:
         s = self.stats
         elapsed = self._clock() - self._started
+        records = self._records_skipped()
         return (
             f"{self.config.job.name}: {s.done} done, {s.failed} failed, {s.skipped} skipped, "
-            f"{s.cached} duplicates, {s.requests} requests ({s.rate_limited} rate-limited) "
+            f"{s.cached} duplicates, "
+            + (f"{records} input records skipped, " if records else "")
+            + f"{s.requests} requests ({s.rate_limited} rate-limited) "
             f"in {elapsed:.1f}s, cost ${s.cost_usd:.4f}"
         )
 
@@ -438,11 +447,35 @@ class Engine:
         return iter_chunks(docs, job.chunk_tokens, job.chunk_overlap_tokens)
 
     def _bad_record(self, message: str) -> None:
-        # Called from the reading thread: hop to the loop before touching the bus.
+        # Called from the reading thread: hop to the loop before touching the
+        # counters or the bus.  The hop runs before the reader's block comes
+        # back, so the count is complete when the input is.
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(
-                lambda: self.events.emit(EventKind.WARNING, f"skipped input record: {message}")
+            self._loop.call_soon_threadsafe(self._count_bad_record, message)
+
+    def _count_bad_record(self, message: str) -> None:
+        self.stats.records_skipped += 1
+        self.events.emit(EventKind.WARNING, f"skipped input record: {message}")
+
+    def _records_skipped(self) -> int:
+        """Input records left out so far: the documents' and a crawl's target lines."""
+        crawl_lines = self._crawl.skipped_lines if self._crawl is not None else 0
+        return self.stats.records_skipped + crawl_lines
+
+    def _fail_if_every_record_was_skipped(self) -> None:
+        # Nothing read but records skipped: a run that would otherwise end
+        # "done" with nothing done, e.g. a file of binary data or bad lines.
+        skipped = self._records_skipped()
+        if self._crawl is not None:
+            nothing_read = self._crawl.snapshot().targets_started == 0
+        else:
+            nothing_read = self.stats.seen == 0
+        if nothing_read and skipped and not self._fatal:
+            self._fatal = (
+                f"input: every record was skipped ({skipped}), nothing was sent; "
+                "the event log names each with its file, line and why"
             )
+            self.events.emit(EventKind.WARNING, self._fatal)
 
     async def _read(self) -> None:
         """Reading and chunking run in a thread, a block at a time."""
@@ -485,7 +518,7 @@ class Engine:
         """A crawl job's fetches in flight across all hosts, effective at once."""
         if self._crawl is None:
             raise ValueError("this job does not crawl: it has no fetch stage")
-        value = max(1, int(value))
+        value = FETCH_CONCURRENCY.check("fetch concurrency", value)
         old = self._crawl.set_concurrency(value)
         self.events.emit(
             EventKind.CONCURRENCY_CHANGED,
@@ -559,6 +592,7 @@ class Engine:
         if self.stats.total is None or self.stats.total != self.stats.seen:
             self.stats.total = self.stats.seen  # the reader is the final word
         self._input_done = True
+        self._fail_if_every_record_was_skipped()
         self._maybe_finish()
 
     async def _enqueue(self, chunks: Sequence[Chunk]) -> None:
@@ -1128,6 +1162,7 @@ class Engine:
             "failed": s.failed,
             "skipped": s.skipped,
             "cached": s.cached,
+            "records_skipped": self._records_skipped(),
             "requests": s.requests,
             "rate_limited": s.rate_limited,
             "tokens": s.tokens,

@@ -64,9 +64,13 @@ def status_line(snap: Snapshot) -> str:
         eta += (
             f" [{format_duration(snap.eta_low_s)}{_RANGE_DASH}{format_duration(snap.eta_high_s)}]"
         )
+    # Shown once there are any: input records left out are not chunks, and a
+    # log reader must not mistake them for the chunks "skipped" as done before.
+    records = f", input records skipped {c.records_skipped}" if c.records_skipped else ""
     return (
         f"[{snap.state}] {c.finished}/{total} "
-        f"(done {c.done}, failed {c.failed}, skipped {c.skipped}, in flight {c.in_flight}) "
+        f"(done {c.done}, failed {c.failed}, skipped {c.skipped}, in flight {c.in_flight}"
+        f"{records}) "
         f"{snap.items_per_min:.0f} items/min {snap.requests_per_min:.0f} req/min "
         f"ETA {eta} 429s {snap.rate_limited} conc {snap.in_flight_requests}/{snap.concurrency} "
         f"mem {mem_text} ${snap.cost_usd:.4f}"

@@ -11,7 +11,11 @@ data or running from another directory then keeps the ids, and with them the
 results already stored.
 
 Undecodable bytes become U+FFFD instead of losing the record; a UTF-8 BOM is
-dropped.
+dropped.  A record that is mostly undecodable or control characters, and a
+file with NUL bytes near its start, is binary data (or not UTF-8): it is
+skipped and reported rather than sent to a model as noise.  Every record
+that is skipped (unreadable, binary, or without text) is reported, so the
+engine can count them.
 """
 
 from __future__ import annotations
@@ -53,6 +57,18 @@ _FORMAT_OF_SUFFIX: dict[str, ConcreteFormat] = {
 }
 _GLOB_CHARS = frozenset("*?[")
 _ENCODING = "utf-8-sig"  # reads plain UTF-8 too, and drops a BOM from spreadsheet exports
+
+# Binary data decoded as UTF-8 is ~60% replacement and control characters;
+# text in a legacy 8-bit encoding loses a few accented letters (~2-10%).  A
+# share between the two tells them apart without dropping text that is only
+# a little damaged.
+_BINARY_SHARE = 0.3
+_SNIFF_BYTES = 8192  # how much of a file is looked at for NUL bytes, as git and grep do
+# Control characters that never belong in text (tab, newlines, vertical tab and
+# form feed do), as UTF-8 bytes: counted on the encoded text, which is several
+# times faster than on str for text outside ASCII.
+_CONTROL_BYTES = bytes([*range(0x00, 0x09), *range(0x0E, 0x20), 0x7F])
+_REPLACEMENT = "\ufffd".encode()  # what an undecodable byte became
 
 
 class InputError(ValueError):
@@ -120,11 +136,13 @@ def iter_documents(
     `speaker: ` when present, one per line), with the file's relative path as
     the source.
 
-    A bad record is skipped and described in one line, `file:line: what`, to
-    `on_bad_record`; without one it raises InputError instead.  Records with
-    empty text are skipped silently.  A missing input, an unknown format, an
-    input with no files to read, and a csv header without the named columns
-    raise InputError when called, before any document is read.
+    A record that is skipped — not readable as its format, binary, or without
+    text — is described in one line, `file:line: what` (`file: what` for a
+    whole file), to `on_bad_record`, one call per record; without a reporter
+    it raises InputError instead.  Blank lines are not records.  A missing
+    input, an unknown format, an input with no files to read, a single input
+    file that is binary, and a csv header without the named columns raise
+    InputError when called, before any document is read.
     """
     fmt = resolve_input_format(job)
     report = on_bad_record if on_bad_record is not None else _raise_bad_record
@@ -135,7 +153,11 @@ def iter_documents(
             raise InputError(f"no files to read: nothing matches {job.input}")
         wanted = ", ".join(sorted(_RECORD_SUFFIXES[fmt]))
         raise InputError(f"no files to read in {job.input} (looked for {wanted})")
-    if fmt == "csv":
+    first_binary = _binary_file(first)
+    if first_binary and not is_glob(job.input) and not Path(job.input).is_dir():
+        # The one file named is not text: say so now, not as a run with nothing done.
+        raise InputError(f"{job.input}: {first_binary}")
+    if fmt == "csv" and not first_binary:
         # Checked now so a wrong column name fails at once, not as a million bad rows.
         _csv_header(first, job)
     return _documents(chain((first,), files), fmt, job, report)
@@ -149,8 +171,12 @@ def _documents(
     files: Iterator[_InputFile], fmt: ConcreteFormat, job: JobSettings, report: BadRecordReporter
 ) -> Iterator[Document]:
     for input_file in files:
+        binary = _binary_file(input_file)
+        if binary:
+            report(f"{input_file.name}: {binary}")
+            continue
         if fmt == "text":
-            yield from _text_records(input_file)
+            yield from _text_records(input_file, report)
         elif fmt == "csv":
             yield from _csv_records(input_file, job, report)
         elif fmt == "jsonl":
@@ -220,6 +246,33 @@ def _glob_root(pattern: str) -> str:
     return str(PurePath(*fixed)) if fixed else "."
 
 
+# --- Telling text from binary data ------------------------------------------------
+
+
+def _binary_text(text: str) -> str | None:
+    """Why decoded `text` is binary data rather than text, or None when it reads as text."""
+    if not text:
+        return None
+    data = text.encode("utf-8", "surrogatepass")  # JSON may hold lone surrogates
+    unreadable = len(data) - len(data.translate(None, _CONTROL_BYTES)) + data.count(_REPLACEMENT)
+    if unreadable <= len(text) * _BINARY_SHARE:
+        return None
+    share = unreadable * 100 // len(text)
+    return f"not text: {share}% undecodable or control characters (binary data, or not UTF-8)"
+
+
+def _binary_file(input_file: _InputFile) -> str | None:
+    """Why the file is binary, judged by its start; None when it looks like text."""
+    try:
+        with input_file.path.open("rb") as handle:
+            head = handle.read(_SNIFF_BYTES)
+    except OSError:
+        return None  # reading it for real says what is wrong, in its own words
+    if b"\x00" in head:
+        return "not text: NUL bytes in its first 8 KiB (a binary file, or UTF-16)"
+    return _binary_text(head.decode(_ENCODING, errors="replace"))
+
+
 # --- Reading records -------------------------------------------------------------
 
 
@@ -228,11 +281,16 @@ def _numbered_lines(input_file: _InputFile) -> Iterator[tuple[int, str]]:
         yield from enumerate(handle, start=1)
 
 
-def _text_records(input_file: _InputFile) -> Iterator[Document]:
+def _text_records(input_file: _InputFile, report: BadRecordReporter) -> Iterator[Document]:
     for lineno, line in _numbered_lines(input_file):
         text = line.strip()
-        if text:
-            yield Document(f"{input_file.name}#L{lineno}", text)
+        if not text:
+            continue
+        binary = _binary_text(text)
+        if binary:
+            report(f"{input_file.name}:{lineno}: {binary}")
+            continue
+        yield Document(f"{input_file.name}#L{lineno}", text)
 
 
 def _jsonl_records(
@@ -243,9 +301,7 @@ def _jsonl_records(
             continue
         try:
             record = _json_object(line)
-            text = _text_value(record, job.text_field, "key")
-            if not text.strip():
-                continue
+            text = _record_text(record, job.text_field, "key")
             name = _id_value(record, job.id_field, "key") if job.id_field else str(lineno)
         except _BadRecord as bad:
             report(f"{input_file.name}:{lineno}: {bad}")
@@ -272,6 +328,17 @@ def _text_value(record: Mapping[str, object], key: str, kind: str) -> str:
     if not isinstance(value, str):
         raise _BadRecord(f"{kind} {key!r} is not text ({type(value).__name__})")
     return value
+
+
+def _record_text(record: Mapping[str, object], key: str, kind: str) -> str:
+    """A record's text: present, not empty, and text rather than binary data."""
+    text = _text_value(record, key, kind)
+    if not text.strip():
+        raise _BadRecord(f"{kind} {key!r} is empty")
+    binary = _binary_text(text)
+    if binary:
+        raise _BadRecord(f"{kind} {key!r}: {binary}")
+    return text
 
 
 def _id_value(record: Mapping[str, object], key: str, kind: str) -> str:
@@ -322,9 +389,7 @@ def _csv_records(
             try:
                 if row.get(job.text_field) is None:  # a short row: csv has no null
                     raise _BadRecord(f"column {job.text_field!r} missing")
-                text = _text_value(row, job.text_field, "column")
-                if not text.strip():
-                    continue
+                text = _record_text(row, job.text_field, "column")
                 name = _id_value(row, job.id_field, "column") if job.id_field else str(rowno)
             except _BadRecord as bad:
                 report(f"{input_file.name}:{reader.line_num}: {bad}")
@@ -339,21 +404,42 @@ def _allow_large_csv_fields() -> None:
 
 
 def _whole_document(input_file: _InputFile, report: BadRecordReporter) -> Document | None:
+    bad_lines = 0
     if input_file.path.suffix.lower() == ".jsonl":
-        text = "\n".join(_transcript_lines(input_file, report))
+
+        def count_and_report(message: str) -> None:
+            nonlocal bad_lines
+            bad_lines += 1
+            report(message)
+
+        text = "\n".join(_transcript_lines(input_file, count_and_report))
     else:
         text = input_file.path.read_text(encoding=_ENCODING, errors="replace")
-    return Document(input_file.name, text) if text.strip() else None
+        binary = _binary_text(text)
+        if binary:
+            report(f"{input_file.name}: {binary}")
+            return None
+    if text.strip():
+        return Document(input_file.name, text)
+    if not bad_lines:  # a transcript of bad lines was reported line by line already
+        report(f"{input_file.name}: no text")
+    return None
 
 
 def _transcript_lines(input_file: _InputFile, report: BadRecordReporter) -> Iterator[str]:
-    """A .jsonl transcript's utterances, `speaker: text` when a speaker is named."""
+    """A .jsonl transcript's utterances, `speaker: text` when a speaker is named.
+
+    An utterance without text is no record and is passed over silently.
+    """
     for lineno, line in _numbered_lines(input_file):
         if not line.strip():
             continue
         try:
             record = _json_object(line)
             text = _text_value(record, "text", "key").strip()
+            binary = _binary_text(text)
+            if binary:
+                raise _BadRecord(f"key 'text': {binary}")
         except _BadRecord as bad:
             report(f"{input_file.name}:{lineno}: {bad}")
             continue

@@ -25,6 +25,7 @@ class RunStats:
     failed: int = 0
     skipped: int = 0
     cached: int = 0
+    records_skipped: int = 0  # input records left out (unreadable, binary, no text): not chunks
     seen: int = 0
     total: int | None = None
     requests: int = 0

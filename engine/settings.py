@@ -182,6 +182,9 @@ class EngineSettings:
     store_batch_ms: int = 200
     memory_sample_s: float = 1.0
     queue_size: int = 1024  # bound of each queue between stages
+    # A headless run's control socket drops a client that sends nothing for
+    # this long, so stuck connections cannot keep viewers out.
+    control_idle_timeout_s: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,9 @@ class Counts:
     failed: int = 0
     skipped: int = 0  # already had a result in the store (resumed/incremental)
     cached: int = 0  # the same chunk id appeared again in this input
+    # Input records, not chunks: records (or crawl target lines) left out because
+    # they could not be read, were binary, or had no text; each is in the event log.
+    records_skipped: int = 0
 
     @property
     def finished(self) -> int:

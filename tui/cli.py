@@ -32,12 +32,13 @@ from engine.control_server import (
     state_folder_for_store,
 )
 from engine.engine import Engine
+from engine.exit_status import job_exit_status
 from engine.headless_reporter import HeadlessReporter, snapshot_record, status_line
 from engine.inputs import InputError, iter_documents
 from engine.key_secrets import resolve_secrets, served_by_simulator
 from engine.settings import CrawlSettings, JobConfig
 from engine.simulator_launch import launched_simulator, simulator_arguments
-from engine.snapshot import JobState, Snapshot
+from engine.snapshot import Snapshot
 from engine.store_error import StoreError
 
 _DEMO_STORE = "crawldeck-demo.db"
@@ -262,7 +263,11 @@ async def run_job(
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, on_interrupt)
-        control = ControlServer(engine, socket_path_for_store(config.job.store))
+        control = ControlServer(
+            engine,
+            socket_path_for_store(config.job.store),
+            idle_timeout_s=config.engine.control_idle_timeout_s,
+        )
         try:
             await control.bind()
         except ControlServerError as exc:
@@ -288,7 +293,7 @@ async def run_job(
         if engine.failure_reason:
             print(f"crawldeck: {engine.failure_reason}", file=sys.stderr)
         print(engine.summary_line(), file=sys.stderr)
-        return 0 if state is JobState.DONE else 1
+        return job_exit_status(state, engine.snapshot().counts)
 
 
 def _control_socket(target: Path | None) -> Path:
@@ -378,7 +383,7 @@ async def run_dashboard(config: JobConfig, demo_sites: int | None = None) -> int
         if engine.failure_reason:
             print(f"crawldeck: {engine.failure_reason}", file=sys.stderr)
         print(engine.summary_line(), file=sys.stderr)
-        return 0 if state is JobState.DONE else 1
+        return job_exit_status(state, engine.snapshot().counts)
 
 
 def simulate(job: Path, port: int) -> int:

@@ -185,6 +185,11 @@ class CrawlStage:
         c.last_tick, c.pages_at_tick = now, c.pages
 
     # ------------------------------------------------------------ running
+    @property
+    def skipped_lines(self) -> int:
+        """Lines of the targets file skipped so far as not being a target."""
+        return self._c.bad_lines
+
     async def count_targets(self) -> None:
         """Count the distinct targets (in a thread) so progress has a total."""
 

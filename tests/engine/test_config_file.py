@@ -371,8 +371,8 @@ def test_an_integer_is_a_fine_number_for_a_float_setting(tmp_path: Path) -> None
 @pytest.mark.parametrize(
     ("table", "lines", "key", "message"),
     [
-        ("presets.x", "concurrency = 0", "concurrency", "must be at least 1 (got 0)"),
-        ("presets.x", "batch_size = 0", "batch_size", "must be at least 1 (got 0)"),
+        ("presets.x", "concurrency = 0", "concurrency", "must be from 1 to 4096 (got 0)"),
+        ("presets.x", "batch_size = 0", "batch_size", "must be from 1 to 1000 (got 0)"),
         ("presets.x", "max_retries = -1", "max_retries", "must be 0 or more (got -1)"),
         ("presets.x", "request_timeout_s = 0", "request_timeout_s", "must be more than 0"),
         (
@@ -504,6 +504,45 @@ def test_lines_inside_multiline_strings_are_not_mistaken_for_tables(tmp_path: Pa
     assert (problem.key, problem.line) == ("prompt.temprature", line_of(path, "temprature"))
 
 
+def test_an_unknown_prompt_placeholder_is_refused_at_its_line(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        MINIMAL
+        + '''
+        [prompt]
+        system = "You read {language} text."
+        user = """Answer with JSON of this shape: {shape}
+        Chunks: {chunk}
+        {{chunks}} is escaped, {"json": "is not a placeholder"}"""
+        ''',
+    )
+
+    problems = [str(p) for p in problems_of(path)]
+
+    assert problems == [
+        f"{path}:{line_of(path, 'system')}: prompt.system: unknown placeholder {{language}} "
+        "(known: none; write {{language}} to send it as text)",
+        f"{path}:{line_of(path, 'user')}: prompt.user: must contain {{chunks}}, "
+        "where the batch's chunks go",
+        f"{path}:{line_of(path, 'user')}: prompt.user: unknown placeholder {{chunk}} "
+        "(known: {chunks}, {shape}; write {{chunk}} to send it as text)",
+    ]
+    fixed = path.read_text().replace("{chunk}", "{chunks}").replace("{language}", "{{language}}")
+    path.write_text(fixed, encoding="utf-8")
+    assert load_config(path).prompt.system == "You read {{language}} text."
+
+
+def test_a_placeholder_typed_in_a_flag_is_blamed_on_the_flag(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL)
+
+    problems = problems_of(path, overrides=["prompt.user={chunks} in {lang}"])
+
+    assert [str(p) for p in problems] == [
+        "--set: prompt.user: unknown placeholder {lang} "
+        "(known: {chunks}, {shape}; write {{lang}} to send it as text)"
+    ]
+
+
 def test_bad_overrides_are_blamed_on_the_flags(tmp_path: Path) -> None:
     path = write(tmp_path, MINIMAL + "\n[presets.aggressive]\nconcurrency = 8\n")
 
@@ -515,7 +554,7 @@ def test_bad_overrides_are_blamed_on_the_flags(tmp_path: Path) -> None:
 
     assert sorted(str(p) for p in problems) == [
         "--set: oops: expected key=value with a dotted key, like preset.concurrency=32",
-        "--set: preset.batch_size: must be at least 1 (got 0)",
+        "--set: preset.batch_size: must be from 1 to 1000 (got 0)",
         "--set: preset.concurency: unknown key (did you mean 'concurrency'?)",
         "--set: providers[3].model: there is no providers[3] to change",
     ]

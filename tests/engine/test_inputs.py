@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import re
 import tracemalloc
 from collections import Counter
@@ -114,7 +115,7 @@ def test_jsonl_names_records_by_line_or_by_the_id_key(tmp_path: Path) -> None:
     assert by_id == [Document("data.jsonl#7", "seven"), Document("data.jsonl#b", "bee")]
 
 
-def test_jsonl_bad_lines_are_reported_with_file_line_and_key(tmp_path: Path) -> None:
+def test_jsonl_skipped_records_are_reported_with_file_line_and_key(tmp_path: Path) -> None:
     path = write(
         tmp_path / "data.jsonl",
         '{"text": "one"}\n'
@@ -136,6 +137,8 @@ def test_jsonl_bad_lines_are_reported_with_file_line_and_key(tmp_path: Path) -> 
         "data.jsonl:3: key 'text' missing",
         "data.jsonl:4: key 'text' is not text (int)",
         "data.jsonl:5: not a JSON object (list)",
+        "data.jsonl:6: key 'text' is empty",
+        "data.jsonl:7: key 'text' is empty",
     ]
 
 
@@ -157,6 +160,96 @@ def test_without_a_reporter_a_bad_record_raises_after_the_good_ones(tmp_path: Pa
         next(documents)
 
 
+def test_csv_rows_without_text_are_reported_and_skipped(tmp_path: Path) -> None:
+    path = write(tmp_path / "rows.csv", "id,text\n1,fine\n2,\n3,   \n4,also fine\n")
+
+    docs, problems = read_all(job_for(path, id_field="id"))
+
+    assert [doc.source for doc in docs] == ["rows.csv#1", "rows.csv#4"]
+    assert problems == ["rows.csv:3: column 'text' is empty", "rows.csv:4: column 'text' is empty"]
+
+
+# --- binary data ---------------------------------------------------------------------
+
+
+def random_bytes(size: int, seed: int = 7) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+def test_a_single_input_file_of_binary_data_fails_at_once_in_one_line(tmp_path: Path) -> None:
+    for name, data in [
+        ("blob.jsonl", random_bytes(50_000)),
+        ("blob.txt", random_bytes(50_000)),
+        ("blob.csv", random_bytes(50_000)),
+        ("utf16.txt", "text saved as UTF-16".encode("utf-16")),
+    ]:
+        path = tmp_path / name
+        path.write_bytes(data)
+
+        with pytest.raises(InputError) as raised:
+            iter_documents(job_for(path), print)
+
+        assert str(raised.value).startswith(f"{path}: not text: ")
+        assert "\n" not in str(raised.value)
+        assert "\ufffd" not in str(raised.value)  # no garbage echoed back
+
+
+def test_a_binary_file_among_documents_is_reported_and_the_rest_are_read(
+    tmp_path: Path,
+) -> None:
+    write(tmp_path / "a.txt", "A real document.")
+    (tmp_path / "b.md").write_bytes(random_bytes(20_000))
+    # No NUL bytes, so only the share of undecodable characters can tell.
+    (tmp_path / "c.txt").write_bytes(bytes(b | 0x80 for b in random_bytes(20_000)))
+    write(tmp_path / "d.txt", "Another one.")
+
+    docs, problems = read_all(job_for(tmp_path))
+
+    assert [doc.source for doc in docs] == ["a.txt", "d.txt"]
+    assert problems[0] == "b.md: not text: NUL bytes in its first 8 KiB (a binary file, or UTF-16)"
+    assert re.fullmatch(
+        r"c\.txt: not text: \d\d% undecodable or control characters "
+        r"\(binary data, or not UTF-8\)",
+        problems[1],
+    )
+    assert len(problems) == 2
+
+
+def test_text_in_a_legacy_encoding_is_kept_with_its_few_undecodable_letters(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_bytes("Le café était fermé, hélas.\nÜber Straßen.\n".encode("latin-1"))
+
+    docs, problems = read_all(job_for(path, "text"))
+
+    assert [doc.text for doc in docs] == [
+        "Le caf\ufffd \ufffdtait ferm\ufffd, h\ufffdlas.",
+        "\ufffdber Stra\ufffden.",
+    ]
+    assert problems == []
+
+
+def test_binary_lines_and_values_are_reported_as_records_and_skipped(tmp_path: Path) -> None:
+    junk = bytes(b | 0x80 for b in random_bytes(300)).replace(b"\n", b"")
+    text_file = tmp_path / "log.txt"
+    # Mostly text, so the file as a whole is text and only the junk line is not.
+    text_file.write_bytes(b"first line " * 60 + b"\n" + junk + b"\nlast line\n")
+    controls = "".join(chr(c) for c in range(1, 9)) * 10
+    jsonl_file = write(
+        tmp_path / "data.jsonl",
+        json.dumps({"text": "fine"}) + "\n" + json.dumps({"text": controls}) + "\n",
+    )
+
+    lines, line_problems = read_all(job_for(text_file, "text"))
+    records, record_problems = read_all(job_for(jsonl_file))
+
+    assert [doc.source for doc in lines] == ["log.txt#L1", "log.txt#L3"]
+    assert [p.split(": not text:")[0] for p in line_problems] == ["log.txt:2"]
+    assert [doc.text for doc in records] == ["fine"]
+    assert [p.split(": not text:")[0] for p in record_problems] == ["data.jsonl:2: key 'text'"]
+
+
 # --- documents ---------------------------------------------------------------------
 
 
@@ -170,10 +263,11 @@ def test_a_directory_is_read_recursively_in_sorted_order(tmp_path: Path) -> None
     write(root / ".hidden" / "secret.txt", "hidden")
     write(root / "empty.txt", "  \n")
 
-    docs, _ = read_all(job_for(root))
+    docs, problems = read_all(job_for(root))
 
     assert [doc.source for doc in docs] == ["a/deeper/x.txt", "a/z.txt", "b.md", "c.txt"]
     assert [doc.text for doc in docs] == ["A/DEEPER/X", "A/Z", "# B", "C"]
+    assert problems == ["empty.txt: no text"]
 
 
 def test_a_jsonl_transcript_is_one_document_of_speaker_lines(tmp_path: Path) -> None:

@@ -12,6 +12,8 @@ from engine.prompt import (
     chunk_lines,
     estimate_prompt_tokens,
     parse_answer,
+    placeholder_problems,
+    placeholders_in,
 )
 from engine.records import Chunk
 from engine.settings import PromptSettings
@@ -69,6 +71,48 @@ def test_the_default_prompt_names_every_chunk_id() -> None:
 
     assert all(f"[id=id{i}] text {i}" in user["content"] for i in range(5))
     assert "{chunks}" not in user["content"] and "{shape}" not in user["content"]
+
+
+def test_doubled_braces_send_a_placeholders_own_spelling_and_json_stays_as_written() -> None:
+    prompt = PromptSettings(
+        system='Say {{chunks}} to nobody; {"a": {"b": 1}}',
+        user='Answer {"results": []} like {shape}; {{shape}} is a word. {chunks}',
+        shape="S",
+    )
+
+    [system, user] = build_messages(prompt, [chunk("a", "x {{chunks}} y")])
+
+    assert system["content"] == 'Say {chunks} to nobody; {"a": {"b": 1}}'
+    assert (
+        user["content"] == 'Answer {"results": []} like S; {shape} is a word. [id=a] x {{chunks}} y'
+    )
+
+
+def test_a_shape_that_mentions_chunks_is_not_filled_in_again() -> None:
+    prompt = PromptSettings(user="{shape}|{chunks}", shape="a {chunks} b")
+
+    [_, user] = build_messages(prompt, [chunk("a", "text")])
+
+    assert user["content"] == "a {chunks} b|[id=a] text"
+
+
+def test_unknown_placeholders_are_named_once_each_with_the_known_ones() -> None:
+    prompt = PromptSettings(
+        system="You are {role}.",
+        user="{chunk} {chunks} {Shape} {chunk} { chunks } {{fine}} {shape}",
+    )
+
+    assert placeholders_in(prompt.user) == [
+        "chunk", "chunks", "Shape", "chunk", " chunks ", "shape"
+    ]  # fmt: skip
+    known = "(known: {chunks}, {shape}; write {{%s}} to send it as text)"
+    assert placeholder_problems(prompt) == [
+        ("user", "unknown placeholder {chunk} " + known % "chunk"),
+        ("user", "unknown placeholder {Shape} " + known % "Shape"),
+        ("user", "unknown placeholder { chunks } " + known % " chunks "),
+        ("system", "unknown placeholder {role} (known: none; write {{role}} to send it as text)"),
+    ]
+    assert placeholder_problems(PromptSettings()) == []
 
 
 def test_prompt_tokens_are_the_content_estimates_plus_chat_framing() -> None:

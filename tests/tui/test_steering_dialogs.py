@@ -105,7 +105,7 @@ async def test_o_applies_a_preset_file_and_a_bad_file_changes_nothing(
         await pilot.pause()
         assert isinstance(app.screen, PresetPicker)
         problems = str(app.screen.query_one("#preset-problems", Label).render())
-        assert f"{bad}:2: concurrency: must be at least 1" in problems
+        assert f"{bad}:2: concurrency: must be from 1 to 4096" in problems
         assert f"{bad}:3: batch_sise" in problems
         assert slow_engine.snapshot().preset.name == "aggressive"
 

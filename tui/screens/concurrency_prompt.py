@@ -11,12 +11,14 @@ from textual.screen import ModalScreen
 from textual.validation import Number
 from textual.widgets import Input, Label
 
-MAX_CONCURRENCY = 4096  # far past any provider's limits; stops a typo like 100000
-_RANGE_HINT = f"Enter a whole number from 1 to {MAX_CONCURRENCY}."
+from engine.setting_bounds import CONCURRENCY
+
+# The engine's own bounds, so the dialog never offers what the engine refuses.
+_RANGE_HINT = f"Enter a whole number from {CONCURRENCY.low} to {CONCURRENCY.high}."
 
 
 class ConcurrencyPrompt(ModalScreen[int | None]):
-    """Dismisses with the typed value (1…MAX_CONCURRENCY), or None when cancelled."""
+    """Dismisses with the typed value (within `CONCURRENCY`), or None when cancelled."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "cancel", "Cancel", id="crawldeck.cancel_prompt"),
@@ -40,7 +42,7 @@ class ConcurrencyPrompt(ModalScreen[int | None]):
             yield Input(
                 str(self._current),
                 type="integer",
-                validators=[Number(minimum=1, maximum=MAX_CONCURRENCY)],
+                validators=[Number(minimum=CONCURRENCY.low, maximum=CONCURRENCY.high)],
                 id="concurrency-value",
             )
             yield Label("", id="concurrency-error")

@@ -17,6 +17,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, ProgressBar
 
 from engine.config_file import ConfigError
+from engine.setting_bounds import CONCURRENCY, FETCH_CONCURRENCY
 from engine.settings import Preset
 from engine.snapshot import JobState, Snapshot
 from tui import user_settings
@@ -185,7 +186,11 @@ class DashboardScreen(Screen[None]):
         self._after_control()
 
     def action_concurrency_up(self) -> None:
-        self.source.set_concurrency(self.source.snapshot().concurrency + 1)
+        current = self.source.snapshot().concurrency
+        if current < CONCURRENCY.high:
+            self.source.set_concurrency(current + 1)
+        else:
+            self.notify(f"{current} is the most", title="Concurrency", severity="warning")
         self._after_control()
 
     def action_concurrency_down(self) -> None:
@@ -213,7 +218,9 @@ class DashboardScreen(Screen[None]):
         if crawl is None:
             return
         try:
-            self.source.set_fetch_concurrency(max(1, crawl.fetch_concurrency + step))
+            wanted = crawl.fetch_concurrency + step
+            bounded = min(FETCH_CONCURRENCY.high, max(FETCH_CONCURRENCY.low, wanted))
+            self.source.set_fetch_concurrency(bounded)
         except ValueError as exc:
             self.notify(str(exc), title="Fetch concurrency", severity="error")
         self._after_control()
