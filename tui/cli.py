@@ -31,13 +31,13 @@ from engine.control_server import (
     socket_path_for_store,
     state_folder_for_store,
 )
-from engine.engine import Engine
 from engine.headless_reporter import HeadlessReporter, snapshot_record, status_line
 from engine.inputs import InputError, iter_documents
 from engine.key_secrets import resolve_secrets, served_by_simulator
 from engine.settings import CrawlSettings, JobConfig
 from engine.simulator_launch import launched_simulator, simulator_arguments
 from engine.snapshot import JobState, Snapshot
+from tui.version_flag import VersionFlag
 
 _DEMO_STORE = "crawldeck-demo.db"
 _CRAWL_DEMO_STORE = "crawldeck-crawl-demo.db"
@@ -48,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="crawldeck", description="Async LLM crawl engine that runs at the rate limit."
     )
+    parser.add_argument("--version", action=VersionFlag)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def job_flags(p: argparse.ArgumentParser) -> None:
@@ -225,6 +226,10 @@ async def run_job(
     config: JobConfig, as_json: bool, interval: float, demo_sites: int | None = None
 ) -> int:
     """Run headless: status lines, Ctrl-C drains, a second Ctrl-C stops now."""
+    # The engine (openai, numpy, river, aiosqlite) loads only for commands that
+    # run a job: `--help`, `--version` and `status` start in a fraction of it.
+    from engine.engine import Engine
+
     problem = _input_problem(config, demo_sites)
     if problem is not None:
         print(f"crawldeck: {problem}", file=sys.stderr)
@@ -346,6 +351,7 @@ def _wants_dashboard(args: argparse.Namespace) -> bool:
 async def run_dashboard(config: JobConfig, demo_sites: int | None = None) -> int:
     """Run the job under the dashboard; quitting there stops the job."""
     # Textual is loaded here only, so headless runs never import it.
+    from engine.engine import Engine
     from tui.app import CrawldeckApp
 
     problem = _input_problem(config, demo_sites)
