@@ -37,6 +37,7 @@ from engine.key_secrets import resolve_secrets, served_by_simulator
 from engine.settings import CrawlSettings, JobConfig
 from engine.simulator_launch import launched_simulator, simulator_arguments
 from engine.snapshot import JobState, Snapshot
+from tui.closed_pipe import EXIT_CLOSED_PIPE, ClosedStdout, quiet_when_stdout_closes
 from tui.version_flag import VersionFlag
 
 _DEMO_STORE = "crawldeck-demo.db"
@@ -115,6 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+@quiet_when_stdout_closes
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -239,6 +241,16 @@ async def run_job(
         reporter = HeadlessReporter(engine.snapshot, interval_s=interval, as_json=as_json)
         loop = asyncio.get_running_loop()
         interrupts = 0
+        stdout = ClosedStdout()
+
+        async def report() -> None:
+            with stdout:
+                await reporter.run()
+            if stdout.closed:
+                # Nobody reads the status lines any more (`| head`): finish what
+                # is in flight and store it, as the first Ctrl-C does, then end.
+                print("crawldeck: stdout was closed: draining", file=sys.stderr)
+                engine.drain()
 
         def on_interrupt() -> None:
             nonlocal interrupts
@@ -260,7 +272,7 @@ async def run_job(
             print(f"crawldeck: no control socket: {exc}", file=sys.stderr)
         try:
             async with asyncio.TaskGroup() as tg:
-                reporting = tg.create_task(reporter.run())
+                reporting = tg.create_task(report())
                 serving = tg.create_task(control.serve()) if control.bound else None
                 try:
                     state = await engine.run()
@@ -274,10 +286,13 @@ async def run_job(
                         serving.cancel()
         finally:
             control.close()
-        reporter.emit_once()
+        with stdout:
+            reporter.emit_once()
         if engine.failure_reason:
             print(f"crawldeck: {engine.failure_reason}", file=sys.stderr)
         print(engine.summary_line(), file=sys.stderr)
+        if stdout.closed:
+            return EXIT_CLOSED_PIPE
         return 0 if state is JobState.DONE else 1
 
 
