@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine.config_file import ConfigError, load_config
 from engine.control_client import ControlClient, ControlError
@@ -37,8 +38,13 @@ from engine.key_secrets import resolve_secrets, served_by_simulator
 from engine.settings import CrawlSettings, JobConfig
 from engine.simulator_launch import launched_simulator, simulator_arguments
 from engine.snapshot import JobState, Snapshot
+from engine.store_aside import StoreInUseError
 from tui.closed_pipe import EXIT_CLOSED_PIPE, ClosedStdout, quiet_when_stdout_closes
+from tui.fresh_start import FRESH_FLAG, nothing_left_notice, start_over
 from tui.version_flag import VersionFlag
+
+if TYPE_CHECKING:
+    from engine.engine import Engine
 
 _DEMO_STORE = "crawldeck-demo.db"
 _CRAWL_DEMO_STORE = "crawldeck-crawl-demo.db"
@@ -65,6 +71,11 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--headless", action="store_true", help="no dashboard: status lines")
         p.add_argument("--json", action="store_true", help="status as JSON lines (headless)")
         p.add_argument("--interval", type=float, default=5.0, help="seconds between status lines")
+        p.add_argument(
+            FRESH_FLAG,
+            action="store_true",
+            help="start over: the job's store is renamed with a timestamp (kept), a new one begun",
+        )
 
     run = sub.add_parser("run", help="run a job file")
     run.add_argument("job", type=Path, help="the job's TOML file")
@@ -122,6 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             config = load_config(args.job, preset=args.preset, overrides=args.overrides)
+            if args.fresh and (code := _fresh_start(config, None)) is not None:
+                return code
             if _wants_dashboard(args):
                 return asyncio.run(run_dashboard(config))
             return asyncio.run(run_job(config, args.json, args.interval))
@@ -132,6 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             sites = args.sites if args.crawl else None
             store = args.store or (_CRAWL_DEMO_STORE if args.crawl else _DEMO_STORE)
             config = load_demo_config(args.preset, args.overrides, store, crawl=args.crawl)
+            if args.fresh and (code := _fresh_start(config, sites)) is not None:
+                return code
             if _wants_dashboard(args):
                 return asyncio.run(run_dashboard(config, demo_sites=sites))
             return asyncio.run(run_job(config, args.json, args.interval, demo_sites=sites))
@@ -151,6 +166,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return 2
+
+
+def _fresh_start(config: JobConfig, demo_sites: int | None) -> int | None:
+    """`--fresh`: set the job's store aside before it runs (an exit code if that fails)."""
+    if _input_problem(config, demo_sites) is not None:
+        return None  # the run says what is wrong, and nothing is moved for a job that can't run
+    try:
+        print(f"crawldeck: {start_over(config.job.store)}", file=sys.stderr)
+    except (StoreInUseError, OSError) as exc:
+        print(f"crawldeck: {FRESH_FLAG}: {exc}", file=sys.stderr)
+        return 2
+    return None
 
 
 def load_demo_config(
@@ -290,10 +317,18 @@ async def run_job(
             reporter.emit_once()
         if engine.failure_reason:
             print(f"crawldeck: {engine.failure_reason}", file=sys.stderr)
-        print(engine.summary_line(), file=sys.stderr)
+        _print_summary(engine, config)
         if stdout.closed:
             return EXIT_CLOSED_PIPE
         return 0 if state is JobState.DONE else 1
+
+
+def _print_summary(engine: Engine, config: JobConfig) -> None:
+    """The closing summary, after one line saying so if there was nothing left to do."""
+    notice = nothing_left_notice(engine.snapshot(), config.job.store)
+    if notice is not None:
+        print(f"crawldeck: {notice}", file=sys.stderr)
+    print(engine.summary_line(), file=sys.stderr)
 
 
 def _control_socket(target: Path | None) -> Path:
@@ -383,7 +418,7 @@ async def run_dashboard(config: JobConfig, demo_sites: int | None = None) -> int
         state = await CrawldeckApp(engine).run_async()
         if engine.failure_reason:
             print(f"crawldeck: {engine.failure_reason}", file=sys.stderr)
-        print(engine.summary_line(), file=sys.stderr)
+        _print_summary(engine, config)
         return 0 if state is JobState.DONE else 1
 
 
