@@ -13,7 +13,8 @@ Times, as wall clock around each process, side by side in one run:
 
 The commands run interleaved, one of each per round (R rounds, default 9),
 so a busy moment on this shared machine falls on all of them alike.  Prints
-each command's median and its difference from `python -c pass`.  The goal
+each command's median wall time, its difference from `python -c pass`, and
+its median CPU time (user + system: less swayed by other processes' load).  The goal
 (under 0.4 s for `--help`, `--version` and `status`) is printed next to the
 figures, never asserted: which heavy modules those commands avoid is
 asserted, deterministically, by `tests/engine/test_cli_imports.py`.
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import signal
 import statistics
 import subprocess
@@ -112,12 +114,18 @@ def running_job(folder: Path) -> Iterator[Path]:
         proc.wait()
 
 
-def timed(argv: Sequence[str], cwd: Path, env: Mapping[str, str]) -> float:
-    start = time.perf_counter()
+def children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(argv: Sequence[str], cwd: Path, env: Mapping[str, str]) -> tuple[float, float]:
+    """(wall, CPU) seconds of one run of `argv` to its end."""
+    cpu, start = children_cpu_s(), time.perf_counter()
     subprocess.run(
         argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=True
     )
-    return time.perf_counter() - start
+    return time.perf_counter() - start, children_cpu_s() - cpu
 
 
 def environments(folder: Path) -> dict[str, dict[str, str]]:
@@ -144,6 +152,7 @@ def main(rounds: int) -> int:
             for name, env in runs:  # once each, untimed: fills the cache, warms the disk
                 timed(commands[name], folder, envs[env])
             times: dict[tuple[str, str], list[float]] = {run: [] for run in runs}
+            cpu: dict[tuple[str, str], list[float]] = {run: [] for run in runs}
             load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
             as_is = "off" if os.environ.get("PYTHONDONTWRITEBYTECODE") else "on"
             print(
@@ -153,15 +162,20 @@ def main(rounds: int) -> int:
             )
             for _ in range(rounds):
                 for name, env in runs:
-                    times[name, env].append(timed(commands[name], folder, envs[env]))
+                    wall, used = timed(commands[name], folder, envs[env])
+                    times[name, env].append(wall)
+                    cpu[name, env].append(used)
     medians = {run: statistics.median(samples) for run, samples in times.items()}
-    head = "".join(f" {env + ' median':>14} {'min':>6} {'- pass':>7}" for env in envs)
-    print(f"{'command (seconds)':22}{head}")
+    head = "".join(f" | {env:>6}: wall {'min':>6} {'- pass':>7} {'cpu':>6}" for env in envs)
+    print(f"{'medians, seconds':22}{head}")
     for name in commands:
         cells = ""
         for env in envs:
             median, floor = medians[name, env], medians["python -c pass", env]
-            cells += f" {median:14.3f} {min(times[name, env]):6.3f} {median - floor:+7.3f}"
+            cells += (
+                f" | {median:12.3f} {min(times[name, env]):6.3f} {median - floor:+7.3f} "
+                f"{statistics.median(cpu[name, env]):6.3f}"
+            )
         print(f"{name:22}{cells}")
     for name in (f"crawldeck {command}" for command in LIGHT):
         verdicts = ", ".join(
