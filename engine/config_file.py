@@ -30,8 +30,6 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import tomli_w
-import tomlkit
-import tomlkit.exceptions
 
 from engine.drift.gates import DriftSettings, DriftSettingsError, parse_drift_settings
 from engine.prompt import placeholder_problems, placeholders_in
@@ -1182,6 +1180,11 @@ def update_preset_in_file(config_path: Path, preset: Preset) -> None:
     touched, so comments and formatting survive byte for byte; a missing
     table is added with every field written out.
     """
+    # Loaded here: only saving into a job file needs it, and every CLI start
+    # (`--help`, `status`) would pay ~60 ms for it otherwise.
+    import tomlkit
+    import tomlkit.exceptions
+
     config_path = Path(config_path).resolve()
     text, problem = _read_text(config_path)
     if text is None:

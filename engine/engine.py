@@ -101,6 +101,7 @@ class Engine:
         self.config = config
         self._clock = clock
         self._started = clock()
+        self._ended: float | None = None  # when the job's work ended: elapsed stops there
         self._started_wall = time.time()
         self.events = EventBus(keep=config.engine.snapshot_events)
         self.stats = RunStats()
@@ -229,7 +230,8 @@ class Engine:
                     task.cancel()
                 await asyncio.gather(*stages, *helpers, return_exceptions=True)
                 await store.flush()  # done is what is committed: count it all first
-                self.stats.tick(self._clock())
+                self._ended = self._clock()
+                self.stats.tick(self._ended)
                 self._state = self._final_state()
                 self.events.emit(
                     EventKind.JOB_FINISHED,
@@ -254,6 +256,8 @@ class Engine:
         finally:
             if not ended and self._state not in (JobState.DONE, JobState.STOPPED):
                 self._state = JobState.FAILED
+            if self._ended is None:
+                self._ended = self._clock()
             await self._clients.aclose()
             try:
                 await store.close()
@@ -275,7 +279,7 @@ class Engine:
             job_name=self.config.job.name,
             state=self._state,
             taken_at=time.time(),
-            elapsed_s=self._clock() - self._started,
+            elapsed_s=self.elapsed_s,
             counts=Counts(
                 total=s.total,
                 total_estimated=self._crawl is not None and not self._input_done,
@@ -428,9 +432,15 @@ class Engine:
         """Why the engine itself could not go on ("" when it could)."""
         return self._fatal
 
+    @property
+    def elapsed_s(self) -> float:
+        """The job's own wall time: it stops growing when the job ends, however
+        long a finished dashboard stays open after it."""
+        return (self._clock() if self._ended is None else self._ended) - self._started
+
     def summary_line(self) -> str:
         s = self.stats
-        elapsed = self._clock() - self._started
+        elapsed = self.elapsed_s
         records = self._records_skipped()
         return (
             f"{self.config.job.name}: {s.done} done, {s.failed} failed, {s.skipped} skipped, "
@@ -1167,7 +1177,7 @@ class Engine:
             "rate_limited": s.rate_limited,
             "tokens": s.tokens,
             "cost_usd": s.cost_usd,
-            "elapsed_s": self._clock() - self._started,
+            "elapsed_s": self.elapsed_s,
             "fatal": self._fatal,
         }
 

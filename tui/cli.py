@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine.config_file import ConfigError, load_config
 from engine.control_client import ControlClient, ControlError
@@ -31,7 +32,6 @@ from engine.control_server import (
     socket_path_for_store,
     state_folder_for_store,
 )
-from engine.engine import Engine
 from engine.exit_status import job_exit_status
 from engine.headless_reporter import HeadlessReporter, snapshot_record, status_line
 from engine.inputs import InputError, iter_documents
@@ -39,7 +39,14 @@ from engine.key_secrets import resolve_secrets, served_by_simulator
 from engine.settings import CrawlSettings, JobConfig
 from engine.simulator_launch import launched_simulator, simulator_arguments
 from engine.snapshot import Snapshot
+from engine.store_aside import StoreInUseError
 from engine.store_error import StoreError
+from tui.closed_pipe import EXIT_CLOSED_PIPE, ClosedStdout, quiet_when_stdout_closes
+from tui.fresh_start import FRESH_FLAG, nothing_left_notice, start_over
+from tui.version_flag import VersionFlag
+
+if TYPE_CHECKING:
+    from engine.engine import Engine
 
 _DEMO_STORE = "crawldeck-demo.db"
 _CRAWL_DEMO_STORE = "crawldeck-crawl-demo.db"
@@ -50,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="crawldeck", description="Async LLM crawl engine that runs at the rate limit."
     )
+    parser.add_argument("--version", action=VersionFlag)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def job_flags(p: argparse.ArgumentParser) -> None:
@@ -65,6 +73,11 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--headless", action="store_true", help="no dashboard: status lines")
         p.add_argument("--json", action="store_true", help="status as JSON lines (headless)")
         p.add_argument("--interval", type=float, default=5.0, help="seconds between status lines")
+        p.add_argument(
+            FRESH_FLAG,
+            action="store_true",
+            help="start over: the job's store is renamed with a timestamp (kept), a new one begun",
+        )
 
     run = sub.add_parser("run", help="run a job file")
     run.add_argument("job", type=Path, help="the job's TOML file")
@@ -116,11 +129,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+@quiet_when_stdout_closes
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
             config = load_config(args.job, preset=args.preset, overrides=args.overrides)
+            if args.fresh and (code := _fresh_start(config, None)) is not None:
+                return code
             if _wants_dashboard(args):
                 return asyncio.run(run_dashboard(config))
             return asyncio.run(run_job(config, args.json, args.interval))
@@ -131,6 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             sites = args.sites if args.crawl else None
             store = args.store or (_CRAWL_DEMO_STORE if args.crawl else _DEMO_STORE)
             config = load_demo_config(args.preset, args.overrides, store, crawl=args.crawl)
+            if args.fresh and (code := _fresh_start(config, sites)) is not None:
+                return code
             if _wants_dashboard(args):
                 return asyncio.run(run_dashboard(config, demo_sites=sites))
             return asyncio.run(run_job(config, args.json, args.interval, demo_sites=sites))
@@ -153,6 +171,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return 2
+
+
+def _fresh_start(config: JobConfig, demo_sites: int | None) -> int | None:
+    """`--fresh`: set the job's store aside before it runs (an exit code if that fails)."""
+    if _input_problem(config, demo_sites) is not None:
+        return None  # the run says what is wrong, and nothing is moved for a job that can't run
+    try:
+        print(f"crawldeck: {start_over(config.job.store)}", file=sys.stderr)
+    except (StoreInUseError, OSError) as exc:
+        print(f"crawldeck: {FRESH_FLAG}: {exc}", file=sys.stderr)
+        return 2
+    return None
 
 
 def load_demo_config(
@@ -241,6 +271,10 @@ async def run_job(
     config: JobConfig, as_json: bool, interval: float, demo_sites: int | None = None
 ) -> int:
     """Run headless: status lines, Ctrl-C drains, a second Ctrl-C stops now."""
+    # The engine (openai, numpy, river, aiosqlite) loads only for commands that
+    # run a job: `--help`, `--version` and `status` start in a fraction of it.
+    from engine.engine import Engine
+
     problem = _input_problem(config, demo_sites) or await _store_problem(config)
     if problem is not None:
         print(f"crawldeck: {problem}", file=sys.stderr)
@@ -250,6 +284,16 @@ async def run_job(
         reporter = HeadlessReporter(engine.snapshot, interval_s=interval, as_json=as_json)
         loop = asyncio.get_running_loop()
         interrupts = 0
+        stdout = ClosedStdout()
+
+        async def report() -> None:
+            with stdout:
+                await reporter.run()
+            if stdout.closed:
+                # Nobody reads the status lines any more (`| head`): finish what
+                # is in flight and store it, as the first Ctrl-C does, then end.
+                print("crawldeck: stdout was closed: draining", file=sys.stderr)
+                engine.drain()
 
         def on_interrupt() -> None:
             nonlocal interrupts
@@ -275,7 +319,7 @@ async def run_job(
             print(f"crawldeck: no control socket: {exc}", file=sys.stderr)
         try:
             async with asyncio.TaskGroup() as tg:
-                reporting = tg.create_task(reporter.run())
+                reporting = tg.create_task(report())
                 serving = tg.create_task(control.serve()) if control.bound else None
                 try:
                     state = await engine.run()
@@ -289,11 +333,22 @@ async def run_job(
                         serving.cancel()
         finally:
             control.close()
-        reporter.emit_once()
+        with stdout:
+            reporter.emit_once()
         if engine.failure_reason:
             print(f"crawldeck: {engine.failure_reason}", file=sys.stderr)
-        print(engine.summary_line(), file=sys.stderr)
+        _print_summary(engine, config)
+        if stdout.closed:
+            return EXIT_CLOSED_PIPE
         return job_exit_status(state, engine.snapshot().counts)
+
+
+def _print_summary(engine: Engine, config: JobConfig) -> None:
+    """The closing summary, after one line saying so if there was nothing left to do."""
+    notice = nothing_left_notice(engine.snapshot(), config.job.store)
+    if notice is not None:
+        print(f"crawldeck: {notice}", file=sys.stderr)
+    print(engine.summary_line(), file=sys.stderr)
 
 
 def _control_socket(target: Path | None) -> Path:
@@ -366,6 +421,7 @@ def _wants_dashboard(args: argparse.Namespace) -> bool:
 async def run_dashboard(config: JobConfig, demo_sites: int | None = None) -> int:
     """Run the job under the dashboard; quitting there stops the job."""
     # Textual is loaded here only, so headless runs never import it.
+    from engine.engine import Engine
     from tui.app import CrawldeckApp
 
     problem = _input_problem(config, demo_sites) or await _store_problem(config)
@@ -382,7 +438,7 @@ async def run_dashboard(config: JobConfig, demo_sites: int | None = None) -> int
         state = await CrawldeckApp(engine).run_async()
         if engine.failure_reason:
             print(f"crawldeck: {engine.failure_reason}", file=sys.stderr)
-        print(engine.summary_line(), file=sys.stderr)
+        _print_summary(engine, config)
         return job_exit_status(state, engine.snapshot().counts)
 
 
