@@ -46,8 +46,9 @@ _ENCODINGS = "gzip, deflate"  # what httpx2 decodes without optional packages
 # Failures in these words happened before any byte of HTTP was exchanged:
 # the https-first fallback retries plain http only for them.
 _CONNECT_PHASE = "connect"
-# httpcore2's trace event just before a request's head is written to the socket.
+# httpcore2's trace events just before and just after a request's head is written.
 _REQUEST_GOES_OUT = "http11.send_request_headers.started"
+_REQUEST_WENT_OUT = "http11.send_request_headers.complete"
 
 
 class _WireGate:
@@ -55,7 +56,9 @@ class _WireGate:
 
     httpcore2 awaits the trace callback at each step of a request; the step
     right before the request head is written is the one moment that is both
-    after the connection exists and before the host sees anything.
+    after the connection exists and before the host sees anything.  Once the
+    head is written the time is noted again, in case the process was paused
+    in between.
     """
 
     __slots__ = ("_turn",)
@@ -66,6 +69,8 @@ class _WireGate:
     async def __call__(self, event: str, info: dict[str, Any]) -> None:
         if event == _REQUEST_GOES_OUT:
             await self._turn.on_the_wire()
+        elif event == _REQUEST_WENT_OUT:
+            self._turn.sent()
 
 
 # --- the fetcher -----------------------------------------------------------------------------

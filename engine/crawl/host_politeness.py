@@ -62,6 +62,18 @@ class HostTurn:
         """
         await self._politeness._pass_gate(self._state, self._delay)
 
+    def sent(self) -> None:
+        """Count the request as gone out no earlier than now: call it once its bytes are written.
+
+        The process can be paused between passing the gate and writing (a
+        busy machine does that for tens of milliseconds); the next request's
+        delay then counts from here, so that pause cannot shorten the gap.
+        """
+        now = self._politeness._clock()
+        state = self._state
+        state.last_on_wire = max(state.last_on_wire, now)
+        state.last_start = max(state.last_start, now)
+
 
 class HostPoliteness:
     """Per-host concurrency and spacing, shared by every fetch.

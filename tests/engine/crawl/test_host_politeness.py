@@ -66,6 +66,17 @@ async def test_a_request_waits_at_the_wire_for_one_that_went_out_late() -> None:
         assert clock() == 2.0
 
 
+async def test_a_pause_between_the_gate_and_the_write_counts_against_the_next_request() -> None:
+    politeness, clock = manual(per_host=1, delay_s=1.0)
+    async with politeness.slot("h.test") as turn:
+        await turn.on_the_wire()
+        clock.now += 0.2  # the process was paused before the bytes were written
+        turn.sent()
+    async with politeness.slot("h.test") as turn:
+        await turn.on_the_wire()
+        assert clock() == 1.2
+
+
 async def test_whichever_request_reaches_the_wire_first_the_next_keeps_the_delay() -> None:
     delay = 0.05
     politeness = HostPoliteness(per_host=3, delay_s=delay)
