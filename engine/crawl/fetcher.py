@@ -7,6 +7,11 @@ second lookup's, a keep-alive miss's — is checked on connect.
 `Fetcher.fetch(url)` never raises for a site's problem: each failure is a
 `FetchOutcome`.  Redirects are followed here, hop by hop, so each hop is
 checked against robots.txt and politeness like a fresh request.
+
+The politeness delay is kept between requests' real starts: each request
+waits at its host's gate (`HostTurn.on_the_wire`) once it holds a global
+slot and a connection, right before its first byte is written — robots.txt,
+every redirect hop and the plain-http fallback alike.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 from urllib.parse import urljoin
 
 import httpx2
@@ -31,7 +36,7 @@ from engine.crawl.guarded_transport import (
     GuardedTransport,
     NameResolutionError,
 )
-from engine.crawl.host_politeness import HostPoliteness
+from engine.crawl.host_politeness import HostPoliteness, HostTurn
 from engine.crawl.outcomes import FetchOutcome, FetchResult
 from engine.crawl.robots import MAX_ROBOTS_BYTES, RobotsCache
 
@@ -41,6 +46,31 @@ _ENCODINGS = "gzip, deflate"  # what httpx2 decodes without optional packages
 # Failures in these words happened before any byte of HTTP was exchanged:
 # the https-first fallback retries plain http only for them.
 _CONNECT_PHASE = "connect"
+# httpcore2's trace events just before and just after a request's head is written.
+_REQUEST_GOES_OUT = "http11.send_request_headers.started"
+_REQUEST_WENT_OUT = "http11.send_request_headers.complete"
+
+
+class _WireGate:
+    """The `trace` extension of one request: holds it at the host's gate before it is sent.
+
+    httpcore2 awaits the trace callback at each step of a request; the step
+    right before the request head is written is the one moment that is both
+    after the connection exists and before the host sees anything.  Once the
+    head is written the time is noted again, in case the process was paused
+    in between.
+    """
+
+    __slots__ = ("_turn",)
+
+    def __init__(self, turn: HostTurn) -> None:
+        self._turn = turn
+
+    async def __call__(self, event: str, info: dict[str, Any]) -> None:
+        if event == _REQUEST_GOES_OUT:
+            await self._turn.on_the_wire()
+        elif event == _REQUEST_WENT_OUT:
+            self._turn.sent()
 
 
 # --- the fetcher -----------------------------------------------------------------------------
@@ -136,7 +166,9 @@ def _http_url(text: str) -> httpx2.URL | str:
 
 
 def _host_key(url: httpx2.URL) -> str:
-    return url.host if url.port is None else f"{url.host}:{url.port}"
+    # The host, whatever the scheme or port: https and its plain-http fallback
+    # (or a second port) reach the same machine, and the delay is for its sake.
+    return url.host
 
 
 class Fetcher:
@@ -317,10 +349,10 @@ class Fetcher:
                         _Hop(FetchOutcome.ROBOTS_BLOCKED, error="disallowed by robots.txt")
                     )
                 delay = rules.crawl_delay(self._user_agent)
-            async with self._politeness.slot(_host_key(target), delay):
+            async with self._politeness.slot(_host_key(target), delay) as turn:
                 await self._limit.acquire()
                 try:
-                    hop = await self._request(target, robots_file=robots_file)
+                    hop = await self._request(target, turn, robots_file=robots_file)
                 finally:
                     self._limit.release()
             if hop.location is None:
@@ -339,7 +371,7 @@ class Fetcher:
             redirects += 1
             current = urljoin(str(target), hop.location)
 
-    async def _request(self, target: httpx2.URL, *, robots_file: bool) -> _Hop:
+    async def _request(self, target: httpx2.URL, turn: HostTurn, *, robots_file: bool) -> _Hop:
         transport = self._transport
         if transport is None:
             raise RuntimeError("the fetcher is closed: use it as `async with Fetcher(...)`")
@@ -347,7 +379,10 @@ class Fetcher:
         total_s = self._settings.total_timeout_s
         try:
             request = httpx2.Request(
-                "GET", target, headers=self._headers, extensions={"timeout": self._timeouts}
+                "GET",
+                target,
+                headers=self._headers,
+                extensions={"timeout": self._timeouts, "trace": _WireGate(turn)},
             )
             # One deadline for connect, headers and body: the per-read timeout alone
             # would let a server that drips a byte every few seconds hold a slot forever.

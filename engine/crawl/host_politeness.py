@@ -1,5 +1,15 @@
 """Manners per host: at most N requests at once, and starts spaced by a delay.
 
+The delay is kept between the moments requests go out on the wire to the
+host, which is what the host sees.  A request is planned a delay after the
+host's previous start, then waits for a global slot, DNS and a connection;
+any of those can push its real start later than planned, and the next
+request, planned from the plan, would then follow it too closely.  So each
+request passes a gate (`HostTurn.on_the_wire`) right before its bytes are
+sent, which holds it until a delay has passed since the previous request to
+that host really went out.  The plan still matters: it keeps a request from
+taking a global slot and a connection only to wait at the gate.
+
 A crawl touches thousands of hosts, mostly once or twice, so a host's state
 lives only while it has requests or while its spacing still matters; after
 that it is forgotten and memory stays bounded by the busy hosts.
@@ -21,9 +31,48 @@ Sleep = Callable[[float], Awaitable[None]]
 @dataclass(slots=True)
 class _HostState:
     active: int = 0  # slots granted, including those still waiting out the spacing
-    last_start: float = float("-inf")  # the latest start reserved for this host
+    last_start: float = float("-inf")  # the latest start planned or really made
+    last_on_wire: float = float("-inf")  # when the latest request really went out
     spacing: float = 0.0  # the delay that last start was spaced by
     waiters: deque[asyncio.Future[None]] = field(default_factory=deque)
+    # Requests pass the gate one at a time, in arrival order.
+    gate: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class HostTurn:
+    """One request's turn at a host, from `HostPoliteness.slot`."""
+
+    __slots__ = ("_delay", "_politeness", "_state")
+
+    def __init__(self, politeness: HostPoliteness, state: _HostState, delay: float) -> None:
+        self._politeness = politeness
+        self._state = state
+        self._delay = delay
+
+    @property
+    def delay_s(self) -> float:
+        """The spacing this request keeps from the previous one (a Crawl-delay included)."""
+        return self._delay
+
+    async def on_the_wire(self) -> None:
+        """Wait until the request may go out, and count it as gone out now.
+
+        Call it right before the request's first byte is written, after the
+        connection is made: the delay is kept from there to there.
+        """
+        await self._politeness._pass_gate(self._state, self._delay)
+
+    def sent(self) -> None:
+        """Count the request as gone out no earlier than now: call it once its bytes are written.
+
+        The process can be paused between passing the gate and writing (a
+        busy machine does that for tens of milliseconds); the next request's
+        delay then counts from here, so that pause cannot shorten the gap.
+        """
+        now = self._politeness._clock()
+        state = self._state
+        state.last_on_wire = max(state.last_on_wire, now)
+        state.last_start = max(state.last_start, now)
 
 
 class HostPoliteness:
@@ -32,8 +81,11 @@ class HostPoliteness:
     `slot(host)` is an async context manager: entering waits (first come,
     first served) until the host has fewer than `per_host` requests, then
     until `delay_s` has passed since the previous request to that host
-    started.  A larger `min_delay_s` (a robots.txt Crawl-delay) wins for that
-    request.  `clock` and `sleep` are injectable for tests.
+    started, as far as is known yet.  It gives a `HostTurn`, whose
+    `on_the_wire()` the request awaits right before sending: that wait keeps
+    the delay from the previous request's real start.  A larger
+    `min_delay_s` (a robots.txt Crawl-delay) wins for that request.
+    `clock` and `sleep` are injectable for tests.
     """
 
     def __init__(
@@ -70,7 +122,7 @@ class HostPoliteness:
         return len(self._hosts)
 
     @asynccontextmanager
-    async def slot(self, host: str, min_delay_s: float | None = None) -> AsyncIterator[None]:
+    async def slot(self, host: str, min_delay_s: float | None = None) -> AsyncIterator[HostTurn]:
         """Hold one of `host`'s request slots for the duration of the block."""
         key = host.lower()
         delay = self._delay_s if min_delay_s is None else max(self._delay_s, min_delay_s)
@@ -81,9 +133,20 @@ class HostPoliteness:
             state.last_start, state.spacing = start, delay
             if start > now:
                 await self._sleep(start - now)
-            yield
+            yield HostTurn(self, state, delay)
         finally:
             self._release(key, state)
+
+    async def _pass_gate(self, state: _HostState, delay: float) -> None:
+        async with state.gate:
+            wait = state.last_on_wire + delay - self._clock()
+            if wait > 0:
+                await self._sleep(wait)
+            now = self._clock()
+            state.last_on_wire = now
+            # The next plan starts from here if this start came later than planned.
+            state.last_start = max(state.last_start, now)
+            state.spacing = max(state.spacing, delay)
 
     async def _acquire(self, key: str) -> _HostState:
         self._forget_idle()

@@ -10,7 +10,10 @@ with no text, or redirect once to a page that works.
 Pages are `/` and `/page/K`; `/private/...` exists but robots.txt forbids it.
 `/_redirect?to=URL` on an ordinary site is a deliberate open redirect, so
 tests can check what a crawler does when a site sends it somewhere else.
-`GET /_stats` on any other host name returns the counters as JSON.
+`GET /_stats` on any other host name returns the counters as JSON, and
+`GET /_arrivals` when each request reached each site (`time.monotonic()`),
+so a benchmark in another process can see the politeness the sites saw.
+`expected_outcome(kind, …)` says what a crawler should record for each kind.
 
 Run it alone with `python -m engine.crawl.site_server --port P --domains-file F --count N`.
 """
@@ -38,6 +41,8 @@ from typing import Any, Self
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
+
+from engine.crawl.outcomes import FetchOutcome
 
 SITE_KINDS: tuple[str, ...] = (
     "normal",
@@ -87,6 +92,47 @@ def site_kind(n: int) -> str:
     """How `site-n.test` behaves: one of `SITE_KINDS`, fixed for a given number."""
     # 7 is coprime with 30, so every run of 30 numbers holds each unusual kind once.
     return _SPECIAL_BY_SLOT.get((n * 7) % _CYCLE, "normal")
+
+
+_FIXED_OUTCOMES = {
+    "normal": FetchOutcome.FETCHED,
+    "broken_500": FetchOutcome.HTTP_ERROR,
+    "broken_reset": FetchOutcome.REFUSED,
+    "huge": FetchOutcome.TOO_LARGE,
+    "redirect_loop": FetchOutcome.TOO_MANY_REDIRECTS,
+    "robots_disallow": FetchOutcome.ROBOTS_BLOCKED,
+    "robots_unavailable": FetchOutcome.ROBOTS_BLOCKED,  # RFC 9309: 5xx means "keep out"
+    "not_html": FetchOutcome.NOT_HTML,
+    "empty": FetchOutcome.EMPTY_TEXT,
+    "redirect_ok": FetchOutcome.REDIRECTED,
+}
+
+
+def expected_outcome(
+    kind: str, *, slow_s: float, read_timeout_s: float, total_timeout_s: float
+) -> FetchOutcome:
+    """What a crawl that keeps its rules stores for the home page of a site of `kind`.
+
+    That is the crawl stage's outcome (a page without text is `empty_text`),
+    with robots.txt respected, a body cap below the huge sites' 1 GiB and the
+    server run with `slow_s`.  A slow site is fetched if it answers within
+    both timeouts; a drip-fed one sends a drop every `slow_s / 10` for
+    `10 × slow_s`, and must time out: timeouts that would let it finish have
+    no single right answer and are refused.
+    """
+    if kind in _FIXED_OUTCOMES:
+        return _FIXED_OUTCOMES[kind]
+    if kind == "slow":
+        answered = slow_s < min(read_timeout_s, total_timeout_s)
+        return FetchOutcome.FETCHED if answered else FetchOutcome.TIMED_OUT
+    if kind == "drip":
+        if total_timeout_s < 10 * slow_s or read_timeout_s < slow_s / 10:
+            return FetchOutcome.TIMED_OUT
+        raise ValueError(
+            f"a drip-fed site lasts {10 * slow_s:g}s: a total timeout of {total_timeout_s:g}s "
+            "lets it finish, and what it then holds is no fixed outcome"
+        )
+    raise ValueError(f"unknown site kind {kind!r}")
 
 
 def site_variant(n: int) -> int:
@@ -160,6 +206,10 @@ class SiteServerStats:
     bytes_sent_by_host: Counter[str] = field(default_factory=Counter)
     arrivals_by_host: dict[str, deque[float]] = field(default_factory=dict)
 
+    def arrivals(self) -> dict[str, list[float]]:
+        """When each host's requests arrived (its latest 256), oldest first."""
+        return {host: list(times) for host, times in self.arrivals_by_host.items()}
+
     def as_dict(self) -> dict[str, Any]:
         """Totals only: per-host maps grow with the crawl."""
         return {
@@ -172,12 +222,32 @@ class SiteServerStats:
         }
 
 
+class _StampingHandler(RequestHandler):
+    """aiohttp's connection handler, noting when the latest bytes came in.
+
+    A request's handler runs a loop turn or more after its bytes arrived; on
+    a busy server that is milliseconds, which would blur the gaps between a
+    host's requests.  A crawler sends a GET whole and waits for the answer,
+    so the latest bytes before a request's handler runs are that request's.
+    """
+
+    __slots__ = ("data_at",)
+
+    def data_received(self, data: bytes) -> None:
+        self.data_at = time.monotonic()
+        super().data_received(data)
+
+
 class _CountingServer(web.Server):
-    """aiohttp's low-level server, counting accepted connections."""
+    """aiohttp's low-level server, counting accepted connections and stamping arrivals."""
 
     def __init__(self, stats: SiteServerStats, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._stats = stats
+
+    def __call__(self) -> RequestHandler:
+        # What `web.Server.__call__` does, with our handler class.
+        return _StampingHandler(self, loop=self._loop, **self._kwargs)
 
     def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
         self._stats.connections += 1
@@ -266,7 +336,7 @@ class SiteServer:
         if request.path == "/robots.txt":
             stats.robots_by_host[host] += 1
         arrivals = stats.arrivals_by_host.setdefault(host, deque(maxlen=256))
-        arrivals.append(time.monotonic())
+        arrivals.append(getattr(request.protocol, "data_at", None) or time.monotonic())
         stats.in_flight += 1
         stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
         stats.in_flight_by_host[host] += 1
@@ -280,6 +350,8 @@ class SiteServer:
             if number is None:
                 if request.path == "/_stats":
                     return web.json_response(stats.as_dict())
+                if request.path == "/_arrivals":
+                    return web.json_response(stats.arrivals())
                 return web.Response(status=404, text="no such site\n")
             return await self._site(request, number, host)
         finally:

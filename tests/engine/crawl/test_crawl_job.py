@@ -17,7 +17,13 @@ from pathlib import Path
 import pytest
 
 from engine.crawl.outcomes import FetchOutcome
-from engine.crawl.site_server import SITE_KINDS, SiteServer, site_kind, synthetic_domains
+from engine.crawl.site_server import (
+    SITE_KINDS,
+    SiteServer,
+    expected_outcome,
+    site_kind,
+    synthetic_domains,
+)
 from engine.engine import Engine
 from engine.settings import CrawlSettings
 from engine.simulator import ProviderSimulator
@@ -187,6 +193,14 @@ async def test_fetch_concurrency_is_a_control_of_its_own(
 
 def test_site_kinds_are_all_covered_by_this_job() -> None:
     assert {site_kind(n) for n in range(1, SITES + 1)} == set(SITE_KINDS)
+
+
+def test_the_site_server_expects_the_outcomes_this_crawl_stores(tmp_path: Path) -> None:
+    """What the benchmark checks its crawl against is what this real crawl is held to."""
+    crawl = crawl_settings(tmp_path, 0)
+    timeouts = {"read_timeout_s": crawl.read_timeout_s, "total_timeout_s": crawl.total_timeout_s}
+    expected = {kind: expected_outcome(kind, slow_s=SLOW_S, **timeouts) for kind in SITE_KINDS}
+    assert expected == EXPECTED_ROOT_OUTCOME
 
 
 async def test_same_site_links_are_followed_to_the_depth_and_page_cap(

@@ -398,8 +398,7 @@ async def test_requests_to_one_host_are_spaced_by_the_politeness_delay(
     arrivals = list(sites.stats.arrivals_by_host[name])
     assert len(arrivals) == 5  # robots.txt and four pages
     gaps = [later - earlier for earlier, later in itertools.pairwise(arrivals)]
-    assert min(gaps) > delay * 0.5
-    assert arrivals[-1] - arrivals[0] > 4 * delay * 0.8
+    assert min(gaps) >= delay - 0.01  # the server stamps a request a loop turn after it arrives
 
 
 async def test_a_larger_crawl_delay_from_robots_txt_wins() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
 
 import pytest
 
@@ -37,6 +39,62 @@ async def test_requests_to_one_host_start_a_delay_apart() -> None:
             starts.append(clock())
 
     assert starts == [0.0, 2.0, 4.0]
+
+
+async def test_the_next_request_is_planned_from_when_the_last_really_went_out() -> None:
+    politeness, clock = manual(per_host=1, delay_s=1.0)
+    async with politeness.slot("h.test") as turn:
+        clock.now += 0.7  # a global slot, DNS and a connection took this long
+        await turn.on_the_wire()
+    async with politeness.slot("h.test") as turn:
+        planned = clock()
+        await turn.on_the_wire()
+        sent = clock()
+
+    assert (planned, sent) == (1.7, 1.7)
+
+
+async def test_a_request_waits_at_the_wire_for_one_that_went_out_late() -> None:
+    politeness, clock = manual(per_host=2, delay_s=1.0)
+    async with (
+        politeness.slot("h.test") as first,
+        politeness.slot("h.test") as second,  # planned for 1.0
+    ):
+        assert clock() == 1.0
+        await first.on_the_wire()  # went out late, at 1.0 too
+        await second.on_the_wire()
+        assert clock() == 2.0
+
+
+async def test_a_pause_between_the_gate_and_the_write_counts_against_the_next_request() -> None:
+    politeness, clock = manual(per_host=1, delay_s=1.0)
+    async with politeness.slot("h.test") as turn:
+        await turn.on_the_wire()
+        clock.now += 0.2  # the process was paused before the bytes were written
+        turn.sent()
+    async with politeness.slot("h.test") as turn:
+        await turn.on_the_wire()
+        assert clock() == 1.2
+
+
+async def test_whichever_request_reaches_the_wire_first_the_next_keeps_the_delay() -> None:
+    delay = 0.05
+    politeness = HostPoliteness(per_host=3, delay_s=delay)
+    sent: list[float] = []
+
+    async def request(connect_s: float) -> None:
+        async with politeness.slot("h.test") as turn:
+            await asyncio.sleep(connect_s)  # connections take different times
+            await turn.on_the_wire()
+            sent.append(time.monotonic())
+
+    async with asyncio.TaskGroup() as group:
+        for connect_s in (0.12, 0.0, 0.03):
+            group.create_task(request(connect_s))
+
+    gaps = [later - earlier for earlier, later in itertools.pairwise(sorted(sent))]
+    assert len(gaps) == 2
+    assert min(gaps) >= delay - 1e-6
 
 
 async def test_other_hosts_do_not_wait_for_each_other() -> None:

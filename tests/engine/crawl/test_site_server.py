@@ -13,10 +13,12 @@ import httpx2
 import pytest
 from selectolax.lexbor import LexborHTMLParser
 
+from engine.crawl.outcomes import FetchOutcome
 from engine.crawl.site_server import (
     HUGE_BODY_BYTES,
     SITE_KINDS,
     SiteServer,
+    expected_outcome,
     serve_sites,
     site_kind,
     site_number,
@@ -116,6 +118,33 @@ async def test_unknown_hosts_get_404_and_stats_are_served_to_them(
     stats = (await client.get("/_stats")).json()
     assert stats["requests"] == 2
     assert stats["connections"] >= 1
+
+
+async def test_arrivals_are_served_to_other_hosts_oldest_first(
+    sites: SiteServer, client: httpx2.AsyncClient
+) -> None:
+    n = first_site("normal")
+    for k in range(3):
+        await get(client, n, f"/page/{k}")
+
+    arrivals = (await client.get("/_arrivals")).json()
+    times = arrivals[f"site-{n:04d}.test"]
+    assert len(times) == 3 and times == sorted(times)
+    assert times == list(sites.stats.arrivals_by_host[f"site-{n:04d}.test"])
+
+
+def test_every_kind_has_an_expected_outcome_and_timeouts_decide_the_slow_ones() -> None:
+    quick = {"slow_s": 2.0, "read_timeout_s": 1.0, "total_timeout_s": 1.5}
+    patient = {"slow_s": 2.0, "read_timeout_s": 4.0, "total_timeout_s": 6.0}
+    for kind in SITE_KINDS:
+        assert isinstance(expected_outcome(kind, **patient), FetchOutcome)
+    assert expected_outcome("slow", **quick) is FetchOutcome.TIMED_OUT
+    assert expected_outcome("slow", **patient) is FetchOutcome.FETCHED
+    assert expected_outcome("drip", **patient) is FetchOutcome.TIMED_OUT
+    with pytest.raises(ValueError, match="drip-fed"):
+        expected_outcome("drip", slow_s=2.0, read_timeout_s=4.0, total_timeout_s=60.0)
+    with pytest.raises(ValueError, match="unknown site kind"):
+        expected_outcome("teapot", **patient)
 
 
 async def test_robots_txt_depends_on_the_kind(client: httpx2.AsyncClient) -> None:
