@@ -10,8 +10,10 @@ from typing import Any
 
 from textual.clock import Clock
 from textual.pilot import Pilot
+from textual.widgets import Static
 
 from engine.engine import Engine
+from engine.headless_reporter import status_line
 from engine.snapshot import JobState
 from tests.tui.conftest import FixedSource, fixed_crawl_snapshot, fixed_snapshot
 from tui.actions import ACTIONS
@@ -71,6 +73,34 @@ async def test_space_pauses_and_p_resumes_the_engine(slow_engine: Engine) -> Non
         await pilot.press("p")
         await pilot.pause()
         assert slow_engine.snapshot().state is JobState.RUNNING
+        await finish(pilot, app, slow_engine)
+
+
+def eta_figure(app: CrawldeckApp) -> list[str]:
+    """The ETA figure's three lines as drawn: label, value, band."""
+    return str(app.query_one("#figure-eta", Static).render()).split("\n")
+
+
+async def test_the_eta_says_paused_while_paused_and_counts_down_again_on_resume(
+    slow_engine: Engine,
+) -> None:
+    app = CrawldeckApp(slow_engine, refresh_hz=20)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await start(pilot, slow_engine)
+        await wait_until(pilot, lambda: slow_engine.snapshot().eta_s is not None)
+        await wait_until(pilot, lambda: re.fullmatch(r"\d+m?\d*s", eta_figure(app)[1]) is not None)
+
+        await pilot.press("space")
+        await pilot.pause()
+        snap = slow_engine.snapshot()
+        assert snap.state is JobState.PAUSED
+        assert (snap.eta_s, snap.eta_low_s, snap.eta_high_s) == (None, None, None)
+        assert eta_figure(app) == ["ETA", "paused", ""]
+        assert " ETA paused " in status_line(snap)  # the headless line says the same
+
+        await pilot.press("p")
+        await wait_until(pilot, lambda: slow_engine.snapshot().eta_s is not None)
+        await wait_until(pilot, lambda: re.fullmatch(r"\d+m?\d*s", eta_figure(app)[1]) is not None)
         await finish(pilot, app, slow_engine)
 
 

@@ -6,13 +6,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from textual.widgets import Input, Label, OptionList
+from textual.widgets import Button, Input, Label, OptionList
 
 from engine.config_file import load_preset_file, save_preset
 from engine.engine import Engine
 from engine.events import EventKind
 from engine.settings import BUILTIN_PRESETS, Preset
 from engine.snapshot import JobState
+from tests.tui.conftest import FixedSource
 from tests.tui.test_dashboard import finish, fixed_app, start, wait_until
 from tui.app import CrawldeckApp
 from tui.screens.concurrency_prompt import ConcurrencyPrompt
@@ -165,6 +166,53 @@ async def test_e_edits_the_preset_checks_it_and_saves_a_file_that_loads(
         await finish(pilot, app, slow_engine)
 
 
+async def test_ctrl_a_applies_the_form_while_the_cursor_is_in_a_field(slow_engine: Engine) -> None:
+    # An input binds ctrl+a to "home"; the editor's Apply must win, or it never runs.
+    app = CrawldeckApp(slow_engine, refresh_hz=20)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await start(pilot, slow_engine)
+        assert slow_engine.snapshot().concurrency == 4
+        await pilot.press("e")
+        await pilot.pause()
+        editor = app.screen
+        assert isinstance(editor, PresetEditor)
+        field = editor.query_one("#field-concurrency", Input)
+        assert field.has_focus
+        assert str(editor.query_one("#apply", Button).label) == "Apply (^a)"
+
+        await pilot.press("end", "backspace", "9")
+        assert field.has_focus and field.value == "9"
+        await pilot.press("ctrl+a")
+        await wait_until(pilot, lambda: app.screen is app.dashboard)
+
+        snap = slow_engine.snapshot()
+        assert (snap.preset.concurrency, snap.concurrency) == (9, 9)
+        assert events_of(slow_engine, EventKind.PRESET_CHANGED)
+        await finish(pilot, app, slow_engine)
+
+
+async def test_the_editor_keys_follow_the_keymap_and_the_buttons_say_so(
+    isolated_config_dir: Path,
+) -> None:
+    isolated_config_dir.mkdir()
+    (isolated_config_dir / "settings.toml").write_text(
+        '[keymap]\n"crawldeck.apply_preset" = "ctrl+y"\n', encoding="utf-8"
+    )
+    app = fixed_app()
+    source = app.source
+    assert isinstance(source, FixedSource)
+    async with app.run_test(size=(120, 40)) as pilot:
+        assert app.startup_problems == []  # a known binding id, not refused
+        await pilot.press("e")
+        await pilot.pause()
+        editor = app.screen
+        assert isinstance(editor, PresetEditor)
+        assert str(editor.query_one("#apply", Button).label) == "Apply (^y)"
+        await pilot.press("ctrl+y")
+        await wait_until(pilot, lambda: app.screen is app.dashboard)
+        assert [name for name, _ in source.calls] == ["apply_preset"]
+
+
 async def test_dialogs_do_not_steer_a_job_that_ended_while_they_were_open(
     slow_engine: Engine,
 ) -> None:
@@ -216,6 +264,9 @@ def shown_config_dir(monkeypatch: pytest.MonkeyPatch) -> None:
 def _press(*keys: str) -> Callable[..., object]:
     async def run_before(pilot: object) -> None:
         await pilot.press(*keys)  # type: ignore[attr-defined]
+        # A blinking cursor is drawn or not depending on when the picture is taken.
+        for field in pilot.app.screen.query(Input):  # type: ignore[attr-defined]
+            field.cursor_blink = False
         await pilot.pause()  # type: ignore[attr-defined]
 
     return run_before
