@@ -23,6 +23,7 @@ class DashboardAction:
     keys: str  # default keys, comma-separated Textual key names
     key_display: str | None = None
     show: bool = True  # listed in the footer (every action is in the palette)
+    group: str | None = None  # neighbours sharing a group share one footer label: "+- Conc"
     # Checked before the focused widget's own keys: an input takes ctrl+a as "home".
     priority: bool = False
 
@@ -43,6 +44,7 @@ ACTIONS: tuple[DashboardAction, ...] = (
         "Allow one more request in flight",
         "plus",
         "+",
+        group="Conc",
     ),
     DashboardAction(
         "crawldeck.concurrency_down",
@@ -51,6 +53,7 @@ ACTIONS: tuple[DashboardAction, ...] = (
         "Allow one fewer request in flight",
         "minus",
         "-",
+        group="Conc",
     ),
     DashboardAction(
         "crawldeck.concurrency_set",
@@ -95,20 +98,22 @@ ACTIONS: tuple[DashboardAction, ...] = (
         "q",
     ),
     DashboardAction(
-        "crawldeck.fetch_up",
-        "fetch_up",
-        "Fetch+",
-        "Crawl jobs: allow 8 more fetches in flight",
-        "right_square_bracket",
-        "]",
-    ),
-    DashboardAction(
         "crawldeck.fetch_down",
         "fetch_down",
         "Fetch-",
         "Crawl jobs: allow 8 fewer fetches in flight",
         "left_square_bracket",
         "[",
+        group="Fetch",
+    ),
+    DashboardAction(
+        "crawldeck.fetch_up",
+        "fetch_up",
+        "Fetch+",
+        "Crawl jobs: allow 8 more fetches in flight",
+        "right_square_bracket",
+        "]",
+        group="Fetch",
     ),
     DashboardAction(
         "crawldeck.keys",
@@ -183,6 +188,7 @@ def _binding(action: DashboardAction) -> Binding:
         key_display=action.key_display,
         priority=action.priority,
         id=action.id,
+        group=Binding.Group(action.group, compact=True) if action.group else None,
     )
 
 
