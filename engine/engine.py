@@ -269,7 +269,9 @@ class Engine:
         """The state of the run right now, as an immutable value."""
         s = self.stats
         remaining = None if s.total is None else max(0, s.total - s.finished)
-        eta, low, high = s.eta(remaining)
+        # A paused, draining or ended job has no ETA: its rate no longer says when it ends.
+        running = self._state in (JobState.STARTING, JobState.RUNNING)
+        eta, low, high = s.eta(remaining, running=running)
         keys = tuple(self._key_snapshot(k) for k in self._keys.keys)
         projected = None
         if s.total is not None and s.done + s.failed > 0:

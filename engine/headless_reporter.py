@@ -14,7 +14,7 @@ from dataclasses import asdict, replace
 from typing import Any, TextIO
 
 from engine.events import EventKind
-from engine.snapshot import Snapshot
+from engine.snapshot import JobState, Snapshot
 
 # Events worth a line of their own in a log (the rest are in the store).
 _LOUD = {
@@ -52,6 +52,33 @@ def format_duration(seconds: float | None) -> str:
     return f"{secs}s"
 
 
+# What stands in the ETA's place when the engine gives none because the job
+# is not counting down: a countdown there would mislead.
+_STATE_FOR_ETA = {
+    JobState.PAUSED: "paused",
+    JobState.DRAINING: "draining",
+    JobState.STOPPING: "stopping",
+    JobState.DONE: "done",
+    JobState.FINISHED_WITH_FAILURES: "finished",
+    JobState.STOPPED: "stopped",
+    JobState.FAILED: "failed",
+}
+
+
+def eta_text(snap: Snapshot) -> tuple[str, str]:
+    """The ETA and its band as text, or the job's state and no band while there is no ETA.
+
+    The engine leaves the ETA out while the job is paused, draining, stopping
+    or over; a running job without one yet (no rate to go by) shows "?".
+    """
+    if snap.eta_s is None and snap.state in _STATE_FOR_ETA:
+        return _STATE_FOR_ETA[snap.state], ""
+    band = ""
+    if snap.eta_low_s is not None and snap.eta_high_s is not None and snap.eta_s:
+        band = f"{format_duration(snap.eta_low_s)}{_RANGE_DASH}{format_duration(snap.eta_high_s)}"
+    return format_duration(snap.eta_s), band
+
+
 def status_line(snap: Snapshot) -> str:
     c = snap.counts
     total = "?" if c.total is None else ("~" if c.total_estimated else "") + str(c.total)
@@ -59,11 +86,9 @@ def status_line(snap: Snapshot) -> str:
     mem_text = f"{mem.rss_bytes / 2**20:.0f}MB"
     if mem.state != "ok":
         mem_text += f" ({mem.state.upper()})"
-    eta = format_duration(snap.eta_s)
-    if snap.eta_low_s is not None and snap.eta_high_s is not None and snap.eta_s:
-        eta += (
-            f" [{format_duration(snap.eta_low_s)}{_RANGE_DASH}{format_duration(snap.eta_high_s)}]"
-        )
+    eta, band = eta_text(snap)
+    if band:
+        eta += f" [{band}]"
     # Shown once there are any: input records left out are not chunks, and a
     # log reader must not mistake them for the chunks "skipped" as done before.
     records = f", input records skipped {c.records_skipped}" if c.records_skipped else ""

@@ -109,9 +109,16 @@ class RunStats:
         self.items_per_min_low = min(min(windows), self.items_per_min)
         self.items_per_min_high = max(max(windows), self.items_per_min)
 
-    def eta(self, remaining: int | None) -> tuple[float | None, float | None, float | None]:
-        """(eta, low, high) in seconds; None while there is no rate to go by."""
-        if remaining is None:
+    def eta(
+        self, remaining: int | None, *, running: bool = True
+    ) -> tuple[float | None, float | None, float | None]:
+        """(eta, low, high) in seconds; None while there is no rate to go by.
+
+        Also None when the job is not `running` (paused, draining, stopping or
+        ended): its rate no longer says when it will end, so front ends show
+        the job's state in the ETA's place instead of a countdown.
+        """
+        if remaining is None or not running:
             return None, None, None
         if remaining <= 0:
             return 0.0, 0.0, 0.0

@@ -1,4 +1,4 @@
-"""The dashboard's controls, declared once.
+"""The dashboard's controls, and the preset editor's, declared once.
 
 Each entry feeds the key bindings (with a stable id, so `App.set_keymap()`
 can remap it), the footer and the command palette.  An action only calls an
@@ -17,12 +17,15 @@ from textual.binding import Binding
 @dataclass(frozen=True, slots=True)
 class DashboardAction:
     id: str  # stable binding id, the key for user remaps
-    action: str  # the `action_*` method on the dashboard screen, without the prefix
+    action: str  # the `action_*` method on its screen (the dashboard's), without the prefix
     description: str  # short: the footer's label
     help: str  # longer: the command palette's help line
     keys: str  # default keys, comma-separated Textual key names
     key_display: str | None = None
     show: bool = True  # listed in the footer (every action is in the palette)
+    group: str | None = None  # neighbours sharing a group share one footer label: "+- Conc"
+    # Checked before the focused widget's own keys: an input takes ctrl+a as "home".
+    priority: bool = False
 
 
 ACTIONS: tuple[DashboardAction, ...] = (
@@ -41,6 +44,7 @@ ACTIONS: tuple[DashboardAction, ...] = (
         "Allow one more request in flight",
         "plus",
         "+",
+        group="Conc",
     ),
     DashboardAction(
         "crawldeck.concurrency_down",
@@ -49,6 +53,7 @@ ACTIONS: tuple[DashboardAction, ...] = (
         "Allow one fewer request in flight",
         "minus",
         "-",
+        group="Conc",
     ),
     DashboardAction(
         "crawldeck.concurrency_set",
@@ -93,20 +98,22 @@ ACTIONS: tuple[DashboardAction, ...] = (
         "q",
     ),
     DashboardAction(
-        "crawldeck.fetch_up",
-        "fetch_up",
-        "Fetch+",
-        "Crawl jobs: allow 8 more fetches in flight",
-        "right_square_bracket",
-        "]",
-    ),
-    DashboardAction(
         "crawldeck.fetch_down",
         "fetch_down",
         "Fetch-",
         "Crawl jobs: allow 8 fewer fetches in flight",
         "left_square_bracket",
         "[",
+        group="Fetch",
+    ),
+    DashboardAction(
+        "crawldeck.fetch_up",
+        "fetch_up",
+        "Fetch+",
+        "Crawl jobs: allow 8 more fetches in flight",
+        "right_square_bracket",
+        "]",
+        group="Fetch",
     ),
     DashboardAction(
         "crawldeck.keys",
@@ -139,16 +146,58 @@ ACTIONS: tuple[DashboardAction, ...] = (
     ),
 )
 
+# The preset editor's answers (`action` is the editor's `action_*` method).  The
+# two that answer work even with the cursor in a field: that is where it always is.
+PRESET_EDITOR_ACTIONS: tuple[DashboardAction, ...] = (
+    DashboardAction(
+        "crawldeck.cancel_editor",
+        "cancel",
+        "Cancel",
+        "Close the editor; the preset in force stays",
+        "escape",
+    ),
+    DashboardAction(
+        "crawldeck.save_preset",
+        "save",
+        "Save & apply",
+        "Save the form as a preset file, then apply it",
+        "ctrl+s",
+        priority=True,
+    ),
+    DashboardAction(
+        "crawldeck.apply_preset",
+        "apply",
+        "Apply",
+        "Apply the form to the running job",
+        "ctrl+a",
+        priority=True,
+    ),
+)
+
 ACTIONS_BY_ID: dict[str, DashboardAction] = {a.id: a for a in ACTIONS}
 CLOSE_VIEW_ID = "crawldeck.close_view"  # escape, on every pushed view
-BINDING_IDS = frozenset(ACTIONS_BY_ID) | {CLOSE_VIEW_ID}
+BINDING_IDS = frozenset(ACTIONS_BY_ID) | {a.id for a in PRESET_EDITOR_ACTIONS} | {CLOSE_VIEW_ID}
+
+
+def _binding(action: DashboardAction) -> Binding:
+    return Binding(
+        action.keys,
+        action.action,
+        action.description,
+        show=action.show,
+        key_display=action.key_display,
+        priority=action.priority,
+        id=action.id,
+        group=Binding.Group(action.group, compact=True) if action.group else None,
+    )
 
 
 def dashboard_bindings() -> list[Binding]:
-    return [
-        Binding(a.keys, a.action, a.description, show=a.show, key_display=a.key_display, id=a.id)
-        for a in ACTIONS
-    ]
+    return [_binding(a) for a in ACTIONS]
+
+
+def preset_editor_bindings() -> list[Binding]:
+    return [_binding(a) for a in PRESET_EDITOR_ACTIONS]
 
 
 def close_view_binding() -> Binding:

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from engine.events import Event, EventKind
-from engine.headless_reporter import HeadlessReporter, format_duration, status_line
+from engine.headless_reporter import HeadlessReporter, eta_text, format_duration, status_line
 from engine.snapshot import Counts, JobState, KeySnapshot, MemorySnapshot, Snapshot
 
 GUARD = 2.0
@@ -88,6 +88,33 @@ def test_the_eta_band_is_left_out_when_either_end_is_unknown() -> None:
     line = status_line(running_snapshot(eta_high_s=None))
 
     assert "ETA 1m30s 429s" in line
+
+
+@pytest.mark.parametrize(
+    ("state", "shown"),
+    [
+        (JobState.PAUSED, "paused"),
+        (JobState.DRAINING, "draining"),
+        (JobState.STOPPING, "stopping"),
+        (JobState.DONE, "done"),
+        (JobState.FINISHED_WITH_FAILURES, "finished"),
+        (JobState.STOPPED, "stopped"),
+        (JobState.FAILED, "failed"),
+    ],
+)
+def test_without_an_eta_a_job_that_is_not_running_shows_its_state_in_its_place(
+    state: JobState, shown: str
+) -> None:
+    # The engine gives no ETA outside running; a countdown there would mislead.
+    snap = running_snapshot(state=state, eta_s=None, eta_low_s=None, eta_high_s=None)
+
+    assert eta_text(snap) == (shown, "")
+    assert f" ETA {shown} 429s " in status_line(snap)
+
+
+def test_a_running_job_shows_its_eta_and_band_or_a_question_mark() -> None:
+    assert eta_text(running_snapshot()) == ("1m30s", "1m15s\u20132m10s")
+    assert eta_text(running_snapshot(eta_s=None, eta_low_s=None, eta_high_s=None)) == ("?", "")
 
 
 def test_memory_pressure_is_shouted() -> None:

@@ -169,6 +169,14 @@ def test_eta_is_zero_when_nothing_remains() -> None:
     assert RunStats().eta(-3) == (0.0, 0.0, 0.0)
 
 
+def test_there_is_no_eta_while_the_job_is_not_running() -> None:
+    stats = RunStats(items_per_min=600.0, items_per_min_low=500.0, items_per_min_high=700.0)
+
+    assert stats.eta(1200)[0] == pytest.approx(120.0)
+    assert stats.eta(1200, running=False) == (None, None, None)
+    assert stats.eta(0, running=False) == (None, None, None)
+
+
 def test_eta_is_unknown_without_a_rate_to_go_by() -> None:
     stats = RunStats()
     stats.tick(0.0)

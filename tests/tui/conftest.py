@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from engine.drift.monitor import DriftMonitor
 from engine.engine import Engine
 from engine.events import Event, EventKind
-from engine.settings import BUILTIN_PRESETS, Preset
+from engine.settings import BUILTIN_PRESETS, DriftSettings, Preset
 from engine.simulator import ProviderSimulator
 from engine.snapshot import (
     Counts,
@@ -167,6 +168,35 @@ def fixed_snapshot(**changes: object) -> Snapshot:
         ),
     )
     return replace(snap, **changes)  # type: ignore[arg-type]
+
+
+def every_drift_metric() -> tuple[DriftMetric, ...]:
+    """The metrics a job's drift monitor watches by default (the demo's nine), with fixed series.
+
+    Names, labels, statistics and thresholds come from a real monitor; the
+    series are made up: most metrics calm, one near its threshold, one past it.
+    """
+    metrics = DriftMonitor(DriftSettings()).metrics()
+    states = {"items": DriftState.WARNING, "refusals": DriftState.TRIPPED}
+    chosen = []
+    for index, metric in enumerate(metrics):
+        state = states.get(metric.name, DriftState.OK)
+        level = {DriftState.OK: 0.3, DriftState.WARNING: 0.7, DriftState.TRIPPED: 1.3}[state]
+        values = tuple(
+            metric.threshold * level * (0.6 + ((i * (index + 3)) % 9) / 20) for i in range(60)
+        )
+        chosen.append(
+            replace(
+                metric,
+                values=values,
+                current=values[-1],
+                state=state,
+                baseline_size=200,
+                window_size=200,
+                trips=int(state is DriftState.TRIPPED),
+            )
+        )
+    return tuple(chosen)
 
 
 def fixed_crawl_snapshot(**changes: object) -> Snapshot:

@@ -8,18 +8,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from textual.clock import Clock
 from textual.pilot import Pilot
+from textual.widgets import Static
+from textual.widgets._footer import FooterKey  # not exported; textual is pinned exactly
 
 from engine.engine import Engine
+from engine.headless_reporter import status_line
 from engine.snapshot import JobState
 from tests.tui.conftest import FixedSource, fixed_crawl_snapshot, fixed_snapshot
 from tui.actions import ACTIONS
 from tui.app import CrawldeckApp
 from tui.screens.confirm_quit import ConfirmQuitScreen
 from tui.widgets.event_log import EventLog
+from tui.widgets.fitting_footer import FittingFooter
 from tui.widgets.key_usage_table import KeyUsageTable
 
+ACTIONS_BY_ACTION = {a.action: a for a in ACTIONS}
 WAIT_S = 10.0  # a hang guard; conditions normally hold within a few ticks
 
 
@@ -71,6 +77,34 @@ async def test_space_pauses_and_p_resumes_the_engine(slow_engine: Engine) -> Non
         await pilot.press("p")
         await pilot.pause()
         assert slow_engine.snapshot().state is JobState.RUNNING
+        await finish(pilot, app, slow_engine)
+
+
+def eta_figure(app: CrawldeckApp) -> list[str]:
+    """The ETA figure's three lines as drawn: label, value, band."""
+    return str(app.query_one("#figure-eta", Static).render()).split("\n")
+
+
+async def test_the_eta_says_paused_while_paused_and_counts_down_again_on_resume(
+    slow_engine: Engine,
+) -> None:
+    app = CrawldeckApp(slow_engine, refresh_hz=20)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await start(pilot, slow_engine)
+        await wait_until(pilot, lambda: slow_engine.snapshot().eta_s is not None)
+        await wait_until(pilot, lambda: re.fullmatch(r"\d+m?\d*s", eta_figure(app)[1]) is not None)
+
+        await pilot.press("space")
+        await pilot.pause()
+        snap = slow_engine.snapshot()
+        assert snap.state is JobState.PAUSED
+        assert (snap.eta_s, snap.eta_low_s, snap.eta_high_s) == (None, None, None)
+        assert eta_figure(app) == ["ETA", "paused", ""]
+        assert " ETA paused " in status_line(snap)  # the headless line says the same
+
+        await pilot.press("p")
+        await wait_until(pilot, lambda: slow_engine.snapshot().eta_s is not None)
+        await wait_until(pilot, lambda: re.fullmatch(r"\d+m?\d*s", eta_figure(app)[1]) is not None)
         await finish(pilot, app, slow_engine)
 
 
@@ -208,6 +242,31 @@ def test_crawl_dashboard_at_80x24(snap_compare: Callable[..., bool]) -> None:
 
 def test_crawl_dashboard_at_160x48(snap_compare: Callable[..., bool]) -> None:
     assert snap_compare(fixed_crawl_app(), terminal_size=(160, 48))
+
+
+@pytest.mark.parametrize("size", [(80, 24), (100, 30), (160, 48)])
+async def test_every_control_is_in_the_footer_whole_or_the_footer_says_where(
+    size: tuple[int, int],
+) -> None:
+    app = fixed_crawl_app()  # a crawl job: the most controls
+    async with app.run_test(size=size) as pilot:
+        footer = app.query_one(FittingFooter)
+        await wait_until(pilot, lambda: footer.fitted and bool(footer.query(".-command-palette")))
+        palette = footer.query_one(".-command-palette", FooterKey)
+        assert palette.display and palette.region in footer.region
+        shown = [key for key in footer.query(FooterKey) if key is not palette and key.display]
+        shown = [key for key in shown if all(node.display for node in key.ancestors_with_self)]
+        assert all(key.region.right <= palette.region.x for key in shown), "none cut in half"
+
+        listed = {a.action for a in ACTIONS if a.show}
+        assert {key.action for key in shown} | set(footer.left_out) == listed
+        titles = {c.title for c in app.get_system_commands(app.dashboard)}
+        for action in footer.left_out:
+            assert ACTIONS_BY_ACTION[action].description in titles, f"{action} is in the palette"
+        assert palette.description == ("more" if footer.left_out else "palette")
+        if size[0] == 80:
+            assert footer.left_out, "80 columns cannot hold every control"
+            assert "request_quit" not in footer.left_out
 
 
 async def test_fetch_controls_are_hidden_for_a_job_that_does_not_crawl() -> None:

@@ -6,19 +6,21 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from textual.widgets import Input, Label, OptionList
+from textual.widgets import Button, Input, Label, OptionList
 
 from engine.config_file import load_preset_file, save_preset
 from engine.engine import Engine
 from engine.events import EventKind
 from engine.settings import BUILTIN_PRESETS, Preset
 from engine.snapshot import JobState
+from tests.tui.conftest import FixedSource, every_drift_metric
 from tests.tui.test_dashboard import finish, fixed_app, start, wait_until
 from tui.app import CrawldeckApp
 from tui.screens.concurrency_prompt import ConcurrencyPrompt
 from tui.screens.preset_editor import PresetEditor
 from tui.screens.preset_picker import PresetPicker
 from tui.widgets.drift_panel import DriftPanel
+from tui.widgets.event_log import EventLog
 
 
 def events_of(engine: Engine, kind: EventKind) -> list[str]:
@@ -165,6 +167,53 @@ async def test_e_edits_the_preset_checks_it_and_saves_a_file_that_loads(
         await finish(pilot, app, slow_engine)
 
 
+async def test_ctrl_a_applies_the_form_while_the_cursor_is_in_a_field(slow_engine: Engine) -> None:
+    # An input binds ctrl+a to "home"; the editor's Apply must win, or it never runs.
+    app = CrawldeckApp(slow_engine, refresh_hz=20)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await start(pilot, slow_engine)
+        assert slow_engine.snapshot().concurrency == 4
+        await pilot.press("e")
+        await pilot.pause()
+        editor = app.screen
+        assert isinstance(editor, PresetEditor)
+        field = editor.query_one("#field-concurrency", Input)
+        assert field.has_focus
+        assert str(editor.query_one("#apply", Button).label) == "Apply (^a)"
+
+        await pilot.press("end", "backspace", "9")
+        assert field.has_focus and field.value == "9"
+        await pilot.press("ctrl+a")
+        await wait_until(pilot, lambda: app.screen is app.dashboard)
+
+        snap = slow_engine.snapshot()
+        assert (snap.preset.concurrency, snap.concurrency) == (9, 9)
+        assert events_of(slow_engine, EventKind.PRESET_CHANGED)
+        await finish(pilot, app, slow_engine)
+
+
+async def test_the_editor_keys_follow_the_keymap_and_the_buttons_say_so(
+    isolated_config_dir: Path,
+) -> None:
+    isolated_config_dir.mkdir()
+    (isolated_config_dir / "settings.toml").write_text(
+        '[keymap]\n"crawldeck.apply_preset" = "ctrl+y"\n', encoding="utf-8"
+    )
+    app = fixed_app()
+    source = app.source
+    assert isinstance(source, FixedSource)
+    async with app.run_test(size=(120, 40)) as pilot:
+        assert app.startup_problems == []  # a known binding id, not refused
+        await pilot.press("e")
+        await pilot.pause()
+        editor = app.screen
+        assert isinstance(editor, PresetEditor)
+        assert str(editor.query_one("#apply", Button).label) == "Apply (^y)"
+        await pilot.press("ctrl+y")
+        await wait_until(pilot, lambda: app.screen is app.dashboard)
+        assert [name for name, _ in source.calls] == ["apply_preset"]
+
+
 async def test_dialogs_do_not_steer_a_job_that_ended_while_they_were_open(
     slow_engine: Engine,
 ) -> None:
@@ -184,26 +233,48 @@ async def test_dialogs_do_not_steer_a_job_that_ended_while_they_were_open(
 
 # ---------------------------------------------------------------- layout
 async def test_panels_collapse_in_order_as_the_terminal_shrinks() -> None:
-    app = fixed_app()
+    nine = every_drift_metric()
+    app = fixed_app(drift=nine)
     async with app.run_test(size=(200, 60)) as pilot:
         await pilot.pause()
-        keys, log = app.query_one("#keys"), app.query_one("#events")
+        keys, log, drift = (
+            app.query_one("#keys"),
+            app.query_one("#events"),
+            app.query_one(DriftPanel),
+        )
         assert log.region.x > keys.region.right - 1, "wide: the log sits beside the keys"
-        assert app.query_one(DriftPanel).region.height >= 3 * 3, "tall: a chart per metric"
+        assert drift.region.height >= 2 * len(nine), "wide and tall: the charts grow"
+
+        await pilot.resize_terminal(80, 30)
+        await pilot.pause()
+        assert app.query_one("#sparklines").display and app.query_one("#queues").display
+        assert drift.region.height == 1 + len(nine), "medium: a line per metric"
+        assert log.region.y > keys.region.y, "narrow: stacked"
 
         await pilot.resize_terminal(80, 24)
         await pilot.pause()
-        drift = app.query_one(DriftPanel)
-        assert drift.display and drift.region.height <= 4, "short: a line per metric"
-        assert app.query_one("#sparklines").display
-        assert app.query_one("#events").region.height >= 3
-        assert app.query_one("#events").region.y > keys.region.y, "narrow: stacked"
+        assert not app.query_one("#sparklines").display, "short: sparklines go first"
+        assert not app.query_one("#queues").display, "then the queues"
+        assert drift.display and drift.region.height == 1 + len(nine), "so drift keeps its lines"
+        drawn = str(drift.render())
+        assert all(metric.label in drawn for metric in nine)
+        assert log.region.height >= 3 and log.region.bottom <= app.screen.region.bottom - 1
 
         await pilot.resize_terminal(80, 20)
         await pilot.pause()
-        assert not app.query_one("#sparklines").display
-        assert not app.query_one(DriftPanel).display
-        assert app.query_one("#keys").display and app.query_one("#events").display
+        assert not drift.display, "tiny: drift goes last"
+        assert keys.display and log.display
+
+
+@pytest.mark.parametrize("size", [(120, 40), (150, 24), (200, 60)])
+async def test_the_event_log_is_on_screen_from_120x40_up(size: tuple[int, int]) -> None:
+    app = fixed_app(drift=every_drift_metric())
+    async with app.run_test(size=size) as pilot:
+        await pilot.pause()
+        log = app.query_one(EventLog)
+        footer_top = app.screen.region.bottom - 1
+        assert log.region.height >= 3 and log.region.bottom <= footer_top
+        assert len(log.lines) == 6
 
 
 # ---------------------------------------------------------------- how they look
@@ -216,6 +287,9 @@ def shown_config_dir(monkeypatch: pytest.MonkeyPatch) -> None:
 def _press(*keys: str) -> Callable[..., object]:
     async def run_before(pilot: object) -> None:
         await pilot.press(*keys)  # type: ignore[attr-defined]
+        # A blinking cursor is drawn or not depending on when the picture is taken.
+        for field in pilot.app.screen.query(Input):  # type: ignore[attr-defined]
+            field.cursor_blink = False
         await pilot.pause()  # type: ignore[attr-defined]
 
     return run_before
@@ -223,6 +297,24 @@ def _press(*keys: str) -> Callable[..., object]:
 
 def test_dashboard_at_200x60(snap_compare: Callable[..., bool]) -> None:
     assert snap_compare(fixed_app(), terminal_size=(200, 60))
+
+
+def test_dashboard_with_every_drift_metric_at_80x24(snap_compare: Callable[..., bool]) -> None:
+    # A line per metric for all nine, the log below, and a footer that ends in `^p more`.
+    app = fixed_app(drift=every_drift_metric())
+    assert snap_compare(app, terminal_size=(80, 24))
+
+
+def test_dashboard_with_every_drift_metric_at_120x40(snap_compare: Callable[..., bool]) -> None:
+    # Narrow but tall: a line per metric, and the event log below them.
+    app = fixed_app(drift=every_drift_metric())
+    assert snap_compare(app, terminal_size=(120, 40))
+
+
+def test_a_paused_job_at_80x24(snap_compare: Callable[..., bool]) -> None:
+    # What the engine sends while paused: no ETA, so the state stands in its place.
+    app = fixed_app(state=JobState.PAUSED, eta_s=None, eta_low_s=None, eta_high_s=None)
+    assert snap_compare(app, terminal_size=(80, 24))
 
 
 def test_dashboard_without_a_drift_monitor_at_80x24(snap_compare: Callable[..., bool]) -> None:

@@ -14,7 +14,7 @@ from textual.binding import BindingType
 from textual.clock import Clock
 from textual.containers import Container, Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import Footer, ProgressBar
+from textual.widgets import ProgressBar
 
 from engine.config_file import ConfigError
 from engine.setting_bounds import CONCURRENCY, FETCH_CONCURRENCY
@@ -29,6 +29,7 @@ from tui.screens.preset_picker import PresetChoice, PresetPicker
 from tui.widgets.crawl_panel import CrawlPanel
 from tui.widgets.drift_panel import DriftPanel
 from tui.widgets.event_log import EventLog
+from tui.widgets.fitting_footer import FittingFooter
 from tui.widgets.headline_figures import HeadlineFigures
 from tui.widgets.job_status import JobStatus
 from tui.widgets.key_usage_table import KeyUsageTable
@@ -66,9 +67,11 @@ PRESET_TOGGLE = {"conservative": "aggressive", "aggressive": "conservative"}
 
 # Below these sizes panels collapse, least needed first: drift charts shrink to
 # a line per metric (worst first), then sparklines, queues and drift go.  Wide
-# screens put the event log beside the keys and drift charts.
+# screens put the event log beside the keys and drift charts; only there, and
+# tall, do the charts grow, so the log always keeps its rows.
 TALL_ROWS = 36
-SHORT_ROWS = 24
+MEDIUM_ROWS = 30  # below: sparklines and queues go, so drift keeps a line per metric
+SHORT_ROWS = 24  # below: drift goes too
 WIDE_COLUMNS = 150
 FULL_FOOTER_COLUMNS = 130
 
@@ -83,6 +86,7 @@ class DashboardScreen(Screen[None]):
     VERTICAL_BREAKPOINTS = [  # noqa: RUF012
         (0, "-tiny"),
         (SHORT_ROWS, "-short"),
+        (MEDIUM_ROWS, "-medium"),
         (TALL_ROWS, "-tall"),
     ]
 
@@ -112,7 +116,7 @@ class DashboardScreen(Screen[None]):
                 yield KeyUsageTable(id="keys")
                 yield DriftPanel(id="drift")
             yield EventLog(id="events")
-        yield Footer()
+        yield FittingFooter()
 
     def on_mount(self) -> None:
         self.query_one(EventLog).border_title = "events"
@@ -135,11 +139,7 @@ class DashboardScreen(Screen[None]):
         self.crawldeck.refresh_snapshot()
 
     def on_resize(self, event: events.Resize) -> None:
-        self.query_one(DriftPanel).chart_rows = 3 if event.size.height >= TALL_ROWS else 1
-        footer = self.query_one(Footer)
-        footer.compact = event.size.width < FULL_FOOTER_COLUMNS
-        # At 80 columns the controls need the whole line; ctrl+p still opens the palette.
-        footer.show_command_palette = event.size.width >= FULL_FOOTER_COLUMNS
+        self.query_one(FittingFooter).compact = event.size.width < FULL_FOOTER_COLUMNS
 
     @property
     def crawldeck(self) -> CrawldeckApp:

@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import ClassVar
 
 from textual.app import ComposeResult
-from textual.binding import Binding, BindingType
+from textual.binding import BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label
 
 from engine.config_file import ConfigError, preset_from_text_fields, save_preset
 from engine.settings import Preset
+from tui.actions import preset_editor_bindings
 
 FIELD_HELP: dict[str, str] = {
     "name": "the preset's name",
@@ -53,11 +54,7 @@ def field_text(value: object) -> str:
 class PresetEditor(ModalScreen[PresetEdit | None]):
     """A form over every preset field; dismisses with a `PresetEdit`, or None on Esc."""
 
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "cancel", "Cancel", id="crawldeck.cancel_editor"),
-        Binding("ctrl+s", "save", "Save & apply", id="crawldeck.save_preset"),
-        Binding("ctrl+a", "apply", "Apply", id="crawldeck.apply_preset"),
-    ]
+    BINDINGS: ClassVar[list[BindingType]] = list(preset_editor_bindings())
 
     DEFAULT_CSS = """
     PresetEditor { align: center middle; }
@@ -99,11 +96,21 @@ class PresetEditor(ModalScreen[PresetEdit | None]):
                 )
             yield Label("", id="preset-form-problems")
             with Horizontal(id="preset-buttons"):
-                yield Button("Apply (^a)", variant="primary", id="apply")
-                yield Button("Save & apply (^s)", variant="success", id="save")
-                yield Button("Cancel (esc)", id="cancel")
+                # Each button's id is the action its key runs.
+                yield Button("Apply", variant="primary", id="apply")
+                yield Button("Save & apply", variant="success", id="save")
+                yield Button("Cancel", id="cancel")
 
     def on_mount(self) -> None:
+        # Each button names its key as bound now, so a remapped key reads true.
+        keys = {
+            active.binding.action: self.app.get_key_display(active.binding)
+            for active in self.active_bindings.values()
+            if active.node is self
+        }
+        for button in self.query(Button):
+            if key := keys.get(button.id or ""):  # none if a remap took its key away
+                button.label = f"{button.label} ({key})"
         self.query_one("#field-concurrency", Input).focus()
 
     # ------------------------------------------------------------ checking

@@ -64,7 +64,8 @@ class DriftPanel(Widget):
     """A chart per metric; bars past the threshold take the tripped colour.
 
     The rows each chart gets follow the panel's height, so CSS decides how
-    much room drift has: one row per metric at 80×24, tall charts at 200×60.
+    much room drift has: sized by its content (`height: auto`) it takes one
+    row per metric, as at 80×24; given more, as at 200×60, the charts grow.
     The threshold is the dashed line; the scale tops out at twice the
     threshold, so the line always sits half way up.
     """
@@ -84,8 +85,6 @@ class DriftPanel(Widget):
     """
 
     series: reactive[tuple[DriftSeries, ...]] = reactive((), init=False)
-    chart_rows: reactive[int] = reactive(1, layout=True)
-    """Rows per chart when the panel sizes itself (`height: auto`); the dashboard sets it."""
 
     def show(self, snap: Snapshot) -> None:
         self.series = drift_series(snap)
@@ -95,7 +94,7 @@ class DriftPanel(Widget):
             self.refresh(layout=True)  # only the number of charts changes the panel's size
 
     def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
-        return max(1, len(self.series)) * self.chart_rows
+        return max(1, len(self.series))  # a line per metric
 
     def render(self) -> Text:
         rows = self.series

@@ -12,7 +12,7 @@ from textual.reactive import reactive
 from textual.widget import Widget
 from textual.widgets import Static
 
-from engine.headless_reporter import format_duration
+from engine.headless_reporter import eta_text
 from engine.snapshot import Snapshot
 
 # (label, value, note) for each figure, left to right
@@ -26,13 +26,11 @@ def headline_figures(snap: Snapshot) -> Figures:
     total = "?" if counts.total is None else f"{counts.total:,}"
     if counts.total is not None and counts.total_estimated:
         total = f"~{total}"  # a crawl's total, projected from the sites crawled so far
-    band = ""
-    if snap.eta_low_s is not None and snap.eta_high_s is not None and snap.eta_s:
-        band = f"{format_duration(snap.eta_low_s)}\u2013{format_duration(snap.eta_high_s)}"
+    eta, band = eta_text(snap)  # the job's state instead, while paused, draining or over
     projected = "" if snap.cost_projected_usd is None else f"~${snap.cost_projected_usd:,.4f} total"
     return (
         ("items/min", f"{snap.items_per_min:,.0f}", f"{snap.requests_per_min:,.0f} req/min"),
-        ("ETA", format_duration(snap.eta_s), band),
+        ("ETA", eta, band),
         ("done/total", f"{counts.finished:,}/{total}", f"{counts.failed:,} failed"),
         ("cost", f"${snap.cost_usd:,.4f}", projected),
     )
