@@ -49,6 +49,9 @@ async def test_plus_at_the_bound_leaves_the_engine_there_and_says_so(slow_engine
     app = CrawldeckApp(slow_engine, refresh_hz=20)
     async with app.run_test(size=(120, 40)) as pilot:
         await start(pilot, slow_engine)
+        # Paused: at the bound the job would otherwise finish at once, and the
+        # adaptive controller only moves the limit of a running job.
+        slow_engine.pause()
         slow_engine.set_concurrency(CONCURRENCY.high)
 
         await pilot.press("plus")
