@@ -35,6 +35,7 @@ from engine.engine import Engine
 from engine.headless_reporter import HeadlessReporter, snapshot_record, status_line
 from engine.inputs import InputError, iter_documents
 from engine.key_secrets import resolve_secrets, served_by_simulator
+from engine.memory_floor import process_floor_bytes
 from engine.settings import CrawlSettings, JobConfig
 from engine.simulator_launch import launched_simulator, simulator_arguments
 from engine.snapshot import JobState, Snapshot
@@ -118,7 +119,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
-            config = load_config(args.job, preset=args.preset, overrides=args.overrides)
+            # Memory limits this process cannot run under are refused here, in one
+            # line naming where they were set, before anything starts.
+            config = load_config(
+                args.job,
+                preset=args.preset,
+                overrides=args.overrides,
+                memory_floor_bytes=process_floor_bytes(),
+            )
             if _wants_dashboard(args):
                 return asyncio.run(run_dashboard(config))
             return asyncio.run(run_job(config, args.json, args.interval))
@@ -156,7 +164,9 @@ def load_demo_config(
     """The bundled demo job: the sample transcripts, or (`crawl`) synthetic web sites."""
     demo = resources.files("engine.sample").joinpath("demo.toml")
     with resources.as_file(demo) as path:
-        config = load_config(path, preset=preset, overrides=overrides)
+        config = load_config(
+            path, preset=preset, overrides=overrides, memory_floor_bytes=process_floor_bytes()
+        )
     if crawl:
         # The sites are served on loopback by the bundled site server: the
         # address policy admits loopback for this job only, and every

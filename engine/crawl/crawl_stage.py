@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from engine.concurrency_limit import ConcurrencyLimit
@@ -51,6 +52,12 @@ _WARNED_LINES = 20  # bad target lines reported one by one; the rest only counte
 _RATE_ALPHA = 0.3  # smoothing of pages per minute, per one-second tick
 
 Deliver = Callable[[Document], Awaitable[None]]
+
+
+class Gate(Protocol):
+    """Something to wait on before starting a site (an `asyncio.Event` will do)."""
+
+    async def wait(self) -> object: ...
 
 
 def fetch_settings_of(crawl: CrawlSettings) -> FetchSettings:
@@ -96,8 +103,9 @@ class _Counters:
 class CrawlStage:
     """Crawls the job's targets and hands each page's text to `deliver`.
 
-    `running` is cleared while the job is paused and `may_read` while memory
-    is above its soft limit: no new fetch starts then.  `resolver` and
+    `running` is cleared while the job is paused and `may_read` holds while
+    memory is above its soft limit: no new fetch starts then; after
+    `stop_starting()` none ever does.  `resolver` and
     `extractor` may be given (tests); by default names go to DNS (with the
     job's pins) and extraction to a process pool.
     """
@@ -111,7 +119,7 @@ class CrawlStage:
         events: EventBus,
         deliver: Deliver,
         running: asyncio.Event,
-        may_read: asyncio.Event,
+        may_read: Gate,
         resolver: Resolver | None = None,
         extractor: PageExtractor | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -133,6 +141,7 @@ class CrawlStage:
         self._slots = ConcurrencyLimit(settings.concurrency)
         self._c = _Counters()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped_starting = False
 
     # ------------------------------------------------------------ controls
     def set_concurrency(self, value: int) -> int:
@@ -147,6 +156,10 @@ class CrawlStage:
     @property
     def concurrency(self) -> int:
         return self._slots.limit
+
+    def stop_starting(self) -> None:
+        """Start no new site; those under way finish, and `run` returns after them."""
+        self._stopped_starting = True
 
     # ------------------------------------------------------------ reading
     def snapshot(self) -> CrawlSnapshot:
@@ -243,7 +256,12 @@ class CrawlStage:
             for target in block:
                 await self._may_read.wait()  # memory above its soft limit: start nothing new
                 await self._running.wait()  # paused
+                if self._stopped_starting:
+                    return
                 await self._slots.acquire()
+                if self._stopped_starting:
+                    self._slots.release()
+                    return
                 self._c.started += 1
                 crawls.create_task(
                     self._crawl(target, known.get(target.url, []), fetcher, extractor),
