@@ -127,6 +127,10 @@ async def test_controls_over_the_socket_change_the_engine(running_job: RunningJo
         ({"op": "apply_preset", "preset": "no-such-preset"}, "unknown preset"),
         ({"op": "apply_preset", "preset": {"concurrency": 0}}, "concurrency: must be at least 1"),
         ({"op": "apply_preset", "preset": {"name": "x", "shell": "rm"}}, "shell"),
+        (
+            {"op": "apply_preset", "preset": {"memory_soft_mb": 60, "memory_hard_mb": 90}},
+            "memory_soft_mb: 60 MB is below this process's own floor",
+        ),
     ],
 )
 async def test_a_bad_request_gets_one_error_line_and_changes_nothing(
