@@ -14,6 +14,7 @@ import asyncio
 import itertools
 import json
 import random
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -519,16 +520,27 @@ class Engine:
     async def _count_total(self) -> None:
         """Count every chunk up front (in a thread) so progress and ETA have a total."""
         job = self.config.job
+        # A thread can't be cancelled: without this it would count a large
+        # input to its end after the run has ended, and the process would wait.
+        abandoned = threading.Event()
 
-        def count() -> int:
+        def count() -> int | None:
             docs = iter_documents(job, on_bad_record=lambda _message: None)
-            return sum(1 for _ in iter_chunks(docs, job.chunk_tokens, job.chunk_overlap_tokens))
+            total = 0
+            for _ in iter_chunks(docs, job.chunk_tokens, job.chunk_overlap_tokens):
+                if abandoned.is_set():
+                    return None
+                total += 1
+            return total
 
         try:
             total = await asyncio.to_thread(count)
         except (OSError, ValueError):
             return
-        if self.stats.total is None:
+        except asyncio.CancelledError:
+            abandoned.set()
+            raise
+        if total is not None and self.stats.total is None:
             self.stats.total = total
 
     async def _batch(self) -> None:

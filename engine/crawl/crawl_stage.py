@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
@@ -200,19 +201,32 @@ class CrawlStage:
     # ------------------------------------------------------------ running
     async def count_targets(self) -> None:
         """Count the distinct targets (in a thread) so progress has a total."""
+        # A thread can't be cancelled: told to stop, it ends instead of counting
+        # on after the run, which the process would wait for at exit.
+        abandoned = threading.Event()
 
-        def count() -> int:
+        def count() -> int | None:
             targets = read_targets(
                 Path(self.settings.targets),
                 self.settings.targets_column or None,
                 on_problem=lambda _line, _message: None,
             )
-            return sum(1 for _ in dedupe_targets(targets))
+            total = 0
+            for _ in dedupe_targets(targets):
+                if abandoned.is_set():
+                    return None
+                total += 1
+            return total
 
         try:
-            self._c.targets_total = await asyncio.to_thread(count)
+            total = await asyncio.to_thread(count)
         except (OSError, TargetError, ValueError):
             return  # the reader reports it
+        except asyncio.CancelledError:
+            abandoned.set()
+            raise
+        if total is not None:
+            self._c.targets_total = total
 
     async def run(self) -> None:
         """Crawl every target; returns once each has an outcome (or raises on bad input)."""
