@@ -32,6 +32,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 import tomli_w
 
 from engine.drift.gates import DriftSettings, DriftSettingsError, parse_drift_settings
+from engine.memory_floor import limit_below_floor
 from engine.prompt import placeholder_problems, placeholders_in
 from engine.setting_bounds import BATCH_SIZE, CONCURRENCY, FETCH_CONCURRENCY
 from engine.settings import (
@@ -45,6 +46,7 @@ from engine.settings import (
     Preset,
     PromptSettings,
     ProviderSettings,
+    RateLimitWaits,
     SimulatorSettings,
 )
 
@@ -407,6 +409,18 @@ def _preset_findings(preset: Preset) -> list[_Finding]:
     return findings
 
 
+def _floor_findings(preset: Preset, memory_floor_bytes: int | None) -> list[_Finding]:
+    """Memory limits this process cannot run under: below its own floor (None: unchecked)."""
+    if memory_floor_bytes is None:
+        return []
+    findings: list[_Finding] = []
+    for name in ("memory_soft_mb", "memory_hard_mb"):
+        problem = limit_below_floor(getattr(preset, name), memory_floor_bytes)
+        if problem is not None:
+            findings.append((name, problem))
+    return findings
+
+
 def _crawl_findings(crawl: CrawlSettings) -> list[_Finding]:
     findings = _apply_rules(
         crawl,
@@ -528,6 +542,7 @@ def _simulator_findings(simulator: SimulatorSettings) -> list[_Finding]:
             ("fault_reset", _a_rate, "must be between 0 and 1"),
             ("fault_hang", _a_rate, "must be between 0 and 1"),
             ("fault_malformed", _a_rate, "must be between 0 and 1"),
+            ("fault_429", _a_rate, "must be between 0 and 1"),
             ("limit_scale", _positive, "must be more than 0"),
             ("drift_after", _not_negative, "must be 0 (never) or more"),
         ),
@@ -549,6 +564,20 @@ def _simulator_findings(simulator: SimulatorSettings) -> list[_Finding]:
     return findings
 
 
+def _rate_limit_waits_findings(waits: RateLimitWaits) -> list[_Finding]:
+    return _apply_rules(
+        waits,
+        (
+            ("key_streak", _at_least_one, "must be at least 1"),
+            ("key_wait_s", _positive, "must be more than 0"),
+            ("key_escalations", _not_negative, "must be 0 (disable at once) or more"),
+            ("key_escalation_s", _positive, "must be more than 0"),
+            ("batch_429s", _at_least_one, "must be at least 1"),
+            ("batch_wait_s", _positive, "must be more than 0"),
+        ),
+    )
+
+
 def _engine_findings(engine: EngineSettings) -> list[_Finding]:
     return _apply_rules(
         engine,
@@ -567,7 +596,17 @@ def _engine_findings(engine: EngineSettings) -> list[_Finding]:
 # --------------------------------------------------------------------------
 # Reading tables into settings
 
-_SECTIONS = ("job", "providers", "prompt", "presets", "simulator", "engine", "crawl", "drift")
+_SECTIONS = (
+    "job",
+    "providers",
+    "prompt",
+    "presets",
+    "simulator",
+    "engine",
+    "crawl",
+    "drift",
+    "rate_limit_waits",
+)
 # Names people reach for when they paste a secret into the file.
 _SECRET_NAMES = frozenset({"key", "api_key", "apikey", "secret", "token", "value", "password"})
 
@@ -587,9 +626,10 @@ def _unknown_key_message(key: str, known: Sequence[str]) -> str:
 class _Reader:
     """Reads raw TOML tables into settings values, collecting every problem."""
 
-    def __init__(self, locator: _Locator) -> None:
+    def __init__(self, locator: _Locator, memory_floor_bytes: int | None = None) -> None:
         self.locator = locator
         self.problems: list[ConfigProblem] = []
+        self.memory_floor_bytes = memory_floor_bytes  # None: memory limits go unchecked
 
     def add(self, path: KeyPath, message: str) -> None:
         self.problems.append(self.locator.problem(path, message))
@@ -719,7 +759,9 @@ class _Reader:
             )
         base = replace(BUILTIN_PRESETS.get(name, Preset()), name=name)
         preset, _ = self.settings(base, table, path, skip=("name",))
-        self.report(path, _preset_findings(preset))
+        self.report(
+            path, _preset_findings(preset) + _floor_findings(preset, self.memory_floor_bytes)
+        )
         return preset
 
 
@@ -860,7 +902,9 @@ def _looks_like_path(choice: str) -> bool:
     return choice.endswith(".toml") or "/" in choice or os.sep in choice
 
 
-def _read_preset_file(path: Path) -> tuple[Preset, list[ConfigProblem]]:
+def _read_preset_file(
+    path: Path, memory_floor_bytes: int | None = None
+) -> tuple[Preset, list[ConfigProblem]]:
     text, problem = _read_text(path)
     if text is None:
         assert problem is not None
@@ -870,38 +914,45 @@ def _read_preset_file(path: Path) -> tuple[Preset, list[ConfigProblem]]:
     except tomllib.TOMLDecodeError as exc:
         return Preset(), [_syntax_problem(str(path), exc)]
     name = raw.get("name", path.stem)
-    reader = _Reader(_Locator(str(path), text))
+    reader = _Reader(_Locator(str(path), text), memory_floor_bytes)
     if not isinstance(name, str) or not name.strip():
         reader.add(("name",), "must be a non-empty string")
         name = path.stem
     base = replace(BUILTIN_PRESETS.get(name, Preset()), name=name)
     preset, _ = reader.settings(base, raw, ())
-    reader.report((), _preset_findings(preset))
+    reader.report((), _preset_findings(preset) + _floor_findings(preset, memory_floor_bytes))
     return preset, reader.problems
 
 
-def load_preset_file(path: Path) -> Preset:
+def load_preset_file(path: Path, memory_floor_bytes: int | None = None) -> Preset:
     """A preset from a flat TOML table of `Preset` fields; the name defaults to the file's stem.
 
     A partial file inherits from the built-in preset of that name, else from `Preset()`.
+    With `memory_floor_bytes`, memory limits this process cannot run under are refused.
     """
-    preset, problems = _read_preset_file(Path(path))
+    preset, problems = _read_preset_file(Path(path), memory_floor_bytes)
     if problems:
         raise ConfigError(problems)
     return preset
 
 
-def preset_from_values(base: Preset, values: Mapping[str, Any], source: str = "preset") -> Preset:
+def preset_from_values(
+    base: Preset,
+    values: Mapping[str, Any],
+    source: str = "preset",
+    memory_floor_bytes: int | None = None,
+) -> Preset:
     """`base` with `values` (TOML/JSON values by field name) applied and checked.
 
     Every problem is a `ConfigProblem` naming `source` and the field;
-    `ConfigError` holds all of them and nothing is applied.
+    `ConfigError` holds all of them and nothing is applied.  With
+    `memory_floor_bytes`, memory limits this process cannot run under are refused.
     """
     reader = _Reader(_Locator(source))
     preset, _ = reader.settings(base, values, ())
     if not preset.name.strip():
         reader.add(("name",), "must be a non-empty string")
-    reader.report((), _preset_findings(preset))
+    reader.report((), _preset_findings(preset) + _floor_findings(preset, memory_floor_bytes))
     if reader.problems:
         raise ConfigError(reader.problems)
     return preset
@@ -927,7 +978,13 @@ def _sorted(problems: list[ConfigProblem], main_file: str) -> list[ConfigProblem
     )
 
 
-def load_config(path: Path, preset: str | None = None, overrides: Sequence[str] = ()) -> JobConfig:
+def load_config(
+    path: Path,
+    preset: str | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    memory_floor_bytes: int | None = None,
+) -> JobConfig:
     """Read and validate a job file: defaults < file < preset < overrides.
 
     `preset` is a preset name (built-in or `[presets.NAME]` in the file) or
@@ -936,7 +993,9 @@ def load_config(path: Path, preset: str | None = None, overrides: Sequence[str] 
     `preset.concurrency=32` or `job.store=out.db`; the value is read as TOML,
     falling back to the bare text.  Relative `job.input`/`job.store` in the
     file are resolved against the file's folder; typed on the command line,
-    against the current folder.  Raises `ConfigError` with every problem.
+    against the current folder.  With `memory_floor_bytes` (the running
+    process's own, `engine.memory_floor`), presets whose memory limits it
+    cannot run under are refused.  Raises `ConfigError` with every problem.
     """
     path = Path(path)
     file = str(path)
@@ -953,7 +1012,7 @@ def load_config(path: Path, preset: str | None = None, overrides: Sequence[str] 
     preset_flags = {p[1]: value for p, value in flags if p[0] == "preset" and len(p) == 2}
     flagged = _merge_flags(raw, flags, problems)
 
-    reader = _Reader(_Locator(file, text, flagged))
+    reader = _Reader(_Locator(file, text, flagged), memory_floor_bytes)
     for key in raw:
         if key not in _SECTIONS:
             reader.add((key,), _unknown_key_message(key, _SECTIONS))
@@ -993,6 +1052,12 @@ def load_config(path: Path, preset: str | None = None, overrides: Sequence[str] 
         EngineSettings(), reader.table(raw.get("engine", {}), ("engine",)), ("engine",)
     )
     reader.report(("engine",), _engine_findings(engine))
+    rate_limit_waits, _ = reader.settings(
+        RateLimitWaits(),
+        reader.table(raw.get("rate_limit_waits", {}), ("rate_limit_waits",)),
+        ("rate_limit_waits",),
+    )
+    reader.report(("rate_limit_waits",), _rate_limit_waits_findings(rate_limit_waits))
     drift = _read_drift(reader, raw, file)
     problems.extend(reader.problems)
 
@@ -1004,9 +1069,16 @@ def load_config(path: Path, preset: str | None = None, overrides: Sequence[str] 
         locator=reader.locator,
         base_dir=base_dir,
         problems=problems,
+        memory_floor_bytes=memory_floor_bytes,
     )
+    if active is BUILTIN_PRESETS.get(active.name):
+        # A built-in the file does not redefine: no table above checked its limits.
+        problems.extend(
+            reader.locator.problem(("presets", active.name, name), message)
+            for name, message in _floor_findings(active, memory_floor_bytes)
+        )
     if preset_flags:
-        active = _apply_preset_flags(active, preset_flags, problems)
+        active = _apply_preset_flags(active, preset_flags, problems, memory_floor_bytes)
         catalogue[active.name] = active
 
     if problems:
@@ -1021,6 +1093,7 @@ def load_config(path: Path, preset: str | None = None, overrides: Sequence[str] 
         engine=engine,
         crawl=crawl,
         drift=drift,
+        rate_limit_waits=rate_limit_waits,
         source=path,
     )
 
@@ -1057,6 +1130,7 @@ def _choose_preset(
     locator: _Locator,
     base_dir: Path,
     problems: list[ConfigProblem],
+    memory_floor_bytes: int | None = None,
 ) -> Preset:
     """The active preset: `--set job.preset` > the `preset` argument > `[job] preset`."""
     from_file = in_job is not None and (in_job_flagged or argument is None)
@@ -1091,7 +1165,7 @@ def _choose_preset(
         if found is None:
             complain(f"preset file not found: {choice}")
             return catalogue[DEFAULT_PRESET]
-        loaded, file_problems = _read_preset_file(found)
+        loaded, file_problems = _read_preset_file(found, memory_floor_bytes)
         problems.extend(file_problems)
         catalogue[loaded.name] = loaded
         return loaded
@@ -1101,14 +1175,21 @@ def _choose_preset(
 
 
 def _apply_preset_flags(
-    active: Preset, flags: Mapping[str | int, _FlagValue], problems: list[ConfigProblem]
+    active: Preset,
+    flags: Mapping[str | int, _FlagValue],
+    problems: list[ConfigProblem],
+    memory_floor_bytes: int | None = None,
 ) -> Preset:
     reader = _Reader(_Locator(FLAG_SOURCE, flagged=[()]))
     table = {str(key): value for key, value in flags.items()}
     changed, _ = reader.settings(active, table, ("preset",))
+
+    def findings(preset: Preset) -> list[_Finding]:
+        return _preset_findings(preset) + _floor_findings(preset, memory_floor_bytes)
+
     # Only what the flags broke: the preset itself was checked where it was defined.
-    before = set(_preset_findings(active))
-    reader.report(("preset",), [f for f in _preset_findings(changed) if f not in before])
+    before = set(findings(active))
+    reader.report(("preset",), [f for f in findings(changed) if f not in before])
     problems.extend(reader.problems)
     return changed
 

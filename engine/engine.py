@@ -15,6 +15,7 @@ import contextlib
 import itertools
 import json
 import random
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -29,6 +30,7 @@ from engine.adaptive_concurrency import AdaptiveConcurrency
 from engine.chunking import iter_chunks
 from engine.concurrency_limit import ConcurrencyLimit
 from engine.config_file import (
+    ConfigError,
     effective_settings,
     load_preset_file,
     preset_from_values,
@@ -41,6 +43,7 @@ from engine.drift.monitor import DriftMonitor
 from engine.events import Event, EventBus, EventKind
 from engine.inputs import iter_documents
 from engine.key_pool import KeyPool, KeyState, NoUsableKeyError
+from engine.memory_floor import process_floor_bytes
 from engine.memory_guard import MemoryGuard, MemoryState
 from engine.prompt import AnswerShapeError, build_messages, estimate_prompt_tokens, parse_answer
 from engine.provider_client import (
@@ -51,6 +54,7 @@ from engine.provider_client import (
     FailureKind,
     ProviderClients,
 )
+from engine.rate_limit_patience import KeyCooling, batch_gives_up, format_wait
 from engine.rate_limiter import KeyBudget, RateHeaders, parse_retry_after
 from engine.records import Chunk, Document
 from engine.run_stats import RunStats
@@ -126,6 +130,9 @@ class Engine:
                     KeyState(key_id, key.alias, provider, KeyBudget(key.rpm, key.tpm, clock), clock)
                 )
         self._keys = KeyPool(keys, clock)
+        # The process's own memory floor: limits below it (plus a margin) are
+        # refused at start and whenever a preset is applied.
+        self._memory_floor = int(read_rss()) if read_rss else process_floor_bytes()
         self._memory = MemoryGuard(
             config.preset.memory_soft_mb,
             config.preset.memory_hard_mb,
@@ -135,8 +142,6 @@ class Engine:
         )
         self._running = asyncio.Event()  # cleared while paused
         self._running.set()
-        self._memory_ok = asyncio.Event()  # cleared while above the soft limit
-        self._memory_ok.set()
         self._finished = asyncio.Event()
         self._input_done = False
         self._outstanding = 0  # batches made and not yet resolved
@@ -152,6 +157,7 @@ class Engine:
         self._stop_requested = False
         self._saturated = False
         self._fatal: str = ""
+        self._no_key: str = ""  # why no key can serve any more; then nothing is sent
         self._rng = random.Random()
         self._unsaved_events: deque[Event] = deque()
         self._events_waiting = asyncio.Event()
@@ -165,8 +171,18 @@ class Engine:
 
     # ------------------------------------------------------------------ public
     async def run(self) -> JobState:
-        """Run the job to its end (or until drained/stopped); returns the final state."""
+        """Run the job to its end (or until drained/stopped); returns the final state.
+
+        Raises `ConfigError` before anything starts when the preset's memory
+        limits are below this process's own floor.
+        """
         cfg = self.config
+        preset_from_values(
+            self._preset,
+            {},
+            source=f"preset {self._preset.name!r}",
+            memory_floor_bytes=self._memory_floor,
+        )
         self._loop = asyncio.get_running_loop()
         try:
             self._store = store = await Store.open(
@@ -203,7 +219,7 @@ class Engine:
                     events=self.events,
                     deliver=self._deliver_page,
                     running=self._running,
-                    may_read=self._memory_ok,
+                    may_read=_InputGate(self._memory, self._holds_nothing),
                     clock=self._clock,
                 )
             crawl = self._crawl
@@ -320,6 +336,8 @@ class Engine:
                 hard_bytes=self._memory.hard_bytes,
                 limit_bytes=self._memory.limit_bytes,
                 state=str(self._memory.state),
+                floor_bytes=self._memory_floor,
+                waiting_for=self._memory.waiting_for(),
             ),
             cost_usd=s.cost_usd,
             cost_projected_usd=projected,
@@ -354,21 +372,29 @@ class Engine:
         """Switch to a preset mid-run: a name known to the job, a preset file, or a value.
 
         A bad file or value raises `ConfigError` (one line per problem) and
-        changes nothing.
+        changes nothing; so do memory limits below this process's own floor.
         """
+        floor = self._memory_floor
         if isinstance(preset, Path) or (
             isinstance(preset, str)
             and preset not in self.config.presets
             and preset.endswith(".toml")
         ):
-            preset = load_preset_file(Path(preset))
+            preset = load_preset_file(Path(preset), floor)
         elif isinstance(preset, str):
             if preset not in self.config.presets:
                 known = ", ".join(sorted(self.config.presets))
                 raise KeyError(f"unknown preset {preset!r} (known: {known})")
-            preset = self.config.presets[preset]
+            preset = preset_from_values(
+                self.config.presets[preset],
+                {},
+                source=f"preset {preset!r}",
+                memory_floor_bytes=floor,
+            )
         else:
-            preset = preset_from_values(preset, {}, source=f"preset {preset.name!r}")
+            preset = preset_from_values(
+                preset, {}, source=f"preset {preset.name!r}", memory_floor_bytes=floor
+            )
         old = self._preset.name
         self._preset = preset
         self._adaptive.set_ceiling(preset.concurrency, self._clock())
@@ -498,10 +524,12 @@ class Engine:
                 return list(itertools.islice(chunks, _READ_BLOCK))
 
             while True:
-                await self._memory_ok.wait()  # above the soft limit: take no new input
                 block = await asyncio.to_thread(next_block)
                 if not block:
                     break
+                # Read, then wait: the end of the input is seen whatever memory
+                # says, so a job with nothing left to do always ends.
+                await self._memory.wait_to_read(self._holds_nothing)
                 await self._blocks.put(block)
         except (OSError, ValueError) as exc:
             self._fatal = f"input: {exc}"
@@ -553,16 +581,27 @@ class Engine:
     async def _count_total(self) -> None:
         """Count every chunk up front (in a thread) so progress and ETA have a total."""
         job = self.config.job
+        # A thread can't be cancelled: without this it would count a large
+        # input to its end after the run has ended, and the process would wait.
+        abandoned = threading.Event()
 
-        def count() -> int:
+        def count() -> int | None:
             docs = iter_documents(job, on_bad_record=lambda _message: None)
-            return sum(1 for _ in iter_chunks(docs, job.chunk_tokens, job.chunk_overlap_tokens))
+            total = 0
+            for _ in iter_chunks(docs, job.chunk_tokens, job.chunk_overlap_tokens):
+                if abandoned.is_set():
+                    return None
+                total += 1
+            return total
 
         try:
             total = await asyncio.to_thread(count)
         except (OSError, ValueError):
             return
-        if self.stats.total is None:
+        except asyncio.CancelledError:
+            abandoned.set()
+            raise
+        if total is not None and self.stats.total is None:
             self.stats.total = total
 
     async def _batch(self) -> None:
@@ -629,9 +668,12 @@ class Engine:
             batch = await self._queue.get()
             if batch is None:
                 return
+            if self._no_key:
+                await self._fail(batch, self._no_key, announce=False)
+                continue
             try:
                 await self._running.wait()
-                await self._memory.wait_below_hard()
+                await self._memory.wait_to_send(self._sends_nothing)
                 if self._concurrency.in_use >= self._concurrency.limit:
                     self._saturated = True
                 await self._concurrency.acquire()
@@ -650,11 +692,9 @@ class Engine:
                 raise
             except NoUsableKeyError:
                 self._concurrency.release()
-                self._queue.put_retry(batch)
-                self._fatal = "every API key is disabled"
-                self.events.emit(EventKind.WARNING, "every API key is disabled: stopping")
-                self.stop()
-                return
+                self._no_key_left()
+                await self._fail(batch, self._no_key, announce=False)
+                continue
             self._in_flight_chunks += len(batch.chunks)
             key.in_flight += 1
             task = sends.create_task(self._send(batch, key, messages, estimate))
@@ -674,6 +714,7 @@ class Engine:
     ) -> None:
         provider = key.provider
         timeout = provider.request_timeout_s or self._preset.request_timeout_s
+        sent_at = self._clock()
         try:
             outcome = await self._clients.chat(
                 key.key_id, provider.model, messages, timeout, self.config.prompt.temperature
@@ -690,7 +731,7 @@ class Engine:
         if isinstance(outcome, CallResult):
             await self._on_answer(batch, key, outcome, estimate)
         else:
-            await self._on_failure(batch, key, outcome, estimate)
+            await self._on_failure(batch, key, outcome, estimate, sent_at)
         self._keys.notify()
 
     async def _on_answer(
@@ -702,6 +743,7 @@ class Engine:
         key.budget.reconcile(estimate, used)
         self._sync_headers(key, result.headers)
         key.record_usage(used)
+        key.refusals.answered()
         s = self.stats
         s.tokens += used
         s.record_latency(result.latency_s)
@@ -808,6 +850,7 @@ class Engine:
         model = self.config.drift.embedding_model
         timeout = key.provider.request_timeout_s or self._preset.request_timeout_s
         key.in_flight += 1
+        sent_at = self._clock()
         try:
             outcome = await self._clients.embed(key.key_id, model, texts, timeout)
         except asyncio.CancelledError:
@@ -821,11 +864,13 @@ class Engine:
             used = outcome.prompt_tokens or estimate
             key.budget.reconcile(estimate, used)
             key.record_usage(used)
+            key.refusals.answered()
             self._sync_headers(key, outcome.headers)
             return outcome.vectors
         self._sync_headers(key, outcome.headers)
         if outcome.kind is FailureKind.RATE_LIMITED:
-            self._cool_key(key, outcome, estimate, "drift embeddings skipped")
+            cooling = self._cool_key(key, outcome, estimate, sent_at)
+            self._report_429(key, outcome, cooling, "drift embeddings skipped")
             return None
         key.budget.release(estimate)
         if outcome.kind in (FailureKind.BAD_REQUEST, FailureKind.AUTH, FailureKind.QUOTA):
@@ -871,7 +916,10 @@ class Engine:
     def _take_drift_action(self, action: GateAction) -> None:
         if action is GateAction.CONSERVATIVE:
             if self._preset.name != "conservative" and "conservative" in self.config.presets:
-                self.apply_preset("conservative")
+                try:
+                    self.apply_preset("conservative")
+                except ConfigError as exc:  # e.g. memory limits below this process's floor
+                    self.events.emit(EventKind.WARNING, f"drift gate: preset not applied: {exc}")
         elif action is GateAction.PAUSE:
             self.pause()
         elif action is GateAction.STOP:
@@ -896,8 +944,14 @@ class Engine:
             new=new,
         )
 
-    def _cool_key(self, key: KeyState, failure: CallFailure, estimate: int, then: str) -> None:
-        """A 429: that key alone waits out retry-after, and its limit may be lowered."""
+    def _cool_key(
+        self, key: KeyState, failure: CallFailure, estimate: int, sent_at: float
+    ) -> KeyCooling:
+        """A 429: that key alone waits out retry-after, and its limit may be lowered.
+
+        Refused too long with no answer, it cools for longer, then is disabled
+        (`engine.rate_limit_patience`).
+        """
         now = self._clock()
         self.stats.rate_limited += 1
         key.rate_limited += 1
@@ -911,20 +965,74 @@ class Engine:
                 limits.reset_tokens_s if failure.rate_kind == "tokens" else limits.reset_requests_s
             )
             wait = reset if reset is not None else self._backoff(1)
-        key.cooldown_until = max(key.cooldown_until, now + wait)
-        lowered = key.budget.on_rate_limited(failure.rate_kind, key.answered_rpm())
-        self.events.emit(
-            EventKind.RATE_LIMITED,
-            f"429 on {key.key_id} ({failure.rate_kind}): cooling {wait:.2f}s, {then}",
-            key=key.key_id,
-            kind=failure.rate_kind,
-            retry_after_s=wait,
+        cooling = key.refusals.refused(
+            self.config.rate_limit_waits, now=now, sent_at=sent_at, retry_after_s=wait
         )
+        if cooling.disabled_reason:
+            self._disable_key(key, cooling.disabled_reason)
+            return cooling
+        key.cooldown_until = max(key.cooldown_until, now + cooling.wait_s)
+        lowered = key.budget.on_rate_limited(failure.rate_kind, key.answered_rpm())
         if lowered:
             self._limit_learned(key, lowered, "429s")
+        return cooling
+
+    def _report_429(
+        self, key: KeyState, failure: CallFailure, cooling: KeyCooling, then: str
+    ) -> None:
+        if cooling.disabled_reason:
+            doing = "key disabled"
+        elif cooling.longer:
+            doing = (
+                f"{cooling.rounds} in a row with no answer: cooling {format_wait(cooling.wait_s)} "
+                f"(longer cool-down {cooling.longer}/"
+                f"{self.config.rate_limit_waits.key_escalations})"
+            )
+        else:
+            doing = f"cooling {cooling.wait_s:.2f}s"
+        self.events.emit(
+            EventKind.RATE_LIMITED,
+            f"429 on {key.key_id} ({failure.rate_kind}): {doing}, {then}",
+            key=key.key_id,
+            kind=failure.rate_kind,
+            retry_after_s=cooling.wait_s,
+            rounds=cooling.rounds,
+            longer=cooling.longer,
+        )
+
+    def _disable_key(self, key: KeyState, reason: str) -> None:
+        if not key.usable:
+            return
+        key.disabled_reason = reason
+        self.events.emit(
+            EventKind.KEY_DISABLED,
+            f"{key.key_id} disabled: {reason}",
+            key=key.key_id,
+            reason=reason,
+        )
+        self._keys.notify()  # a wait for a key may now have none left to wait for
+
+    def _no_key_left(self) -> None:
+        """No key can serve any more: fail everything not done, with the keys' reasons."""
+        if self._no_key:
+            return
+        reasons = "; ".join(f"{k.key_id}: {k.disabled_reason}" for k in self._keys.keys[:3])
+        if len(self._keys.keys) > 3:
+            reasons += f"; and {len(self._keys.keys) - 3} more"
+        self._no_key = f"no usable key: {reasons}"
+        self._fatal = f"no API key can serve any more ({reasons})"
+        self.events.emit(
+            EventKind.WARNING,
+            f"{self._fatal}: every chunk not done is stored as failed; a rerun retries them",
+        )
+        if self._state in (JobState.RUNNING, JobState.PAUSED):
+            self._state = JobState.DRAINING
+        self._running.set()  # nothing waits for a resume that cannot help
+        if self._crawl is not None:
+            self._crawl.stop_starting()  # unfetched sites stay for a rerun
 
     async def _on_failure(
-        self, batch: Batch, key: KeyState, failure: CallFailure, estimate: int
+        self, batch: Batch, key: KeyState, failure: CallFailure, estimate: int, sent_at: float
     ) -> None:
         s = self.stats
         s.errors_by_kind[str(failure.kind)] += 1
@@ -933,23 +1041,24 @@ class Engine:
         self._sync_headers(key, failure.headers)
         now = self._clock()
         if failure.kind is FailureKind.RATE_LIMITED:
-            self._cool_key(key, failure, estimate, "batch requeued")
-            self._queue.put_retry(batch)
+            cooling = self._cool_key(key, failure, estimate, sent_at)
+            batch.refusals += 1
+            batch.refused_wait_s += cooling.wait_s
+            waits = self.config.rate_limit_waits
+            gave_up = batch_gives_up(waits, batch.refusals, batch.refused_wait_s)
+            self._report_429(key, failure, cooling, "batch failed" if gave_up else "batch requeued")
+            if gave_up:
+                await self._fail(batch, f"{failure.kind}: {gave_up}; last: {failure.message}")
+            else:
+                self._queue.put_retry(batch)
             return
         self._adaptive.record(now, False)
         s.attempts_failed += 1
         if failure.kind in (FailureKind.QUOTA, FailureKind.AUTH):
             key.budget.release(estimate)
-            if key.usable:
-                key.disabled_reason = (
-                    "insufficient quota" if failure.kind is FailureKind.QUOTA else failure.message
-                )
-                self.events.emit(
-                    EventKind.KEY_DISABLED,
-                    f"{key.key_id} disabled: {key.disabled_reason}",
-                    key=key.key_id,
-                    reason=key.disabled_reason,
-                )
+            self._disable_key(
+                key, "insufficient quota" if failure.kind is FailureKind.QUOTA else failure.message
+            )
             self._queue.put_retry(batch)
             return
         if failure.kind is FailureKind.BAD_REQUEST and len(batch.chunks) > 1:
@@ -993,7 +1102,7 @@ class Engine:
         p = self._preset
         return self._rng.uniform(0.0, min(p.backoff_max_s, p.backoff_base_s * 2 ** (attempt - 1)))
 
-    async def _fail(self, batch: Batch, reason: str) -> None:
+    async def _fail(self, batch: Batch, reason: str, *, announce: bool = True) -> None:
         assert self._store is not None
         model = self.config.providers[0].model
         for chunk in batch.chunks:
@@ -1011,12 +1120,13 @@ class Engine:
                 )
             )
             self._live_ids.discard(int(chunk.id, 16))  # failed is counted on commit
-        self.events.emit(
-            EventKind.CHUNK_FAILED,
-            f"{len(batch.chunks)} chunk(s) failed: {reason}",
-            chunks=len(batch.chunks),
-            reason=reason,
-        )
+        if announce:  # else one event already said why, for all of them
+            self.events.emit(
+                EventKind.CHUNK_FAILED,
+                f"{len(batch.chunks)} chunk(s) failed: {reason}",
+                chunks=len(batch.chunks),
+                reason=reason,
+            )
         self._resolve(batch)
 
     def _resolve(self, batch: Batch) -> None:
@@ -1050,11 +1160,9 @@ class Engine:
     def _on_memory_change(self, old: MemoryState, new: MemoryState, rss: int) -> None:
         mb = rss / 2**20
         if new is MemoryState.OK:
-            self._memory_ok.set()
             self._concurrency.set_limit(self._adaptive.current)
             self.events.emit(EventKind.MEMORY_OK, f"memory back to normal ({mb:.0f} MB)", rss=rss)
         elif new is MemoryState.SOFT:
-            self._memory_ok.clear()
             lowered = max(1, self._concurrency.limit // 2)
             self._concurrency.set_limit(lowered)
             self.events.emit(
@@ -1063,7 +1171,6 @@ class Engine:
                 rss=rss,
             )
         else:
-            self._memory_ok.clear()
             self.events.emit(
                 EventKind.MEMORY_HARD,
                 f"memory {mb:.0f} MB above the hard limit: no new requests until it falls",
@@ -1093,6 +1200,20 @@ class Engine:
             await store.end_run(
                 self._run_id, str(self._state), self._summary(), busy_timeout_ms=1000
             )
+
+    def _holds_nothing(self) -> bool:
+        """Nothing queued, in flight or unstored: holding input back cannot lower memory."""
+        crawl = self._crawl.snapshot() if self._crawl is not None else None
+        return (
+            self._blocks.empty()
+            and self._outstanding == 0
+            and (crawl is None or crawl.targets_started == crawl.targets_finished)
+            and (self._store is None or self._store.backlog == 0)
+        )
+
+    def _sends_nothing(self) -> bool:
+        """No request in flight and nothing unstored: holding requests cannot lower memory."""
+        return self._concurrency.in_use == 0 and (self._store is None or self._store.backlog == 0)
 
     def _persist_event(self, event: Event) -> None:
         # Listeners are synchronous; the writer is async: hand over through a deque.
@@ -1191,3 +1312,14 @@ def _first_of(group: BaseExceptionGroup[StoreError]) -> StoreError:
         first = first.exceptions[0]
     assert isinstance(first, StoreError)
     return first
+
+
+class _InputGate:
+    """What a crawl waits on before starting a site: the memory breaker's input hold."""
+
+    def __init__(self, memory: MemoryGuard, holds_nothing: Callable[[], bool]) -> None:
+        self._memory = memory
+        self._holds_nothing = holds_nothing
+
+    async def wait(self) -> None:
+        await self._memory.wait_to_read(self._holds_nothing)

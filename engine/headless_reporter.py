@@ -85,7 +85,8 @@ def status_line(snap: Snapshot) -> str:
     mem = snap.memory
     mem_text = f"{mem.rss_bytes / 2**20:.0f}MB"
     if mem.state != "ok":
-        mem_text += f" ({mem.state.upper()})"
+        held = f": {mem.waiting_for}" if mem.waiting_for else ""
+        mem_text += f" ({mem.state.upper()}{held})"
     eta, band = eta_text(snap)
     if band:
         eta += f" [{band}]"

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from engine.rate_limit_patience import KeyRefusals
 from engine.rate_limiter import KeyBudget
 from engine.settings import ProviderSettings
 
@@ -39,6 +40,7 @@ class KeyState:
     requests: int = 0
     errors: int = 0
     rate_limited: int = 0
+    refusals: KeyRefusals = field(default_factory=KeyRefusals)  # 429s since its last answer
     # (time, requests, tokens) per finished request in the last minute
     _window: deque[tuple[float, int, int]] = field(default_factory=deque)
     _win_requests: int = 0

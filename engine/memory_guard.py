@@ -1,10 +1,17 @@
 """The memory circuit breaker: watch the process's RSS against soft and hard limits.
 
-At SOFT the engine stops taking new work in; at HARD it waits
-(`wait_below_hard`) until memory falls.  Each state is left only well
-below the line that entered it, so a process hovering at a limit doesn't
-flap between states.  Limits are clamped below the container's real limit,
-because psutil reports the host's memory inside a container.
+At SOFT the engine stops taking new work in (`wait_to_read`); at HARD it
+sends nothing new either (`wait_to_send`) until memory falls.  Each state
+is left only well below the line that entered it, so a process hovering at
+a limit doesn't flap between states.  Limits are clamped below the
+container's real limit, because psutil reports the host's memory inside a
+container.
+
+Holding work back lowers memory only while the engine holds work it can
+finish.  Once it holds nothing and a whole sample interval passes without
+memory falling, waiting longer cannot help and would wait forever: the hold
+gives way for one block (or one request) at a time, so a job whose process
+settles above a limit still ends.
 """
 
 from __future__ import annotations
@@ -107,6 +114,10 @@ class MemoryGuard:
         self._soft_bytes = 0
         self._hard_bytes = 0
         self._apply_limits(soft_mb, hard_mb)
+        # Set (and replaced) on every sample and state change: what holds wait on.
+        self._news = asyncio.Event()
+        self._samples = 0
+        self._gave_way = False  # a hold gave way since the state last changed
 
     @property
     def state(self) -> MemoryState:
@@ -142,8 +153,56 @@ class MemoryGuard:
         """Read RSS once and update the state."""
         self._rss_bytes = int(self._read_rss())
         self._sampled = True
+        self._samples += 1
         self._move_to(self._next_state(self._rss_bytes))
+        self._announce()
         return self._state
+
+    def waiting_for(self) -> str:
+        """What the breaker holds back and until when, in words; "" while it holds nothing."""
+        if self._state is MemoryState.OK:
+            return ""
+        now = f"now {self._rss_bytes / MIB:.0f} MB"
+        soft_exit = f"{self._soft_bytes * SOFT_EXIT / MIB:.0f} MB"
+        if self._state is MemoryState.HARD:
+            text = (
+                f"no new requests until memory < {self._hard_bytes * HARD_EXIT / MIB:.0f} MB "
+                f"and no input until < {soft_exit} ({now})"
+            )
+        else:
+            text = f"input paused until memory < {soft_exit} ({now})"
+        if self._gave_way:
+            text += "; nothing else is held, so one at a time"
+        return text
+
+    async def wait_to_read(self, holds_nothing: Callable[[], bool]) -> None:
+        """Return when new input may be taken in: below the soft limit, or (see the module)
+        after a whole sample interval above it in which `holds_nothing()` stayed true."""
+        await self._hold(lambda: self._state is not MemoryState.OK, holds_nothing)
+
+    async def wait_to_send(self, sends_nothing: Callable[[], bool]) -> None:
+        """Return when a request may be sent: below the hard limit, or (see the module)
+        after a whole sample interval above it in which `sends_nothing()` stayed true."""
+        await self._hold(lambda: self._state is MemoryState.HARD, sends_nothing)
+
+    async def _hold(self, held: Callable[[], bool], idle: Callable[[], bool]) -> None:
+        idle_since: int | None = None  # the sample count when idleness was first seen
+        while held():
+            news = self._news
+            await news.wait()
+            if not held():
+                return
+            if not idle():
+                idle_since = None
+            elif idle_since is None:
+                idle_since = self._samples
+            elif self._samples > idle_since:
+                self._gave_way = True
+                return
+
+    def _announce(self) -> None:
+        news, self._news = self._news, asyncio.Event()
+        news.set()
 
     async def run(self) -> None:
         """Sample every `interval_s` until cancelled."""
@@ -182,10 +241,12 @@ class MemoryGuard:
         if new is old:
             return
         self._state = new
+        self._gave_way = False
         if new is MemoryState.HARD:
             self._below_hard.clear()
         else:
             self._below_hard.set()
+        self._announce()
         try:
             self._on_change(old, new, self._rss_bytes)
         except Exception as exc:  # a listener's bug must not disable the breaker

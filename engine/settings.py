@@ -152,6 +152,7 @@ class SimulatorSettings:
     fault_reset: float = 0.0
     fault_hang: float = 0.0
     fault_malformed: float = 0.0
+    fault_429: float = 0.0  # a 429 whatever the budget: a provider that won't serve
     limit_scale: float = 1.0  # real limits = configured limits × this
     seed: int = 1
     # Drift on cue, for demos and tests: from answer number `drift_after` on
@@ -185,6 +186,39 @@ class EngineSettings:
     # A headless run's control socket drops a client that sends nothing for
     # this long, so stuck connections cannot keep viewers out.
     control_idle_timeout_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitWaits:
+    """How long 429s are waited out before a key or a batch gives up.
+
+    A key's *round* is a 429 on a request sent after its previous counted
+    429, so a burst of 429s on requests already in flight counts once.
+    After `key_streak` rounds in a row with no answer, or once its
+    cool-downs since the last answer would pass `key_wait_s`, a key cools
+    for longer: `key_escalation_s`, then twice that, `key_escalations`
+    times; a 429 after those disables it.  A retry-after longer than
+    `key_wait_s` on its own disables it at once.  Any answer resets all of
+    it.  A batch fails once it has taken `batch_429s` 429s, or once the
+    cool-downs its 429s asked for add up to more than `batch_wait_s`.
+
+    The defaults never give up on a key that is merely busy: a provider
+    that enforces its minute per second answers a few 429s routinely, but
+    each one's retry-after is followed by answers, and every answer starts
+    the count again.  Ten refusals in a row with nothing answered, or five
+    minutes of cooling without one answer, is a key that cannot serve (a
+    daily cap, a revoked tier, a broken provider); even then it gets
+    30 s + 1 min + 2 min of longer cool-downs in which one answer restores
+    it.  A batch's 20 429s or 15 minutes is far past what load causes
+    while its keys are answering others.
+    """
+
+    key_streak: int = 10
+    key_wait_s: float = 300.0
+    key_escalations: int = 3
+    key_escalation_s: float = 30.0
+    batch_429s: int = 20
+    batch_wait_s: float = 900.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,4 +267,5 @@ class JobConfig:
     engine: EngineSettings = field(default_factory=EngineSettings)
     crawl: CrawlSettings | None = None  # set: targets are crawled instead of `job.input` read
     drift: DriftSettings = field(default_factory=DriftSettings)
+    rate_limit_waits: RateLimitWaits = field(default_factory=RateLimitWaits)
     source: Path | None = None  # the TOML file this came from, for messages

@@ -50,13 +50,16 @@ from aiohttp import web
 from engine.settings import SIMULATED_DRIFTS
 from engine.sim_rate_buckets import Admission, KeyBudget, format_duration
 
-FAULT_KINDS: tuple[str, ...] = ("5xx", "reset", "hang", "malformed", "missing_id")
+# "429": a rate-limit refusal whatever the budget, as from a provider that will not serve.
+FAULT_KINDS: tuple[str, ...] = ("5xx", "reset", "hang", "malformed", "missing_id", "429")
 
 # One list of drift kinds for the job settings and the simulator.
 DRIFT_KINDS: tuple[str, ...] = SIMULATED_DRIFTS
 
 # Faults that make sense for an embeddings request (it has no ids to drop).
-_EMBEDDING_FAULTS: tuple[str, ...] = ("5xx", "reset", "hang", "malformed")
+_EMBEDDING_FAULTS: tuple[str, ...] = ("5xx", "reset", "hang", "malformed", "429")
+# What a "429" fault asks the client to wait: short, as a provider near its limit says.
+_FAULT_RETRY_AFTER_S = 0.02
 
 _MODELS_CREATED = 1_700_000_000
 
@@ -98,6 +101,7 @@ class SimulatorConfig:
     fault_hang: float = 0.0
     fault_malformed: float = 0.0
     fault_missing_id: float = 0.0
+    fault_429: float = 0.0
     hang_s: float = 3600.0
     seed: int = 1
     embedding_dim: int = 64
@@ -451,6 +455,7 @@ class ProviderSimulator:
         fault_hang: float | None = None,
         fault_malformed: float | None = None,
         fault_missing_id: float | None = None,
+        fault_429: float | None = None,
         hang_s: float | None = None,
     ) -> None:
         """Change fault rates while serving; arguments left as None keep their value."""
@@ -460,6 +465,7 @@ class ProviderSimulator:
             "fault_hang": fault_hang,
             "fault_malformed": fault_malformed,
             "fault_missing_id": fault_missing_id,
+            "fault_429": fault_429,
             "hang_s": hang_s,
         }
         # replace() re-runs validation, so a bad rate is refused before it applies.
@@ -715,6 +721,8 @@ class ProviderSimulator:
         if fault == "hang":
             await self._sleep_unless_closing(self._config.hang_s)
             return self._drop(request)
+        if fault == "429":
+            return self._refused_anyway(headers)
         if fault not in ("reset", "5xx"):
             return None  # shaped into the answer by the caller
         delay = self._base_latency()
@@ -724,6 +732,19 @@ class ProviderSimulator:
             return self._drop(request)
         status = self._rng.choice((500, 502, 503))
         return self._json(status, _SERVER_ERRORS[status], headers)
+
+    def _refused_anyway(self, headers: dict[str, str]) -> web.Response:
+        """A 429 rate_limit_exceeded that no wait would have avoided."""
+        self.stats.rate_limited += 1
+        self.stats.rate_limited_by_kind["requests"] += 1
+        wait = format_duration(_FAULT_RETRY_AFTER_S)
+        message = (
+            "Rate limit reached for requests in organization org-simulator on requests per min "
+            f"(RPM). Please try again in {wait}."
+        )
+        headers["retry-after-ms"] = str(math.ceil(_FAULT_RETRY_AFTER_S * 1000))
+        headers["retry-after"] = "1"
+        return self._json(429, _error_body(message, "requests", "rate_limit_exceeded"), headers)
 
     @staticmethod
     def _drop(request: web.BaseRequest) -> web.Response:

@@ -58,6 +58,8 @@ def simulator_arguments(sim: SimulatorSettings, port: int) -> list[str]:
         str(sim.fault_hang),
         "--fault-malformed",
         str(sim.fault_malformed),
+        "--fault-429",
+        str(sim.fault_429),
         "--seed",
         str(sim.seed),
     ]

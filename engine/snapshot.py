@@ -73,6 +73,8 @@ class MemorySnapshot:
     hard_bytes: int = 0
     limit_bytes: int | None = None
     state: str = "ok"
+    floor_bytes: int = 0  # the process's own, after start-up: limits below it are refused
+    waiting_for: str = ""  # what the breaker holds back, and until when ("" while ok)
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,8 @@ class Batch:
     last_error: str = ""
     est_prompt_tokens: int = 0
     reasons: list[str] = field(default_factory=list)
+    refusals: int = 0  # 429s taken
+    refused_wait_s: float = 0.0  # the cool-downs those 429s asked for, in all
 
     @property
     def ids(self) -> tuple[str, ...]:

@@ -36,6 +36,7 @@ from engine.exit_status import job_exit_status
 from engine.headless_reporter import HeadlessReporter, snapshot_record, status_line
 from engine.inputs import InputError, iter_documents
 from engine.key_secrets import resolve_secrets, served_by_simulator
+from engine.memory_floor import process_floor_bytes
 from engine.settings import CrawlSettings, JobConfig
 from engine.simulator_launch import launched_simulator, simulator_arguments
 from engine.snapshot import Snapshot
@@ -134,7 +135,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
-            config = load_config(args.job, preset=args.preset, overrides=args.overrides)
+            # Memory limits this process cannot run under are refused here, in one
+            # line naming where they were set, before anything starts.
+            config = load_config(
+                args.job,
+                preset=args.preset,
+                overrides=args.overrides,
+                memory_floor_bytes=process_floor_bytes(),
+            )
             if args.fresh and (code := _fresh_start(config, None)) is not None:
                 return code
             if _wants_dashboard(args):
@@ -191,7 +199,9 @@ def load_demo_config(
     """The bundled demo job: the sample transcripts, or (`crawl`) synthetic web sites."""
     demo = resources.files("engine.sample").joinpath("demo.toml")
     with resources.as_file(demo) as path:
-        config = load_config(path, preset=preset, overrides=overrides)
+        config = load_config(
+            path, preset=preset, overrides=overrides, memory_floor_bytes=process_floor_bytes()
+        )
     if crawl:
         # The sites are served on loopback by the bundled site server: the
         # address policy admits loopback for this job only, and every

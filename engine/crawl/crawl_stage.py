@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from engine.concurrency_limit import ConcurrencyLimit
@@ -51,6 +53,12 @@ _WARNED_LINES = 20  # bad target lines reported one by one; the rest only counte
 _RATE_ALPHA = 0.3  # smoothing of pages per minute, per one-second tick
 
 Deliver = Callable[[Document], Awaitable[None]]
+
+
+class Gate(Protocol):
+    """Something to wait on before starting a site (an `asyncio.Event` will do)."""
+
+    async def wait(self) -> object: ...
 
 
 def fetch_settings_of(crawl: CrawlSettings) -> FetchSettings:
@@ -96,8 +104,9 @@ class _Counters:
 class CrawlStage:
     """Crawls the job's targets and hands each page's text to `deliver`.
 
-    `running` is cleared while the job is paused and `may_read` while memory
-    is above its soft limit: no new fetch starts then.  `resolver` and
+    `running` is cleared while the job is paused and `may_read` holds while
+    memory is above its soft limit: no new fetch starts then; after
+    `stop_starting()` none ever does.  `resolver` and
     `extractor` may be given (tests); by default names go to DNS (with the
     job's pins) and extraction to a process pool.
     """
@@ -111,7 +120,7 @@ class CrawlStage:
         events: EventBus,
         deliver: Deliver,
         running: asyncio.Event,
-        may_read: asyncio.Event,
+        may_read: Gate,
         resolver: Resolver | None = None,
         extractor: PageExtractor | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -133,6 +142,7 @@ class CrawlStage:
         self._slots = ConcurrencyLimit(settings.concurrency)
         self._c = _Counters()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped_starting = False
 
     # ------------------------------------------------------------ controls
     def set_concurrency(self, value: int) -> int:
@@ -147,6 +157,10 @@ class CrawlStage:
     @property
     def concurrency(self) -> int:
         return self._slots.limit
+
+    def stop_starting(self) -> None:
+        """Start no new site; those under way finish, and `run` returns after them."""
+        self._stopped_starting = True
 
     # ------------------------------------------------------------ reading
     def snapshot(self) -> CrawlSnapshot:
@@ -192,19 +206,32 @@ class CrawlStage:
 
     async def count_targets(self) -> None:
         """Count the distinct targets (in a thread) so progress has a total."""
+        # A thread can't be cancelled: told to stop, it ends instead of counting
+        # on after the run, which the process would wait for at exit.
+        abandoned = threading.Event()
 
-        def count() -> int:
+        def count() -> int | None:
             targets = read_targets(
                 Path(self.settings.targets),
                 self.settings.targets_column or None,
                 on_problem=lambda _line, _message: None,
             )
-            return sum(1 for _ in dedupe_targets(targets))
+            total = 0
+            for _ in dedupe_targets(targets):
+                if abandoned.is_set():
+                    return None
+                total += 1
+            return total
 
         try:
-            self._c.targets_total = await asyncio.to_thread(count)
+            total = await asyncio.to_thread(count)
         except (OSError, TargetError, ValueError):
             return  # the reader reports it
+        except asyncio.CancelledError:
+            abandoned.set()
+            raise
+        if total is not None:
+            self._c.targets_total = total
 
     async def run(self) -> None:
         """Crawl every target; returns once each has an outcome (or raises on bad input)."""
@@ -248,7 +275,12 @@ class CrawlStage:
             for target in block:
                 await self._may_read.wait()  # memory above its soft limit: start nothing new
                 await self._running.wait()  # paused
+                if self._stopped_starting:
+                    return
                 await self._slots.acquire()
+                if self._stopped_starting:
+                    self._slots.release()
+                    return
                 self._c.started += 1
                 crawls.create_task(
                     self._crawl(target, known.get(target.url, []), fetcher, extractor),

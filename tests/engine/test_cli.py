@@ -44,8 +44,10 @@ def write_job(
     batch_size: int = 5,
     max_retries: int = 3,
     fault_5xx: float = 0.0,
+    fault_429: float = 0.0,
     base_url: str = SIMULATOR_BASE_URL,
     input_name: str = "records.txt",
+    more: str = "",
 ) -> Path:
     """A job over `records` text records, shaped like config.example.toml."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -89,7 +91,8 @@ autostart = true
 latency_s = [{latency_s[0]}, {latency_s[1]}]
 seconds_per_output_token = 0.0
 fault_5xx = {fault_5xx}
-""",
+fault_429 = {fault_429}
+{more}""",
         encoding="utf-8",
     )
     return job
@@ -349,6 +352,48 @@ def test_a_provider_that_always_fails_exits_1_and_stores_every_failure_with_its_
     assert len({chunk for chunk, _ in failures}) == len(failures) == 60
     assert all(reason.startswith("server_error: HTTP 5") for _, reason in failures), failures[0]
     assert summary_counts(run.stderr) == (0, 60, 0)
+
+
+def test_a_provider_that_answers_429_forever_ends_nonzero_with_one_line_saying_why(
+    tmp_path: Path,
+) -> None:
+    bounds = "[rate_limit_waits]\nkey_streak = 3\nkey_escalations = 1\nkey_escalation_s = 0.1\n"
+    job = write_job(tmp_path, records=30, latency_s=(0.01, 0.02), fault_429=1.0, more=bounds)
+
+    run = crawldeck("run", job, "--headless", "--interval", "0.5", cwd=tmp_path)
+
+    assert run.returncode == 1, run.stderr
+    assert_no_traceback(run.stdout, run.stderr)
+    why, summary = run.stderr.strip().splitlines()
+    assert why.startswith("crawldeck: no API key can serve any more (sim/main: rate limited: 429")
+    assert summary_counts(summary) == (0, 30, 0)
+    assert "[failed]" in run.stdout.strip().splitlines()[-1]
+    exported = crawldeck("export", job, "--failures", cwd=tmp_path)
+    rows = [json.loads(line) for line in exported.stdout.splitlines()]
+    assert len(rows) == 30
+    assert all(row["status"] == "failed" for row in rows)
+    assert all(row["reason"].startswith("no usable key: sim/main: rate limited") for row in rows)
+
+
+def test_a_memory_limit_below_the_process_floor_exits_2_naming_file_line_and_key(
+    tmp_path: Path,
+) -> None:
+    job = write_job(tmp_path)
+    text = job.read_text(encoding="utf-8").replace(
+        "adaptive_concurrency = false", "adaptive_concurrency = false\nmemory_soft_mb = 100"
+    )
+    job.write_text(text, encoding="utf-8")
+    line = text.splitlines().index("memory_soft_mb = 100") + 1
+
+    run = crawldeck("run", job, "--headless", cwd=tmp_path)
+
+    assert run.returncode == 2
+    assert_no_traceback(run.stdout, run.stderr)
+    (only,) = run.stderr.strip().splitlines()
+    assert only.startswith(
+        f"{job}:{line}: presets.steady.memory_soft_mb: 100 MB is below this process's own floor of "
+    )
+    assert not (tmp_path / "results.db").exists()
 
 
 # --------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from engine.settings import (
     JobSettings,
     Preset,
     PromptSettings,
+    RateLimitWaits,
     SimulatorSettings,
 )
 
@@ -385,6 +386,13 @@ def test_an_integer_is_a_fine_number_for_a_float_setting(tmp_path: Path) -> None
         ("simulator", "latency_s = [2, 1]", "latency_s", "0 <= low <= high"),
         ("simulator", "latency_s = [-1, 1]", "latency_s", "0 <= low <= high"),
         ("engine", "queue_size = 0", "queue_size", "must be at least 1 (got 0)"),
+        ("simulator", "fault_429 = 2", "fault_429", "must be between 0 and 1 (got 2.0)"),
+        ("rate_limit_waits", "key_streak = 0", "key_streak", "must be at least 1 (got 0)"),
+        ("rate_limit_waits", "key_wait_s = 0", "key_wait_s", "must be more than 0"),
+        ("rate_limit_waits", "key_escalations = -1", "key_escalations", "must be 0 (disable"),
+        ("rate_limit_waits", "key_escalation_s = 0", "key_escalation_s", "must be more than 0"),
+        ("rate_limit_waits", "batch_429s = 0", "batch_429s", "must be at least 1 (got 0)"),
+        ("rate_limit_waits", "batch_wait_s = -3", "batch_wait_s", "must be more than 0"),
     ],
 )
 def test_values_out_of_range_are_refused(
@@ -396,6 +404,75 @@ def test_values_out_of_range_are_refused(
 
     assert problem.key == f"{table}.{key}"
     assert message in problem.message
+
+
+def test_rate_limit_waits_are_read_and_a_typo_is_caught_at_its_line(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        MINIMAL + "\n[rate_limit_waits]\nkey_streak = 4\nbatch_wait_s = 60\nbatch_429 = 3\n",
+    )
+
+    (problem,) = problems_of(path)
+    assert str(problem) == (
+        f"{path}:{line_of(path, 'batch_429 =')}: rate_limit_waits.batch_429: "
+        "unknown key (did you mean 'batch_429s'?)"
+    )
+    fixed = write(tmp_path, path.read_text().replace("batch_429 = 3", "batch_429s = 3"))
+    assert load_config(fixed).rate_limit_waits == RateLimitWaits(
+        key_streak=4, batch_wait_s=60.0, batch_429s=3
+    )
+
+
+# --- memory limits against the process's own floor ---------------------------
+
+FLOOR = 152 * 2**20  # what a started process holds, as `engine.memory_floor` measures it
+
+
+def test_a_preset_below_the_process_floor_is_refused_at_its_file_line_and_key(
+    tmp_path: Path,
+) -> None:
+    path = write(
+        tmp_path,
+        MINIMAL + "\n[presets.tight]\nmemory_soft_mb = 100\nmemory_hard_mb = 400\n",
+    )
+
+    (problem,) = problems_of(path, memory_floor_bytes=FLOOR)
+
+    assert str(problem) == (
+        f"{path}:{line_of(path, 'memory_soft_mb')}: presets.tight.memory_soft_mb: 100 MB is "
+        "below this process's own floor of 152 MB (its memory once started) plus a 64 MB "
+        "margin: the breaker would hold input from the start; use at least 216"
+    )
+    assert load_config(path).presets["tight"].memory_soft_mb == 100  # no floor: not judged
+
+
+def test_limits_below_the_floor_are_blamed_on_the_flag_or_preset_file_that_set_them(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path, MINIMAL)
+    preset_file = write(tmp_path, "memory_soft_mb = 120\nmemory_hard_mb = 180\n", "small.toml")
+
+    flagged = problems_of(path, overrides=["preset.memory_soft_mb=150"], memory_floor_bytes=FLOOR)
+    from_file = problems_of(path, preset=str(preset_file), memory_floor_bytes=FLOOR)
+
+    assert [str(p).split(" is below")[0] for p in flagged] == [
+        "--set: preset.memory_soft_mb: 150 MB"
+    ]
+    assert [str(p).split(" is below")[0] for p in from_file] == [
+        f"{preset_file}:1: memory_soft_mb: 120 MB",
+        f"{preset_file}:2: memory_hard_mb: 180 MB",
+    ]
+
+
+def test_a_built_in_preset_is_judged_against_the_floor_too(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL)
+
+    problems = problems_of(path, memory_floor_bytes=1200 * 2**20)
+
+    assert [(p.file, p.line, p.key) for p in problems] == [
+        (str(path), None, "presets.conservative.memory_soft_mb")
+    ]
+    assert load_config(path, memory_floor_bytes=FLOOR).preset == BUILTIN_PRESETS["conservative"]
 
 
 def test_job_and_key_ranges_are_checked_too(tmp_path: Path) -> None:
@@ -718,6 +795,7 @@ def test_the_shipped_examples_load_without_problems(example: Path, transcripts: 
     assert config.presets == BUILTIN_PRESETS
     assert config.prompt == PromptSettings()
     assert config.engine == EngineSettings()
+    assert config.rate_limit_waits == RateLimitWaits()
     assert config.simulator.autostart is True
     assert config.simulator.latency_s == (0.5, 2.0)
     (sim,) = config.providers

@@ -133,6 +133,10 @@ async def test_controls_over_the_socket_change_the_engine(running_job: RunningJo
         ({"op": "apply_preset", "preset": {"concurrency": 10**21}}, "concurrency: must be from"),
         ({"op": "apply_preset", "preset": {"batch_size": 1001}}, "batch_size: must be from 1 to"),
         ({"op": "apply_preset", "preset": {"name": "x", "shell": "rm"}}, "shell"),
+        (
+            {"op": "apply_preset", "preset": {"memory_soft_mb": 60, "memory_hard_mb": 90}},
+            "memory_soft_mb: 60 MB is below this process's own floor",
+        ),
     ],
 )
 async def test_a_bad_request_gets_one_error_line_and_changes_nothing(

@@ -308,38 +308,3 @@ async def test_a_preset_file_applies_mid_run_and_the_live_settings_save_as_one(
     assert engine.snapshot().preset.name == "tuned"
     assert engine.snapshot().concurrency == 5
     assert await run is JobState.DONE
-
-
-async def test_the_memory_breaker_holds_requests_above_the_hard_limit(
-    tmp_path: Path, simulator
-) -> None:
-    keys = [("k1", 60_000, 100_000_000)]
-    sim = await simulator(keys=sim_keys(keys), latency_s=(0.02, 0.02))
-    config, secrets = job_config(
-        tmp_path, write_records(tmp_path / "in.txt", 300), sim.base_url, keys
-    )
-    config = replace(
-        config,
-        preset=replace(config.preset, concurrency=2, memory_soft_mb=100, memory_hard_mb=200),
-        engine=replace(config.engine, memory_sample_s=0.02),
-    )
-    rss = {"now": 50 * 2**20}
-    engine = Engine(config, secrets, read_rss=lambda: rss["now"])
-    run = asyncio.create_task(engine.run())
-    while engine.snapshot().counts.done < 20:
-        await asyncio.sleep(0.01)
-
-    rss["now"] = 250 * 2**20  # above hard
-    while engine.snapshot().memory.state != "hard":
-        await asyncio.sleep(0.01)
-    await asyncio.sleep(0.15)  # in-flight requests finish
-    held_at = sim.stats.requests
-    await asyncio.sleep(0.3)
-    assert sim.stats.requests == held_at
-
-    rss["now"] = 50 * 2**20
-    assert await run is JobState.DONE
-    kinds = [e.kind for e in engine.snapshot().events]
-    assert EventKind.MEMORY_HARD in kinds
-    assert EventKind.MEMORY_OK in kinds
-    assert len(stored(Path(config.job.store))[0]) == 300

@@ -123,6 +123,18 @@ def test_memory_pressure_is_shouted() -> None:
     assert "mem 1024MB (SOFT)" in line
 
 
+def test_the_status_line_says_what_the_memory_breaker_waits_for() -> None:
+    held = MemorySnapshot(
+        rss_bytes=530 * 2**20,
+        state="soft",
+        waiting_for="input paused until memory < 461 MB (now 530 MB)",
+    )
+
+    line = status_line(running_snapshot(memory=held))
+
+    assert "mem 530MB (SOFT: input paused until memory < 461 MB (now 530 MB))" in line
+
+
 def test_a_json_status_is_one_parseable_object_without_histories_or_events() -> None:
     out = io.StringIO()
     snap = running_snapshot(events=(event(EventKind.WARNING, "careful", ts=1.0),))

@@ -275,3 +275,97 @@ async def test_run_samples_until_cancelled() -> None:
         await asyncio.wait_for(guard.wait_below_hard(), timeout=5)
         sampler.cancel()
     assert guard.state is MemoryState.OK
+
+
+# -- holds that give way, and what they wait for ---------------------------------
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_input_waits_while_above_soft_and_the_engine_still_holds_work() -> None:
+    rss = FakeRss(1500)
+    guard, _ = make_guard(rss)
+    guard.sample()
+    holding = {"work": True}
+    waiter = asyncio.create_task(guard.wait_to_read(lambda: not holding["work"]))
+
+    for _ in range(5):
+        guard.sample()
+        await settle()
+    assert not waiter.done()  # the work in hand can still bring memory down
+
+    rss.set_mb(800)
+    guard.sample()
+    await asyncio.wait_for(waiter, timeout=5)
+
+
+async def test_input_gives_way_once_the_engine_holds_nothing_for_a_whole_sample() -> None:
+    guard, _ = make_guard(FakeRss(1500))
+    guard.sample()
+    waiter = asyncio.create_task(guard.wait_to_read(lambda: True))
+    await settle()
+
+    guard.sample()  # idle first seen
+    await settle()
+    assert not waiter.done()
+    guard.sample()  # a whole interval idle, memory still above: waiting cannot help
+    await asyncio.wait_for(waiter, timeout=5)
+
+    assert guard.state is MemoryState.SOFT
+    assert guard.waiting_for() == (
+        "input paused until memory < 900 MB (now 1500 MB); nothing else is held, so one at a time"
+    )
+
+
+async def test_requests_give_way_above_hard_only_with_nothing_in_flight() -> None:
+    guard, _ = make_guard(FakeRss(2500))
+    guard.sample()
+    in_flight = {"count": 2}
+    waiter = asyncio.create_task(guard.wait_to_send(lambda: in_flight["count"] == 0))
+    await settle()
+
+    for _ in range(5):
+        guard.sample()
+        await settle()
+    assert not waiter.done()
+
+    in_flight["count"] = 0
+    guard.sample()
+    await settle()
+    assert not waiter.done()
+    guard.sample()
+    await asyncio.wait_for(waiter, timeout=5)
+
+
+async def test_requests_are_not_held_above_soft_only() -> None:
+    guard, _ = make_guard(FakeRss(1500))
+    guard.sample()
+    await asyncio.wait_for(guard.wait_to_send(lambda: False), timeout=5)
+
+
+async def test_a_preset_that_raises_the_limit_releases_the_hold_at_once() -> None:
+    guard, _ = make_guard(FakeRss(1500))
+    guard.sample()
+    waiter = asyncio.create_task(guard.wait_to_read(lambda: False))
+    await settle()
+
+    guard.set_limits(3000, 4000)
+
+    await asyncio.wait_for(waiter, timeout=5)
+    assert guard.waiting_for() == ""
+
+
+def test_the_hold_says_what_it_waits_for() -> None:
+    rss = FakeRss(2100)
+    guard, _ = make_guard(rss)
+    assert guard.waiting_for() == ""
+    guard.sample()
+    assert guard.waiting_for() == (
+        "no new requests until memory < 1900 MB and no input until < 900 MB (now 2100 MB)"
+    )
+    rss.set_mb(1200)
+    guard.sample()
+    assert guard.waiting_for() == "input paused until memory < 900 MB (now 1200 MB)"
