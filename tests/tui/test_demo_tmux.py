@@ -153,9 +153,10 @@ async def test_the_demo_draws_the_dashboard_obeys_its_keys_and_quits_after_askin
         demo = shlex.join([str(crawldeck), "demo", *DEMO_FLAGS])
         await terminal.start(f"{demo}; echo $? > {shlex.quote(str(exit_file))}", cwd=tmp_path)
 
-        screen = await terminal.until_shown("transcripts-demo", "RUNNING")
+        # The footer fits its keys to the width after the first layout, so it
+        # may come a frame after the figures.
+        screen = await terminal.until_shown("transcripts-demo", "RUNNING", "Pause", "Quit")
         assert "sim-main" in screen and "sim-spare" in screen  # the key table
-        assert "Pause" in screen and "Quit" in screen  # the footer
         assert "conservative" not in screen
 
         await terminal.press("Space")
