@@ -13,8 +13,9 @@ gets 401, say) and otherwise by a marker in a chunk's text:
 - `echo-status-429`: a 429 the first time that chunk is asked for, then an
   answer (a 429 forever would keep a job running forever);
 - `echo-in-answer`: a 200 whose content quotes the key in the chunk's result;
-- anything else: a plain answer, held back between `hold_answers()` and
-  `release()`.
+- `echo-held`: a plain answer, held back until `release()` (it keeps a job
+  running while a test looks at it);
+- anything else: a plain answer.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from aiohttp import web
 
 from engine.simulator import parse_chunks
 
-_MARKER = re.compile(r"echo-(status-(\d{3})|in-answer)")
+_MARKER = re.compile(r"echo-(status-(\d{3})|in-answer|held)")
 _ERRORS: dict[int, tuple[str, str]] = {  # status → (type, code)
     400: ("invalid_request_error", "invalid_value"),
     401: ("invalid_request_error", "invalid_api_key"),
@@ -44,8 +45,8 @@ _ERRORS: dict[int, tuple[str, str]] = {  # status → (type, code)
 def echo_message(status: int, secret: str) -> str:
     """An error message that quotes the key three ways."""
     return (
-        f"HTTP {status} for key {secret} (it begins {secret[:20]}; "
-        f"sent as Bearer {secret}). Incorrect API key provided: {secret}."
+        f"Incorrect API key provided: {secret}. It begins {secret[:20]}; "
+        f"it was sent as Bearer {secret} (status {status})."
     )
 
 
@@ -70,7 +71,7 @@ class HostileProvider:
         self.status_by_secret = dict(status_by_secret or {})
         self.served: Counter[str] = Counter()  # "401", "200", "200-echo", "embeddings-200"…
         self._released = asyncio.Event()
-        self._released.set()
+        self._served_more = asyncio.Event()
         self._asked_429: set[str] = set()
         self._runner: web.AppRunner | None = None
         self.base_url = ""
@@ -92,11 +93,18 @@ class HostileProvider:
         if self._runner is not None:
             await self._runner.cleanup()
 
-    def hold_answers(self) -> None:
-        """Plain answers wait from now on until `release`."""
-        self._released.clear()
+    async def wait_until_served(self, *kinds: str) -> None:
+        """Until each of `kinds` ("401", "200-echo"…) has been served at least once."""
+        while not all(self.served[kind] for kind in kinds):
+            self._served_more.clear()
+            await self._served_more.wait()
+
+    def _count(self, kind: str) -> None:
+        self.served[kind] += 1
+        self._served_more.set()
 
     def release(self) -> None:
+        """Let the held answers go."""
         self._released.set()
 
     async def _chat(self, request: web.Request) -> web.Response:
@@ -105,19 +113,21 @@ class HostileProvider:
         user = next(m["content"] for m in reversed(body["messages"]) if m["role"] == "user")
         chunks = parse_chunks(user)
         status = self.status_by_secret.get(secret)
-        echo_in_answer = False
+        echo_in_answer = held = False
         for chunk_id, text in chunks:
             marker = _MARKER.search(text)
             if marker is None or status is not None:
                 continue
-            if marker.group(2) is None:
+            if marker.group(1) == "held":
+                held = True
+            elif marker.group(1) == "in-answer":
                 echo_in_answer = True
             elif marker.group(2) != "429" or chunk_id not in self._asked_429:
                 status = int(marker.group(2))
                 self._asked_429.add(chunk_id)
         if status is not None:
             return self._error(status, secret)
-        if not echo_in_answer:
+        if held:
             await self._released.wait()
         results = [
             {
@@ -128,7 +138,7 @@ class HostileProvider:
             }
             for chunk_id, _ in chunks
         ]
-        self.served["200-echo" if echo_in_answer else "200"] += 1
+        self._count("200-echo" if echo_in_answer else "200")
         completion: dict[str, Any] = {
             "id": "chatcmpl-hostile",
             "object": "chat.completion",
@@ -152,7 +162,7 @@ class HostileProvider:
             return self._error(status, secret)
         body = await request.json()
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
-        self.served["embeddings-200"] += 1
+        self._count("embeddings-200")
         answer = {
             "object": "list",
             "data": [
@@ -165,7 +175,7 @@ class HostileProvider:
         return web.json_response(answer, headers=echo_headers(secret), reason=f"OK {secret}")
 
     def _error(self, status: int, secret: str) -> web.Response:
-        self.served[str(status)] += 1
+        self._count(str(status))
         err_type, code = _ERRORS[status]
         headers = echo_headers(secret)
         if status == 429:
