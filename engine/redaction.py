@@ -16,10 +16,10 @@ clean by construction.
 - Answer content gets only the first treatment, so ordinary text is never
   mangled by a guess.
 
-Finding fragments is a set lookup per aligned 4-character block of the text
-(done in C by a dict view intersection), so text with no fragment, which is nearly all
-of it, costs about ten microseconds per kilobyte; only the blocks found are
-then looked at closely.
+Finding fragments is a lookup per aligned 4-character block of the text,
+done in C by a dict view intersection, so text with no fragment (nearly all
+of it) costs about ten microseconds per kilobyte; only the blocks found are
+then looked at closely (`python -m tests.benchmarks.redaction_cost`).
 """
 
 from __future__ import annotations
@@ -35,6 +35,9 @@ MIN_FRAGMENT = 8
 # starting at a multiple of _BLOCK: looking up only those blocks finds every
 # fragment of MIN_FRAGMENT characters.
 _BLOCK = 4
+# A fragment of MIN_FRAGMENT characters reaches at least this far past one
+# of its blocks' ends, on one side or the other.
+_REACH = (MIN_FRAGMENT - _BLOCK + 1) // 2
 
 _KEY_CHARS = r"A-Za-z0-9_\-"
 # Shapes of keys, for error texts, headers and logs (never for answer content).
@@ -95,6 +98,9 @@ class Redactor:
         self._hints: list[str] = []
         # every _BLOCK-character piece of every secret → (secret number, offset)
         self._pieces: dict[tuple[str, ...], list[tuple[int, int]]] = {}
+        # every (_BLOCK + _REACH)-character piece: tells a fragment from a
+        # block that text merely shares with a key ("proj" in "project")
+        self._wider: set[str] = set()
         self._short: list[tuple[str, re.Pattern[str], str]] = []
         for secret in secrets:
             self.add(secret)
@@ -114,6 +120,8 @@ class Redactor:
         for offset in range(len(secret) - _BLOCK + 1):
             piece = tuple(secret[offset : offset + _BLOCK])
             self._pieces.setdefault(piece, []).append((number, offset))
+        for offset in range(len(secret) - _BLOCK - _REACH + 1):
+            self._wider.add(secret[offset : offset + _BLOCK + _REACH])
 
     def redact_content(self, text: str) -> str:
         """An answer's text with the configured secrets and their fragments masked."""
@@ -159,17 +167,24 @@ class Redactor:
         """Mask every fragment holding one of the `found` blocks.
 
         Any fragment long enough holds an aligned block, and so is found by
-        growing outwards from each place that block occurs.
+        growing outwards from each aligned place such a block occurs.
         """
         spans: list[tuple[int, int, int]] = []  # (start, end, secret number)
+        wider = self._wider
         for piece in found:
             places = self._pieces[piece]
             block = "".join(piece)
             start = text.find(block)
             while start >= 0:
-                fragment = self._longest_fragment(text, start, places)
-                if fragment is not None:
-                    spans.append(fragment)
+                # Aligned blocks are enough (see _BLOCK), and only one that
+                # reaches on into more of a key is worth growing.
+                if start % _BLOCK == 0 and (
+                    text[start : start + _BLOCK + _REACH] in wider
+                    or text[max(0, start - _REACH) : start + _BLOCK] in wider
+                ):
+                    fragment = self._longest_fragment(text, start, places)
+                    if fragment is not None:
+                        spans.append(fragment)
                 start = text.find(block, start + 1)
         if not spans:
             return text
@@ -238,7 +253,10 @@ class RedactingLogFilter(logging.Filter):
         self._loggers: list[logging.Logger] = []
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record: logging reports it, never the request
+            return True
         clean = self._redactor.redact_message(message)
         if clean != message:
             record.msg, record.args = clean, None
