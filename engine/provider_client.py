@@ -146,14 +146,14 @@ class ProviderClients:
         )
         self._clients: dict[str, openai.AsyncOpenAI] = {}
         self._closed = False
-        self.redactor = Redactor()
+        self._redactor = Redactor()
         # The SDK logs a response header (the request id) when OPENAI_LOG is
         # set, and the transport logs status lines: those logs are provider text too.
-        self._log_filter = RedactingLogFilter(self.redactor)
+        self._log_filter = RedactingLogFilter(self._redactor)
         self._log_filter.install()
 
     def add_key(self, key_id: str, secret: str, base_url: str) -> None:
-        self.redactor.add(secret)
+        self._redactor.add(secret)
         self._clients[key_id] = openai.AsyncOpenAI(
             api_key=secret, base_url=base_url, max_retries=0, http_client=self._http
         )
@@ -181,12 +181,12 @@ class ProviderClients:
                     timeout=timeout_s,
                     **extra,
                 )
-                headers = self.redactor.redact_headers(raw.headers)
+                headers = self._redactor.redact_headers(raw.headers)
                 try:
                     completion = raw.parse()
                     content = completion.choices[0].message.content
                     if content:
-                        content = self.redactor.redact_content(content)
+                        content = self._redactor.redact_content(content)
                     usage = completion.usage
                 except Exception as exc:  # the body is not a chat completion
                     return CallFailure(
@@ -196,7 +196,7 @@ class ProviderClients:
                         time.monotonic() - started,
                     )
         except (TimeoutError, openai.APIError) as exc:
-            return _failure_of(exc, timeout_s, time.monotonic() - started, self.redactor)
+            return _failure_of(exc, timeout_s, time.monotonic() - started, self._redactor)
         latency = time.monotonic() - started
         prompt_tokens = usage.prompt_tokens if usage else 0
         completion_tokens = usage.completion_tokens if usage else 0
@@ -213,7 +213,7 @@ class ProviderClients:
                 raw = await client.embeddings.with_raw_response.create(
                     model=model, input=inputs, timeout=timeout_s
                 )
-                headers = self.redactor.redact_headers(raw.headers)
+                headers = self._redactor.redact_headers(raw.headers)
                 try:
                     answer = raw.parse()
                     vectors = [
@@ -228,7 +228,7 @@ class ProviderClients:
                         time.monotonic() - started,
                     )
         except (TimeoutError, openai.APIError) as exc:
-            return _failure_of(exc, timeout_s, time.monotonic() - started, self.redactor)
+            return _failure_of(exc, timeout_s, time.monotonic() - started, self._redactor)
         if len(vectors) != len(inputs):
             return CallFailure(
                 FailureKind.MALFORMED,
