@@ -345,3 +345,26 @@ def test_json_lines_show_the_hint_in_events_and_in_each_keys_disabled_reason(
     assert any(revoked in m for m in disabled) and any(forbidden in m for m in disabled)
     assert any(main in e["message"] for e in events if e["kind"] == "chunk_failed")
     assert revoked in reasons["revoked"] and forbidden in reasons["forbidden"]
+
+
+def test_a_key_a_header_cannot_carry_is_refused_at_start_by_its_variable_alone(
+    tmp_path: Path,
+) -> None:
+    # A key pasted with a stray character would otherwise fail in the transport,
+    # in a traceback that quotes part of it.
+    job = write_hostile_job(tmp_path / "job", "http://127.0.0.1:9/v1")  # never called
+    keys = {alias: "sk-proj-" + secrets.token_urlsafe(30) for alias in ALIASES}
+    keys["revoked"] = keys["revoked"][:20] + "é" + keys["revoked"][20:]
+    env = {**os.environ, **{variable(alias): secret for alias, secret in keys.items()}}
+
+    code, out, err = asyncio.run(crawldeck("run", job, "--headless", cwd=job.parent, env=env))
+
+    assert code == 2
+    assert out == ""
+    lines = job.read_text(encoding="utf-8").splitlines()
+    line = lines.index(f'env = "{variable("revoked")}"') + 1
+    assert err.strip().splitlines() == [
+        f"{job}:{line}: providers[0].keys[1].env: environment variable {variable('revoked')} holds "
+        "a space, a control or a non-ASCII character (an API key has none)"
+    ]
+    assert all(leaks(out + err, secret) == [] for secret in keys.values())
