@@ -71,6 +71,9 @@ class CallFailure:
 
 
 _NO_SECRETS = Redactor()  # still masks whatever is shaped like a key
+# Of an error's text only the start is kept; reading no more than this of it
+# keeps a provider that answers with megabytes of error from costing much.
+_MESSAGE_READ = 4096
 
 
 def _failure_of(
@@ -112,7 +115,8 @@ def classify_status_error(
     code = _error_field(exc.body, "code")
     err_type = _error_field(exc.body, "type")
     # Redacted before it is cut short: a cut must not leave part of a key behind.
-    message = redactor.redact_message(_error_field(exc.body, "message") or str(exc))
+    raw = (_error_field(exc.body, "message") or str(exc))[:_MESSAGE_READ]
+    message = redactor.redact_message(raw)
     status = exc.status_code
     if status == 429:
         if "insufficient_quota" in (code, err_type):
