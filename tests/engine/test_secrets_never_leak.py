@@ -116,6 +116,8 @@ class Run:
 
 @dataclass
 class LeakHunt:
+    """The keys, what the providers served, and both runs' channels."""
+
     keys: dict[str, str]
     served: Counter[str]
     runs: dict[str, Run]
@@ -134,8 +136,13 @@ async def crawldeck(*args: str | Path, cwd: Path, env: dict[str, str]) -> tuple[
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
     )
-    async with asyncio.timeout(RUN_TIMEOUT_S):
-        out, err = await proc.communicate()
+    try:
+        async with asyncio.timeout(RUN_TIMEOUT_S):
+            out, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:  # the hang guard fired: leave nothing behind
+            proc.kill()
+            await proc.wait()
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
 
