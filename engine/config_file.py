@@ -1194,8 +1194,13 @@ def _apply_preset_flags(
     return changed
 
 
+# What an Authorization header can carry: a key with anything else fails in
+# the transport (a traceback quoting part of it, or endless connection errors).
+_SENDABLE_SECRET = re.compile(r"[\x21-\x7e]+")
+
+
 def missing_key_variables(config: JobConfig, environ: Mapping[str, str]) -> list[ConfigProblem]:
-    """One problem per key whose environment variable is unset or empty.
+    """One problem per key whose environment variable is unset, empty or unsendable.
 
     Names the variable, never a value.  Separate from `load_config` because
     the bundled simulator supplies throwaway secrets.
@@ -1212,12 +1217,16 @@ def missing_key_variables(config: JobConfig, environ: Mapping[str, str]) -> list
             value = environ.get(key.env)
             if not value:
                 state = "is not set" if value is None else "is empty"
-                problems.append(
-                    locator.problem(
-                        ("providers", index, "keys", number, "env"),
-                        f"environment variable {key.env} {state}",
-                    )
+            elif not _SENDABLE_SECRET.fullmatch(value):
+                state = "holds a space, a control or a non-ASCII character (an API key has none)"
+            else:
+                continue
+            problems.append(
+                locator.problem(
+                    ("providers", index, "keys", number, "env"),
+                    f"environment variable {key.env} {state}",
                 )
+            )
     return problems
 
 

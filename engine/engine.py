@@ -57,6 +57,7 @@ from engine.provider_client import (
 from engine.rate_limit_patience import KeyCooling, batch_gives_up, format_wait
 from engine.rate_limiter import KeyBudget, RateHeaders, parse_retry_after
 from engine.records import Chunk, Document
+from engine.redaction import mask_secret
 from engine.run_stats import RunStats
 from engine.setting_bounds import CONCURRENCY, FETCH_CONCURRENCY
 from engine.settings import JobConfig, Preset
@@ -78,14 +79,6 @@ if TYPE_CHECKING:
     from engine.crawl.crawl_stage import CrawlStage
 
 _READ_BLOCK = 256  # chunks handed from the reading thread per hop
-
-
-def mask_secret(secret: str) -> str:
-    """What may be shown of a key: a hint of its kind and its last four characters."""
-    if len(secret) <= 8:
-        return "…" * 3
-    prefix = secret[:3] if secret.startswith("sk-") else ""
-    return f"{prefix}…{secret[-4:]}"
 
 
 class Engine:

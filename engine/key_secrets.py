@@ -23,6 +23,11 @@ def served_by_simulator(provider: ProviderSettings) -> bool:
     return parts.hostname in ("127.0.0.1", "localhost") and parts.port == 0
 
 
+def key_variables(config: JobConfig) -> set[str]:
+    """The environment variables the job's keys are read from."""
+    return {key.env for provider in config.providers for key in provider.keys}
+
+
 def resolve_secrets(
     config: JobConfig, environ: Mapping[str, str], simulated: bool = False
 ) -> dict[str, str]:

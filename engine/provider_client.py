@@ -7,7 +7,10 @@ passes our limiter (the SDK's own retries would bypass it and even retry
 pool, so only the shared client is closed, once.
 
 Every outcome becomes a `CallResult` or a `CallFailure` with a kind the
-dispatcher acts on; exceptions never escape a call.
+dispatcher acts on; exceptions never escape a call.  Everything a provider
+says — error messages, headers, answer content — passes through the job's
+`Redactor` here, before anything else sees it: a provider that echoes the
+key it was sent leaks nothing into the store, events, status or logs.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import httpx2
 import numpy as np
 import openai
 from numpy.typing import NDArray
+
+from engine.redaction import RedactingLogFilter, Redactor
 
 
 class FailureKind(StrEnum):
@@ -65,12 +70,23 @@ class CallFailure:
     rate_kind: str = "requests"  # for 429s: "requests" or "tokens"
 
 
-def _failure_of(exc: BaseException, timeout_s: float, latency: float) -> CallFailure:
-    """What an SDK exception (or our own outer timeout) means for the request."""
+_NO_SECRETS = Redactor()  # still masks whatever is shaped like a key
+# Of an error's text only the start is kept; reading no more than this of it
+# keeps a provider that answers with megabytes of error from costing much.
+_MESSAGE_READ = 4096
+
+
+def _failure_of(
+    exc: BaseException, timeout_s: float, latency: float, redactor: Redactor
+) -> CallFailure:
+    """What an SDK exception (or our own outer timeout) means for the request.
+
+    Only status errors carry provider text; the others are told by type name.
+    """
     if isinstance(exc, TimeoutError | openai.APITimeoutError):
         return CallFailure(FailureKind.TIMEOUT, f"timed out after {timeout_s:g}s", {}, latency)
     if isinstance(exc, openai.APIStatusError):
-        return classify_status_error(exc, latency)
+        return classify_status_error(exc, latency, redactor)
     if isinstance(exc, openai.APIConnectionError):
         cause = exc.__cause__ or exc
         return CallFailure(
@@ -91,15 +107,16 @@ def _error_field(body: object, name: str) -> str:
     return ""
 
 
-def _headers_of(exc: openai.APIStatusError) -> Mapping[str, str]:
-    return {k.lower(): v for k, v in exc.response.headers.items()}
-
-
-def classify_status_error(exc: openai.APIStatusError, latency: float) -> CallFailure:
-    headers = _headers_of(exc)
+def classify_status_error(
+    exc: openai.APIStatusError, latency: float, redactor: Redactor = _NO_SECRETS
+) -> CallFailure:
+    """The failure an error status means, its message and headers redacted."""
+    headers = redactor.redact_headers(exc.response.headers)
     code = _error_field(exc.body, "code")
     err_type = _error_field(exc.body, "type")
-    message = _error_field(exc.body, "message") or str(exc)
+    # Redacted before it is cut short: a cut must not leave part of a key behind.
+    raw = (_error_field(exc.body, "message") or str(exc))[:_MESSAGE_READ]
+    message = redactor.redact_message(raw)
     status = exc.status_code
     if status == 429:
         if "insufficient_quota" in (code, err_type):
@@ -133,8 +150,14 @@ class ProviderClients:
         )
         self._clients: dict[str, openai.AsyncOpenAI] = {}
         self._closed = False
+        self._redactor = Redactor()
+        # The SDK logs a response header (the request id) when OPENAI_LOG is
+        # set, and the transport logs status lines: those logs are provider text too.
+        self._log_filter = RedactingLogFilter(self._redactor)
+        self._log_filter.install()
 
     def add_key(self, key_id: str, secret: str, base_url: str) -> None:
+        self._redactor.add(secret)
         self._clients[key_id] = openai.AsyncOpenAI(
             api_key=secret, base_url=base_url, max_retries=0, http_client=self._http
         )
@@ -162,10 +185,12 @@ class ProviderClients:
                     timeout=timeout_s,
                     **extra,
                 )
-                headers = {k.lower(): v for k, v in raw.headers.items()}
+                headers = self._redactor.redact_headers(raw.headers)
                 try:
                     completion = raw.parse()
                     content = completion.choices[0].message.content
+                    if content:
+                        content = self._redactor.redact_content(content)
                     usage = completion.usage
                 except Exception as exc:  # the body is not a chat completion
                     return CallFailure(
@@ -175,7 +200,7 @@ class ProviderClients:
                         time.monotonic() - started,
                     )
         except (TimeoutError, openai.APIError) as exc:
-            return _failure_of(exc, timeout_s, time.monotonic() - started)
+            return _failure_of(exc, timeout_s, time.monotonic() - started, self._redactor)
         latency = time.monotonic() - started
         prompt_tokens = usage.prompt_tokens if usage else 0
         completion_tokens = usage.completion_tokens if usage else 0
@@ -192,7 +217,7 @@ class ProviderClients:
                 raw = await client.embeddings.with_raw_response.create(
                     model=model, input=inputs, timeout=timeout_s
                 )
-                headers = {k.lower(): v for k, v in raw.headers.items()}
+                headers = self._redactor.redact_headers(raw.headers)
                 try:
                     answer = raw.parse()
                     vectors = [
@@ -207,7 +232,7 @@ class ProviderClients:
                         time.monotonic() - started,
                     )
         except (TimeoutError, openai.APIError) as exc:
-            return _failure_of(exc, timeout_s, time.monotonic() - started)
+            return _failure_of(exc, timeout_s, time.monotonic() - started, self._redactor)
         if len(vectors) != len(inputs):
             return CallFailure(
                 FailureKind.MALFORMED,
@@ -221,4 +246,5 @@ class ProviderClients:
     async def aclose(self) -> None:
         if not self._closed:
             self._closed = True
+            self._log_filter.uninstall()
             await self._http.aclose()

@@ -18,7 +18,8 @@ items, slower, embeddings elsewhere), for demos and tests of the drift
 monitor.  Until then every answer is what it would be without drift.
 
 `GET /_sim/stats` (no key needed) returns the counters as JSON, for runs
-where the simulator lives in another process.
+where the simulator lives in another process; keys appear in it only as
+their masked hints.
 
 Run it alone with `python -m engine.simulator --key SECRET:RPM:TPM ...`.
 """
@@ -47,6 +48,7 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
+from engine.redaction import mask_secret
 from engine.settings import SIMULATED_DRIFTS
 from engine.sim_rate_buckets import Admission, KeyBudget, format_duration
 
@@ -528,6 +530,12 @@ class ProviderSimulator:
             return self._json(200, self._models(), {"x-request-id": request_id})
         if method == "GET" and path == "/_sim/stats":
             served = {**self.stats.as_dict(), "drifting": self.drifting}
+            # Anyone who can reach the port may ask: keys only by their hints
+            # (a job pointed at `crawldeck simulate` sends its real keys).
+            by_hint: dict[str, int] = {}
+            for secret, count in self.stats.requests_by_key.items():
+                by_hint[mask_secret(secret)] = by_hint.get(mask_secret(secret), 0) + count
+            served["requests_by_key"] = by_hint
             return self._json(200, served, {"x-request-id": request_id})
         return self._json(
             404,

@@ -4,7 +4,8 @@ A separate process keeps the simulator's CPU out of the engine's (and the
 dashboard's) event loop, as a real provider would be.  Providers whose
 base_url is `http://127.0.0.1:0/v1` are pointed at it; their keys get
 throwaway secrets, which are passed to the child through its environment,
-never its command line.
+never its command line; the variables holding the job's real keys are left
+out of that environment (the simulator has no use for them).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 import os
 from collections.abc import AsyncIterator, Mapping
 
-from engine.key_secrets import key_id, served_by_simulator
+from engine.key_secrets import key_id, key_variables, served_by_simulator
 from engine.service_process import ServiceStartError, service_process
 from engine.settings import JobConfig, SimulatorSettings
 
@@ -76,7 +77,8 @@ async def launched_simulator(
 ) -> AsyncIterator[dict[str, str]]:
     """Run the simulator for the job; yields {provider name: base_url} to use."""
     sim = config.simulator
-    env = dict(os.environ)
+    withheld = key_variables(config)
+    env = {name: value for name, value in os.environ.items() if name not in withheld}
     env["CRAWLDECK_SIM_KEYS"] = json.dumps(simulator_keys(config, secrets))
     args = [
         "engine.simulator",

@@ -679,6 +679,15 @@ def test_missing_key_variables_names_the_variable_and_never_a_value(tmp_path: Pa
     ]
     assert missing_key_variables(config, {f"OPENAI_KEY_{n}": "x" for n in (1, 2, 3)}) == []
 
+    # A key that an HTTP header cannot carry, named by its variable, never shown.
+    unsendable = {"OPENAI_KEY_1": "sk-live-SECRET\n", "OPENAI_KEY_2": "sk-live-SÉCRET"}
+    problems = missing_key_variables(config, {**unsendable, "OPENAI_KEY_3": "sk live"})
+    assert [str(p) for p in problems] == [
+        f"{path}:{line}: providers[0].keys[{n}].env: environment variable OPENAI_KEY_{n + 1} "
+        "holds a space, a control or a non-ASCII character (an API key has none)"
+        for n, line in ((0, 10), (1, 13), (2, 16))
+    ]
+
 
 # --- writing -------------------------------------------------------------------
 

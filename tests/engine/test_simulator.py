@@ -19,6 +19,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
+from engine.redaction import mask_secret
 from engine.sim_rate_buckets import KeyBudget, TokenBucket, format_duration
 from engine.simulator import (
     ProviderSimulator,
@@ -557,6 +558,21 @@ async def test_stats_count_what_happened(simulators: Any, http: httpx2.AsyncClie
     served = (await http.get(simulator.base_url.removesuffix("/v1") + "/_sim/stats")).json()
     assert served["completions_ok"] == 1
     assert served["requests"] == 4  # this request counts too
+
+
+async def test_the_stats_endpoint_names_keys_only_by_their_hints(
+    simulators: Any, http: httpx2.AsyncClient
+) -> None:
+    # `crawldeck simulate` serves real jobs, with real keys, to whoever asks.
+    key = "sk-proj-" + "Nd5Kq8Wz2Xc7Vb4Mn1Lj9Hg6Fd3Sa0Pt"
+    simulator = await simulators(SimulatorConfig(keys=(SimKey(key, 60, None),)))
+    await ask(client_for(simulator, key, http), CHUNKS)
+
+    served = (await http.get(simulator.base_url.removesuffix("/v1") + "/_sim/stats")).text
+
+    assert json.loads(served)["requests_by_key"] == {mask_secret(key): 1}
+    assert all(key[i : i + 8] not in served for i in range(len(key) - 7))
+    assert simulator.stats.requests_by_key == {key: 1}  # in memory, as before
 
 
 async def test_a_bad_request_body_is_a_400(simulators: Any, http: httpx2.AsyncClient) -> None:
