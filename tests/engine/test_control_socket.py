@@ -284,7 +284,9 @@ async def test_a_remote_source_shows_the_job_steers_it_and_closing_leaves_it_run
 
 
 def test_status_reads_a_headless_run_and_says_so_when_none_runs(tmp_path: Path) -> None:
-    job = write_job(tmp_path, records=300, latency_s=(0.3, 0.6), concurrency=2, batch_size=5)
+    # Long enough (~2 min) to outlast three `status` runs on a loaded machine;
+    # the test drains it as soon as they are done.
+    job = write_job(tmp_path, records=3000, latency_s=(0.3, 0.6), concurrency=2, batch_size=5)
     sock = tmp_path / "results.db.crawldeck" / "control.sock"
 
     def status(*flags: str) -> subprocess.CompletedProcess[str]:
