@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -287,3 +288,12 @@ def test_the_theme_uses_theme_variables_not_hex_colours() -> None:
     css = Path(THEME_PATH).read_text(encoding="utf-8")
     assert not re.findall(r"#(?:[0-9a-fA-F]{8}|[0-9a-fA-F]{6}|[0-9a-fA-F]{3,4})\b", css)
     assert "$primary" in css  # not vacuous: the colours come from the theme
+
+
+async def test_input_records_skipped_show_beside_the_failed_count() -> None:
+    counts = replace(fixed_snapshot().counts, records_skipped=5)
+    app = fixed_app(counts=counts)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        shown = str(app.query_one("#figure-progress").render())
+        assert "12 failed · 5 bad input" in shown

@@ -28,10 +28,13 @@ def headline_figures(snap: Snapshot) -> Figures:
         total = f"~{total}"  # a crawl's total, projected from the sites crawled so far
     eta, band = eta_text(snap)  # the job's state instead, while paused, draining or over
     projected = "" if snap.cost_projected_usd is None else f"~${snap.cost_projected_usd:,.4f} total"
+    outcome = f"{counts.failed:,} failed"
+    if counts.records_skipped:  # input that never became chunks: not in done/total
+        outcome += f" · {counts.records_skipped:,} bad input"
     return (
         ("items/min", f"{snap.items_per_min:,.0f}", f"{snap.requests_per_min:,.0f} req/min"),
         ("ETA", eta, band),
-        ("done/total", f"{counts.finished:,}/{total}", f"{counts.failed:,} failed"),
+        ("done/total", f"{counts.finished:,}/{total}", outcome),
         ("cost", f"${snap.cost_usd:,.4f}", projected),
     )
 
@@ -61,6 +64,8 @@ class HeadlineFigures(Widget):
             if index < len(old) and old[index] == figure:
                 continue  # unchanged: leave the widget alone
             label, value, note = figure
-            self._statics[index].update(
-                Text.assemble((label, "dim"), "\n", (value, "bold"), "\n", (note, "dim"))
-            )
+            text = Text.assemble((label, "dim"), "\n", (value, "bold"), "\n", (note, "dim"))
+            # A long note is cut, never wrapped: the figures keep their three rows.
+            text.no_wrap = True
+            text.overflow = "ellipsis"
+            self._statics[index].update(text)
