@@ -28,6 +28,7 @@ import openai
 from numpy.typing import NDArray
 
 from engine.redaction import RedactingLogFilter, Redactor
+from engine.setting_bounds import CONCURRENCY
 
 
 class FailureKind(StrEnum):
@@ -136,12 +137,18 @@ def classify_status_error(
     return CallFailure(FailureKind.BAD_REQUEST, f"HTTP {status}: {message[:160]}", headers, latency)
 
 
+# Embedding requests for the drift monitor are not counted in concurrency.
+_EMBEDDING_HEADROOM = 64
+
+
 class ProviderClients:
     """The shared connection pool and one SDK client per key."""
 
-    def __init__(self, max_connections: int = 512) -> None:
-        # The SDK's default pool (1000/100 keep-alive) is fine, but we size it
-        # to the concurrency we can actually use and keep connections warm.
+    def __init__(self, max_connections: int = CONCURRENCY.high + _EMBEDDING_HEADROOM) -> None:
+        # Room for every request the engine may have in flight at its highest
+        # concurrency (plus drift embeddings, which run beside it): a smaller
+        # pool would be a hidden queue that the concurrency control cannot see.
+        # Connections are opened as needed and kept warm.
         self._http = httpx2.AsyncClient(
             limits=httpx2.Limits(
                 max_connections=max_connections, max_keepalive_connections=max_connections
