@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import json
 import random
@@ -19,7 +20,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -688,11 +689,15 @@ class Engine:
                 self._no_key_left()
                 await self._fail(batch, self._no_key, announce=False)
                 continue
+            flight = _InFlight(batch, key, estimate)
             self._in_flight_chunks += len(batch.chunks)
             key.in_flight += 1
-            task = sends.create_task(self._send(batch, key, messages, estimate))
+            task = sends.create_task(self._send(flight, messages))
             self._sends.add(task)
             task.add_done_callback(self._sends.discard)
+            # A task cancelled before it starts (stop now, in the turn that
+            # admitted it) never runs its `finally`: give its claims back here.
+            task.add_done_callback(functools.partial(self._settle_unstarted, flight))
             if self._preset.batch_delay_s > 0:
                 await asyncio.sleep(self._preset.batch_delay_s)
 
@@ -702,9 +707,22 @@ class Engine:
         per_chunk = s.tokens_out / s.chunks_answered if s.chunks_answered else 150.0
         return int(per_chunk * 1.2 * n_chunks) + 16
 
-    async def _send(
-        self, batch: Batch, key: KeyState, messages: list[dict[str, str]], estimate: int
-    ) -> None:
+    def _give_back(self, flight: _InFlight, *, unused: bool) -> None:
+        """Return an admitted request's claims, once; `unused`: its budget too (never answered)."""
+        if flight.settled:
+            return
+        flight.settled = True
+        flight.key.in_flight -= 1
+        self._in_flight_chunks -= len(flight.batch.chunks)
+        self._concurrency.release()
+        if unused:
+            flight.key.budget.release(flight.estimate)  # stop now: the chunks stay pending
+
+    def _settle_unstarted(self, flight: _InFlight, _task: asyncio.Task[None]) -> None:
+        self._give_back(flight, unused=True)  # no-op once the send itself gave them back
+
+    async def _send(self, flight: _InFlight, messages: list[dict[str, str]]) -> None:
+        batch, key, estimate = flight.batch, flight.key, flight.estimate
         provider = key.provider
         timeout = provider.request_timeout_s or self._preset.request_timeout_s
         sent_at = self._clock()
@@ -713,12 +731,9 @@ class Engine:
                 key.key_id, provider.model, messages, timeout, self.config.prompt.temperature
             )
         except asyncio.CancelledError:
-            key.budget.release(estimate)  # stop now: the chunks stay pending
+            self._give_back(flight, unused=True)
             raise
-        finally:
-            key.in_flight -= 1
-            self._in_flight_chunks -= len(batch.chunks)
-            self._concurrency.release()
+        self._give_back(flight, unused=False)
         key.requests += 1
         self.stats.requests += 1
         if isinstance(outcome, CallResult):
@@ -1305,6 +1320,17 @@ def _first_of(group: BaseExceptionGroup[StoreError]) -> StoreError:
         first = first.exceptions[0]
     assert isinstance(first, StoreError)
     return first
+
+
+@dataclass(slots=True)
+class _InFlight:
+    """One admitted request's claims — a concurrency slot, a place in its key's
+    and the job's in-flight counts, its reserved budget — to be given back once."""
+
+    batch: Batch
+    key: KeyState
+    estimate: int
+    settled: bool = False
 
 
 class _InputGate:

@@ -308,3 +308,25 @@ async def test_a_preset_file_applies_mid_run_and_the_live_settings_save_as_one(
     assert engine.snapshot().preset.name == "tuned"
     assert engine.snapshot().concurrency == 5
     assert await run is JobState.DONE
+
+
+async def test_after_stop_now_nothing_is_counted_in_flight(tmp_path: Path, simulator) -> None:
+    keys = [("k1", 60_000, 100_000_000)]
+    sim = await simulator(keys=sim_keys(keys), latency_s=(0.5, 0.5))
+    config, secrets = job_config(
+        tmp_path, write_records(tmp_path / "in.txt", 400), sim.base_url, keys
+    )
+    config = replace(config, preset=replace(config.preset, concurrency=32, batch_size=2))
+    engine = Engine(config, secrets)
+    run = asyncio.create_task(engine.run())
+    # Stop in the same turn of the loop that admitted the first requests: some
+    # of their tasks have not started yet when they are cancelled.
+    while engine.snapshot().counts.in_flight == 0:
+        await asyncio.sleep(0)
+
+    engine.stop()
+    assert await run is JobState.STOPPED
+    snap = engine.snapshot()
+    assert snap.counts.in_flight == 0
+    assert snap.in_flight_requests == 0
+    assert [key.in_flight for key in snap.keys] == [0]
