@@ -160,14 +160,20 @@ class ProviderClients:
         self._redactor = Redactor()
         # The SDK logs a response header (the request id) when OPENAI_LOG is
         # set, and the transport logs status lines: those logs are provider text too.
+        # Put on the loggers by the first request and taken off by `aclose()`,
+        # so clients that never send (an engine made and never run) leave none.
         self._log_filter = RedactingLogFilter(self._redactor)
-        self._log_filter.install()
+        self._filtering = False
 
     def add_key(self, key_id: str, secret: str, base_url: str) -> None:
         self._redactor.add(secret)
         self._clients[key_id] = openai.AsyncOpenAI(
             api_key=secret, base_url=base_url, max_retries=0, http_client=self._http
         )
+
+    def _filter_logs(self) -> None:
+        self._filtering = True
+        self._log_filter.install()
 
     async def chat(
         self,
@@ -178,6 +184,8 @@ class ProviderClients:
         temperature: float | None = None,
     ) -> CallResult | CallFailure:
         client = self._clients[key_id]
+        if not self._filtering:
+            self._filter_logs()
         started = time.monotonic()
         extra: dict[str, Any] = {}
         if temperature is not None:
@@ -218,6 +226,8 @@ class ProviderClients:
     ) -> EmbeddingResult | CallFailure:
         """Embeddings of `inputs` through the key's client: one request, one vector each."""
         client = self._clients[key_id]
+        if not self._filtering:
+            self._filter_logs()
         started = time.monotonic()
         try:
             async with asyncio.timeout(timeout_s * 1.5 + 1.0):
