@@ -331,8 +331,8 @@ class PageExtractor:
             self._threads.shutdown(wait=True, cancel_futures=True)
         if self._pool is not None:
             # stop, not close: pages not yet started are dropped, and a worker
-            # still on a page is terminated (killed if it ignores that) rather
-            # than waited for.
+            # still on a page is terminated rather than waited for (killed if it
+            # ignores SIGTERM for pebble's 3 s, as C code that never checks might).
             self._pool.stop()
             self._pool.join()
 
