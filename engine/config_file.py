@@ -436,6 +436,7 @@ def _crawl_findings(crawl: CrawlSettings) -> list[_Finding]:
             ("max_depth", _not_negative, "must be 0 or more"),
             ("max_pages_per_domain", _at_least_one, "must be at least 1"),
             ("extract_workers", _not_negative, "must be 0 or more (0: one per core but one)"),
+            ("extract_timeout_s", _positive, "must be more than 0"),
         ),
     )
     if not crawl.targets.strip():

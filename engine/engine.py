@@ -78,6 +78,7 @@ from engine.work_queue import Batch, InProcessWorkQueue, WorkQueue
 Clock = Callable[[], float]
 if TYPE_CHECKING:
     from engine.crawl.crawl_stage import CrawlStage
+    from engine.crawl.extraction import PageFunction
 
 _READ_BLOCK = 256  # chunks handed from the reading thread per hop
 
@@ -93,9 +94,11 @@ class Engine:
         base_urls: Mapping[str, str] | None = None,
         clock: Clock = time.monotonic,
         read_rss: Callable[[], int] | None = None,
+        page_function: PageFunction | None = None,
     ) -> None:
         """`secrets` maps key ids (`provider/alias`) to secrets; `base_urls`
-        optionally overrides providers' base URLs (the bundled simulator)."""
+        optionally overrides providers' base URLs (the bundled simulator);
+        `page_function` replaces a crawl's `extract_page` (tests)."""
         self.config = config
         self._clock = clock
         self._started = clock()
@@ -157,6 +160,7 @@ class Engine:
         self._events_waiting = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._crawl: CrawlStage | None = None  # a crawl job's fetch stage, made by run()
+        self._page_function = page_function
         self._drift = DriftMonitor(config.drift, clock) if config.drift.enabled else None
         self._drift_learning = self._drift is not None
         self._embeddings_wanted = self._drift is not None and config.drift.embeddings
@@ -215,6 +219,7 @@ class Engine:
                     running=self._running,
                     may_read=_InputGate(self._memory, self._holds_nothing),
                     clock=self._clock,
+                    page_function=self._page_function,
                 )
             crawl = self._crawl
             async with asyncio.TaskGroup() as tg:

@@ -252,6 +252,9 @@ class CrawlSettings:
     max_depth: int = 0  # follow same-site links this many clicks deep
     max_pages_per_domain: int = 1
     extract_workers: int = 0  # processes for HTML extraction; 0: one per core but one
+    # Per page; past it the worker is killed and replaced.  A few milliseconds
+    # is usual, a second or two a very large page on a busy machine.
+    extract_timeout_s: float = 20.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,9 @@ retries only sites that failed for a reason that may pass (a timeout, a
 refused connection, an HTTP error).
 
 Extraction runs in worker processes (`PageExtractor`), so parsing HTML never
-stalls the event loop the engine runs on.
+stalls the event loop the engine runs on; a page whose extraction runs past
+the job's `extract_timeout_s` is stored as `extraction_timed_out`, and the
+site goes on without it.
 """
 
 from __future__ import annotations
@@ -19,14 +21,20 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
 
 from engine.concurrency_limit import ConcurrencyLimit
 from engine.crawl.address_policy import AddressPolicy, Resolver
-from engine.crawl.extraction import ExtractedPage, PageExtractor
+from engine.crawl.extraction import (
+    ExtractedPage,
+    ExtractionTimedOut,
+    PageExtractor,
+    PageFunction,
+    extract_page,
+)
 from engine.crawl.fetch_settings import FetchSettings
 from engine.crawl.fetcher import Fetcher
 from engine.crawl.outcomes import FetchOutcome, FetchResult
@@ -39,6 +47,8 @@ from engine.snapshot import CrawlSnapshot
 from engine.store import PageRow, Store, StoredPage
 
 # Outcomes a rerun tries again; any other stored outcome is the site's answer.
+# EXTRACTION_TIMED_OUT is not retried: the same bytes would run the parser into
+# the same wall, costing a killed worker and the time limit on every rerun.
 RETRIED_OUTCOMES = frozenset(
     {
         FetchOutcome.TIMED_OUT,
@@ -108,7 +118,8 @@ class CrawlStage:
     memory is above its soft limit: no new fetch starts then; after
     `stop_starting()` none ever does.  `resolver` and
     `extractor` may be given (tests); by default names go to DNS (with the
-    job's pins) and extraction to a process pool.
+    job's pins) and extraction to a process pool of the stage's own, which
+    runs `page_function` (tests) instead of `extract_page` when given.
     """
 
     def __init__(
@@ -123,6 +134,7 @@ class CrawlStage:
         may_read: Gate,
         resolver: Resolver | None = None,
         extractor: PageExtractor | None = None,
+        page_function: PageFunction | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
@@ -137,6 +149,7 @@ class CrawlStage:
         self._resolver = resolver if resolver is not None else PinnedResolver(settings.resolve)
         self._extractor = extractor
         self._own_extractor = extractor is None
+        self._page_function = page_function or extract_page
         self._fetcher: Fetcher | None = None
         # Targets being crawled at once; the fetcher's own limit caps requests.
         self._slots = ConcurrencyLimit(settings.concurrency)
@@ -238,7 +251,11 @@ class CrawlStage:
         self._loop = asyncio.get_running_loop()
         extractor = self._extractor
         if extractor is None:
-            extractor = PageExtractor(self.settings.extract_workers or None)
+            extractor = PageExtractor(
+                self.settings.extract_workers or None,
+                time_limit_s=self.settings.extract_timeout_s,
+                page_function=self._page_function,
+            )
         policy = AddressPolicy(self.settings.allow_addresses)
         try:
             async with Fetcher(
@@ -339,7 +356,15 @@ class CrawlStage:
             else:
                 result = await fetcher.fetch(url)
             fetched += 1
-            page = await self._extract(result, extractor)
+            try:
+                page = await self._extract(result, extractor)
+            except ExtractionTimedOut as timed_out:
+                self._events.emit(EventKind.WARNING, f"{url}: {timed_out}")
+                result = replace(result, error=str(timed_out))
+                await self._record(
+                    target, url, depth, result, FetchOutcome.EXTRACTION_TIMED_OUT, None
+                )
+                continue
             outcome = result.outcome
             if page is not None and not page.text.strip():
                 outcome = FetchOutcome.EMPTY_TEXT

@@ -10,6 +10,11 @@ extraction_choice.py for the figures): trafilatura in fast mode finds the
 main text and leaves out navigation, sidebars, comments and footers;
 selectolax's lexbor parser is much faster and reads the title, the language
 and the links, which need no judgement about boilerplate.
+
+Each page has a time limit: trafilatura can run indefinitely on some
+pathological pages, and such a page would hold its site, and so the job,
+open for ever.  The pool (pebble's) kills a worker past the limit and starts
+another; the page fails with `ExtractionTimedOut`.
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ import multiprocessing.context
 import multiprocessing.forkserver
 import os
 import re
-import signal
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from functools import lru_cache
 from types import TracebackType
@@ -30,11 +36,13 @@ from typing import Self
 from urllib.parse import urljoin, urlsplit
 
 import trafilatura
+from pebble import ProcessPool
 from selectolax.lexbor import LexborHTMLParser
 from tld import get_fld  # the Public Suffix List; trafilatura installs it (via courlan)
 from trafilatura.settings import Extractor
 
 from engine.crawl.targets import link_target
+from engine.settings import CrawlSettings
 
 HTML_TYPES = frozenset({"text/html", "application/xhtml+xml", ""})
 """Media types read as HTML; "" is a response without a Content-Type."""
@@ -209,10 +217,16 @@ def registrable_domain(host: str) -> str:
     return get_fld(host, fix_protocol=True, fail_silently=True) or host
 
 
-def _start_worker() -> None:
-    # The parent owns shutdown: Ctrl-C reaches the whole process group, and
-    # workers should not each print a KeyboardInterrupt traceback.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+PageFunction = Callable[[bytes, str, str], ExtractedPage]
+"""What a worker runs on a page: `extract_page`, or a stand-in in tests
+(a top-level function, so it pickles by reference)."""
+
+DEFAULT_TIME_LIMIT_S = CrawlSettings().extract_timeout_s
+"""Per page, the `[crawl]` table's default."""
+
+
+class ExtractionTimedOut(TimeoutError):
+    """A page's extraction ran past its time limit; its worker was killed and replaced."""
 
 
 def default_workers() -> int:
@@ -241,44 +255,103 @@ class PageExtractor:
 
     At most two pages per worker are handed to the pool at a time, so a fast
     fetcher waits here rather than piling pickled pages in the pool's queue.
-    `inline=True` runs extraction in one thread of this process instead:
-    quick to start, for tests, but it competes for the GIL with the loop.
-    Use as an async context manager, or call `close()` when done.
+    A page still extracting `time_limit_s` after a worker took it raises
+    `ExtractionTimedOut`; the pool kills that worker and starts another, so
+    the next pages go on.  `inline=True` runs extraction in one thread of
+    this process instead: quick to start, for tests, but it competes for the
+    GIL with the loop, and a thread can't be killed, so it has no time limit.
+    `page_function` replaces `extract_page` (tests).  Use as an async context
+    manager, or call `close()` when done.
     """
 
-    def __init__(self, workers: int | None = None, *, inline: bool = False) -> None:
+    def __init__(
+        self,
+        workers: int | None = None,
+        *,
+        inline: bool = False,
+        time_limit_s: float = DEFAULT_TIME_LIMIT_S,
+        page_function: PageFunction = extract_page,
+    ) -> None:
         self.workers = 1 if inline else (workers or default_workers())
-        self._executor: Executor
+        self.time_limit_s = time_limit_s
+        self._page_function = page_function
+        self._threads: ThreadPoolExecutor | None = None
+        self._pool: ProcessPool | None = None
         if inline:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix="crawldeck-extract")
+            self._threads = ThreadPoolExecutor(1, thread_name_prefix="crawldeck-extract")
         else:
             # forkserver, not fork: forking a process that runs an event loop and
             # other threads can copy a lock mid-use into the child.  Preloading
-            # this module makes the server import the parsers once for all workers.
-            context = start_worker_server()
-            self._executor = ProcessPoolExecutor(
-                self.workers, mp_context=context, initializer=_start_worker
-            )
+            # this module makes the server import the parsers once for all workers,
+            # and a worker that replaces a killed one starts in milliseconds.
+            # (pebble's workers ignore SIGINT: the parent owns shutdown.)
+            self._pool = ProcessPool(self.workers, context=start_worker_server())
         self._slots = asyncio.Semaphore(2 * self.workers)
+        self._jobs: set[Future[ExtractedPage]] = set()  # handed to the pool, not yet back
         self._closed = False
 
     async def extract(self, html: bytes, url: str, content_type: str) -> ExtractedPage:
-        """`extract_page(html, url, content_type)`, computed in a worker."""
+        """`extract_page(html, url, content_type)`, computed in a worker.
+
+        Raises `ExtractionTimedOut` past the time limit, and the worker's own
+        error if the page function raised.
+        """
         if self._closed:
             raise RuntimeError("PageExtractor is closed")
         async with self._slots:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._executor, extract_page, html, url, content_type)
+            if self._threads is not None:
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(
+                    self._threads, self._page_function, html, url, content_type
+                )
+            assert self._pool is not None
+            job: Future[ExtractedPage] = self._pool.schedule(
+                self._page_function, (html, url, content_type), timeout=self.time_limit_s
+            )
+            self._jobs.add(job)
+            try:
+                # Cancelling this await cancels the job, and the pool stops its worker.
+                return await asyncio.wrap_future(job)
+            except TimeoutError:
+                raise ExtractionTimedOut(
+                    f"extraction ran past {self.time_limit_s:g} s; its worker was replaced"
+                ) from None
+            except (asyncio.CancelledError, BrokenProcessPool):
+                # Closing the pool ends what it held one way or the other: the
+                # pool's own threads report a broken pool, or `aclose` cancels it.
+                task = asyncio.current_task()
+                if self._closed and task is not None and not task.cancelling():
+                    raise RuntimeError("PageExtractor was closed while extracting") from None
+                raise
+            finally:
+                self._jobs.discard(job)
+
+    def _shut_down(self) -> None:
+        if self._threads is not None:
+            self._threads.shutdown(wait=True, cancel_futures=True)
+        if self._pool is not None:
+            # stop, not close: pages not yet started are dropped, and a worker
+            # still on a page is terminated rather than waited for (killed if it
+            # ignores SIGTERM for pebble's 3 s, as C code that never checks might).
+            self._pool.stop()
+            self._pool.join()
+
+    def _abandon_jobs(self) -> None:
+        # A stopped pool never settles what it held: end each waiter with an error.
+        for job in list(self._jobs):
+            job.cancel()
 
     def close(self) -> None:
-        """Stop the workers, dropping pages not yet started; blocks until they exit."""
+        """Stop the workers, dropping pages not yet done; never waits for a page to finish."""
         self._closed = True
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._shut_down()
+        self._abandon_jobs()
 
     async def aclose(self) -> None:
         """`close()` without blocking the event loop while workers exit."""
         self._closed = True
-        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
+        await asyncio.to_thread(self._shut_down)
+        self._abandon_jobs()
 
     async def __aenter__(self) -> Self:
         return self

@@ -109,7 +109,13 @@ FULL_BOUND_S = 190.0
 QUICK_BOUND_S = 40.0
 _WITH_TEXT = frozenset({"normal", "slow", "redirect_ok"})  # site kinds whose page has text
 _EXTRACTED = frozenset(
-    {str(FetchOutcome.FETCHED), str(FetchOutcome.REDIRECTED), str(FetchOutcome.EMPTY_TEXT)}
+    str(outcome)
+    for outcome in (
+        FetchOutcome.FETCHED,
+        FetchOutcome.REDIRECTED,
+        FetchOutcome.EMPTY_TEXT,
+        FetchOutcome.EXTRACTION_TIMED_OUT,
+    )
 )
 _WATCH_S = 0.5  # how often pass 2 looks at the engine's snapshot, as the dashboard would
 POLITENESS_DELAY_S = 1.0
@@ -433,7 +439,9 @@ async def crawl_only(
         run_id = await store.begin_run("crawl-only", {})
         # Our own pool, started and warmed before the clock starts: its start-up
         # (the forkserver imports the parsers) is paid once a run, not per page.
-        extractor = PageExtractor(settings.extract_workers or None)
+        extractor = PageExtractor(
+            settings.extract_workers or None, time_limit_s=settings.extract_timeout_s
+        )
         try:
             async with asyncio.TaskGroup() as warm_up:  # all at once, so every worker starts
                 for _ in range(2 * extractor.workers):

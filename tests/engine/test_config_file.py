@@ -406,6 +406,22 @@ def test_values_out_of_range_are_refused(
     assert message in problem.message
 
 
+def test_the_extraction_time_limit_is_read_and_must_be_positive(tmp_path: Path) -> None:
+    crawl = '\n[crawl]\ntargets = "domains.txt"\n'
+    default = load_config(write(tmp_path, MINIMAL + crawl)).crawl
+    assert default is not None and default.extract_timeout_s == 20.0
+    chosen = load_config(write(tmp_path, MINIMAL + crawl + "extract_timeout_s = 5\n")).crawl
+    assert chosen is not None and chosen.extract_timeout_s == 5.0
+
+    path = write(tmp_path, MINIMAL + crawl + "extract_timeout_s = 0\n")
+
+    (problem,) = problems_of(path)
+    assert str(problem) == (
+        f"{path}:{line_of(path, 'extract_timeout_s')}: crawl.extract_timeout_s: "
+        "must be more than 0 (got 0.0)"
+    )
+
+
 def test_rate_limit_waits_are_read_and_a_typo_is_caught_at_its_line(tmp_path: Path) -> None:
     path = write(
         tmp_path,

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
+from engine.crawl.extraction import ExtractedPage, PageFunction, extract_page
 from engine.crawl.outcomes import FetchOutcome
 from engine.crawl.site_server import (
     SITE_KINDS,
@@ -25,6 +28,7 @@ from engine.crawl.site_server import (
     synthetic_domains,
 )
 from engine.engine import Engine
+from engine.headless_reporter import status_line
 from engine.settings import CrawlSettings
 from engine.simulator import ProviderSimulator
 from engine.snapshot import JobState
@@ -84,6 +88,7 @@ async def crawl_engine(
     tmp_path: Path,
     simulator: Callable[..., object],
     sites: SiteServer,
+    page_function: PageFunction | None = None,
     **changes: object,
 ) -> tuple[Engine, dict[str, str]]:
     sim = await simulator(keys=sim_keys(KEYS), latency_s=(0.02, 0.05))  # type: ignore[misc]
@@ -94,7 +99,7 @@ async def crawl_engine(
         job=replace(config.job, input="", chunk_tokens=300),
         crawl=crawl_settings(tmp_path, sites.port, **changes),
     )
-    return Engine(config, secrets), secrets
+    return Engine(config, secrets, page_function=page_function), secrets
 
 
 def stored_pages(store: Path) -> dict[str, tuple[str, str | None]]:
@@ -228,3 +233,69 @@ async def test_same_site_links_are_followed_to_the_depth_and_page_cap(
         assert all(host in url for url, _, _ in pages)  # same site only
     # Followed pages go through the LLM like the first ones.
     assert len(set(stored_results(Path(engine.config.job.store)))) > len(normal)
+
+
+# The first normal site: its page is one whose extraction never ends.
+HANGING_SITE = next(n for n in range(1, SITES + 1) if site_kind(n) == "normal")
+HANGING_HOST = synthetic_domains(SITES)[HANGING_SITE - 1]
+
+
+def extract_except_on_the_hanging_site(html: bytes, url: str, content_type: str) -> ExtractedPage:
+    """`extract_page`, except on HANGING_HOST's pages, where it never returns, as
+    trafilatura doesn't on some pathological pages."""
+    if urlsplit(url).hostname == HANGING_HOST:
+        threading.Event().wait()
+    return extract_page(html, url, content_type)
+
+
+async def test_a_page_whose_extraction_never_ends_is_given_up_and_the_job_ends(
+    tmp_path: Path, simulator: Callable[..., object], sites: SiteServer
+) -> None:
+    engine, secrets = await crawl_engine(
+        tmp_path,
+        simulator,
+        sites,
+        page_function=extract_except_on_the_hanging_site,
+        extract_timeout_s=1.0,
+    )
+
+    async with asyncio.timeout(120):  # before the time limit, this waited for ever
+        assert await engine.run() is JobState.DONE
+
+    store = Path(engine.config.job.store)
+    pages = stored_pages(store)
+    hanging_url = f"https://{HANGING_HOST}:{sites.port}/"
+    assert pages.pop(hanging_url) == (str(FetchOutcome.EXTRACTION_TIMED_OUT), None)
+    with sqlite3.connect(store) as conn:
+        (error,) = conn.execute("SELECT error FROM pages WHERE url = ?", (hanging_url,)).fetchone()
+    assert error == "extraction ran past 1 s; its worker was replaced"
+    # Every other site was fetched and extracted as if nothing had happened.
+    for n, name in enumerate(synthetic_domains(SITES), start=1):
+        if n != HANGING_SITE:
+            outcome, text = pages[f"https://{name}:{sites.port}/"]
+            assert outcome == EXPECTED_ROOT_OUTCOME[site_kind(n)], name
+            assert bool(text) is (site_kind(n) in WITH_TEXT), name
+    assert hanging_url not in stored_results(store)
+
+    snap = engine.snapshot()
+    crawl = snap.crawl
+    assert crawl is not None
+    assert crawl.targets_finished == SITES
+    assert dict(crawl.outcomes)[str(FetchOutcome.EXTRACTION_TIMED_OUT)] == 1
+    assert "extraction_timed_out 1" in status_line(snap)
+    assert any(
+        e.message == f"{hanging_url}: extraction ran past 1 s; its worker was replaced"
+        for e in snap.events
+    )
+
+    # A rerun takes the stored outcome as the page's answer: the same bytes would
+    # hang the parser again.  The site is replayed from the store, not fetched.
+    requests_before = sites.stats.requests_by_host[HANGING_HOST]
+    again = Engine(engine.config, secrets, page_function=extract_except_on_the_hanging_site)
+    async with asyncio.timeout(120):
+        assert await again.run() is JobState.DONE
+    assert sites.stats.requests_by_host[HANGING_HOST] == requests_before
+    rerun = again.snapshot().crawl
+    assert rerun is not None
+    assert dict(rerun.outcomes)[str(FetchOutcome.EXTRACTION_TIMED_OUT)] == 1
+    assert stored_pages(store)[hanging_url] == (str(FetchOutcome.EXTRACTION_TIMED_OUT), None)

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import pickle
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 import psutil
 import pytest
@@ -11,6 +16,7 @@ import pytest
 from engine.crawl.extraction import (
     EMPTY_PAGE,
     ExtractedPage,
+    ExtractionTimedOut,
     PageExtractor,
     decode_page,
     extract_page,
@@ -212,6 +218,18 @@ def test_the_function_and_its_result_pickle_for_worker_processes() -> None:
     assert pickle.loads(pickle.dumps(page)) == page
 
 
+def extraction_workers() -> list[psutil.Process]:
+    """The live extraction workers: with forkserver they are children of the
+    server, which is our child."""
+    return [
+        worker
+        for server in psutil.Process().children()
+        if "forkserver" in " ".join(server.cmdline())
+        for worker in server.children()
+        if worker.status() != psutil.STATUS_ZOMBIE
+    ]
+
+
 async def test_the_process_pool_extracts_in_workers_passes_errors_back_and_stops() -> None:
     html = article_page().encode()
     expected = extract_page(html, "https://example.com/a", "text/html")
@@ -220,13 +238,7 @@ async def test_the_process_pool_extracts_in_workers_passes_errors_back_and_stops
         pages = await asyncio.gather(
             *(extractor.extract(html, "https://example.com/a", "text/html") for _ in range(6))
         )
-        # forkserver: the workers are children of the server, which is our child.
-        workers = [
-            worker
-            for server in psutil.Process().children()
-            for worker in server.children()
-            if "forkserver" in " ".join(server.cmdline())
-        ]
+        workers = extraction_workers()
         assert len(workers) == 1
         with pytest.raises(TypeError):
             # A str where bytes belong: the worker's error is re-raised here.
@@ -252,3 +264,94 @@ async def test_a_closed_extractor_refuses_work() -> None:
 
     with pytest.raises(RuntimeError, match="closed"):
         await extractor.extract(b"<p>x</p>", "https://example.com/", "text/html")
+
+
+# --- pages whose extraction never ends ----------------------------------------------------------
+
+
+def extract_unless_told_to_hang(html: bytes, url: str, content_type: str) -> ExtractedPage:
+    """`extract_page`, except for a page at `/hang`: that one calls the page's
+    host and port (so the test knows a worker has it), then never returns, as
+    trafilatura doesn't on some pathological pages."""
+    parts = urlsplit(url)
+    if parts.path != "/hang":
+        return extract_page(html, url, content_type)
+    with socket.create_connection((parts.hostname, parts.port)) as line:
+        line.recv(1)  # the test never answers
+    threading.Event().wait()
+    raise AssertionError("unreachable")
+
+
+class HangLine:
+    """A loopback listener that `extract_unless_told_to_hang` calls from its worker."""
+
+    def __init__(self) -> None:
+        self.calls: asyncio.Queue[asyncio.StreamWriter] = asyncio.Queue()
+        self.url = ""
+
+    async def _accept(self, _reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self.calls.put(writer)  # held open: the worker waits on it
+
+
+@pytest.fixture
+async def hang_line() -> AsyncIterator[HangLine]:
+    line = HangLine()
+    server = await asyncio.start_server(line._accept, "127.0.0.1", 0)
+    line.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/hang"
+    async with server:
+        yield line
+        while not line.calls.empty():
+            line.calls.get_nowait().close()
+
+
+def test_the_test_page_function_pickles_for_worker_processes() -> None:
+    assert pickle.loads(pickle.dumps(extract_unless_told_to_hang)) is extract_unless_told_to_hang
+
+
+async def test_a_page_past_the_time_limit_fails_and_its_worker_is_replaced(
+    hang_line: HangLine,
+) -> None:
+    html = article_page().encode()
+    limit = 1.0
+
+    async with PageExtractor(
+        workers=1, time_limit_s=limit, page_function=extract_unless_told_to_hang
+    ) as extractor:
+        await extractor.extract(html, "https://example.com/a", "text/html")  # the worker is up
+        (stuck,) = extraction_workers()
+
+        started = time.monotonic()
+        with pytest.raises(ExtractionTimedOut, match="ran past 1 s; its worker was replaced"):
+            await extractor.extract(html, hang_line.url, "text/html")
+        waited = time.monotonic() - started
+
+        # The clock starts when a worker takes the page; the pool checks it every
+        # 0.1 s, and a loaded machine may take a moment to end the worker.
+        assert limit <= waited < limit + 2.0
+        assert hang_line.calls.qsize() == 1  # the page really was in a worker
+        _, alive = psutil.wait_procs([stuck], timeout=5)
+        assert alive == []
+        # The next page extracts in the worker that replaced it.
+        page = await extractor.extract(html, "https://example.com/a", "text/html")
+        assert page == extract_page(html, "https://example.com/a", "text/html")
+        (replacement,) = extraction_workers()
+        assert replacement.pid != stuck.pid
+
+
+async def test_closing_never_waits_for_a_page_that_never_ends(hang_line: HangLine) -> None:
+    extractor = PageExtractor(
+        workers=1, time_limit_s=600, page_function=extract_unless_told_to_hang
+    )
+    hung = asyncio.create_task(extractor.extract(b"<p>x</p>", hang_line.url, "text/html"))
+    await hang_line.calls.get()  # a worker is on the page, and will be for ten minutes
+    (stuck,) = extraction_workers()
+
+    started = time.monotonic()
+    await extractor.aclose()
+    closing = time.monotonic() - started
+
+    assert closing < 2.0
+    with pytest.raises(RuntimeError, match="closed while extracting"):
+        await hung
+    _, alive = psutil.wait_procs([stuck], timeout=5)
+    assert alive == []
