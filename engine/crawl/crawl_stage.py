@@ -9,8 +9,9 @@ refused connection, an HTTP error).
 
 Extraction runs in worker processes (`PageExtractor`), so parsing HTML never
 stalls the event loop the engine runs on; a page whose extraction runs past
-the job's `extract_timeout_s` is stored as `extraction_timed_out`, and the
-site goes on without it.
+the job's `extract_timeout_s` is stored as `extraction_timed_out`, one the
+parser raised on (or whose worker died) as `extraction_failed`, and the site
+goes on without it.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from engine.concurrency_limit import ConcurrencyLimit
 from engine.crawl.address_policy import AddressPolicy, Resolver
 from engine.crawl.extraction import (
     ExtractedPage,
+    ExtractionFailed,
     ExtractionTimedOut,
     PageExtractor,
     PageFunction,
@@ -47,8 +49,9 @@ from engine.snapshot import CrawlSnapshot
 from engine.store import PageRow, Store, StoredPage
 
 # Outcomes a rerun tries again; any other stored outcome is the site's answer.
-# EXTRACTION_TIMED_OUT is not retried: the same bytes would run the parser into
-# the same wall, costing a killed worker and the time limit on every rerun.
+# EXTRACTION_TIMED_OUT and EXTRACTION_FAILED are not retried: the same bytes
+# would run the parser into the same wall, costing a killed worker (and the
+# time limit) on every rerun.
 RETRIED_OUTCOMES = frozenset(
     {
         FetchOutcome.TIMED_OUT,
@@ -358,12 +361,16 @@ class CrawlStage:
             fetched += 1
             try:
                 page = await self._extract(result, extractor)
-            except ExtractionTimedOut as timed_out:
-                self._events.emit(EventKind.WARNING, f"{url}: {timed_out}")
-                result = replace(result, error=str(timed_out))
-                await self._record(
-                    target, url, depth, result, FetchOutcome.EXTRACTION_TIMED_OUT, None
+            except (ExtractionTimedOut, ExtractionFailed) as given_up:
+                # One page's parser trouble is that page's outcome; the crawl goes on.
+                self._events.emit(EventKind.WARNING, f"{url}: {given_up}")
+                result = replace(result, error=str(given_up))
+                outcome = (
+                    FetchOutcome.EXTRACTION_TIMED_OUT
+                    if isinstance(given_up, ExtractionTimedOut)
+                    else FetchOutcome.EXTRACTION_FAILED
                 )
+                await self._record(target, url, depth, result, outcome, None)
                 continue
             outcome = result.outcome
             if page is not None and not page.text.strip():

@@ -36,7 +36,7 @@ from typing import Self
 from urllib.parse import urljoin, urlsplit
 
 import trafilatura
-from pebble import ProcessPool
+from pebble import ProcessExpired, ProcessPool
 from selectolax.lexbor import LexborHTMLParser
 from tld import get_fld  # the Public Suffix List; trafilatura installs it (via courlan)
 from trafilatura.settings import Extractor
@@ -229,6 +229,10 @@ class ExtractionTimedOut(TimeoutError):
     """A page's extraction ran past its time limit; its worker was killed and replaced."""
 
 
+class ExtractionFailed(Exception):
+    """A page's extraction raised, or its worker died on it; the next page gets a live worker."""
+
+
 def default_workers() -> int:
     """One worker per usable core but one, which the event loop keeps."""
     # The CPUs this process may run on, which in a container can be fewer
@@ -293,17 +297,20 @@ class PageExtractor:
     async def extract(self, html: bytes, url: str, content_type: str) -> ExtractedPage:
         """`extract_page(html, url, content_type)`, computed in a worker.
 
-        Raises `ExtractionTimedOut` past the time limit, and the worker's own
-        error if the page function raised.
+        Raises `ExtractionTimedOut` past the time limit, and `ExtractionFailed`
+        when the page function raised or its worker died on the page.
         """
         if self._closed:
             raise RuntimeError("PageExtractor is closed")
         async with self._slots:
             if self._threads is not None:
                 loop = asyncio.get_running_loop()
-                return await loop.run_in_executor(
-                    self._threads, self._page_function, html, url, content_type
-                )
+                try:
+                    return await loop.run_in_executor(
+                        self._threads, self._page_function, html, url, content_type
+                    )
+                except Exception as exc:
+                    raise ExtractionFailed(_one_line(exc)) from exc
             assert self._pool is not None
             job: Future[ExtractedPage] = self._pool.schedule(
                 self._page_function, (html, url, content_type), timeout=self.time_limit_s
@@ -323,6 +330,10 @@ class PageExtractor:
                 if self._closed and task is not None and not task.cancelling():
                     raise RuntimeError("PageExtractor was closed while extracting") from None
                 raise
+            except ProcessExpired as died:  # killed, or crashed in the parser's C code
+                raise ExtractionFailed(f"its worker died ({died})") from None
+            except Exception as exc:  # the parser's own error on this page
+                raise ExtractionFailed(_one_line(exc)) from exc
             finally:
                 self._jobs.discard(job)
 
@@ -363,3 +374,10 @@ class PageExtractor:
         traceback: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+def _one_line(exc: BaseException) -> str:
+    """An extraction error for the page's record: its type and the first line of its text."""
+    text = str(exc).strip().splitlines()
+    detail = f": {text[0][:200]}" if text else ""
+    return f"extraction failed ({type(exc).__name__}{detail})"

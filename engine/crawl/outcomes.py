@@ -23,6 +23,9 @@ class FetchOutcome(StrEnum):
     NOT_HTML = "not_html"
     EMPTY_TEXT = "empty_text"  # set by extraction: the page had no usable text
     EXTRACTION_TIMED_OUT = "extraction_timed_out"  # set by extraction: past its time limit
+    EXTRACTION_FAILED = (
+        "extraction_failed"  # set by extraction: the parser raised, or its worker died
+    )
     HTTP_ERROR = "http_error"  # a final status that is not 2xx
     TOO_MANY_REDIRECTS = "too_many_redirects"
     BLOCKED_ADDRESS = "blocked_address"  # the address policy refused every address

@@ -115,6 +115,7 @@ _EXTRACTED = frozenset(
         FetchOutcome.REDIRECTED,
         FetchOutcome.EMPTY_TEXT,
         FetchOutcome.EXTRACTION_TIMED_OUT,
+        FetchOutcome.EXTRACTION_FAILED,
     )
 )
 _WATCH_S = 0.5  # how often pass 2 looks at the engine's snapshot, as the dashboard would

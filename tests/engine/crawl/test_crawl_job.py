@@ -299,3 +299,39 @@ async def test_a_page_whose_extraction_never_ends_is_given_up_and_the_job_ends(
     assert rerun is not None
     assert dict(rerun.outcomes)[str(FetchOutcome.EXTRACTION_TIMED_OUT)] == 1
     assert stored_pages(store)[hanging_url] == (str(FetchOutcome.EXTRACTION_TIMED_OUT), None)
+
+
+def extract_except_on_the_hanging_site_raise(
+    html: bytes, url: str, content_type: str
+) -> ExtractedPage:
+    """`extract_page`, except on HANGING_HOST's pages, where the parser raises."""
+    if urlsplit(url).hostname == HANGING_HOST:
+        raise RecursionError("maximum recursion depth exceeded")
+    return extract_page(html, url, content_type)
+
+
+async def test_a_page_the_parser_raises_on_is_stored_as_failed_and_the_crawl_goes_on(
+    tmp_path: Path, simulator: Callable[..., object], sites: SiteServer
+) -> None:
+    engine, _secrets = await crawl_engine(
+        tmp_path, simulator, sites, page_function=extract_except_on_the_hanging_site_raise
+    )
+
+    async with asyncio.timeout(120):
+        assert await engine.run() is JobState.DONE
+
+    store = Path(engine.config.job.store)
+    pages = stored_pages(store)
+    failing_url = f"https://{HANGING_HOST}:{sites.port}/"
+    assert pages.pop(failing_url) == (str(FetchOutcome.EXTRACTION_FAILED), None)
+    with sqlite3.connect(store) as conn:
+        (error,) = conn.execute("SELECT error FROM pages WHERE url = ?", (failing_url,)).fetchone()
+    assert error == "extraction failed (RecursionError: maximum recursion depth exceeded)"
+    for n, name in enumerate(synthetic_domains(SITES), start=1):
+        if n != HANGING_SITE:
+            outcome, _text = pages[f"https://{name}:{sites.port}/"]
+            assert outcome == EXPECTED_ROOT_OUTCOME[site_kind(n)], name
+    crawl = engine.snapshot().crawl
+    assert crawl is not None
+    assert crawl.targets_finished == SITES
+    assert dict(crawl.outcomes)[str(FetchOutcome.EXTRACTION_FAILED)] == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import pickle
 import socket
 import threading
@@ -16,6 +17,7 @@ import pytest
 from engine.crawl.extraction import (
     EMPTY_PAGE,
     ExtractedPage,
+    ExtractionFailed,
     ExtractionTimedOut,
     PageExtractor,
     decode_page,
@@ -355,3 +357,41 @@ async def test_closing_never_waits_for_a_page_that_never_ends(hang_line: HangLin
         await hung
     _, alive = psutil.wait_procs([stuck], timeout=5)
     assert alive == []
+
+
+def extract_unless_told_to_fail(html: bytes, url: str, content_type: str) -> ExtractedPage:
+    """`extract_page`, except at `/raise` (the parser raises, as a real one may on a
+    malformed page) and at `/die` (the worker process dies, as on a crash in C code)."""
+    path = urlsplit(url).path
+    if path == "/raise":
+        raise ValueError("the parser choked\nand said more on a second line")
+    if path == "/die":
+        os._exit(13)
+    return extract_page(html, url, content_type)
+
+
+async def test_a_page_the_parser_raises_on_fails_alone() -> None:
+    html = article_page().encode()
+    async with PageExtractor(workers=1, page_function=extract_unless_told_to_fail) as extractor:
+        with pytest.raises(
+            ExtractionFailed, match=r"^extraction failed \(ValueError: the parser choked\)$"
+        ):
+            await extractor.extract(html, "https://example.com/raise", "text/html")
+
+        page = await extractor.extract(html, "https://example.com/a", "text/html")
+        assert page == extract_page(html, "https://example.com/a", "text/html")
+
+
+async def test_a_page_whose_worker_dies_fails_alone_and_the_worker_is_replaced() -> None:
+    html = article_page().encode()
+    async with PageExtractor(workers=1, page_function=extract_unless_told_to_fail) as extractor:
+        await extractor.extract(html, "https://example.com/a", "text/html")  # the worker is up
+        (dying,) = extraction_workers()
+
+        with pytest.raises(ExtractionFailed, match=r"^its worker died"):
+            await extractor.extract(html, "https://example.com/die", "text/html")
+
+        page = await extractor.extract(html, "https://example.com/a", "text/html")
+        assert page == extract_page(html, "https://example.com/a", "text/html")
+        (replacement,) = extraction_workers()
+        assert replacement.pid != dying.pid
