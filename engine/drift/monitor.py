@@ -105,6 +105,12 @@ square.)  A change of shape without a move of the median goes unseen.
 # provider's busy hour) by tens of percent; only a larger move says the
 # provider changed.
 _MIN_MOVE = {"latency": 0.5}
+# Features where only a rise is a problem: a faster or cheaper answer is not
+# drift to act on (a latency baseline learned under a slow start, or a
+# provider getting quicker, once switched a healthy job to the conservative
+# preset and cut its throughput for nothing).  Shorter answers are watched by
+# their own features.
+_ONLY_RISES = frozenset({"latency", "cost"})
 SHIFT_RECENT = 50  # answers whose median tells whether a detected jump is worth a trip
 
 SHIFT_FEATURES: tuple[Feature, ...] = ANSWER_FEATURES
@@ -199,8 +205,11 @@ def _median(values: NDArray[np.float64]) -> float:
     return float(low_high[half - 1] + low_high[half]) / 2.0
 
 
-def _median_move(window_median: float, baseline_median: float) -> float:
-    """The window median's distance from the baseline's, relative to the baseline's."""
+def _median_move(window_median: float, baseline_median: float, name: str) -> float:
+    """The window median's distance from the baseline's, relative to the baseline's;
+    for a feature where only a rise matters, a fall is no move at all."""
+    if name in _ONLY_RISES and window_median <= baseline_median:
+        return 0.0
     scale = max(abs(baseline_median), 1e-12)
     return abs(window_median - baseline_median) / scale
 
@@ -614,7 +623,7 @@ class DriftMonitor:
                 expected, bin_proportions(values, reference.edges[feature.name])
             ) - psi_by_chance(expected.size, base_n, values.size)
             if value > 0.0:  # the median is only worth its cost when PSI says something
-                moved = _median_move(_median(values), reference.medians[feature.name])
+                moved = _median_move(_median(values), reference.medians[feature.name], feature.name)
                 floor = _MIN_MOVE.get(feature.name, MIN_MEDIAN_SHIFT)
                 value *= min(1.0, moved / floor) ** 4
             value = max(0.0, value)
@@ -654,6 +663,7 @@ class DriftMonitor:
                     and _median_move(
                         _median(answers[-SHIFT_RECENT:, _COLUMNS[name]]),
                         reference.medians[name],
+                        name,
                     )
                     >= _MIN_MOVE.get(name, MIN_MEDIAN_SHIFT)
                 )

@@ -84,6 +84,8 @@ class SyntheticStream:
         p_truncated = 0.04 + 0.46 * k if kind == "missing_ids" else 0.04
         p_refusal = 0.01 + 0.14 * k if kind == "refusals" else 0.01
         latency_scale = 1 + 1.5 * k if kind == "latency_jump" else 1.0
+        if kind == "faster":
+            latency_scale = 1 / (1 + 1.5 * k)  # the provider got quicker: not a problem
         off_topic = 0.8 * k if kind == "embeddings" else 0.0
         results: list[ResultFeatures] = []
         vectors: list[np.ndarray] = []
@@ -230,6 +232,17 @@ def test_each_kind_of_drift_trips_its_gate_within_200_results(kind: str, seed: i
 
     assert first, f"{kind}: nothing tripped within 200 results"
     assert min(first, key=first.__getitem__) in SHIFTS[kind], first
+
+
+@pytest.mark.parametrize("seed", [21, 22, 23])
+def test_answers_getting_faster_trip_nothing(seed: int) -> None:
+    monitor = DriftMonitor(DriftSettings(), clock=lambda: 0.0)
+    stream = SyntheticStream(seed)
+    learn(monitor, stream)
+
+    stream.shift = "faster"
+    assert feed(monitor, stream, 1000) == []
+    assert metric(monitor, "latency").current == 0.0
 
 
 def test_a_trip_needs_two_evaluations_and_is_reported_once() -> None:
