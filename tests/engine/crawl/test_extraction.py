@@ -242,9 +242,10 @@ async def test_the_process_pool_extracts_in_workers_passes_errors_back_and_stops
         )
         workers = extraction_workers()
         assert len(workers) == 1
-        with pytest.raises(TypeError):
-            # A str where bytes belong: the worker's error is re-raised here.
+        with pytest.raises(ExtractionFailed, match=r"\(TypeError: ") as failed:
+            # A str where bytes belong: the worker's error comes back as the page's failure.
             await extractor.extract("<p>x</p>", "https://example.com/", "text/html")  # type: ignore[arg-type]
+        assert isinstance(failed.value.__cause__, TypeError)
 
     assert pages == [expected] * 6
     _, alive = psutil.wait_procs(workers, timeout=10)
