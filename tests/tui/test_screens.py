@@ -127,7 +127,7 @@ async def test_hidden_dashboard_is_not_redrawn() -> None:
     app = app_with()
     async with app.run_test(size=(100, 30)) as pilot:
         shown: list[object] = []
-        app.dashboard.show = shown.append  # type: ignore[method-assign]
+        app.dashboard.show = shown.append  # type: ignore[method-assign,assignment]
         await pilot.press("k")
         await pilot.pause()
         app.refresh_snapshot()
