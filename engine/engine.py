@@ -27,42 +27,29 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import NDArray
 
-from engine.adaptive_concurrency import AdaptiveConcurrency
-from engine.chunking import iter_chunks
-from engine.concurrency_limit import ConcurrencyLimit
-from engine.config_file import (
+from engine.config.job_file import (
     ConfigError,
     effective_settings,
     load_preset_file,
     preset_from_values,
     save_preset,
 )
+from engine.config.setting_bounds import CONCURRENCY, FETCH_CONCURRENCY
+from engine.config.settings import JobConfig, Preset
 from engine.drift.baseline import Baseline, BaselineFormatError
 from engine.drift.features import AnswerFeatures, ResultFeatures, features_of_result
 from engine.drift.gates import GateAction
 from engine.drift.monitor import DriftMonitor
-from engine.events import Event, EventBus, EventKind
-from engine.inputs import iter_documents
-from engine.key_pool import KeyPool, KeyState, NoUsableKeyError
-from engine.memory_floor import process_floor_bytes
-from engine.memory_guard import MemoryGuard, MemoryState
-from engine.prompt import AnswerShapeError, build_messages, estimate_prompt_tokens, parse_answer
-from engine.provider_client import (
-    RETRYABLE,
-    CallFailure,
-    CallResult,
-    EmbeddingResult,
-    FailureKind,
-    ProviderClients,
-)
-from engine.rate_limit_patience import KeyCooling, batch_gives_up, format_wait
-from engine.rate_limiter import KeyBudget, RateHeaders, parse_retry_after
-from engine.records import Chunk, Document
-from engine.redaction import mask_secret
-from engine.run_stats import RunStats
-from engine.setting_bounds import CONCURRENCY, FETCH_CONCURRENCY
-from engine.settings import JobConfig, Preset
-from engine.snapshot import (
+from engine.limits.adaptive_concurrency import AdaptiveConcurrency
+from engine.limits.concurrency_limit import ConcurrencyLimit
+from engine.limits.key_pool import KeyPool, KeyState, NoUsableKeyError
+from engine.limits.memory_floor import process_floor_bytes
+from engine.limits.memory_guard import MemoryGuard, MemoryState
+from engine.limits.rate_limit_patience import KeyCooling, batch_gives_up, format_wait
+from engine.limits.rate_limiter import KeyBudget, RateHeaders, parse_retry_after
+from engine.observe.events import Event, EventBus, EventKind
+from engine.observe.run_stats import RunStats
+from engine.observe.snapshot import (
     Counts,
     JobState,
     KeySnapshot,
@@ -70,10 +57,28 @@ from engine.snapshot import (
     QueueDepths,
     Snapshot,
 )
-from engine.store import Committed, FailureRow, ResultRow, Store
-from engine.store_error import StoreError
-from engine.token_estimate import estimate_tokens
-from engine.work_queue import Batch, InProcessWorkQueue, WorkQueue
+from engine.pipeline.chunking import iter_chunks
+from engine.pipeline.inputs import iter_documents
+from engine.pipeline.prompt import (
+    AnswerShapeError,
+    build_messages,
+    estimate_prompt_tokens,
+    parse_answer,
+)
+from engine.pipeline.records import Chunk, Document
+from engine.pipeline.token_estimate import estimate_tokens
+from engine.pipeline.work_queue import Batch, InProcessWorkQueue, WorkQueue
+from engine.provider.client import (
+    RETRYABLE,
+    CallFailure,
+    CallResult,
+    EmbeddingResult,
+    FailureKind,
+    ProviderClients,
+)
+from engine.provider.redaction import mask_secret
+from engine.store.sqlite_store import Committed, FailureRow, ResultRow, Store
+from engine.store.store_error import StoreError
 
 Clock = Callable[[], float]
 if TYPE_CHECKING:
@@ -963,7 +968,7 @@ class Engine:
         """A 429: that key alone waits out retry-after, and its limit may be lowered.
 
         Refused too long with no answer, it cools for longer, then is disabled
-        (`engine.rate_limit_patience`).
+        (`engine.limits.rate_limit_patience`).
         """
         now = self._clock()
         self.stats.rate_limited += 1

@@ -22,7 +22,7 @@ from textual.worker import Worker, WorkerState
 
 import themes
 from engine.engine import Engine
-from engine.snapshot import JobState
+from engine.observe.snapshot import JobState
 from tui import user_settings
 from tui.actions import ACTIONS, BINDING_IDS
 from tui.engine_source import EngineSource, store_path_of

@@ -24,24 +24,24 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine.config_file import ConfigError, load_config
-from engine.control_client import ControlClient, ControlError
-from engine.control_server import (
+from engine.config.job_file import ConfigError, load_config
+from engine.config.key_secrets import resolve_secrets, served_by_simulator
+from engine.config.settings import CrawlSettings, JobConfig
+from engine.control.client import ControlClient, ControlError
+from engine.control.server import (
     ControlServer,
     ControlServerError,
     socket_path_for_store,
     state_folder_for_store,
 )
-from engine.exit_status import job_exit_status
-from engine.headless_reporter import HeadlessReporter, snapshot_record, status_line
-from engine.inputs import InputError, iter_documents
-from engine.key_secrets import resolve_secrets, served_by_simulator
-from engine.memory_floor import process_floor_bytes
-from engine.settings import CrawlSettings, JobConfig
-from engine.simulator_launch import launched_simulator, simulator_arguments
-from engine.snapshot import Snapshot
-from engine.store_aside import StoreInUseError
-from engine.store_error import StoreError
+from engine.limits.memory_floor import process_floor_bytes
+from engine.observe.exit_status import job_exit_status
+from engine.observe.headless_reporter import HeadlessReporter, snapshot_record, status_line
+from engine.observe.snapshot import Snapshot
+from engine.pipeline.inputs import InputError, iter_documents
+from engine.simulation.simulator_launch import launched_simulator, simulator_arguments
+from engine.store.store_aside import StoreInUseError
+from engine.store.store_error import StoreError
 from tui.closed_pipe import EXIT_CLOSED_PIPE, ClosedStdout, quiet_when_stdout_closes
 from tui.fresh_start import FRESH_FLAG, nothing_left_notice, start_over
 from tui.version_flag import VersionFlag
@@ -236,7 +236,7 @@ async def _job_services(
     secrets = resolve_secrets(config, os.environ, simulated=simulated)
     async with contextlib.AsyncExitStack() as services:
         if demo_sites is not None and config.crawl is not None:
-            from engine.crawl.site_launch import launched_site_server
+            from engine.simulation.site_launch import launched_site_server
 
             folder = state_folder_for_store(config.job.store)
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -268,7 +268,7 @@ def _input_problem(config: JobConfig, demo_sites: int | None) -> str | None:
 
 async def _store_problem(config: JobConfig) -> str | None:
     """Store trouble (locked, full, read-only, not a store), in one line, before services start."""
-    from engine.store import Store
+    from engine.store.sqlite_store import Store
 
     try:
         await Store.probe(config.job.store)
@@ -453,7 +453,7 @@ async def run_dashboard(config: JobConfig, demo_sites: int | None = None) -> int
 
 
 def simulate(job: Path, port: int) -> int:
-    from engine.simulator import main as simulator_main
+    from engine.simulation.simulator import main as simulator_main
 
     config = load_config(job)
     limits = [k for p in config.providers for k in p.keys]
@@ -477,7 +477,7 @@ async def baseline_command(action: str, source: Path, baseline_id: int | None) -
     from datetime import datetime
 
     from engine.drift.baseline import Baseline, BaselineFormatError
-    from engine.store import Store
+    from engine.store.sqlite_store import Store
 
     db = Path(load_config(source).job.store) if source.suffix == ".toml" else source
     if not db.exists():
@@ -516,7 +516,7 @@ async def baseline_command(action: str, source: Path, baseline_id: int | None) -
 
 
 def export(source: Path, fmt: str, output: Path | None, failures: bool) -> int:
-    from engine.export import export_results
+    from engine.store.export import export_results
 
     db = Path(load_config(source).job.store) if source.suffix == ".toml" else source
     if not db.exists():

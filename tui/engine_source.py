@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-from engine.settings import Preset
-from engine.snapshot import Snapshot
+from engine.config.settings import Preset
+from engine.observe.snapshot import Snapshot
 
 
 class EngineSource(Protocol):

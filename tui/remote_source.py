@@ -17,11 +17,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from engine.control_client import ControlClient, ControlError, NoJobRunning
-from engine.control_server import store_for_socket
-from engine.events import Event, EventKind
-from engine.settings import Preset
-from engine.snapshot import Snapshot
+from engine.config.settings import Preset
+from engine.control.client import ControlClient, ControlError, NoJobRunning
+from engine.control.server import store_for_socket
+from engine.observe.events import Event, EventKind
+from engine.observe.snapshot import Snapshot
 
 
 class RemoteSource:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from engine.concurrency_limit import ConcurrencyLimit
+from engine.config.settings import CrawlSettings
 from engine.crawl.address_policy import AddressPolicy, Resolver
 from engine.crawl.extraction import (
     ExtractedPage,
@@ -42,11 +42,11 @@ from engine.crawl.fetcher import Fetcher
 from engine.crawl.outcomes import FetchOutcome, FetchResult
 from engine.crawl.pinned_resolver import PinnedResolver
 from engine.crawl.targets import Target, TargetError, dedupe_targets, read_targets
-from engine.events import EventBus, EventKind
-from engine.records import Document
-from engine.settings import CrawlSettings
-from engine.snapshot import CrawlSnapshot
-from engine.store import PageRow, Store, StoredPage
+from engine.limits.concurrency_limit import ConcurrencyLimit
+from engine.observe.events import EventBus, EventKind
+from engine.observe.snapshot import CrawlSnapshot
+from engine.pipeline.records import Document
+from engine.store.sqlite_store import PageRow, Store, StoredPage
 
 # Outcomes a rerun tries again; any other stored outcome is the site's answer.
 # EXTRACTION_TIMED_OUT and EXTRACTION_FAILED are not retried: the same bytes

@@ -41,8 +41,8 @@ from selectolax.lexbor import LexborHTMLParser
 from tld import get_fld  # the Public Suffix List; trafilatura installs it (via courlan)
 from trafilatura.settings import Extractor
 
+from engine.config.settings import CrawlSettings
 from engine.crawl.targets import link_target
-from engine.settings import CrawlSettings
 
 HTML_TYPES = frozenset({"text/html", "application/xhtml+xml", ""})
 """Media types read as HTML; "" is a response without a Content-Type."""

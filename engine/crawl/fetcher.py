@@ -26,7 +26,6 @@ from urllib.parse import urljoin
 
 import httpx2
 
-from engine.concurrency_limit import ConcurrencyLimit
 from engine.crawl.address_policy import AddressPolicy, Resolver, SystemResolver
 from engine.crawl.asyncio_network import TLSHandshakeError
 from engine.crawl.fetch_settings import FetchSettings
@@ -39,6 +38,7 @@ from engine.crawl.guarded_transport import (
 from engine.crawl.host_politeness import HostPoliteness, HostTurn
 from engine.crawl.outcomes import FetchOutcome, FetchResult
 from engine.crawl.robots import MAX_ROBOTS_BYTES, RobotsCache
+from engine.limits.concurrency_limit import ConcurrencyLimit
 
 _REDIRECT_STATUSES = frozenset((301, 302, 303, 307, 308))
 _ACCEPT = "text/html,application/xhtml+xml,text/plain;q=0.9,*/*;q=0.1"

@@ -72,7 +72,7 @@ from engine.drift.statistics import (
     quantile_edges,
     two_proportion_z,
 )
-from engine.snapshot import DriftMetric, DriftState
+from engine.observe.snapshot import DriftMetric, DriftState
 
 __all__ = ["CONFIRMATIONS", "PSI_BINS", "SERIES_LENGTH", "DriftMonitor", "DriftTrip"]
 

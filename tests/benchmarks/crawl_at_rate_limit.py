@@ -2,7 +2,7 @@
 
     python -m tests.benchmarks.crawl_at_rate_limit [--quick] [--domains N] [--profile]
 
-The synthetic sites (`engine.crawl.site_server`) and the provider simulator
+The synthetic sites (`engine.simulation.site_server`) and the provider simulator
 each run in a process of their own, as the web and a provider would; the
 engine runs in this one.  The targets are bare `site-NNNN.test:PORT` names,
 so every site is tried over https first and then over plain http, and each
@@ -73,15 +73,7 @@ from urllib.parse import urlsplit
 import httpx2
 import psutil
 
-from engine.crawl.crawl_stage import CrawlStage
-from engine.crawl.extraction import PageExtractor
-from engine.crawl.outcomes import FetchOutcome
-from engine.crawl.site_server import expected_outcome, page_html, site_kind, site_number
-from engine.crawl.targets import dedupe_targets, read_targets
-from engine.engine import Engine
-from engine.events import EventBus
-from engine.records import Document
-from engine.settings import (
+from engine.config.settings import (
     BUILTIN_PRESETS,
     CrawlSettings,
     JobConfig,
@@ -89,7 +81,15 @@ from engine.settings import (
     KeySettings,
     ProviderSettings,
 )
-from engine.store import Store
+from engine.crawl.crawl_stage import CrawlStage
+from engine.crawl.extraction import PageExtractor
+from engine.crawl.outcomes import FetchOutcome
+from engine.crawl.targets import dedupe_targets, read_targets
+from engine.engine import Engine
+from engine.observe.events import EventBus
+from engine.pipeline.records import Document
+from engine.simulation.site_server import expected_outcome, page_html, site_kind, site_number
+from engine.store.sqlite_store import Store
 
 FULL_DOMAINS = 3204
 QUICK_DOMAINS = 600
@@ -162,21 +162,21 @@ async def service_process(args: Sequence[str], *, stdin_pipe: bool = False) -> A
 @contextlib.asynccontextmanager
 async def site_server_process(domains: int, domains_file: Path) -> AsyncIterator[tuple[int, int]]:
     """The synthetic sites on a free port; writes `domains_file`; yields (port, pid)."""
-    args = ["engine.crawl.site_server", "--count", str(domains)]
+    args = ["engine.simulation.site_server", "--count", str(domains)]
     args += ["--domains-file", str(domains_file), "--slow-s", str(SLOW_S)]
     async with service_process(args) as line:
-        yield int(json.loads(line)["port"]), _child_pid("engine.crawl.site_server")
+        yield int(json.loads(line)["port"]), _child_pid("engine.simulation.site_server")
 
 
 @contextlib.asynccontextmanager
 async def simulator_process(rpm: int, tpm: int) -> AsyncIterator[tuple[str, int]]:
     """The provider simulator: one key, a provider's latency; yields (base URL, pid)."""
-    args = ["engine.simulator", "--key", f"{SECRET}:{rpm}:{tpm}"]
+    args = ["engine.simulation.simulator", "--key", f"{SECRET}:{rpm}:{tpm}"]
     args += ["--latency", "0.5,2.0", "--exit-with-parent"]
     async with service_process(args, stdin_pipe=True) as line:
         if not line.startswith("listening on "):
             raise RuntimeError(f"the simulator did not start: {line!r}")
-        yield line.removeprefix("listening on "), _child_pid("engine.simulator")
+        yield line.removeprefix("listening on "), _child_pid("engine.simulation.simulator")
 
 
 def _child_pid(module: str) -> int:

@@ -206,7 +206,7 @@ async def run_engine(
 ) -> dict[str, Any]:
     """One whole engine run; its CPU, outcome and (with drift, unprofiled) the meters."""
     from engine.engine import Engine
-    from engine.events import Event, EventKind
+    from engine.observe.events import Event, EventKind
 
     config = engine_config(
         input_path,

@@ -45,7 +45,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from engine.settings import (
+from engine.config.settings import (
     BUILTIN_PRESETS,
     JobConfig,
     JobSettings,
@@ -81,7 +81,7 @@ def simulator_process(rpm: int | None, tpm: int | None, latency: str = "0,0") ->
         [
             sys.executable,
             "-m",
-            "engine.simulator",
+            "engine.simulation.simulator",
             "--key",
             f"{SECRET}:{limits}",
             "--latency",
@@ -156,9 +156,9 @@ def cpu_seconds() -> float:
 # ---------------------------------------------------------------- the children
 def _batched_messages(input_path: Path, requests: int) -> list[list[dict[str, str]]]:
     # The exact messages the engine would build for the same input.
-    from engine.chunking import iter_chunks
-    from engine.inputs import iter_documents
-    from engine.prompt import build_messages
+    from engine.pipeline.chunking import iter_chunks
+    from engine.pipeline.inputs import iter_documents
+    from engine.pipeline.prompt import build_messages
 
     job = JobSettings(
         input=str(input_path), input_format="text", chunk_tokens=2000, chunk_overlap_tokens=0

@@ -22,8 +22,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from engine.config.settings import (
+    BUILTIN_PRESETS,
+    JobConfig,
+    JobSettings,
+    KeySettings,
+    ProviderSettings,
+)
 from engine.engine import Engine
-from engine.settings import BUILTIN_PRESETS, JobConfig, JobSettings, KeySettings, ProviderSettings
 
 Limits = tuple[int | None, int | None]
 
@@ -38,7 +44,7 @@ async def simulator_process(
     args = [
         sys.executable,
         "-m",
-        "engine.simulator",
+        "engine.simulation.simulator",
         "--latency",
         f"{latency[0]},{latency[1]}",
         "--per-token",

@@ -24,7 +24,7 @@ import timeit
 from collections.abc import Callable
 from functools import partial
 
-from engine.redaction import Redactor
+from engine.provider.redaction import Redactor
 
 # Words of an ordinary answer; the second list shares a 4-character block
 # ("proj") with every "sk-proj-…" key, the slower case for the redactor.

@@ -65,7 +65,7 @@ MAX_UI_CORE_SHARE = 0.15
 # ---------------------------------------------------------------- the child
 async def _child_run(kind: str, url: str, input_path: Path, store_path: Path) -> dict[str, Any]:
     from engine.engine import Engine
-    from engine.events import Event, EventKind
+    from engine.observe.events import Event, EventKind
 
     config = engine_config(
         input_path,

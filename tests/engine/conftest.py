@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.settings import (
+from engine.config.settings import (
     BUILTIN_PRESETS,
     JobConfig,
     JobSettings,
@@ -17,7 +17,7 @@ from engine.settings import (
     Preset,
     ProviderSettings,
 )
-from engine.simulator import ProviderSimulator, SimKey, SimulatorConfig
+from engine.simulation.simulator import ProviderSimulator, SimKey, SimulatorConfig
 
 SimFactory = Callable[..., "AsyncIterator[ProviderSimulator]"]
 

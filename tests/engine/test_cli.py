@@ -193,7 +193,7 @@ def simulators_of(pid: int) -> list[psutil.Process]:
     found = []
     for child in psutil.Process(pid).children(recursive=True):
         try:
-            if "engine.simulator" in child.cmdline():
+            if "engine.simulation.simulator" in child.cmdline():
                 found.append(child)
         except psutil.NoSuchProcess:
             continue

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.config_file import load_config
+from engine.config.job_file import load_config
 from tests.engine.test_cli import (
     RUN_TIMEOUT_S,
     assert_no_traceback,

@@ -85,7 +85,7 @@ def test_help_and_version_import_none_of_the_heavy_libraries(flag: str, tmp_path
 
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.startswith(("usage: crawldeck", "crawldeck "))
-    assert "engine.control_client" in modules  # not vacuous: the CLI's own imports were listed
+    assert "engine.control.client" in modules  # not vacuous: the CLI's own imports were listed
     assert heavy_among(modules) == []
 
 
@@ -102,5 +102,5 @@ def test_status_of_a_running_headless_job_imports_none_of_the_heavy_libraries(
         job_run.wait()
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.startswith("[running] "), run.stdout  # it did reach the running job
-    assert "engine.control_client" in modules
+    assert "engine.control.client" in modules
     assert heavy_among(modules) == []

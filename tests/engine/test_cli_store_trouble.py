@@ -26,6 +26,8 @@ from pathlib import Path
 import pytest
 
 from tests.engine.conftest import write_records
+from tests.engine.store.test_store_trouble import store_with_results
+from tests.engine.store.write_lock import write_lock_held
 from tests.engine.test_cli import (
     RUN_TIMEOUT_S,
     assert_no_traceback,
@@ -39,8 +41,6 @@ from tests.engine.test_cli import (
     wait_for_rows,
     write_job,
 )
-from tests.engine.test_store_trouble import store_with_results
-from tests.engine.write_lock import write_lock_held
 
 
 def the_line_about(db: Path, stderr: str) -> str:

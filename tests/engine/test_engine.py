@@ -7,8 +7,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from engine.engine import Engine
-from engine.events import EventKind
-from engine.snapshot import JobState
+from engine.observe.events import EventKind
+from engine.observe.snapshot import JobState
 from tests.engine.conftest import job_config, sim_keys, stored, write_records
 
 

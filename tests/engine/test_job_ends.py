@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from engine.config_file import ConfigError
+from engine.config.job_file import ConfigError
+from engine.config.settings import JobConfig, RateLimitWaits
 from engine.engine import Engine
-from engine.events import EventKind
-from engine.memory_guard import MIB
-from engine.settings import JobConfig, RateLimitWaits
-from engine.snapshot import JobState
+from engine.limits.memory_guard import MIB
+from engine.observe.events import EventKind
+from engine.observe.snapshot import JobState
 from tests.engine.conftest import job_config, sim_keys, stored, write_records
 
 HANG_GUARD_S = 60.0

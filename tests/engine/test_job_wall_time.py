@@ -15,7 +15,7 @@ from contextlib import closing
 from pathlib import Path
 
 from engine.engine import Engine
-from engine.snapshot import JobState
+from engine.observe.snapshot import JobState
 from tests.engine.conftest import job_config, sim_keys, write_records
 
 

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from engine.config.settings import BUILTIN_PRESETS, DriftSettings, Preset
 from engine.drift.monitor import DriftMonitor
 from engine.engine import Engine
-from engine.events import Event, EventKind
-from engine.settings import BUILTIN_PRESETS, DriftSettings, Preset
-from engine.simulator import ProviderSimulator
-from engine.snapshot import (
+from engine.observe.events import Event, EventKind
+from engine.observe.snapshot import (
     Counts,
     CrawlSnapshot,
     DriftMetric,
@@ -24,6 +23,7 @@ from engine.snapshot import (
     QueueDepths,
     Snapshot,
 )
+from engine.simulation.simulator import ProviderSimulator
 from tests.engine.conftest import job_config, sim_keys, simulator, write_records
 
 __all__ = ["simulator"]  # the real simulator on loopback, re-exported as a fixture

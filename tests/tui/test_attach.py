@@ -24,9 +24,9 @@ from typing import Any
 import pytest
 from textual.pilot import Pilot
 
-from engine.control_client import ControlClient, NoJobRunning
-from engine.control_server import socket_path_for_store
-from engine.snapshot import JobState, Snapshot
+from engine.control.client import ControlClient, NoJobRunning
+from engine.control.server import socket_path_for_store
+from engine.observe.snapshot import JobState, Snapshot
 from tests.engine.test_cli import (
     assert_no_traceback,
     cli_env,

@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 from textual.pilot import Pilot
 
-from engine.control_client import ControlClient
-from engine.control_server import socket_path_for_store
+from engine.control.client import ControlClient
+from engine.control.server import socket_path_for_store
 from tests.engine.test_cli import assert_no_traceback, cli_env, command, write_job
 from tests.tui.test_attach import (
     JOB_NAME,

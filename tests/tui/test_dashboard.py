@@ -16,8 +16,8 @@ from textual.widgets import Static
 from textual.widgets._footer import FooterKey  # not exported; textual is pinned exactly
 
 from engine.engine import Engine
-from engine.headless_reporter import status_line
-from engine.snapshot import JobState
+from engine.observe.headless_reporter import status_line
+from engine.observe.snapshot import JobState
 from tests.tui.conftest import FixedSource, fixed_crawl_snapshot, fixed_snapshot
 from tui.actions import ACTIONS
 from tui.app import CrawldeckApp
@@ -297,3 +297,4 @@ async def test_input_records_skipped_show_beside_the_failed_count() -> None:
         await pilot.pause()
         shown = str(app.query_one("#figure-progress").render())
         assert "12 failed · 5 bad input" in shown
+

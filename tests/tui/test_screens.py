@@ -14,7 +14,7 @@ import pytest
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, Static
 
-from engine.store import FailureRow, ResultRow, Store
+from engine.store.sqlite_store import FailureRow, ResultRow, Store
 from tests.tui.conftest import FixedSource, fixed_snapshot
 from tests.tui.test_dashboard import FrozenClock, wait_until
 from tui.app import CrawldeckApp

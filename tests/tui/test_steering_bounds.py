@@ -1,4 +1,4 @@
-"""The dashboard's steering stays within the engine's bounds (`engine.setting_bounds`).
+"""The dashboard's steering stays within the engine's bounds (`engine.config.setting_bounds`).
 
 The dialogs check what is typed against the same bounds the job file and the
 control socket use, and the step keys stop at the edge instead of asking the
@@ -11,8 +11,8 @@ from dataclasses import replace
 
 from textual.widgets import Input, Label
 
+from engine.config.setting_bounds import CONCURRENCY, FETCH_CONCURRENCY
 from engine.engine import Engine
-from engine.setting_bounds import CONCURRENCY, FETCH_CONCURRENCY
 from tests.tui.conftest import FixedSource, fixed_crawl_snapshot
 from tests.tui.test_dashboard import FrozenClock, finish, start, wait_until
 from tests.tui.test_steering_dialogs import set_input

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from textual.widgets import Button, Input, Label, OptionList
 
-from engine.config_file import load_preset_file, save_preset
+from engine.config.job_file import load_preset_file, save_preset
+from engine.config.settings import BUILTIN_PRESETS, Preset
 from engine.engine import Engine
-from engine.events import EventKind
-from engine.settings import BUILTIN_PRESETS, Preset
-from engine.snapshot import JobState
+from engine.observe.events import EventKind
+from engine.observe.snapshot import JobState
 from tests.tui.conftest import FixedSource, every_drift_metric
 from tests.tui.test_dashboard import finish, fixed_app, start, wait_until
 from tui.app import CrawldeckApp

@@ -16,10 +16,10 @@ from textual.containers import Container, Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import ProgressBar
 
-from engine.config_file import ConfigError
-from engine.setting_bounds import CONCURRENCY, FETCH_CONCURRENCY
-from engine.settings import Preset
-from engine.snapshot import JobState, Snapshot
+from engine.config.job_file import ConfigError
+from engine.config.setting_bounds import CONCURRENCY, FETCH_CONCURRENCY
+from engine.config.settings import Preset
+from engine.observe.snapshot import JobState, Snapshot
 from tui import user_settings
 from tui.actions import ACTIONS, dashboard_bindings
 from tui.engine_source import EngineSource

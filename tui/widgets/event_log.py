@@ -8,8 +8,8 @@ from rich.style import Style
 from rich.text import Text
 from textual.widgets import RichLog
 
-from engine.events import Event, EventKind
-from engine.snapshot import Snapshot
+from engine.observe.events import Event, EventKind
+from engine.observe.snapshot import Snapshot
 
 _WARNING_KINDS = {
     EventKind.RATE_LIMITED,

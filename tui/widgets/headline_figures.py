@@ -12,8 +12,8 @@ from textual.reactive import reactive
 from textual.widget import Widget
 from textual.widgets import Static
 
-from engine.headless_reporter import eta_text
-from engine.snapshot import Snapshot
+from engine.observe.headless_reporter import eta_text
+from engine.observe.snapshot import Snapshot
 
 # (label, value, note) for each figure, left to right
 Figures = tuple[tuple[str, str, str], ...]

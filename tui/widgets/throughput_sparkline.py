@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.snapshot import Snapshot
+from engine.observe.snapshot import Snapshot
 from tui.widgets.metric_sparkline import MetricSparkline
 
 

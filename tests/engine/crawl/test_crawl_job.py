@@ -18,20 +18,20 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from engine.config.settings import CrawlSettings
 from engine.crawl.extraction import ExtractedPage, PageFunction, extract_page
 from engine.crawl.outcomes import FetchOutcome
-from engine.crawl.site_server import (
+from engine.engine import Engine
+from engine.observe.headless_reporter import status_line
+from engine.observe.snapshot import JobState
+from engine.simulation.simulator import ProviderSimulator
+from engine.simulation.site_server import (
     SITE_KINDS,
     SiteServer,
     expected_outcome,
     site_kind,
     synthetic_domains,
 )
-from engine.engine import Engine
-from engine.headless_reporter import status_line
-from engine.settings import CrawlSettings
-from engine.simulator import ProviderSimulator
-from engine.snapshot import JobState
 from tests.engine.conftest import job_config, sim_keys
 
 KEYS = (("k1", 60_000, 100_000_000),)

@@ -14,7 +14,7 @@ from engine.crawl.address_policy import StaticResolver
 from engine.crawl.fetch_settings import FetchSettings
 from engine.crawl.fetcher import Fetcher
 from engine.crawl.outcomes import FetchOutcome
-from engine.crawl.site_server import SITE_KINDS, SiteServer, site_kind, site_variant
+from engine.simulation.site_server import SITE_KINDS, SiteServer, site_kind, site_variant
 
 # Timeouts small enough to keep the slow sites quick to test, large enough for a noisy machine.
 SETTINGS = FetchSettings(

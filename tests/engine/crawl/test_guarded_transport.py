@@ -18,7 +18,7 @@ from engine.crawl.guarded_transport import (
     GuardedNetworkBackend,
     GuardedTransport,
 )
-from engine.crawl.site_server import SiteServer, site_kind
+from engine.simulation.site_server import SiteServer, site_kind
 
 TIMEOUTS = {"connect": 5.0, "read": 5.0, "write": 5.0, "pool": 5.0}
 

@@ -20,7 +20,7 @@ import pytest
 from engine.crawl.fetch_settings import FetchSettings
 from engine.crawl.fetcher import Fetcher
 from engine.crawl.outcomes import FetchOutcome
-from engine.crawl.site_server import SiteServer, site_kind
+from engine.simulation.site_server import SiteServer, site_kind
 
 DELAY_S = 0.4
 # The sites stamp a request when their handler runs, a loop turn or two after

@@ -12,7 +12,7 @@ from engine.crawl.fetch_settings import FetchSettings
 from engine.crawl.fetcher import Fetcher
 from engine.crawl.outcomes import FetchOutcome, FetchResult
 from engine.crawl.robots import MAX_ROBOTS_BYTES, RobotsCache, robots_url
-from engine.crawl.site_server import SiteServer, site_kind
+from engine.simulation.site_server import SiteServer, site_kind
 
 AGENT = "crawldeck/0.1.0"
 

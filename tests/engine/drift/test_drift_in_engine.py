@@ -13,9 +13,9 @@ from pathlib import Path
 
 from engine.drift.gates import DEFAULT_GATES, DriftSettings, GateAction
 from engine.engine import Engine
-from engine.events import EventKind
-from engine.simulator import ProviderSimulator
-from engine.snapshot import DriftState, JobState
+from engine.observe.events import EventKind
+from engine.observe.snapshot import DriftState, JobState
+from engine.simulation.simulator import ProviderSimulator
 from tests.engine.conftest import job_config, sim_keys, write_records
 from tui.cli import baseline_command
 

@@ -26,7 +26,7 @@ from engine.drift.features import (
 )
 from engine.drift.gates import DriftSettings, Gate, GateAction
 from engine.drift.monitor import DriftMonitor, DriftTrip
-from engine.snapshot import DriftMetric, DriftState
+from engine.observe.snapshot import DriftMetric, DriftState
 
 SHIFTS: dict[str, frozenset[str]] = {
     # kind of drift → the metrics that may be the first to catch it

@@ -1,0 +1,177 @@
+"""Status lines for SSH, nohup and systemd logs: one reader of the snapshot.
+
+Every few seconds one line (or one JSON object with `--json`), then the
+summary.  It only reads snapshots; it never computes a rate itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, replace
+from typing import Any, TextIO
+
+from engine.observe.events import EventKind
+from engine.observe.snapshot import JobState, Snapshot
+
+# Events worth a line of their own in a log (the rest are in the store).
+_LOUD = {
+    EventKind.KEY_DISABLED,
+    EventKind.DRIFT_TRIPPED,
+    EventKind.DRIFT_BASELINE,
+    EventKind.LIMIT_LEARNED,
+    EventKind.MEMORY_SOFT,
+    EventKind.MEMORY_HARD,
+    EventKind.MEMORY_OK,
+    EventKind.PRESET_CHANGED,
+    EventKind.CONCURRENCY_CHANGED,
+    EventKind.PAUSED,
+    EventKind.RESUMED,
+    EventKind.DRAINING,
+    EventKind.STOPPING,
+    EventKind.WARNING,
+    EventKind.CHUNK_FAILED,
+}
+
+
+_RANGE_DASH = "\u2013"  # an en dash: the ETA band reads as a range, not a minus sign
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = round(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+# What stands in the ETA's place when the engine gives none because the job
+# is not counting down: a countdown there would mislead.
+_STATE_FOR_ETA = {
+    JobState.PAUSED: "paused",
+    JobState.DRAINING: "draining",
+    JobState.STOPPING: "stopping",
+    JobState.DONE: "done",
+    JobState.FINISHED_WITH_FAILURES: "finished",
+    JobState.STOPPED: "stopped",
+    JobState.FAILED: "failed",
+}
+
+
+def eta_text(snap: Snapshot) -> tuple[str, str]:
+    """The ETA and its band as text, or the job's state and no band while there is no ETA.
+
+    The engine leaves the ETA out while the job is paused, draining, stopping
+    or over; a running job without one yet (no rate to go by) shows "?".
+    """
+    if snap.eta_s is None and snap.state in _STATE_FOR_ETA:
+        return _STATE_FOR_ETA[snap.state], ""
+    band = ""
+    if snap.eta_low_s is not None and snap.eta_high_s is not None and snap.eta_s:
+        band = f"{format_duration(snap.eta_low_s)}{_RANGE_DASH}{format_duration(snap.eta_high_s)}"
+    return format_duration(snap.eta_s), band
+
+
+def status_line(snap: Snapshot) -> str:
+    c = snap.counts
+    total = "?" if c.total is None else ("~" if c.total_estimated else "") + str(c.total)
+    mem = snap.memory
+    mem_text = f"{mem.rss_bytes / 2**20:.0f}MB"
+    if mem.state != "ok":
+        held = f": {mem.waiting_for}" if mem.waiting_for else ""
+        mem_text += f" ({mem.state.upper()}{held})"
+    eta, band = eta_text(snap)
+    if band:
+        eta += f" [{band}]"
+    # Shown once there are any: input records left out are not chunks, and a
+    # log reader must not mistake them for the chunks "skipped" as done before.
+    records = f", input records skipped {c.records_skipped}" if c.records_skipped else ""
+    return (
+        f"[{snap.state}] {c.finished}/{total} "
+        f"(done {c.done}, failed {c.failed}, skipped {c.skipped}, in flight {c.in_flight}"
+        f"{records}) "
+        f"{snap.items_per_min:.0f} items/min {snap.requests_per_min:.0f} req/min "
+        f"ETA {eta} 429s {snap.rate_limited} conc {snap.in_flight_requests}/{snap.concurrency} "
+        f"mem {mem_text} ${snap.cost_usd:.4f}"
+    ) + (_crawl_part(snap) if snap.crawl is not None else "")
+
+
+def _crawl_part(snap: Snapshot) -> str:
+    crawl = snap.crawl
+    assert crawl is not None
+    total = "?" if crawl.targets_total is None else str(crawl.targets_total)
+    outcomes = " ".join(f"{name} {count}" for name, count in crawl.outcomes)
+    return (
+        f" | crawl {crawl.targets_finished}/{total} sites {crawl.pages_per_min:.0f} pages/min "
+        f"fetch {crawl.fetches_in_flight}/{crawl.fetch_concurrency}"
+        + (f" ({outcomes})" if outcomes else "")
+    )
+
+
+def snapshot_record(snap: Snapshot) -> dict[str, Any]:
+    """A JSON-able dict of a snapshot without the long histories."""
+    # Emptied before asdict: it deep-copies, and an event's read-only data can't be copied.
+    light = replace(
+        snap, throughput_history=(), latency_history=(), error_rate_history=(), events=()
+    )
+    data = asdict(light)
+    for heavy in ("throughput_history", "latency_history", "error_rate_history", "events"):
+        data.pop(heavy, None)
+    data["state"] = str(snap.state)
+    return data
+
+
+class HeadlessReporter:
+    """Prints the job's progress on a timer, and notable events as they happen."""
+
+    def __init__(
+        self,
+        take_snapshot: Callable[[], Snapshot],
+        interval_s: float = 5.0,
+        as_json: bool = False,
+        out: TextIO | None = None,
+    ) -> None:
+        self._take = take_snapshot
+        self._interval = interval_s
+        self._json = as_json
+        self._out = out or sys.stdout
+        self._last_event_ts = 0.0
+
+    def emit_once(self) -> None:
+        snap = self._take()
+        for event in snap.events:
+            if event.ts > self._last_event_ts and event.kind in _LOUD:
+                if self._json:
+                    record = {
+                        "type": "event",
+                        "kind": str(event.kind),
+                        "message": event.message,
+                        "ts": event.ts,
+                        "data": dict(event.data),
+                    }
+                    self._write(json.dumps(record, default=str))
+                else:
+                    self._write(f"  · {event.kind}: {event.message}")
+        if self._json:
+            self._write(json.dumps({"type": "status", **snapshot_record(snap)}, default=str))
+        else:
+            self._write(status_line(snap))
+        if snap.events:
+            self._last_event_ts = max(self._last_event_ts, snap.events[-1].ts)
+
+    async def run(self) -> None:
+        """Report until cancelled."""
+        while True:
+            await asyncio.sleep(self._interval)
+            self.emit_once()
+
+    def _write(self, line: str) -> None:
+        self._out.write(line + "\n")
+        self._out.flush()

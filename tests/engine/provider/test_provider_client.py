@@ -1,0 +1,191 @@
+"""How provider answers become outcomes the dispatcher acts on (real SDK, real simulator)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+
+import pytest
+
+from engine.provider.client import (
+    CallFailure,
+    CallResult,
+    EmbeddingResult,
+    FailureKind,
+    ProviderClients,
+)
+from engine.provider.redaction import mask_secret
+from tests.engine.conftest import sim_keys
+from tests.engine.provider.hostile_provider import HostileProvider
+
+MESSAGES = [{"role": "user", "content": "[id=a] hello there\n[id=b] general kenobi"}]
+
+
+async def test_an_answer_carries_usage_and_rate_headers(simulator) -> None:
+    sim = await simulator(keys=sim_keys([("k", 600, 100_000)]))
+    clients = ProviderClients()
+    clients.add_key("sim/k", "secret-k", sim.base_url)
+    try:
+        outcome = await clients.chat("sim/k", "gpt-4o-mini", MESSAGES, timeout_s=5)
+    finally:
+        await clients.aclose()
+
+    assert isinstance(outcome, CallResult)
+    assert outcome.prompt_tokens > 0 and outcome.completion_tokens > 0
+    assert outcome.headers["x-ratelimit-limit-requests"] == "600"
+
+
+async def test_a_request_larger_than_the_whole_token_limit_is_a_bad_request(simulator) -> None:
+    sim = await simulator(keys=sim_keys([("k", 600, 5)]))
+    clients = ProviderClients()
+    clients.add_key("sim/k", "secret-k", sim.base_url)
+    try:
+        outcome = await clients.chat("sim/k", "gpt-4o-mini", MESSAGES, timeout_s=5)
+    finally:
+        await clients.aclose()
+
+    assert isinstance(outcome, CallFailure)
+    assert outcome.kind is FailureKind.BAD_REQUEST  # waiting for the budget would never help
+
+
+async def test_quota_auth_and_server_errors_are_told_apart(simulator) -> None:
+    keys = sim_keys([("ok", 600, 100_000), ("broke", 600, 100_000)])
+    from dataclasses import replace
+
+    sim = await simulator(keys=(keys[0], replace(keys[1], quota_exhausted=True)))
+    clients = ProviderClients()
+    clients.add_key("sim/broke", "secret-broke", sim.base_url)
+    clients.add_key("sim/wrong", "not-a-key", sim.base_url)
+    clients.add_key("sim/ok", "secret-ok", sim.base_url)
+    try:
+        quota = await clients.chat("sim/broke", "gpt-4o-mini", MESSAGES, timeout_s=5)
+        auth = await clients.chat("sim/wrong", "gpt-4o-mini", MESSAGES, timeout_s=5)
+        sim.set_faults(fault_5xx=1.0)
+        server = await clients.chat("sim/ok", "gpt-4o-mini", MESSAGES, timeout_s=5)
+        sim.set_faults(fault_5xx=0.0, fault_reset=1.0)
+        reset = await clients.chat("sim/ok", "gpt-4o-mini", MESSAGES, timeout_s=5)
+        sim.set_faults(fault_reset=0.0, fault_hang=1.0, hang_s=30)
+        hang = await clients.chat("sim/ok", "gpt-4o-mini", MESSAGES, timeout_s=0.3)
+    finally:
+        await clients.aclose()
+
+    assert isinstance(quota, CallFailure) and quota.kind is FailureKind.QUOTA
+    assert isinstance(auth, CallFailure) and auth.kind is FailureKind.AUTH
+    assert "not-a-key" not in auth.message
+    assert isinstance(server, CallFailure) and server.kind is FailureKind.SERVER
+    assert isinstance(reset, CallFailure) and reset.kind is FailureKind.CONNECTION
+    assert isinstance(hang, CallFailure) and hang.kind is FailureKind.TIMEOUT
+
+
+# --------------------------------------------------------------------------
+# A provider that echoes the key: nothing it says reaches us unredacted
+
+ECHOED = "sk-proj-" + "Hq4wN7xB2mK9vT5rL8cZ3jP6sY1dG0fA"
+ECHOED_HINT = mask_secret(ECHOED)
+
+
+def leaks(text: str, secret: str = ECHOED) -> list[str]:
+    """Every fragment of `secret` of eight characters or more found in `text`."""
+    return [secret[i : i + 8] for i in range(len(secret) - 7) if secret[i : i + 8] in text]
+
+
+@pytest.fixture
+async def hostile() -> AsyncIterator[HostileProvider]:
+    provider = HostileProvider()
+    await provider.start()
+    try:
+        yield provider
+    finally:
+        await provider.stop()
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [
+        (400, FailureKind.BAD_REQUEST),
+        (401, FailureKind.AUTH),
+        (403, FailureKind.AUTH),
+        (429, FailureKind.RATE_LIMITED),
+        (500, FailureKind.SERVER),
+    ],
+)
+async def test_an_error_that_echoes_the_key_keeps_its_kind_and_shows_only_the_hint(
+    hostile: HostileProvider, status: int, kind: FailureKind
+) -> None:
+    hostile.status_by_secret[ECHOED] = status
+    clients = ProviderClients()
+    clients.add_key("hostile/k", ECHOED, hostile.base_url)
+    try:
+        outcome = await clients.chat("hostile/k", "gpt-4o-mini", MESSAGES, timeout_s=5)
+    finally:
+        await clients.aclose()
+
+    assert hostile.served[str(status)] == 1
+    assert isinstance(outcome, CallFailure)
+    assert outcome.kind is kind
+    assert ECHOED_HINT in outcome.message
+    assert leaks(outcome.message) == []
+    assert leaks(repr(outcome.headers)) == []
+    assert outcome.headers["x-request-id"] == ECHOED_HINT
+    assert outcome.headers["www-authenticate"] == f"Bearer {ECHOED_HINT}"
+    if status == 429:
+        assert outcome.headers["retry-after-ms"] == "20"  # what the engine acts on is kept
+
+
+async def test_an_answer_that_echoes_the_key_in_content_and_headers_is_redacted(
+    hostile: HostileProvider,
+) -> None:
+    clients = ProviderClients()
+    clients.add_key("hostile/k", ECHOED, hostile.base_url)
+    echoing = [{"role": "user", "content": "[id=a] echo-in-answer please"}]
+    try:
+        outcome = await clients.chat("hostile/k", "gpt-4o-mini", echoing, timeout_s=5)
+    finally:
+        await clients.aclose()
+
+    assert hostile.served["200-echo"] == 1
+    assert isinstance(outcome, CallResult)
+    assert outcome.content is not None
+    assert leaks(outcome.content) == [] and leaks(repr(outcome.headers)) == []
+    assert json.loads(outcome.content)["results"][0]["summary"] == (
+        f"the key is {ECHOED_HINT}, it begins {ECHOED_HINT}"
+    )
+    assert outcome.headers["x-ratelimit-remaining-requests"] == "99999"
+
+
+async def test_the_embeddings_path_is_redacted_too(hostile: HostileProvider) -> None:
+    clients = ProviderClients()
+    clients.add_key("hostile/k", ECHOED, hostile.base_url)
+    revoked = ECHOED[::-1]
+    clients.add_key("hostile/revoked", revoked, hostile.base_url)
+    hostile.status_by_secret[revoked] = 401
+    try:
+        answer = await clients.embed("hostile/k", "text-embedding-3-small", ["a", "b"], 5)
+        refused = await clients.embed("hostile/revoked", "text-embedding-3-small", ["a"], 5)
+    finally:
+        await clients.aclose()
+
+    assert isinstance(answer, EmbeddingResult) and len(answer.vectors) == 2
+    assert answer.headers["x-request-id"] == ECHOED_HINT
+    assert isinstance(refused, CallFailure) and refused.kind is FailureKind.AUTH
+    assert mask_secret(revoked) in refused.message
+    assert leaks(refused.message, revoked) == []
+
+
+async def test_the_sdks_debug_log_shows_the_hint_not_the_echoed_key(
+    hostile: HostileProvider, caplog: pytest.LogCaptureFixture
+) -> None:
+    # What OPENAI_LOG=debug (or a DEBUG root logger) would print.
+    caplog.set_level(logging.DEBUG)
+    hostile.status_by_secret[ECHOED] = 401
+    clients = ProviderClients()
+    clients.add_key("hostile/k", ECHOED, hostile.base_url)
+    try:
+        await clients.chat("hostile/k", "gpt-4o-mini", MESSAGES, timeout_s=5)
+    finally:
+        await clients.aclose()
+
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert f"request_id: {ECHOED_HINT}" in logged
+    assert leaks(logged) == []
