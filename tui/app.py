@@ -154,6 +154,8 @@ class CrawldeckApp(App[JobState | None]):
         Nothing is drawn for screens underneath: the dashboard catches up when
         it is on top again.
         """
+        if not self.screen_stack:
+            return  # the app is closing: the poll may fire once more after the last screen
         screen = self.screen
         if screen is self.dashboard:
             if self.dashboard.ready:

@@ -298,3 +298,11 @@ async def test_input_records_skipped_show_beside_the_failed_count() -> None:
         shown = str(app.query_one("#figure-progress").render())
         assert "12 failed · 5 bad input" in shown
 
+
+async def test_a_snapshot_poll_after_the_last_screen_closed_draws_nothing() -> None:
+    app = fixed_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+    assert app.screen_stack == []  # the app has closed every screen
+
+    app.refresh_snapshot()  # the poll's timer may fire once more while the app closes
