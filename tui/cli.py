@@ -28,18 +28,14 @@ from engine.config.job_file import ConfigError, load_config
 from engine.config.key_secrets import resolve_secrets, served_by_simulator
 from engine.config.settings import CrawlSettings, JobConfig
 from engine.control.client import ControlClient, ControlError
-from engine.control.server import (
-    ControlServer,
-    ControlServerError,
-    socket_path_for_store,
-    state_folder_for_store,
-)
+from engine.control.server import ControlServer, ControlServerError, socket_path_for_store
 from engine.limits.memory_floor import process_floor_bytes
 from engine.observe.exit_status import job_exit_status
 from engine.observe.headless_reporter import HeadlessReporter, snapshot_record, status_line
 from engine.observe.snapshot import Snapshot
 from engine.pipeline.inputs import InputError, iter_documents
 from engine.simulation.simulator_launch import launched_simulator, simulator_arguments
+from engine.store.state_folder import state_folder_for_store
 from engine.store.store_aside import StoreInUseError
 from engine.store.store_error import StoreError
 from tui.closed_pipe import EXIT_CLOSED_PIPE, ClosedStdout, quiet_when_stdout_closes
@@ -141,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.job,
                 preset=args.preset,
                 overrides=args.overrides,
-                memory_floor_bytes=process_floor_bytes(),
+                memory_floor_bytes=_engine_floor_bytes(),
             )
             if args.fresh and (code := _fresh_start(config, None)) is not None:
                 return code
@@ -193,6 +189,13 @@ def _fresh_start(config: JobConfig, demo_sites: int | None) -> int | None:
     return None
 
 
+def _engine_floor_bytes() -> int:
+    """The process's memory floor with the engine loaded, as every run carries it."""
+    import engine.engine  # noqa: F401  (loaded here, before the floor is measured)
+
+    return process_floor_bytes()
+
+
 def load_demo_config(
     preset: str | None, overrides: Sequence[str], store: str, *, crawl: bool = False
 ) -> JobConfig:
@@ -200,7 +203,7 @@ def load_demo_config(
     demo = resources.files("engine.sample").joinpath("demo.toml")
     with resources.as_file(demo) as path:
         config = load_config(
-            path, preset=preset, overrides=overrides, memory_floor_bytes=process_floor_bytes()
+            path, preset=preset, overrides=overrides, memory_floor_bytes=_engine_floor_bytes()
         )
     if crawl:
         # The sites are served on loopback by the bundled site server: the

@@ -44,9 +44,9 @@ from engine.config.setting_bounds import CONCURRENCY, FETCH_CONCURRENCY, Bound
 from engine.config.settings import EngineSettings, Preset
 from engine.observe.snapshot import Snapshot
 from engine.observe.snapshot_codec import encode_snapshot
+from engine.store.state_folder import STATE_SUFFIX, state_folder_for_store
 
 SOCKET_NAME = "control.sock"
-STATE_SUFFIX = ".crawldeck"
 MAX_LINE_BYTES = 64 * 1024
 DEFAULT_IDLE_TIMEOUT_S = EngineSettings().control_idle_timeout_s
 # A viewer we ship asks at least once a second (attach: 4 times): one quiet for
@@ -80,12 +80,6 @@ class ControlTarget(Protocol):
 
 class ControlServerError(Exception):
     """The control socket could not be served (one line, for the user)."""
-
-
-def state_folder_for_store(store: str | Path) -> Path:
-    """The job's state folder: next to its SQLite store, named after it."""
-    store = Path(store)
-    return store.with_name(store.name + STATE_SUFFIX)
 
 
 def socket_path_for_store(store: str | Path) -> Path:
