@@ -27,18 +27,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import NDArray
 
-from engine.config.job_file import (
-    ConfigError,
-    effective_settings,
-    load_preset_file,
-    preset_from_values,
-    save_preset,
-)
+from engine.config.config_problem import ConfigError
+from engine.config.presets import checked_preset, preset_from_values, save_preset
 from engine.config.setting_bounds import CONCURRENCY, FETCH_CONCURRENCY
-from engine.config.settings import JobConfig, Preset
+from engine.config.settings import GateAction, JobConfig, Preset, effective_settings
 from engine.drift.baseline import Baseline, BaselineFormatError
 from engine.drift.features import AnswerFeatures, ResultFeatures, features_of_result
-from engine.drift.gates import GateAction
 from engine.drift.monitor import DriftMonitor
 from engine.limits.adaptive_concurrency import AdaptiveConcurrency
 from engine.limits.concurrency_limit import ConcurrencyLimit
@@ -378,27 +372,7 @@ class Engine:
         A bad file or value raises `ConfigError` (one line per problem) and
         changes nothing; so do memory limits below this process's own floor.
         """
-        floor = self._memory_floor
-        if isinstance(preset, Path) or (
-            isinstance(preset, str)
-            and preset not in self.config.presets
-            and preset.endswith(".toml")
-        ):
-            preset = load_preset_file(Path(preset), floor)
-        elif isinstance(preset, str):
-            if preset not in self.config.presets:
-                known = ", ".join(sorted(self.config.presets))
-                raise KeyError(f"unknown preset {preset!r} (known: {known})")
-            preset = preset_from_values(
-                self.config.presets[preset],
-                {},
-                source=f"preset {preset!r}",
-                memory_floor_bytes=floor,
-            )
-        else:
-            preset = preset_from_values(
-                preset, {}, source=f"preset {preset.name!r}", memory_floor_bytes=floor
-            )
+        preset = checked_preset(preset, self.config.presets, self._memory_floor)
         old = self._preset.name
         self._preset = preset
         self._adaptive.set_ceiling(preset.concurrency, self._clock())

@@ -39,7 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from engine.config.job_file import ConfigError, preset_from_values
+from engine.config.config_problem import ConfigError
+from engine.config.presets import preset_from_values
 from engine.config.setting_bounds import CONCURRENCY, FETCH_CONCURRENCY, Bound
 from engine.config.settings import EngineSettings, Preset
 from engine.observe.snapshot import Snapshot
