@@ -11,7 +11,7 @@ from textual.screen import ModalScreen
 from textual.validation import Number
 from textual.widgets import Input, Label
 
-from engine.config.setting_bounds import CONCURRENCY
+from engine.api import CONCURRENCY
 
 # The engine's own bounds, so the dialog never offers what the engine refuses.
 _RANGE_HINT = f"Enter a whole number from {CONCURRENCY.low} to {CONCURRENCY.high}."

@@ -9,7 +9,7 @@ from textual.binding import BindingType
 from textual.screen import Screen
 from textual.widgets import Footer
 
-from engine.observe.snapshot import Snapshot
+from engine.api import Snapshot
 from tui.actions import close_view_binding
 from tui.widgets.event_log import EventLog
 

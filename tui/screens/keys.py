@@ -10,7 +10,7 @@ from textual.binding import BindingType
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
-from engine.observe.snapshot import KeySnapshot, Snapshot
+from engine.api import KeySnapshot, Snapshot
 from tui.actions import close_view_binding
 
 KEY_FIELDS = tuple(f.name for f in fields(KeySnapshot))

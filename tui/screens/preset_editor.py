@@ -17,8 +17,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label
 
-from engine.config.job_file import ConfigError, preset_from_text_fields, save_preset
-from engine.config.settings import Preset
+from engine.api import ConfigError, Preset, preset_from_text_fields, save_preset
 from tui.actions import preset_editor_bindings
 
 FIELD_HELP: dict[str, str] = {

@@ -18,8 +18,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Label, OptionList
 from textual.widgets.option_list import Option
 
-from engine.config.job_file import ConfigError, load_preset_file
-from engine.config.settings import Preset
+from engine.api import ConfigError, Preset, load_preset_file
 
 PresetChoice = str | Preset  # a name the job knows, or a preset read from a file
 _FILE_PREFIX = "file:"
