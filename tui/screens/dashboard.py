@@ -22,7 +22,7 @@ from textual.widgets import ProgressBar
 
 from engine.api import Adjustment, ConfigError, JobControls, JobState, Preset, Snapshot
 from tui import user_settings
-from tui.actions import ACTIONS, dashboard_bindings
+from tui.actions import ACTIONS, bindings
 from tui.screens.concurrency_prompt import ConcurrencyPrompt
 from tui.screens.preset_editor import PresetEdit, PresetEditor
 from tui.screens.preset_picker import PresetChoice, PresetPicker
@@ -79,7 +79,7 @@ class DashboardScreen(Screen[None]):
     class QuitRequested(Message):
         """The user asked to quit; the app decides how (ask first, stop, or detach)."""
 
-    BINDINGS: ClassVar[list[BindingType]] = list(dashboard_bindings())
+    BINDINGS: ClassVar[list[BindingType]] = bindings(ACTIONS)
     # Textual declares these without ClassVar on Screen, so they can't be annotated here.
     HORIZONTAL_BREAKPOINTS = [  # noqa: RUF012
         (0, "-narrow"),
