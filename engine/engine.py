@@ -31,6 +31,7 @@ from engine.config.config_problem import ConfigError
 from engine.config.presets import checked_preset, preset_from_values, save_preset
 from engine.config.setting_bounds import CONCURRENCY, FETCH_CONCURRENCY
 from engine.config.settings import GateAction, JobConfig, Preset, effective_settings
+from engine.control.controls import Adjustment
 from engine.drift.baseline import Baseline, BaselineFormatError
 from engine.drift.features import AnswerFeatures, ResultFeatures, features_of_result
 from engine.drift.monitor import DriftMonitor
@@ -366,6 +367,41 @@ class Engine:
             EventKind.CONCURRENCY_CHANGED, f"concurrency {old} → {value}", old=old, new=value
         )
 
+    def adjust_concurrency(self, delta: int) -> Adjustment:
+        """Move the most requests in flight by `delta` from the value in force.
+
+        A step past `CONCURRENCY` stops at its edge; the answer says so.
+        """
+        step = Adjustment.within(CONCURRENCY, "concurrency", self._concurrency.limit, delta)
+        if step.changed:
+            self.set_concurrency(step.new)
+        return step
+
+    def set_fetch_concurrency(self, value: int) -> None:
+        """A crawl job's fetches in flight across all hosts, effective at once."""
+        if self._crawl is None:
+            raise ValueError("this job does not crawl: it has no fetch stage")
+        value = FETCH_CONCURRENCY.check("fetch concurrency", value)
+        old = self._crawl.set_concurrency(value)
+        self.events.emit(
+            EventKind.CONCURRENCY_CHANGED,
+            f"fetch concurrency {old} → {value}",
+            old=old,
+            new=value,
+            stage="fetch",
+        )
+
+    def adjust_fetch_concurrency(self, delta: int) -> Adjustment:
+        """Move a crawl job's fetches in flight by `delta`, stopping at `FETCH_CONCURRENCY`."""
+        if self._crawl is None:
+            raise ValueError("this job does not crawl: it has no fetch stage")
+        step = Adjustment.within(
+            FETCH_CONCURRENCY, "fetch concurrency", self._crawl.concurrency, delta
+        )
+        if step.changed:
+            self.set_fetch_concurrency(step.new)
+        return step
+
     def apply_preset(self, preset: Preset | str | Path) -> None:
         """Switch to a preset mid-run: a name known to the job, a preset file, or a value.
 
@@ -531,20 +567,6 @@ class Engine:
         block = list(iter_chunks((document,), job.chunk_tokens, job.chunk_overlap_tokens))
         if block:
             await self._blocks.put(block)
-
-    def set_fetch_concurrency(self, value: int) -> None:
-        """A crawl job's fetches in flight across all hosts, effective at once."""
-        if self._crawl is None:
-            raise ValueError("this job does not crawl: it has no fetch stage")
-        value = FETCH_CONCURRENCY.check("fetch concurrency", value)
-        old = self._crawl.set_concurrency(value)
-        self.events.emit(
-            EventKind.CONCURRENCY_CHANGED,
-            f"fetch concurrency {old} → {value}",
-            old=old,
-            new=value,
-            stage="fetch",
-        )
 
     def _estimate_crawl_total(self, crawl: CrawlStage) -> None:
         # Until every site is crawled the number of chunks is unknown: project

@@ -19,9 +19,7 @@ from textual.color import Color, ColorParseError
 from textual.theme import Theme
 
 import themes
-from engine.config.config_problem import ConfigError
-from engine.config.table_check import TableChecker, WrongType
-from engine.config.toml_source import read_toml
+from engine.api import ConfigError, TableChecker, WrongType, read_toml
 
 SHIPPED_DIR = Path(themes.__file__).parent
 DEFAULT_THEME = "crawldeck-dark"

@@ -19,9 +19,7 @@ from typing import Any
 import tomlkit
 import tomlkit.exceptions
 
-from engine.config.config_problem import ConfigError, ConfigProblem
-from engine.config.table_check import TableChecker
-from engine.config.toml_source import read_toml
+from engine.api import ConfigError, ConfigProblem, TableChecker, read_toml
 
 CONFIG_DIR_ENV = "CRAWLDECK_CONFIG_DIR"
 SETTINGS_FILE = "settings.toml"

@@ -28,12 +28,8 @@ from engine.config.config_problem import ConfigError, ConfigProblem, KeyPath, fo
 from engine.config.drift_table import read_drift_table
 from engine.config.presets import (
     floor_findings,
-    load_preset_file,
     preset_findings,
-    preset_from_text_fields,
-    preset_from_values,
     read_preset_file,
-    save_preset,
 )
 from engine.config.settings import (
     BUILTIN_PRESETS,
@@ -49,7 +45,6 @@ from engine.config.settings import (
     ProviderSettings,
     RateLimitWaits,
     SimulatorSettings,
-    effective_settings,
     plain_values,
 )
 from engine.config.table_check import (
@@ -68,21 +63,11 @@ from engine.config.table_check import (
 from engine.config.toml_source import Locator, parse_toml, read_text
 from engine.pipeline.prompt import placeholder_problems, placeholders_in
 
-# Some of these live elsewhere in `engine.config`; the dashboard and the command
-# line still take them from here.
 __all__ = [
     "FLAG_SOURCE",
     "PRESET_FLAG_SOURCE",
-    "ConfigError",
-    "ConfigProblem",
-    "effective_settings",
-    "format_key",
     "load_config",
-    "load_preset_file",
     "missing_key_variables",
-    "preset_from_text_fields",
-    "preset_from_values",
-    "save_preset",
     "update_preset_in_file",
 ]
 
