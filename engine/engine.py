@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -37,20 +36,13 @@ from engine.drift.watch import DriftWatch
 from engine.limits.adaptive_concurrency import AdaptiveConcurrency
 from engine.limits.backoff import Backoff
 from engine.limits.concurrency_limit import ConcurrencyLimit
-from engine.limits.key_pool import KeyPool, KeyState
+from engine.limits.key_pool import KeyPool, provider_keys
 from engine.limits.memory_floor import process_floor_bytes
-from engine.limits.memory_guard import MemoryGuard, MemoryState
-from engine.limits.rate_limiter import KeyBudget
-from engine.observe.events import Event, EventBus, EventKind
+from engine.limits.memory_guard import MemoryGuard
+from engine.observe.event_log import EventLog
+from engine.observe.events import EventBus, EventKind
 from engine.observe.run_stats import RunStats
-from engine.observe.snapshot import (
-    Counts,
-    JobState,
-    KeySnapshot,
-    MemorySnapshot,
-    QueueDepths,
-    Snapshot,
-)
+from engine.observe.snapshot import Counts, JobState, QueueDepths, Snapshot
 from engine.pipeline.batcher import Batcher
 from engine.pipeline.dispatcher import Dispatcher
 from engine.pipeline.held_work import HeldWork
@@ -59,9 +51,8 @@ from engine.pipeline.outcomes import Outcomes
 from engine.pipeline.records import Chunk
 from engine.pipeline.work_queue import InProcessWorkQueue, WorkQueue
 from engine.provider.client import ProviderClients
-from engine.provider.redaction import mask_secret
 from engine.store.sqlite_store import Committed, Store
-from engine.store.store_error import StoreError
+from engine.store.store_error import StoreError, first_store_error
 
 Clock = Callable[[], float]
 if TYPE_CHECKING:
@@ -102,18 +93,10 @@ class Engine:
         self._held = HeldWork(self._queue)  # chunk ids and batches between reader and store
         self._backoff = Backoff(self._preset_in_force)
         self._clients = ProviderClients()
-        keys: list[KeyState] = []
-        self._masked: dict[str, str] = {}
-        for provider in config.providers:
-            url = (base_urls or {}).get(provider.name, provider.base_url)
-            for key in provider.keys:
-                key_id = f"{provider.name}/{key.alias}"
-                secret = secrets[key_id]
-                self._masked[key_id] = mask_secret(secret)
-                self._clients.add_key(key_id, secret, url)
-                keys.append(
-                    KeyState(key_id, key.alias, provider, KeyBudget(key.rpm, key.tpm, clock), clock)
-                )
+        keys = provider_keys(config.providers, secrets, clock)
+        for key in keys:
+            url = (base_urls or {}).get(key.provider.name, key.provider.base_url)
+            self._clients.add_key(key.key_id, secrets[key.key_id], url)
         self._keys = KeyPool(
             keys,
             clock,
@@ -128,7 +111,7 @@ class Engine:
         self._memory = MemoryGuard(
             config.preset.memory_soft_mb,
             config.preset.memory_hard_mb,
-            on_change=self._on_memory_change,
+            on_change=lambda _old, new, rss: self._dispatcher.memory_changed(new, rss),
             interval_s=config.engine.memory_sample_s,
             **({"read_rss": read_rss} if read_rss else {}),
         )
@@ -138,18 +121,17 @@ class Engine:
         self._run_id = 0
         self._stop_requested = False
         self._fatal: str = ""
-        self._unsaved_events: deque[Event] = deque()
-        self._events_waiting = asyncio.Event()
+        self._event_log = EventLog(self.events)
         self._crawl: CrawlStage | None = None  # a crawl job's fetch stage, made by run()
         self._page_function = page_function
-        self._input_gate = _InputGate(self._memory, self._holds_nothing)
         self._intake = Intake(
             config.job,
             self._blocks,
             stats=self.stats,
             events=self.events,
-            may_read=self._input_gate,
+            may_read=self._memory.input_hold(self._holds_nothing),
             on_fatal=self._set_fatal,
+            clock=clock,
         )
         self._batcher = Batcher(
             self._blocks,
@@ -168,10 +150,12 @@ class Engine:
             prompt=config.prompt,
             preset=self._preset_in_force,
             concurrency=self._concurrency,
+            adaptive=self._adaptive,
             running=self._running,
             memory=self._memory,
             unstored_rows=self._unstored_rows,
             stats=self.stats,
+            events=self.events,
             clock=clock,
             on_no_key=self._no_key_left,
         )
@@ -215,7 +199,7 @@ class Engine:
             self._store_failed(exc)
             await self._clients.aclose()
             return self._state
-        self.events.subscribe(self._persist_event)
+        self._event_log.attach()
         ended = False  # by the run's own path: finished, stopped, or store trouble
         try:
             self._run_id = await store.begin_run(cfg.job.name, effective_settings(cfg))
@@ -229,39 +213,27 @@ class Engine:
                 concurrency=self._concurrency.limit,
             )
             if cfg.crawl is not None:
-                # Imported here: the HTML parsers cost start-up time that
-                # document jobs need not pay.
-                from engine.crawl.crawl_stage import CrawlStage
-
-                self._crawl = self._intake.crawl = CrawlStage(
+                self._crawl = self._intake.start_crawl(
                     cfg.crawl,
                     store=store,
                     run_id=self._run_id,
-                    events=self.events,
-                    deliver=self._intake.deliver_page,
                     running=self._running,
-                    may_read=self._input_gate,
-                    clock=self._clock,
                     page_function=self._page_function,
                 )
-            crawl, intake = self._crawl, self._intake
             outcomes = self._outcomes(store)
             async with asyncio.TaskGroup() as tg:
                 writer = tg.create_task(store.run_writer(), name="store-writer")
                 helpers = [
                     tg.create_task(self._tick(), name="ticker"),
                     tg.create_task(self._memory.run(), name="memory-guard"),
-                    tg.create_task(
-                        intake.count_documents() if crawl is None else crawl.count_targets(),
-                        name="census",
-                    ),
-                    tg.create_task(self._save_events(), name="event-log"),
+                    tg.create_task(self._intake.census(), name="census"),
+                    tg.create_task(self._event_log.run(store, self._run_id), name="event-log"),
                 ]
+                if self._drift is not None:
+                    baselines = self._drift.keep_baselines(store, self._run_id)
+                    helpers.append(tg.create_task(baselines, name="drift-baselines"))
                 stages = [
-                    tg.create_task(
-                        intake.read_documents() if crawl is None else intake.read_crawl(),
-                        name="reader",
-                    ),
+                    tg.create_task(self._intake.read(), name="reader"),
                     tg.create_task(self._batcher.run(store), name="batcher"),
                     dispatching := tg.create_task(
                         self._dispatcher.run(outcomes), name="dispatcher"
@@ -284,16 +256,16 @@ class Engine:
                     records_skipped=self._intake.records_skipped(),
                     state=str(self._state),
                 )
-                while self._unsaved_events:
-                    await store.put_event(self._run_id, self._unsaved_events.popleft())
-                await self._save_baselines()
+                await self._event_log.flush(store, self._run_id)
+                if self._drift is not None:
+                    await self._drift.save_learned(store, self._run_id)
                 await store.close_writer()
                 await writer
             await store.end_run(self._run_id, str(self._state), self._summary())
             ended = True
         except* StoreError as trouble:
             ended = True
-            self._store_failed(_first_of(trouble))
+            self._store_failed(first_store_error(trouble))
             await self._record_failed_end(store)
         finally:
             if not ended and self._state not in (JobState.DONE, JobState.STOPPED):
@@ -314,7 +286,7 @@ class Engine:
         # A paused, draining or ended job has no ETA: its rate no longer says when it ends.
         running = self._state in (JobState.STARTING, JobState.RUNNING)
         eta, low, high = s.eta(remaining, running=running)
-        keys = tuple(self._key_snapshot(k) for k in self._keys.keys)
+        keys = tuple(k.snapshot() for k in self._keys.keys)
         projected = None
         if s.total is not None and s.done + s.failed > 0:
             projected = s.cost_usd / (s.done + s.failed) * (s.total - s.skipped - s.cached)
@@ -357,15 +329,7 @@ class Engine:
             preset_names=self._preset_names,
             drift=self._drift.metrics() if self._drift is not None else (),
             crawl=self._crawl.snapshot() if self._crawl is not None else None,
-            memory=MemorySnapshot(
-                rss_bytes=self._memory.rss_bytes,
-                soft_bytes=self._memory.soft_bytes,
-                hard_bytes=self._memory.hard_bytes,
-                limit_bytes=self._memory.limit_bytes,
-                state=str(self._memory.state),
-                floor_bytes=self._memory_floor,
-                waiting_for=self._memory.waiting_for(),
-            ),
+            memory=self._memory.snapshot(self._memory_floor),
             cost_usd=s.cost_usd,
             cost_projected_usd=projected,
             queues=QueueDepths(
@@ -506,15 +470,9 @@ class Engine:
         return (self._clock() if self._ended is None else self._ended) - self._started
 
     def summary_line(self) -> str:
-        s = self.stats
-        elapsed = self.elapsed_s
-        records = self._intake.records_skipped()
-        return (
-            f"{self.config.job.name}: {s.done} done, {s.failed} failed, {s.skipped} skipped, "
-            f"{s.cached} duplicates, "
-            + (f"{records} input records skipped, " if records else "")
-            + f"{s.requests} requests ({s.rate_limited} rate-limited) "
-            f"in {elapsed:.1f}s, cost ${s.cost_usd:.4f}"
+        """The run in one line, as the job's end prints it."""
+        return self.stats.summary_line(
+            self.config.job.name, self.elapsed_s, self._intake.records_skipped()
         )
 
     # ------------------------------------------------------- what stages report
@@ -578,40 +536,9 @@ class Engine:
                 self._crawl.tick(now)
                 self._intake.project_crawl_total(input_done=self._held.input_done)
             self.stats.tick(now)
-            saturated = self._dispatcher.take_saturated()
-            if self._preset.adaptive_concurrency and self._state == JobState.RUNNING:
-                new = self._adaptive.update(now, saturated)
-                if new is not None and new != self._concurrency.limit:
-                    old = self._concurrency.limit
-                    self._concurrency.set_limit(new)
-                    self.events.emit(
-                        EventKind.CONCURRENCY_CHANGED,
-                        f"adaptive concurrency {old} → {new}",
-                        old=old,
-                        new=new,
-                        adaptive=True,
-                    )
+            adaptive = self._preset.adaptive_concurrency and self._state == JobState.RUNNING
+            self._dispatcher.adapt(now, allowed=adaptive)
             self._keys.notify()  # cooldowns may have ended; recovery may apply
-
-    def _on_memory_change(self, old: MemoryState, new: MemoryState, rss: int) -> None:
-        mb = rss / 2**20
-        if new is MemoryState.OK:
-            self._concurrency.set_limit(self._adaptive.current)
-            self.events.emit(EventKind.MEMORY_OK, f"memory back to normal ({mb:.0f} MB)", rss=rss)
-        elif new is MemoryState.SOFT:
-            lowered = max(1, self._concurrency.limit // 2)
-            self._concurrency.set_limit(lowered)
-            self.events.emit(
-                EventKind.MEMORY_SOFT,
-                f"memory {mb:.0f} MB above the soft limit: input paused, concurrency {lowered}",
-                rss=rss,
-            )
-        else:
-            self.events.emit(
-                EventKind.MEMORY_HARD,
-                f"memory {mb:.0f} MB above the hard limit: no new requests until it falls",
-                rss=rss,
-            )
 
     def _count_committed(self, committed: Committed) -> None:
         # Counted when the writer commits, not when a row is handed to it: what
@@ -650,47 +577,6 @@ class Engine:
     def _unstored_rows(self) -> int:
         return self._store.backlog if self._store is not None else 0
 
-    def _persist_event(self, event: Event) -> None:
-        # Listeners are synchronous; the writer is async: hand over through a deque.
-        self._unsaved_events.append(event)
-        self._events_waiting.set()
-
-    async def _save_events(self) -> None:
-        assert self._store is not None
-        while True:
-            await self._events_waiting.wait()
-            self._events_waiting.clear()
-            while self._unsaved_events:
-                await self._store.put_event(self._run_id, self._unsaved_events.popleft())
-            await self._save_baselines()
-
-    async def _save_baselines(self) -> None:
-        assert self._store is not None
-        if self._drift is not None:
-            await self._drift.save_learned(self._store, self._run_id)
-
-    def _key_snapshot(self, key: KeyState) -> KeySnapshot:
-        rpm_used, tpm_used = key.used_last_minute()
-        cooling = key.cooling_for()
-        state = "disabled" if not key.usable else ("cooling" if cooling > 0 else "ok")
-        return KeySnapshot(
-            key_id=key.key_id,
-            provider=key.provider.name,
-            alias=key.alias,
-            masked_secret=self._masked[key.key_id],
-            rpm_used=rpm_used,
-            rpm_limit=key.budget.limit_rpm,
-            tpm_used=tpm_used,
-            tpm_limit=key.budget.limit_tpm,
-            in_flight=key.in_flight,
-            requests=key.requests,
-            errors=key.errors,
-            rate_limited=key.rate_limited,
-            state=state,
-            cooldown_s=cooling,
-            disabled_reason=key.disabled_reason,
-        )
-
     def _final_state(self) -> JobState:
         s = self.stats
         if self._fatal:
@@ -702,37 +588,4 @@ class Engine:
         return JobState.DONE
 
     def _summary(self) -> dict[str, object]:
-        s = self.stats
-        return {
-            "done": s.done,
-            "failed": s.failed,
-            "skipped": s.skipped,
-            "cached": s.cached,
-            "records_skipped": self._intake.records_skipped(),
-            "requests": s.requests,
-            "rate_limited": s.rate_limited,
-            "tokens": s.tokens,
-            "cost_usd": s.cost_usd,
-            "elapsed_s": self.elapsed_s,
-            "fatal": self._fatal,
-        }
-
-
-def _first_of(group: BaseExceptionGroup[StoreError]) -> StoreError:
-    """The first store error of a group (task groups nest them)."""
-    first: BaseException = group
-    while isinstance(first, BaseExceptionGroup):
-        first = first.exceptions[0]
-    assert isinstance(first, StoreError)
-    return first
-
-
-class _InputGate:
-    """What a crawl waits on before starting a site: the memory breaker's input hold."""
-
-    def __init__(self, memory: MemoryGuard, holds_nothing: Callable[[], bool]) -> None:
-        self._memory = memory
-        self._holds_nothing = holds_nothing
-
-    async def wait(self) -> None:
-        await self._memory.wait_to_read(self._holds_nothing)
+        return self.stats.summary(self.elapsed_s, self._intake.records_skipped(), self._fatal)

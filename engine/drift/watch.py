@@ -7,11 +7,13 @@ budgets (a `KeyLease` like any chat request).  A gate that trips is
 announced with its numbers and acted on through the job's controls: the
 conservative preset, a pause, or a drain (what is in flight is already paid
 for: keep it).  The baseline learned from the first results is kept in the
-store; a saved one (`crawldeck baseline save`) arms the gates from the start.
+store as soon as it is learned; a saved one (`crawldeck baseline save`) arms
+the gates from the start.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -92,6 +94,7 @@ class DriftWatch:
         self._embeddings_wanted = settings.embeddings
         self._baseline_loaded = False
         self._unsaved: deque[str] = deque()  # learned, to be kept in the store
+        self._learned = asyncio.Event()
 
     def metrics(self) -> tuple[DriftMetric, ...]:
         """The monitored metrics, for the snapshot."""
@@ -177,8 +180,8 @@ class DriftWatch:
             self._learning = False
             learned = monitor.baseline()
             if learned is not None and not self._baseline_loaded:
-                # Saved by the job's event-log writer, which this event wakes.
                 self._unsaved.append(learned.to_json().decode("utf-8"))
+                self._learned.set()
                 self._events.emit(
                     EventKind.DRIFT_BASELINE,
                     "drift baseline learned from the first results; gates are armed",
@@ -232,6 +235,13 @@ class DriftWatch:
         self._events.emit(
             EventKind.DRIFT_BASELINE, "drift gates armed with the job's saved baseline"
         )
+
+    async def keep_baselines(self, store: BaselineStore, run_id: int) -> None:
+        """Keep each baseline in the store, under run `run_id`, once learned; until cancelled."""
+        while True:
+            await self._learned.wait()
+            self._learned.clear()
+            await self.save_learned(store, run_id)
 
     async def save_learned(self, store: BaselineStore, run_id: int) -> None:
         """Keep in the store, under run `run_id`, the baselines learned since the last call."""

@@ -29,6 +29,8 @@ from engine.limits.backoff import Backoff
 from engine.limits.rate_limit_patience import KeyCooling, KeyRefusals, format_wait
 from engine.limits.rate_limiter import KeyBudget, RateHeaders, parse_retry_after
 from engine.observe.events import EventBus, EventKind
+from engine.observe.snapshot import KeySnapshot
+from engine.provider.redaction import mask_secret
 
 if TYPE_CHECKING:  # the provider client loads the SDK; the pool needs only the type
     from engine.provider.client import CallFailure
@@ -53,6 +55,7 @@ class KeyState:
     errors: int = 0
     rate_limited: int = 0
     refusals: KeyRefusals = field(default_factory=KeyRefusals)  # 429s since its last answer
+    masked_secret: str = ""  # for display: never the secret itself
     # (time, requests, tokens) per finished request in the last minute
     _window: deque[tuple[float, int, int]] = field(default_factory=deque)
     _win_requests: int = 0
@@ -97,6 +100,29 @@ class KeyState:
             count += requests
         return count * 60.0 / window_s
 
+    def snapshot(self) -> KeySnapshot:
+        """The key's figures right now, as the snapshot shows them."""
+        rpm_used, tpm_used = self.used_last_minute()
+        cooling = self.cooling_for()
+        state = "disabled" if not self.usable else ("cooling" if cooling > 0 else "ok")
+        return KeySnapshot(
+            key_id=self.key_id,
+            provider=self.provider.name,
+            alias=self.alias,
+            masked_secret=self.masked_secret,
+            rpm_used=rpm_used,
+            rpm_limit=self.budget.limit_rpm,
+            tpm_used=tpm_used,
+            tpm_limit=self.budget.limit_tpm,
+            in_flight=self.in_flight,
+            requests=self.requests,
+            errors=self.errors,
+            rate_limited=self.rate_limited,
+            state=state,
+            cooldown_s=cooling,
+            disabled_reason=self.disabled_reason,
+        )
+
     def sending_rpm(self) -> float:
         """The rate this key was sending at recently, in requests per minute."""
         self._trim(self.clock())
@@ -104,6 +130,24 @@ class KeyState:
             return 0.0
         span = max(1.0, self.clock() - self._window[0][0])
         return self._win_requests * 60.0 / min(_WINDOW_S, span)
+
+
+def provider_keys(
+    providers: Sequence[ProviderSettings], secrets: Mapping[str, str], clock: Clock
+) -> list[KeyState]:
+    """A `KeyState` for every key of every provider, with its configured limits.
+
+    `secrets` maps key ids (`provider/alias`) to secrets; only their masked
+    form is kept.
+    """
+    keys: list[KeyState] = []
+    for provider in providers:
+        for key in provider.keys:
+            key_id = f"{provider.name}/{key.alias}"
+            budget = KeyBudget(key.rpm, key.tpm, clock)
+            masked = mask_secret(secrets[key_id])
+            keys.append(KeyState(key_id, key.alias, provider, budget, clock, masked_secret=masked))
+    return keys
 
 
 class KeyLease:

@@ -7,6 +7,10 @@ batch is sent in a task of its own and holds claims until its call ends —
 the slot, its chunks in the in-flight count, its `KeyLease` — given back
 exactly once, whether the call came back or was cancelled (stop now).
 
+The concurrency limit moves under three hands: the operator's ceiling (the
+engine's controls), adaptive concurrency once a second (`adapt`), and the
+memory breaker, which halves it above the soft limit (`memory_changed`).
+
 What the call brought back goes to the outcomes (`BatchOutcomes`).  When no
 key can serve any more, every batch still to come fails with the keys'
 reasons instead of waiting forever, and `on_no_key` is told once.
@@ -21,8 +25,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from engine.config.settings import Preset, PromptSettings
+from engine.limits.adaptive_concurrency import AdaptiveConcurrency
 from engine.limits.concurrency_limit import ConcurrencyLimit
 from engine.limits.key_pool import KeyLease, KeyPool, NoUsableKeyError
+from engine.limits.memory_guard import MemoryState
+from engine.observe.events import EventBus, EventKind
 from engine.observe.run_stats import RunStats
 from engine.pipeline.prompt import build_messages, estimate_prompt_tokens
 from engine.pipeline.work_queue import Batch, WorkQueue
@@ -86,10 +93,12 @@ class Dispatcher:
         prompt: PromptSettings,
         preset: Callable[[], Preset],
         concurrency: ConcurrencyLimit,
+        adaptive: AdaptiveConcurrency,
         running: asyncio.Event,
         memory: SendGate,
         unstored_rows: Callable[[], int],
         stats: RunStats,
+        events: EventBus,
         clock: Clock,
         on_no_key: Callable[[str], None],
     ) -> None:
@@ -99,10 +108,12 @@ class Dispatcher:
         self._prompt = prompt
         self._preset = preset
         self._concurrency = concurrency
+        self._adaptive = adaptive
         self._running = running
         self._memory = memory
         self._unstored_rows = unstored_rows
         self._stats = stats
+        self._events = events
         self._clock = clock
         self._on_no_key = on_no_key
         self.in_flight_chunks = 0
@@ -112,10 +123,46 @@ class Dispatcher:
         self._sends: set[asyncio.Task[None]] = set()
 
     # ---------------------------------------------------------------- controls
-    def take_saturated(self) -> bool:
-        """Whether admission waited for a concurrency slot since the last call."""
-        saturated, self._saturated = self._saturated, False
-        return saturated
+    def adapt(self, now: float, *, allowed: bool) -> None:
+        """Once a second: adaptive concurrency may move the limit, when `allowed`
+        (the preset asks for it and the job is running)."""
+        saturated, self._saturated = self._saturated, False  # since the last tick
+        if not allowed:
+            return
+        limit = self._concurrency
+        new = self._adaptive.update(now, saturated)
+        if new is not None and new != limit.limit:
+            old = limit.limit
+            limit.set_limit(new)
+            self._events.emit(
+                EventKind.CONCURRENCY_CHANGED,
+                f"adaptive concurrency {old} → {new}",
+                old=old,
+                new=new,
+                adaptive=True,
+            )
+
+    def memory_changed(self, new: MemoryState, rss: int) -> None:
+        """The memory breaker moved to `new` at `rss` bytes: say so, and halve or
+        restore the concurrency limit."""
+        mb = rss / 2**20
+        if new is MemoryState.OK:
+            self._concurrency.set_limit(self._adaptive.current)
+            self._events.emit(EventKind.MEMORY_OK, f"memory back to normal ({mb:.0f} MB)", rss=rss)
+        elif new is MemoryState.SOFT:
+            lowered = max(1, self._concurrency.limit // 2)
+            self._concurrency.set_limit(lowered)
+            self._events.emit(
+                EventKind.MEMORY_SOFT,
+                f"memory {mb:.0f} MB above the soft limit: input paused, concurrency {lowered}",
+                rss=rss,
+            )
+        else:
+            self._events.emit(
+                EventKind.MEMORY_HARD,
+                f"memory {mb:.0f} MB above the hard limit: no new requests until it falls",
+                rss=rss,
+            )
 
     def stop_admitting(self) -> None:
         """Admit nothing more; what is in flight finishes (drain, stop)."""

@@ -18,15 +18,20 @@ import asyncio
 import itertools
 import threading
 from collections.abc import Callable, Iterator
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from engine.config.settings import JobSettings
+from engine.config.settings import CrawlSettings, JobSettings
 from engine.observe.events import EventBus, EventKind
 from engine.observe.run_stats import RunStats
 from engine.observe.snapshot import CrawlSnapshot
 from engine.pipeline.chunking import iter_chunks
 from engine.pipeline.inputs import iter_documents
 from engine.pipeline.records import Chunk, Document
+
+if TYPE_CHECKING:
+    from engine.crawl.crawl_stage import CrawlStage
+    from engine.crawl.extraction import PageFunction
+    from engine.store.sqlite_store import Store
 
 READ_BLOCK = 256  # chunks handed from the reading thread per hop
 
@@ -53,6 +58,8 @@ class CrawlInput(Protocol):
 
     def snapshot(self) -> CrawlSnapshot: ...
 
+    async def count_targets(self) -> None: ...
+
     async def run(self) -> None: ...
 
 
@@ -60,7 +67,8 @@ class Intake:
     """Puts the job's input on `blocks`, counts it, and counts what it had to skip.
 
     `on_fatal(reason)` is told when the input cannot be read at all.  A
-    crawl job sets `crawl` (its fetch stage) before reading.
+    crawl job makes its fetch stage with `start_crawl` (or sets `crawl`)
+    before reading.
     """
 
     def __init__(
@@ -72,6 +80,7 @@ class Intake:
         events: EventBus,
         may_read: Gate,
         on_fatal: Callable[[str], None],
+        clock: Callable[[], float],
     ) -> None:
         self._job = job
         self._blocks = blocks
@@ -79,8 +88,17 @@ class Intake:
         self._events = events
         self._may_read = may_read
         self._on_fatal = on_fatal
+        self._clock = clock
         self._loop: asyncio.AbstractEventLoop | None = None
         self.crawl: CrawlInput | None = None
+
+    async def read(self) -> None:
+        """Put the whole input on the blocks queue, then None."""
+        await (self.read_documents() if self.crawl is None else self.read_crawl())
+
+    async def census(self) -> None:
+        """Count the whole input up front, so progress and ETA have a total early."""
+        await (self.count_documents() if self.crawl is None else self.crawl.count_targets())
 
     # ---------------------------------------------------------------- documents
     async def read_documents(self) -> None:
@@ -151,6 +169,38 @@ class Intake:
             self._stats.total = total
 
     # -------------------------------------------------------------------- crawl
+    def start_crawl(
+        self,
+        settings: CrawlSettings,
+        *,
+        store: Store,
+        run_id: int,
+        running: asyncio.Event,
+        page_function: PageFunction | None = None,
+    ) -> CrawlStage:
+        """Make the crawl job's fetch stage, whose pages this intake chunks.
+
+        `running` is cleared while the job is paused; `page_function`
+        replaces `extract_page` (tests).
+        """
+        # Imported here: the HTML parsers cost start-up time that document
+        # jobs need not pay.
+        from engine.crawl.crawl_stage import CrawlStage
+
+        crawl = CrawlStage(
+            settings,
+            store=store,
+            run_id=run_id,
+            events=self._events,
+            deliver=self.deliver_page,
+            running=running,
+            may_read=self._may_read,
+            clock=self._clock,
+            page_function=page_function,
+        )
+        self.crawl = crawl
+        return crawl
+
     async def read_crawl(self) -> None:
         """A crawl job's input: pages' text from the crawl stage, chunked as they come."""
         assert self.crawl is not None
