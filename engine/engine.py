@@ -8,10 +8,11 @@ queues, owns the `asyncio.TaskGroup` that runs them and the job's state,
 and answers the controls.  A slow stage pushes back on the one before it
 instead of filling memory.
 
-The public surface is small: `run()`, `snapshot()`, and the controls
-(`set_concurrency`, `apply_preset`, `pause`, `resume`, `drain`, `stop`,
-`set_fetch_concurrency`).  Controls only flip state and wake the stages;
-their effect shows in the next snapshot.
+The public surface is small: `run()`, `snapshot()`, and the controls of
+`engine.control.controls.JobControls` (set or step the concurrency and the
+fetch concurrency, `apply_preset`, `pause`, `resume`, `drain`, `stop`).
+Controls only flip state and wake the stages; their effect shows in the
+next snapshot.
 """
 
 from __future__ import annotations
@@ -24,14 +25,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine.config.job_file import (
-    effective_settings,
-    load_preset_file,
-    preset_from_values,
-    save_preset,
-)
+from engine.config.presets import checked_preset, preset_from_values, save_preset
 from engine.config.setting_bounds import CONCURRENCY, FETCH_CONCURRENCY
-from engine.config.settings import JobConfig, Preset
+from engine.config.settings import JobConfig, Preset, effective_settings
+from engine.control.controls import Adjustment
 from engine.drift.watch import DriftWatch
 from engine.limits.adaptive_concurrency import AdaptiveConcurrency
 from engine.limits.backoff import Backoff
@@ -359,33 +356,48 @@ class Engine:
             EventKind.CONCURRENCY_CHANGED, f"concurrency {old} → {value}", old=old, new=value
         )
 
+    def adjust_concurrency(self, delta: int) -> Adjustment:
+        """Move the most requests in flight by `delta` from the value in force.
+
+        A step past `CONCURRENCY` stops at its edge; the answer says so.
+        """
+        step = Adjustment.within(CONCURRENCY, "concurrency", self._concurrency.limit, delta)
+        if step.changed:
+            self.set_concurrency(step.new)
+        return step
+
+    def set_fetch_concurrency(self, value: int) -> None:
+        """A crawl job's fetches in flight across all hosts, effective at once."""
+        if self._crawl is None:
+            raise ValueError("this job does not crawl: it has no fetch stage")
+        value = FETCH_CONCURRENCY.check("fetch concurrency", value)
+        old = self._crawl.set_concurrency(value)
+        self.events.emit(
+            EventKind.CONCURRENCY_CHANGED,
+            f"fetch concurrency {old} → {value}",
+            old=old,
+            new=value,
+            stage="fetch",
+        )
+
+    def adjust_fetch_concurrency(self, delta: int) -> Adjustment:
+        """Move a crawl job's fetches in flight by `delta`, stopping at `FETCH_CONCURRENCY`."""
+        if self._crawl is None:
+            raise ValueError("this job does not crawl: it has no fetch stage")
+        step = Adjustment.within(
+            FETCH_CONCURRENCY, "fetch concurrency", self._crawl.concurrency, delta
+        )
+        if step.changed:
+            self.set_fetch_concurrency(step.new)
+        return step
+
     def apply_preset(self, preset: Preset | str | Path) -> None:
         """Switch to a preset mid-run: a name known to the job, a preset file, or a value.
 
         A bad file or value raises `ConfigError` (one line per problem) and
         changes nothing; so do memory limits below this process's own floor.
         """
-        floor = self._memory_floor
-        if isinstance(preset, Path) or (
-            isinstance(preset, str)
-            and preset not in self.config.presets
-            and preset.endswith(".toml")
-        ):
-            preset = load_preset_file(Path(preset), floor)
-        elif isinstance(preset, str):
-            if preset not in self.config.presets:
-                known = ", ".join(sorted(self.config.presets))
-                raise KeyError(f"unknown preset {preset!r} (known: {known})")
-            preset = preset_from_values(
-                self.config.presets[preset],
-                {},
-                source=f"preset {preset!r}",
-                memory_floor_bytes=floor,
-            )
-        else:
-            preset = preset_from_values(
-                preset, {}, source=f"preset {preset.name!r}", memory_floor_bytes=floor
-            )
+        preset = checked_preset(preset, self.config.presets, self._memory_floor)
         old = self._preset.name
         self._preset = preset
         self._adaptive.set_ceiling(preset.concurrency, self._clock())
@@ -443,20 +455,6 @@ class Engine:
         )
         self._dispatcher.stop_admitting()
         self._dispatcher.abandon_sends()
-
-    def set_fetch_concurrency(self, value: int) -> None:
-        """A crawl job's fetches in flight across all hosts, effective at once."""
-        if self._crawl is None:
-            raise ValueError("this job does not crawl: it has no fetch stage")
-        value = FETCH_CONCURRENCY.check("fetch concurrency", value)
-        old = self._crawl.set_concurrency(value)
-        self.events.emit(
-            EventKind.CONCURRENCY_CHANGED,
-            f"fetch concurrency {old} → {value}",
-            old=old,
-            new=value,
-            stage="fetch",
-        )
 
     @property
     def failure_reason(self) -> str:

@@ -1,23 +1,29 @@
-"""The dashboard's controls, and the preset editor's, declared once.
+"""Every screen's key bindings, declared once.
 
-Each entry feeds the key bindings (with a stable id, so `App.set_keymap()`
-can remap it), the footer and the command palette.  An action only calls an
-engine control; its effect shows in the next snapshot.  Actions named
-`app.*` open a view or change the look; they run on the app, so they stay
-available whatever the job's state.
+Each entry feeds its screen's bindings (with a stable id, so the user's
+`[keymap]` can remap it through `App.set_keymap()`), the footer and, for
+the dashboard, the command palette.  `BINDING_IDS` is every id of every
+screen: the ids a keymap may name.
+
+A dashboard action only calls an engine control; its effect shows in the
+next snapshot.  Actions named `app.*` open a view or change the look; they
+run on the app, so they stay available whatever the job's state.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 
 
 @dataclass(frozen=True, slots=True)
-class DashboardAction:
+class ScreenAction:
+    """One key binding of one screen."""
+
     id: str  # stable binding id, the key for user remaps
-    action: str  # the `action_*` method on its screen (the dashboard's), without the prefix
+    action: str  # the `action_*` method on its screen, without the prefix (`answer(True)`)
     description: str  # short: the footer's label
     help: str  # longer: the command palette's help line
     keys: str  # default keys, comma-separated Textual key names
@@ -28,8 +34,8 @@ class DashboardAction:
     priority: bool = False
 
 
-ACTIONS: tuple[DashboardAction, ...] = (
-    DashboardAction(
+ACTIONS: tuple[ScreenAction, ...] = (
+    ScreenAction(
         "crawldeck.pause_resume",
         "toggle_pause",
         "Pause",
@@ -37,7 +43,7 @@ ACTIONS: tuple[DashboardAction, ...] = (
         "space,p",
         "space",
     ),
-    DashboardAction(
+    ScreenAction(
         "crawldeck.concurrency_up",
         "concurrency_up",
         "Conc+",
@@ -46,7 +52,7 @@ ACTIONS: tuple[DashboardAction, ...] = (
         "+",
         group="Conc",
     ),
-    DashboardAction(
+    ScreenAction(
         "crawldeck.concurrency_down",
         "concurrency_down",
         "Conc-",
@@ -55,49 +61,49 @@ ACTIONS: tuple[DashboardAction, ...] = (
         "-",
         group="Conc",
     ),
-    DashboardAction(
+    ScreenAction(
         "crawldeck.concurrency_set",
         "set_concurrency",
         "Conc=",
         "Set the number of requests in flight to an exact value",
         "c",
     ),
-    DashboardAction(
+    ScreenAction(
         "crawldeck.toggle_preset",
         "toggle_preset",
         "Preset",
         "Switch between the conservative and aggressive presets",
         "t",
     ),
-    DashboardAction(
+    ScreenAction(
         "crawldeck.pick_preset",
         "pick_preset",
         "Pick",
         "Switch to any preset: one the job names, or a preset file",
         "o",
     ),
-    DashboardAction(
+    ScreenAction(
         "crawldeck.edit_preset",
         "edit_preset",
         "Edit",
         "Edit the preset in force; apply it, or save it as a preset file",
         "e",
     ),
-    DashboardAction(
+    ScreenAction(
         "crawldeck.drain",
         "drain",
         "Drain",
         "Finish what is in flight, store it, then stop",
         "d",
     ),
-    DashboardAction(
+    ScreenAction(
         "crawldeck.quit",
         "request_quit",
         "Quit",
         "Quit the dashboard (asks first while the job runs)",
         "q",
     ),
-    DashboardAction(
+    ScreenAction(
         "crawldeck.fetch_down",
         "fetch_down",
         "Fetch-",
@@ -106,7 +112,7 @@ ACTIONS: tuple[DashboardAction, ...] = (
         "[",
         group="Fetch",
     ),
-    DashboardAction(
+    ScreenAction(
         "crawldeck.fetch_up",
         "fetch_up",
         "Fetch+",
@@ -115,28 +121,28 @@ ACTIONS: tuple[DashboardAction, ...] = (
         "]",
         group="Fetch",
     ),
-    DashboardAction(
+    ScreenAction(
         "crawldeck.keys",
         "app.show_keys",
         "Keys",
         "Show every API key's usage, limits and errors",
         "k",
     ),
-    DashboardAction(
+    ScreenAction(
         "crawldeck.results",
         "app.show_results",
         "Results",
         "Search the stored results and failures",
         "r",
     ),
-    DashboardAction(
+    ScreenAction(
         "crawldeck.event_log",
         "app.show_event_log",
         "Log",
         "Show the full event log",
         "l",
     ),
-    DashboardAction(
+    ScreenAction(
         "crawldeck.cycle_theme",
         "app.cycle_theme",
         "Theme",
@@ -148,15 +154,15 @@ ACTIONS: tuple[DashboardAction, ...] = (
 
 # The preset editor's answers (`action` is the editor's `action_*` method).  The
 # two that answer work even with the cursor in a field: that is where it always is.
-PRESET_EDITOR_ACTIONS: tuple[DashboardAction, ...] = (
-    DashboardAction(
+PRESET_EDITOR_ACTIONS: tuple[ScreenAction, ...] = (
+    ScreenAction(
         "crawldeck.cancel_editor",
         "cancel",
         "Cancel",
         "Close the editor; the preset in force stays",
         "escape",
     ),
-    DashboardAction(
+    ScreenAction(
         "crawldeck.save_preset",
         "save",
         "Save & apply",
@@ -164,7 +170,7 @@ PRESET_EDITOR_ACTIONS: tuple[DashboardAction, ...] = (
         "ctrl+s",
         priority=True,
     ),
-    DashboardAction(
+    ScreenAction(
         "crawldeck.apply_preset",
         "apply",
         "Apply",
@@ -174,31 +180,76 @@ PRESET_EDITOR_ACTIONS: tuple[DashboardAction, ...] = (
     ),
 )
 
-ACTIONS_BY_ID: dict[str, DashboardAction] = {a.id: a for a in ACTIONS}
-CLOSE_VIEW_ID = "crawldeck.close_view"  # escape, on every pushed view
-BINDING_IDS = frozenset(ACTIONS_BY_ID) | {a.id for a in PRESET_EDITOR_ACTIONS} | {CLOSE_VIEW_ID}
+# The preset picker's, the exact-concurrency prompt's and the quit question's.
+PRESET_PICKER_ACTIONS: tuple[ScreenAction, ...] = (
+    ScreenAction(
+        "crawldeck.cancel_picker",
+        "cancel",
+        "Cancel",
+        "Close the picker; the preset in force stays",
+        "escape",
+    ),
+)
+
+CONCURRENCY_PROMPT_ACTIONS: tuple[ScreenAction, ...] = (
+    ScreenAction(
+        "crawldeck.cancel_prompt",
+        "cancel",
+        "Cancel",
+        "Close the prompt; the concurrency stays",
+        "escape",
+    ),
+)
+
+CONFIRM_QUIT_ACTIONS: tuple[ScreenAction, ...] = (
+    ScreenAction(
+        "crawldeck.confirm_quit",
+        "answer(True)",
+        "Stop and quit",
+        "Stop the job now (in-flight chunks go back to pending) and quit",
+        "y",
+    ),
+    ScreenAction(
+        "crawldeck.cancel_quit",
+        "answer(False)",
+        "Keep running",
+        "Stay on the dashboard; the job runs on",
+        "n,escape",
+    ),
+)
+
+CLOSE_VIEW_ID = "crawldeck.close_view"
+# Every pushed view (keys, event log, results, a stored row): back to the dashboard.
+VIEW_ACTIONS: tuple[ScreenAction, ...] = (
+    ScreenAction(CLOSE_VIEW_ID, "dismiss", "Close", "Close this view", "escape"),
+)
+
+SCREEN_ACTIONS: Mapping[str, tuple[ScreenAction, ...]] = {
+    "dashboard": ACTIONS,
+    "preset editor": PRESET_EDITOR_ACTIONS,
+    "preset picker": PRESET_PICKER_ACTIONS,
+    "concurrency prompt": CONCURRENCY_PROMPT_ACTIONS,
+    "quit question": CONFIRM_QUIT_ACTIONS,
+    "views": VIEW_ACTIONS,
+}
+ACTIONS_BY_ID: dict[str, ScreenAction] = {
+    a.id: a for actions in SCREEN_ACTIONS.values() for a in actions
+}
+BINDING_IDS = frozenset(ACTIONS_BY_ID)
 
 
-def _binding(action: DashboardAction) -> Binding:
-    return Binding(
-        action.keys,
-        action.action,
-        action.description,
-        show=action.show,
-        key_display=action.key_display,
-        priority=action.priority,
-        id=action.id,
-        group=Binding.Group(action.group, compact=True) if action.group else None,
-    )
-
-
-def dashboard_bindings() -> list[Binding]:
-    return [_binding(a) for a in ACTIONS]
-
-
-def preset_editor_bindings() -> list[Binding]:
-    return [_binding(a) for a in PRESET_EDITOR_ACTIONS]
-
-
-def close_view_binding() -> Binding:
-    return Binding("escape", "dismiss", "Close", id=CLOSE_VIEW_ID)
+def bindings(actions: Iterable[ScreenAction]) -> list[BindingType]:
+    """A screen's `BINDINGS`, from its entries here."""
+    return [
+        Binding(
+            action.keys,
+            action.action,
+            action.description,
+            show=action.show,
+            key_display=action.key_display,
+            priority=action.priority,
+            id=action.id,
+            group=Binding.Group(action.group, compact=True) if action.group else None,
+        )
+        for action in actions
+    ]

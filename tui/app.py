@@ -1,9 +1,10 @@
 """The crawldeck dashboard: a Textual app over a live engine.
 
 The app pulls a snapshot on a timer (4 Hz by default) and hands it to the
-dashboard; key presses call engine controls.  Given a real `Engine`, the app
-also runs it as a worker in its own event loop; given any other source (a
-fake in tests) it only displays and steers.
+screen on show; key presses call the job's `JobControls`.  Given a job it
+can run (`RunnableJob`: the engine), the app also runs it as a worker in its
+own event loop; given any other source (a job in another process, a fixed
+snapshot in tests) it only displays and steers.
 """
 
 from __future__ import annotations
@@ -21,11 +22,10 @@ from textual.timer import Timer
 from textual.worker import Worker, WorkerState
 
 import themes
-from engine.engine import Engine
-from engine.observe.snapshot import JobState
+from engine.api import JobControls, JobState, RunnableJob
 from tui import user_settings
 from tui.actions import ACTIONS, BINDING_IDS
-from tui.engine_source import EngineSource, store_path_of
+from tui.engine_source import store_path_of
 from tui.screens.confirm_quit import ConfirmQuitScreen
 from tui.screens.dashboard import ACTIVE_STATES, DashboardScreen
 from tui.screens.event_log import EventLogScreen
@@ -57,7 +57,7 @@ class CrawldeckApp(App[JobState | None]):
 
     def __init__(
         self,
-        source: EngineSource | Engine,
+        source: JobControls,
         *,
         refresh_hz: float = 4.0,
         clock: Clock | None = None,
@@ -67,10 +67,10 @@ class CrawldeckApp(App[JobState | None]):
         super().__init__()
         if refresh_hz < 0:
             raise ValueError(f"refresh_hz must be >= 0, got {refresh_hz}")
-        self.source: EngineSource = source
+        self.source = source
         self.refresh_hz = refresh_hz
         self._clock = clock
-        self._engine = source if isinstance(source, Engine) else None
+        self._engine = source if isinstance(source, RunnableJob) else None
         self._run_engine = self._engine is not None if run_engine is None else run_engine
         self._quit_when_finished = False
         self._poll: Timer | None = None
@@ -128,7 +128,7 @@ class CrawldeckApp(App[JobState | None]):
 
     # ------------------------------------------------------------ the engine
     @work(exclusive=True, group=_ENGINE_GROUP, exit_on_error=False)
-    async def run_engine(self, engine: Engine) -> JobState:
+    async def run_engine(self, engine: RunnableJob) -> JobState:
         return await engine.run()
 
     @property
@@ -158,8 +158,7 @@ class CrawldeckApp(App[JobState | None]):
             return  # the app is closing: the poll may fire once more after the last screen
         screen = self.screen
         if screen is self.dashboard:
-            if self.dashboard.ready:
-                self.dashboard.show(self.source.snapshot())
+            self.dashboard.pull()
         elif isinstance(screen, KeysScreen | EventLogScreen) and screen.is_mounted:
             screen.show(self.source.snapshot())
 
@@ -196,6 +195,9 @@ class CrawldeckApp(App[JobState | None]):
 
     # ------------------------------------------------------------ quitting
     async def action_quit(self) -> None:
+        self.request_quit()
+
+    def on_dashboard_screen_quit_requested(self, _: DashboardScreen.QuitRequested) -> None:
         self.request_quit()
 
     def request_quit(self) -> None:

@@ -24,30 +24,39 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine.config.job_file import ConfigError, load_config
-from engine.config.key_secrets import resolve_secrets, served_by_simulator
-from engine.config.settings import CrawlSettings, JobConfig
-from engine.control.client import ControlClient, ControlError
-from engine.control.server import (
+from engine.api import (
+    ConfigError,
+    ControlClient,
+    ControlError,
     ControlServer,
     ControlServerError,
+    CrawlSettings,
+    HeadlessReporter,
+    InputError,
+    JobConfig,
+    Snapshot,
+    StoreError,
+    StoreInUseError,
+    demo_job_file,
+    engine_memory_floor_bytes,
+    iter_documents,
+    job_exit_status,
+    launched_simulator,
+    load_config,
+    resolve_secrets,
+    served_by_simulator,
+    simulator_arguments,
+    snapshot_record,
     socket_path_for_store,
     state_folder_for_store,
+    status_line,
 )
-from engine.limits.memory_floor import process_floor_bytes
-from engine.observe.exit_status import job_exit_status
-from engine.observe.headless_reporter import HeadlessReporter, snapshot_record, status_line
-from engine.observe.snapshot import Snapshot
-from engine.pipeline.inputs import InputError, iter_documents
-from engine.simulation.simulator_launch import launched_simulator, simulator_arguments
-from engine.store.store_aside import StoreInUseError
-from engine.store.store_error import StoreError
 from tui.closed_pipe import EXIT_CLOSED_PIPE, ClosedStdout, quiet_when_stdout_closes
 from tui.fresh_start import FRESH_FLAG, nothing_left_notice, start_over
 from tui.version_flag import VersionFlag
 
 if TYPE_CHECKING:
-    from engine.engine import Engine
+    from engine.api import Engine
 
 _DEMO_STORE = "crawldeck-demo.db"
 _CRAWL_DEMO_STORE = "crawldeck-crawl-demo.db"
@@ -141,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.job,
                 preset=args.preset,
                 overrides=args.overrides,
-                memory_floor_bytes=process_floor_bytes(),
+                memory_floor_bytes=engine_memory_floor_bytes(),
             )
             if args.fresh and (code := _fresh_start(config, None)) is not None:
                 return code
@@ -197,10 +206,9 @@ def load_demo_config(
     preset: str | None, overrides: Sequence[str], store: str, *, crawl: bool = False
 ) -> JobConfig:
     """The bundled demo job: the sample transcripts, or (`crawl`) synthetic web sites."""
-    demo = resources.files("engine.sample").joinpath("demo.toml")
-    with resources.as_file(demo) as path:
+    with resources.as_file(demo_job_file()) as path:
         config = load_config(
-            path, preset=preset, overrides=overrides, memory_floor_bytes=process_floor_bytes()
+            path, preset=preset, overrides=overrides, memory_floor_bytes=engine_memory_floor_bytes()
         )
     if crawl:
         # The sites are served on loopback by the bundled site server: the
@@ -236,7 +244,7 @@ async def _job_services(
     secrets = resolve_secrets(config, os.environ, simulated=simulated)
     async with contextlib.AsyncExitStack() as services:
         if demo_sites is not None and config.crawl is not None:
-            from engine.simulation.site_launch import launched_site_server
+            from engine.api import launched_site_server
 
             folder = state_folder_for_store(config.job.store)
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -268,7 +276,7 @@ def _input_problem(config: JobConfig, demo_sites: int | None) -> str | None:
 
 async def _store_problem(config: JobConfig) -> str | None:
     """Store trouble (locked, full, read-only, not a store), in one line, before services start."""
-    from engine.store.sqlite_store import Store
+    from engine.api import Store
 
     try:
         await Store.probe(config.job.store)
@@ -283,7 +291,7 @@ async def run_job(
     """Run headless: status lines, Ctrl-C drains, a second Ctrl-C stops now."""
     # The engine (openai, numpy, river, aiosqlite) loads only for commands that
     # run a job: `--help`, `--version` and `status` start in a fraction of it.
-    from engine.engine import Engine
+    from engine.api import Engine
 
     problem = _input_problem(config, demo_sites) or await _store_problem(config)
     if problem is not None:
@@ -431,7 +439,7 @@ def _wants_dashboard(args: argparse.Namespace) -> bool:
 async def run_dashboard(config: JobConfig, demo_sites: int | None = None) -> int:
     """Run the job under the dashboard; quitting there stops the job."""
     # Textual is loaded here only, so headless runs never import it.
-    from engine.engine import Engine
+    from engine.api import Engine
     from tui.app import CrawldeckApp
 
     problem = _input_problem(config, demo_sites) or await _store_problem(config)
@@ -440,7 +448,7 @@ async def run_dashboard(config: JobConfig, demo_sites: int | None = None) -> int
         return 2
     if config.crawl is not None:
         # Extraction workers must be forkable before the app takes over stderr.
-        from engine.crawl.extraction import start_worker_server
+        from engine.api import start_worker_server
 
         start_worker_server()
     async with _job_services(config, demo_sites) as (config, secrets, urls):
@@ -453,7 +461,7 @@ async def run_dashboard(config: JobConfig, demo_sites: int | None = None) -> int
 
 
 def simulate(job: Path, port: int) -> int:
-    from engine.simulation.simulator import main as simulator_main
+    from engine.api import run_simulator
 
     config = load_config(job)
     limits = [k for p in config.providers for k in p.keys]
@@ -464,7 +472,7 @@ def simulate(job: Path, port: int) -> int:
         "--default-limits",
         f"{rpm or '-'}:{tpm or '-'}",
     ]
-    return simulator_main(argv)
+    return run_simulator(argv)
 
 
 async def baseline_command(action: str, source: Path, baseline_id: int | None) -> int:
@@ -476,8 +484,7 @@ async def baseline_command(action: str, source: Path, baseline_id: int | None) -
     """
     from datetime import datetime
 
-    from engine.drift.baseline import Baseline, BaselineFormatError
-    from engine.store.sqlite_store import Store
+    from engine.api import Baseline, BaselineFormatError, Store
 
     db = Path(load_config(source).job.store) if source.suffix == ".toml" else source
     if not db.exists():
@@ -516,7 +523,7 @@ async def baseline_command(action: str, source: Path, baseline_id: int | None) -
 
 
 def export(source: Path, fmt: str, output: Path | None, failures: bool) -> int:
-    from engine.store.export import export_results
+    from engine.api import export_results
 
     db = Path(load_config(source).job.store) if source.suffix == ".toml" else source
     if not db.exists():

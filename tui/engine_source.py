@@ -1,38 +1,13 @@
-"""What the dashboard needs from an engine: a snapshot and the controls.
+"""Where the job the dashboard watches keeps its results.
 
-`engine.engine.Engine` satisfies it; tests pass a fake that returns a fixed
-snapshot, so screenshots do not depend on timing.
+The dashboard watches anything with the engine's `JobControls` (the engine,
+a job in another process, a test's fixed snapshot); the results browser also
+needs the job's SQLite store, which only some of them know.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
-
-from engine.config.settings import Preset
-from engine.observe.snapshot import Snapshot
-
-
-class EngineSource(Protocol):
-    def snapshot(self) -> Snapshot: ...
-
-    def set_concurrency(self, value: int) -> None: ...
-
-    def set_fetch_concurrency(self, value: int) -> None:
-        """A crawl job's fetches in flight; `ValueError` for a job that does not crawl."""
-        ...
-
-    def apply_preset(self, preset: str | Preset) -> None:
-        """A preset by the job's name for it, or a whole (checked) preset value."""
-        ...
-
-    def pause(self) -> None: ...
-
-    def resume(self) -> None: ...
-
-    def drain(self) -> None: ...
-
-    def stop(self) -> None: ...
 
 
 def store_path_of(source: object) -> Path | None:

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.observe.snapshot import JobState, Snapshot
-from engine.store.store_aside import set_store_aside
+from engine.api import JobState, Snapshot, set_store_aside
 
 FRESH_FLAG = "--fresh"
 

@@ -1,10 +1,13 @@
-"""An `EngineSource` for a job running in another process (`crawldeck attach`).
+"""The `JobControls` of a job running in another process (`crawldeck attach`).
 
 The dashboard calls `snapshot()` synchronously, so this keeps the latest
 snapshot, refreshed by a background task polling the job's control socket.
 Controls are sent without waiting: their effect shows in a later snapshot,
-as with a local engine.  A lost connection keeps the last snapshot on show,
-with a warning event, and is retried on every poll.
+as with a local engine.  Steps go as steps (`adjust_concurrency`), so the
+job moves from the value it has, not from one this viewer saw; a step a
+bound stopped short, like a refused control, is noted in the event log.  A
+lost connection keeps the last snapshot on show, with a warning event, and
+is retried on every poll.
 """
 
 from __future__ import annotations
@@ -13,15 +16,22 @@ import asyncio
 import contextlib
 import dataclasses
 from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from engine.config.settings import Preset
-from engine.control.client import ControlClient, ControlError, NoJobRunning
-from engine.control.server import store_for_socket
-from engine.observe.events import Event, EventKind
-from engine.observe.snapshot import Snapshot
+from engine.api import (
+    Adjustment,
+    ControlClient,
+    ControlError,
+    Event,
+    EventKind,
+    NoJobRunning,
+    Preset,
+    Snapshot,
+    store_for_socket,
+)
 
 
 class RemoteSource:
@@ -94,7 +104,7 @@ class RemoteSource:
                 self.last_error = str(exc)
                 self._lost = Event(EventKind.WARNING, f"connection to the job lost: {exc}")
 
-    # ------------------------------------------------------------ EngineSource
+    # ------------------------------------------------------------ JobControls
     def snapshot(self) -> Snapshot:
         local = (*self._notes, *(() if self._lost is None else (self._lost,)))
         if not local:
@@ -104,8 +114,18 @@ class RemoteSource:
     def set_concurrency(self, value: int) -> None:
         self._send("set_concurrency", value=int(value))
 
+    def adjust_concurrency(self, delta: int) -> Adjustment | None:
+        """Sent as a step; None: what it did is known only when the job answers."""
+        self._send_step("adjust_concurrency", int(delta))
+        return None
+
     def set_fetch_concurrency(self, value: int) -> None:
         self._send("set_fetch_concurrency", value=int(value))
+
+    def adjust_fetch_concurrency(self, delta: int) -> Adjustment | None:
+        """Sent as a step; None: what it did is known only when the job answers."""
+        self._send_step("adjust_fetch_concurrency", int(delta))
+        return None
 
     def apply_preset(self, preset: str | Preset) -> None:
         if isinstance(preset, Preset):
@@ -127,17 +147,30 @@ class RemoteSource:
 
     def _send(self, op: str, **arguments: Any) -> None:
         """Fire and forget: the key press never waits for the other process."""
-        task = asyncio.get_running_loop().create_task(self._request(op, arguments))
+        self._start(self._request(op, lambda client: client.control(op, **arguments)))
+
+    def _send_step(self, op: str, delta: int) -> None:
+        async def step(client: ControlClient) -> None:
+            done = await client.adjust(op, delta)
+            if done.at_bound:
+                self._notes.append(
+                    Event(EventKind.WARNING, f"{done.setting}: {done.bound_message}")
+                )
+
+        self._start(self._request(op, step))
+
+    def _start(self, request: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(request)
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
-    async def _request(self, op: str, arguments: dict[str, Any]) -> None:
+    async def _request(self, op: str, send: Callable[[ControlClient], Awaitable[None]]) -> None:
         client = self._client
         if client is None:
             self.last_error = f"{op}: not connected to the job"
             return
         try:
-            await client.control(op, **arguments)
+            await send(client)
         except NoJobRunning as exc:
             self.last_error = f"{op}: {exc}"
         except ControlError as exc:

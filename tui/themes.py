@@ -4,44 +4,64 @@ A theme file holds `name`, an optional `dark` flag and a `[colors]` table
 (`primary` is required; the other colours are Textual's theme slots).  The
 shipped themes live in the `themes` package; users may add their own in
 `<config dir>/themes/`.  A file that does not validate is skipped with a
-one-line message, and the app falls back to the default theme.
+one-line message a problem, naming the file, the line and the key, and the
+app falls back to the default theme.
 """
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from textual.color import Color, ColorParseError
 from textual.theme import Theme
 
 import themes
+from engine.api import ConfigError, TableChecker, WrongType, read_toml
 
 SHIPPED_DIR = Path(themes.__file__).parent
 DEFAULT_THEME = "crawldeck-dark"
 
-_TOP_KEYS = frozenset({"name", "dark", "colors", "luminosity_spread", "text_alpha"})
-_COLOR_KEYS = frozenset(
-    {
-        "primary",
-        "secondary",
-        "warning",
-        "error",
-        "success",
-        "accent",
-        "foreground",
-        "background",
-        "surface",
-        "panel",
-        "boost",
-    }
+_COLOR_KEYS = (
+    "primary",
+    "secondary",
+    "warning",
+    "error",
+    "success",
+    "accent",
+    "foreground",
+    "background",
+    "surface",
+    "panel",
+    "boost",
 )
 
 
-class ThemeFileError(ValueError):
-    """A theme file that cannot be used; the message is one line, naming the file."""
+def _theme_name(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise WrongType("must be a non-empty string")
+    return value.strip()
+
+
+def _colour(value: Any) -> str:
+    try:
+        if not isinstance(value, str):
+            raise ColorParseError(f"{value!r} is not a string")
+        Color.parse(value)
+    except ColorParseError:
+        raise WrongType(f"{value!r} is not a colour") from None
+    return value
+
+
+_TOP_FIELDS: dict[str, Any] = {
+    "name": _theme_name,
+    "dark": bool,
+    "colors": dict[str, Any],
+    "luminosity_spread": float,
+    "text_alpha": float,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,44 +71,33 @@ class LoadedThemes:
 
 
 def load_theme_file(path: Path) -> Theme:
-    """Read and validate one theme file, refusing unknown keys and bad colours."""
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ThemeFileError(f"{path.name}: cannot read ({exc})") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ThemeFileError(f"{path.name}: not valid TOML ({exc})") from exc
-    unknown = sorted(set(data) - _TOP_KEYS)
-    if unknown:
-        raise ThemeFileError(f"{path.name}: unknown key(s) {', '.join(unknown)}")
-    name = data.get("name")
-    if not isinstance(name, str) or not name.strip():
-        raise ThemeFileError(f"{path.name}: `name` must be a non-empty string")
-    dark = data.get("dark", True)
-    if not isinstance(dark, bool):
-        raise ThemeFileError(f"{path.name}: `dark` must be true or false")
-    colors = data.get("colors")
-    if not isinstance(colors, dict):
-        raise ThemeFileError(f"{path.name}: a [colors] table is required")
-    unknown = sorted(set(colors) - _COLOR_KEYS)
-    if unknown:
-        raise ThemeFileError(f"{path.name}: unknown colour(s) {', '.join(unknown)}")
-    if "primary" not in colors:
-        raise ThemeFileError(f"{path.name}: colors.primary is required")
-    for key, value in colors.items():
-        try:
-            if not isinstance(value, str):
-                raise ColorParseError(f"{value!r} is not a string")
-            Color.parse(value)
-        except ColorParseError:
-            raise ThemeFileError(f"{path.name}: colors.{key} = {value!r} is not a colour") from None
-    theme = Theme(name=name.strip(), dark=dark, **colors)
+    """Read and validate one theme file, refusing unknown keys and bad colours.
+
+    Raises `ConfigError` with every problem, each naming the file (by its
+    name: the folder is the user's themes folder or ours), line and key.
+    """
+    source = read_toml(path, file=path.name, invalid="not valid TOML")
+    checker = TableChecker(source.locator)
+    top = checker.values(source.data, (), _TOP_FIELDS, unknown_together="key")
+    if "name" not in source.data:
+        checker.add(("name",), "is required: the name the theme is chosen by")
+    colors: dict[str, Any] = {}
+    if "colors" not in source.data:
+        checker.add(("colors",), "is required: a table of colours, primary at least")
+    elif "colors" in top:
+        colors = checker.values(
+            top["colors"],
+            ("colors",),
+            dict.fromkeys(_COLOR_KEYS, _colour),
+            unknown_together="colour",
+        )
+        if "primary" not in top["colors"]:
+            checker.add(("colors",), "primary is required")
+    checker.raise_problems()
+    theme = Theme(name=top["name"], dark=top.get("dark", True), **colors)
     for key in ("luminosity_spread", "text_alpha"):
-        if key in data:
-            value = data[key]
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ThemeFileError(f"{path.name}: `{key}` must be a number")
-            setattr(theme, key, float(value))
+        if key in top:
+            setattr(theme, key, top[key])
     return theme
 
 
@@ -106,8 +115,8 @@ def load_themes(directories: Iterable[Path]) -> LoadedThemes:
         for path in sorted(directory.glob("*.toml")):
             try:
                 theme = load_theme_file(path)
-            except ThemeFileError as exc:
-                problems.append(f"Theme file skipped: {exc}")
+            except ConfigError as exc:
+                problems.extend(f"Theme file skipped: {problem}" for problem in exc.problems)
                 continue
             found[theme.name] = theme
     return LoadedThemes(tuple(found[name] for name in sorted(found)), tuple(problems))

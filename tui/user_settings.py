@@ -4,27 +4,29 @@ It lives in the platform config dir (`$XDG_CONFIG_HOME/crawldeck/settings.toml`,
 else `~/.config/crawldeck/settings.toml`); `CRAWLDECK_CONFIG_DIR` names another
 directory, which is how tests stay out of the real one.  It is read with
 `tomllib` and written back with `tomlkit`, so the user's comments survive.
-Unknown keys are refused: the file is then ignored with a one-line message.
+Unknown keys are refused: the file is then ignored with a one-line message
+a problem, naming the file, the line and the key.
 """
 
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import tomlkit
 import tomlkit.exceptions
 
+from engine.api import ConfigError, ConfigProblem, TableChecker, read_toml
+
 CONFIG_DIR_ENV = "CRAWLDECK_CONFIG_DIR"
 SETTINGS_FILE = "settings.toml"
-_KNOWN_KEYS = frozenset({"theme", "keymap"})
+_FIELDS: dict[str, Any] = {"theme": str, "keymap": dict[str, Any]}
 
-
-class SettingsError(ValueError):
-    """A settings file that cannot be used; the message is one line."""
+SettingsError = ConfigError
+"""What a settings file that cannot be used raises (the app catches it by this name)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,30 +60,19 @@ def user_presets_dir() -> Path:
 def load_settings(path: Path | None = None) -> UserSettings:
     """The settings in `path` (default: the user's file); none yet is empty settings."""
     path = path or settings_path()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    if not path.exists():
         return UserSettings()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SettingsError(f"{path}: cannot read ({exc})") from exc
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise SettingsError(f"{path}: not valid TOML ({exc})") from exc
-    unknown = sorted(set(data) - _KNOWN_KEYS)
-    if unknown:
-        raise SettingsError(f"{path}: unknown key(s) {', '.join(unknown)}")
-    theme = data.get("theme")
-    if theme is not None and not isinstance(theme, str):
-        raise SettingsError(f"{path}: `theme` must be a string")
-    keymap = data.get("keymap", {})
-    if not isinstance(keymap, dict) or not all(
-        isinstance(keys, str) and keys.strip() for keys in keymap.values()
-    ):
-        raise SettingsError(
-            f"{path}: [keymap] maps binding ids to key names, e.g. 'crawldeck.drain = \"x\"'"
-        )
-    return UserSettings(theme=theme, keymap={str(k): v.strip() for k, v in keymap.items()})
+    source = read_toml(path, invalid="not valid TOML")
+    checker = TableChecker(source.locator)
+    values = checker.values(source.data, (), _FIELDS, unknown_together="key")
+    keymap: dict[str, str] = {}
+    for binding, keys in values.get("keymap", {}).items():
+        if isinstance(keys, str) and keys.strip():
+            keymap[binding] = keys.strip()
+        else:
+            checker.add(("keymap", binding), 'must name the keys to bind, like "x" or "ctrl+d"')
+    checker.raise_problems()
+    return UserSettings(theme=values.get("theme"), keymap=keymap)
 
 
 def save_theme(name: str, path: Path | None = None) -> None:
@@ -92,7 +83,8 @@ def save_theme(name: str, path: Path | None = None) -> None:
     except FileNotFoundError:
         document = tomlkit.document()
     except tomlkit.exceptions.ParseError as exc:
-        raise SettingsError(f"{path}: not valid TOML, theme not saved ({exc})") from exc
+        problem = ConfigProblem(str(path), exc.line, "", f"not valid TOML, theme not saved ({exc})")
+        raise ConfigError([problem]) from exc
     if document.get("theme") == name:
         return
     document["theme"] = name

@@ -3,39 +3,39 @@
 The file is read with `tomllib` and turned into the typed values of
 `engine.config.settings`.  Precedence is defaults < file < preset < the `--set`
 flags the user typed.  Every problem in a file is collected before anything
-is raised, each with the file, the line (found by scanning the text, since
-`tomllib` keeps none) and the dotted key, so one run shows the user all of
-them.
+is raised, each with the file, the line and the dotted key
+(`engine.config.toml_source`, `engine.config.table_check`), so one run shows
+the user all of them.
 
-Writing goes two ways: `tomli_w` for preset files we generate from scratch,
-`tomlkit` for edits to the user's own job file, so their comments survive.
+Presets, wherever they come from, are checked by `engine.config.presets`.
+An edit to the user's own job file is written with `tomlkit`, so their
+comments survive.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import functools
-import ipaddress
-import json
 import os
 import re
 import shutil
 import tempfile
-import tomllib
-import types
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any
 
-import tomli_w
-
-from engine.config.setting_bounds import BATCH_SIZE, CONCURRENCY, FETCH_CONCURRENCY
+from engine.config.config_problem import ConfigError, ConfigProblem, KeyPath, format_key
+from engine.config.drift_table import read_drift_table
+from engine.config.presets import (
+    floor_findings,
+    preset_findings,
+    read_preset_file,
+)
 from engine.config.settings import (
     BUILTIN_PRESETS,
     SIMULATED_DRIFTS,
     CrawlSettings,
+    DriftSettings,
     EngineSettings,
     JobConfig,
     JobSettings,
@@ -45,24 +45,29 @@ from engine.config.settings import (
     ProviderSettings,
     RateLimitWaits,
     SimulatorSettings,
+    plain_values,
 )
-from engine.drift.gates import DriftSettings, DriftSettingsError, parse_drift_settings
-from engine.limits.memory_floor import limit_below_floor
+from engine.config.table_check import (
+    Finding,
+    TableChecker,
+    TypedText,
+    a_rate,
+    apply_rules,
+    at_least_one,
+    describe,
+    not_negative,
+    positive,
+    read_typed_text,
+    unknown_key_message,
+)
+from engine.config.toml_source import Locator, parse_toml, read_text
 from engine.pipeline.prompt import placeholder_problems, placeholders_in
 
 __all__ = [
     "FLAG_SOURCE",
     "PRESET_FLAG_SOURCE",
-    "ConfigError",
-    "ConfigProblem",
-    "effective_settings",
-    "format_key",
     "load_config",
-    "load_preset_file",
     "missing_key_variables",
-    "preset_from_text_fields",
-    "preset_from_values",
-    "save_preset",
     "update_preset_in_file",
 ]
 
@@ -74,398 +79,36 @@ PRESET_FLAG_SOURCE = "--preset"
 
 DEFAULT_PRESET = "conservative"
 
-KeyPath = tuple[str | int, ...]
-_T = TypeVar("_T")
 
-
-# --------------------------------------------------------------------------
-# Problems
-
-
-@dataclass(frozen=True, slots=True)
-class ConfigProblem:
-    """One thing wrong with a configuration, pointing at where it is."""
-
-    file: str
-    line: int | None
-    key: str  # dotted path, like `presets.aggressive.concurrency` or `providers[0].keys[1].env`
-    message: str
-
-    def __str__(self) -> str:
-        where = self.file if self.line is None else f"{self.file}:{self.line}"
-        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
-
-
-class ConfigError(Exception):
-    """A configuration that can't be used; `problems` lists every reason."""
-
-    def __init__(self, problems: Sequence[ConfigProblem]) -> None:
-        self.problems = list(problems)
-        super().__init__("\n".join(str(problem) for problem in self.problems))
-
-
-def format_key(path: KeyPath) -> str:
-    """`("providers", 0, "keys", 1, "env")` → `providers[0].keys[1].env`."""
-    text = ""
-    for part in path:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        else:
-            name = part if _BARE_KEY.fullmatch(part) else json.dumps(part)
-            text = f"{text}.{name}" if text else name
-    return text
-
-
-# --------------------------------------------------------------------------
-# Finding line numbers in TOML text
-
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-_KEY_PART = r"""(?:[A-Za-z0-9_-]+|"(?:[^"\\]|\\.)*"|'[^']*')"""
-_DOTTED_KEY = rf"{_KEY_PART}(?:\s*\.\s*{_KEY_PART})*"
-_ARRAY_HEADER = re.compile(rf"\s*\[\[\s*({_DOTTED_KEY})\s*\]\]\s*(?:#.*)?")
-_TABLE_HEADER = re.compile(rf"\s*\[\s*({_DOTTED_KEY})\s*\]\s*(?:#.*)?")
-_KEY_LINE = re.compile(rf"\s*({_DOTTED_KEY})\s*=")
-
-
-def _split_dotted(key: str) -> tuple[str, ...]:
-    parts: list[str] = []
-    for match in re.finditer(_KEY_PART, key):
-        part = match.group(0)
-        if part.startswith('"'):
-            part = json.loads(part)  # close enough to TOML's basic-string escapes
-        elif part.startswith("'"):
-            part = part[1:-1]
-        parts.append(part)
-    return tuple(parts)
-
-
-def _scan_value(text: str, multiline: str | None, depth: int) -> tuple[str | None, int]:
-    """Follow a value across lines: are we inside a multi-line string or array after `text`?"""
-    i, end = 0, len(text)
-    while i < end:
-        if multiline:
-            close = text.find(multiline, i)
-            if close < 0:
-                return multiline, depth
-            i, multiline = close + 3, None
-            continue
-        char = text[i]
-        if char == "#":
-            break
-        if text.startswith('"""', i) or text.startswith("'''", i):
-            multiline, i = text[i : i + 3], i + 3
-            continue
-        if char == '"':
-            i += 1
-            while i < end and text[i] != '"':
-                i += 2 if text[i] == "\\" else 1
-        elif char == "'":
-            close = text.find("'", i + 1)
-            i = end if close < 0 else close
-        elif char == "[":
-            depth += 1
-        elif char == "]":
-            depth = max(0, depth - 1)
-        i += 1
-    return multiline, depth
-
-
-class _LineIndex:
-    """Where each table header and key of a TOML text sits (1-based lines).
-
-    Array-of-tables headers are numbered by occurrence, so the second
-    `[[providers.keys]]` under the first `[[providers]]` is
-    `("providers", 0, "keys", 1)`.
-    """
-
-    def __init__(self, text: str) -> None:
-        self._entries: list[tuple[KeyPath, int]] = []
-        table: KeyPath = ()
-        counts: dict[KeyPath, int] = {}
-        multiline: str | None = None
-        depth = 0
-        for number, line in enumerate(text.split("\n"), start=1):
-            if multiline or depth:
-                multiline, depth = _scan_value(line, multiline, depth)
-            elif match := _ARRAY_HEADER.fullmatch(line):
-                table = self._resolve(_split_dotted(match.group(1)), counts, new_item=True)
-                self._entries.append((table, number))
-            elif match := _TABLE_HEADER.fullmatch(line):
-                table = self._resolve(_split_dotted(match.group(1)), counts, new_item=False)
-                self._entries.append((table, number))
-            elif match := _KEY_LINE.match(line):
-                self._entries.append((table + _split_dotted(match.group(1)), number))
-                multiline, depth = _scan_value(line[match.end() :], None, 0)
-
-    @staticmethod
-    def _resolve(parts: tuple[str, ...], counts: dict[KeyPath, int], *, new_item: bool) -> KeyPath:
-        resolved: list[str | int] = []
-        for i, part in enumerate(parts):
-            resolved.append(part)
-            key = tuple(resolved)
-            if new_item and i == len(parts) - 1:
-                index = counts.get(key, 0)
-                counts[key] = index + 1
-                resolved.append(index)
-            elif key in counts:
-                resolved.append(counts[key] - 1)  # the array's latest item
-        return tuple(resolved)
-
-    def line_of(self, path: KeyPath) -> int | None:
-        """The key's own line, else the line of the nearest enclosing table or key."""
-        best_length, best_line = 0, None
-        for entry, line in self._entries:
-            length = len(entry)
-            if length <= len(path) and path[:length] == entry:
-                if length == len(path):
-                    return line
-                if length > best_length:
-                    best_length, best_line = length, line
-        return best_line
-
-
-class _Locator:
-    """Turns a key path into a problem with the right file and line."""
+class _FlagAwareLocator(Locator):
+    """Places problems in the file, but those at a key a `--set` flag gave: they are the flag's."""
 
     def __init__(self, file: str, text: str = "", flagged: Sequence[KeyPath] = ()) -> None:
-        self._file = file
-        self._lines = _LineIndex(text)
+        super().__init__(file, text)
         self._flagged = tuple(flagged)
 
     def problem(self, path: KeyPath, message: str) -> ConfigProblem:
         if any(path[: len(flag)] == flag for flag in self._flagged):
             return ConfigProblem(FLAG_SOURCE, None, format_key(path), message)
-        return ConfigProblem(self._file, self._lines.line_of(path), format_key(path), message)
-
-
-def _syntax_problem(file: str, exc: tomllib.TOMLDecodeError) -> ConfigProblem:
-    # tomllib puts the place at the end of its message: "... (at line 3, column 9)".
-    message = str(exc)
-    found = re.search(r"\s*\(at line (\d+), column \d+\)", message)
-    if found is None:
-        return ConfigProblem(file, None, "", f"invalid TOML: {message}")
-    return ConfigProblem(file, int(found.group(1)), "", f"invalid TOML: {message[: found.start()]}")
+        return super().problem(path, message)
 
 
 # --------------------------------------------------------------------------
-# Types and ranges
+# Rules of the job file's own tables (crawl's and drift's limits are the settings' own)
 
 
-@dataclass(frozen=True, slots=True)
-class _FlagValue:
-    """A value typed on the command line: its text, and the text read as TOML.
-
-    Kept apart so `prompt.version=2` can still be the string "2".
-    """
-
-    text: str
-    value: Any
-
-
-class _WrongType(Exception):
-    pass
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true/false"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "a table"
-    return "a date/time"
-
-
-def _wants_text(hint: Any) -> bool:
-    if hint is str:
-        return True
-    if get_origin(hint) is Literal:
-        return all(isinstance(arg, str) for arg in get_args(hint))
-    return False
-
-
-def _coerce(value: Any, hint: Any) -> Any:
-    """`value` as the settings type `hint`, or `_WrongType` saying what was expected."""
-    if isinstance(value, _FlagValue):
-        return _coerce(value.text if _wants_text(hint) else value.value, hint)
-    origin = get_origin(hint)
-    if origin in (types.UnionType, Union):
-        # TOML has no null: an optional setting is either left out or of its type.
-        (inner,) = [arg for arg in get_args(hint) if arg is not type(None)]
-        return _coerce(value, inner)
-    if origin is Literal:
-        allowed = get_args(hint)
-        if not isinstance(value, str) or value not in allowed:
-            choices = ", ".join(repr(choice) for choice in allowed)
-            got = repr(value) if isinstance(value, str) else _describe(value)
-            raise _WrongType(f"must be one of {choices} (got {got})")
-        return value
-    if origin is tuple and len(get_args(hint)) == 2 and get_args(hint)[1] is Ellipsis:
-        item_hint = get_args(hint)[0]
-        if not isinstance(value, list):
-            raise _WrongType(f"expected an array, got {_describe(value)}")
-        try:
-            return tuple(_coerce(item, item_hint) for item in value)
-        except _WrongType as exc:
-            raise _WrongType(f"every item: {exc}") from None
-    if origin is dict:
-        if not isinstance(value, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-        ):
-            raise _WrongType(f"expected a table of strings, got {_describe(value)}")
-        return dict(value)
-    if origin is tuple:
-        args = get_args(hint)
-        if not isinstance(value, list) or len(value) != len(args):
-            raise _WrongType(f"expected an array of {len(args)} numbers, got {_describe(value)}")
-        try:
-            return tuple(_coerce(item, arg) for item, arg in zip(value, args, strict=True))
-        except _WrongType:
-            raise _WrongType(f"expected an array of {len(args)} numbers") from None
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise _WrongType(f"expected true or false, got {_describe(value)}")
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise _WrongType(f"expected an integer, got {_describe(value)}")
-    if hint is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        raise _WrongType(f"expected a number, got {_describe(value)}")
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise _WrongType(f"expected a string, got {_describe(value)}")
-    raise TypeError(f"no TOML reading for settings type {hint!r}")
-
-
-_Rule = tuple[str, Callable[[Any], bool], str]
-_Finding = tuple[str, str]  # (field, message)
-
-
-def _apply_rules(obj: object, rules: Sequence[_Rule]) -> list[_Finding]:
-    findings: list[_Finding] = []
-    for name, holds, requirement in rules:
-        value = getattr(obj, name)
-        if value is not None and not holds(value):
-            findings.append((name, f"{requirement} (got {value!r})"))
-    return findings
-
-
-def _positive(value: Any) -> bool:
-    return bool(value > 0)
-
-
-def _not_negative(value: Any) -> bool:
-    return bool(value >= 0)
-
-
-def _at_least_one(value: Any) -> bool:
-    return bool(value >= 1)
-
-
-def _a_rate(value: Any) -> bool:
-    return bool(0.0 <= value <= 1.0)
-
-
-def _preset_findings(preset: Preset) -> list[_Finding]:
-    findings = _apply_rules(
-        preset,
-        (
-            ("concurrency", CONCURRENCY.holds, CONCURRENCY.requirement),
-            ("batch_size", BATCH_SIZE.holds, BATCH_SIZE.requirement),
-            ("max_retries", _not_negative, "must be 0 or more"),
-            ("backoff_base_s", _not_negative, "must be 0 or more"),
-            ("backoff_max_s", _not_negative, "must be 0 or more"),
-            ("request_timeout_s", _positive, "must be more than 0"),
-            ("batch_delay_s", _not_negative, "must be 0 or more"),
-            ("memory_soft_mb", _positive, "must be more than 0"),
-            ("memory_hard_mb", _positive, "must be more than 0"),
-        ),
-    )
-    if preset.memory_soft_mb >= preset.memory_hard_mb:
-        findings.append(
-            (
-                "memory_soft_mb",
-                f"must be below memory_hard_mb ({preset.memory_soft_mb} >= "
-                f"{preset.memory_hard_mb})",
-            )
-        )
-    if preset.backoff_base_s > preset.backoff_max_s:
-        findings.append(
-            (
-                "backoff_base_s",
-                f"must not exceed backoff_max_s ({preset.backoff_base_s} > {preset.backoff_max_s})",
-            )
-        )
-    return findings
-
-
-def _floor_findings(preset: Preset, memory_floor_bytes: int | None) -> list[_Finding]:
-    """Memory limits this process cannot run under: below its own floor (None: unchecked)."""
-    if memory_floor_bytes is None:
-        return []
-    findings: list[_Finding] = []
-    for name in ("memory_soft_mb", "memory_hard_mb"):
-        problem = limit_below_floor(getattr(preset, name), memory_floor_bytes)
-        if problem is not None:
-            findings.append((name, problem))
-    return findings
-
-
-def _crawl_findings(crawl: CrawlSettings) -> list[_Finding]:
-    findings = _apply_rules(
-        crawl,
-        (
-            ("concurrency", FETCH_CONCURRENCY.holds, FETCH_CONCURRENCY.requirement),
-            ("per_host", _at_least_one, "must be at least 1"),
-            ("politeness_delay_s", _not_negative, "must be 0 or more"),
-            ("connect_timeout_s", _positive, "must be more than 0"),
-            ("read_timeout_s", _positive, "must be more than 0"),
-            ("total_timeout_s", _positive, "must be more than 0"),
-            ("max_body_bytes", _at_least_one, "must be at least 1"),
-            ("max_redirects", _not_negative, "must be 0 or more"),
-            ("max_depth", _not_negative, "must be 0 or more"),
-            ("max_pages_per_domain", _at_least_one, "must be at least 1"),
-            ("extract_workers", _not_negative, "must be 0 or more (0: one per core but one)"),
-            ("extract_timeout_s", _positive, "must be more than 0"),
-        ),
-    )
+def _crawl_findings(crawl: CrawlSettings) -> list[Finding]:
     if not crawl.targets.strip():
-        findings.append(("targets", "is required: a file of domains or URLs, one per line"))
-    for entry in crawl.allow_addresses:
-        if not _cidr_or_host(entry):
-            findings.append(("allow_addresses", f"{entry!r} is neither a CIDR nor a host name"))
-    for pattern, address in crawl.resolve.items():
-        try:
-            ipaddress.ip_address(address)
-        except ValueError:
-            findings.append(("resolve", f"{pattern} = {address!r} is not an IP address"))
-    return findings
+        return [("targets", "is required: a file of domains or URLs, one per line")]
+    return []
 
 
-def _cidr_or_host(entry: str) -> bool:
-    try:
-        ipaddress.ip_network(entry, strict=False)
-        return True
-    except ValueError:
-        return bool(re.fullmatch(r"[A-Za-z0-9*]([A-Za-z0-9*.-]*[A-Za-z0-9])?", entry))
-
-
-def _job_findings(job: JobSettings, crawling: bool = False) -> list[_Finding]:
-    findings = _apply_rules(
+def _job_findings(job: JobSettings, crawling: bool = False) -> list[Finding]:
+    findings = apply_rules(
         job,
         (
-            ("chunk_tokens", _at_least_one, "must be at least 1"),
-            ("chunk_overlap_tokens", _not_negative, "must be 0 or more"),
+            ("chunk_tokens", at_least_one, "must be at least 1"),
+            ("chunk_overlap_tokens", not_negative, "must be 0 or more"),
         ),
     )
     if not job.input.strip() and not crawling:
@@ -482,14 +125,14 @@ def _job_findings(job: JobSettings, crawling: bool = False) -> list[_Finding]:
     return findings
 
 
-def _provider_findings(provider: ProviderSettings) -> list[_Finding]:
-    findings = _apply_rules(
+def _provider_findings(provider: ProviderSettings) -> list[Finding]:
+    findings = apply_rules(
         provider,
         (
-            ("price_input_per_m", _not_negative, "must be 0 or more"),
-            ("price_output_per_m", _not_negative, "must be 0 or more"),
-            ("request_timeout_s", _positive, "must be more than 0"),
-            ("max_output_tokens", _at_least_one, "must be at least 1"),
+            ("price_input_per_m", not_negative, "must be 0 or more"),
+            ("price_output_per_m", not_negative, "must be 0 or more"),
+            ("request_timeout_s", positive, "must be more than 0"),
+            ("max_output_tokens", at_least_one, "must be at least 1"),
         ),
     )
     for name in ("name", "base_url", "model"):
@@ -503,12 +146,12 @@ def _provider_findings(provider: ProviderSettings) -> list[_Finding]:
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def _key_findings(key: KeySettings) -> list[_Finding]:
-    findings = _apply_rules(
+def _key_findings(key: KeySettings) -> list[Finding]:
+    findings = apply_rules(
         key,
         (
-            ("rpm", _positive, "must be more than 0"),
-            ("tpm", _positive, "must be more than 0"),
+            ("rpm", positive, "must be more than 0"),
+            ("tpm", positive, "must be more than 0"),
         ),
     )
     if not key.env:
@@ -521,8 +164,8 @@ def _key_findings(key: KeySettings) -> list[_Finding]:
     return findings
 
 
-def _prompt_findings(prompt: PromptSettings) -> list[_Finding]:
-    findings = _apply_rules(
+def _prompt_findings(prompt: PromptSettings) -> list[Finding]:
+    findings = apply_rules(
         prompt, (("temperature", lambda value: 0.0 <= value <= 2.0, "must be between 0 and 2"),)
     )
     if not prompt.version.strip():
@@ -533,19 +176,19 @@ def _prompt_findings(prompt: PromptSettings) -> list[_Finding]:
     return findings
 
 
-def _simulator_findings(simulator: SimulatorSettings) -> list[_Finding]:
-    findings = _apply_rules(
+def _simulator_findings(simulator: SimulatorSettings) -> list[Finding]:
+    findings = apply_rules(
         simulator,
         (
             ("port", lambda value: 0 <= value <= 65535, "must be between 0 and 65535"),
-            ("seconds_per_output_token", _not_negative, "must be 0 or more"),
-            ("fault_5xx", _a_rate, "must be between 0 and 1"),
-            ("fault_reset", _a_rate, "must be between 0 and 1"),
-            ("fault_hang", _a_rate, "must be between 0 and 1"),
-            ("fault_malformed", _a_rate, "must be between 0 and 1"),
-            ("fault_429", _a_rate, "must be between 0 and 1"),
-            ("limit_scale", _positive, "must be more than 0"),
-            ("drift_after", _not_negative, "must be 0 (never) or more"),
+            ("seconds_per_output_token", not_negative, "must be 0 or more"),
+            ("fault_5xx", a_rate, "must be between 0 and 1"),
+            ("fault_reset", a_rate, "must be between 0 and 1"),
+            ("fault_hang", a_rate, "must be between 0 and 1"),
+            ("fault_malformed", a_rate, "must be between 0 and 1"),
+            ("fault_429", a_rate, "must be between 0 and 1"),
+            ("limit_scale", positive, "must be more than 0"),
+            ("drift_after", not_negative, "must be 0 (never) or more"),
         ),
     )
     for kind in simulator.drift:
@@ -565,29 +208,29 @@ def _simulator_findings(simulator: SimulatorSettings) -> list[_Finding]:
     return findings
 
 
-def _rate_limit_waits_findings(waits: RateLimitWaits) -> list[_Finding]:
-    return _apply_rules(
+def _rate_limit_waits_findings(waits: RateLimitWaits) -> list[Finding]:
+    return apply_rules(
         waits,
         (
-            ("key_streak", _at_least_one, "must be at least 1"),
-            ("key_wait_s", _positive, "must be more than 0"),
-            ("key_escalations", _not_negative, "must be 0 (disable at once) or more"),
-            ("key_escalation_s", _positive, "must be more than 0"),
-            ("batch_429s", _at_least_one, "must be at least 1"),
-            ("batch_wait_s", _positive, "must be more than 0"),
+            ("key_streak", at_least_one, "must be at least 1"),
+            ("key_wait_s", positive, "must be more than 0"),
+            ("key_escalations", not_negative, "must be 0 (disable at once) or more"),
+            ("key_escalation_s", positive, "must be more than 0"),
+            ("batch_429s", at_least_one, "must be at least 1"),
+            ("batch_wait_s", positive, "must be more than 0"),
         ),
     )
 
 
-def _engine_findings(engine: EngineSettings) -> list[_Finding]:
-    return _apply_rules(
+def _engine_findings(engine: EngineSettings) -> list[Finding]:
+    return apply_rules(
         engine,
         (
-            ("snapshot_events", _at_least_one, "must be at least 1"),
-            ("store_batch_rows", _at_least_one, "must be at least 1"),
-            ("store_batch_ms", _at_least_one, "must be at least 1"),
-            ("memory_sample_s", _positive, "must be more than 0"),
-            ("queue_size", _at_least_one, "must be at least 1"),
+            ("snapshot_events", at_least_one, "must be at least 1"),
+            ("store_batch_rows", at_least_one, "must be at least 1"),
+            ("store_batch_ms", at_least_one, "must be at least 1"),
+            ("memory_sample_s", positive, "must be more than 0"),
+            ("queue_size", at_least_one, "must be at least 1"),
             # Viewers ask at least once a second; a shorter timeout would drop live ones.
             ("control_idle_timeout_s", lambda value: value >= 2.0, "must be at least 2"),
         ),
@@ -612,90 +255,30 @@ _SECTIONS = (
 _SECRET_NAMES = frozenset({"key", "api_key", "apikey", "secret", "token", "value", "password"})
 
 
-@functools.cache
-def _type_hints(cls: type) -> dict[str, Any]:
-    return get_type_hints(cls)
+def _key_unknown_message(key: str, known: Sequence[str]) -> str:
+    if key.lower() in _SECRET_NAMES:
+        return (
+            "secrets don't belong in the file: put the key in an environment "
+            'variable and name it with env = "..."'
+        )
+    return unknown_key_message(key, known)
 
 
-def _unknown_key_message(key: str, known: Sequence[str]) -> str:
-    close = difflib.get_close_matches(key, known, n=1)
-    if close:
-        return f"unknown key (did you mean {close[0]!r}?)"
-    return f"unknown key (known keys: {', '.join(known)})"
+class _Reader(TableChecker):
+    """Reads the job file's tables into settings values, collecting every problem."""
 
-
-class _Reader:
-    """Reads raw TOML tables into settings values, collecting every problem."""
-
-    def __init__(self, locator: _Locator, memory_floor_bytes: int | None = None) -> None:
-        self.locator = locator
-        self.problems: list[ConfigProblem] = []
+    def __init__(self, locator: Locator, memory_floor_bytes: int | None = None) -> None:
+        super().__init__(locator)
         self.memory_floor_bytes = memory_floor_bytes  # None: memory limits go unchecked
 
-    def add(self, path: KeyPath, message: str) -> None:
-        self.problems.append(self.locator.problem(path, message))
-
-    def report(self, path: KeyPath, findings: Sequence[_Finding]) -> None:
-        for name, message in findings:
-            self.add((*path, name), message)
-
-    def table(self, value: Any, path: KeyPath) -> dict[str, Any]:
-        """`value` if it is a table; else a problem and an empty table."""
-        if isinstance(value, _FlagValue):
-            value = value.value
-        if isinstance(value, dict):
-            return value
-        self.add(path, f"expected a table, got {_describe(value)}")
-        return {}
-
-    def settings(
-        self,
-        base: _T,
-        table: Mapping[str, Any],
-        path: KeyPath,
-        *,
-        skip: Sequence[str] = (),
-        extra: Mapping[str, Any] | None = None,
-    ) -> tuple[_T, dict[str, Any]]:
-        """`base` with the table's values applied, and the values of `extra` keys.
-
-        Keys that are unknown or of the wrong type become problems and are
-        left out, so checks on the rest still run.
-        """
-        settings_type: type = type(base)
-        hints = _type_hints(settings_type)
-        known = [f.name for f in fields(base) if f.name not in skip]  # type: ignore[arg-type]
-        extra = extra or {}
-        expected = {**{name: hints[name] for name in known}, **extra}
-        values: dict[str, Any] = {}
-        extras: dict[str, Any] = {}
-        for key, value in table.items():
-            if key not in expected:
-                if base.__class__ is KeySettings and key.lower() in _SECRET_NAMES:
-                    self.add(
-                        (*path, key),
-                        "secrets don't belong in the file: put the key in an environment "
-                        'variable and name it with env = "..."',
-                    )
-                else:
-                    self.add((*path, key), _unknown_key_message(key, list(expected)))
-                continue
-            try:
-                converted = _coerce(value, expected[key])
-            except _WrongType as exc:
-                self.add((*path, key), str(exc))
-                continue
-            (extras if key in extra else values)[key] = converted
-        return replace(base, **values), extras  # type: ignore[type-var]
-
     def providers(self, value: Any) -> tuple[ProviderSettings, ...]:
-        if isinstance(value, _FlagValue):
+        if isinstance(value, TypedText):
             value = value.value
         if value is None or value == []:
             self.add(("providers",), "at least one [[providers]] table is required")
             return ()
         if not isinstance(value, list):
-            self.add(("providers",), f"expected [[providers]] tables, got {_describe(value)}")
+            self.add(("providers",), f"expected [[providers]] tables, got {describe(value)}")
             return ()
         providers: list[ProviderSettings] = []
         first_with_name: dict[str, int] = {}
@@ -731,18 +314,23 @@ class _Reader:
         return tuple(providers)
 
     def keys(self, provider: str, value: Any, path: KeyPath) -> tuple[KeySettings, ...]:
-        if isinstance(value, _FlagValue):
+        if isinstance(value, TypedText):
             value = value.value
         if value is None or value == []:
             self.add(path, "at least one [[providers.keys]] table with env is required")
             return ()
         if not isinstance(value, list):
-            self.add(path, f"expected [[providers.keys]] tables, got {_describe(value)}")
+            self.add(path, f"expected [[providers.keys]] tables, got {describe(value)}")
             return ()
         keys: list[KeySettings] = []
         for number, item in enumerate(value):
             key_path: KeyPath = (*path, number)
-            key, _ = self.settings(KeySettings(env=""), self.table(item, key_path), key_path)
+            key, _ = self.settings(
+                KeySettings(env=""),
+                self.table(item, key_path),
+                key_path,
+                unknown_message=_key_unknown_message,
+            )
             self.report(key_path, _key_findings(key))
             if not key.alias:
                 key = replace(key, alias=f"{provider or 'provider'}-{number + 1}")
@@ -760,9 +348,7 @@ class _Reader:
             )
         base = replace(BUILTIN_PRESETS.get(name, Preset()), name=name)
         preset, _ = self.settings(base, table, path, skip=("name",))
-        self.report(
-            path, _preset_findings(preset) + _floor_findings(preset, self.memory_floor_bytes)
-        )
+        self.report(path, preset_findings(preset, self.memory_floor_bytes))
         return preset
 
 
@@ -786,18 +372,10 @@ def _parse_flag_path(key: str) -> KeyPath | None:
     return tuple(path)
 
 
-def _read_flag_value(text: str) -> _FlagValue:
-    try:
-        value = tomllib.loads(f"value = {text}")["value"]
-    except tomllib.TOMLDecodeError:
-        value = text.strip()  # a bare word or a path: take it as typed
-    return _FlagValue(text.strip(), value)
-
-
 def _parse_flags(
     overrides: Sequence[str],
-) -> tuple[list[tuple[KeyPath, _FlagValue]], list[ConfigProblem]]:
-    parsed: list[tuple[KeyPath, _FlagValue]] = []
+) -> tuple[list[tuple[KeyPath, TypedText]], list[ConfigProblem]]:
+    parsed: list[tuple[KeyPath, TypedText]] = []
     problems: list[ConfigProblem] = []
     for override in overrides:
         key, equals, text = override.partition("=")
@@ -808,7 +386,7 @@ def _parse_flags(
             continue
         if path == ("preset",):
             path = ("job", "preset")  # `preset=NAME` chooses the preset
-        parsed.append((path, _read_flag_value(text)))
+        parsed.append((path, read_typed_text(text)))
     return parsed, problems
 
 
@@ -829,7 +407,7 @@ def _set_in(raw: dict[str, Any], path: KeyPath, value: Any) -> str | None:
                     return f"there is no {where} to change"
                 node[part] = {}
             node = node[part]
-        if isinstance(node, _FlagValue):
+        if isinstance(node, TypedText):
             node = node.value
     last = path[-1]
     if isinstance(last, int):
@@ -844,7 +422,7 @@ def _set_in(raw: dict[str, Any], path: KeyPath, value: Any) -> str | None:
 
 
 def _merge_flags(
-    raw: dict[str, Any], flags: Sequence[tuple[KeyPath, _FlagValue]], problems: list[ConfigProblem]
+    raw: dict[str, Any], flags: Sequence[tuple[KeyPath, TypedText]], problems: list[ConfigProblem]
 ) -> list[KeyPath]:
     """Write the flags into the parsed file, so they are checked like the file's own values.
 
@@ -852,7 +430,7 @@ def _merge_flags(
     paths set, so problems with them are blamed on the flags.
     """
     flagged: list[KeyPath] = []
-    reader = _Reader(_Locator(FLAG_SOURCE, flagged=[()]))
+    reader = _Reader(_FlagAwareLocator(FLAG_SOURCE, flagged=[()]))
     for path, value in flags:
         if path[0] == "preset":
             if len(path) != 2:
@@ -869,15 +447,6 @@ def _merge_flags(
 
 # --------------------------------------------------------------------------
 # Loading
-
-
-def _read_text(path: Path) -> tuple[str | None, ConfigProblem | None]:
-    try:
-        return path.read_bytes().decode("utf-8"), None
-    except FileNotFoundError:
-        return None, ConfigProblem(str(path), None, "", "file not found")
-    except (OSError, UnicodeDecodeError) as exc:
-        return None, ConfigProblem(str(path), None, "", f"cannot read the file: {exc}")
 
 
 def _resolve_path(value: str, base_dir: Path) -> str:
@@ -901,74 +470,6 @@ def _with_absolute_paths(
 
 def _looks_like_path(choice: str) -> bool:
     return choice.endswith(".toml") or "/" in choice or os.sep in choice
-
-
-def _read_preset_file(
-    path: Path, memory_floor_bytes: int | None = None
-) -> tuple[Preset, list[ConfigProblem]]:
-    text, problem = _read_text(path)
-    if text is None:
-        assert problem is not None
-        return Preset(), [problem]
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        return Preset(), [_syntax_problem(str(path), exc)]
-    name = raw.get("name", path.stem)
-    reader = _Reader(_Locator(str(path), text), memory_floor_bytes)
-    if not isinstance(name, str) or not name.strip():
-        reader.add(("name",), "must be a non-empty string")
-        name = path.stem
-    base = replace(BUILTIN_PRESETS.get(name, Preset()), name=name)
-    preset, _ = reader.settings(base, raw, ())
-    reader.report((), _preset_findings(preset) + _floor_findings(preset, memory_floor_bytes))
-    return preset, reader.problems
-
-
-def load_preset_file(path: Path, memory_floor_bytes: int | None = None) -> Preset:
-    """A preset from a flat TOML table of `Preset` fields; the name defaults to the file's stem.
-
-    A partial file inherits from the built-in preset of that name, else from `Preset()`.
-    With `memory_floor_bytes`, memory limits this process cannot run under are refused.
-    """
-    preset, problems = _read_preset_file(Path(path), memory_floor_bytes)
-    if problems:
-        raise ConfigError(problems)
-    return preset
-
-
-def preset_from_values(
-    base: Preset,
-    values: Mapping[str, Any],
-    source: str = "preset",
-    memory_floor_bytes: int | None = None,
-) -> Preset:
-    """`base` with `values` (TOML/JSON values by field name) applied and checked.
-
-    Every problem is a `ConfigProblem` naming `source` and the field;
-    `ConfigError` holds all of them and nothing is applied.  With
-    `memory_floor_bytes`, memory limits this process cannot run under are refused.
-    """
-    reader = _Reader(_Locator(source))
-    preset, _ = reader.settings(base, values, ())
-    if not preset.name.strip():
-        reader.add(("name",), "must be a non-empty string")
-    reader.report((), _preset_findings(preset) + _floor_findings(preset, memory_floor_bytes))
-    if reader.problems:
-        raise ConfigError(reader.problems)
-    return preset
-
-
-def preset_from_text_fields(
-    base: Preset, fields_text: Mapping[str, str], source: str = "preset form"
-) -> Preset:
-    """Like `preset_from_values`, from text typed in a form: each read as a TOML value.
-
-    `32`, `0.5` and `true` take their types; a name stays text.
-    """
-    return preset_from_values(
-        base, {key: _read_flag_value(text) for key, text in fields_text.items()}, source
-    )
 
 
 def _sorted(problems: list[ConfigProblem], main_file: str) -> list[ConfigProblem]:
@@ -1000,23 +501,17 @@ def load_config(
     """
     path = Path(path)
     file = str(path)
-    text, problem = _read_text(path)
-    if text is None:
-        assert problem is not None
-        raise ConfigError([problem])
-    try:
-        raw: dict[str, Any] = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([_syntax_problem(file, exc)]) from None
+    text = read_text(path)
+    raw = parse_toml(text, file)
 
     flags, problems = _parse_flags(overrides)
     preset_flags = {p[1]: value for p, value in flags if p[0] == "preset" and len(p) == 2}
     flagged = _merge_flags(raw, flags, problems)
 
-    reader = _Reader(_Locator(file, text, flagged), memory_floor_bytes)
+    reader = _Reader(_FlagAwareLocator(file, text, flagged), memory_floor_bytes)
     for key in raw:
         if key not in _SECTIONS:
-            reader.add((key,), _unknown_key_message(key, _SECTIONS))
+            reader.add((key,), unknown_key_message(key, _SECTIONS))
 
     base_dir = path.parent
     job, job_extras = reader.settings(
@@ -1059,7 +554,9 @@ def load_config(
         ("rate_limit_waits",),
     )
     reader.report(("rate_limit_waits",), _rate_limit_waits_findings(rate_limit_waits))
-    drift = _read_drift(reader, raw, file)
+    drift = DriftSettings()
+    if "drift" in raw:
+        drift = read_drift_table(reader, reader.table(raw["drift"], ("drift",)), ("drift",))
     problems.extend(reader.problems)
 
     active = _choose_preset(
@@ -1076,7 +573,7 @@ def load_config(
         # A built-in the file does not redefine: no table above checked its limits.
         problems.extend(
             reader.locator.problem(("presets", active.name, name), message)
-            for name, message in _floor_findings(active, memory_floor_bytes)
+            for name, message in floor_findings(active, memory_floor_bytes)
         )
     if preset_flags:
         active = _apply_preset_flags(active, preset_flags, problems, memory_floor_bytes)
@@ -1099,36 +596,13 @@ def load_config(
     )
 
 
-def _read_drift(reader: _Reader, raw: Mapping[str, Any], file: str) -> DriftSettings:
-    """The `[drift]` table; each problem is reported at its own key and line."""
-    if "drift" not in raw:
-        return DriftSettings()
-    table = _without_flag_wrappers(reader.table(raw["drift"], ("drift",)))
-    try:
-        return parse_drift_settings(table, file)
-    except DriftSettingsError as exc:
-        for problem in exc.problems:
-            path = tuple(problem.key.split("."))
-            reader.add(path, problem.message)
-        return DriftSettings()
-
-
-def _without_flag_wrappers(value: Any) -> Any:
-    # `--set drift.x=...` values arrive wrapped; the drift reader wants plain TOML values.
-    if isinstance(value, _FlagValue):
-        return value.value
-    if isinstance(value, dict):
-        return {key: _without_flag_wrappers(item) for key, item in value.items()}
-    return value
-
-
 def _choose_preset(
     catalogue: dict[str, Preset],
     *,
     argument: str | None,
     in_job: str | None,
     in_job_flagged: bool,
-    locator: _Locator,
+    locator: Locator,
     base_dir: Path,
     problems: list[ConfigProblem],
     memory_floor_bytes: int | None = None,
@@ -1166,7 +640,7 @@ def _choose_preset(
         if found is None:
             complain(f"preset file not found: {choice}")
             return catalogue[DEFAULT_PRESET]
-        loaded, file_problems = _read_preset_file(found, memory_floor_bytes)
+        loaded, file_problems = read_preset_file(found, memory_floor_bytes)
         problems.extend(file_problems)
         catalogue[loaded.name] = loaded
         return loaded
@@ -1177,16 +651,16 @@ def _choose_preset(
 
 def _apply_preset_flags(
     active: Preset,
-    flags: Mapping[str | int, _FlagValue],
+    flags: Mapping[str | int, TypedText],
     problems: list[ConfigProblem],
     memory_floor_bytes: int | None = None,
 ) -> Preset:
-    reader = _Reader(_Locator(FLAG_SOURCE, flagged=[()]))
+    reader = _Reader(_FlagAwareLocator(FLAG_SOURCE, flagged=[()]))
     table = {str(key): value for key, value in flags.items()}
     changed, _ = reader.settings(active, table, ("preset",))
 
-    def findings(preset: Preset) -> list[_Finding]:
-        return _preset_findings(preset) + _floor_findings(preset, memory_floor_bytes)
+    def findings(preset: Preset) -> list[Finding]:
+        return preset_findings(preset, memory_floor_bytes)
 
     # Only what the flags broke: the preset itself was checked where it was defined.
     before = set(findings(active))
@@ -1210,8 +684,11 @@ def missing_key_variables(config: JobConfig, environ: Mapping[str, str]) -> list
     file = "<config>"
     if config.source is not None:
         file = str(config.source)
-        text = _read_text(Path(config.source))[0] or ""
-    locator = _Locator(file, text)
+        try:
+            text = read_text(Path(config.source))
+        except ConfigError:
+            text = ""  # changed or gone since it was loaded: the problems just lack lines
+    locator = Locator(file, text)
     problems: list[ConfigProblem] = []
     for index, provider in enumerate(config.providers):
         for number, key in enumerate(provider.keys):
@@ -1235,35 +712,6 @@ def missing_key_variables(config: JobConfig, environ: Mapping[str, str]) -> list
 # Writing
 
 
-def _plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
-    if isinstance(value, Mapping):
-        return {str(key): _plain(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(item) for item in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-def effective_settings(config: JobConfig) -> dict[str, Any]:
-    """Everything the run uses, as plain JSON-able values (only env var names, no secrets)."""
-    settings: dict[str, Any] = _plain(config)
-    return settings
-
-
-def save_preset(preset: Preset, path: Path) -> None:
-    """Write `preset` as a fresh preset file, loadable with `load_config(..., preset=str(path))`."""
-    path = Path(path)
-    header = (
-        f"# crawldeck preset {preset.name!r}: give this file's path wherever a preset name "
-        "is accepted.\n"
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(header + tomli_w.dumps(_plain(preset)), encoding="utf-8")
-
-
 def update_preset_in_file(config_path: Path, preset: Preset) -> None:
     """Write `preset` into `[presets.<name>]` of the user's job file, keeping everything else.
 
@@ -1277,10 +725,7 @@ def update_preset_in_file(config_path: Path, preset: Preset) -> None:
     import tomlkit.exceptions
 
     config_path = Path(config_path).resolve()
-    text, problem = _read_text(config_path)
-    if text is None:
-        assert problem is not None
-        raise ConfigError([problem])
+    text = read_text(config_path)
     try:
         document = tomlkit.parse(text)
     except tomlkit.exceptions.ParseError as exc:
@@ -1288,7 +733,7 @@ def update_preset_in_file(config_path: Path, preset: Preset) -> None:
             [ConfigProblem(str(config_path), exc.line, "", f"invalid TOML: {exc}")]
         ) from None
 
-    values = {name: value for name, value in _plain(preset).items() if name != "name"}
+    values = {name: value for name, value in plain_values(preset).items() if name != "name"}
     presets: Any = document.get("presets")
     if presets is None:
         # A super table renders as `[presets.NAME]` alone, without an empty `[presets]`.
@@ -1296,7 +741,7 @@ def update_preset_in_file(config_path: Path, preset: Preset) -> None:
         document.append("presets", presets)
     elif not isinstance(presets, dict):
         raise ConfigError(
-            [_Locator(str(config_path), text).problem(("presets",), "expected a table")]
+            [Locator(str(config_path), text).problem(("presets",), "expected a table")]
         )
 
     existing = presets.get(preset.name)
@@ -1320,7 +765,7 @@ def update_preset_in_file(config_path: Path, preset: Preset) -> None:
             existing[name] = value
     else:
         raise ConfigError(
-            [_Locator(str(config_path), text).problem(("presets", preset.name), "expected a table")]
+            [Locator(str(config_path), text).problem(("presets", preset.name), "expected a table")]
         )
     updated = tomlkit.dumps(document)
     if updated.endswith("\n\n") and not text.endswith("\n\n"):

@@ -9,7 +9,8 @@ import secrets as _random
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-from engine.config.job_file import ConfigError, missing_key_variables
+from engine.config.config_problem import ConfigError
+from engine.config.job_file import missing_key_variables
 from engine.config.settings import JobConfig, ProviderSettings
 
 

@@ -1,17 +1,33 @@
 """The job's settings as typed, immutable values.
 
-`config_file.py` turns TOML into these; the engine only ever sees these.
+`job_file.py` turns TOML into these; the engine only ever sees these.
 Every field has the default a new user would want, so an empty table is a
-valid table.
+valid table.  Values used outside a job file too (the `[crawl]` table by
+the fetcher, the `[drift]` table by the monitor) check themselves when
+built, with the same rules the job file's reader reports at their lines.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
+import math
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
-from engine.drift.gates import DriftSettings
+from engine.config.setting_bounds import FETCH_CONCURRENCY
+from engine.config.table_check import (
+    Finding,
+    apply_rules,
+    at_least_one,
+    not_negative,
+    positive,
+    refuse,
+)
 
 InputFormat = Literal["auto", "text", "csv", "jsonl", "documents"]
 
@@ -256,6 +272,210 @@ class CrawlSettings:
     # is usual, a second or two a very large page on a busy machine.
     extract_timeout_s: float = 20.0
 
+    def __post_init__(self) -> None:
+        refuse("crawl", crawl_findings(self))
+
+    @property
+    def user_agent_header(self) -> str:
+        """The User-Agent sent: the template filled in; without a contact, no `(+…)` part."""
+        filled = self.user_agent.replace("{version}", _crawldeck_version())
+        if self.contact:
+            return filled.replace("{contact}", self.contact)
+        return filled.replace(" (+{contact})", "").replace("{contact}", "")
+
+
+def crawl_findings(crawl: CrawlSettings) -> list[Finding]:
+    """What is wrong with a crawl's limits, addresses and pins (`targets` is the job file's)."""
+    findings = apply_rules(
+        crawl,
+        (
+            ("concurrency", FETCH_CONCURRENCY.holds, FETCH_CONCURRENCY.requirement),
+            ("per_host", at_least_one, "must be at least 1"),
+            ("politeness_delay_s", not_negative, "must be 0 or more"),
+            ("connect_timeout_s", positive, "must be more than 0"),
+            ("read_timeout_s", positive, "must be more than 0"),
+            ("total_timeout_s", positive, "must be more than 0"),
+            ("max_body_bytes", at_least_one, "must be at least 1"),
+            ("max_redirects", not_negative, "must be 0 or more"),
+            ("max_depth", not_negative, "must be 0 or more"),
+            ("max_pages_per_domain", at_least_one, "must be at least 1"),
+            ("extract_workers", not_negative, "must be 0 or more (0: one per core but one)"),
+            ("extract_timeout_s", positive, "must be more than 0"),
+        ),
+    )
+    for entry in crawl.allow_addresses:
+        if not _cidr_or_host(entry):
+            findings.append(("allow_addresses", f"{entry!r} is neither a CIDR nor a host name"))
+    for pattern, address in crawl.resolve.items():
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            findings.append(("resolve", f"{pattern} = {address!r} is not an IP address"))
+    return findings
+
+
+def _cidr_or_host(entry: str) -> bool:
+    try:
+        ipaddress.ip_network(entry, strict=False)
+        return True
+    except ValueError:
+        return bool(re.fullmatch(r"[A-Za-z0-9*]([A-Za-z0-9*.-]*[A-Za-z0-9])?", entry))
+
+
+def _crawldeck_version() -> str:
+    # Loaded here: only a crawl's User-Agent needs it, and the command line's start must not.
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("crawldeck")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0"
+
+
+class GateAction(StrEnum):
+    """What the engine does when a drift gate trips, mildest first."""
+
+    WARN = "warn"  # an event, nothing else
+    CONSERVATIVE = "conservative"  # switch to the conservative preset
+    PAUSE = "pause"  # stop dispatching until the operator resumes
+    STOP = "stop"  # drain and end the job
+
+
+METRICS: tuple[str, ...] = (
+    "output_tokens",  # PSI of output tokens per chunk, per answer
+    "answer_chars",  # PSI of each result's JSON length
+    "items",  # PSI of items extracted per chunk
+    "latency",  # PSI of answer latency
+    "cost",  # PSI of cost per chunk, per answer
+    "parse_failures",  # z of the rate of answers that are not the expected JSON
+    "missing_ids",  # z of the rate of parsed answers that left out chunk ids
+    "refusals",  # z of the rate of empty or refusal-like results
+    "sudden_shift",  # features whose mean jumped within the window (Page-Hinkley)
+    "embeddings",  # cosine distance of the outputs' embedding centroid
+)
+"""Every metric a drift gate can name, in the order the dashboard shows them."""
+
+
+@dataclass(frozen=True, slots=True)
+class Gate:
+    """Trip `metric` when its statistic reaches `threshold`; then do `action`."""
+
+    metric: str
+    threshold: float
+    action: GateAction = GateAction.WARN
+
+
+# Why these thresholds (noise measured on synthetic answers, 100,000 results
+# in 10 runs, by tests/benchmarks/drift_overhead.py): PSI 0.25 is the usual
+# "large shift" line; the monitor's PSI, net of chance, peaked at 0.15–0.21
+# without drift.  z 4.0 is rare by chance (one-sided p ≈ 3e-5 per evaluation;
+# noise peaked at 3.1) yet reached by a jump of a few percent to a third
+# within one window.  One sudden shift is worth a trip.  A cosine distance of
+# 0.1 between centroids is ~7× the noise of topical outputs (mean 0.015,
+# peak 0.04) but depends on the embedding model: see `baseline show`'s spread.
+# Actions default to warn or the conservative preset, never pause or stop: a
+# headless job paused by a gate nobody chose waits forever.  A job file asks
+# for pause or stop where its operators want them (config.example.toml does).
+DEFAULT_GATES: tuple[Gate, ...] = (
+    Gate("output_tokens", 0.25, GateAction.WARN),
+    Gate("answer_chars", 0.25, GateAction.WARN),
+    Gate("items", 0.25, GateAction.WARN),
+    Gate("latency", 0.25, GateAction.CONSERVATIVE),
+    Gate("cost", 0.25, GateAction.WARN),
+    Gate("parse_failures", 4.0, GateAction.CONSERVATIVE),
+    Gate("missing_ids", 4.0, GateAction.WARN),
+    Gate("refusals", 4.0, GateAction.WARN),
+    Gate("sudden_shift", 1.0, GateAction.WARN),
+    Gate("embeddings", 0.1, GateAction.WARN),
+)
+
+MIN_DRIFT_SAMPLES = 20
+"""Below this many samples no drift statistic here means anything."""
+
+DRIFT_SIZE_KEYS = ("baseline_size", "window_size", "evaluate_every", "min_window")
+
+
+@dataclass(frozen=True, slots=True)
+class DriftSettings:
+    """How the drift monitor learns, looks and judges (the `[drift]` table).
+
+    Sizes count samples of each metric's own unit: results for per-chunk
+    metrics, answers for per-answer ones.  The baseline is done when it
+    holds `baseline_size` of both.  Every `evaluate_every` results (or
+    failed answers) each metric whose window holds `min_window` samples is
+    evaluated against its gate.  A user's gate overrides the default gate
+    of that metric field by field.
+    """
+
+    enabled: bool = True
+    baseline_size: int = 200
+    window_size: int = 200
+    evaluate_every: int = 25
+    min_window: int = 100
+    gates: tuple[Gate, ...] = DEFAULT_GATES
+    embeddings: bool = False
+    embedding_model: str = "text-embedding-3-small"  # asked of the job's own keys
+
+    def __post_init__(self) -> None:
+        sizes = {key: getattr(self, key) for key in DRIFT_SIZE_KEYS}
+        findings = drift_size_findings(sizes, given=set(DRIFT_SIZE_KEYS))
+        seen: set[str] = set()
+        for gate in self.gates:
+            if gate.metric not in METRICS:
+                findings.append((f"gates.{gate.metric}", unknown_metric(gate.metric)))
+            elif gate.metric in seen:
+                findings.append((f"gates.{gate.metric}", "has two gates"))
+            elif not valid_threshold(gate.threshold):
+                findings.append((f"gates.{gate.metric}.threshold", "must be a positive number"))
+            seen.add(gate.metric)
+        refuse("drift", findings)
+
+    def gate(self, metric: str) -> Gate | None:
+        """The gate of `metric`, or None if it has none."""
+        return next((gate for gate in self.gates if gate.metric == metric), None)
+
+
+def valid_threshold(value: Any) -> bool:
+    """Whether `value` can be a gate's threshold: a finite number above 0."""
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
+
+
+def unknown_metric(metric: str) -> str:
+    """What to say about a gate for a metric that does not exist."""
+    return f"no such metric {metric!r} (metrics: {', '.join(METRICS)})"
+
+
+def drift_size_findings(sizes: Mapping[str, int], given: set[str]) -> list[Finding]:
+    """(key, message) for each drift size out of range or at odds with `window_size`.
+
+    When two sizes disagree, the one the user wrote (`given`) is named, so
+    shrinking `window_size` below the default `min_window` blames `window_size`.
+    """
+    findings: list[Finding] = []
+    floors = {
+        "baseline_size": MIN_DRIFT_SAMPLES,
+        "window_size": MIN_DRIFT_SAMPLES,
+        "evaluate_every": 1,
+        "min_window": MIN_DRIFT_SAMPLES,
+    }
+    for key, floor in floors.items():
+        if sizes[key] < floor:
+            findings.append((key, f"must be at least {floor} (got {sizes[key]})"))
+    window = sizes["window_size"]
+    for key in ("evaluate_every", "min_window"):
+        if sizes[key] <= window or any(k == key for k, _ in findings):
+            continue
+        if "window_size" in given and key not in given:
+            findings.append(("window_size", f"must be at least {key} {sizes[key]} (got {window})"))
+        else:
+            findings.append((key, f"must be at most window_size {window} (got {sizes[key]})"))
+    return findings
+
 
 @dataclass(frozen=True, slots=True)
 class JobConfig:
@@ -272,3 +492,22 @@ class JobConfig:
     drift: DriftSettings = field(default_factory=DriftSettings)
     rate_limit_waits: RateLimitWaits = field(default_factory=RateLimitWaits)
     source: Path | None = None  # the TOML file this came from, for messages
+
+
+def plain_values(value: Any) -> Any:
+    """Settings as plain TOML/JSON values: dataclasses as tables, paths as text."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain_values(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, Mapping):
+        return {str(key): plain_values(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain_values(item) for item in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def effective_settings(config: JobConfig) -> dict[str, Any]:
+    """Everything the run uses, as plain JSON-able values (only env var names, no secrets)."""
+    settings: dict[str, Any] = plain_values(config)
+    return settings

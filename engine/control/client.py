@@ -8,16 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
+from engine.control.controls import Adjustment
 from engine.control.server import MAX_LINE_BYTES, ControlServerError, check_socket_path
 from engine.observe.snapshot import Snapshot
 from engine.observe.snapshot_codec import SnapshotDecodeError, decode_snapshot
 
 # A snapshot carries the recent events: far larger than a request.
 _ANSWER_LIMIT = 64 * MAX_LINE_BYTES
+_ADJUSTMENT_FIELDS = frozenset(field.name for field in dataclasses.fields(Adjustment))
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class ControlError(Exception):
@@ -79,6 +86,19 @@ class ControlClient:
 
     async def control(self, op: str, **arguments: Any) -> None:
         await self.request({"op": op, **arguments})
+
+    async def adjust(self, op: str, delta: int) -> Adjustment:
+        """A relative step (`adjust_concurrency`, `adjust_fetch_concurrency`): what it did."""
+        answer = await self.request({"op": op, "delta": delta})
+        done = answer.get("adjustment")
+        if (
+            not isinstance(done, dict)
+            or set(done) != _ADJUSTMENT_FIELDS
+            or not isinstance(done["setting"], str)
+            or not all(_is_int(done[name]) for name in ("old", "new", "asked"))
+        ):
+            raise ControlError(f"{op}: the answer from {self.path} is not a step")
+        return Adjustment(**done)
 
     async def close(self) -> None:
         self._writer.close()

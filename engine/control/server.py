@@ -8,9 +8,13 @@ when the run ends.
 
 Protocol: one JSON object a line each way.  Requests are
 `{"op": "snapshot"}`, `{"op": "pause" | "resume" | "drain" | "stop"}`,
-`{"op": "set_concurrency" | "set_fetch_concurrency", "value": N}` and `{"op": "apply_preset",
-"preset": NAME | {field: value, ...}}`; answers are `{"ok": true, ...}` or `{"ok": false, "error":
-"one line"}`.  Nothing else is ever executed.
+`{"op": "set_concurrency" | "set_fetch_concurrency", "value": N}`, `{"op": "adjust_concurrency"
+| "adjust_fetch_concurrency", "delta": N}` and `{"op": "apply_preset", "preset": NAME | {field:
+value, ...}}`; answers are `{"ok": true, ...}` or `{"ok": false, "error": "one line"}`.  An
+adjust steps from the value in force (a viewer never sends a value computed from a snapshot
+that may be stale) and answers what it did: `{"ok": true, "adjustment": {"setting": ...,
+"old": N, "new": N, "asked": N}}`, where `new` differs from `asked` when a bound stopped it.
+Nothing else is ever executed.
 
 Viewers must not slow the job: a snapshot is encoded at most once per
 `min_interval_s` and the same bytes go to every client; each client has its
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -37,16 +42,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from engine.config.job_file import ConfigError, preset_from_values
+from engine.config.config_problem import ConfigError
+from engine.config.presets import preset_from_values
 from engine.config.setting_bounds import CONCURRENCY, FETCH_CONCURRENCY, Bound
 from engine.config.settings import EngineSettings, Preset
-from engine.observe.snapshot import Snapshot
+from engine.control.controls import Adjustment, JobControls
 from engine.observe.snapshot_codec import encode_snapshot
+from engine.store.state_folder import STATE_SUFFIX, state_folder_for_store
 
 SOCKET_NAME = "control.sock"
-STATE_SUFFIX = ".crawldeck"
 MAX_LINE_BYTES = 64 * 1024
 DEFAULT_IDLE_TIMEOUT_S = EngineSettings().control_idle_timeout_s
 # A viewer we ship asks at least once a second (attach: 4 times): one quiet for
@@ -58,34 +64,8 @@ _PRESET_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _CONTROLS = ("pause", "resume", "drain", "stop")
 
 
-class ControlTarget(Protocol):
-    """What the server steers: `engine.engine.Engine` satisfies it."""
-
-    def snapshot(self) -> Snapshot: ...
-
-    def set_concurrency(self, value: int) -> None: ...
-
-    def set_fetch_concurrency(self, value: int) -> None: ...
-
-    def apply_preset(self, preset: str | Preset) -> None: ...
-
-    def pause(self) -> None: ...
-
-    def resume(self) -> None: ...
-
-    def drain(self) -> None: ...
-
-    def stop(self) -> None: ...
-
-
 class ControlServerError(Exception):
     """The control socket could not be served (one line, for the user)."""
-
-
-def state_folder_for_store(store: str | Path) -> Path:
-    """The job's state folder: next to its SQLite store, named after it."""
-    store = Path(store)
-    return store.with_name(store.name + STATE_SUFFIX)
 
 
 def socket_path_for_store(store: str | Path) -> Path:
@@ -117,7 +97,7 @@ class ControlServer:
 
     def __init__(
         self,
-        target: ControlTarget,
+        target: JobControls,
         path: Path,
         *,
         min_interval_s: float = 0.1,
@@ -332,14 +312,16 @@ class ControlServer:
         if op == "snapshot":
             return self._snapshot_line()
         try:
-            self._control(op, request)
+            done = self._control(op, request)
         except _Refused as exc:
             return _line({"ok": False, "error": str(exc)})
         except KeyError as exc:  # an unknown preset: its message is the first argument
             return _line({"ok": False, "error": _one_line(str(exc.args[0]) if exc.args else "")})
         except Exception as exc:
             return _line({"ok": False, "error": _one_line(str(exc)) or type(exc).__name__})
-        return _line({"ok": True})
+        if done is None:
+            return _line({"ok": True})
+        return _line({"ok": True, "adjustment": dataclasses.asdict(done)})
 
     def _snapshot_line(self) -> bytes:
         now = self._clock()
@@ -352,9 +334,18 @@ class ControlServer:
             self.encodes += 1
         return self._encoded
 
-    def _control(self, op: object, request: dict[str, Any]) -> None:
+    def _control(self, op: object, request: dict[str, Any]) -> Adjustment | None:
+        """Apply one control; an adjust's answer says what it did."""
         if op in _CONTROLS:
             getattr(self.target, str(op))()
+        elif op == "adjust_concurrency":
+            return self.target.adjust_concurrency(_bounded_delta(op, request, CONCURRENCY))
+        elif op == "adjust_fetch_concurrency":
+            delta = _bounded_delta(op, request, FETCH_CONCURRENCY)
+            try:
+                return self.target.adjust_fetch_concurrency(delta)
+            except ValueError as exc:
+                raise _Refused(str(exc)) from None
         elif op == "set_fetch_concurrency":
             fetches = _bounded_value(op, request, FETCH_CONCURRENCY)
             try:
@@ -374,7 +365,7 @@ class ControlServer:
                 except ConfigError as exc:
                     raise _Refused(str(exc).replace("\n", "; ")) from None
                 self.target.apply_preset(value)
-                return
+                return None
             # Names only: a path would make the engine read a file the client chose.
             if (
                 not isinstance(name, str)
@@ -387,6 +378,7 @@ class ControlServer:
             self.target.apply_preset(name)
         else:
             raise _Refused(f"unknown op {str(op)[:40]!r}")
+        return None
 
 
 class _Refused(Exception):
@@ -416,6 +408,18 @@ def _bounded_value(op: str, request: dict[str, Any], bound: Bound) -> int:
         )
     assert isinstance(value, int)
     return value
+
+
+def _bounded_delta(op: str, request: dict[str, Any], bound: Bound) -> int:
+    # A step wider than the whole range is a typo, never a plan.
+    widest = bound.high - bound.low
+    delta = request.get("delta")
+    if not Bound(-widest, widest).holds(delta):
+        raise _Refused(
+            f"{op} needs an integer delta from {-widest} to {widest} (got {delta!r})"[:200]
+        )
+    assert isinstance(delta, int)
+    return delta
 
 
 def _one_line(text: str) -> str:

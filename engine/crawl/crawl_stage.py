@@ -37,7 +37,6 @@ from engine.crawl.extraction import (
     PageFunction,
     extract_page,
 )
-from engine.crawl.fetch_settings import FetchSettings
 from engine.crawl.fetcher import Fetcher
 from engine.crawl.outcomes import FetchOutcome, FetchResult
 from engine.crawl.pinned_resolver import PinnedResolver
@@ -72,25 +71,6 @@ class Gate(Protocol):
     """Something to wait on before starting a site (an `asyncio.Event` will do)."""
 
     async def wait(self) -> object: ...
-
-
-def fetch_settings_of(crawl: CrawlSettings) -> FetchSettings:
-    """The fetcher's settings from the job's `[crawl]` table."""
-    return FetchSettings(
-        concurrency=crawl.concurrency,
-        per_host=crawl.per_host,
-        politeness_delay_s=crawl.politeness_delay_s,
-        connect_timeout_s=crawl.connect_timeout_s,
-        read_timeout_s=crawl.read_timeout_s,
-        total_timeout_s=crawl.total_timeout_s,
-        max_body_bytes=crawl.max_body_bytes,
-        max_redirects=crawl.max_redirects,
-        content_types=crawl.content_types,
-        respect_robots=crawl.respect_robots,
-        user_agent=crawl.user_agent,
-        contact=crawl.contact,
-        allow_addresses=crawl.allow_addresses,
-    )
 
 
 def page_document(url: str, page: ExtractedPage) -> Document:
@@ -148,7 +128,6 @@ class CrawlStage:
         self._running = running
         self._may_read = may_read
         self._clock = clock
-        self._fetch_settings = fetch_settings_of(settings)
         self._resolver = resolver if resolver is not None else PinnedResolver(settings.resolve)
         self._extractor = extractor
         self._own_extractor = extractor is None
@@ -262,7 +241,7 @@ class CrawlStage:
         policy = AddressPolicy(self.settings.allow_addresses)
         try:
             async with Fetcher(
-                self._fetch_settings, resolver=self._resolver, policy=policy, clock=self._clock
+                self.settings, resolver=self._resolver, policy=policy, clock=self._clock
             ) as fetcher:
                 self._fetcher = fetcher
                 fetcher.set_concurrency(self._slots.limit)

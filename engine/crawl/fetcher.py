@@ -26,9 +26,9 @@ from urllib.parse import urljoin
 
 import httpx2
 
+from engine.config.settings import CrawlSettings
 from engine.crawl.address_policy import AddressPolicy, Resolver, SystemResolver
 from engine.crawl.asyncio_network import TLSHandshakeError
-from engine.crawl.fetch_settings import FetchSettings
 from engine.crawl.guarded_transport import (
     BlockedAddressError,
     GuardedNetworkBackend,
@@ -174,6 +174,10 @@ def _host_key(url: httpx2.URL) -> str:
 class Fetcher:
     """Fetches pages within global and per-host limits, robots.txt and the address policy.
 
+    It follows the job's `[crawl]` settings: their limits, timeouts,
+    politeness, content types, robots, User-Agent and allowed addresses
+    (targets, depth and extraction are the crawl stage's).
+
     Use it as an async context manager: entering opens the transport,
     leaving closes it and its connections.  `fetch` and `fetch_target` may
     be called from any number of tasks at once.
@@ -187,13 +191,13 @@ class Fetcher:
 
     def __init__(
         self,
-        settings: FetchSettings | None = None,
+        settings: CrawlSettings | None = None,
         *,
         resolver: Resolver | None = None,
         policy: AddressPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._settings = settings if settings is not None else FetchSettings()
+        self._settings = settings if settings is not None else CrawlSettings()
         self._policy = (
             policy if policy is not None else AddressPolicy(self._settings.allow_addresses)
         )
@@ -243,7 +247,7 @@ class Fetcher:
             await transport.aclose()
 
     @property
-    def settings(self) -> FetchSettings:
+    def settings(self) -> CrawlSettings:
         return self._settings
 
     @property

@@ -1,1 +1,5 @@
-"""Quality drift: per-result features, tests against a baseline, and gates."""
+"""Quality drift: per-result features and tests against a baseline.
+
+What each gate trips at and does is the job's `[drift]` settings
+(`engine.config.settings.DriftSettings`).
+"""

@@ -54,6 +54,7 @@ import numpy as np
 from numpy.typing import NDArray
 from river.base import DriftDetector
 
+from engine.config.settings import METRICS, DriftSettings, Gate, GateAction
 from engine.drift.baseline import (
     ANSWER_FEATURES,
     DISTRIBUTIONS,
@@ -63,7 +64,6 @@ from engine.drift.baseline import (
 )
 from engine.drift.detectors import MeanShiftDetector, page_hinkley
 from engine.drift.features import AnswerFeatures, ResultFeatures
-from engine.drift.gates import METRICS, DriftSettings, Gate, GateAction
 from engine.drift.statistics import (
     bin_proportions,
     centroid_cosine_distance,

@@ -4,11 +4,12 @@ Each answer's shape, cost and latency and each result's features go to the
 monitor (`engine.drift.monitor`); when embeddings are on, the results'
 outputs are embedded first, through the job's own keys and within their
 budgets (a `KeyLease` like any chat request).  A gate that trips is
-announced with its numbers and acted on through the job's controls: the
-conservative preset, a pause, or a drain (what is in flight is already paid
-for: keep it).  The baseline learned from the first results is kept in the
-store as soon as it is learned; a saved one (`crawldeck baseline save`) arms
-the gates from the start.
+announced with its numbers and acted on through the job's controls
+(`JobControls`, the same any front end uses): the conservative preset, a
+pause, or a drain (what is in flight is already paid for: keep it).  The
+baseline learned from the first results is kept in the store as soon as it
+is learned; a saved one (`crawldeck baseline save`) arms the gates from the
+start.
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from engine.config.job_file import ConfigError
-from engine.config.settings import Preset
+from engine.config.config_problem import ConfigError
+from engine.config.settings import DriftSettings, GateAction, Preset
+from engine.control.controls import JobControls
 from engine.drift.baseline import Baseline, BaselineFormatError
 from engine.drift.features import AnswerFeatures, ResultFeatures, features_of_result
-from engine.drift.gates import DriftSettings, GateAction
 from engine.drift.monitor import DriftMonitor
 from engine.limits.key_pool import KeyPool, NoUsableKeyError
 from engine.observe.events import EventBus, EventKind
@@ -34,16 +35,6 @@ from engine.pipeline.token_estimate import estimate_tokens
 from engine.provider.client import CallFailure, CallResult, EmbeddingResult, FailureKind
 
 Clock = Callable[[], float]
-
-
-class DriftControls(Protocol):
-    """The job's controls a tripped gate may use (the engine's)."""
-
-    def apply_preset(self, preset: str) -> None: ...
-
-    def pause(self) -> None: ...
-
-    def drain(self) -> None: ...
 
 
 class EmbeddingClients(Protocol):
@@ -76,7 +67,7 @@ class DriftWatch:
         events: EventBus,
         keys: KeyPool,
         clients: EmbeddingClients,
-        controls: DriftControls,
+        controls: JobControls,
         preset: Callable[[], Preset],
         preset_names: Sequence[str],
         clock: Clock,

@@ -6,9 +6,9 @@ block and the job never starts; so limits are checked against the floor
 (plus a margin for the queues and answers a run holds) when the job file
 is loaded and whenever a preset is applied.
 
-The floor is measured once, with the engine loaded, and kept: it is a
-property of the process, and the load-time check and later preset changes
-must judge against the same figure.
+The floor is measured once, with the engine loaded (by whoever loads it),
+and kept: it is a property of the process, and the load-time check and
+later preset changes must judge against the same figure.
 """
 
 from __future__ import annotations
@@ -25,11 +25,14 @@ _measured: int | None = None
 
 
 def process_floor_bytes() -> int:
-    """This process's RSS with the engine loaded, measured on the first call and kept."""
+    """This process's RSS, measured on the first call and kept.
+
+    Call it once the engine is loaded (`Engine` does, when it is made; the
+    command line loads the engine before it checks a job file's limits), so
+    the floor is what every run carries.
+    """
     global _measured
     if _measured is None:
-        # The floor is what every run loads, whether or not the caller has yet.
-        import engine.engine  # noqa: F401
         from engine.limits.memory_guard import process_rss_bytes
 
         _measured = process_rss_bytes()()

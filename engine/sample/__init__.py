@@ -1,0 +1,1 @@
+"""The demo's job file and its sample transcripts (package data)."""

@@ -42,6 +42,7 @@ import aiosqlite
 
 from engine.observe.events import Event
 from engine.store.run_lease import RunLease, is_alive
+from engine.store.state_folder import state_folder_for_store
 from engine.store.store_error import ANOTHER_STORE, StoreError, foreign, store_error
 
 SCHEMA_VERSION = 3  # 2: crawled pages; 3: drift baselines
@@ -530,9 +531,6 @@ class Store:
         The new run holds a lease (see `engine.store.run_lease`) until `end_run` or
         `close`, so a run starting beside it never takes it for dead.
         """
-        # Imported here: readers of a store (export, the probe) need not load it.
-        from engine.control.server import state_folder_for_store
-
         folder = state_folder_for_store(self.path)
         async with self._turn() as conn:
             await conn.execute("BEGIN IMMEDIATE")

@@ -21,7 +21,7 @@ import time
 from contextlib import closing
 from pathlib import Path
 
-from engine.control.server import state_folder_for_store
+from engine.store.state_folder import state_folder_for_store
 
 # SQLite's companions of a database file: the write-ahead log, its index, and
 # the rollback journal.  Folded in or stale after the checkpoint, but moved

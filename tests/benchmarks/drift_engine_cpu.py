@@ -62,7 +62,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from engine.drift.gates import DEFAULT_GATES, DriftSettings, GateAction
+from engine.config.settings import DEFAULT_GATES, DriftSettings, GateAction
 from tests.benchmarks.engine_cpu import (
     HUGE_TPM,
     KEY_ID,

@@ -33,9 +33,9 @@ import numpy as np
 from river.base import DriftDetector
 from river.drift import ADWIN
 
+from engine.config.settings import DriftSettings, Gate
 from engine.drift.detectors import page_hinkley
 from engine.drift.features import AnswerFeatures, ResultFeatures, features_of_result
-from engine.drift.gates import DriftSettings, Gate
 from engine.drift.monitor import DriftMonitor
 from tests.engine.drift.test_monitor import SHIFTS, SyntheticStream, feed, first_trips, learn
 

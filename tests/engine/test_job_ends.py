@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.config.job_file import ConfigError
+from engine.config.config_problem import ConfigError
 from engine.config.settings import JobConfig, RateLimitWaits
 from engine.engine import Engine
 from engine.limits.memory_guard import MIB

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from engine.config.setting_bounds import CONCURRENCY, FETCH_CONCURRENCY
 from engine.config.settings import BUILTIN_PRESETS, DriftSettings, Preset
+from engine.control.controls import Adjustment
 from engine.drift.monitor import DriftMonitor
 from engine.engine import Engine
 from engine.observe.events import Event, EventKind
@@ -232,7 +234,12 @@ def fixed_crawl_snapshot(**changes: object) -> Snapshot:
 
 
 class FixedSource:
-    """Returns one snapshot forever and records the controls it was sent."""
+    """Returns one snapshot forever and records the controls it was sent.
+
+    A step (`adjust_concurrency`) is taken as the engine takes it, from the
+    value in force (here, always the snapshot's) to the bound at most, and
+    recorded as the value it sets.
+    """
 
     def __init__(self, snap: Snapshot) -> None:
         self.snap = snap
@@ -244,8 +251,23 @@ class FixedSource:
     def set_concurrency(self, value: int) -> None:
         self.calls.append(("set_concurrency", value))
 
+    def adjust_concurrency(self, delta: int) -> Adjustment:
+        step = Adjustment.within(CONCURRENCY, "concurrency", self.snap.concurrency, delta)
+        if step.changed:
+            self.set_concurrency(step.new)
+        return step
+
     def set_fetch_concurrency(self, value: int) -> None:
         self.calls.append(("set_fetch_concurrency", value))
+
+    def adjust_fetch_concurrency(self, delta: int) -> Adjustment:
+        if self.snap.crawl is None:
+            raise ValueError("this job does not crawl: it has no fetch stage")
+        fetches = self.snap.crawl.fetch_concurrency
+        step = Adjustment.within(FETCH_CONCURRENCY, "fetch concurrency", fetches, delta)
+        if step.changed:
+            self.set_fetch_concurrency(step.new)
+        return step
 
     def apply_preset(self, preset: str | Preset) -> None:
         self.calls.append(("apply_preset", preset))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from textual.widgets import Button, Input, Label, OptionList
 
-from engine.config.job_file import load_preset_file, save_preset
+from engine.config.presets import load_preset_file, save_preset
 from engine.config.settings import BUILTIN_PRESETS, Preset
 from engine.engine import Engine
 from engine.observe.events import EventKind

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from engine.config.config_problem import ConfigError
 from tests.tui.test_dashboard import fixed_app
 from tui import user_settings
 from tui.screens.keys import KeysScreen
-from tui.themes import DEFAULT_THEME, SHIPPED_DIR, ThemeFileError, load_theme_file, load_themes
+from tui.themes import DEFAULT_THEME, SHIPPED_DIR, load_theme_file, load_themes
 
 SHIPPED = ("crawldeck-dark", "crawldeck-high-contrast", "crawldeck-light")
 
@@ -92,7 +93,7 @@ def test_a_bad_theme_file_is_skipped_with_a_one_line_message(isolated_config_dir
 def test_theme_validation(tmp_path: Path, text: str, complaint: str) -> None:
     path = tmp_path / "t.toml"
     path.write_text(text, encoding="utf-8")
-    with pytest.raises(ThemeFileError, match=r"t\.toml") as info:
+    with pytest.raises(ConfigError, match=r"t\.toml") as info:
         load_theme_file(path)
     assert complaint in str(info.value)
 
@@ -128,3 +129,34 @@ def test_config_dir_follows_xdg_and_the_override(
     assert user_settings.settings_path() == tmp_path / "crawldeck" / "settings.toml"
     monkeypatch.setenv(user_settings.CONFIG_DIR_ENV, str(tmp_path / "elsewhere"))
     assert user_settings.settings_path() == tmp_path / "elsewhere" / "settings.toml"
+
+
+def test_every_problem_in_a_theme_file_names_its_line_and_key(tmp_path: Path) -> None:
+    path = tmp_path / "t.toml"
+    path.write_text(
+        'name = "x"\ndark = "yes"\n[colors]\nprimary = "#fff"\nsecondary = "nope"\n',
+        encoding="utf-8",
+    )
+
+    with pytest.raises(ConfigError) as info:
+        load_theme_file(path)
+
+    assert str(info.value).splitlines() == [
+        "t.toml:2: dark: expected true or false, got a string",
+        "t.toml:5: colors.secondary: 'nope' is not a colour",
+    ]
+
+
+def test_a_bad_settings_value_names_its_line_and_key(isolated_config_dir: Path) -> None:
+    isolated_config_dir.mkdir()
+    (isolated_config_dir / "settings.toml").write_text(
+        '# mine\n[keymap]\n"crawldeck.keys" = ""\n', encoding="utf-8"
+    )
+
+    with pytest.raises(user_settings.SettingsError) as info:
+        user_settings.load_settings()
+
+    assert str(info.value) == (
+        f'{isolated_config_dir / "settings.toml"}:3: keymap."crawldeck.keys": '
+        'must name the keys to bind, like "x" or "ctrl+d"'
+    )

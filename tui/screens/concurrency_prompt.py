@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import ClassVar
 
 from textual.app import ComposeResult
-from textual.binding import Binding, BindingType
+from textual.binding import BindingType
 from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.validation import Number
 from textual.widgets import Input, Label
 
-from engine.config.setting_bounds import CONCURRENCY
+from engine.api import CONCURRENCY
+from tui.actions import CONCURRENCY_PROMPT_ACTIONS, bindings
 
 # The engine's own bounds, so the dialog never offers what the engine refuses.
 _RANGE_HINT = f"Enter a whole number from {CONCURRENCY.low} to {CONCURRENCY.high}."
@@ -20,9 +21,7 @@ _RANGE_HINT = f"Enter a whole number from {CONCURRENCY.low} to {CONCURRENCY.high
 class ConcurrencyPrompt(ModalScreen[int | None]):
     """Dismisses with the typed value (within `CONCURRENCY`), or None when cancelled."""
 
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "cancel", "Cancel", id="crawldeck.cancel_prompt"),
-    ]
+    BINDINGS: ClassVar[list[BindingType]] = bindings(CONCURRENCY_PROMPT_ACTIONS)
 
     DEFAULT_CSS = """
     ConcurrencyPrompt { align: center middle; }

@@ -5,19 +5,18 @@ from __future__ import annotations
 from typing import ClassVar
 
 from textual.app import ComposeResult
-from textual.binding import Binding, BindingType
+from textual.binding import BindingType
 from textual.containers import Grid
 from textual.screen import ModalScreen
 from textual.widgets import Button, Label
+
+from tui.actions import CONFIRM_QUIT_ACTIONS, bindings
 
 
 class ConfirmQuitScreen(ModalScreen[bool]):
     """Dismisses with True to stop the job and quit, False to stay."""
 
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("y", "answer(True)", "Stop and quit", id="crawldeck.confirm_quit"),
-        Binding("n,escape", "answer(False)", "Keep running", id="crawldeck.cancel_quit"),
-    ]
+    BINDINGS: ClassVar[list[BindingType]] = bindings(CONFIRM_QUIT_ACTIONS)
 
     DEFAULT_CSS = """
     ConfirmQuitScreen { align: center middle; }

@@ -1,28 +1,28 @@
 """The live dashboard: every widget mounted once, fed each new snapshot.
 
-Controls call the engine and take a fresh snapshot at once; the screen never
-keeps its own copy of an engine setting.
+Controls call the job's `JobControls` and show a fresh snapshot at once; the
+screen never keeps its own copy of an engine setting, and steps a setting
+(`adjust_concurrency(+1)`) rather than computing a new value from what it
+last showed.  The app's poll feeds it between key presses; quitting is the
+app's business, asked for with a message.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import ClassVar, Protocol
 
 from textual import events
 from textual.app import ComposeResult
 from textual.binding import BindingType
 from textual.clock import Clock
 from textual.containers import Container, Horizontal, Vertical
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import ProgressBar
 
-from engine.config.job_file import ConfigError
-from engine.config.setting_bounds import CONCURRENCY, FETCH_CONCURRENCY
-from engine.config.settings import Preset
-from engine.observe.snapshot import JobState, Snapshot
+from engine.api import Adjustment, ConfigError, JobControls, JobState, Preset, Snapshot
 from tui import user_settings
-from tui.actions import ACTIONS, dashboard_bindings
-from tui.engine_source import EngineSource
+from tui.actions import ACTIONS, bindings
 from tui.screens.concurrency_prompt import ConcurrencyPrompt
 from tui.screens.preset_editor import PresetEdit, PresetEditor
 from tui.screens.preset_picker import PresetChoice, PresetPicker
@@ -44,9 +44,6 @@ class SnapshotDisplay(Protocol):
 
     def show(self, snap: Snapshot) -> None: ...
 
-
-if TYPE_CHECKING:
-    from tui.app import CrawldeckApp
 
 ACTIVE_STATES = frozenset(
     {
@@ -77,7 +74,12 @@ FULL_FOOTER_COLUMNS = 130
 
 
 class DashboardScreen(Screen[None]):
-    BINDINGS: ClassVar[list[BindingType]] = list(dashboard_bindings())
+    """One job's figures, charts, keys and log, and the keys that steer it."""
+
+    class QuitRequested(Message):
+        """The user asked to quit; the app decides how (ask first, stop, or detach)."""
+
+    BINDINGS: ClassVar[list[BindingType]] = bindings(ACTIONS)
     # Textual declares these without ClassVar on Screen, so they can't be annotated here.
     HORIZONTAL_BREAKPOINTS = [  # noqa: RUF012
         (0, "-narrow"),
@@ -90,7 +92,7 @@ class DashboardScreen(Screen[None]):
         (TALL_ROWS, "-tall"),
     ]
 
-    def __init__(self, source: EngineSource, clock: Clock | None = None) -> None:
+    def __init__(self, source: JobControls, clock: Clock | None = None) -> None:
         super().__init__()
         self.source = source
         self._clock = clock
@@ -136,19 +138,17 @@ class DashboardScreen(Screen[None]):
         ]
         self._progress_bar = self.query_one(ProgressBar)
         self.ready = True
-        self.crawldeck.refresh_snapshot()
+        self.pull()
 
     def on_resize(self, event: events.Resize) -> None:
         self.query_one(FittingFooter).compact = event.size.width < FULL_FOOTER_COLUMNS
 
-    @property
-    def crawldeck(self) -> CrawldeckApp:
-        from tui.app import CrawldeckApp
-
-        assert isinstance(self.app, CrawldeckApp)
-        return self.app
-
     # ------------------------------------------------------------ display
+    def pull(self) -> None:
+        """Show a fresh snapshot now, if this screen is on top (a dialog may be)."""
+        if self.ready and self.is_active:
+            self.show(self.source.snapshot())
+
     def show(self, snap: Snapshot) -> None:
         """Hand the snapshot to every widget; each redraws only what changed."""
         for widget in self._displays:
@@ -175,7 +175,12 @@ class DashboardScreen(Screen[None]):
         return self.source.snapshot().state in _STEERABLE_STATES
 
     def _after_control(self) -> None:
-        self.crawldeck.refresh_snapshot()
+        self.pull()
+
+    def _say_if_bounded(self, title: str, step: Adjustment | None) -> None:
+        # None: a job in another process answers later, in its event log.
+        if step is not None and step.at_bound:
+            self.notify(step.bound_message, title=title, severity="warning")
 
     def action_toggle_pause(self) -> None:
         state = self.source.snapshot().state
@@ -186,17 +191,11 @@ class DashboardScreen(Screen[None]):
         self._after_control()
 
     def action_concurrency_up(self) -> None:
-        current = self.source.snapshot().concurrency
-        if current < CONCURRENCY.high:
-            self.source.set_concurrency(current + 1)
-        else:
-            self.notify(f"{current} is the most", title="Concurrency", severity="warning")
+        self._say_if_bounded("Concurrency", self.source.adjust_concurrency(+1))
         self._after_control()
 
     def action_concurrency_down(self) -> None:
-        current = self.source.snapshot().concurrency
-        if current > 1:
-            self.source.set_concurrency(current - 1)
+        self._say_if_bounded("Concurrency", self.source.adjust_concurrency(-1))
         self._after_control()
 
     def action_set_concurrency(self) -> None:
@@ -213,16 +212,13 @@ class DashboardScreen(Screen[None]):
     def action_fetch_down(self) -> None:
         self._change_fetch_concurrency(-FETCH_STEP)
 
-    def _change_fetch_concurrency(self, step: int) -> None:
-        crawl = self.source.snapshot().crawl
-        if crawl is None:
-            return
+    def _change_fetch_concurrency(self, delta: int) -> None:
         try:
-            wanted = crawl.fetch_concurrency + step
-            bounded = min(FETCH_CONCURRENCY.high, max(FETCH_CONCURRENCY.low, wanted))
-            self.source.set_fetch_concurrency(bounded)
-        except ValueError as exc:
+            step = self.source.adjust_fetch_concurrency(delta)
+        except ValueError as exc:  # a job that does not crawl
             self.notify(str(exc), title="Fetch concurrency", severity="error")
+        else:
+            self._say_if_bounded("Fetch concurrency", step)
         self._after_control()
 
     def action_toggle_preset(self) -> None:
@@ -269,4 +265,4 @@ class DashboardScreen(Screen[None]):
         self._after_control()
 
     def action_request_quit(self) -> None:
-        self.crawldeck.request_quit()
+        self.post_message(self.QuitRequested())

@@ -9,15 +9,15 @@ from textual.binding import BindingType
 from textual.screen import Screen
 from textual.widgets import Footer
 
-from engine.observe.snapshot import Snapshot
-from tui.actions import close_view_binding
+from engine.api import Snapshot
+from tui.actions import VIEW_ACTIONS, bindings
 from tui.widgets.event_log import EventLog
 
 
 class EventLogScreen(Screen[None]):
     """Shown over the dashboard; fed snapshots only while it is on top."""
 
-    BINDINGS: ClassVar[list[BindingType]] = [close_view_binding()]
+    BINDINGS: ClassVar[list[BindingType]] = bindings(VIEW_ACTIONS)
 
     def compose(self) -> ComposeResult:
         yield EventLog(id="full-event-log")

@@ -10,8 +10,8 @@ from textual.binding import BindingType
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
-from engine.observe.snapshot import KeySnapshot, Snapshot
-from tui.actions import close_view_binding
+from engine.api import KeySnapshot, Snapshot
+from tui.actions import VIEW_ACTIONS, bindings
 
 KEY_FIELDS = tuple(f.name for f in fields(KeySnapshot))
 
@@ -29,7 +29,7 @@ def _cell(value: object) -> str:
 class KeysScreen(Screen[None]):
     """Shown over the dashboard; fed snapshots only while it is on top."""
 
-    BINDINGS: ClassVar[list[BindingType]] = [close_view_binding()]
+    BINDINGS: ClassVar[list[BindingType]] = bindings(VIEW_ACTIONS)
 
     def __init__(self) -> None:
         super().__init__()

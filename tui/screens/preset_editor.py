@@ -17,9 +17,8 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label
 
-from engine.config.job_file import ConfigError, preset_from_text_fields, save_preset
-from engine.config.settings import Preset
-from tui.actions import preset_editor_bindings
+from engine.api import ConfigError, Preset, preset_from_text_fields, save_preset
+from tui.actions import PRESET_EDITOR_ACTIONS, bindings
 
 FIELD_HELP: dict[str, str] = {
     "name": "the preset's name",
@@ -54,7 +53,7 @@ def field_text(value: object) -> str:
 class PresetEditor(ModalScreen[PresetEdit | None]):
     """A form over every preset field; dismisses with a `PresetEdit`, or None on Esc."""
 
-    BINDINGS: ClassVar[list[BindingType]] = list(preset_editor_bindings())
+    BINDINGS: ClassVar[list[BindingType]] = bindings(PRESET_EDITOR_ACTIONS)
 
     DEFAULT_CSS = """
     PresetEditor { align: center middle; }

@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import ClassVar
 
 from textual.app import ComposeResult
-from textual.binding import Binding, BindingType
+from textual.binding import BindingType
 from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Input, Label, OptionList
 from textual.widgets.option_list import Option
 
-from engine.config.job_file import ConfigError, load_preset_file
-from engine.config.settings import Preset
+from engine.api import ConfigError, Preset, load_preset_file
+from tui.actions import PRESET_PICKER_ACTIONS, bindings
 
 PresetChoice = str | Preset  # a name the job knows, or a preset read from a file
 _FILE_PREFIX = "file:"
@@ -37,9 +37,7 @@ def preset_files(folder: Path) -> list[Path]:
 class PresetPicker(ModalScreen[PresetChoice | None]):
     """Dismisses with the chosen preset's name or its checked value; None on Esc."""
 
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "cancel", "Cancel", id="crawldeck.cancel_picker"),
-    ]
+    BINDINGS: ClassVar[list[BindingType]] = bindings(PRESET_PICKER_ACTIONS)
 
     DEFAULT_CSS = """
     PresetPicker { align: center middle; }

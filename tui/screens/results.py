@@ -22,7 +22,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
 from textual.worker import get_current_worker
 
-from tui.actions import close_view_binding
+from tui.actions import VIEW_ACTIONS, bindings
 
 LIMIT = 200
 _EXCERPT = 48
@@ -74,7 +74,7 @@ def _excerpt(text: str) -> str:
 class ResultsScreen(Screen[None]):
     """A search box over a table of stored rows; Enter opens one."""
 
-    BINDINGS: ClassVar[list[BindingType]] = [close_view_binding()]
+    BINDINGS: ClassVar[list[BindingType]] = bindings(VIEW_ACTIONS)
 
     class Found(Message):
         """A search finished (posted from the worker thread)."""
@@ -162,7 +162,7 @@ def _pretty(detail: str) -> str:
 class StoredRowScreen(Screen[None]):
     """One stored row: the chunk's text and its result JSON or failure reason."""
 
-    BINDINGS: ClassVar[list[BindingType]] = [close_view_binding()]
+    BINDINGS: ClassVar[list[BindingType]] = bindings(VIEW_ACTIONS)
 
     def __init__(self, row: StoredRow) -> None:
         super().__init__()

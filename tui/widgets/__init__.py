@@ -1,0 +1,1 @@
+"""The dashboard's widgets: each draws one part of a snapshot."""

@@ -8,7 +8,7 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from engine.observe.snapshot import CrawlSnapshot, Snapshot
+from engine.api import CrawlSnapshot, Snapshot
 
 # Outcomes that gave the pipeline a page; the rest are the sites' answers
 # (robots, timeouts, errors) and are shown in the warning colour.

@@ -17,7 +17,7 @@ from textual.geometry import Size
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from engine.observe.snapshot import DriftMetric, Snapshot
+from engine.api import DriftMetric, Snapshot
 
 _EIGHTHS = " ▁▂▃▄▅▆▇█"
 _LABEL_WIDTH = 16

@@ -8,8 +8,7 @@ from rich.style import Style
 from rich.text import Text
 from textual.widgets import RichLog
 
-from engine.observe.events import Event, EventKind
-from engine.observe.snapshot import Snapshot
+from engine.api import Event, EventKind, Snapshot
 
 _WARNING_KINDS = {
     EventKind.RATE_LIMITED,

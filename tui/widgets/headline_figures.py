@@ -12,8 +12,7 @@ from textual.reactive import reactive
 from textual.widget import Widget
 from textual.widgets import Static
 
-from engine.observe.headless_reporter import eta_text
-from engine.observe.snapshot import Snapshot
+from engine.api import Snapshot, eta_text
 
 # (label, value, note) for each figure, left to right
 Figures = tuple[tuple[str, str, str], ...]

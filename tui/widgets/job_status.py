@@ -6,7 +6,7 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widgets import Static
 
-from engine.observe.snapshot import JobState, Snapshot
+from engine.api import JobState, Snapshot
 
 _STATE_CLASSES = {state: f"-{state.value.replace('_', '-')}" for state in JobState}
 

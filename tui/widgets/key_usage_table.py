@@ -5,7 +5,7 @@ from __future__ import annotations
 from textual.reactive import reactive
 from textual.widgets import DataTable
 
-from engine.observe.snapshot import KeySnapshot, Snapshot
+from engine.api import KeySnapshot, Snapshot
 
 COLUMNS = ("provider", "alias", "key", "RPM", "TPM", "in flight", "429s", "state")
 Row = tuple[str, ...]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.observe.snapshot import Snapshot
+from engine.api import Snapshot
 from tui.widgets.metric_sparkline import MetricSparkline
 
 

@@ -8,7 +8,7 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from engine.observe.snapshot import MemorySnapshot, Snapshot
+from engine.api import MemorySnapshot, Snapshot
 
 _MB = 2**20
 

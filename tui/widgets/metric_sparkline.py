@@ -10,7 +10,7 @@ from textual.reactive import reactive
 from textual.widget import Widget
 from textual.widgets import Sparkline, Static
 
-from engine.observe.snapshot import Snapshot
+from engine.api import Snapshot
 
 
 class MetricSparkline(Widget):

@@ -6,7 +6,7 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widgets import Static
 
-from engine.observe.snapshot import QueueDepths, Snapshot
+from engine.api import QueueDepths, Snapshot
 
 
 class QueueDepthsBar(Static):

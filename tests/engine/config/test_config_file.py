@@ -9,16 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.config.job_file import (
-    ConfigError,
-    ConfigProblem,
-    effective_settings,
-    load_config,
-    load_preset_file,
-    missing_key_variables,
-    save_preset,
-    update_preset_in_file,
-)
+from engine.config.config_problem import ConfigError, ConfigProblem
+from engine.config.job_file import load_config, missing_key_variables, update_preset_in_file
+from engine.config.presets import load_preset_file, save_preset
 from engine.config.settings import (
     BUILTIN_PRESETS,
     EngineSettings,
@@ -27,6 +20,7 @@ from engine.config.settings import (
     PromptSettings,
     RateLimitWaits,
     SimulatorSettings,
+    effective_settings,
 )
 
 REPO = Path(__file__).resolve().parents[3]

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.config.job_file import ConfigError, load_config, load_preset_file
+from engine.config.config_problem import ConfigError
+from engine.config.job_file import load_config
+from engine.config.presets import load_preset_file
 from engine.config.setting_bounds import BATCH_SIZE, CONCURRENCY, FETCH_CONCURRENCY, Bound
 from engine.config.settings import Preset
 from engine.engine import Engine

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.config.job_file import ConfigError, load_config
+from engine.config.config_problem import ConfigError
+from engine.config.job_file import load_config
 from engine.control.client import ControlClient, ControlError, NoJobRunning
 from engine.control.server import DEFAULT_IDLE_TIMEOUT_S, ControlServer
 from engine.observe.snapshot import JobState

@@ -10,14 +10,14 @@ from dataclasses import replace
 
 import pytest
 
+from engine.config.settings import CrawlSettings
 from engine.crawl.address_policy import StaticResolver
-from engine.crawl.fetch_settings import FetchSettings
 from engine.crawl.fetcher import Fetcher
 from engine.crawl.outcomes import FetchOutcome
 from engine.simulation.site_server import SITE_KINDS, SiteServer, site_kind, site_variant
 
 # Timeouts small enough to keep the slow sites quick to test, large enough for a noisy machine.
-SETTINGS = FetchSettings(
+SETTINGS = CrawlSettings(
     politeness_delay_s=0.0,
     per_host=4,
     connect_timeout_s=2.0,
@@ -456,16 +456,16 @@ async def test_stats_count_outcomes_pages_and_bytes(sites: SiteServer, fetcher: 
 
 
 def test_the_user_agent_names_the_crawler_and_its_contact() -> None:
-    assert FetchSettings(contact="ops@example.org").user_agent_header.endswith(
+    assert CrawlSettings(contact="ops@example.org").user_agent_header.endswith(
         " (+ops@example.org)"
     )
-    plain = FetchSettings().user_agent_header
+    plain = CrawlSettings().user_agent_header
     assert plain.startswith("crawldeck/")
     assert "(" not in plain and "{" not in plain
 
 
 def test_nonsense_settings_are_refused() -> None:
     with pytest.raises(ValueError):
-        FetchSettings(concurrency=0)
+        CrawlSettings(concurrency=0)
     with pytest.raises(ValueError):
-        FetchSettings(total_timeout_s=0)
+        CrawlSettings(total_timeout_s=0)

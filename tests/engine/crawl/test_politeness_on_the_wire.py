@@ -17,7 +17,7 @@ from dataclasses import replace
 
 import pytest
 
-from engine.crawl.fetch_settings import FetchSettings
+from engine.config.settings import CrawlSettings
 from engine.crawl.fetcher import Fetcher
 from engine.crawl.outcomes import FetchOutcome
 from engine.simulation.site_server import SiteServer, site_kind
@@ -29,7 +29,7 @@ CLOCK_TOLERANCE_S = 0.01
 DNS_S = 0.15
 SLOW_S = 0.3
 
-SETTINGS = FetchSettings(
+SETTINGS = CrawlSettings(
     concurrency=2,  # tight: most requests wait for a global slot
     per_host=2,
     politeness_delay_s=DELAY_S,

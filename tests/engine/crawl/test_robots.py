@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from engine.config.settings import CrawlSettings
 from engine.crawl.address_policy import StaticResolver
-from engine.crawl.fetch_settings import FetchSettings
 from engine.crawl.fetcher import Fetcher
 from engine.crawl.outcomes import FetchOutcome, FetchResult
 from engine.crawl.robots import MAX_ROBOTS_BYTES, RobotsCache, robots_url
@@ -218,7 +218,7 @@ async def sites() -> AsyncIterator[SiteServer]:
 
 @pytest.fixture
 async def fetcher() -> AsyncIterator[Fetcher]:
-    settings = FetchSettings(
+    settings = CrawlSettings(
         politeness_delay_s=0.0,
         per_host=8,
         connect_timeout_s=2.0,

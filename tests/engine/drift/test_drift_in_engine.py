@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from engine.drift.gates import DEFAULT_GATES, DriftSettings, GateAction
+from engine.config.settings import DEFAULT_GATES, DriftSettings, GateAction
 from engine.engine import Engine
 from engine.observe.events import EventKind
 from engine.observe.snapshot import DriftState, JobState

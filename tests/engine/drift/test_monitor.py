@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
+from engine.config.settings import DriftSettings, Gate, GateAction
 from engine.drift.baseline import Baseline, BaselineFormatError
 from engine.drift.features import (
     AnswerFeatures,
@@ -24,7 +25,6 @@ from engine.drift.features import (
     features_of_result,
     looks_like_refusal,
 )
-from engine.drift.gates import DriftSettings, Gate, GateAction
 from engine.drift.monitor import DriftMonitor, DriftTrip
 from engine.observe.snapshot import DriftMetric, DriftState
 

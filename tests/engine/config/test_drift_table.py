@@ -8,15 +8,9 @@ from typing import Any
 
 import pytest
 
-from engine.drift.gates import (
-    DEFAULT_GATES,
-    METRICS,
-    DriftSettings,
-    DriftSettingsError,
-    Gate,
-    GateAction,
-    parse_drift_settings,
-)
+from engine.config.config_problem import ConfigError
+from engine.config.drift_table import parse_drift_settings
+from engine.config.settings import DEFAULT_GATES, METRICS, DriftSettings, Gate, GateAction
 
 EXAMPLE = """
 [drift]
@@ -35,7 +29,7 @@ def drift_table(text: str) -> dict[str, Any]:
 
 
 def problems_of(raw: dict[str, Any]) -> list[str]:
-    with pytest.raises(DriftSettingsError) as caught:
+    with pytest.raises(ConfigError) as caught:
         parse_drift_settings(raw, "job.toml")
     return str(caught.value).splitlines()
 
@@ -116,7 +110,7 @@ def test_every_problem_is_reported_at_once() -> None:
         '[drift]\nwindow_size = "big"\nembeddings = 1\n'
         '[drift.gates]\ncost = { action = "paws" }\nrefusals = { threshold = 0 }'
     )
-    with pytest.raises(DriftSettingsError) as caught:
+    with pytest.raises(ConfigError) as caught:
         parse_drift_settings(raw, "job.toml")
     assert isinstance(caught.value, ValueError)
     assert caught.value.keys == (
@@ -128,11 +122,11 @@ def test_every_problem_is_reported_at_once() -> None:
 
 
 def test_settings_built_in_code_are_checked_too() -> None:
-    with pytest.raises(DriftSettingsError, match=r"drift\.min_window"):
+    with pytest.raises(ConfigError, match=r"drift\.min_window"):
         DriftSettings(window_size=50)
-    with pytest.raises(DriftSettingsError, match=r"drift\.gates\.speed: no such metric"):
+    with pytest.raises(ConfigError, match=r"drift\.gates\.speed: no such metric"):
         DriftSettings(gates=(Gate("speed", 1.0),))
-    with pytest.raises(DriftSettingsError, match="has two gates"):
+    with pytest.raises(ConfigError, match="has two gates"):
         DriftSettings(gates=(Gate("cost", 1.0), Gate("cost", 2.0)))
-    with pytest.raises(DriftSettingsError, match=r"drift\.gates\.cost\.threshold"):
+    with pytest.raises(ConfigError, match=r"drift\.gates\.cost\.threshold"):
         DriftSettings(gates=(Gate("cost", float("nan")),))
