@@ -1,9 +1,16 @@
-"""The pipeline: read → chunk → skip done → batch → dispatch → parse → store.
+"""One job's run: the stages of the pipeline, composed, and the controls that steer them.
 
-One `asyncio.TaskGroup` owns every stage; bounded queues join them, so a
-slow stage pushes back on the one before it instead of filling memory.
-The public surface is small: `run()`, `snapshot()`, and the controls
-(`set_concurrency`, `apply_preset`, `pause`, `resume`, `drain`, `stop`).
+read → chunk → skip done → batch → dispatch → parse → store.  The stages
+live in `engine.pipeline` (intake, batcher, dispatcher, outcomes), the
+keys' budgets and health in `engine.limits.key_pool`, the drift watch in
+`engine.drift.watch`; this module builds them, joins them with bounded
+queues, owns the `asyncio.TaskGroup` that runs them and the job's state,
+and answers the controls.  A slow stage pushes back on the one before it
+instead of filling memory.
+
+The public surface is small: `run()`, `snapshot()`, and the controls of
+`engine.control.controls.JobControls` (set or step the concurrency and the
+fetch concurrency, `apply_preset`, `pause`, `resume`, `drain`, `stop`).
 Controls only flip state and wake the stages; their effect shows in the
 next snapshot.
 """
@@ -12,75 +19,42 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import itertools
-import json
-import random
-import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-from numpy.typing import NDArray
-
-from engine.config.config_problem import ConfigError
 from engine.config.presets import checked_preset, preset_from_values, save_preset
 from engine.config.setting_bounds import CONCURRENCY, FETCH_CONCURRENCY
-from engine.config.settings import GateAction, JobConfig, Preset, effective_settings
+from engine.config.settings import JobConfig, Preset, effective_settings
 from engine.control.controls import Adjustment
-from engine.drift.baseline import Baseline, BaselineFormatError
-from engine.drift.features import AnswerFeatures, ResultFeatures, features_of_result
-from engine.drift.monitor import DriftMonitor
+from engine.drift.watch import DriftWatch
 from engine.limits.adaptive_concurrency import AdaptiveConcurrency
+from engine.limits.backoff import Backoff
 from engine.limits.concurrency_limit import ConcurrencyLimit
-from engine.limits.key_pool import KeyPool, KeyState, NoUsableKeyError
+from engine.limits.key_pool import KeyPool, provider_keys
 from engine.limits.memory_floor import process_floor_bytes
-from engine.limits.memory_guard import MemoryGuard, MemoryState
-from engine.limits.rate_limit_patience import KeyCooling, batch_gives_up, format_wait
-from engine.limits.rate_limiter import KeyBudget, RateHeaders, parse_retry_after
-from engine.observe.events import Event, EventBus, EventKind
+from engine.limits.memory_guard import MemoryGuard
+from engine.observe.event_log import EventLog
+from engine.observe.events import EventBus, EventKind
 from engine.observe.run_stats import RunStats
-from engine.observe.snapshot import (
-    Counts,
-    JobState,
-    KeySnapshot,
-    MemorySnapshot,
-    QueueDepths,
-    Snapshot,
-)
-from engine.pipeline.chunking import iter_chunks
-from engine.pipeline.inputs import iter_documents
-from engine.pipeline.prompt import (
-    AnswerShapeError,
-    build_messages,
-    estimate_prompt_tokens,
-    parse_answer,
-)
-from engine.pipeline.records import Chunk, Document
-from engine.pipeline.token_estimate import estimate_tokens
-from engine.pipeline.work_queue import Batch, InProcessWorkQueue, WorkQueue
-from engine.provider.client import (
-    RETRYABLE,
-    CallFailure,
-    CallResult,
-    EmbeddingResult,
-    FailureKind,
-    ProviderClients,
-)
-from engine.provider.redaction import mask_secret
-from engine.store.sqlite_store import Committed, FailureRow, ResultRow, Store
-from engine.store.store_error import StoreError
+from engine.observe.snapshot import Counts, JobState, QueueDepths, Snapshot
+from engine.pipeline.batcher import Batcher
+from engine.pipeline.dispatcher import Dispatcher
+from engine.pipeline.held_work import HeldWork
+from engine.pipeline.intake import READ_BLOCK, Intake
+from engine.pipeline.outcomes import Outcomes
+from engine.pipeline.records import Chunk
+from engine.pipeline.work_queue import InProcessWorkQueue, WorkQueue
+from engine.provider.client import ProviderClients
+from engine.store.sqlite_store import Committed, Store
+from engine.store.store_error import StoreError, first_store_error
 
 Clock = Callable[[], float]
 if TYPE_CHECKING:
     from engine.crawl.crawl_stage import CrawlStage
     from engine.crawl.extraction import PageFunction
-
-_READ_BLOCK = 256  # chunks handed from the reading thread per hop
 
 
 class Engine:
@@ -113,59 +87,89 @@ class Engine:
         self._adaptive = AdaptiveConcurrency(config.preset.concurrency, clock())
         self._queue: WorkQueue = InProcessWorkQueue(max(4, config.engine.queue_size // 8), clock)
         self._blocks: asyncio.Queue[list[Chunk] | None] = asyncio.Queue(maxsize=8)
+        self._held = HeldWork(self._queue)  # chunk ids and batches between reader and store
+        self._backoff = Backoff(self._preset_in_force)
         self._clients = ProviderClients()
-        keys: list[KeyState] = []
-        self._masked: dict[str, str] = {}
-        for provider in config.providers:
-            url = (base_urls or {}).get(provider.name, provider.base_url)
-            for key in provider.keys:
-                key_id = f"{provider.name}/{key.alias}"
-                secret = secrets[key_id]
-                self._masked[key_id] = mask_secret(secret)
-                self._clients.add_key(key_id, secret, url)
-                keys.append(
-                    KeyState(key_id, key.alias, provider, KeyBudget(key.rpm, key.tpm, clock), clock)
-                )
-        self._keys = KeyPool(keys, clock)
+        keys = provider_keys(config.providers, secrets, clock)
+        for key in keys:
+            url = (base_urls or {}).get(key.provider.name, key.provider.base_url)
+            self._clients.add_key(key.key_id, secrets[key.key_id], url)
+        self._keys = KeyPool(
+            keys,
+            clock,
+            events=self.events,
+            waits=config.rate_limit_waits,
+            backoff=self._backoff.delay_s,
+            on_rate_limited=self._count_429,
+        )
         # The process's own memory floor: limits below it (plus a margin) are
         # refused at start and whenever a preset is applied.
         self._memory_floor = int(read_rss()) if read_rss else process_floor_bytes()
         self._memory = MemoryGuard(
             config.preset.memory_soft_mb,
             config.preset.memory_hard_mb,
-            on_change=self._on_memory_change,
+            on_change=lambda _old, new, rss: self._dispatcher.memory_changed(new, rss),
             interval_s=config.engine.memory_sample_s,
             **({"read_rss": read_rss} if read_rss else {}),
         )
         self._running = asyncio.Event()  # cleared while paused
         self._running.set()
-        self._finished = asyncio.Event()
-        self._input_done = False
-        self._outstanding = 0  # batches made and not yet resolved
-        self._in_flight_chunks = 0
-        # Ids queued or in flight: a repeat of one of these is not sent twice.
-        # Finished ids leave the set (the store answers for them), so memory
-        # follows the queues, not the size of the input.
-        self._live_ids: set[int] = set()
         self._store: Store | None = None
         self._run_id = 0
-        self._admission: asyncio.Task[None] | None = None
-        self._sends: set[asyncio.Task[None]] = set()
         self._stop_requested = False
-        self._saturated = False
         self._fatal: str = ""
-        self._no_key: str = ""  # why no key can serve any more; then nothing is sent
-        self._rng = random.Random()
-        self._unsaved_events: deque[Event] = deque()
-        self._events_waiting = asyncio.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._event_log = EventLog(self.events)
         self._crawl: CrawlStage | None = None  # a crawl job's fetch stage, made by run()
         self._page_function = page_function
-        self._drift = DriftMonitor(config.drift, clock) if config.drift.enabled else None
-        self._drift_learning = self._drift is not None
-        self._embeddings_wanted = self._drift is not None and config.drift.embeddings
-        self._baseline_loaded = False
-        self._unsaved_baselines: deque[str] = deque()  # learned, to be kept in the store
+        self._intake = Intake(
+            config.job,
+            self._blocks,
+            stats=self.stats,
+            events=self.events,
+            may_read=self._memory.input_hold(self._holds_nothing),
+            on_fatal=self._set_fatal,
+            clock=clock,
+        )
+        self._batcher = Batcher(
+            self._blocks,
+            self._queue,
+            self._held,
+            stats=self.stats,
+            prompt_version=config.prompt.version,
+            models=(p.model for p in config.providers),
+            batch_size=lambda: self._preset.batch_size,
+            on_input_end=self._input_ended,
+        )
+        self._dispatcher = Dispatcher(
+            self._queue,
+            keys=self._keys,
+            clients=self._clients,
+            prompt=config.prompt,
+            preset=self._preset_in_force,
+            concurrency=self._concurrency,
+            adaptive=self._adaptive,
+            running=self._running,
+            memory=self._memory,
+            unstored_rows=self._unstored_rows,
+            stats=self.stats,
+            events=self.events,
+            clock=clock,
+            on_no_key=self._no_key_left,
+        )
+        self._drift = (
+            DriftWatch(
+                config.drift,
+                events=self.events,
+                keys=self._keys,
+                clients=self._clients,
+                controls=self,
+                preset=self._preset_in_force,
+                preset_names=self._preset_names,
+                clock=clock,
+            )
+            if config.drift.enabled
+            else None
+        )
 
     # ------------------------------------------------------------------ public
     async def run(self) -> JobState:
@@ -181,7 +185,6 @@ class Engine:
             source=f"preset {self._preset.name!r}",
             memory_floor_bytes=self._memory_floor,
         )
-        self._loop = asyncio.get_running_loop()
         try:
             self._store = store = await Store.open(
                 cfg.job.store,
@@ -193,11 +196,12 @@ class Engine:
             self._store_failed(exc)
             await self._clients.aclose()
             return self._state
-        self.events.subscribe(self._persist_event)
+        self._event_log.attach()
         ended = False  # by the run's own path: finished, stopped, or store trouble
         try:
             self._run_id = await store.begin_run(cfg.job.name, effective_settings(cfg))
-            await self._load_saved_baseline()
+            if self._drift is not None:
+                await self._drift.load_saved(store)
             self._state = JobState.RUNNING
             self.events.emit(
                 EventKind.JOB_STARTED,
@@ -206,41 +210,33 @@ class Engine:
                 concurrency=self._concurrency.limit,
             )
             if cfg.crawl is not None:
-                # Imported here: the HTML parsers cost start-up time that
-                # document jobs need not pay.
-                from engine.crawl.crawl_stage import CrawlStage
-
-                self._crawl = CrawlStage(
+                self._crawl = self._intake.start_crawl(
                     cfg.crawl,
                     store=store,
                     run_id=self._run_id,
-                    events=self.events,
-                    deliver=self._deliver_page,
                     running=self._running,
-                    may_read=_InputGate(self._memory, self._holds_nothing),
-                    clock=self._clock,
                     page_function=self._page_function,
                 )
-            crawl = self._crawl
+            outcomes = self._outcomes(store)
             async with asyncio.TaskGroup() as tg:
                 writer = tg.create_task(store.run_writer(), name="store-writer")
                 helpers = [
                     tg.create_task(self._tick(), name="ticker"),
                     tg.create_task(self._memory.run(), name="memory-guard"),
-                    tg.create_task(
-                        self._count_total() if crawl is None else crawl.count_targets(),
-                        name="census",
-                    ),
-                    tg.create_task(self._save_events(), name="event-log"),
+                    tg.create_task(self._intake.census(), name="census"),
+                    tg.create_task(self._event_log.run(store, self._run_id), name="event-log"),
                 ]
+                if self._drift is not None:
+                    baselines = self._drift.keep_baselines(store, self._run_id)
+                    helpers.append(tg.create_task(baselines, name="drift-baselines"))
                 stages = [
-                    tg.create_task(
-                        self._read() if crawl is None else self._crawl_read(crawl), name="reader"
+                    tg.create_task(self._intake.read(), name="reader"),
+                    tg.create_task(self._batcher.run(store), name="batcher"),
+                    dispatching := tg.create_task(
+                        self._dispatcher.run(outcomes), name="dispatcher"
                     ),
-                    tg.create_task(self._batch(), name="batcher"),
-                    tg.create_task(self._dispatch(), name="dispatcher"),
                 ]
-                await self._finished.wait()
+                await asyncio.wait((dispatching,))  # the queue closed, or admission was stopped
                 for task in stages + helpers:
                     task.cancel()
                 await asyncio.gather(*stages, *helpers, return_exceptions=True)
@@ -254,19 +250,19 @@ class Engine:
                     done=self.stats.done,
                     failed=self.stats.failed,
                     skipped=self.stats.skipped,
-                    records_skipped=self._records_skipped(),
+                    records_skipped=self._intake.records_skipped(),
                     state=str(self._state),
                 )
-                while self._unsaved_events:
-                    await store.put_event(self._run_id, self._unsaved_events.popleft())
-                await self._save_baselines()
+                await self._event_log.flush(store, self._run_id)
+                if self._drift is not None:
+                    await self._drift.save_learned(store, self._run_id)
                 await store.close_writer()
                 await writer
             await store.end_run(self._run_id, str(self._state), self._summary())
             ended = True
         except* StoreError as trouble:
             ended = True
-            self._store_failed(_first_of(trouble))
+            self._store_failed(first_store_error(trouble))
             await self._record_failed_end(store)
         finally:
             if not ended and self._state not in (JobState.DONE, JobState.STOPPED):
@@ -287,11 +283,12 @@ class Engine:
         # A paused, draining or ended job has no ETA: its rate no longer says when it ends.
         running = self._state in (JobState.STARTING, JobState.RUNNING)
         eta, low, high = s.eta(remaining, running=running)
-        keys = tuple(self._key_snapshot(k) for k in self._keys.keys)
+        keys = tuple(k.snapshot() for k in self._keys.keys)
         projected = None
         if s.total is not None and s.done + s.failed > 0:
             projected = s.cost_usd / (s.done + s.failed) * (s.total - s.skipped - s.cached)
-        pending = max(0, s.seen - s.finished - self._in_flight_chunks)
+        in_flight = self._dispatcher.in_flight_chunks
+        pending = max(0, s.seen - s.finished - in_flight)
         return Snapshot(
             job_name=self.config.job.name,
             state=self._state,
@@ -299,15 +296,15 @@ class Engine:
             elapsed_s=self.elapsed_s,
             counts=Counts(
                 total=s.total,
-                total_estimated=self._crawl is not None and not self._input_done,
+                total_estimated=self._crawl is not None and not self._held.input_done,
                 seen=s.seen,
                 pending=pending,
-                in_flight=self._in_flight_chunks,
+                in_flight=in_flight,
                 done=s.done,
                 failed=s.failed,
                 skipped=s.skipped,
                 cached=s.cached,
-                records_skipped=self._records_skipped(),
+                records_skipped=self._intake.records_skipped(),
             ),
             items_per_min=s.items_per_min,
             requests_per_min=s.requests_per_min,
@@ -329,19 +326,11 @@ class Engine:
             preset_names=self._preset_names,
             drift=self._drift.metrics() if self._drift is not None else (),
             crawl=self._crawl.snapshot() if self._crawl is not None else None,
-            memory=MemorySnapshot(
-                rss_bytes=self._memory.rss_bytes,
-                soft_bytes=self._memory.soft_bytes,
-                hard_bytes=self._memory.hard_bytes,
-                limit_bytes=self._memory.limit_bytes,
-                state=str(self._memory.state),
-                floor_bytes=self._memory_floor,
-                waiting_for=self._memory.waiting_for(),
-            ),
+            memory=self._memory.snapshot(self._memory_floor),
             cost_usd=s.cost_usd,
             cost_projected_usd=projected,
             queues=QueueDepths(
-                chunks=self._blocks.qsize() * _READ_BLOCK,
+                chunks=self._blocks.qsize() * READ_BLOCK,
                 batches=self._queue.fresh_count,
                 retries=self._queue.retry_count,
                 store=self._store.backlog if self._store is not None else 0,
@@ -451,8 +440,7 @@ class Engine:
             self.events.emit(
                 EventKind.DRAINING, f"draining: finishing {self._concurrency.in_use} in flight"
             )
-            if self._admission is not None:
-                self._admission.cancel()
+            self._dispatcher.stop_admitting()
 
     def stop(self) -> None:
         """Stop now: in-flight requests are abandoned and their chunks stay pending."""
@@ -462,12 +450,11 @@ class Engine:
         self._state = JobState.STOPPING
         self._running.set()
         self.events.emit(
-            EventKind.STOPPING, f"stopping now: {self._in_flight_chunks} chunks back to pending"
+            EventKind.STOPPING,
+            f"stopping now: {self._dispatcher.in_flight_chunks} chunks back to pending",
         )
-        if self._admission is not None:
-            self._admission.cancel()
-        for task in tuple(self._sends):
-            task.cancel()
+        self._dispatcher.stop_admitting()
+        self._dispatcher.abandon_sends()
 
     @property
     def failure_reason(self) -> str:
@@ -481,559 +468,52 @@ class Engine:
         return (self._clock() if self._ended is None else self._ended) - self._started
 
     def summary_line(self) -> str:
-        s = self.stats
-        elapsed = self.elapsed_s
-        records = self._records_skipped()
-        return (
-            f"{self.config.job.name}: {s.done} done, {s.failed} failed, {s.skipped} skipped, "
-            f"{s.cached} duplicates, "
-            + (f"{records} input records skipped, " if records else "")
-            + f"{s.requests} requests ({s.rate_limited} rate-limited) "
-            f"in {elapsed:.1f}s, cost ${s.cost_usd:.4f}"
+        """The run in one line, as the job's end prints it."""
+        return self.stats.summary_line(
+            self.config.job.name, self.elapsed_s, self._intake.records_skipped()
         )
 
-    # ------------------------------------------------------------------ stages
-    def _documents_chunks(self) -> Iterator[Chunk]:
-        job = self.config.job
-        docs = iter_documents(job, on_bad_record=self._bad_record)
-        return iter_chunks(docs, job.chunk_tokens, job.chunk_overlap_tokens)
+    # ------------------------------------------------------- what stages report
+    def _preset_in_force(self) -> Preset:
+        return self._preset
 
-    def _bad_record(self, message: str) -> None:
-        # Called from the reading thread: hop to the loop before touching the
-        # counters or the bus.  The hop runs before the reader's block comes
-        # back, so the count is complete when the input is.
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._count_bad_record, message)
+    def _set_fatal(self, reason: str) -> None:
+        self._fatal = reason
 
-    def _count_bad_record(self, message: str) -> None:
-        self.stats.records_skipped += 1
-        self.events.emit(EventKind.WARNING, f"skipped input record: {message}")
+    def _outcomes(self, store: Store) -> Outcomes:
+        """The outcomes stage of this run: its rows go to `store` under this run's id."""
+        cfg = self.config
+        return Outcomes(
+            store,
+            run_id=self._run_id,
+            prompt_version=cfg.prompt.version,
+            first_model=cfg.providers[0].model,
+            queue=self._queue,
+            held=self._held,
+            keys=self._keys,
+            stats=self.stats,
+            events=self.events,
+            attempts=self._adaptive,
+            preset=self._preset_in_force,
+            backoff=self._backoff.delay_s,
+            waits=cfg.rate_limit_waits,
+            clock=self._clock,
+            drift=self._drift,
+        )
 
-    def _records_skipped(self) -> int:
-        """Input records left out so far: the documents' and a crawl's target lines."""
-        crawl_lines = self._crawl.skipped_lines if self._crawl is not None else 0
-        return self.stats.records_skipped + crawl_lines
-
-    def _fail_if_every_record_was_skipped(self) -> None:
-        # Nothing read but records skipped: a run that would otherwise end
-        # "done" with nothing done, e.g. a file of binary data or bad lines.
-        skipped = self._records_skipped()
-        if self._crawl is not None:
-            nothing_read = self._crawl.snapshot().targets_started == 0
-        else:
-            nothing_read = self.stats.seen == 0
-        if nothing_read and skipped and not self._fatal:
-            self._fatal = (
-                f"input: every record was skipped ({skipped}), nothing was sent; "
-                "the event log names each with its file, line and why"
-            )
+    def _input_ended(self) -> None:
+        # Nothing read but records skipped: fail rather than end "done" with nothing done.
+        reason = self._intake.nothing_read()
+        if reason and not self._fatal:
+            self._fatal = reason
             self.events.emit(EventKind.WARNING, self._fatal)
 
-    async def _read(self) -> None:
-        """Reading and chunking run in a thread, a block at a time."""
-        try:
-            chunks = self._documents_chunks()
-
-            def next_block() -> list[Chunk]:
-                return list(itertools.islice(chunks, _READ_BLOCK))
-
-            while True:
-                block = await asyncio.to_thread(next_block)
-                if not block:
-                    break
-                # Read, then wait: the end of the input is seen whatever memory
-                # says, so a job with nothing left to do always ends.
-                await self._memory.wait_to_read(self._holds_nothing)
-                await self._blocks.put(block)
-        except (OSError, ValueError) as exc:
-            self._fatal = f"input: {exc}"
-            self.events.emit(EventKind.WARNING, f"cannot read input: {exc}")
-        # Not in a `finally`: when the run ends (drain, stop, done) the reader is
-        # cancelled and nobody reads the queue any more, so a put on a full queue
-        # would wait forever.
-        await self._blocks.put(None)
-
-    async def _crawl_read(self, crawl: CrawlStage) -> None:
-        """A crawl job's input: pages' text from the crawl stage, chunked as they come."""
-        try:
-            await crawl.run()
-        except (OSError, ValueError) as exc:
-            self._fatal = f"crawl targets: {exc}"
-            self.events.emit(EventKind.WARNING, f"cannot read crawl targets: {exc}")
-        await self._blocks.put(None)  # not in a finally: see `_read`
-
-    async def _deliver_page(self, document: Document) -> None:
-        job = self.config.job
-        block = list(iter_chunks((document,), job.chunk_tokens, job.chunk_overlap_tokens))
-        if block:
-            await self._blocks.put(block)
-
-    def _estimate_crawl_total(self, crawl: CrawlStage) -> None:
-        # Until every site is crawled the number of chunks is unknown: project
-        # it from the chunks per finished site, so progress and ETA have a total.
-        s = self.stats
-        total_targets, finished = crawl.targets_total, crawl.targets_finished
-        if self._input_done or total_targets is None or finished == 0:
-            return
-        per_target = s.seen / finished
-        s.total = max(s.seen, round(s.seen + per_target * max(0, total_targets - finished)))
-
-    async def _count_total(self) -> None:
-        """Count every chunk up front (in a thread) so progress and ETA have a total."""
-        job = self.config.job
-        # A thread can't be cancelled: without this it would count a large
-        # input to its end after the run has ended, and the process would wait.
-        abandoned = threading.Event()
-
-        def count() -> int | None:
-            docs = iter_documents(job, on_bad_record=lambda _message: None)
-            total = 0
-            for _ in iter_chunks(docs, job.chunk_tokens, job.chunk_overlap_tokens):
-                if abandoned.is_set():
-                    return None
-                total += 1
-            return total
-
-        try:
-            total = await asyncio.to_thread(count)
-        except (OSError, ValueError):
-            return
-        except asyncio.CancelledError:
-            abandoned.set()
-            raise
-        if total is not None and self.stats.total is None:
-            self.stats.total = total
-
-    async def _batch(self) -> None:
-        """Skip what is done, group the rest into batches, queue them."""
-        assert self._store is not None
-        cfg = self.config
-        # A result from any of the job's models counts as done.
-        models = sorted({p.model for p in cfg.providers})
-        pending: list[Chunk] = []
-        while True:
-            block = await self._blocks.get()
-            if block is None:
-                break
-            self.stats.seen += len(block)
-            fresh: list[Chunk] = []
-            for chunk in block:
-                as_int = int(chunk.id, 16)
-                if as_int in self._live_ids:
-                    self.stats.cached += 1  # the same text again: one result serves both
-                else:
-                    self._live_ids.add(as_int)
-                    fresh.append(chunk)
-            ids = [c.id for c in fresh]
-            done: set[str] = set()
-            for model in models:
-                done |= await self._store.done_ids(ids, cfg.prompt.version, model)
-            self.stats.skipped += len(done)
-            for chunk in fresh:
-                if chunk.id in done:
-                    self._live_ids.discard(int(chunk.id, 16))
-                else:
-                    pending.append(chunk)
-            while len(pending) >= self._preset.batch_size:
-                size = self._preset.batch_size
-                await self._enqueue(pending[:size])
-                del pending[:size]
-        if pending:
-            await self._enqueue(pending)
-        if self.stats.total is None or self.stats.total != self.stats.seen:
-            self.stats.total = self.stats.seen  # the reader is the final word
-        self._input_done = True
-        self._fail_if_every_record_was_skipped()
-        self._maybe_finish()
-
-    async def _enqueue(self, chunks: Sequence[Chunk]) -> None:
-        batch = Batch(tuple(chunks))
-        self._outstanding += 1
-        await self._queue.put(batch)
-
-    def _maybe_finish(self) -> None:
-        if self._input_done and self._outstanding == 0:
-            self._queue.close()
-
-    async def _dispatch(self) -> None:
-        """Admission: one loop hands batches to keys as budgets allow."""
-        try:
-            async with asyncio.TaskGroup() as sends:
-                self._admission = sends.create_task(self._admit(sends), name="admission")
-        finally:
-            self._finished.set()
-
-    async def _admit(self, sends: asyncio.TaskGroup) -> None:
-        while True:
-            batch = await self._queue.get()
-            if batch is None:
-                return
-            if self._no_key:
-                await self._fail(batch, self._no_key, announce=False)
-                continue
-            try:
-                await self._running.wait()
-                await self._memory.wait_to_send(self._sends_nothing)
-                if self._concurrency.in_use >= self._concurrency.limit:
-                    self._saturated = True
-                await self._concurrency.acquire()
-            except asyncio.CancelledError:
-                self._queue.put_retry(batch)
-                raise
-            try:
-                messages = build_messages(self.config.prompt, batch.chunks)
-                estimate = estimate_prompt_tokens(messages) + self._output_estimate(
-                    len(batch.chunks)
-                )
-                key = await self._keys.acquire(estimate)
-            except asyncio.CancelledError:
-                self._concurrency.release()
-                self._queue.put_retry(batch)
-                raise
-            except NoUsableKeyError:
-                self._concurrency.release()
-                self._no_key_left()
-                await self._fail(batch, self._no_key, announce=False)
-                continue
-            flight = _InFlight(batch, key, estimate)
-            self._in_flight_chunks += len(batch.chunks)
-            key.in_flight += 1
-            task = sends.create_task(self._send(flight, messages))
-            self._sends.add(task)
-            task.add_done_callback(self._sends.discard)
-            # A task cancelled before it starts (stop now, in the turn that
-            # admitted it) never runs its `finally`: give its claims back here.
-            task.add_done_callback(functools.partial(self._settle_unstarted, flight))
-            if self._preset.batch_delay_s > 0:
-                await asyncio.sleep(self._preset.batch_delay_s)
-
-    def _output_estimate(self, n_chunks: int) -> int:
-        # Learned from the answers so far: the mean output per chunk with a margin.
-        s = self.stats
-        per_chunk = s.tokens_out / s.chunks_answered if s.chunks_answered else 150.0
-        return int(per_chunk * 1.2 * n_chunks) + 16
-
-    def _give_back(self, flight: _InFlight, *, unused: bool) -> None:
-        """Return an admitted request's claims, once; `unused`: its budget too (never answered)."""
-        if flight.settled:
-            return
-        flight.settled = True
-        flight.key.in_flight -= 1
-        self._in_flight_chunks -= len(flight.batch.chunks)
-        self._concurrency.release()
-        if unused:
-            flight.key.budget.release(flight.estimate)  # stop now: the chunks stay pending
-
-    def _settle_unstarted(self, flight: _InFlight, _task: asyncio.Task[None]) -> None:
-        self._give_back(flight, unused=True)  # no-op once the send itself gave them back
-
-    async def _send(self, flight: _InFlight, messages: list[dict[str, str]]) -> None:
-        batch, key, estimate = flight.batch, flight.key, flight.estimate
-        provider = key.provider
-        timeout = provider.request_timeout_s or self._preset.request_timeout_s
-        sent_at = self._clock()
-        try:
-            outcome = await self._clients.chat(
-                key.key_id, provider.model, messages, timeout, self.config.prompt.temperature
-            )
-        except asyncio.CancelledError:
-            self._give_back(flight, unused=True)
-            raise
-        self._give_back(flight, unused=False)
-        key.requests += 1
-        self.stats.requests += 1
-        if isinstance(outcome, CallResult):
-            await self._on_answer(batch, key, outcome, estimate)
-        else:
-            await self._on_failure(batch, key, outcome, estimate, sent_at)
-        self._keys.notify()
-
-    async def _on_answer(
-        self, batch: Batch, key: KeyState, result: CallResult, estimate: int
-    ) -> None:
-        used = result.prompt_tokens + result.completion_tokens
-        if used == 0:
-            used = estimate  # no usage reported: keep what was reserved
-        key.budget.reconcile(estimate, used)
-        self._sync_headers(key, result.headers)
-        key.record_usage(used)
-        key.refusals.answered()
-        s = self.stats
-        s.tokens += used
-        s.record_latency(result.latency_s)
-        self._adaptive.record(self._clock(), False)
-        provider = key.provider
-        cost = (
-            result.prompt_tokens * provider.price_input_per_m
-            + result.completion_tokens * provider.price_output_per_m
-        ) / 1e6
-        s.cost_usd += cost
-        try:
-            parsed = parse_answer(result.content, batch.ids)
-        except AnswerShapeError as exc:
-            self._observe_answer(batch, result, cost, parse_failed=True)
-            await self._retry_or_fail(batch, key, FailureKind.MALFORMED, str(exc))
-            return
-        self._observe_answer(batch, result, cost, missing=len(parsed.missing))
-        s.tokens_out += result.completion_tokens
-        s.chunks_answered += len(parsed.results)
-        share = cost / max(1, len(batch.chunks))
-        observed: list[tuple[ResultFeatures, str]] = []  # for the drift monitor
-        assert self._store is not None
-        version, model = self.config.prompt.version, provider.model
-        for chunk in batch.chunks:
-            entry = parsed.results.get(chunk.id)
-            if entry is None:
-                continue
-            encoded = json.dumps(entry, ensure_ascii=False, separators=(",", ":"))
-            await self._store.put_result(
-                ResultRow(
-                    chunk_id=chunk.id,
-                    prompt_version=version,
-                    model=model,
-                    source=chunk.source,
-                    seq=chunk.seq,
-                    text=chunk.text,
-                    result_json=encoded,
-                    provider=provider.name,
-                    key_alias=key.alias,
-                    input_tokens=result.prompt_tokens // max(1, len(batch.chunks)),
-                    output_tokens=result.completion_tokens // max(1, len(batch.chunks)),
-                    latency_ms=result.latency_s * 1000.0,
-                    cost=share,
-                    run_id=self._run_id,
-                )
-            )
-            self._live_ids.discard(int(chunk.id, 16))  # done is counted on commit
-            if self._drift is not None:
-                observed.append((features_of_result(entry, encoded=encoded), encoded))
-        if parsed.missing:
-            # Each left-out chunk is retried on its own; that counts as a failed attempt.
-            by_id = {c.id: c for c in batch.chunks}
-            for missing_id in parsed.missing:
-                single = Batch((by_id[missing_id],), attempt=batch.attempt)
-                self._outstanding += 1
-                await self._retry_or_fail(
-                    single, key, FailureKind.MALFORMED, "answer left this chunk out", count=False
-                )
-        self._resolve(batch)
-        if observed:
-            await self._observe_results(observed)
-
-    def _observe_answer(
-        self,
-        batch: Batch,
-        result: CallResult,
-        cost: float,
-        *,
-        parse_failed: bool = False,
-        missing: int = 0,
-    ) -> None:
-        if self._drift is None:
-            return
-        self._drift.observe_answer(
-            AnswerFeatures(
-                chunks=len(batch.chunks),
-                parse_failed=parse_failed,
-                missing_ids=missing,
-                output_tokens=result.completion_tokens,
-                latency_s=result.latency_s,
-                cost_usd=cost,
-            )
-        )
-        self._act_on_drift()
-
-    async def _observe_results(self, observed: list[tuple[ResultFeatures, str]]) -> None:
-        """Results to the drift monitor, with their outputs' embeddings when it wants them."""
-        drift = self._drift
-        assert drift is not None
-        vectors: Sequence[NDArray[np.float32] | None] = [None] * len(observed)
-        if self._embeddings_wanted:
-            vectors = await self._embed([text for _, text in observed]) or vectors
-        for (features, _), vector in zip(observed, vectors, strict=True):
-            drift.observe_result(features, vector)
-        self._act_on_drift()
-
-    async def _embed(self, texts: list[str]) -> Sequence[NDArray[np.float32]] | None:
-        """The texts' embeddings through the job's keys, within their budgets; None if not."""
-        estimate = sum(estimate_tokens(text) for text in texts)
-        try:
-            key = await self._keys.acquire(estimate)
-        except NoUsableKeyError:
-            return None
-        model = self.config.drift.embedding_model
-        timeout = key.provider.request_timeout_s or self._preset.request_timeout_s
-        key.in_flight += 1
-        sent_at = self._clock()
-        try:
-            outcome = await self._clients.embed(key.key_id, model, texts, timeout)
-        except asyncio.CancelledError:
-            key.budget.release(estimate)
-            raise
-        finally:
-            key.in_flight -= 1
-        key.requests += 1
-        self._keys.notify()
-        if isinstance(outcome, EmbeddingResult):
-            used = outcome.prompt_tokens or estimate
-            key.budget.reconcile(estimate, used)
-            key.record_usage(used)
-            key.refusals.answered()
-            self._sync_headers(key, outcome.headers)
-            return outcome.vectors
-        self._sync_headers(key, outcome.headers)
-        if outcome.kind is FailureKind.RATE_LIMITED:
-            cooling = self._cool_key(key, outcome, estimate, sent_at)
-            self._report_429(key, outcome, cooling, "drift embeddings skipped")
-            return None
-        key.budget.release(estimate)
-        if outcome.kind in (FailureKind.BAD_REQUEST, FailureKind.AUTH, FailureKind.QUOTA):
-            # The provider has no such model for this key (or refuses it): stop
-            # asking; the other drift metrics go on.
-            self._embeddings_wanted = False
-            self.events.emit(
-                EventKind.WARNING,
-                f"drift embeddings off: {model} on {key.key_id}: {outcome.message}",
-            )
-        return None
-
-    def _act_on_drift(self) -> None:
-        """Turn the monitor's news into events, and trips into their gates' actions."""
-        drift = self._drift
-        assert drift is not None
-        if self._drift_learning and not drift.learning:
-            self._drift_learning = False
-            learned = drift.baseline()
-            if learned is not None and not self._baseline_loaded:
-                self._unsaved_baselines.append(learned.to_json().decode("utf-8"))
-                self._events_waiting.set()
-                self.events.emit(
-                    EventKind.DRIFT_BASELINE,
-                    "drift baseline learned from the first results; gates are armed",
-                )
-        for trip in drift.trips():
-            self.events.emit(
-                EventKind.DRIFT_TRIPPED,
-                trip.message(),
-                metric=trip.metric,
-                statistic=trip.statistic,
-                value=round(trip.value, 4),
-                threshold=trip.threshold,
-                action=str(trip.action),
-                baseline_value=trip.baseline_value,
-                window_value=trip.window_value,
-                baseline_n=trip.baseline_n,
-                window_n=trip.window_n,
-            )
-            self._take_drift_action(trip.action)
-
-    def _take_drift_action(self, action: GateAction) -> None:
-        if action is GateAction.CONSERVATIVE:
-            if self._preset.name != "conservative" and "conservative" in self.config.presets:
-                try:
-                    self.apply_preset("conservative")
-                except ConfigError as exc:  # e.g. memory limits below this process's floor
-                    self.events.emit(EventKind.WARNING, f"drift gate: preset not applied: {exc}")
-        elif action is GateAction.PAUSE:
-            self.pause()
-        elif action is GateAction.STOP:
-            # Drain, not stop: what is in flight is already paid for; keep it.
-            self.drain()
-
-    def _sync_headers(self, key: KeyState, headers: Mapping[str, str]) -> None:
-        if not headers:
-            return
-        learned = key.budget.sync(RateHeaders.parse(headers))
-        if learned:
-            self._limit_learned(key, learned, "the provider's headers")
-
-    def _limit_learned(self, key: KeyState, learned: tuple[str, float, float], source: str) -> None:
-        which, old, new = learned
-        self.events.emit(
-            EventKind.LIMIT_LEARNED,
-            f"{key.key_id}: {which} limit {old:g} → {new:g} (from {source})",
-            key=key.key_id,
-            which=which,
-            old=old,
-            new=new,
-        )
-
-    def _cool_key(
-        self, key: KeyState, failure: CallFailure, estimate: int, sent_at: float
-    ) -> KeyCooling:
-        """A 429: that key alone waits out retry-after, and its limit may be lowered.
-
-        Refused too long with no answer, it cools for longer, then is disabled
-        (`engine.limits.rate_limit_patience`).
-        """
-        now = self._clock()
+    def _count_429(self, now: float) -> None:
         self.stats.rate_limited += 1
-        key.rate_limited += 1
         self._adaptive.record(now, True)
-        key.budget.release(estimate)
-        wait = parse_retry_after(failure.headers)
-        if wait is None:
-            # No retry-after: the limit's own reset time is the next best answer.
-            limits = RateHeaders.parse(failure.headers)
-            reset = (
-                limits.reset_tokens_s if failure.rate_kind == "tokens" else limits.reset_requests_s
-            )
-            wait = reset if reset is not None else self._backoff(1)
-        cooling = key.refusals.refused(
-            self.config.rate_limit_waits, now=now, sent_at=sent_at, retry_after_s=wait
-        )
-        if cooling.disabled_reason:
-            self._disable_key(key, cooling.disabled_reason)
-            return cooling
-        key.cooldown_until = max(key.cooldown_until, now + cooling.wait_s)
-        lowered = key.budget.on_rate_limited(failure.rate_kind, key.answered_rpm())
-        if lowered:
-            self._limit_learned(key, lowered, "429s")
-        return cooling
 
-    def _report_429(
-        self, key: KeyState, failure: CallFailure, cooling: KeyCooling, then: str
-    ) -> None:
-        if cooling.disabled_reason:
-            doing = "key disabled"
-        elif cooling.longer:
-            doing = (
-                f"{cooling.rounds} in a row with no answer: cooling {format_wait(cooling.wait_s)} "
-                f"(longer cool-down {cooling.longer}/"
-                f"{self.config.rate_limit_waits.key_escalations})"
-            )
-        else:
-            doing = f"cooling {cooling.wait_s:.2f}s"
-        self.events.emit(
-            EventKind.RATE_LIMITED,
-            f"429 on {key.key_id} ({failure.rate_kind}): {doing}, {then}",
-            key=key.key_id,
-            kind=failure.rate_kind,
-            retry_after_s=cooling.wait_s,
-            rounds=cooling.rounds,
-            longer=cooling.longer,
-        )
-
-    def _disable_key(self, key: KeyState, reason: str) -> None:
-        if not key.usable:
-            return
-        key.disabled_reason = reason
-        self.events.emit(
-            EventKind.KEY_DISABLED,
-            f"{key.key_id} disabled: {reason}",
-            key=key.key_id,
-            reason=reason,
-        )
-        self._keys.notify()  # a wait for a key may now have none left to wait for
-
-    def _no_key_left(self) -> None:
+    def _no_key_left(self, reasons: str) -> None:
         """No key can serve any more: fail everything not done, with the keys' reasons."""
-        if self._no_key:
-            return
-        reasons = "; ".join(f"{k.key_id}: {k.disabled_reason}" for k in self._keys.keys[:3])
-        if len(self._keys.keys) > 3:
-            reasons += f"; and {len(self._keys.keys) - 3} more"
-        self._no_key = f"no usable key: {reasons}"
         self._fatal = f"no API key can serve any more ({reasons})"
         self.events.emit(
             EventKind.WARNING,
@@ -1045,108 +525,6 @@ class Engine:
         if self._crawl is not None:
             self._crawl.stop_starting()  # unfetched sites stay for a rerun
 
-    async def _on_failure(
-        self, batch: Batch, key: KeyState, failure: CallFailure, estimate: int, sent_at: float
-    ) -> None:
-        s = self.stats
-        s.errors_by_kind[str(failure.kind)] += 1
-        s.errors_by_key[key.key_id] += 1
-        key.errors += 1
-        self._sync_headers(key, failure.headers)
-        now = self._clock()
-        if failure.kind is FailureKind.RATE_LIMITED:
-            cooling = self._cool_key(key, failure, estimate, sent_at)
-            batch.refusals += 1
-            batch.refused_wait_s += cooling.wait_s
-            waits = self.config.rate_limit_waits
-            gave_up = batch_gives_up(waits, batch.refusals, batch.refused_wait_s)
-            self._report_429(key, failure, cooling, "batch failed" if gave_up else "batch requeued")
-            if gave_up:
-                await self._fail(batch, f"{failure.kind}: {gave_up}; last: {failure.message}")
-            else:
-                self._queue.put_retry(batch)
-            return
-        self._adaptive.record(now, False)
-        s.attempts_failed += 1
-        if failure.kind in (FailureKind.QUOTA, FailureKind.AUTH):
-            key.budget.release(estimate)
-            self._disable_key(
-                key, "insufficient quota" if failure.kind is FailureKind.QUOTA else failure.message
-            )
-            self._queue.put_retry(batch)
-            return
-        if failure.kind is FailureKind.BAD_REQUEST and len(batch.chunks) > 1:
-            # One bad chunk must not sink its batch-mates: try each alone.
-            for chunk in batch.chunks:
-                self._outstanding += 1
-                self._queue.put_retry(Batch((chunk,), attempt=batch.attempt + 1))
-            self._resolve(batch)
-            return
-        if failure.kind in RETRYABLE:
-            await self._retry_or_fail(batch, key, failure.kind, failure.message, count=False)
-            return
-        await self._fail(batch, f"{failure.kind}: {failure.message}")
-
-    async def _retry_or_fail(
-        self, batch: Batch, key: KeyState, kind: FailureKind, reason: str, count: bool = True
-    ) -> None:
-        if count:
-            self.stats.errors_by_kind[str(kind)] += 1
-            self.stats.errors_by_key[key.key_id] += 1
-            self.stats.attempts_failed += 1
-        batch.attempt += 1
-        batch.reasons.append(f"{kind}: {reason}")
-        if batch.attempt > self._preset.max_retries:
-            await self._fail(batch, f"{kind}: {reason} (after {batch.attempt} attempts)")
-            return
-        delay = self._backoff(batch.attempt)
-        if len(batch.chunks) == 1 or batch.attempt == 1:
-            self.events.emit(
-                EventKind.RETRY,
-                f"retry {batch.attempt}/{self._preset.max_retries} of {len(batch.chunks)} "
-                f"chunk(s) in {delay:.2f}s: {kind}: {reason}",
-                kind=str(kind),
-                attempt=batch.attempt,
-                delay_s=delay,
-            )
-        self._queue.put_retry(batch, delay)
-
-    def _backoff(self, attempt: int) -> float:
-        """Exponential backoff with full jitter."""
-        p = self._preset
-        return self._rng.uniform(0.0, min(p.backoff_max_s, p.backoff_base_s * 2 ** (attempt - 1)))
-
-    async def _fail(self, batch: Batch, reason: str, *, announce: bool = True) -> None:
-        assert self._store is not None
-        model = self.config.providers[0].model
-        for chunk in batch.chunks:
-            await self._store.put_failure(
-                FailureRow(
-                    chunk_id=chunk.id,
-                    prompt_version=self.config.prompt.version,
-                    model=model,
-                    source=chunk.source,
-                    seq=chunk.seq,
-                    text=chunk.text,
-                    reason=reason,
-                    attempts=batch.attempt,
-                    run_id=self._run_id,
-                )
-            )
-            self._live_ids.discard(int(chunk.id, 16))  # failed is counted on commit
-        if announce:  # else one event already said why, for all of them
-            self.events.emit(
-                EventKind.CHUNK_FAILED,
-                f"{len(batch.chunks)} chunk(s) failed: {reason}",
-                chunks=len(batch.chunks),
-                reason=reason,
-            )
-        self._resolve(batch)
-
-    def _resolve(self, batch: Batch) -> None:
-        self._outstanding -= 1
-        self._maybe_finish()
-
     # ------------------------------------------------------------------ helpers
     async def _tick(self) -> None:
         while True:
@@ -1154,42 +532,11 @@ class Engine:
             now = self._clock()
             if self._crawl is not None:
                 self._crawl.tick(now)
-                self._estimate_crawl_total(self._crawl)
+                self._intake.project_crawl_total(input_done=self._held.input_done)
             self.stats.tick(now)
-            if self._preset.adaptive_concurrency and self._state == JobState.RUNNING:
-                new = self._adaptive.update(now, self._saturated)
-                if new is not None and new != self._concurrency.limit:
-                    old = self._concurrency.limit
-                    self._concurrency.set_limit(new)
-                    self.events.emit(
-                        EventKind.CONCURRENCY_CHANGED,
-                        f"adaptive concurrency {old} → {new}",
-                        old=old,
-                        new=new,
-                        adaptive=True,
-                    )
-            self._saturated = False
+            adaptive = self._preset.adaptive_concurrency and self._state == JobState.RUNNING
+            self._dispatcher.adapt(now, allowed=adaptive)
             self._keys.notify()  # cooldowns may have ended; recovery may apply
-
-    def _on_memory_change(self, old: MemoryState, new: MemoryState, rss: int) -> None:
-        mb = rss / 2**20
-        if new is MemoryState.OK:
-            self._concurrency.set_limit(self._adaptive.current)
-            self.events.emit(EventKind.MEMORY_OK, f"memory back to normal ({mb:.0f} MB)", rss=rss)
-        elif new is MemoryState.SOFT:
-            lowered = max(1, self._concurrency.limit // 2)
-            self._concurrency.set_limit(lowered)
-            self.events.emit(
-                EventKind.MEMORY_SOFT,
-                f"memory {mb:.0f} MB above the soft limit: input paused, concurrency {lowered}",
-                rss=rss,
-            )
-        else:
-            self.events.emit(
-                EventKind.MEMORY_HARD,
-                f"memory {mb:.0f} MB above the hard limit: no new requests until it falls",
-                rss=rss,
-            )
 
     def _count_committed(self, committed: Committed) -> None:
         # Counted when the writer commits, not when a row is handed to it: what
@@ -1220,77 +567,13 @@ class Engine:
         crawl = self._crawl.snapshot() if self._crawl is not None else None
         return (
             self._blocks.empty()
-            and self._outstanding == 0
+            and self._held.outstanding == 0
             and (crawl is None or crawl.targets_started == crawl.targets_finished)
-            and (self._store is None or self._store.backlog == 0)
+            and self._unstored_rows() == 0
         )
 
-    def _sends_nothing(self) -> bool:
-        """No request in flight and nothing unstored: holding requests cannot lower memory."""
-        return self._concurrency.in_use == 0 and (self._store is None or self._store.backlog == 0)
-
-    def _persist_event(self, event: Event) -> None:
-        # Listeners are synchronous; the writer is async: hand over through a deque.
-        self._unsaved_events.append(event)
-        self._events_waiting.set()
-
-    async def _save_events(self) -> None:
-        assert self._store is not None
-        while True:
-            await self._events_waiting.wait()
-            self._events_waiting.clear()
-            while self._unsaved_events:
-                await self._store.put_event(self._run_id, self._unsaved_events.popleft())
-            await self._save_baselines()
-
-    async def _save_baselines(self) -> None:
-        assert self._store is not None
-        while self._unsaved_baselines:
-            await self._store.add_baseline(self._run_id, self._unsaved_baselines.popleft())
-
-    async def _load_saved_baseline(self) -> None:
-        """Judge against the job's saved baseline (`crawldeck baseline save`), if it has one."""
-        assert self._store is not None
-        if self._drift is None:
-            return
-        saved = await self._store.saved_baseline()
-        if saved is None:
-            return
-        try:
-            baseline = Baseline.from_json(saved)
-        except BaselineFormatError as exc:
-            self.events.emit(
-                EventKind.WARNING, f"saved drift baseline ignored ({exc}); learning a new one"
-            )
-            return
-        self._drift.use_baseline(baseline)
-        self._drift_learning = False
-        self._baseline_loaded = True
-        self.events.emit(
-            EventKind.DRIFT_BASELINE, "drift gates armed with the job's saved baseline"
-        )
-
-    def _key_snapshot(self, key: KeyState) -> KeySnapshot:
-        rpm_used, tpm_used = key.used_last_minute()
-        cooling = key.cooling_for()
-        state = "disabled" if not key.usable else ("cooling" if cooling > 0 else "ok")
-        return KeySnapshot(
-            key_id=key.key_id,
-            provider=key.provider.name,
-            alias=key.alias,
-            masked_secret=self._masked[key.key_id],
-            rpm_used=rpm_used,
-            rpm_limit=key.budget.limit_rpm,
-            tpm_used=tpm_used,
-            tpm_limit=key.budget.limit_tpm,
-            in_flight=key.in_flight,
-            requests=key.requests,
-            errors=key.errors,
-            rate_limited=key.rate_limited,
-            state=state,
-            cooldown_s=cooling,
-            disabled_reason=key.disabled_reason,
-        )
+    def _unstored_rows(self) -> int:
+        return self._store.backlog if self._store is not None else 0
 
     def _final_state(self) -> JobState:
         s = self.stats
@@ -1303,48 +586,4 @@ class Engine:
         return JobState.DONE
 
     def _summary(self) -> dict[str, object]:
-        s = self.stats
-        return {
-            "done": s.done,
-            "failed": s.failed,
-            "skipped": s.skipped,
-            "cached": s.cached,
-            "records_skipped": self._records_skipped(),
-            "requests": s.requests,
-            "rate_limited": s.rate_limited,
-            "tokens": s.tokens,
-            "cost_usd": s.cost_usd,
-            "elapsed_s": self.elapsed_s,
-            "fatal": self._fatal,
-        }
-
-
-def _first_of(group: BaseExceptionGroup[StoreError]) -> StoreError:
-    """The first store error of a group (task groups nest them)."""
-    first: BaseException = group
-    while isinstance(first, BaseExceptionGroup):
-        first = first.exceptions[0]
-    assert isinstance(first, StoreError)
-    return first
-
-
-@dataclass(slots=True)
-class _InFlight:
-    """One admitted request's claims — a concurrency slot, a place in its key's
-    and the job's in-flight counts, its reserved budget — to be given back once."""
-
-    batch: Batch
-    key: KeyState
-    estimate: int
-    settled: bool = False
-
-
-class _InputGate:
-    """What a crawl waits on before starting a site: the memory breaker's input hold."""
-
-    def __init__(self, memory: MemoryGuard, holds_nothing: Callable[[], bool]) -> None:
-        self._memory = memory
-        self._holds_nothing = holds_nothing
-
-    async def wait(self) -> None:
-        await self._memory.wait_to_read(self._holds_nothing)
+        return self.stats.summary(self.elapsed_s, self._intake.records_skipped(), self._fatal)

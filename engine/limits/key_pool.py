@@ -1,10 +1,17 @@
-"""All the keys of all providers, and the choice of which one sends next.
+"""All the keys of all providers, the choice of which one sends next, and their health.
 
 A request goes to the usable key that can admit it soonest, ties broken
 by the most free budget — so many keys across several providers are used
 at once, in proportion to their limits.  A key cooling down after a 429
 or disabled (quota, bad key) is skipped.  Behind the `KeyBudgets`
 interface so a Redis-backed pool can share budgets between machines.
+
+Every call on a key — a chat request or an embeddings request — holds a
+`KeyLease` from admission to its end, and reports back through the pool:
+`answered` (reconcile the budget, learn limits from the headers, forgive
+earlier 429s) or `refused` (a 429: cool the key, maybe lower its limit,
+disable it when refused too long — `engine.limits.rate_limit_patience`).
+So a key's accounting is written once, whoever sent the request.
 """
 
 from __future__ import annotations
@@ -13,13 +20,20 @@ import asyncio
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from engine.config.settings import ProviderSettings
-from engine.limits.rate_limit_patience import KeyRefusals
-from engine.limits.rate_limiter import KeyBudget
+from engine.config.settings import Preset, ProviderSettings, RateLimitWaits
+from engine.limits.backoff import Backoff
+from engine.limits.rate_limit_patience import KeyCooling, KeyRefusals, format_wait
+from engine.limits.rate_limiter import KeyBudget, RateHeaders, parse_retry_after
+from engine.observe.events import EventBus, EventKind
+from engine.observe.snapshot import KeySnapshot
+from engine.provider.redaction import mask_secret
+
+if TYPE_CHECKING:  # the provider client loads the SDK; the pool needs only the type
+    from engine.provider.client import CallFailure
 
 Clock = Callable[[], float]
 _WINDOW_S = 60.0
@@ -41,6 +55,7 @@ class KeyState:
     errors: int = 0
     rate_limited: int = 0
     refusals: KeyRefusals = field(default_factory=KeyRefusals)  # 429s since its last answer
+    masked_secret: str = ""  # for display: never the secret itself
     # (time, requests, tokens) per finished request in the last minute
     _window: deque[tuple[float, int, int]] = field(default_factory=deque)
     _win_requests: int = 0
@@ -85,6 +100,29 @@ class KeyState:
             count += requests
         return count * 60.0 / window_s
 
+    def snapshot(self) -> KeySnapshot:
+        """The key's figures right now, as the snapshot shows them."""
+        rpm_used, tpm_used = self.used_last_minute()
+        cooling = self.cooling_for()
+        state = "disabled" if not self.usable else ("cooling" if cooling > 0 else "ok")
+        return KeySnapshot(
+            key_id=self.key_id,
+            provider=self.provider.name,
+            alias=self.alias,
+            masked_secret=self.masked_secret,
+            rpm_used=rpm_used,
+            rpm_limit=self.budget.limit_rpm,
+            tpm_used=tpm_used,
+            tpm_limit=self.budget.limit_tpm,
+            in_flight=self.in_flight,
+            requests=self.requests,
+            errors=self.errors,
+            rate_limited=self.rate_limited,
+            state=state,
+            cooldown_s=cooling,
+            disabled_reason=self.disabled_reason,
+        )
+
     def sending_rpm(self) -> float:
         """The rate this key was sending at recently, in requests per minute."""
         self._trim(self.clock())
@@ -94,10 +132,72 @@ class KeyState:
         return self._win_requests * 60.0 / min(_WINDOW_S, span)
 
 
+def provider_keys(
+    providers: Sequence[ProviderSettings], secrets: Mapping[str, str], clock: Clock
+) -> list[KeyState]:
+    """A `KeyState` for every key of every provider, with its configured limits.
+
+    `secrets` maps key ids (`provider/alias`) to secrets; only their masked
+    form is kept.
+    """
+    keys: list[KeyState] = []
+    for provider in providers:
+        for key in provider.keys:
+            key_id = f"{provider.name}/{key.alias}"
+            budget = KeyBudget(key.rpm, key.tpm, clock)
+            masked = mask_secret(secrets[key_id])
+            keys.append(KeyState(key_id, key.alias, provider, budget, clock, masked_secret=masked))
+    return keys
+
+
+class KeyLease:
+    """One request's hold on a key, from admission to the end of its call.
+
+    It holds the budget reserved for the request (`estimate` tokens) and a
+    place in the key's in-flight count, and ends once: `returned()` when the
+    call came back, answered or not (the key counts a request; the budget
+    stays spent until the pool reconciles it), or `abandoned()` when it never
+    will (cancelled: the budget goes back).  Each says whether it was the one
+    that ended the lease, so claims tied to it are given back exactly once.
+    """
+
+    __slots__ = ("_open", "estimate", "key")
+
+    def __init__(self, key: KeyState, estimate: int) -> None:
+        self.key = key
+        self.estimate = estimate
+        self._open = True
+        key.in_flight += 1
+
+    def returned(self) -> bool:
+        """The call came back; True if this ended the lease."""
+        if not self._open:
+            return False
+        self._open = False
+        self.key.in_flight -= 1
+        self.key.requests += 1
+        return True
+
+    def abandoned(self) -> bool:
+        """The call never came back (cancelled); True if this ended the lease."""
+        if not self._open:
+            return False
+        self._open = False
+        self.key.in_flight -= 1
+        self.key.budget.release(self.estimate)
+        return True
+
+    def release(self) -> None:
+        """The provider did not count this request: give its reserved budget back."""
+        self.key.budget.release(self.estimate)
+
+
 class KeyBudgets(Protocol):
     """Chooses a key and reserves its budget; an in-process or shared implementation."""
 
     async def acquire(self, est_tokens: int) -> KeyState: ...
+
+    async def lease(self, est_tokens: int) -> KeyLease: ...
 
     def notify(self) -> None: ...
 
@@ -110,12 +210,31 @@ class NoUsableKeyError(RuntimeError):
 
 
 class KeyPool:
-    """In-process `KeyBudgets`."""
+    """In-process `KeyBudgets`, and the keys' health.
 
-    def __init__(self, keys: Sequence[KeyState], clock: Clock = time.monotonic) -> None:
+    `events` hears of learned limits, 429s and disabled keys; `waits` bounds
+    how long 429s are waited out; `backoff(1)` is the cool-down of a 429 that
+    names no wait; `on_rate_limited(now)` is told of every 429 (the job's
+    counters and adaptive concurrency).
+    """
+
+    def __init__(
+        self,
+        keys: Sequence[KeyState],
+        clock: Clock = time.monotonic,
+        *,
+        events: EventBus | None = None,
+        waits: RateLimitWaits | None = None,
+        backoff: Callable[[int], float] | None = None,
+        on_rate_limited: Callable[[float], None] | None = None,
+    ) -> None:
         self._keys = list(keys)
         self._clock = clock
         self._changed = asyncio.Event()
+        self._events = events if events is not None else EventBus()
+        self._waits = waits if waits is not None else RateLimitWaits()
+        self._backoff = backoff if backoff is not None else Backoff(Preset).delay_s
+        self._on_rate_limited = on_rate_limited
 
     @property
     def keys(self) -> Sequence[KeyState]:
@@ -153,3 +272,108 @@ class KeyPool:
                     await self._changed.wait()
             except TimeoutError:
                 pass
+
+    async def lease(self, est_tokens: int) -> KeyLease:
+        """`acquire`, held as a lease: the key counts the request in flight until it ends."""
+        return KeyLease(await self.acquire(est_tokens), est_tokens)
+
+    # health ------------------------------------------------------------------
+    def answered(self, lease: KeyLease, used_tokens: int, headers: Mapping[str, str]) -> None:
+        """The provider answered `lease`'s request, counting `used_tokens`."""
+        key = lease.key
+        key.budget.reconcile(lease.estimate, used_tokens)
+        self.sync_headers(key, headers)
+        key.record_usage(used_tokens)
+        key.refusals.answered()
+
+    def sync_headers(self, key: KeyState, headers: Mapping[str, str]) -> None:
+        """Take what the provider's `x-ratelimit-*` headers say of the key's limits."""
+        if not headers:
+            return
+        learned = key.budget.sync(RateHeaders.parse(headers))
+        if learned:
+            self._limit_learned(key, learned, "the provider's headers")
+
+    def refused(self, lease: KeyLease, failure: CallFailure, sent_at: float) -> KeyCooling:
+        """A 429 on `lease`'s request, sent at `sent_at`: that key alone waits it out.
+
+        Its limit may be lowered; refused too long with no answer, it cools
+        for longer, then is disabled (`engine.limits.rate_limit_patience`).
+        """
+        key = lease.key
+        now = self._clock()
+        key.rate_limited += 1
+        if self._on_rate_limited is not None:
+            self._on_rate_limited(now)
+        lease.release()
+        wait = parse_retry_after(failure.headers)
+        if wait is None:
+            # No retry-after: the limit's own reset time is the next best answer.
+            limits = RateHeaders.parse(failure.headers)
+            reset = (
+                limits.reset_tokens_s if failure.rate_kind == "tokens" else limits.reset_requests_s
+            )
+            wait = reset if reset is not None else self._backoff(1)
+        cooling = key.refusals.refused(self._waits, now=now, sent_at=sent_at, retry_after_s=wait)
+        if cooling.disabled_reason:
+            self.disable(key, cooling.disabled_reason)
+            return cooling
+        key.cooldown_until = max(key.cooldown_until, now + cooling.wait_s)
+        lowered = key.budget.on_rate_limited(failure.rate_kind, key.answered_rpm())
+        if lowered:
+            self._limit_learned(key, lowered, "429s")
+        return cooling
+
+    def report_429(
+        self, key: KeyState, failure: CallFailure, cooling: KeyCooling, then: str
+    ) -> None:
+        """Say what a 429 did to its key, and `then` what became of the request."""
+        if cooling.disabled_reason:
+            doing = "key disabled"
+        elif cooling.longer:
+            doing = (
+                f"{cooling.rounds} in a row with no answer: cooling {format_wait(cooling.wait_s)} "
+                f"(longer cool-down {cooling.longer}/{self._waits.key_escalations})"
+            )
+        else:
+            doing = f"cooling {cooling.wait_s:.2f}s"
+        self._events.emit(
+            EventKind.RATE_LIMITED,
+            f"429 on {key.key_id} ({failure.rate_kind}): {doing}, {then}",
+            key=key.key_id,
+            kind=failure.rate_kind,
+            retry_after_s=cooling.wait_s,
+            rounds=cooling.rounds,
+            longer=cooling.longer,
+        )
+
+    def disable(self, key: KeyState, reason: str) -> None:
+        """Send nothing more to `key`, for `reason` (said once)."""
+        if not key.usable:
+            return
+        key.disabled_reason = reason
+        self._events.emit(
+            EventKind.KEY_DISABLED,
+            f"{key.key_id} disabled: {reason}",
+            key=key.key_id,
+            reason=reason,
+        )
+        self.notify()  # a wait for a key may now have none left to wait for
+
+    def disabled_reasons(self, shown: int = 3) -> str:
+        """Why the keys are disabled, the first `shown` of them by name, in one line."""
+        reasons = "; ".join(f"{k.key_id}: {k.disabled_reason}" for k in self._keys[:shown])
+        if len(self._keys) > shown:
+            reasons += f"; and {len(self._keys) - shown} more"
+        return reasons
+
+    def _limit_learned(self, key: KeyState, learned: tuple[str, float, float], source: str) -> None:
+        which, old, new = learned
+        self._events.emit(
+            EventKind.LIMIT_LEARNED,
+            f"{key.key_id}: {which} limit {old:g} → {new:g} (from {source})",
+            key=key.key_id,
+            which=which,
+            old=old,
+            new=new,
+        )

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import psutil
 
+from engine.observe.snapshot import MemorySnapshot
+
 MIB = 1024 * 1024
 SOFT_CEILING = 0.90  # of the effective limit
 HARD_CEILING = 0.95
@@ -158,6 +160,22 @@ class MemoryGuard:
         self._announce()
         return self._state
 
+    def snapshot(self, floor_bytes: int) -> MemorySnapshot:
+        """The breaker's figures now; `floor_bytes` is the process's own floor."""
+        return MemorySnapshot(
+            rss_bytes=self._rss_bytes,
+            soft_bytes=self._soft_bytes,
+            hard_bytes=self._hard_bytes,
+            limit_bytes=self._limit_bytes,
+            state=str(self._state),
+            floor_bytes=floor_bytes,
+            waiting_for=self.waiting_for(),
+        )
+
+    def input_hold(self, holds_nothing: Callable[[], bool]) -> InputHold:
+        """What input waits on (`wait_to_read`), as a gate with a `wait()`."""
+        return InputHold(self, holds_nothing)
+
     def waiting_for(self) -> str:
         """What the breaker holds back and until when, in words; "" while it holds nothing."""
         if self._state is MemoryState.OK:
@@ -251,3 +269,14 @@ class MemoryGuard:
             self._on_change(old, new, self._rss_bytes)
         except Exception as exc:  # a listener's bug must not disable the breaker
             print(f"crawldeck: memory on_change failed: {exc!r}", file=sys.stderr)
+
+
+class InputHold:
+    """The breaker's hold on input, for a reader or a crawl to wait on before taking more."""
+
+    def __init__(self, memory: MemoryGuard, holds_nothing: Callable[[], bool]) -> None:
+        self._memory = memory
+        self._holds_nothing = holds_nothing
+
+    async def wait(self) -> None:
+        await self._memory.wait_to_read(self._holds_nothing)

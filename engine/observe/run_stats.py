@@ -109,6 +109,33 @@ class RunStats:
         self.items_per_min_low = min(min(windows), self.items_per_min)
         self.items_per_min_high = max(max(windows), self.items_per_min)
 
+    def summary_line(self, job_name: str, elapsed_s: float, records_skipped: int) -> str:
+        """The run in one line, as the job's end prints it."""
+        records = records_skipped
+        return (
+            f"{job_name}: {self.done} done, {self.failed} failed, {self.skipped} skipped, "
+            f"{self.cached} duplicates, "
+            + (f"{records} input records skipped, " if records else "")
+            + f"{self.requests} requests ({self.rate_limited} rate-limited) "
+            f"in {elapsed_s:.1f}s, cost ${self.cost_usd:.4f}"
+        )
+
+    def summary(self, elapsed_s: float, records_skipped: int, fatal: str) -> dict[str, object]:
+        """The run's figures as its `runs` row in the store keeps them."""
+        return {
+            "done": self.done,
+            "failed": self.failed,
+            "skipped": self.skipped,
+            "cached": self.cached,
+            "records_skipped": records_skipped,
+            "requests": self.requests,
+            "rate_limited": self.rate_limited,
+            "tokens": self.tokens,
+            "cost_usd": self.cost_usd,
+            "elapsed_s": elapsed_s,
+            "fatal": fatal,
+        }
+
     def eta(
         self, remaining: int | None, *, running: bool = True
     ) -> tuple[float | None, float | None, float | None]:

@@ -31,6 +31,7 @@ class Batch:
     reasons: list[str] = field(default_factory=list)
     refusals: int = 0  # 429s taken
     refused_wait_s: float = 0.0  # the cool-downs those 429s asked for, in all
+    model: str = ""  # the model of the key that last tried it ("" before any has)
 
     @property
     def ids(self) -> tuple[str, ...]:

@@ -7,6 +7,11 @@ the writer commits them in transactions of `batch_rows` rows or every
 a chunk that was in flight when the process died has no row and is simply
 redone, and WAL keeps the file consistent through a kill -9.
 
+At a prompt version a chunk's failure never stands beside a result, from
+whichever model (a job may have several): a result removes the chunk's
+failure, a failure for a chunk with a result is not recorded, and a chunk
+has one failure at most — the latest, under the model that last tried it.
+
 Trouble with the file (locked by another process, full, read-only, not a
 crawldeck store, damaged) is raised as `StoreError`, one line naming the
 file and what to do.  Once the writer fails, every later write raises that
@@ -129,15 +134,19 @@ INSERT OR IGNORE INTO results (
     key_alias, input_tokens, output_tokens, latency_ms, cost, run_id, created_at
 ) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
-_DELETE_FAILURE = "DELETE FROM failures WHERE chunk_id = ? AND prompt_version = ? AND model = ?"
-# A failure for a chunk that already has a result is stale news: never record it.
+_DELETE_FAILURE = "DELETE FROM failures WHERE chunk_id = ? AND prompt_version = ?"
+# The chunk's failure under another model gives way to the one being recorded.
+_DELETE_OTHER_FAILURE = (
+    "DELETE FROM failures WHERE chunk_id = ?1 AND prompt_version = ?2 AND model <> ?3"
+)
+# A failure for a chunk that already has a result (any model's) is stale news: never record it.
 _UPSERT_FAILURE = """
 INSERT INTO failures (
     chunk_id, prompt_version, model, source, seq, text, reason, attempts, run_id, created_at
 )
 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10
 WHERE NOT EXISTS (
-    SELECT 1 FROM results WHERE chunk_id = ?1 AND prompt_version = ?2 AND model = ?3
+    SELECT 1 FROM results WHERE chunk_id = ?1 AND prompt_version = ?2
 )
 ON CONFLICT (chunk_id, prompt_version, model) DO UPDATE SET
     source = excluded.source, seq = excluded.seq, text = excluded.text,
@@ -185,7 +194,8 @@ class ResultRow:
 
 @dataclass(frozen=True, slots=True)
 class FailureRow:
-    """A chunk that gave up after its retries; replaced by a later result."""
+    """A chunk that gave up after its retries, under the model that last tried it;
+    removed by a later result from any model."""
 
     chunk_id: str
     prompt_version: str
@@ -788,7 +798,8 @@ class Store:
         """Commit one batch in one transaction, then release the flushes it carries."""
         now = time.time()
         results: list[tuple[Any, ...]] = []
-        result_keys: list[tuple[str, str, str]] = []
+        result_keys: list[tuple[str, str]] = []
+        failure_keys: list[tuple[str, str, str]] = []
         failures: list[tuple[Any, ...]] = []
         events: list[tuple[Any, ...]] = []
         pages: list[tuple[Any, ...]] = []
@@ -814,7 +825,7 @@ class Store:
                         now,
                     )
                 )
-                result_keys.append((item.chunk_id, item.prompt_version, item.model))
+                result_keys.append((item.chunk_id, item.prompt_version))
             elif isinstance(item, FailureRow):
                 failures.append(
                     (
@@ -830,6 +841,7 @@ class Store:
                         now,
                     )
                 )
+                failure_keys.append((item.chunk_id, item.prompt_version, item.model))
             elif isinstance(item, PageRow):
                 pages.append(
                     (
@@ -862,7 +874,9 @@ class Store:
         try:
             if rows:
                 async with self._lock:
-                    taken = await self._commit(results, result_keys, failures, events, pages)
+                    taken = await self._commit(
+                        results, result_keys, failures, failure_keys, events, pages
+                    )
         except (sqlite3.Error, OSError) as exc:
             self._failure = store_error(self.path, exc)
             self._fail_flushes(flushes, self._failure)
@@ -884,8 +898,9 @@ class Store:
     async def _commit(
         self,
         results: list[tuple[Any, ...]],
-        result_keys: list[tuple[str, str, str]],
+        result_keys: list[tuple[str, str]],
         failures: list[tuple[Any, ...]],
+        failure_keys: list[tuple[str, str, str]],
         events: list[tuple[Any, ...]],
         pages: list[tuple[Any, ...]],
     ) -> tuple[int, int]:
@@ -901,6 +916,7 @@ class Store:
                 results_taken = (await conn.executemany(_INSERT_RESULT, results)).rowcount
                 await conn.executemany(_DELETE_FAILURE, result_keys)
             if failures:
+                await conn.executemany(_DELETE_OTHER_FAILURE, failure_keys)
                 failures_taken = (await conn.executemany(_UPSERT_FAILURE, failures)).rowcount
             if events:
                 await conn.executemany(_INSERT_EVENT, events)

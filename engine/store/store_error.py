@@ -121,3 +121,12 @@ def foreign(path: str | Path, what: str) -> StoreError:
         f"a SQLite database, but not a crawldeck store ({what})",
         f"it was left untouched; {ANOTHER_STORE}",
     )
+
+
+def first_store_error(group: BaseExceptionGroup[StoreError]) -> StoreError:
+    """The first store error of a group (task groups nest them)."""
+    first: BaseException = group
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    assert isinstance(first, StoreError)
+    return first

@@ -30,7 +30,7 @@ Two figures, both printed per round and as medians:
 2. **direct share**: in the enabled child, `DriftMonitor.observe_answer`,
    `observe_result` and `metrics` are wrapped with a main-thread CPU
    accumulator (`time.thread_time_ns`), divided by the child's CPU.  The
-   engine's drift-only glue (`features_of_result`, `Engine._act_on_drift`)
+   engine's drift-only glue (`features_of_result`, `DriftWatch._act`)
    is accumulated apart and shown as "drift path" together with the monitor.
    Less noisy than a difference of two runs.  The wrappers' own cost
    (calibrated in the child) inflates the enabled run and is printed too;
@@ -140,7 +140,7 @@ class GcMeter:
 
 def install_meters() -> tuple[CpuMeter, CpuMeter]:
     """Wrap the monitor's entry points and the engine's drift-only glue; (monitor, glue)."""
-    import engine.engine as engine_module
+    import engine.drift.watch as watch_module
     from engine.drift.monitor import DriftMonitor
 
     monitor, glue = CpuMeter(), CpuMeter()
@@ -148,13 +148,13 @@ def install_meters() -> tuple[CpuMeter, CpuMeter]:
         (DriftMonitor, "observe_answer", monitor),
         (DriftMonitor, "observe_result", monitor),
         (DriftMonitor, "metrics", monitor),
-        (engine_module.Engine, "_act_on_drift", glue),
+        (watch_module.DriftWatch, "_act", glue),
     )
     # setattr: patching methods in place is the point, and mypy refuses assignments to them.
     for owner, name, meter in methods:
         setattr(owner, name, meter.wrap(getattr(owner, name)))
-    # The engine calls it by the name it imported.
-    engine_module.features_of_result = glue.wrap(engine_module.features_of_result)
+    # The watch calls it by the name it imported.
+    watch_module.features_of_result = glue.wrap(watch_module.features_of_result)
     return monitor, glue
 
 
@@ -407,7 +407,7 @@ _ENTRY_POINTS = (
     ("engine/drift/monitor.py", "observe_result"),
     ("engine/drift/monitor.py", "metrics"),
     ("engine/drift/features.py", "features_of_result"),
-    ("engine/engine.py", "_act_on_drift"),
+    ("engine/drift/watch.py", "_act"),
 )
 
 
@@ -532,7 +532,7 @@ def main(results: int, rounds: int, force_profile: bool) -> int:
                 f"{_percent(median_monitor)}  {'PASS' if share_ok else 'FAIL'}"
             )
             print(
-                f"  drift path (monitor + features_of_result + _act_on_drift): "
+                f"  drift path (monitor + features_of_result + DriftWatch._act): "
                 f"{_percent(median_path)}"
             )
             if trips:

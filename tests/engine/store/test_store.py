@@ -42,12 +42,19 @@ def result_row(
     )
 
 
-def failure_row(i: int, reason: str = "timeout", attempts: int = 3) -> FailureRow:
+def failure_row(
+    i: int,
+    reason: str = "timeout",
+    attempts: int = 3,
+    *,
+    prompt_version: str = "1",
+    model: str = "m",
+) -> FailureRow:
     """The i-th chunk's failure, keyed like `result_row(i)`."""
     return FailureRow(
         chunk_id=f"c{i:06d}",
-        prompt_version="1",
-        model="m",
+        prompt_version=prompt_version,
+        model=model,
         source=f"doc{i // 10}.txt",
         seq=i % 10,
         text=f"text of chunk {i}",
@@ -201,6 +208,42 @@ async def test_a_failure_for_a_chunk_that_is_done_is_not_recorded(store: Store) 
     await store.flush()
 
     assert await store.counts() == {"results": 2, "failures": 0}
+
+
+async def test_a_result_from_another_model_removes_the_chunks_failure(
+    store: Store, db: Path
+) -> None:
+    # A job with two models: the chunk failed on one and was answered by the other.
+    await store.put_failure(failure_row(1, model="model-a"))
+    await store.put_failure(failure_row(2, model="model-a", prompt_version="2"))
+    await store.flush()
+    await store.put_result(result_row(1, model="model-b"))
+    await store.put_result(result_row(2, model="model-b"))  # prompt version 1: not chunk 2's
+    await store.flush()
+
+    assert query(db, "SELECT chunk_id, prompt_version FROM failures") == [("c000002", "2")]
+
+
+async def test_a_failure_for_a_chunk_another_model_answered_is_not_recorded(
+    store: Store,
+) -> None:
+    await store.put_result(result_row(1, model="model-b"))
+    await store.flush()
+    await store.put_failure(failure_row(1, model="model-a"))
+    await store.flush()
+
+    assert await store.counts() == {"results": 1, "failures": 0}
+
+
+async def test_a_chunk_keeps_one_failure_the_latest_whichever_model_it_was(
+    store: Store, db: Path
+) -> None:
+    await store.put_failure(failure_row(1, reason="timeout", model="model-a"))
+    await store.flush()
+    await store.put_failure(failure_row(1, reason="server error", model="model-b"))
+    await store.flush()
+
+    assert query(db, "SELECT model, reason FROM failures") == [("model-b", "server error")]
 
 
 async def test_counts_can_be_limited_to_one_prompt_version(store: Store) -> None:

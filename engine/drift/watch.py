@@ -1,0 +1,240 @@
+"""The drift monitor in a running job: fed from answers and results, acted on when it trips.
+
+Each answer's shape, cost and latency and each result's features go to the
+monitor (`engine.drift.monitor`); when embeddings are on, the results'
+outputs are embedded first, through the job's own keys and within their
+budgets (a `KeyLease` like any chat request).  A gate that trips is
+announced with its numbers and acted on through the job's controls
+(`JobControls`, the same any front end uses): the conservative preset, a
+pause, or a drain (what is in flight is already paid for: keep it).  The
+baseline learned from the first results is kept in the store as soon as it
+is learned; a saved one (`crawldeck baseline save`) arms the gates from the
+start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from engine.config.config_problem import ConfigError
+from engine.config.settings import DriftSettings, GateAction, Preset
+from engine.control.controls import JobControls
+from engine.drift.baseline import Baseline, BaselineFormatError
+from engine.drift.features import AnswerFeatures, ResultFeatures, features_of_result
+from engine.drift.monitor import DriftMonitor
+from engine.limits.key_pool import KeyPool, NoUsableKeyError
+from engine.observe.events import EventBus, EventKind
+from engine.observe.snapshot import DriftMetric
+from engine.pipeline.token_estimate import estimate_tokens
+from engine.provider.client import CallFailure, CallResult, EmbeddingResult, FailureKind
+
+Clock = Callable[[], float]
+
+
+class EmbeddingClients(Protocol):
+    """The provider clients' embeddings call (`engine.provider.client.ProviderClients`)."""
+
+    async def embed(
+        self, key_id: str, model: str, inputs: list[str], timeout_s: float
+    ) -> EmbeddingResult | CallFailure: ...
+
+
+class BaselineStore(Protocol):
+    """Where baselines are kept (`engine.store.sqlite_store.Store`)."""
+
+    async def saved_baseline(self) -> str | None: ...
+
+    async def add_baseline(self, run_id: int, baseline_json: str) -> int: ...
+
+
+class DriftWatch:
+    """Feeds a `DriftMonitor` for one job and turns its news into events and actions.
+
+    `preset()` is the preset in force; `preset_names` the presets the job
+    knows (the conservative action needs one named "conservative").
+    """
+
+    def __init__(
+        self,
+        settings: DriftSettings,
+        *,
+        events: EventBus,
+        keys: KeyPool,
+        clients: EmbeddingClients,
+        controls: JobControls,
+        preset: Callable[[], Preset],
+        preset_names: Sequence[str],
+        clock: Clock,
+    ) -> None:
+        self._settings = settings
+        self._events = events
+        self._keys = keys
+        self._clients = clients
+        self._controls = controls
+        self._preset = preset
+        self._preset_names = frozenset(preset_names)
+        self._clock = clock
+        self.monitor = DriftMonitor(settings, clock)
+        self._learning = True
+        self._embeddings_wanted = settings.embeddings
+        self._baseline_loaded = False
+        self._unsaved: deque[str] = deque()  # learned, to be kept in the store
+        self._learned = asyncio.Event()
+
+    def metrics(self) -> tuple[DriftMetric, ...]:
+        """The monitored metrics, for the snapshot."""
+        return self.monitor.metrics()
+
+    # ----------------------------------------------------------------- feeding
+    def observe_answer(
+        self,
+        chunks: int,
+        result: CallResult,
+        cost: float,
+        *,
+        parse_failed: bool = False,
+        missing: int = 0,
+    ) -> None:
+        """One answer of `chunks` chunks, costing `cost`, parsed or not."""
+        self.monitor.observe_answer(
+            AnswerFeatures(
+                chunks=chunks,
+                parse_failed=parse_failed,
+                missing_ids=missing,
+                output_tokens=result.completion_tokens,
+                latency_s=result.latency_s,
+                cost_usd=cost,
+            )
+        )
+        self._act()
+
+    async def observe_results(self, results: list[tuple[dict[str, Any], str]]) -> None:
+        """Stored results, as (entry, its JSON), with their outputs' embeddings if wanted."""
+        observed: list[ResultFeatures] = [
+            features_of_result(entry, encoded=encoded) for entry, encoded in results
+        ]
+        vectors: Sequence[NDArray[np.float32] | None] = [None] * len(results)
+        if self._embeddings_wanted:
+            vectors = await self._embed([text for _, text in results]) or vectors
+        for features, vector in zip(observed, vectors, strict=True):
+            self.monitor.observe_result(features, vector)
+        self._act()
+
+    async def _embed(self, texts: list[str]) -> Sequence[NDArray[np.float32]] | None:
+        """The texts' embeddings through the job's keys, within their budgets; None if not."""
+        estimate = sum(estimate_tokens(text) for text in texts)
+        try:
+            lease = await self._keys.lease(estimate)
+        except NoUsableKeyError:
+            return None
+        key = lease.key
+        model = self._settings.embedding_model
+        timeout = key.provider.request_timeout_s or self._preset().request_timeout_s
+        sent_at = self._clock()
+        try:
+            outcome = await self._clients.embed(key.key_id, model, texts, timeout)
+        except BaseException:
+            lease.abandoned()
+            raise
+        lease.returned()
+        self._keys.notify()
+        if isinstance(outcome, EmbeddingResult):
+            self._keys.answered(lease, outcome.prompt_tokens or estimate, outcome.headers)
+            return outcome.vectors
+        self._keys.sync_headers(key, outcome.headers)
+        if outcome.kind is FailureKind.RATE_LIMITED:
+            cooling = self._keys.refused(lease, outcome, sent_at)
+            self._keys.report_429(key, outcome, cooling, "drift embeddings skipped")
+            return None
+        lease.release()
+        if outcome.kind in (FailureKind.BAD_REQUEST, FailureKind.AUTH, FailureKind.QUOTA):
+            # The provider has no such model for this key (or refuses it): stop
+            # asking; the other drift metrics go on.
+            self._embeddings_wanted = False
+            self._events.emit(
+                EventKind.WARNING,
+                f"drift embeddings off: {model} on {key.key_id}: {outcome.message}",
+            )
+        return None
+
+    # ------------------------------------------------------------------ acting
+    def _act(self) -> None:
+        """Turn the monitor's news into events, and trips into their gates' actions."""
+        monitor = self.monitor
+        if self._learning and not monitor.learning:
+            self._learning = False
+            learned = monitor.baseline()
+            if learned is not None and not self._baseline_loaded:
+                self._unsaved.append(learned.to_json().decode("utf-8"))
+                self._learned.set()
+                self._events.emit(
+                    EventKind.DRIFT_BASELINE,
+                    "drift baseline learned from the first results; gates are armed",
+                )
+        for trip in monitor.trips():
+            self._events.emit(
+                EventKind.DRIFT_TRIPPED,
+                trip.message(),
+                metric=trip.metric,
+                statistic=trip.statistic,
+                value=round(trip.value, 4),
+                threshold=trip.threshold,
+                action=str(trip.action),
+                baseline_value=trip.baseline_value,
+                window_value=trip.window_value,
+                baseline_n=trip.baseline_n,
+                window_n=trip.window_n,
+            )
+            self._take(trip.action)
+
+    def _take(self, action: GateAction) -> None:
+        controls = self._controls
+        if action is GateAction.CONSERVATIVE:
+            if self._preset().name != "conservative" and "conservative" in self._preset_names:
+                try:
+                    controls.apply_preset("conservative")
+                except ConfigError as exc:  # e.g. memory limits below this process's floor
+                    self._events.emit(EventKind.WARNING, f"drift gate: preset not applied: {exc}")
+        elif action is GateAction.PAUSE:
+            controls.pause()
+        elif action is GateAction.STOP:
+            # Drain, not stop: what is in flight is already paid for; keep it.
+            controls.drain()
+
+    # --------------------------------------------------------------- baselines
+    async def load_saved(self, store: BaselineStore) -> None:
+        """Judge against the job's saved baseline (`crawldeck baseline save`), if it has one."""
+        saved = await store.saved_baseline()
+        if saved is None:
+            return
+        try:
+            baseline = Baseline.from_json(saved)
+        except BaselineFormatError as exc:
+            self._events.emit(
+                EventKind.WARNING, f"saved drift baseline ignored ({exc}); learning a new one"
+            )
+            return
+        self.monitor.use_baseline(baseline)
+        self._learning = False
+        self._baseline_loaded = True
+        self._events.emit(
+            EventKind.DRIFT_BASELINE, "drift gates armed with the job's saved baseline"
+        )
+
+    async def keep_baselines(self, store: BaselineStore, run_id: int) -> None:
+        """Keep each baseline in the store, under run `run_id`, once learned; until cancelled."""
+        while True:
+            await self._learned.wait()
+            self._learned.clear()
+            await self.save_learned(store, run_id)
+
+    async def save_learned(self, store: BaselineStore, run_id: int) -> None:
+        """Keep in the store, under run `run_id`, the baselines learned since the last call."""
+        while self._unsaved:
+            await store.add_baseline(run_id, self._unsaved.popleft())

@@ -1,0 +1,97 @@
+"""Blocks of chunks → batches: repeats counted once, done work skipped, the rest batched.
+
+A chunk already queued or in flight (the same text from the same source
+again) is counted as a duplicate: one result serves both.  A chunk with a
+stored result for the prompt version, from any of the job's models, is
+skipped.  The rest is grouped into batches of the preset in force — read
+at each batch, so a preset switched mid-run takes effect at once — and
+queued for the dispatcher.  The queue's bound pushes back on the reader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
+
+from engine.observe.run_stats import RunStats
+from engine.pipeline.held_work import HeldWork
+from engine.pipeline.records import Chunk
+from engine.pipeline.work_queue import Batch, WorkQueue
+
+
+class DoneIds(Protocol):
+    """Where finished work is looked up (the store)."""
+
+    async def done_ids(
+        self, chunk_ids: Sequence[str], prompt_version: str, model: str
+    ) -> set[str]: ...
+
+
+class Batcher:
+    """Takes blocks from `blocks` until None, and queues their work as batches on `queue`.
+
+    `batch_size()` is the preset's batch size now; `on_input_end()` is told
+    when the input has ended, before the queue may close.
+    """
+
+    def __init__(
+        self,
+        blocks: asyncio.Queue[list[Chunk] | None],
+        queue: WorkQueue,
+        held: HeldWork,
+        *,
+        stats: RunStats,
+        prompt_version: str,
+        models: Iterable[str],
+        batch_size: Callable[[], int],
+        on_input_end: Callable[[], None],
+    ) -> None:
+        self._blocks = blocks
+        self._queue = queue
+        self._held = held
+        self._stats = stats
+        self._version = prompt_version
+        # A result from any of the job's models counts as done.
+        self._models = sorted(set(models))
+        self._batch_size = batch_size
+        self._on_input_end = on_input_end
+
+    async def run(self, store: DoneIds) -> None:
+        """Skip what `store` has done, group the rest into batches, queue them."""
+        stats, held = self._stats, self._held
+        pending: list[Chunk] = []
+        while True:
+            block = await self._blocks.get()
+            if block is None:
+                break
+            stats.seen += len(block)
+            fresh: list[Chunk] = []
+            for chunk in block:
+                if held.take(chunk.id):
+                    fresh.append(chunk)
+                else:
+                    stats.cached += 1  # the same text again: one result serves both
+            ids = [c.id for c in fresh]
+            done: set[str] = set()
+            for model in self._models:
+                done |= await store.done_ids(ids, self._version, model)
+            stats.skipped += len(done)
+            for chunk in fresh:
+                if chunk.id in done:
+                    held.let_go(chunk.id)
+                else:
+                    pending.append(chunk)
+            while len(pending) >= (size := self._batch_size()):
+                await self._enqueue(pending[:size])
+                del pending[:size]
+        if pending:
+            await self._enqueue(pending)
+        if stats.total is None or stats.total != stats.seen:
+            stats.total = stats.seen  # the reader is the final word
+        self._on_input_end()
+        held.input_ended()
+
+    async def _enqueue(self, chunks: Sequence[Chunk]) -> None:
+        self._held.batch_made()
+        await self._queue.put(Batch(tuple(chunks)))

@@ -1,0 +1,277 @@
+"""Admission and send: one loop hands queued batches to keys as the gates allow.
+
+A batch is admitted when the job is running (not paused), memory is below
+its hard limit, a concurrency slot is free and some key's budget can take
+its estimate (prompt tokens plus the output learned so far).  Each admitted
+batch is sent in a task of its own and holds claims until its call ends —
+the slot, its chunks in the in-flight count, its `KeyLease` — given back
+exactly once, whether the call came back or was cancelled (stop now).
+
+The concurrency limit moves under three hands: the operator's ceiling (the
+engine's controls), adaptive concurrency once a second (`adapt`), and the
+memory breaker, which halves it above the soft limit (`memory_changed`).
+
+What the call brought back goes to the outcomes (`BatchOutcomes`).  When no
+key can serve any more, every batch still to come fails with the keys'
+reasons instead of waiting forever, and `on_no_key` is told once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from engine.config.settings import Preset, PromptSettings
+from engine.limits.adaptive_concurrency import AdaptiveConcurrency
+from engine.limits.concurrency_limit import ConcurrencyLimit
+from engine.limits.key_pool import KeyLease, KeyPool, NoUsableKeyError
+from engine.limits.memory_guard import MemoryState
+from engine.observe.events import EventBus, EventKind
+from engine.observe.run_stats import RunStats
+from engine.pipeline.prompt import build_messages, estimate_prompt_tokens
+from engine.pipeline.work_queue import Batch, WorkQueue
+from engine.provider.client import CallFailure, CallResult
+
+Clock = Callable[[], float]
+
+
+class BatchOutcomes(Protocol):
+    """Where a sent batch's fate is decided (`engine.pipeline.outcomes.Outcomes`)."""
+
+    async def answered(self, batch: Batch, lease: KeyLease, result: CallResult) -> None: ...
+
+    async def failed(
+        self, batch: Batch, lease: KeyLease, failure: CallFailure, sent_at: float
+    ) -> None: ...
+
+    async def give_up(self, batch: Batch, reason: str, *, announce: bool = True) -> None: ...
+
+
+class ChatClients(Protocol):
+    """The provider clients' chat call (`engine.provider.client.ProviderClients`)."""
+
+    async def chat(
+        self,
+        key_id: str,
+        model: str,
+        messages: list[dict[str, str]],
+        timeout_s: float,
+        temperature: float | None = None,
+    ) -> CallResult | CallFailure: ...
+
+
+class SendGate(Protocol):
+    """The memory breaker's hold on sending (`engine.limits.memory_guard.MemoryGuard`)."""
+
+    async def wait_to_send(self, sends_nothing: Callable[[], bool]) -> None: ...
+
+
+@dataclass(slots=True)
+class _Flight:
+    """One admitted request: its batch and its lease, whose end gives the claims back."""
+
+    batch: Batch
+    lease: KeyLease
+
+
+class Dispatcher:
+    """Takes batches from `queue` until it closes, and sends each through a leased key.
+
+    `preset()` is the preset in force; `unstored_rows()` the rows handed to
+    the store and not yet written (memory the job still holds).
+    """
+
+    def __init__(
+        self,
+        queue: WorkQueue,
+        *,
+        keys: KeyPool,
+        clients: ChatClients,
+        prompt: PromptSettings,
+        preset: Callable[[], Preset],
+        concurrency: ConcurrencyLimit,
+        adaptive: AdaptiveConcurrency,
+        running: asyncio.Event,
+        memory: SendGate,
+        unstored_rows: Callable[[], int],
+        stats: RunStats,
+        events: EventBus,
+        clock: Clock,
+        on_no_key: Callable[[str], None],
+    ) -> None:
+        self._queue = queue
+        self._keys = keys
+        self._clients = clients
+        self._prompt = prompt
+        self._preset = preset
+        self._concurrency = concurrency
+        self._adaptive = adaptive
+        self._running = running
+        self._memory = memory
+        self._unstored_rows = unstored_rows
+        self._stats = stats
+        self._events = events
+        self._clock = clock
+        self._on_no_key = on_no_key
+        self.in_flight_chunks = 0
+        self.no_key = ""  # why no key can serve any more; then nothing is sent
+        self._saturated = False
+        self._admission: asyncio.Task[None] | None = None
+        self._sends: set[asyncio.Task[None]] = set()
+
+    # ---------------------------------------------------------------- controls
+    def adapt(self, now: float, *, allowed: bool) -> None:
+        """Once a second: adaptive concurrency may move the limit, when `allowed`
+        (the preset asks for it and the job is running)."""
+        saturated, self._saturated = self._saturated, False  # since the last tick
+        if not allowed:
+            return
+        limit = self._concurrency
+        new = self._adaptive.update(now, saturated)
+        if new is not None and new != limit.limit:
+            old = limit.limit
+            limit.set_limit(new)
+            self._events.emit(
+                EventKind.CONCURRENCY_CHANGED,
+                f"adaptive concurrency {old} → {new}",
+                old=old,
+                new=new,
+                adaptive=True,
+            )
+
+    def memory_changed(self, new: MemoryState, rss: int) -> None:
+        """The memory breaker moved to `new` at `rss` bytes: say so, and halve or
+        restore the concurrency limit."""
+        mb = rss / 2**20
+        if new is MemoryState.OK:
+            self._concurrency.set_limit(self._adaptive.current)
+            self._events.emit(EventKind.MEMORY_OK, f"memory back to normal ({mb:.0f} MB)", rss=rss)
+        elif new is MemoryState.SOFT:
+            lowered = max(1, self._concurrency.limit // 2)
+            self._concurrency.set_limit(lowered)
+            self._events.emit(
+                EventKind.MEMORY_SOFT,
+                f"memory {mb:.0f} MB above the soft limit: input paused, concurrency {lowered}",
+                rss=rss,
+            )
+        else:
+            self._events.emit(
+                EventKind.MEMORY_HARD,
+                f"memory {mb:.0f} MB above the hard limit: no new requests until it falls",
+                rss=rss,
+            )
+
+    def stop_admitting(self) -> None:
+        """Admit nothing more; what is in flight finishes (drain, stop)."""
+        if self._admission is not None:
+            self._admission.cancel()
+
+    def abandon_sends(self) -> None:
+        """Cancel every request in flight: their chunks stay pending (stop now)."""
+        for task in tuple(self._sends):
+            task.cancel()
+
+    def sends_nothing(self) -> bool:
+        """No request in flight and nothing unstored: holding requests cannot lower memory."""
+        return self._concurrency.in_use == 0 and self._unstored_rows() == 0
+
+    # ------------------------------------------------------------------ running
+    async def run(self, outcomes: BatchOutcomes) -> None:
+        """Admit and send until the queue closes (or admission is stopped) and sends end."""
+        async with asyncio.TaskGroup() as sends:
+            self._admission = sends.create_task(self._admit(sends, outcomes), name="admission")
+
+    async def _admit(self, sends: asyncio.TaskGroup, outcomes: BatchOutcomes) -> None:
+        queue, concurrency = self._queue, self._concurrency
+        while True:
+            batch = await queue.get()
+            if batch is None:
+                return
+            if self.no_key:
+                await outcomes.give_up(batch, self.no_key, announce=False)
+                continue
+            try:
+                await self._running.wait()
+                await self._memory.wait_to_send(self.sends_nothing)
+                if concurrency.in_use >= concurrency.limit:
+                    self._saturated = True
+                await concurrency.acquire()
+            except asyncio.CancelledError:
+                queue.put_retry(batch)
+                raise
+            try:
+                messages = build_messages(self._prompt, batch.chunks)
+                estimate = estimate_prompt_tokens(messages) + self._output_estimate(
+                    len(batch.chunks)
+                )
+                lease = await self._keys.lease(estimate)
+            except asyncio.CancelledError:
+                concurrency.release()
+                queue.put_retry(batch)
+                raise
+            except NoUsableKeyError:
+                concurrency.release()
+                self._no_key_left()
+                await outcomes.give_up(batch, self.no_key, announce=False)
+                continue
+            flight = _Flight(batch, lease)
+            batch.model = lease.key.provider.model  # the model of the key that last tried it
+            self.in_flight_chunks += len(batch.chunks)
+            task = sends.create_task(self._send(flight, messages, outcomes))
+            self._sends.add(task)
+            task.add_done_callback(self._sends.discard)
+            # A task cancelled before it starts (stop now, in the turn that
+            # admitted it) never runs its `except`: give its claims back here.
+            task.add_done_callback(functools.partial(self._settle_unstarted, flight))
+            delay = self._preset().batch_delay_s
+            if delay > 0:
+                await asyncio.sleep(delay)
+
+    def _output_estimate(self, n_chunks: int) -> int:
+        # Learned from the answers so far: the mean output per chunk with a margin.
+        s = self._stats
+        per_chunk = s.tokens_out / s.chunks_answered if s.chunks_answered else 150.0
+        return int(per_chunk * 1.2 * n_chunks) + 16
+
+    def _give_back(self, flight: _Flight, *, answered: bool) -> None:
+        """Return an admitted request's claims, once; unanswered, its budget too."""
+        ended = flight.lease.returned() if answered else flight.lease.abandoned()
+        if ended:
+            self.in_flight_chunks -= len(flight.batch.chunks)
+            self._concurrency.release()
+
+    def _settle_unstarted(self, flight: _Flight, _task: asyncio.Task[None]) -> None:
+        self._give_back(flight, answered=False)  # no-op once the send itself gave them back
+
+    async def _send(
+        self, flight: _Flight, messages: list[dict[str, str]], outcomes: BatchOutcomes
+    ) -> None:
+        batch, lease = flight.batch, flight.lease
+        provider = lease.key.provider
+        timeout = provider.request_timeout_s or self._preset().request_timeout_s
+        sent_at = self._clock()
+        try:
+            outcome = await self._clients.chat(
+                lease.key.key_id, provider.model, messages, timeout, self._prompt.temperature
+            )
+        except asyncio.CancelledError:
+            self._give_back(flight, answered=False)
+            raise
+        self._give_back(flight, answered=True)
+        self._stats.requests += 1
+        if isinstance(outcome, CallResult):
+            await outcomes.answered(batch, lease, outcome)
+        else:
+            await outcomes.failed(batch, lease, outcome, sent_at)
+        self._keys.notify()
+
+    def _no_key_left(self) -> None:
+        """No key can serve any more: every batch from now on fails with the keys' reasons."""
+        if self.no_key:
+            return
+        reasons = self._keys.disabled_reasons()
+        self.no_key = f"no usable key: {reasons}"
+        self._on_no_key(reasons)

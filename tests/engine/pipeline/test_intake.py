@@ -1,0 +1,254 @@
+"""The intake on its own: the input as blocks of chunks, the census, and what was skipped.
+
+Real files in `tmp_path`; the memory hold is an `asyncio.Event` (a gate that
+is open or shut) and a crawl is a small stand-in with the figures the intake
+reads of one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+from engine.config.settings import JobSettings
+from engine.observe.events import EventBus, EventKind
+from engine.observe.run_stats import RunStats
+from engine.observe.snapshot import CrawlSnapshot
+from engine.pipeline.intake import READ_BLOCK, Blocks, Intake
+from engine.pipeline.records import Chunk, Document
+
+GUARD = 5.0  # fail instead of hanging when a wake-up never comes
+
+
+def text_job(path: Path, fmt: str = "text") -> JobSettings:
+    return JobSettings(
+        name="intake",
+        input=str(path),
+        input_format=fmt,  # type: ignore[arg-type]
+        chunk_tokens=400,
+        chunk_overlap_tokens=0,
+    )
+
+
+def write_lines(path: Path, count: int) -> Path:
+    path.write_text("".join(f"record {i}: some words\n" for i in range(count)), encoding="utf-8")
+    return path
+
+
+class Made:
+    """An intake and what it talks to, for one test."""
+
+    def __init__(self, job: JobSettings, *, gate_open: bool = True) -> None:
+        self.blocks: Blocks = asyncio.Queue(maxsize=8)
+        self.stats = RunStats()
+        self.events = EventBus()
+        self.gate = asyncio.Event()
+        if gate_open:
+            self.gate.set()
+        self.fatal: list[str] = []
+        self.intake = Intake(
+            job,
+            self.blocks,
+            stats=self.stats,
+            events=self.events,
+            may_read=self.gate,
+            on_fatal=self.fatal.append,
+            clock=time.monotonic,
+        )
+
+    async def drain(self) -> list[list[Chunk]]:
+        """Every block up to the None that ends the input."""
+        taken: list[list[Chunk]] = []
+        async with asyncio.timeout(GUARD):
+            while (block := await self.blocks.get()) is not None:
+                taken.append(block)
+        return taken
+
+
+class StandInCrawl:
+    """The figures the intake reads of a crawl stage."""
+
+    def __init__(self, total: int | None, started: int, finished: int, bad_lines: int = 0) -> None:
+        self.targets_total = total
+        self.targets_finished = finished
+        self.skipped_lines = bad_lines
+        self._started = started
+        self.ran = False
+
+    def snapshot(self) -> CrawlSnapshot:
+        return CrawlSnapshot(targets_started=self._started, targets_finished=self.targets_finished)
+
+    async def count_targets(self) -> None:
+        self.targets_total = 7
+
+    async def run(self) -> None:
+        self.ran = True
+
+
+# -- documents -------------------------------------------------------------------
+
+
+async def test_the_input_arrives_as_blocks_of_chunks_in_order_then_none(tmp_path: Path) -> None:
+    made = Made(text_job(write_lines(tmp_path / "in.txt", READ_BLOCK + 10)))
+    reader = asyncio.create_task(made.intake.read())
+
+    blocks = await made.drain()
+    await reader
+
+    assert [len(b) for b in blocks] == [READ_BLOCK, 10]
+    texts = [c.text for b in blocks for c in b]
+    assert texts[0].startswith("record 0:") and texts[-1].startswith(f"record {READ_BLOCK + 9}:")
+    assert made.fatal == []
+
+
+async def test_a_shut_memory_gate_holds_the_block_that_was_read(tmp_path: Path) -> None:
+    made = Made(text_job(write_lines(tmp_path / "in.txt", 3)), gate_open=False)
+    reader = asyncio.create_task(made.intake.read_documents())
+    await asyncio.sleep(0.2)  # long enough for the reading thread to come back
+    assert made.blocks.empty()
+
+    made.gate.set()
+    blocks = await made.drain()
+    await reader
+
+    assert [len(b) for b in blocks] == [3]
+
+
+async def test_bad_records_are_counted_and_named_and_the_rest_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    lines = [json.dumps({"text": "good one"}), "not json", json.dumps({"text": "good two"})]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    made = Made(text_job(path, "jsonl"))
+
+    reader = asyncio.create_task(made.intake.read())
+    blocks = await made.drain()
+    await reader
+
+    assert [c.text for b in blocks for c in b] == ["good one", "good two"]
+    assert made.stats.records_skipped == 1
+    assert made.intake.records_skipped() == 1
+    warnings = [e.message for e in made.events.recent() if e.kind is EventKind.WARNING]
+    assert len(warnings) == 1 and warnings[0].startswith("skipped input record:")
+    assert "in.jsonl" in warnings[0]
+    made.stats.seen = 2  # the batcher counts what it takes
+    assert made.intake.nothing_read() == ""
+
+
+async def test_an_input_of_nothing_but_bad_records_says_why_the_job_must_fail(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_text("not json\nnor this\n", encoding="utf-8")
+    made = Made(text_job(path, "jsonl"))
+
+    reader = asyncio.create_task(made.intake.read())
+    assert await made.drain() == []
+    await reader
+    made.stats.seen = 0  # the batcher counts what it takes: nothing
+
+    assert made.intake.nothing_read().startswith("input: every record was skipped (2)")
+
+
+async def test_an_input_that_cannot_be_read_is_fatal_and_still_ends(tmp_path: Path) -> None:
+    made = Made(text_job(tmp_path / "missing.txt"))
+
+    reader = asyncio.create_task(made.intake.read())
+    assert await made.drain() == []
+    await reader
+
+    assert len(made.fatal) == 1 and made.fatal[0].startswith("input: ")
+    assert "missing.txt" in made.fatal[0]
+    assert any(e.message.startswith("cannot read input:") for e in made.events.recent())
+
+
+# -- the census ------------------------------------------------------------------
+
+
+async def test_the_census_counts_every_chunk_up_front(tmp_path: Path) -> None:
+    made = Made(text_job(write_lines(tmp_path / "in.txt", 1234)))
+
+    await made.intake.census()
+
+    assert made.stats.total == 1234
+
+
+async def test_the_census_leaves_a_total_the_reader_already_settled(tmp_path: Path) -> None:
+    made = Made(text_job(write_lines(tmp_path / "in.txt", 50)))
+    made.stats.total = 49  # the reader came first: its word is final
+
+    await made.intake.census()
+
+    assert made.stats.total == 49
+
+
+async def test_a_cancelled_census_stops_counting_in_its_thread(tmp_path: Path) -> None:
+    made = Made(text_job(write_lines(tmp_path / "in.txt", 400_000)))
+    census = asyncio.create_task(made.intake.census())
+    await asyncio.sleep(0.05)  # the thread is counting
+
+    census.cancel()
+    await asyncio.gather(census, return_exceptions=True)
+    started = time.monotonic()
+    # The default executor's shutdown waits for its threads: the counting one
+    # must stop at once instead of counting the rest of the input.
+    async with asyncio.timeout(GUARD):
+        await asyncio.get_running_loop().shutdown_default_executor()
+
+    assert census.cancelled()
+    assert time.monotonic() - started < 0.5
+    assert made.stats.total is None
+
+
+# -- a crawl job's input -----------------------------------------------------------
+
+
+async def test_a_delivered_page_becomes_one_block_of_its_chunks(tmp_path: Path) -> None:
+    made = Made(text_job(tmp_path / "unused.txt"))
+
+    await made.intake.deliver_page(Document("https://example.test/", "Title\n\nSome text."))
+    await made.intake.deliver_page(Document("https://example.test/empty", "   "))
+
+    block = made.blocks.get_nowait()
+    assert block is not None and [c.source for c in block] == ["https://example.test/"]
+    assert made.blocks.empty()  # a page without text makes no block
+
+
+async def test_a_crawl_is_read_and_counted_through_its_stage(tmp_path: Path) -> None:
+    made = Made(text_job(tmp_path / "unused.txt"))
+    crawl = StandInCrawl(total=None, started=0, finished=0, bad_lines=2)
+    made.intake.crawl = crawl
+
+    await made.intake.census()
+    await made.intake.read()
+
+    assert crawl.targets_total == 7 and crawl.ran
+    assert made.blocks.get_nowait() is None
+    assert made.intake.records_skipped() == 2  # the crawl's bad target lines count too
+    assert made.intake.nothing_read().startswith("input: every record was skipped (2)")
+
+
+async def test_a_crawls_total_is_projected_from_the_chunks_per_finished_site(
+    tmp_path: Path,
+) -> None:
+    made = Made(text_job(tmp_path / "unused.txt"))
+    made.intake.crawl = StandInCrawl(total=10, started=3, finished=2)
+    made.stats.seen = 8  # 4 chunks per finished site
+
+    made.intake.project_crawl_total(input_done=False)
+    assert made.stats.total == 8 + 4 * 8
+
+    made.stats.total = 9
+    made.intake.project_crawl_total(input_done=True)  # the reader's count is final
+    assert made.stats.total == 9
+
+
+async def test_no_crawl_total_is_projected_before_a_site_is_finished(tmp_path: Path) -> None:
+    made = Made(text_job(tmp_path / "unused.txt"))
+    made.intake.crawl = StandInCrawl(total=10, started=1, finished=0)
+    made.stats.seen = 5
+
+    made.intake.project_crawl_total(input_done=False)
+
+    assert made.stats.total is None
