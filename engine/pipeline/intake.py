@@ -34,6 +34,9 @@ if TYPE_CHECKING:
     from engine.store.sqlite_store import Store
 
 READ_BLOCK = 256  # chunks handed from the reading thread per hop
+# Bad records named one by one in the event log; the rest only counted (a
+# million bad lines must not become a million events).  As the crawl does.
+NAMED_BAD_RECORDS = 20
 
 Blocks = asyncio.Queue[list[Chunk] | None]
 
@@ -140,7 +143,15 @@ class Intake:
 
     def _count_bad_record(self, message: str) -> None:
         self._stats.records_skipped += 1
-        self._events.emit(EventKind.WARNING, f"skipped input record: {message}")
+        skipped = self._stats.records_skipped
+        if skipped <= NAMED_BAD_RECORDS:
+            self._events.emit(EventKind.WARNING, f"skipped input record: {message}")
+        elif skipped == NAMED_BAD_RECORDS + 1:
+            self._events.emit(
+                EventKind.WARNING,
+                f"more than {NAMED_BAD_RECORDS} input records skipped: the rest are counted, "
+                "not named",
+            )
 
     async def count_documents(self) -> None:
         """The census: count every chunk up front (in a thread) so progress and ETA have a total."""

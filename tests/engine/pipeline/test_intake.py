@@ -16,7 +16,7 @@ from engine.config.settings import JobSettings
 from engine.observe.events import EventBus, EventKind
 from engine.observe.run_stats import RunStats
 from engine.observe.snapshot import CrawlSnapshot
-from engine.pipeline.intake import READ_BLOCK, Blocks, Intake
+from engine.pipeline.intake import NAMED_BAD_RECORDS, READ_BLOCK, Blocks, Intake
 from engine.pipeline.records import Chunk, Document
 
 GUARD = 5.0  # fail instead of hanging when a wake-up never comes
@@ -134,6 +134,30 @@ async def test_bad_records_are_counted_and_named_and_the_rest_is_read(tmp_path: 
     assert "in.jsonl" in warnings[0]
     made.stats.seen = 2  # the batcher counts what it takes
     assert made.intake.nothing_read() == ""
+
+
+async def test_past_twenty_bad_records_are_counted_but_not_named_one_by_one(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "in.jsonl"
+    lines = ["not json"] * 500 + [json.dumps({"text": "the good one"})]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    made = Made(text_job(path, "jsonl"))
+
+    reader = asyncio.create_task(made.intake.read())
+    blocks = await made.drain()
+    await reader
+
+    assert [c.text for b in blocks for c in b] == ["the good one"]
+    assert made.intake.records_skipped() == 500
+    warnings = [e.message for e in made.events.recent() if e.kind is EventKind.WARNING]
+    named = [w for w in warnings if w.startswith("skipped input record:")]
+    assert len(named) == NAMED_BAD_RECORDS
+    assert named[0].startswith("skipped input record: ") and ":1:" in named[0]
+    assert warnings[-1] == (
+        f"more than {NAMED_BAD_RECORDS} input records skipped: the rest are counted, not named"
+    )
+    assert len(warnings) == NAMED_BAD_RECORDS + 1
 
 
 async def test_an_input_of_nothing_but_bad_records_says_why_the_job_must_fail(
