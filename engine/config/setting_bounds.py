@@ -18,6 +18,12 @@ Why these numbers:
   with ids missing.
 - Fetch concurrency (a crawl's fetches in flight across hosts): 4096, for the
   same sockets and descriptors as requests, plus a DNS lookup each.
+- Per host (a crawl's requests in flight to one host): 64.  Polite crawlers
+  keep one or two; past a few dozen a crawl is a load test of someone else's
+  server, and each is a connection in that host's pool.
+- Extraction workers (processes parsing HTML): 256.  Each is a process of
+  some 30-60 MB; more than the cores only queue for them, and a typo (1000)
+  would fork the machine out of memory before the first page.
 """
 
 from __future__ import annotations
@@ -66,3 +72,9 @@ BATCH_SIZE = Bound(1, 1000)
 
 FETCH_CONCURRENCY = Bound(1, 4096)
 """A crawl's fetches in flight across all hosts (`[crawl] concurrency`)."""
+
+PER_HOST = Bound(1, 64)
+"""A crawl's requests in flight to one host (`[crawl] per_host`)."""
+
+EXTRACT_WORKERS = Bound(0, 256)
+"""A crawl's HTML extraction processes (`[crawl] extract_workers`; 0: one per core but one)."""

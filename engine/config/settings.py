@@ -19,7 +19,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
-from engine.config.setting_bounds import FETCH_CONCURRENCY
+from engine.config.setting_bounds import EXTRACT_WORKERS, FETCH_CONCURRENCY, PER_HOST
 from engine.config.table_check import (
     Finding,
     apply_rules,
@@ -290,7 +290,7 @@ def crawl_findings(crawl: CrawlSettings) -> list[Finding]:
         crawl,
         (
             ("concurrency", FETCH_CONCURRENCY.holds, FETCH_CONCURRENCY.requirement),
-            ("per_host", at_least_one, "must be at least 1"),
+            ("per_host", PER_HOST.holds, PER_HOST.requirement),
             ("politeness_delay_s", not_negative, "must be 0 or more"),
             ("connect_timeout_s", positive, "must be more than 0"),
             ("read_timeout_s", positive, "must be more than 0"),
@@ -299,7 +299,11 @@ def crawl_findings(crawl: CrawlSettings) -> list[Finding]:
             ("max_redirects", not_negative, "must be 0 or more"),
             ("max_depth", not_negative, "must be 0 or more"),
             ("max_pages_per_domain", at_least_one, "must be at least 1"),
-            ("extract_workers", not_negative, "must be 0 or more (0: one per core but one)"),
+            (
+                "extract_workers",
+                EXTRACT_WORKERS.holds,
+                f"{EXTRACT_WORKERS.requirement} (0: one per core but one)",
+            ),
             ("extract_timeout_s", positive, "must be more than 0"),
         ),
     )

@@ -58,6 +58,8 @@ def test_the_job_file_is_refused_past_the_bounds_at_each_line(tmp_path: Path) ->
         [crawl]
         targets = "domains.txt"
         concurrency = 4097
+        per_host = 65
+        extract_workers = 1000
         """,
     )
     crawl_line = line_of(path, "concurrency = 4097")
@@ -68,6 +70,9 @@ def test_the_job_file_is_refused_past_the_bounds_at_each_line(tmp_path: Path) ->
         f"{path}:{line_of(path, 'batch_size')}: presets.wild.batch_size: "
         "must be from 1 to 1000 (got 1001)",
         f"{path}:{crawl_line}: crawl.concurrency: must be from 1 to 4096 (got 4097)",
+        f"{path}:{crawl_line + 1}: crawl.per_host: must be from 1 to 64 (got 65)",
+        f"{path}:{crawl_line + 2}: crawl.extract_workers: must be from 0 to 256 "
+        "(0: one per core but one) (got 1000)",
     ]
 
 
