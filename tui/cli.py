@@ -113,6 +113,14 @@ def _parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("simulate", help="serve the OpenAI-compatible simulator for a job")
     sim.add_argument("job", type=Path)
     sim.add_argument("--port", type=int, default=8765)
+    sim.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting, e.g. --set simulator.burst_s=1 (repeatable)",
+    )
 
     where = "a job file, a results database, its state folder or the control socket"
     status = sub.add_parser("status", help="print one status line of a running headless job")
@@ -170,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return asyncio.run(run_dashboard(config, demo_sites=sites))
             return asyncio.run(run_job(config, args.json, args.interval, demo_sites=sites))
         if args.command == "simulate":
-            return simulate(args.job, args.port)
+            return simulate(args.job, args.port, args.overrides)
         if args.command == "status":
             return status(_control_socket(args.target), args.json)
         if args.command == "attach":
@@ -460,10 +468,10 @@ async def run_dashboard(config: JobConfig, demo_sites: int | None = None) -> int
         return job_exit_status(state, engine.snapshot().counts)
 
 
-def simulate(job: Path, port: int) -> int:
+def simulate(job: Path, port: int, overrides: Sequence[str] = ()) -> int:
     from engine.api import run_simulator
 
-    config = load_config(job)
+    config = load_config(job, overrides=overrides)
     limits = [k for p in config.providers for k in p.keys]
     rpm = min((k.rpm for k in limits if k.rpm), default=None)
     tpm = min((k.tpm for k in limits if k.tpm), default=None)

@@ -189,6 +189,14 @@ def _simulator_findings(simulator: SimulatorSettings) -> list[Finding]:
             ("fault_429", a_rate, "must be between 0 and 1"),
             ("limit_scale", positive, "must be more than 0"),
             ("drift_after", not_negative, "must be 0 (never) or more"),
+            ("hang_s", positive, "must be more than 0"),
+            (
+                "burst_s",
+                lambda value: 0 < value <= 60,
+                # A per-minute limit can't let a bucket hold more than its minute.
+                "must be more than 0 and at most 60 (seconds of the per-minute limit a key's "
+                "bucket holds: 60 a full minute, 1 the minute enforced per second)",
+            ),
         ),
     )
     for kind in simulator.drift:
@@ -202,6 +210,10 @@ def _simulator_findings(simulator: SimulatorSettings) -> list[Finding]:
     if low < 0 or high < 0 or low > high:
         findings.append(
             ("latency_s", f"must be [low, high] with 0 <= low <= high (got {[low, high]})")
+        )
+    elif simulator.latency_distribution == "lognormal" and high > 0 and low <= 0:
+        findings.append(
+            ("latency_s", f"must have a low above 0 for a lognormal latency (got {[low, high]})")
         )
     if not simulator.host.strip():
         findings.append(("host", "must not be empty"))

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from engine.config.setting_bounds import EXTRACT_WORKERS, FETCH_CONCURRENCY, PER_HOST
 from engine.config.table_check import (
@@ -30,6 +30,8 @@ from engine.config.table_check import (
 )
 
 InputFormat = Literal["auto", "text", "csv", "jsonl", "documents"]
+LatencyDistribution = Literal["uniform", "lognormal"]
+LATENCY_DISTRIBUTIONS: tuple[str, ...] = get_args(LatencyDistribution)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,12 +165,18 @@ class SimulatorSettings:
     host: str = "127.0.0.1"
     port: int = 0  # 0: any free port; providers' base_url is rewritten to it
     latency_s: tuple[float, float] = (0.5, 2.0)
+    # "uniform" in latency_s, or "lognormal" with its ends as the 5th and 95th percentiles.
+    latency_distribution: LatencyDistribution = "uniform"
+    # Seconds of its per-minute limit a key's bucket holds: 60, a full minute
+    # (OpenAI's kind); 1, the minute enforced per second.
+    burst_s: float = 60.0
     seconds_per_output_token: float = 0.0005
     fault_5xx: float = 0.0
     fault_reset: float = 0.0
     fault_hang: float = 0.0
     fault_malformed: float = 0.0
     fault_429: float = 0.0  # a 429 whatever the budget: a provider that won't serve
+    hang_s: float = 3600.0  # how long a hung request hangs before its connection drops
     limit_scale: float = 1.0  # real limits = configured limits × this
     seed: int = 1
     # Drift on cue, for demos and tests: from answer number `drift_after` on

@@ -1,11 +1,16 @@
 """The simulator's per-key rate limits, modelled on OpenAI's.
 
-Each key has a requests bucket and a tokens bucket.  A bucket holds at most
-its per-minute limit and refills continuously at limit/60 per second, so a
-key that has been idle for a minute may burst its whole limit at once.  A
-request is admitted only when both buckets can cover it; a rejected request
-takes nothing.  Time is passed in explicitly, so the arithmetic is testable
-without a clock.
+Each key has a requests bucket and a tokens bucket.  A bucket refills
+continuously at limit/60 per second and holds `burst_s` seconds of that:
+`limit × burst_s / 60`.  Providers differ here.  With `burst_s = 60` (as
+OpenAI documents its limits) a key that has been idle for a minute may
+spend its whole per-minute limit at once; with `burst_s = 1` the minute is
+enforced per second, so a fresh key may send only a second's worth before
+it must pace.  A request is admitted only when both buckets can cover it;
+a rejected request takes nothing.  A request larger than a small bucket
+(but within the per-minute limit) waits for a full bucket and leaves it in
+debt, so it costs the time its size is worth and is never refused for good.
+Time is passed in explicitly, so the arithmetic is testable without a clock.
 """
 
 from __future__ import annotations
@@ -40,35 +45,50 @@ def format_duration(seconds: float) -> str:
     return f"{secs}s"
 
 
+FULL_MINUTE_S = 60.0
+"""A bucket that holds a whole minute of its per-minute limit (OpenAI's kind)."""
+
+
 class TokenBucket:
-    """Capacity `limit`, refilled continuously at `limit / 60` per second."""
+    """Capacity `limit × burst_s / 60`, refilled continuously at `limit / 60` per second.
 
-    __slots__ = ("_level", "_updated", "limit", "per_second")
+    `limit` stays the per-minute limit whatever the bucket's size: it is
+    what `x-ratelimit-limit-*` reports.
+    """
 
-    def __init__(self, limit: int, now: float) -> None:
+    __slots__ = ("_level", "_updated", "capacity", "limit", "per_second")
+
+    def __init__(self, limit: int, now: float, burst_s: float = FULL_MINUTE_S) -> None:
         if limit <= 0:
             raise ValueError(f"a per-minute limit must be positive, got {limit}")
+        if not 0.0 < burst_s <= FULL_MINUTE_S:
+            raise ValueError(f"burst_s must be more than 0 and at most 60, got {burst_s}")
         self.limit = limit
         self.per_second = limit / 60.0
-        self._level = float(limit)  # a fresh key starts with a full minute's budget
+        self.capacity = limit * burst_s / 60.0
+        self._level = self.capacity  # a fresh key starts with a full bucket
         self._updated = now
 
     def level(self, now: float) -> float:
-        """How much the bucket holds at `now` (refilling first)."""
+        """How much the bucket holds at `now` (refilling first); below 0 while in debt."""
         if now > self._updated:
-            self._level = min(self.limit, self._level + (now - self._updated) * self.per_second)
+            self._level = min(self.capacity, self._level + (now - self._updated) * self.per_second)
             self._updated = now
         return self._level
 
     def wait_for(self, amount: float, now: float) -> float:
-        """Seconds until the bucket holds `amount` (0 when it already does)."""
+        """Seconds until the bucket can cover `amount` (0 when it already can).
+
+        An amount larger than the bucket waits for a full bucket only.
+        """
         level = self.level(now)
-        if level >= amount:
+        needed = min(amount, self.capacity)
+        if level >= needed:
             return 0.0
-        return (amount - level) / self.per_second
+        return (needed - level) / self.per_second
 
     def take(self, amount: float, now: float) -> None:
-        """Remove `amount`; callers check `wait_for` first."""
+        """Remove `amount` (the level may go below 0); callers check `wait_for` first."""
         self._level = self.level(now) - amount
 
     def remaining(self, now: float) -> int:
@@ -77,7 +97,7 @@ class TokenBucket:
 
     def seconds_until_full(self, now: float) -> float:
         """As `x-ratelimit-reset-*` reports: how long until the bucket is full again."""
-        return (self.limit - self.level(now)) / self.per_second
+        return (self.capacity - self.level(now)) / self.per_second
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,13 +127,18 @@ _ADMITTED = Admission(admitted=True)
 
 
 class KeyBudget:
-    """One key's pair of buckets.  A limit of None means no limit on that axis."""
+    """One key's pair of buckets, each holding `burst_s` seconds of its limit.
+
+    A limit of None means no limit on that axis.
+    """
 
     __slots__ = ("requests", "tokens")
 
-    def __init__(self, rpm: int | None, tpm: int | None, now: float) -> None:
-        self.requests = TokenBucket(rpm, now) if rpm is not None else None
-        self.tokens = TokenBucket(tpm, now) if tpm is not None else None
+    def __init__(
+        self, rpm: int | None, tpm: int | None, now: float, burst_s: float = FULL_MINUTE_S
+    ) -> None:
+        self.requests = TokenBucket(rpm, now, burst_s) if rpm is not None else None
+        self.tokens = TokenBucket(tpm, now, burst_s) if tpm is not None else None
 
     def admit(self, token_cost: int, now: float) -> Admission:
         """Take one request and `token_cost` tokens, or take nothing and say why."""
@@ -152,7 +177,12 @@ class KeyBudget:
         )
 
     def headers(self, now: float) -> dict[str, str]:
-        """The six `x-ratelimit-*` headers for the buckets this key has."""
+        """The six `x-ratelimit-*` headers for the buckets this key has.
+
+        `limit` is the per-minute limit, as OpenAI reports it; `remaining`
+        what the bucket holds now (a second's quanta when the minute is
+        enforced per second); `reset` how long until the bucket is full.
+        """
         headers: dict[str, str] = {}
         for kind, bucket in (("requests", self.requests), ("tokens", self.tokens)):
             if bucket is None:

@@ -48,9 +48,9 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
-from engine.config.settings import SIMULATED_DRIFTS
+from engine.config.settings import LATENCY_DISTRIBUTIONS, SIMULATED_DRIFTS
 from engine.provider.redaction import mask_secret
-from engine.simulation.rate_buckets import Admission, KeyBudget, format_duration
+from engine.simulation.rate_buckets import FULL_MINUTE_S, Admission, KeyBudget, format_duration
 
 # "429": a rate-limit refusal whatever the budget, as from a provider that will not serve.
 FAULT_KINDS: tuple[str, ...] = ("5xx", "reset", "hang", "malformed", "missing_id", "429")
@@ -64,6 +64,9 @@ _EMBEDDING_FAULTS: tuple[str, ...] = ("5xx", "reset", "hang", "malformed", "429"
 _FAULT_RETRY_AFTER_S = 0.02
 
 _MODELS_CREATED = 1_700_000_000
+
+# A lognormal latency puts `latency_s`'s low and high at its 5th and 95th percentiles.
+_Z_95 = 1.6448536269514722
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,8 +86,14 @@ class SimulatorConfig:
 
     Unknown secrets are refused with 401 unless `default_rpm` or
     `default_tpm` is set; then each unknown secret gets its own buckets with
-    those limits.  Fault rates are per-request probabilities, checked in the
-    order of `FAULT_KINDS`; the first that fires decides the request.
+    those limits.  Every key's buckets hold `burst_s` seconds of its limits
+    (60: a full minute, as OpenAI's; 1: the minute enforced per second).
+    Fault rates are per-request probabilities, checked in the order of
+    `FAULT_KINDS`; the first that fires decides the request.
+
+    Latency is drawn between `latency_s`'s low and high: uniformly, or
+    lognormally with low and high as its 5th and 95th percentiles (most
+    answers quick, a long tail of slow ones, as real providers answer).
 
     From chat answer number `drift_after` on (0: never; every 200 answer,
     faulty or not, counted in the order they are composed, across all keys;
@@ -97,6 +106,8 @@ class SimulatorConfig:
     default_rpm: int | None = None
     default_tpm: int | None = None
     latency_s: tuple[float, float] = (0.0, 0.0)
+    latency_distribution: str = "uniform"  # one of LATENCY_DISTRIBUTIONS
+    burst_s: float = FULL_MINUTE_S
     seconds_per_output_token: float = 0.0
     fault_5xx: float = 0.0
     fault_reset: float = 0.0
@@ -119,6 +130,15 @@ class SimulatorConfig:
             raise ValueError(
                 f"latency_s must be (low, high) with 0 <= low <= high, got {self.latency_s}"
             )
+        if self.latency_distribution not in LATENCY_DISTRIBUTIONS:
+            raise ValueError(
+                f"latency_distribution must be one of {', '.join(LATENCY_DISTRIBUTIONS)}, "
+                f"got {self.latency_distribution!r}"
+            )
+        if self.latency_distribution == "lognormal" and high > 0 and low <= 0:
+            raise ValueError("a lognormal latency needs a low above 0 (its 5th percentile)")
+        if not 0 < self.burst_s <= FULL_MINUTE_S:
+            raise ValueError(f"burst_s must be more than 0 and at most 60, got {self.burst_s}")
         if self.seconds_per_output_token < 0 or self.hang_s < 0:
             raise ValueError("seconds_per_output_token and hang_s must not be negative")
         if self.embedding_dim <= 0:
@@ -155,6 +175,9 @@ class SimulatorStats:
     `completions_ok` counts answers with no injected fault and no drifted
     malformation or dropped id.  `chunk_ids_answered` counts ids in complete,
     parseable results (a dropped id or a malformed answer does not count).
+    `admitted` counts requests the buckets let through and `tokens_charged`
+    what they took from the tokens bucket (prompt estimate + `max_tokens`),
+    so `tokens_charged / admitted` is what a request costs against the TPM.
     """
 
     requests: int = 0
@@ -166,6 +189,8 @@ class SimulatorStats:
     quota_rejected: int = 0  # 429 insufficient_quota
     unauthorized: int = 0
     bad_requests: int = 0
+    admitted: int = 0
+    tokens_charged: int = 0
     faults: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FAULT_KINDS, 0))
     completions_ok: int = 0
     embeddings_ok: int = 0
@@ -279,6 +304,19 @@ def _asks_for_items(prompt_text: Sequence[str]) -> bool:
     # The whole prompt is searched, as the shape may follow the chunks; a
     # chunk that quotes `"items":` is rare enough to be worth this simplicity.
     return any(_ITEMS_ASKED.search(text) for text in prompt_text)
+
+
+def draw_latency(rng: random.Random, latency_s: tuple[float, float], distribution: str) -> float:
+    """One answer's base latency: uniform in `latency_s`, or lognormal with its
+    ends as the 5th and 95th percentiles.  0 when the range's high is 0."""
+    low, high = latency_s
+    if high <= 0.0:
+        return 0.0
+    if distribution == "lognormal":
+        mu = (math.log(low) + math.log(high)) / 2
+        sigma = (math.log(high) - math.log(low)) / (2 * _Z_95)
+        return rng.lognormvariate(mu, sigma)
+    return rng.uniform(low, high)
 
 
 # --- drift --------------------------------------------------------------------------------
@@ -420,7 +458,7 @@ class ProviderSimulator:
         now = self._clock()
         for key in config.keys:
             self._callers[key.secret] = _Caller(
-                key.secret, KeyBudget(key.rpm, key.tpm, now), key.quota_exhausted
+                key.secret, KeyBudget(key.rpm, key.tpm, now, config.burst_s), key.quota_exhausted
             )
         self._runner: web.ServerRunner | None = None
         self._closing: asyncio.Future[None] | None = None
@@ -581,6 +619,8 @@ class ProviderSimulator:
         headers = {"x-request-id": request_id, **self._limit_headers(caller, now)}
         if not admission.admitted:
             return self._rate_limited(admission, str(body.get("model", "")), headers)
+        self.stats.admitted += 1
+        self.stats.tokens_charged += token_cost
         return await answer(request, body, headers)
 
     def _limit_headers(self, caller: _Caller, now: float) -> dict[str, str]:
@@ -593,7 +633,10 @@ class ProviderSimulator:
             return None
         caller = self._callers.get(secret)
         if caller is None and self._config.accepts_unknown_keys:
-            budget = KeyBudget(self._config.default_rpm, self._config.default_tpm, self._clock())
+            config = self._config
+            budget = KeyBudget(
+                config.default_rpm, config.default_tpm, self._clock(), config.burst_s
+            )
             caller = self._callers[secret] = _Caller(secret, budget, quota_exhausted=False)
         return caller
 
@@ -703,10 +746,8 @@ class ProviderSimulator:
         return None
 
     def _base_latency(self) -> float:
-        low, high = self._config.latency_s
-        if high <= 0.0:
-            return 0.0
-        return self._rng.uniform(low, high)
+        config = self._config
+        return draw_latency(self._rng, config.latency_s, config.latency_distribution)
 
     async def _sleep_unless_closing(self, seconds: float) -> bool:
         """Sleep; False if the simulator began stopping meanwhile."""
@@ -1069,6 +1110,20 @@ def _argument_parser() -> argparse.ArgumentParser:
         help="accept unknown secrets with these limits (default: refuse them with 401)",
     )
     parser.add_argument("--latency", type=_parse_latency, default=(0.0, 0.0), metavar="LOW,HIGH")
+    parser.add_argument(
+        "--latency-distribution",
+        choices=LATENCY_DISTRIBUTIONS,
+        default="uniform",
+        help="uniform between LOW and HIGH, or lognormal with them as its 5th/95th percentiles",
+    )
+    parser.add_argument(
+        "--burst-s",
+        type=float,
+        default=FULL_MINUTE_S,
+        metavar="SECONDS",
+        help="how many seconds of its per-minute limit a key's bucket holds: 60 (default) a "
+        "full minute, 1 the minute enforced per second",
+    )
     parser.add_argument("--per-token", type=float, default=0.0, metavar="SECONDS")
     for kind in FAULT_KINDS:
         flag = kind.replace("_", "-")
@@ -1120,6 +1175,8 @@ def config_from_args(argv: Sequence[str]) -> tuple[SimulatorConfig, str, int]:
             default_rpm=args.default_limits[0],
             default_tpm=args.default_limits[1],
             latency_s=args.latency,
+            latency_distribution=args.latency_distribution,
+            burst_s=args.burst_s,
             seconds_per_output_token=args.per_token,
             hang_s=args.hang_s,
             seed=args.seed,

@@ -381,6 +381,16 @@ def test_an_integer_is_a_fine_number_for_a_float_setting(tmp_path: Path) -> None
         ("simulator", "latency_s = [-1, 1]", "latency_s", "0 <= low <= high"),
         ("engine", "queue_size = 0", "queue_size", "must be at least 1 (got 0)"),
         ("simulator", "fault_429 = 2", "fault_429", "must be between 0 and 1 (got 2.0)"),
+        ("simulator", "burst_s = 0", "burst_s", "must be more than 0 and at most 60"),
+        ("simulator", "burst_s = 61", "burst_s", "must be more than 0 and at most 60"),
+        ("simulator", "hang_s = 0", "hang_s", "must be more than 0 (got 0.0)"),
+        (
+            "simulator",
+            'latency_distribution = "lognormal"\nlatency_s = [0, 2]',
+            "latency_s",
+            "must have a low above 0 for a lognormal latency",
+        ),
+        ("simulator", 'latency_distribution = "normal"', "latency_distribution", "'lognormal'"),
         ("rate_limit_waits", "key_streak = 0", "key_streak", "must be at least 1 (got 0)"),
         ("rate_limit_waits", "key_wait_s = 0", "key_wait_s", "must be more than 0"),
         ("rate_limit_waits", "key_escalations = -1", "key_escalations", "must be 0 (disable"),
@@ -398,6 +408,29 @@ def test_values_out_of_range_are_refused(
 
     assert problem.key == f"{table}.{key}"
     assert message in problem.message
+
+
+def test_the_simulators_bucket_size_and_latency_shape_are_read_and_checked_at_their_line(
+    tmp_path: Path,
+) -> None:
+    assert load_config(write(tmp_path, MINIMAL)).simulator.burst_s == 60.0  # a full minute
+    table = '\n[simulator]\nburst_s = 1\nlatency_distribution = "lognormal"\nhang_s = 120\n'
+    simulator = load_config(write(tmp_path, MINIMAL + table)).simulator
+    assert (simulator.burst_s, simulator.latency_distribution, simulator.hang_s) == (
+        1.0,
+        "lognormal",
+        120.0,
+    )
+
+    path = write(tmp_path, MINIMAL + "\n[simulator]\nseed = 2\nburst_s = 600\n")
+
+    (problem,) = problems_of(path)
+    assert str(problem) == (
+        f"{path}:{line_of(path, 'burst_s')}: simulator.burst_s: must be more than 0 and at most "
+        "60 (seconds of the per-minute limit a key's bucket holds: 60 a full minute, 1 the "
+        "minute enforced per second) (got 600.0)"
+    )
+    assert "\n" not in str(problem)
 
 
 def test_the_extraction_time_limit_is_read_and_must_be_positive(tmp_path: Path) -> None:

@@ -6,8 +6,10 @@ import asyncio
 import json
 import math
 import os
+import random
 import re
 import signal
+import statistics
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -26,6 +28,7 @@ from engine.simulation.simulator import (
     SimKey,
     SimulatorConfig,
     config_from_args,
+    draw_latency,
     parse_chunks,
     summarize,
 )
@@ -617,6 +620,31 @@ def test_admission_names_the_bucket_with_the_longer_wait() -> None:
     assert budget.headers(now=0.0)["x-ratelimit-remaining-tokens"] == "10"
     too_large = budget.admit(601, now=0.0)
     assert too_large.too_large
+
+
+def test_a_lognormal_latency_puts_the_range_at_its_5th_and_95th_percentiles() -> None:
+    rng = random.Random(3)
+    draws = sorted(draw_latency(rng, (0.5, 2.0), "lognormal") for _ in range(40_000))
+
+    cut = statistics.quantiles(draws, n=20)  # 5 %, 10 %, ..., 95 %
+    assert cut[0] == pytest.approx(0.5, rel=0.03)
+    assert cut[-1] == pytest.approx(2.0, rel=0.03)
+    assert statistics.median(draws) == pytest.approx(1.0, rel=0.03)  # the geometric middle
+    assert draws[-1] > 3.0  # a tail above the range, as real providers have
+    uniform = [draw_latency(rng, (0.5, 2.0), "uniform") for _ in range(1000)]
+    assert min(uniform) >= 0.5 and max(uniform) <= 2.0
+    assert draw_latency(rng, (0.0, 0.0), "lognormal") == 0.0
+
+
+def test_the_simulator_refuses_a_burst_or_a_latency_it_cannot_model() -> None:
+    with pytest.raises(ValueError, match="burst_s"):
+        SimulatorConfig(burst_s=0)
+    with pytest.raises(ValueError, match="burst_s"):
+        SimulatorConfig(burst_s=61)
+    with pytest.raises(ValueError, match="lognormal"):
+        SimulatorConfig(latency_s=(0.0, 2.0), latency_distribution="lognormal")
+    with pytest.raises(ValueError, match="latency_distribution"):
+        SimulatorConfig(latency_distribution="normal")
 
 
 # --- as a process ---------------------------------------------------------------------------

@@ -10,8 +10,9 @@ import psutil
 import pytest
 
 from engine.config.key_secrets import resolve_secrets
-from engine.config.settings import KeySettings
-from engine.simulation.simulator_launch import launched_simulator
+from engine.config.settings import KeySettings, SimulatorSettings
+from engine.simulation.simulator import config_from_args
+from engine.simulation.simulator_launch import launched_simulator, simulator_arguments
 from tests.engine.conftest import job_config, write_records
 
 REAL_KEY = "sk-proj-" + "Rl7kQ2nW9xV4bT1mZ8cJ5pY3sH6dG0fA"
@@ -52,3 +53,34 @@ async def test_the_simulator_gets_throwaway_keys_and_none_of_the_jobs_key_variab
     assert REAL_KEY[8:] not in everything and SIM_VARIABLE_VALUE[8:] not in everything
     assert secrets["sim/k1"].startswith("sim-")
     assert secrets["sim/k1"] in environ["CRAWLDECK_SIM_KEYS"]  # the throwaway one, as before
+
+
+def test_the_simulators_command_line_carries_every_setting_it_models() -> None:
+    settings = SimulatorSettings(
+        latency_s=(0.5, 2.0),
+        latency_distribution="lognormal",
+        burst_s=1,
+        hang_s=120,
+        fault_5xx=0.02,
+        fault_reset=0.01,
+        fault_hang=0.005,
+        fault_malformed=0.01,
+        seed=7,
+    )
+
+    config, host, port = config_from_args(simulator_arguments(settings, port=0))
+
+    assert (host, port) == ("127.0.0.1", 0)
+    assert config.latency_s == (0.5, 2.0)
+    assert config.latency_distribution == "lognormal"
+    assert config.burst_s == 1.0
+    assert config.hang_s == 120.0
+    assert (config.fault_5xx, config.fault_reset, config.fault_hang, config.fault_malformed) == (
+        0.02,
+        0.01,
+        0.005,
+        0.01,
+    )
+    assert config.seed == 7
+    default, _, _ = config_from_args(simulator_arguments(SimulatorSettings(), port=0))
+    assert (default.burst_s, default.latency_distribution) == (60.0, "uniform")
