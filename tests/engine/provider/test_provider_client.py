@@ -173,10 +173,11 @@ async def test_the_embeddings_path_is_redacted_too(hostile: HostileProvider) -> 
     assert leaks(refused.message, revoked) == []
 
 
-async def test_the_sdks_debug_log_shows_the_hint_not_the_echoed_key(
+async def test_the_transports_debug_log_shows_the_hint_not_the_echoed_key(
     hostile: HostileProvider, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # What OPENAI_LOG=debug (or a DEBUG root logger) would print.
+    # What a DEBUG root logger would print: the transport's trace of the
+    # response headers and its status line with the reason phrase.
     caplog.set_level(logging.DEBUG)
     hostile.status_by_secret[ECHOED] = 401
     clients = ProviderClients()
@@ -187,5 +188,6 @@ async def test_the_sdks_debug_log_shows_the_hint_not_the_echoed_key(
         await clients.aclose()
 
     logged = "\n".join(record.getMessage() for record in caplog.records)
-    assert f"request_id: {ECHOED_HINT}" in logged
+    assert f"(b'x-request-id', b'{ECHOED_HINT}')" in logged
+    assert f'"HTTP/1.1 401 Echo {ECHOED_HINT}"' in logged
     assert leaks(logged) == []
