@@ -232,7 +232,9 @@ class ProviderClients:
                     headers=route.headers,
                     timeout=self._timeout(timeout_s),
                 )
-        except (TimeoutError, httpx2.HTTPError, OSError) as exc:
+        except Exception as exc:
+            # Whatever the transport raises is a failed connection unless it is
+            # a timeout — the SDK's rule too — and never escapes the call.
             return _transport_failure(exc, timeout_s, time.monotonic() - started)
         if not response.is_success:
             return classify_status(
