@@ -297,7 +297,7 @@ async def run_job(
     config: JobConfig, as_json: bool, interval: float, demo_sites: int | None = None
 ) -> int:
     """Run headless: status lines, Ctrl-C drains, a second Ctrl-C stops now."""
-    # The engine (openai, numpy, river, aiosqlite) loads only for commands that
+    # The engine (httpx2, numpy, aiosqlite) loads only for commands that
     # run a job: `--help`, `--version` and `status` start in a fraction of it.
     from engine.api import Engine
 

@@ -20,7 +20,7 @@ The engine calls `observe_answer` once per answer from the provider and
      `window_size` ticks: parse failures per answer, answers missing ids
      per parsed answer, empty or refusal-like results per result;
    - `sudden_shift`: how many per-answer features a sequential detector
-     (river's Page-Hinkley, see `detectors.py`) saw jump, on the stream
+     (Page-Hinkley, see `detectors.py`) saw jump, on the stream
      itself rather than against the baseline, within the last
      `window_size` ticks;
    - the cosine distance between the embedding centroids, when enabled.
@@ -52,7 +52,6 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from river.base import DriftDetector
 
 from engine.config.settings import METRICS, DriftSettings, Gate, GateAction
 from engine.drift.baseline import (
@@ -62,7 +61,7 @@ from engine.drift.baseline import (
     Baseline,
     Feature,
 )
-from engine.drift.detectors import MeanShiftDetector, page_hinkley
+from engine.drift.detectors import MeanShiftDetector, ShiftDetector, page_hinkley
 from engine.drift.features import AnswerFeatures, ResultFeatures
 from engine.drift.statistics import (
     bin_proportions,
@@ -340,9 +339,10 @@ class DriftMonitor:
         self,
         settings: DriftSettings,
         clock: Callable[[], float] = time.monotonic,
-        shift_detector: Callable[[], DriftDetector] = page_hinkley,
+        shift_detector: Callable[[], ShiftDetector] = page_hinkley,
     ) -> None:
-        """`shift_detector` makes the river detector behind `sudden_shift`, one per feature."""
+        """`shift_detector` makes the detector behind `sudden_shift`, one per feature
+        (any with river's `update` / `drift_detected`)."""
         self._settings = settings
         self._clock = clock
         self._shift_detector = shift_detector

@@ -1,10 +1,17 @@
-"""Calling OpenAI-compatible providers through the official SDK.
+"""Calling OpenAI-compatible providers: JSON over one shared HTTP pool.
 
-One `httpx2.AsyncClient` is the connection pool for every key; each key has
-its own `AsyncOpenAI` on top of it with `max_retries=0`, so every attempt
-passes our limiter (the SDK's own retries would bypass it and even retry
-`insufficient_quota`).  Closing a per-key client would close the shared
-pool, so only the shared client is closed, once.
+The hot path is the SDK's own transport without the SDK: one
+`httpx2.AsyncClient` (the client `openai` is built on) is the connection
+pool for every key; a call posts the JSON body itself and reads the answer
+with `json`.  Measured side by side (`python -m tests.benchmarks.engine_cpu`),
+the SDK's `with_raw_response.create` + `.parse()` spent more CPU per request
+than everything else in the engine together — most of it turning our plain
+dicts into its typed dicts and back, and building models we read three
+fields of — and importing it cost ~0.5 s before the first request.  What the
+engine needs of the SDK, it keeps: the same endpoints, bodies and headers,
+and the SDK's reading of a failed call (which status is which error, where
+an error's message and code are) in `classify_status`.  Nothing retries on
+its own: every attempt passes our limiter.
 
 Every outcome becomes a `CallResult` or a `CallFailure` with a kind the
 dispatcher acts on; exceptions never escape a call.  Everything a provider
@@ -16,6 +23,8 @@ key it was sent leaks nothing into the store, events, status or logs.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,7 +33,6 @@ from typing import Any
 
 import httpx2
 import numpy as np
-import openai
 from numpy.typing import NDArray
 
 from engine.config.setting_bounds import CONCURRENCY
@@ -77,25 +85,14 @@ _NO_SECRETS = Redactor()  # still masks whatever is shaped like a key
 _MESSAGE_READ = 4096
 
 
-def _failure_of(
-    exc: BaseException, timeout_s: float, latency: float, redactor: Redactor
-) -> CallFailure:
-    """What an SDK exception (or our own outer timeout) means for the request.
-
-    Only status errors carry provider text; the others are told by type name.
-    """
-    if isinstance(exc, TimeoutError | openai.APITimeoutError):
+def _transport_failure(exc: BaseException, timeout_s: float, latency: float) -> CallFailure:
+    """What a call that got no status means: a timeout (ours or the
+    transport's) or a broken connection, told by the exception's type name,
+    as the SDK's `APITimeoutError` / `APIConnectionError` would."""
+    if isinstance(exc, TimeoutError | httpx2.TimeoutException):
         return CallFailure(FailureKind.TIMEOUT, f"timed out after {timeout_s:g}s", {}, latency)
-    if isinstance(exc, openai.APIStatusError):
-        return classify_status_error(exc, latency, redactor)
-    if isinstance(exc, openai.APIConnectionError):
-        cause = exc.__cause__ or exc
-        return CallFailure(
-            FailureKind.CONNECTION, f"connection failed ({type(cause).__name__})", {}, latency
-        )
-    # e.g. a response the SDK could not read at all
     return CallFailure(
-        FailureKind.MALFORMED, f"unreadable response ({type(exc).__name__})", {}, latency
+        FailureKind.CONNECTION, f"connection failed ({type(exc).__name__})", {}, latency
     )
 
 
@@ -108,17 +105,35 @@ def _error_field(body: object, name: str) -> str:
     return ""
 
 
-def classify_status_error(
-    exc: openai.APIStatusError, latency: float, redactor: Redactor = _NO_SECRETS
+def _error_body(content: bytes) -> object:
+    """An error response's body as the SDK reads it: JSON if it parses, else its text."""
+    text = content.decode("utf-8", "replace").strip()
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def classify_status(
+    status: int,
+    headers: Mapping[str, str],
+    body: object,
+    latency: float,
+    redactor: Redactor = _NO_SECRETS,
 ) -> CallFailure:
-    """The failure an error status means, its message and headers redacted."""
-    headers = redactor.redact_headers(exc.response.headers)
-    code = _error_field(exc.body, "code")
-    err_type = _error_field(exc.body, "type")
+    """The failure an error status means, its message and headers redacted.
+
+    `body` is the response's JSON (or its text when it is not JSON).  The
+    message is the body's `error.message`, else "Error code: N", as in the
+    SDK's exceptions; `error.code` and `error.type` tell a spent quota and a
+    tokens limit from the rest.
+    """
+    headers = redactor.redact_headers(headers)
+    code = _error_field(body, "code")
+    err_type = _error_field(body, "type")
     # Redacted before it is cut short: a cut must not leave part of a key behind.
-    raw = (_error_field(exc.body, "message") or str(exc))[:_MESSAGE_READ]
+    raw = (_error_field(body, "message") or f"Error code: {status}")[:_MESSAGE_READ]
     message = redactor.redact_message(raw)
-    status = exc.status_code
     if status == 429:
         if "insufficient_quota" in (code, err_type):
             return CallFailure(FailureKind.QUOTA, message[:200], headers, latency)
@@ -141,8 +156,24 @@ def classify_status_error(
 _EMBEDDING_HEADROOM = 64
 
 
+_JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
+
+
+class _NotAnAnswer(Exception):
+    """A 2xx body that is not what was asked for (told apart from transport errors)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """Where one key's calls go and the headers they carry (the secret among them)."""
+
+    chat_url: str
+    embeddings_url: str
+    headers: Mapping[str, str]
+
+
 class ProviderClients:
-    """The shared connection pool and one SDK client per key."""
+    """The shared connection pool and, per key, where its calls go."""
 
     def __init__(self, max_connections: int = CONCURRENCY.high + _EMBEDDING_HEADROOM) -> None:
         # Room for every request the engine may have in flight at its highest
@@ -155,11 +186,12 @@ class ProviderClients:
             ),
             timeout=httpx2.Timeout(60.0, connect=10.0),
         )
-        self._clients: dict[str, openai.AsyncOpenAI] = {}
+        self._routes: dict[str, _Route] = {}
+        self._timeouts: dict[float, httpx2.Timeout] = {}
         self._closed = False
         self._redactor = Redactor()
-        # The SDK logs a response header (the request id) when OPENAI_LOG is
-        # set, and the transport logs status lines: those logs are provider text too.
+        # The transport logs status lines and (at DEBUG) response headers when
+        # an application turns its logging on: that is provider text too.
         # Put on the loggers by the first request and taken off by `aclose()`,
         # so clients that never send (an engine made and never run) leave none.
         self._log_filter = RedactingLogFilter(self._redactor)
@@ -167,13 +199,52 @@ class ProviderClients:
 
     def add_key(self, key_id: str, secret: str, base_url: str) -> None:
         self._redactor.add(secret)
-        self._clients[key_id] = openai.AsyncOpenAI(
-            api_key=secret, base_url=base_url, max_retries=0, http_client=self._http
+        base = base_url.rstrip("/")
+        self._routes[key_id] = _Route(
+            chat_url=f"{base}/chat/completions",
+            embeddings_url=f"{base}/embeddings",
+            headers={**_JSON_HEADERS, "Authorization": f"Bearer {secret}"},
         )
 
-    def _filter_logs(self) -> None:
-        self._filtering = True
-        self._log_filter.install()
+    def _timeout(self, seconds: float) -> httpx2.Timeout:
+        # Per network phase, as the SDK's `timeout=` was; made once per value.
+        timeout = self._timeouts.get(seconds)
+        if timeout is None:
+            timeout = self._timeouts[seconds] = httpx2.Timeout(seconds)
+        return timeout
+
+    async def _post(
+        self, url: str, route: _Route, body: dict[str, Any], timeout_s: float
+    ) -> tuple[httpx2.Response, dict[str, str], float] | CallFailure:
+        """POST `body` as JSON: the response, its redacted headers and when it was
+        sent — or the failure it came to (a status error is classified here)."""
+        if not self._filtering:
+            self._filtering = True
+            self._log_filter.install()
+        started = time.monotonic()
+        try:
+            # The transport's timeout covers each network phase; the outer one
+            # also catches a server that trickles bytes forever.
+            async with asyncio.timeout(timeout_s * 1.5 + 1.0):
+                response = await self._http.post(
+                    url,
+                    content=json.dumps(body, ensure_ascii=False).encode(),
+                    headers=route.headers,
+                    timeout=self._timeout(timeout_s),
+                )
+        except Exception as exc:
+            # Whatever the transport raises is a failed connection unless it is
+            # a timeout — the SDK's rule too — and never escapes the call.
+            return _transport_failure(exc, timeout_s, time.monotonic() - started)
+        if not response.is_success:
+            return classify_status(
+                response.status_code,
+                response.headers,
+                _error_body(response.content),
+                time.monotonic() - started,
+                self._redactor,
+            )
+        return response, self._redactor.redact_headers(response.headers), started
 
     async def chat(
         self,
@@ -183,73 +254,59 @@ class ProviderClients:
         timeout_s: float,
         temperature: float | None = None,
     ) -> CallResult | CallFailure:
-        client = self._clients[key_id]
-        if not self._filtering:
-            self._filter_logs()
-        started = time.monotonic()
-        extra: dict[str, Any] = {}
+        """One chat completion of `messages` on the key's route."""
+        route = self._routes[key_id]
+        body: dict[str, Any] = {"model": model, "messages": messages}
         if temperature is not None:
-            extra["temperature"] = temperature
+            body["temperature"] = temperature
+        sent = await self._post(route.chat_url, route, body, timeout_s)
+        if isinstance(sent, CallFailure):
+            return sent
+        response, headers, started = sent
         try:
-            # The SDK's timeout covers each network phase; the outer one also
-            # catches a server that trickles bytes forever.
-            async with asyncio.timeout(timeout_s * 1.5 + 1.0):
-                raw = await client.chat.completions.with_raw_response.create(
-                    model=model,
-                    messages=messages,  # type: ignore[arg-type]
-                    timeout=timeout_s,
-                    **extra,
-                )
-                headers = self._redactor.redact_headers(raw.headers)
-                try:
-                    completion = raw.parse()
-                    content = completion.choices[0].message.content
-                    if content:
-                        content = self._redactor.redact_content(content)
-                    usage = completion.usage
-                except Exception as exc:  # the body is not a chat completion
-                    return CallFailure(
-                        FailureKind.MALFORMED,
-                        f"response body is not a chat completion ({type(exc).__name__})",
-                        headers,
-                        time.monotonic() - started,
-                    )
-        except (TimeoutError, openai.APIError) as exc:
-            return _failure_of(exc, timeout_s, time.monotonic() - started, self._redactor)
+            answer = json.loads(response.content)
+            content = answer["choices"][0]["message"].get("content")
+            if content is not None and not isinstance(content, str):
+                raise _NotAnAnswer("content")
+            usage = answer.get("usage") or {}
+            prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            completion_tokens = int(usage.get("completion_tokens") or 0)
+        except (ValueError, LookupError, TypeError, AttributeError, _NotAnAnswer) as exc:
+            return CallFailure(
+                FailureKind.MALFORMED,
+                f"response body is not a chat completion ({type(exc).__name__})",
+                headers,
+                time.monotonic() - started,
+            )
+        if content:
+            content = self._redactor.redact_content(content)
         latency = time.monotonic() - started
-        prompt_tokens = usage.prompt_tokens if usage else 0
-        completion_tokens = usage.completion_tokens if usage else 0
         return CallResult(content, prompt_tokens, completion_tokens, headers, latency)
 
     async def embed(
         self, key_id: str, model: str, inputs: list[str], timeout_s: float
     ) -> EmbeddingResult | CallFailure:
-        """Embeddings of `inputs` through the key's client: one request, one vector each."""
-        client = self._clients[key_id]
-        if not self._filtering:
-            self._filter_logs()
-        started = time.monotonic()
+        """Embeddings of `inputs` through the key's route: one request, one vector each."""
+        route = self._routes[key_id]
+        # base64 float32s, as the SDK asks for them: a quarter of the bytes of
+        # decimal text, and decoded without a parse.
+        body = {"model": model, "input": inputs, "encoding_format": "base64"}
+        sent = await self._post(route.embeddings_url, route, body, timeout_s)
+        if isinstance(sent, CallFailure):
+            return sent
+        response, headers, started = sent
         try:
-            async with asyncio.timeout(timeout_s * 1.5 + 1.0):
-                raw = await client.embeddings.with_raw_response.create(
-                    model=model, input=inputs, timeout=timeout_s
-                )
-                headers = self._redactor.redact_headers(raw.headers)
-                try:
-                    answer = raw.parse()
-                    vectors = [
-                        np.asarray(item.embedding, dtype=np.float32)
-                        for item in sorted(answer.data, key=lambda item: item.index)
-                    ]
-                except Exception as exc:  # the body is not an embeddings list
-                    return CallFailure(
-                        FailureKind.MALFORMED,
-                        f"response body is not an embeddings list ({type(exc).__name__})",
-                        headers,
-                        time.monotonic() - started,
-                    )
-        except (TimeoutError, openai.APIError) as exc:
-            return _failure_of(exc, timeout_s, time.monotonic() - started, self._redactor)
+            answer = json.loads(response.content)
+            items = sorted(answer["data"], key=lambda item: item["index"])
+            vectors = [_vector(item["embedding"]) for item in items]
+            tokens = int((answer.get("usage") or {}).get("prompt_tokens") or 0)
+        except (ValueError, LookupError, TypeError, AttributeError) as exc:
+            return CallFailure(
+                FailureKind.MALFORMED,
+                f"response body is not an embeddings list ({type(exc).__name__})",
+                headers,
+                time.monotonic() - started,
+            )
         if len(vectors) != len(inputs):
             return CallFailure(
                 FailureKind.MALFORMED,
@@ -257,7 +314,6 @@ class ProviderClients:
                 headers,
                 time.monotonic() - started,
             )
-        tokens = answer.usage.prompt_tokens if answer.usage else 0
         return EmbeddingResult(tuple(vectors), tokens, headers, time.monotonic() - started)
 
     async def aclose(self) -> None:
@@ -265,3 +321,12 @@ class ProviderClients:
             self._closed = True
             self._log_filter.uninstall()
             await self._http.aclose()
+
+
+def _vector(embedding: object) -> NDArray[np.float32]:
+    """One embedding, sent as base64 little-endian float32s or as a list of numbers."""
+    if isinstance(embedding, str):
+        return np.frombuffer(base64.b64decode(embedding), dtype="<f4").astype(np.float32)
+    if not isinstance(embedding, list):
+        raise TypeError("embedding")
+    return np.asarray(embedding, dtype=np.float32)

@@ -1,7 +1,8 @@
 """`--help`, `--version` and `status` start without the engine's heavy libraries.
 
-The engine pulls in openai, numpy, river (and with it scipy), aiosqlite and,
-for crawls, trafilatura; the dashboard pulls in Textual.  Together they cost
+The engine pulls in httpx2, numpy, aiosqlite and, for crawls, trafilatura
+(openai, river and scipy it no longer needs at all: `test_engine_imports`);
+the dashboard pulls in Textual.  Together they cost
 seconds at start-up, which a command that only prints text or asks a running
 job for one snapshot must not pay.  Which modules a command imports is
 deterministic where its time is not, so this checks the modules, in fresh

@@ -1,4 +1,4 @@
-"""How provider answers become outcomes the dispatcher acts on (real SDK, real simulator)."""
+"""How provider answers become outcomes the dispatcher acts on (real transport, real simulator)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ import json
 import logging
 from collections.abc import AsyncIterator
 
+import httpx2
+import numpy as np
 import pytest
+from aiohttp import web
 
 from engine.provider.client import (
     CallFailure,
@@ -173,10 +176,11 @@ async def test_the_embeddings_path_is_redacted_too(hostile: HostileProvider) -> 
     assert leaks(refused.message, revoked) == []
 
 
-async def test_the_sdks_debug_log_shows_the_hint_not_the_echoed_key(
+async def test_the_transports_debug_log_shows_the_hint_not_the_echoed_key(
     hostile: HostileProvider, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # What OPENAI_LOG=debug (or a DEBUG root logger) would print.
+    # What a DEBUG root logger would print: the transport's trace of the
+    # response headers and its status line with the reason phrase.
     caplog.set_level(logging.DEBUG)
     hostile.status_by_secret[ECHOED] = 401
     clients = ProviderClients()
@@ -187,5 +191,141 @@ async def test_the_sdks_debug_log_shows_the_hint_not_the_echoed_key(
         await clients.aclose()
 
     logged = "\n".join(record.getMessage() for record in caplog.records)
-    assert f"request_id: {ECHOED_HINT}" in logged
+    assert f"(b'x-request-id', b'{ECHOED_HINT}')" in logged
+    assert f'"HTTP/1.1 401 Echo {ECHOED_HINT}"' in logged
     assert leaks(logged) == []
+
+
+# --------------------------------------------------------------------------
+# Bodies the SDK used to read for us: what each comes to now
+
+
+async def test_embeddings_asked_as_base64_are_the_vectors_a_plain_request_gets(
+    simulator,
+) -> None:
+    sim = await simulator(keys=sim_keys([("k", 600, 100_000)]))
+    clients = ProviderClients()
+    clients.add_key("sim/k", "secret-k", sim.base_url)
+    inputs = ["first text", "second text", "third"]
+    try:
+        answer = await clients.embed("sim/k", "text-embedding-3-small", inputs, 5)
+        # The same request with the API's default encoding (decimal lists), sent plainly.
+        async with httpx2.AsyncClient() as http:
+            plain = await http.post(
+                f"{sim.base_url}/embeddings",
+                json={"model": "text-embedding-3-small", "input": inputs},
+                headers={"Authorization": "Bearer secret-k"},
+            )
+    finally:
+        await clients.aclose()
+
+    assert isinstance(answer, EmbeddingResult)
+    expected = [item["embedding"] for item in plain.json()["data"]]
+    assert isinstance(expected[0], list) and len(expected[0]) == 64  # floats, not base64
+    assert [vector.tolist() for vector in answer.vectors] == [
+        np.asarray(vector, dtype=np.float32).tolist() for vector in expected
+    ]
+
+
+async def test_a_cut_off_embeddings_body_is_malformed_with_its_headers(simulator) -> None:
+    sim = await simulator(keys=sim_keys([("k", 600, 100_000)]))
+    sim.set_faults(fault_malformed=1.0)
+    clients = ProviderClients()
+    clients.add_key("sim/k", "secret-k", sim.base_url)
+    try:
+        outcome = await clients.embed("sim/k", "text-embedding-3-small", ["a"], 5)
+    finally:
+        await clients.aclose()
+
+    assert isinstance(outcome, CallFailure) and outcome.kind is FailureKind.MALFORMED
+    assert outcome.headers["x-ratelimit-limit-requests"] == "600"  # the budget still learns
+
+
+@pytest.fixture
+async def odd_provider() -> AsyncIterator[tuple[str, list[tuple[int, str, bytes]]]]:
+    """A provider that answers each chat request with the next (status, type, body) queued."""
+    answers: list[tuple[int, str, bytes]] = []
+
+    async def chat(_request: web.Request) -> web.Response:
+        status, content_type, body = answers.pop(0)
+        return web.Response(status=status, body=body, content_type=content_type)
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield f"http://127.0.0.1:{port}/v1", answers
+    finally:
+        await runner.cleanup()
+
+
+def completion(content: object, usage: object = None) -> bytes:
+    message = {"role": "assistant", "content": content}
+    body = {"choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
+    if usage is not None:
+        body["usage"] = usage
+    return json.dumps(body).encode()
+
+
+async def test_what_a_2xx_body_holds_decides_answer_or_malformed(
+    odd_provider: tuple[str, list[tuple[int, str, bytes]]],
+) -> None:
+    base_url, answers = odd_provider
+    answers += [
+        (200, "application/json", completion('{"results": []}', {"prompt_tokens": 7})),
+        (200, "application/json", completion(None)),  # no content, no usage: still an answer
+        (200, "application/json", b'{"choices": []}'),
+        (200, "application/json", completion(42)),
+        (200, "text/plain", b"Sure! Here you go"),
+        (200, "application/json", completion("x")[:-5]),  # cut off
+    ]
+    clients = ProviderClients()
+    clients.add_key("odd/k", "secret-odd", base_url)
+    try:
+        outcomes = [
+            await clients.chat("odd/k", "gpt-4o-mini", MESSAGES, timeout_s=5) for _ in range(6)
+        ]
+    finally:
+        await clients.aclose()
+
+    answered, empty, *malformed = outcomes
+    assert isinstance(answered, CallResult)
+    assert (answered.content, answered.prompt_tokens, answered.completion_tokens) == (
+        '{"results": []}',
+        7,
+        0,
+    )
+    assert isinstance(empty, CallResult) and empty.content is None
+    for outcome in malformed:
+        assert isinstance(outcome, CallFailure) and outcome.kind is FailureKind.MALFORMED
+        assert outcome.message.startswith("response body is not a chat completion")
+
+
+async def test_an_error_body_that_is_not_json_is_told_by_its_status(
+    odd_provider: tuple[str, list[tuple[int, str, bytes]]],
+) -> None:
+    base_url, answers = odd_provider
+    answers += [
+        (503, "text/html", b"<html>upstream overloaded</html>"),
+        (429, "text/plain", b"slow down"),
+        (404, "text/plain", b""),
+    ]
+    clients = ProviderClients()
+    clients.add_key("odd/k", "secret-odd", base_url)
+    try:
+        server, limited, missing = [
+            await clients.chat("odd/k", "gpt-4o-mini", MESSAGES, timeout_s=5) for _ in range(3)
+        ]
+    finally:
+        await clients.aclose()
+
+    # As the SDK's exceptions read them: no error.message, so "Error code: N".
+    assert isinstance(server, CallFailure) and server.kind is FailureKind.SERVER
+    assert server.message == "HTTP 503: Error code: 503"
+    assert isinstance(limited, CallFailure) and limited.kind is FailureKind.RATE_LIMITED
+    assert limited.rate_kind == "requests"
+    assert isinstance(missing, CallFailure) and missing.kind is FailureKind.BAD_REQUEST
