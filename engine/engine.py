@@ -164,7 +164,7 @@ class Engine:
                 clients=self._clients,
                 controls=self,
                 preset=self._preset_in_force,
-                preset_names=self._preset_names,
+                presets=config.presets,
                 clock=clock,
             )
             if config.drift.enabled

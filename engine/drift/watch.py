@@ -5,28 +5,28 @@ monitor (`engine.drift.monitor`); when embeddings are on, the results'
 outputs are embedded first, through the job's own keys and within their
 budgets (a `KeyLease` like any chat request).  A gate that trips is
 announced with its numbers and acted on through the job's controls
-(`JobControls`, the same any front end uses): the conservative preset, a
-pause, or a drain (what is in flight is already paid for: keep it).  The
-baseline learned from the first results is kept in the store as soon as it
-is learned; a saved one (`crawldeck baseline save`) arms the gates from the
-start.
+(`JobControls`, the same any front end uses): smaller batches or the
+conservative preset, held until the metric is back, a pause, or a drain
+(`engine.drift.gate_actions`).  The baseline learned from the first results
+is kept in the store as soon as it is learned; a saved one (`crawldeck
+baseline save`) arms the gates from the start.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
-from engine.config.config_problem import ConfigError
-from engine.config.settings import DriftSettings, GateAction, Preset
+from engine.config.settings import DriftSettings, Preset
 from engine.control.controls import JobControls
 from engine.drift.baseline import Baseline, BaselineFormatError
 from engine.drift.features import AnswerFeatures, ResultFeatures, features_of_result
+from engine.drift.gate_actions import GateActions
 from engine.drift.monitor import DriftMonitor
 from engine.limits.key_pool import KeyPool, NoUsableKeyError
 from engine.observe.events import EventBus, EventKind
@@ -56,8 +56,8 @@ class BaselineStore(Protocol):
 class DriftWatch:
     """Feeds a `DriftMonitor` for one job and turns its news into events and actions.
 
-    `preset()` is the preset in force; `preset_names` the presets the job
-    knows (the conservative action needs one named "conservative").
+    `preset()` is the preset in force; `presets` the presets the job knows
+    by name (the conservative action needs one named "conservative").
     """
 
     def __init__(
@@ -69,18 +69,18 @@ class DriftWatch:
         clients: EmbeddingClients,
         controls: JobControls,
         preset: Callable[[], Preset],
-        preset_names: Sequence[str],
+        presets: Mapping[str, Preset],
         clock: Clock,
     ) -> None:
         self._settings = settings
         self._events = events
         self._keys = keys
         self._clients = clients
-        self._controls = controls
         self._preset = preset
-        self._preset_names = frozenset(preset_names)
         self._clock = clock
         self.monitor = DriftMonitor(settings, clock)
+        self.actions = GateActions(controls=controls, preset=preset, presets=presets, events=events)
+        self._evaluations_seen = 0
         self._learning = True
         self._embeddings_wanted = settings.embeddings
         self._baseline_loaded = False
@@ -191,21 +191,11 @@ class DriftWatch:
                 baseline_n=trip.baseline_n,
                 window_n=trip.window_n,
             )
-            self._take(trip.action)
-
-    def _take(self, action: GateAction) -> None:
-        controls = self._controls
-        if action is GateAction.CONSERVATIVE:
-            if self._preset().name != "conservative" and "conservative" in self._preset_names:
-                try:
-                    controls.apply_preset("conservative")
-                except ConfigError as exc:  # e.g. memory limits below this process's floor
-                    self._events.emit(EventKind.WARNING, f"drift gate: preset not applied: {exc}")
-        elif action is GateAction.PAUSE:
-            controls.pause()
-        elif action is GateAction.STOP:
-            # Drain, not stop: what is in flight is already paid for; keep it.
-            controls.drain()
+            self.actions.take(trip.metric, trip.action)
+        evaluations = monitor.evaluations - self._evaluations_seen
+        if evaluations:
+            self._evaluations_seen = monitor.evaluations
+            self.actions.review(monitor.metrics(), evaluations)
 
     # --------------------------------------------------------------- baselines
     async def load_saved(self, store: BaselineStore) -> None:
