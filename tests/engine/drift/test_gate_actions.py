@@ -15,9 +15,11 @@ from pathlib import Path
 
 from engine.config.settings import BUILTIN_PRESETS, DriftSettings, Preset
 from engine.drift.gate_actions import EXTRA_RETRIES
+from engine.drift.watch import provider_latency_s
 from engine.engine import Engine
 from engine.observe.events import Event, EventKind
 from engine.observe.snapshot import JobState
+from engine.provider.client import CallResult
 from engine.simulation.simulator import ProviderSimulator
 from tests.engine.conftest import job_config, sim_keys, write_records
 
@@ -158,3 +160,15 @@ async def test_a_preset_the_operator_chose_meanwhile_is_not_undone(
     assert dropped is not None
     assert "changed by hand" in dropped.message
     assert engine.snapshot().preset == chosen
+
+
+def test_the_latency_judged_is_the_providers_own_when_it_reports_it() -> None:
+    def answer(latency_s: float, headers: dict[str, str]) -> CallResult:
+        return CallResult("{}", 10, 10, headers, latency_s)
+
+    # Seen from a busy process the call took 0.26 s; the provider spent 0.12 s on it.
+    assert provider_latency_s(answer(0.26, {"openai-processing-ms": "120"})) == 0.12
+    assert provider_latency_s(answer(0.26, {})) == 0.26
+    # A report that cannot be right (longer than the call, or not a number) is not believed.
+    assert provider_latency_s(answer(0.26, {"openai-processing-ms": "900"})) == 0.26
+    assert provider_latency_s(answer(0.26, {"openai-processing-ms": "soon"})) == 0.26
