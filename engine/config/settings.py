@@ -174,7 +174,7 @@ class SimulatorSettings:
     # Drift on cue, for demos and tests: from answer number `drift_after` on
     # (0: never), answers change in the ways `drift` names: "shorter",
     # "malformed", "missing_ids", "refusals", "fewer_items", "slower",
-    # "faster", "embeddings".
+    # "slightly_slower", "faster", "embeddings".
     drift_after: int = 0
     drift: tuple[str, ...] = ()
 
@@ -186,6 +186,7 @@ SIMULATED_DRIFTS = (
     "refusals",
     "fewer_items",
     "slower",
+    "slightly_slower",
     "faster",
     "embeddings",
 )

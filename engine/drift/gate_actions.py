@@ -19,15 +19,25 @@ after two below the threshold; half of it is the line between its "ok" and
 a metric trips again after a lift, its next lift waits twice as long (up to
 `LIFT_AFTER_MOST`), so a job whose own load moves the metric does not flap.
 
+Latency is the one metric a slower job can mend, and only when the job's own
+load raised it.  So the conservative preset is put in force for latency
+only when its median rose by `SLOW_DOWN_RISE` or more (a provider's busy
+hour moves it by tens of percent), and it is tried, not kept: once
+`HELP_ANSWERS` answers have come under it, a median that has not come back
+at least halfway to the baseline says the provider is slower whatever this
+job does, and the action is lifted at once.
+
 If the operator changes the preset meanwhile (a preset, a concurrency),
 their choice wins: the held actions are dropped, and nothing is restored
-over it.  Every action taken and lifted is an event.
+over it.  Every action taken, held back and lifted is an event.
 """
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from engine.config.config_problem import ConfigError
 from engine.config.settings import GateAction, Preset
@@ -37,8 +47,10 @@ from engine.observe.snapshot import DriftMetric, DriftState
 
 __all__ = [
     "EXTRA_RETRIES",
+    "HELP_ANSWERS",
     "LIFT_AFTER",
     "LIFT_AFTER_MOST",
+    "SLOW_DOWN_RISE",
     "GateActions",
     "with_smaller_batches",
 ]
@@ -51,6 +63,12 @@ LIFT_AFTER_MOST = 64
 
 EXTRA_RETRIES = 2
 """Retries `smaller_batches` adds to the preset's `max_retries`."""
+
+SLOW_DOWN_RISE = 0.5
+"""How far (relative) latency's median must rise before a gate slows the job for it."""
+
+HELP_ANSWERS = 50
+"""Answers under the conservative preset after which it must have brought latency down."""
 
 _HELD_ACTIONS = frozenset({GateAction.SMALLER_BATCHES, GateAction.CONSERVATIVE})
 _CONSERVATIVE = "conservative"
@@ -72,6 +90,23 @@ class _Held:
     action: GateAction
     needed: int  # calm evaluations in a row before it is lifted
     calm: int = 0
+    trial: _Trial | None = None  # for latency: is going slower bringing it down?
+
+
+@dataclass(slots=True)
+class _Trial:
+    """Latency under the conservative preset, against its baseline and its median at the trip."""
+
+    baseline: float
+    tripped: float
+    skip: int  # answers still to come that were sent before the action
+    seen: list[float] = field(default_factory=list)
+
+    def helped(self) -> bool | None:
+        """Whether the median came back halfway or more; None until `HELP_ANSWERS` came."""
+        if len(self.seen) < HELP_ANSWERS:
+            return None
+        return statistics.median(self.seen) <= (self.baseline + self.tripped) / 2
 
 
 class GateActions:
@@ -103,8 +138,15 @@ class GateActions:
         """The actions in force, by metric."""
         return {metric: held.action for metric, held in self._held.items()}
 
-    def take(self, metric: str, action: GateAction) -> None:
-        """Act on `metric`'s gate tripping."""
+    def take(
+        self,
+        metric: str,
+        action: GateAction,
+        *,
+        baseline: float = math.nan,
+        window: float = math.nan,
+    ) -> None:
+        """Act on `metric`'s gate tripping; `baseline` and `window` are its medians then."""
         if action is GateAction.PAUSE:
             self._controls.pause()
             return
@@ -116,12 +158,25 @@ class GateActions:
             return
         if action is GateAction.CONSERVATIVE and _CONSERVATIVE not in self._presets:
             return
+        trial = None
+        if metric == "latency" and action is GateAction.CONSERVATIVE:
+            rise = window / baseline - 1.0 if baseline > 0 else math.nan
+            if not rise >= SLOW_DOWN_RISE:
+                self._events.emit(
+                    EventKind.DRIFT_ACTION,
+                    f"drift gate latency: its median rose {rise:.0%}, less than the "
+                    f"{SLOW_DOWN_RISE:.0%} that slows the job: warned only",
+                    metric=metric,
+                    action=str(GateAction.WARN),
+                )
+                return
+            trial = _Trial(baseline, window, skip=self._preset().concurrency)
         self._yield_to_operator()
         if self._base is None:
             self._base = self._preset()
         wait = self._next_wait.get(metric, LIFT_AFTER)
         self._next_wait[metric] = min(LIFT_AFTER_MOST, 2 * wait)
-        self._held[metric] = _Held(action, wait)
+        self._held[metric] = _Held(action, wait, trial=trial)
         before = self._preset()
         after = self._settle()
         if after is not None and after != before:
@@ -134,6 +189,43 @@ class GateActions:
                 batch_size=after.batch_size,
                 concurrency=after.concurrency,
             )
+
+    def observe_latency(self, seconds: float) -> None:
+        """One answer's latency: lifts the conservative preset if it is not bringing it down."""
+        held = self._held.get("latency")
+        if held is None or held.trial is None:
+            return
+        trial = held.trial
+        if trial.skip > 0:
+            trial.skip -= 1
+            return
+        trial.seen.append(seconds)
+        helped = trial.helped()
+        if helped is None:
+            return
+        held.trial = None
+        if helped:
+            return  # it is the job's own doing: hold until latency is back
+        self._yield_to_operator()
+        if "latency" not in self._held:
+            return  # the operator chose meanwhile: nothing to lift
+        del self._held["latency"]
+        before = self._preset()
+        after = self._settle()
+        restored = (
+            f"; preset {_described(before)} → {_described(after)}"
+            if after is not None and after != before
+            else ""
+        )
+        self._events.emit(
+            EventKind.DRIFT_LIFTED,
+            f"drift gate latency: going slower did not bring it down (median "
+            f"{trial.tripped:.3g} s at the trip, {statistics.median(trial.seen):.3g} s over "
+            f"{len(trial.seen)} answers since; baseline {trial.baseline:.3g} s): the provider "
+            f"is slower whatever this job does, so the job is not slowed for it{restored}",
+            metric="latency",
+            action=str(held.action),
+        )
 
     def review(self, metrics: Iterable[DriftMetric], evaluations: int = 1) -> None:
         """After `evaluations` new evaluations: lift what stayed calm long enough."""

@@ -123,16 +123,18 @@ class DriftWatch:
         missing: int = 0,
     ) -> None:
         """One answer of `chunks` chunks, costing `cost`, parsed or not."""
+        latency = provider_latency_s(result)
         self.monitor.observe_answer(
             AnswerFeatures(
                 chunks=chunks,
                 parse_failed=parse_failed,
                 missing_ids=missing,
                 output_tokens=result.completion_tokens,
-                latency_s=provider_latency_s(result),
+                latency_s=latency,
                 cost_usd=cost,
             )
         )
+        self.actions.observe_latency(latency)
         self._act()
 
     async def observe_results(self, results: list[tuple[dict[str, Any], str]]) -> None:
@@ -212,7 +214,12 @@ class DriftWatch:
                 baseline_n=trip.baseline_n,
                 window_n=trip.window_n,
             )
-            self.actions.take(trip.metric, trip.action)
+            self.actions.take(
+                trip.metric,
+                trip.action,
+                baseline=trip.baseline_value,
+                window=trip.window_value,
+            )
         evaluations = monitor.evaluations - self._evaluations_seen
         if evaluations:
             self._evaluations_seen = monitor.evaluations

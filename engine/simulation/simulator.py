@@ -14,7 +14,7 @@ for `"items": [...]` also gets a deterministic list of words per id.
 
 It drifts on cue: from chat answer number `drift_after` on, answers change
 in the ways `drift` names (shorter, malformed, missing ids, refusals, fewer
-items, slower, faster, embeddings elsewhere), until answer `drift_until`
+items, slower, slightly slower, faster, embeddings elsewhere), until answer `drift_until`
 if that is set, for demos and tests of the drift monitor and its gates.
 Outside that span every answer is what it would be without drift.
 
@@ -295,6 +295,7 @@ _MISSING_IDS_SHARE = 0.5  # of answers
 _REFUSAL_SHARE = 0.15  # of chunk entries
 _SLOWER_FACTOR = 2.5
 _FASTER_FACTOR = 0.7  # the median latency 0.118 → 0.085 s a real provider once showed
+_SLIGHTLY_SLOWER_FACTOR = 1.3  # a provider's busy hour: no drift worth slowing a job for
 _EMBEDDING_PULL = 2.0  # weight of the fixed direction added to each vector
 REFUSAL_TEXT = "I'm sorry, but I can't help with that."
 
@@ -844,6 +845,8 @@ class ProviderSimulator:
             delay *= _SLOWER_FACTOR
         if "faster" in kinds:
             delay *= _FASTER_FACTOR
+        if "slightly_slower" in kinds:
+            delay *= _SLIGHTLY_SLOWER_FACTOR
         if delay > 0.0:
             delay *= self._rng.uniform(0.9, 1.1)
             if not await self._sleep_unless_closing(delay):

@@ -113,12 +113,13 @@ async def test_malformed_answers_shrink_the_batches_not_the_concurrency(
     assert engine.snapshot().concurrency == PRESET.concurrency
 
 
-async def test_a_latency_rise_slows_the_job_and_its_passing_restores_the_preset(
-    tmp_path: Path, simulator: Callable[..., object]
-) -> None:
-    # Answers 150-299 are 2.5 times slower; then the provider is itself again.
+async def latency_episode(
+    tmp_path: Path, simulator: Callable[..., object], drift: str, until: int
+) -> tuple[Engine, Event | None, list[Preset]]:
+    """Latency drifts (`drift`) from answer 150 to `until` (0: for good); run until an
+    action is lifted.  (the job, the lift, the presets put in force meanwhile)"""
     engine = await gated_engine(
-        tmp_path, simulator, records=6000, drift=("slower",), after=150, until=300
+        tmp_path, simulator, records=6000, drift=(drift,), after=150, until=until
     )
     presets_in_force: list[Preset] = []
     engine.events.subscribe(
@@ -128,17 +129,51 @@ async def test_a_latency_rise_slows_the_job_and_its_passing_restores_the_preset(
             else None
         )
     )
-
     lifted = await run_until(engine, EventKind.DRIFT_LIFTED)
-
     trips = messages(engine, EventKind.DRIFT_TRIPPED)
     assert any(m.startswith("drift: latency") and m.endswith("→ conservative") for m in trips)
+    return engine, lifted, presets_in_force
+
+
+async def test_a_latency_rise_slows_the_job_and_its_passing_restores_the_preset(
+    tmp_path: Path, simulator: Callable[..., object]
+) -> None:
+    # Answers 150-219 are 2.5 times slower; then the provider is itself again.
+    engine, lifted, presets_in_force = await latency_episode(tmp_path, simulator, "slower", 220)
+
     assert lifted is not None, messages(engine, EventKind.DRIFT_ACTION, EventKind.WARNING)
     assert lifted.data == {"metric": "latency", "action": "conservative"}
+    assert "back below half its threshold" in lifted.message
     assert presets_in_force == [CONSERVATIVE, PRESET]
     assert engine.snapshot().preset == PRESET
     (taken,) = messages(engine, EventKind.DRIFT_ACTION)
     assert taken.startswith("drift gate latency: conservative preset (preset steady")
+
+
+async def test_going_slower_is_given_up_when_it_does_not_bring_latency_down(
+    tmp_path: Path, simulator: Callable[..., object]
+) -> None:
+    # The provider stays 2.5 times slower whatever the job does.
+    engine, lifted, presets_in_force = await latency_episode(tmp_path, simulator, "slower", 0)
+
+    assert lifted is not None, messages(engine, EventKind.DRIFT_ACTION, EventKind.WARNING)
+    assert "going slower did not bring it down" in lifted.message
+    assert presets_in_force == [CONSERVATIVE, PRESET]
+    assert engine.snapshot().preset == PRESET
+
+
+async def test_a_provider_a_little_slower_does_not_slow_the_job(
+    tmp_path: Path, simulator: Callable[..., object]
+) -> None:
+    # 30 % slower from answer 100 on: a provider's busy hour, not worth going slower for.
+    engine = await gated_engine(
+        tmp_path, simulator, records=1200, drift=("slightly_slower",), after=100
+    )
+
+    assert await engine.run() is JobState.DONE
+
+    assert messages(engine, EventKind.PRESET_CHANGED) == []
+    assert engine.snapshot().preset == PRESET
 
 
 async def test_a_preset_the_operator_chose_meanwhile_is_not_undone(
