@@ -135,28 +135,42 @@ async def latency_episode(
     return engine, lifted, presets_in_force
 
 
-async def test_a_latency_rise_slows_the_job_and_its_passing_restores_the_preset(
+async def test_smaller_batches_are_lifted_and_the_preset_restored_once_answers_are_whole(
     tmp_path: Path, simulator: Callable[..., object]
 ) -> None:
-    # Answers 150-219 are 2.5 times slower; then the provider is itself again.
-    engine, lifted, presets_in_force = await latency_episode(tmp_path, simulator, "slower", 220)
+    # Answers 80-159 are malformed; then the provider is itself again.
+    engine = await gated_engine(
+        tmp_path, simulator, records=6000, drift=("malformed",), after=80, until=160
+    )
+    presets_in_force: list[Preset] = []
+    engine.events.subscribe(
+        lambda e: (
+            presets_in_force.append(engine.snapshot().preset)
+            if e.kind is EventKind.PRESET_CHANGED
+            else None
+        )
+    )
+
+    lifted = await run_until(engine, EventKind.DRIFT_LIFTED)
 
     assert lifted is not None, messages(engine, EventKind.DRIFT_ACTION, EventKind.WARNING)
-    assert lifted.data == {"metric": "latency", "action": "conservative"}
+    assert lifted.data["action"] == "smaller_batches"
     assert "back below half its threshold" in lifted.message
-    assert presets_in_force == [CONSERVATIVE, PRESET]
+    smaller = replace(PRESET, batch_size=2, max_retries=PRESET.max_retries + EXTRA_RETRIES)
+    assert presets_in_force == [smaller, PRESET]
     assert engine.snapshot().preset == PRESET
-    (taken,) = messages(engine, EventKind.DRIFT_ACTION)
-    assert taken.startswith("drift gate latency: conservative preset (preset steady")
 
 
-async def test_going_slower_is_given_up_when_it_does_not_bring_latency_down(
+async def test_a_latency_rise_slows_the_job_until_going_slower_proves_no_help(
     tmp_path: Path, simulator: Callable[..., object]
 ) -> None:
-    # The provider stays 2.5 times slower whatever the job does.
+    # The provider is 2.5 times slower from answer 150 on, whatever the job does.
     engine, lifted, presets_in_force = await latency_episode(tmp_path, simulator, "slower", 0)
 
+    acted = messages(engine, EventKind.DRIFT_ACTION)
+    assert [m for m in acted if "conservative preset (preset steady" in m], acted
     assert lifted is not None, messages(engine, EventKind.DRIFT_ACTION, EventKind.WARNING)
+    assert lifted.data == {"metric": "latency", "action": "conservative"}
     assert "going slower did not bring it down" in lifted.message
     assert presets_in_force == [CONSERVATIVE, PRESET]
     assert engine.snapshot().preset == PRESET
