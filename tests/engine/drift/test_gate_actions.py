@@ -117,7 +117,7 @@ async def latency_episode(
     tmp_path: Path, simulator: Callable[..., object], drift: str, until: int
 ) -> tuple[Engine, Event | None, list[Preset]]:
     """Latency drifts (`drift`) from answer 150 to `until` (0: for good); run until an
-    action is lifted.  (the job, the lift, the presets put in force meanwhile)"""
+    action is lifted: (the job, the lift, the presets put in force meanwhile)."""
     engine = await gated_engine(
         tmp_path, simulator, records=6000, drift=(drift,), after=150, until=until
     )
