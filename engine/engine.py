@@ -164,7 +164,7 @@ class Engine:
                 clients=self._clients,
                 controls=self,
                 preset=self._preset_in_force,
-                preset_names=self._preset_names,
+                presets=config.presets,
                 clock=clock,
             )
             if config.drift.enabled
@@ -282,8 +282,10 @@ class Engine:
         remaining = None if s.total is None else max(0, s.total - s.finished)
         # A paused, draining or ended job has no ETA: its rate no longer says when it ends.
         running = self._state in (JobState.STARTING, JobState.RUNNING)
-        eta, low, high = s.eta(remaining, running=running)
         keys = tuple(k.snapshot() for k in self._keys.keys)
+        eta, low, high = s.eta(
+            remaining, running=running, keys=keys, batch_size=self._preset.batch_size
+        )
         projected = None
         if s.total is not None and s.done + s.failed > 0:
             projected = s.cost_usd / (s.done + s.failed) * (s.total - s.skipped - s.cached)

@@ -182,7 +182,7 @@ class SimulatorSettings:
     # Drift on cue, for demos and tests: from answer number `drift_after` on
     # (0: never), answers change in the ways `drift` names: "shorter",
     # "malformed", "missing_ids", "refusals", "fewer_items", "slower",
-    # "embeddings".
+    # "slightly_slower", "faster", "embeddings".
     drift_after: int = 0
     drift: tuple[str, ...] = ()
 
@@ -194,6 +194,8 @@ SIMULATED_DRIFTS = (
     "refusals",
     "fewer_items",
     "slower",
+    "slightly_slower",
+    "faster",
     "embeddings",
 )
 
@@ -348,6 +350,9 @@ class GateAction(StrEnum):
     """What the engine does when a drift gate trips, mildest first."""
 
     WARN = "warn"  # an event, nothing else
+    # Halve the batch size and allow two more retries: a bad answer then
+    # costs fewer chunks and they get more tries; concurrency is untouched.
+    SMALLER_BATCHES = "smaller_batches"
     CONSERVATIVE = "conservative"  # switch to the conservative preset
     PAUSE = "pause"  # stop dispatching until the operator resumes
     STOP = "stop"  # drain and end the job
@@ -385,17 +390,24 @@ class Gate:
 # within one window.  One sudden shift is worth a trip.  A cosine distance of
 # 0.1 between centroids is ~7× the noise of topical outputs (mean 0.015,
 # peak 0.04) but depends on the embedding model: see `baseline show`'s spread.
-# Actions default to warn or the conservative preset, never pause or stop: a
-# headless job paused by a gate nobody chose waits forever.  A job file asks
-# for pause or stop where its operators want them (config.example.toml does).
+# Actions default to warn, smaller batches or the conservative preset, never
+# pause or stop: a headless job paused by a gate nobody chose waits forever.
+# A job file asks for pause or stop where its operators want them
+# (config.example.toml does).  Each action fits its metric and never cuts
+# throughput for a problem throughput does not cause: malformed or
+# incomplete answers get smaller batches (going slower does not mend them);
+# only latency, which load can cause, slows the job, and only when it rose
+# (the monitor judges latency and cost one-sided).  Smaller batches and the
+# conservative preset are lifted when the metric comes back
+# (`engine.drift.gate_actions`).
 DEFAULT_GATES: tuple[Gate, ...] = (
     Gate("output_tokens", 0.25, GateAction.WARN),
     Gate("answer_chars", 0.25, GateAction.WARN),
     Gate("items", 0.25, GateAction.WARN),
     Gate("latency", 0.25, GateAction.CONSERVATIVE),
     Gate("cost", 0.25, GateAction.WARN),
-    Gate("parse_failures", 4.0, GateAction.CONSERVATIVE),
-    Gate("missing_ids", 4.0, GateAction.WARN),
+    Gate("parse_failures", 4.0, GateAction.SMALLER_BATCHES),
+    Gate("missing_ids", 4.0, GateAction.SMALLER_BATCHES),
     Gate("refusals", 4.0, GateAction.WARN),
     Gate("sudden_shift", 1.0, GateAction.WARN),
     Gate("embeddings", 0.1, GateAction.WARN),

@@ -354,6 +354,7 @@ class DriftMonitor:
         ]
         self._tracks = {gate.metric: _Track(gate.metric, gate) for gate in monitored}
         self._new_trips: list[DriftTrip] = []
+        self.evaluations = 0  # how many evaluations so far: their readers act on each
         self._metrics_cache: tuple[DriftMetric, ...] | None = None
         self._reference: _Reference | None = None
         self._start_learning()
@@ -602,6 +603,7 @@ class DriftMonitor:
         if reference is None:
             return
         self._since_evaluation = 0
+        self.evaluations += 1
         self._flush(reference)
         settings = self._settings
         baseline = reference.baseline

@@ -36,6 +36,8 @@ class EventKind(StrEnum):
     WARNING = "warning"
     DRIFT_TRIPPED = "drift_tripped"  # a quality gate tripped; its action follows
     DRIFT_BASELINE = "drift_baseline"  # a drift baseline was learned or loaded
+    DRIFT_ACTION = "drift_action"  # a tripped gate slowed the job: smaller batches, a preset
+    DRIFT_LIFTED = "drift_lifted"  # its metric came back: the action is lifted
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,8 @@ _LOUD = {
     EventKind.KEY_DISABLED,
     EventKind.DRIFT_TRIPPED,
     EventKind.DRIFT_BASELINE,
+    EventKind.DRIFT_ACTION,
+    EventKind.DRIFT_LIFTED,
     EventKind.LIMIT_LEARNED,
     EventKind.MEMORY_SOFT,
     EventKind.MEMORY_HARD,

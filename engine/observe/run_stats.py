@@ -3,15 +3,21 @@
 Rates come from counter deltas on a one-second tick (as Scrapy's LogStats
 does), smoothed; percentiles are computed on the tick from a bounded
 window of recent latencies, so taking a snapshot costs almost nothing.
+The ETA comes from the keys' limits and the chunks finished on the tick
+(`engine.observe.eta`).
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter, deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from engine.observe.eta import UNKNOWN, EtaEstimator, capacity_of, tokens_per_request
+from engine.observe.snapshot import KeySnapshot
 
 _HISTORY = 600  # seconds of per-second history kept for the charts
 _LATENCY_WINDOW = 2000
@@ -55,6 +61,7 @@ class RunStats:
     _ewma_items: float | None = None
     _ewma_requests: float | None = None
     _ewma_tokens: float | None = None
+    _eta: EtaEstimator = field(default_factory=EtaEstimator)
 
     def record_latency(self, seconds: float) -> None:
         self._latencies.append(seconds)
@@ -93,6 +100,7 @@ class RunStats:
                 self.throughput_history.append(d_items / dt * 60.0)
                 self.error_rate_history.append(d_fail / d_req if d_req else 0.0)
         self._last = current
+        self._eta.observe(now, current[1])
         if self._latencies:
             values = np.fromiter(self._latencies, dtype=np.float64, count=len(self._latencies))
             p50, p95, p99 = np.percentile(values, (50, 95, 99))
@@ -137,25 +145,35 @@ class RunStats:
         }
 
     def eta(
-        self, remaining: int | None, *, running: bool = True
+        self,
+        remaining: int | None,
+        *,
+        running: bool = True,
+        keys: Sequence[KeySnapshot] = (),
+        batch_size: int = 1,
     ) -> tuple[float | None, float | None, float | None]:
-        """(eta, low, high) in seconds; None while there is no rate to go by.
+        """(eta, low, high) in seconds; None while there is nothing to go by.
 
-        Also None when the job is not `running` (paused, draining, stopping or
-        ended): its rate no longer says when it will end, so front ends show
-        the job's state in the ETA's place instead of a countdown.
+        From the `keys`' limits at first, for `batch_size` chunks a request,
+        and more and more from the rate measured on the tick.  None too when
+        the job is not `running` (paused, draining, stopping or ended): its
+        rate no longer says when it will end, so front ends show the job's
+        state in the ETA's place instead of a countdown.
         """
-        if remaining is None or not running:
-            return None, None, None
-        if remaining <= 0:
-            return 0.0, 0.0, 0.0
-        if self.items_per_min <= 0:
-            return None, None, None
-        eta = remaining / self.items_per_min * 60.0
-        low = remaining / max(self.items_per_min_high, self.items_per_min) * 60.0
-        slow = min(self.items_per_min_low, self.items_per_min)
-        high = remaining / slow * 60.0 if slow > 0 else None
-        return eta, low, high
+        if not running:
+            return UNKNOWN.as_tuple()
+        # A failed attempt or a 429 spends a request and finishes no chunk.
+        spent = self.attempts_failed + self.rate_limited
+        carried = batch_size * (1.0 - spent / self.requests) if self.requests else batch_size
+        per_request = tokens_per_request(keys)
+        if per_request is None and self.requests > spent:
+            per_request = self.tokens / (self.requests - spent) or None
+        return self._eta.estimate(
+            remaining,
+            [capacity_of(key) for key in keys],
+            chunks_per_request=carried,
+            tokens_per_request=per_request,
+        ).as_tuple()
 
 
 def _ewma(previous: float | None, value: float, alpha: float) -> float:

@@ -122,7 +122,8 @@ class DriftMetric:
 
     `values` are the metric's drift statistic (PSI, a z-score, a distance, …),
     one per evaluation, oldest first; `current` is the last of them.  `action`
-    is what a trip does: "warn", "conservative", "pause" or "stop".
+    is what a trip does: "warn", "smaller_batches", "conservative", "pause" or
+    "stop".
     """
 
     name: str
@@ -150,6 +151,7 @@ class Snapshot:
     items_per_min: float = 0.0
     requests_per_min: float = 0.0
     tokens_per_s: float = 0.0
+    # From the keys' limits, then more and more the measured rate (`engine.observe.eta`).
     eta_s: float | None = None
     eta_low_s: float | None = None
     eta_high_s: float | None = None

@@ -14,8 +14,9 @@ for `"items": [...]` also gets a deterministic list of words per id.
 
 It drifts on cue: from chat answer number `drift_after` on, answers change
 in the ways `drift` names (shorter, malformed, missing ids, refusals, fewer
-items, slower, embeddings elsewhere), for demos and tests of the drift
-monitor.  Until then every answer is what it would be without drift.
+items, slower, slightly slower, faster, embeddings elsewhere), until answer `drift_until`
+if that is set, for demos and tests of the drift monitor and its gates.
+Outside that span every answer is what it would be without drift.
 
 `GET /_sim/stats` (no key needed) returns the counters as JSON, for runs
 where the simulator lives in another process; keys appear in it only as
@@ -99,7 +100,8 @@ class SimulatorConfig:
     faulty or not, counted in the order they are composed, across all keys;
     embeddings requests drift once chat answers have), each kind in `drift`
     (from `DRIFT_KINDS`) applies, decided by the seed and the answer's
-    number only.  Injected faults still apply on top.
+    number only; from answer `drift_until` on (0: never) drift ends again.
+    Injected faults still apply on top.
     """
 
     keys: tuple[SimKey, ...] = ()
@@ -123,6 +125,7 @@ class SimulatorConfig:
     rate_headers: bool = True
     drift_after: int = 0
     drift: tuple[str, ...] = ()
+    drift_until: int = 0
 
     def __post_init__(self) -> None:
         low, high = self.latency_s
@@ -149,6 +152,8 @@ class SimulatorConfig:
                 raise ValueError(f"fault_{kind} must be a probability in [0, 1], got {rate}")
         if self.drift_after < 0:
             raise ValueError(f"drift_after must not be negative, got {self.drift_after}")
+        if self.drift_until < 0:
+            raise ValueError(f"drift_until must not be negative, got {self.drift_until}")
         unknown = [kind for kind in self.drift if kind not in DRIFT_KINDS]
         if unknown:
             raise ValueError(
@@ -327,6 +332,8 @@ _MALFORMED_SHARE = 0.4  # of answers
 _MISSING_IDS_SHARE = 0.5  # of answers
 _REFUSAL_SHARE = 0.15  # of chunk entries
 _SLOWER_FACTOR = 2.5
+_FASTER_FACTOR = 0.7  # the median latency 0.118 → 0.085 s a real provider once showed
+_SLIGHTLY_SLOWER_FACTOR = 1.3  # a provider's busy hour: no drift worth slowing a job for
 _EMBEDDING_PULL = 2.0  # weight of the fixed direction added to each vector
 REFUSAL_TEXT = "I'm sorry, but I can't help with that."
 
@@ -478,7 +485,12 @@ class ProviderSimulator:
 
     def _drifts(self, answer_number: int) -> bool:
         config = self._config
-        return config.drift_after > 0 and bool(config.drift) and answer_number >= config.drift_after
+        return (
+            config.drift_after > 0
+            and bool(config.drift)
+            and answer_number >= config.drift_after
+            and not 0 < config.drift_until <= answer_number
+        )
 
     @property
     def base_url(self) -> str:
@@ -872,6 +884,10 @@ class ProviderSimulator:
         delay = self._base_latency() + config.seconds_per_output_token * completion_tokens
         if "slower" in kinds:
             delay *= _SLOWER_FACTOR
+        if "faster" in kinds:
+            delay *= _FASTER_FACTOR
+        if "slightly_slower" in kinds:
+            delay *= _SLIGHTLY_SLOWER_FACTOR
         if delay > 0.0:
             delay *= self._rng.uniform(0.9, 1.1)
             if not await self._sleep_unless_closing(delay):
@@ -1148,6 +1164,13 @@ def _argument_parser() -> argparse.ArgumentParser:
         metavar="KIND[,KIND...]",
         help=f"how answers drift: {', '.join(DRIFT_KINDS)}",
     )
+    parser.add_argument(
+        "--drift-until",
+        type=int,
+        default=0,
+        metavar="M",
+        help="from the M-th chat answer on, drift ends again (default 0: never)",
+    )
     return parser
 
 
@@ -1183,6 +1206,7 @@ def config_from_args(argv: Sequence[str]) -> tuple[SimulatorConfig, str, int]:
             embedding_dim=args.embedding_dim,
             drift_after=args.drift_after,
             drift=args.drift,
+            drift_until=args.drift_until,
             **faults,
         )
     except ValueError as exc:

@@ -40,10 +40,16 @@ def test_every_metric_has_one_default_gate() -> None:
     assert settings.enabled and not settings.embeddings
     assert (settings.baseline_size, settings.window_size) == (200, 200)
     assert (settings.evaluate_every, settings.min_window) == (25, 100)
-    assert settings.gate("parse_failures") == Gate("parse_failures", 4.0, GateAction.CONSERVATIVE)
+    # Malformed output gets smaller batches: slowing down would not mend it.
+    assert settings.gate("parse_failures") == Gate(
+        "parse_failures", 4.0, GateAction.SMALLER_BATCHES
+    )
     assert settings.gate("nonsense") is None
     # No default stops or pauses a job: a headless run would wait forever.
-    assert {gate.action for gate in DEFAULT_GATES} <= {GateAction.WARN, GateAction.CONSERVATIVE}
+    held = {GateAction.SMALLER_BATCHES, GateAction.CONSERVATIVE}
+    assert {gate.action for gate in DEFAULT_GATES} <= {GateAction.WARN, *held}
+    # Only latency, which the job's own load can cause, may slow the job down.
+    assert [g.metric for g in DEFAULT_GATES if g.action is GateAction.CONSERVATIVE] == ["latency"]
 
 
 def test_an_empty_table_is_the_defaults() -> None:
@@ -67,7 +73,7 @@ def test_a_bad_action_is_named_on_one_line() -> None:
     raw = drift_table('[drift.gates]\noutput_tokens = { threshold = 0.25, action = "paws" }')
     assert problems_of(raw) == [
         "job.toml: drift.gates.output_tokens.action: "
-        "must be one of warn, conservative, pause, stop (got 'paws')"
+        "must be one of warn, smaller_batches, conservative, pause, stop (got 'paws')"
     ]
 
 

@@ -7,6 +7,7 @@ import math
 import pytest
 
 from engine.observe.run_stats import RunStats
+from engine.observe.snapshot import KeySnapshot
 
 
 def steady(stats: RunStats, seconds: int, items_per_s: int, start: float = 0.0) -> float:
@@ -170,7 +171,8 @@ def test_eta_is_zero_when_nothing_remains() -> None:
 
 
 def test_there_is_no_eta_while_the_job_is_not_running() -> None:
-    stats = RunStats(items_per_min=600.0, items_per_min_low=500.0, items_per_min_high=700.0)
+    stats = RunStats()
+    steady(stats, seconds=30, items_per_s=10)
 
     assert stats.eta(1200)[0] == pytest.approx(120.0)
     assert stats.eta(1200, running=False) == (None, None, None)
@@ -185,6 +187,24 @@ def test_eta_is_unknown_without_a_rate_to_go_by() -> None:
     assert stats.eta(100) == (None, None, None)
 
 
+def test_before_any_rate_the_keys_limits_give_the_eta() -> None:
+    keys = (key(rpm_limit=600, tpm_limit=None), key(rpm_limit=None, state="disabled"))
+
+    eta, low, high = RunStats().eta(1200, keys=keys, batch_size=5)
+
+    # 1,200 chunks, 5 a request, at 10 requests a second.
+    assert (eta, low, high) == (pytest.approx(24.0), pytest.approx(24.0), pytest.approx(24.0))
+
+
+def test_the_keys_token_limit_binds_through_the_tokens_each_request_is_charged() -> None:
+    keys = (key(rpm_limit=600, tpm_limit=60_000, rpm_used=100, tpm_used=200_000),)
+
+    eta, _, _ = RunStats().eta(100, keys=keys, batch_size=1)
+
+    # 2,000 tokens a request against 60,000 a minute: 30 requests a minute, not 600.
+    assert eta == pytest.approx(200.0)
+
+
 def test_eta_is_what_remains_at_the_current_rate_with_a_band_around_it() -> None:
     stats = RunStats()
     stats.tick(0.0)
@@ -194,7 +214,7 @@ def test_eta_is_what_remains_at_the_current_rate_with_a_band_around_it() -> None
 
     eta, low, high = stats.eta(1200)
 
-    assert eta == pytest.approx(1200 / stats.items_per_min * 60.0)
+    assert eta == pytest.approx(120.0, rel=0.05)
     assert eta is not None and low is not None and high is not None
     assert low <= eta <= high
 
@@ -203,10 +223,34 @@ def test_eta_has_no_upper_bound_when_a_recent_stretch_did_nothing() -> None:
     stats = RunStats()
     stats.tick(0.0)
     for t in range(1, 61):
-        stats.done += 20 if t > 30 else 0
+        stats.done += 0 if 44 < t <= 52 else 20
         stats.tick(float(t))
 
     eta, low, high = stats.eta(1000)
 
     assert eta is not None and low is not None
     assert high is None
+
+
+def key(
+    rpm_limit: float | None,
+    tpm_limit: float | None = None,
+    state: str = "ok",
+    rpm_used: int = 0,
+    tpm_used: int = 0,
+) -> KeySnapshot:
+    return KeySnapshot(
+        key_id="sim/k",
+        provider="sim",
+        alias="k",
+        masked_secret="sk-…k",
+        rpm_used=rpm_used,
+        rpm_limit=rpm_limit,
+        tpm_used=tpm_used,
+        tpm_limit=tpm_limit,
+        in_flight=0,
+        requests=0,
+        errors=0,
+        rate_limited=0,
+        state=state,
+    )
