@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from engine.config.settings import Preset, ProviderSettings, RateLimitWaits
 from engine.limits.backoff import Backoff
+from engine.limits.key_latency import KeyLatency
 from engine.limits.rate_limit_patience import KeyCooling, KeyRefusals, format_wait
 from engine.limits.rate_limiter import KeyBudget, RateHeaders, parse_retry_after
 from engine.observe.events import EventBus, EventKind
@@ -56,10 +57,15 @@ class KeyState:
     rate_limited: int = 0
     refusals: KeyRefusals = field(default_factory=KeyRefusals)  # 429s since its last answer
     masked_secret: str = ""  # for display: never the secret itself
+    latency: KeyLatency = field(default_factory=KeyLatency)  # of its answers
     # (time, requests, tokens) per finished request in the last minute
     _window: deque[tuple[float, int, int]] = field(default_factory=deque)
     _win_requests: int = 0
     _win_tokens: int = 0
+    # (time, tokens) charged at admission in the last minute: the provider's
+    # count when it sends no headers
+    _charged: deque[tuple[float, int]] = field(default_factory=deque)
+    _charged_tokens: int = 0
 
     @property
     def usable(self) -> bool:
@@ -80,6 +86,26 @@ class KeyState:
             _, r, t = self._window.popleft()
             self._win_requests -= r
             self._win_tokens -= t
+
+    def record_admission(self, tokens: int) -> None:
+        """A request admitted with `tokens` charged (prompt and expected output)."""
+        now = self.clock()
+        self._charged.append((now, tokens))
+        self._charged_tokens += tokens
+        self._trim_charged(now)
+
+    def _trim_charged(self, now: float) -> None:
+        while self._charged and self._charged[0][0] < now - _WINDOW_S:
+            self._charged_tokens -= self._charged.popleft()[1]
+
+    def tokens_counted(self) -> int:
+        """Tokens the provider counts against the per-minute limit: by its
+        headers when it sends them, else what admission charged in the last 60 s."""
+        counted = self.budget.tokens_counted()
+        if counted is not None:
+            return round(counted)
+        self._trim_charged(self.clock())
+        return self._charged_tokens
 
     def used_last_minute(self) -> tuple[int, int]:
         """(requests, tokens) in the last 60 s: the RPM and TPM actually used."""
@@ -114,6 +140,7 @@ class KeyState:
             rpm_limit=self.budget.limit_rpm,
             tpm_used=tpm_used,
             tpm_limit=self.budget.limit_tpm,
+            tpm_counted=self.tokens_counted(),
             in_flight=self.in_flight,
             requests=self.requests,
             errors=self.errors,
@@ -161,13 +188,18 @@ class KeyLease:
     that ended the lease, so claims tied to it are given back exactly once.
     """
 
-    __slots__ = ("_open", "estimate", "key")
+    __slots__ = ("_open", "estimate", "key", "marks", "sent_at")
 
     def __init__(self, key: KeyState, estimate: int) -> None:
         self.key = key
         self.estimate = estimate
         self._open = True
+        # Made in the same turn as the reservation, just before the send: what
+        # the answer's headers will not yet count is what is reserved after this.
+        self.sent_at = key.clock()
+        self.marks = key.budget.marks()
         key.in_flight += 1
+        key.record_admission(estimate)
 
     def returned(self) -> bool:
         """The call came back; True if this ended the lease."""
@@ -278,21 +310,61 @@ class KeyPool:
         return KeyLease(await self.acquire(est_tokens), est_tokens)
 
     # health ------------------------------------------------------------------
-    def answered(self, lease: KeyLease, used_tokens: int, headers: Mapping[str, str]) -> None:
-        """The provider answered `lease`'s request, counting `used_tokens`."""
+    def answered(
+        self,
+        lease: KeyLease,
+        used_tokens: int,
+        headers: Mapping[str, str],
+        latency_s: float | None = None,
+    ) -> None:
+        """The provider answered `lease`'s request, counting `used_tokens`.
+
+        `latency_s` (chat answers only) joins the key's latency distribution.
+        """
         key = lease.key
         key.budget.reconcile(lease.estimate, used_tokens)
-        self.sync_headers(key, headers)
+        self.sync_headers(key, headers, lease)
         key.record_usage(used_tokens)
+        if latency_s is not None:
+            key.latency.record(latency_s)
         key.refusals.answered()
 
-    def sync_headers(self, key: KeyState, headers: Mapping[str, str]) -> None:
-        """Take what the provider's `x-ratelimit-*` headers say of the key's limits."""
+    def sync_headers(
+        self, key: KeyState, headers: Mapping[str, str], lease: KeyLease | None = None
+    ) -> None:
+        """Take what the provider's `x-ratelimit-*` headers say of the key's limits.
+
+        With the `lease` they came back on, what they say is left becomes
+        what the key may spend now (less what was reserved since it was
+        sent); without it, they only tighten.
+        """
         if not headers:
             return
-        learned = key.budget.sync(RateHeaders.parse(headers))
+        parsed = RateHeaders.parse(headers)
+        if lease is None:
+            learned = key.budget.sync(parsed)
+        else:
+            learned = key.budget.sync(parsed, sent_at=lease.sent_at, marks=lease.marks)
         if learned:
             self._limit_learned(key, learned, "the provider's headers")
+
+    def in_flight_allowed(self) -> int | None:
+        """Requests in flight the keys' budgets can use now (Little's law).
+
+        What the usable keys may send at once plus what they refill during
+        one mean latency.  None while some key has no request limit or no
+        answer yet (nothing to go by).
+        """
+        total = 0.0
+        for key in self._keys:
+            if not key.usable:
+                continue
+            mean = key.latency.mean()
+            bucket = key.budget.requests
+            if bucket.unlimited or mean is None:
+                return None
+            total += max(0.0, bucket.level()) + bucket.rate * mean
+        return math.ceil(total)
 
     def refused(self, lease: KeyLease, failure: CallFailure, sent_at: float) -> KeyCooling:
         """A 429 on `lease`'s request, sent at `sent_at`: that key alone waits it out.
@@ -319,10 +391,29 @@ class KeyPool:
             self.disable(key, cooling.disabled_reason)
             return cooling
         key.cooldown_until = max(key.cooldown_until, now + cooling.wait_s)
+        if key.budget.headroom_from_headers:
+            self._distrust_headers(key, failure.rate_kind)
         lowered = key.budget.on_rate_limited(failure.rate_kind, key.answered_rpm())
         if lowered:
             self._limit_learned(key, lowered, "429s")
         return cooling
+
+    def _distrust_headers(self, key: KeyState, rate_kind: str) -> None:
+        """The key's headers said there was room, and the provider refused: say
+        so, and believe them less."""
+        fell = key.budget.distrust()
+        if fell is None:
+            return
+        old, new = fell
+        self._events.emit(
+            EventKind.HEADERS_DISTRUSTED,
+            f"{key.key_id}: a 429 ({rate_kind}) its rate-limit headers did not foresee: "
+            f"spending {new:.0%} of the headroom they report (was {old:.0%})",
+            key=key.key_id,
+            kind=rate_kind,
+            old=old,
+            new=new,
+        )
 
     def report_429(
         self, key: KeyState, failure: CallFailure, cooling: KeyCooling, then: str

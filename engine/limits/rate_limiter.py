@@ -6,9 +6,12 @@ per second, like the providers' own limiters.  Admission may drive a bucket
 into debt (a request bigger than the burst still gets through once the
 bucket is full), which keeps the long-run rate exactly at the limit.
 
-The burst is deliberately short (a couple of seconds of the limit): some
+A bucket starts with a short burst (a couple of seconds of the limit): some
 providers enforce a per-minute limit over shorter quanta, and a
-minute-sized burst would earn 429s there.
+minute-sized burst would earn 429s there.  Once the provider's headers say
+how big its bucket is and what is left in it
+(`engine.limits.provider_headroom`), the budget takes that as what it may
+spend now — a full minute where the provider grants one.
 """
 
 from __future__ import annotations
@@ -19,8 +22,11 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from engine.limits.provider_headroom import BucketReading, HeaderTrust
+
 Clock = Callable[[], float]
 
+# The first guess at a bucket's size, while the provider has said nothing.
 BURST_SECONDS = 2.0
 # Below this many requests per minute a 2 s burst would be < 1 request.
 _MIN_CAPACITY = 1.0
@@ -32,12 +38,13 @@ _LEVEL_SLACK = 1e-9
 class TokenBucket:
     """A continuously refilling bucket that may go into debt."""
 
-    __slots__ = ("_clock", "_level", "_stamp", "capacity", "rate")
+    __slots__ = ("_clock", "_level", "_stamp", "burst_s", "capacity", "rate")
 
     def __init__(self, per_minute: float | None, clock: Clock) -> None:
         self._clock = clock
         self.rate = 0.0  # units per second; 0 with capacity inf means unlimited
         self.capacity = math.inf
+        self.burst_s = BURST_SECONDS  # the capacity, in seconds of the limit
         self._stamp = clock()
         self._level = math.inf
         self.set_limit(per_minute)
@@ -49,8 +56,22 @@ class TokenBucket:
             self.rate, self.capacity, self._level = 0.0, math.inf, math.inf
             return
         self.rate = per_minute / 60.0
-        self.capacity = max(_MIN_CAPACITY, self.rate * BURST_SECONDS)
+        self.capacity = max(_MIN_CAPACITY, self.rate * self.burst_s)
         self._level = self.capacity if math.isinf(self._level) else min(self._level, self.capacity)
+
+    def set_burst(self, seconds: float) -> None:
+        """Hold at most `seconds` of the limit (what the provider's bucket holds)."""
+        self._refill()
+        self.burst_s = seconds
+        if not self.unlimited:
+            self.capacity = max(_MIN_CAPACITY, self.rate * seconds)
+            self._level = min(self._level, self.capacity)
+
+    def set_level(self, level: float) -> None:
+        """The provider says this much is left for us now (up to the capacity; may be a debt)."""
+        self._refill()
+        if not self.unlimited:
+            self._level = min(self.capacity, level)
 
     @property
     def unlimited(self) -> bool:
@@ -195,6 +216,13 @@ class KeyBudget:
         self.requests = TokenBucket(rpm, clock)
         self.tokens = TokenBucket(tpm, clock)
         self.header_limits_seen = False
+        # Once an answer said what is left, the provider's word sets the budget.
+        self.headroom_from_headers = False
+        self.trust = HeaderTrust()
+        # Every reservation ever: an answer's headers miss those made after it was sent.
+        self.reserved_requests = 0
+        self.reserved_tokens = 0
+        self._token_reading: BucketReading | None = None  # the last, for the instruments
 
     # admission -----------------------------------------------------------
     def wait_for(self, est_tokens: int) -> float:
@@ -212,6 +240,13 @@ class KeyBudget:
     def reserve(self, est_tokens: int) -> None:
         self.requests.take(1)
         self.tokens.take(est_tokens)
+        self.reserved_requests += 1
+        self.reserved_tokens += est_tokens
+
+    def marks(self) -> tuple[int, int]:
+        """(requests, tokens) reserved so far: a request sent now is not in headers
+        answered for anything sent before it."""
+        return self.reserved_requests, self.reserved_tokens
 
     def reconcile(self, reserved_tokens: int, used_tokens: int) -> None:
         """Settle a reservation with the real usage: refund or charge the difference."""
@@ -230,8 +265,21 @@ class KeyBudget:
         self.tokens.give_back(reserved_tokens)
 
     # learning from the provider -----------------------------------------
-    def sync(self, headers: RateHeaders) -> tuple[str, float, float] | None:
-        """Tighten from headers; returns (which, old, new) when a limit was learned."""
+    def sync(
+        self,
+        headers: RateHeaders,
+        *,
+        sent_at: float | None = None,
+        marks: tuple[int, int] = (0, 0),
+    ) -> tuple[str, float, float] | None:
+        """Take what headers say; returns (which, old, new) when a limit was learned.
+
+        With `sent_at` (when the answered request was sent) and `marks` (the
+        reservations up to it), what the provider says is left, less what was
+        reserved since, becomes what the key may spend now, and the bucket's
+        size follows the provider's (`engine.limits.provider_headroom`).
+        Without them, remaining headers only ever tighten the budget.
+        """
         learned = None
         if headers.limit_requests:
             self.header_limits_seen = True
@@ -246,11 +294,90 @@ class KeyBudget:
                 learned = learned or ("tpm", self.limit_tpm or 0.0, float(headers.limit_tokens))
                 self.limit_tpm = float(headers.limit_tokens)
                 self.tokens.set_limit(self.limit_tpm)
-        if headers.remaining_requests is not None:
-            self.requests.clamp_to(float(headers.remaining_requests))
-        if headers.remaining_tokens is not None:
-            self.tokens.clamp_to(float(headers.remaining_tokens))
+        if sent_at is None:
+            if headers.remaining_requests is not None:
+                self.requests.clamp_to(float(headers.remaining_requests))
+            if headers.remaining_tokens is not None:
+                self.tokens.clamp_to(float(headers.remaining_tokens))
+            return learned
+        now = self._clock()
+        self.trust.recover(now)
+        sent_requests, sent_tokens = marks
+        self._take_headroom(
+            self.requests,
+            headers.remaining_requests,
+            headers.reset_requests_s,
+            headers.limit_requests,
+            sent_at,
+            self.reserved_requests - sent_requests,
+        )
+        reading = self._take_headroom(
+            self.tokens,
+            headers.remaining_tokens,
+            headers.reset_tokens_s,
+            headers.limit_tokens,
+            sent_at,
+            self.reserved_tokens - sent_tokens,
+        )
+        if reading is not None:
+            self._token_reading = reading
         return learned
+
+    def _take_headroom(
+        self,
+        bucket: TokenBucket,
+        remaining: int | None,
+        reset_s: float | None,
+        provider_limit: int | None,
+        sent_at: float,
+        reserved_since: float,
+    ) -> BucketReading | None:
+        if remaining is None or bucket.unlimited:
+            return None
+        in_force = bucket.rate * 60.0
+        reading = BucketReading(
+            float(remaining), reset_s, float(provider_limit or in_force), sent_at
+        )
+        # Without a reset time the bucket holds at least what was left: never
+        # less than the first guess.
+        size = (
+            reading.capacity()
+            if reset_s is not None
+            else max(reading.remaining, bucket.rate * BURST_SECONDS)
+        )
+        size = min(size, in_force)  # never more than a minute of the limit in force
+        self.headroom_from_headers = True
+        bucket.set_burst(self.trust.level * size / bucket.rate)
+        available = reading.available(self._clock(), bucket.rate, reserved_since)
+        bucket.set_level(self.trust.of(available))
+        return reading
+
+    def distrust(self) -> tuple[float, float] | None:
+        """A 429 the headers said would not come: believe them less (old, new trust).
+
+        The bursts taken from them shrink at once; a storm is one lesson.
+        """
+        fell = self.trust.surprised(self._clock())
+        if fell is None:
+            return None
+        old, new = fell
+        for bucket in (self.requests, self.tokens):
+            if not bucket.unlimited:
+                bucket.set_burst(bucket.burst_s * new / old)
+        return fell
+
+    def tokens_counted(self) -> float | None:
+        """Tokens the provider holds against the per-minute limit now, by its last headers.
+
+        How full its bucket is, in units of the limit: near the limit means
+        the key is full, whatever the bucket's size.  None without headers.
+        """
+        reading = self._token_reading
+        if reading is None or self.limit_tpm is None:
+            return None
+        size = max(reading.capacity(), reading.remaining, 1.0)
+        left = min(size, reading.available(self._clock(), self.tokens.rate, 0.0))
+        return max(0.0, self.limit_tpm * (1.0 - left / size))
 
     def on_rate_limited(self, kind: str, sent_rpm: float) -> tuple[str, float, float] | None:
         """A 429: empty the exhausted bucket; without header limits, lower the limit.

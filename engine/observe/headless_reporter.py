@@ -22,6 +22,7 @@ _LOUD = {
     EventKind.DRIFT_TRIPPED,
     EventKind.DRIFT_BASELINE,
     EventKind.LIMIT_LEARNED,
+    EventKind.HEADERS_DISTRUSTED,
     EventKind.MEMORY_SOFT,
     EventKind.MEMORY_HARD,
     EventKind.MEMORY_OK,

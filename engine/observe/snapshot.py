@@ -64,6 +64,10 @@ class KeySnapshot:
     state: str  # "ok", "cooling", "disabled"
     cooldown_s: float = 0.0
     disabled_reason: str = ""
+    # Tokens the provider counts against `tpm_limit` now (its headers, else
+    # prompt and expected output charged at admission in the last minute);
+    # `tpm_used` is what answers used.  Near the limit: the key is full.
+    tpm_counted: int = 0
 
 
 @dataclass(frozen=True, slots=True)
