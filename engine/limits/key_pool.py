@@ -38,6 +38,8 @@ if TYPE_CHECKING:  # the provider client loads the SDK; the pool needs only the 
 
 Clock = Callable[[], float]
 _WINDOW_S = 60.0
+# In flight varies about rate × mean latency; room for that keeps the rate whole.
+_LATENCY_SPREAD = 1.5
 
 
 @dataclass(slots=True)
@@ -352,18 +354,20 @@ class KeyPool:
         """Requests in flight the keys' budgets can use now (Little's law).
 
         What the usable keys may send at once plus what they refill during
-        one mean latency.  None while some key has no request limit or no
-        answer yet (nothing to go by).
+        one mean latency, with a margin for latency's spread.  None until
+        every usable key's provider has reported its headroom and answered
+        (nothing to go by).
         """
         total = 0.0
         for key in self._keys:
             if not key.usable:
                 continue
             mean = key.latency.mean()
-            bucket = key.budget.requests
-            if bucket.unlimited or mean is None:
+            budget = key.budget
+            if not budget.headroom_from_headers or budget.requests.unlimited or mean is None:
                 return None
-            total += max(0.0, bucket.level()) + bucket.rate * mean
+            bucket = budget.requests
+            total += max(0.0, bucket.level()) + bucket.rate * mean * _LATENCY_SPREAD + 1.0
         return math.ceil(total)
 
     def refused(self, lease: KeyLease, failure: CallFailure, sent_at: float) -> KeyCooling:

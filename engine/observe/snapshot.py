@@ -165,7 +165,10 @@ class Snapshot:
     errors_by_kind: tuple[tuple[str, int], ...] = ()
     errors_by_key: tuple[tuple[str, int], ...] = ()
     keys: tuple[KeySnapshot, ...] = ()
-    concurrency: int = 0
+    concurrency: int = 0  # the ceiling: the operator's (`+`/`-` move it) or the preset's
+    # The limit in force under it: what the keys' budgets can use (or adaptive
+    # concurrency's value), halved by the memory breaker above its soft limit.
+    effective_concurrency: int = 0
     in_flight_requests: int = 0
     preset: Preset = field(default_factory=Preset)
     preset_names: tuple[str, ...] = ()  # the presets the job knows by name

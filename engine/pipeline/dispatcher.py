@@ -7,9 +7,13 @@ batch is sent in a task of its own and holds claims until its call ends —
 the slot, its chunks in the in-flight count, its `KeyLease` — given back
 exactly once, whether the call came back or was cancelled (stop now).
 
-The concurrency limit moves under three hands: the operator's ceiling (the
-engine's controls), adaptive concurrency once a second (`adapt`), and the
-memory breaker, which halves it above the soft limit (`memory_changed`).
+The concurrency limit in force (the effective one) is worked out once a
+second (`adapt`) under the operator's ceiling (the engine's controls): what
+the keys' budgets can use in flight (Little's law: their headroom and rate
+times the observed latency) once the providers have said what they allow,
+else adaptive concurrency's AIMD value — so a burst the provider grants is
+never held back by a controller still feeling its way.  The memory breaker
+halves it above the soft limit (`memory_changed`) until memory is back.
 
 What the call brought back goes to the outcomes (`BatchOutcomes`).  When no
 key can serve any more, every batch still to come fails with the keys'
@@ -119,21 +123,26 @@ class Dispatcher:
         self.in_flight_chunks = 0
         self.no_key = ""  # why no key can serve any more; then nothing is sent
         self._saturated = False
+        self._memory_cap: int | None = None  # the breaker's, above the soft limit
         self._admission: asyncio.Task[None] | None = None
         self._sends: set[asyncio.Task[None]] = set()
 
     # ---------------------------------------------------------------- controls
     def adapt(self, now: float, *, allowed: bool) -> None:
-        """Once a second: adaptive concurrency may move the limit, when `allowed`
-        (the preset asks for it and the job is running)."""
+        """Once a second, when `allowed` (the preset asks for it and the job is
+        running): the limit follows the keys' budgets, or adaptive concurrency
+        where they have not spoken, under the ceiling and the memory breaker."""
         saturated, self._saturated = self._saturated, False  # since the last tick
         if not allowed:
             return
         limit = self._concurrency
-        new = self._adaptive.update(now, saturated)
-        if new is not None and new != limit.limit:
-            old = limit.limit
-            limit.set_limit(new)
+        old = limit.limit
+        moved = self._adaptive.update(now, saturated)
+        new = self._working_limit()
+        if new == old:
+            return
+        limit.set_limit(new)
+        if moved is not None and new == moved:  # the budget's moves are every second: not news
             self._events.emit(
                 EventKind.CONCURRENCY_CHANGED,
                 f"adaptive concurrency {old} → {new}",
@@ -142,15 +151,25 @@ class Dispatcher:
                 adaptive=True,
             )
 
+    def _working_limit(self) -> int:
+        ceiling = self._adaptive.ceiling
+        allowed = self._keys.in_flight_allowed()
+        working = self._adaptive.current if allowed is None else min(ceiling, allowed)
+        if self._memory_cap is not None:
+            working = min(working, self._memory_cap)
+        return max(1, working)
+
     def memory_changed(self, new: MemoryState, rss: int) -> None:
         """The memory breaker moved to `new` at `rss` bytes: say so, and halve or
         restore the concurrency limit."""
         mb = rss / 2**20
         if new is MemoryState.OK:
-            self._concurrency.set_limit(self._adaptive.current)
+            self._memory_cap = None
+            self._concurrency.set_limit(self._working_limit())
             self._events.emit(EventKind.MEMORY_OK, f"memory back to normal ({mb:.0f} MB)", rss=rss)
         elif new is MemoryState.SOFT:
             lowered = max(1, self._concurrency.limit // 2)
+            self._memory_cap = lowered
             self._concurrency.set_limit(lowered)
             self._events.emit(
                 EventKind.MEMORY_SOFT,
