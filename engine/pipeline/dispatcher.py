@@ -15,6 +15,13 @@ else adaptive concurrency's AIMD value — so a burst the provider grants is
 never held back by a controller still feeling its way.  The memory breaker
 halves it above the soft limit (`memory_changed`) until memory is back.
 
+A request far beyond its key's usual latency (`KeyLatency.patience`: a
+high quantile times a margin, once there are enough answers to say) is
+taken for hung: abandoned — its connection closed, so no answer can come
+and store its chunks twice — and failed as a timeout, which requeues its
+batch.  The preset's request timeout stays the ceiling.  The provider
+counted the request when it took it, so its reservation stays spent.
+
 What the call brought back goes to the outcomes (`BatchOutcomes`).  When no
 key can serve any more, every batch still to come fails with the keys'
 reasons instead of waiting forever, and `on_no_key` is told once.
@@ -37,7 +44,7 @@ from engine.observe.events import EventBus, EventKind
 from engine.observe.run_stats import RunStats
 from engine.pipeline.prompt import build_messages, estimate_prompt_tokens
 from engine.pipeline.work_queue import Batch, WorkQueue
-from engine.provider.client import CallFailure, CallResult
+from engine.provider.client import CallFailure, CallResult, FailureKind
 
 Clock = Callable[[], float]
 
@@ -271,14 +278,19 @@ class Dispatcher:
         batch, lease = flight.batch, flight.lease
         provider = lease.key.provider
         timeout = provider.request_timeout_s or self._preset().request_timeout_s
+        patience = lease.key.latency.patience(timeout)
         sent_at = self._clock()
         try:
-            outcome = await self._clients.chat(
-                lease.key.key_id, provider.model, messages, timeout, self._prompt.temperature
-            )
+            # Below the timeout the client enforces itself, the key's patience cuts a hang short.
+            async with asyncio.timeout(patience if patience < timeout else None):
+                outcome = await self._clients.chat(
+                    lease.key.key_id, provider.model, messages, timeout, self._prompt.temperature
+                )
         except asyncio.CancelledError:
             self._give_back(flight, answered=False)
             raise
+        except TimeoutError:
+            outcome = self._hung(lease, patience)
         self._give_back(flight, answered=True)
         self._stats.requests += 1
         if isinstance(outcome, CallResult):
@@ -286,6 +298,17 @@ class Dispatcher:
         else:
             await outcomes.failed(batch, lease, outcome, sent_at)
         self._keys.notify()
+
+    @staticmethod
+    def _hung(lease: KeyLease, patience: float) -> CallFailure:
+        usual = lease.key.latency.quantile(lease.key.latency.HANG_QUANTILE) or 0.0
+        return CallFailure(
+            FailureKind.TIMEOUT,
+            f"hung: no answer in {patience:.1f}s, far beyond {lease.key.key_id}'s "
+            f"usual ({usual:.2f}s at p99); abandoned",
+            {},
+            patience,
+        )
 
     def _no_key_left(self) -> None:
         """No key can serve any more: every batch from now on fails with the keys' reasons."""
