@@ -90,7 +90,7 @@ class KeyState:
             self._win_tokens -= t
 
     def record_admission(self, tokens: int) -> None:
-        """A request admitted with `tokens` charged (prompt and expected output)."""
+        """A request admitted with `tokens` charged (what the provider counts then)."""
         now = self.clock()
         self._charged.append((now, tokens))
         self._charged_tokens += tokens
@@ -102,7 +102,8 @@ class KeyState:
 
     def tokens_counted(self) -> int:
         """Tokens the provider counts against the per-minute limit: by its
-        headers when it sends them, else what admission charged in the last 60 s."""
+        headers when it sends them, else what admission charged in the last
+        60 s (the prompt, plus `max_tokens` when sent)."""
         counted = self.budget.tokens_counted()
         if counted is not None:
             return round(counted)
@@ -182,7 +183,8 @@ def provider_keys(
 class KeyLease:
     """One request's hold on a key, from admission to the end of its call.
 
-    It holds the budget reserved for the request (`estimate` tokens) and a
+    It holds the budget reserved for the request (`taken` tokens of the
+    `estimate`; `charged` is what the provider counts at admission) and a
     place in the key's in-flight count, and ends once: `returned()` when the
     call came back, answered or not (the key counts a request; the budget
     stays spent until the pool reconciles it), or `abandoned()` when it never
@@ -190,18 +192,22 @@ class KeyLease:
     that ended the lease, so claims tied to it are given back exactly once.
     """
 
-    __slots__ = ("_open", "estimate", "key", "marks", "sent_at")
+    __slots__ = ("_open", "charged", "estimate", "key", "marks", "sent_at", "taken")
 
-    def __init__(self, key: KeyState, estimate: int) -> None:
+    def __init__(
+        self, key: KeyState, estimate: int, charged: int | None = None, taken: int | None = None
+    ) -> None:
         self.key = key
         self.estimate = estimate
+        self.taken = estimate if taken is None else taken
+        self.charged = charged  # our estimate of the admission charge, when given
         self._open = True
         # Made in the same turn as the reservation, just before the send: what
         # the answer's headers will not yet count is what is reserved after this.
         self.sent_at = key.clock()
         self.marks = key.budget.marks()
         key.in_flight += 1
-        key.record_admission(estimate)
+        key.record_admission(estimate if charged is None else charged)
 
     def returned(self) -> bool:
         """The call came back; True if this ended the lease."""
@@ -218,20 +224,20 @@ class KeyLease:
             return False
         self._open = False
         self.key.in_flight -= 1
-        self.key.budget.release(self.estimate)
+        self.key.budget.release(self.taken)
         return True
 
     def release(self) -> None:
         """The provider did not count this request: give its reserved budget back."""
-        self.key.budget.release(self.estimate)
+        self.key.budget.release(self.taken)
 
 
 class KeyBudgets(Protocol):
     """Chooses a key and reserves its budget; an in-process or shared implementation."""
 
-    async def acquire(self, est_tokens: int) -> KeyState: ...
+    async def acquire(self, est_tokens: int, charged: int | None = None) -> KeyState: ...
 
-    async def lease(self, est_tokens: int) -> KeyLease: ...
+    async def lease(self, est_tokens: int, charged: int | None = None) -> KeyLease: ...
 
     def notify(self) -> None: ...
 
@@ -278,28 +284,35 @@ class KeyPool:
         """Budget or key health changed: re-evaluate waiting admissions."""
         self._changed.set()
 
-    def _best(self, est_tokens: int) -> tuple[KeyState | None, float]:
+    def _best(self, est_tokens: int, charged: int | None) -> tuple[KeyState | None, float]:
         best: KeyState | None = None
         best_wait, best_room = math.inf, -1.0
         for key in self._keys:
             if not key.usable:
                 continue
             key.budget.recover()
-            wait = max(key.cooling_for(), key.budget.wait_for(est_tokens))
+            wait = max(key.cooling_for(), key.budget.wait_for(est_tokens, charged))
             room = key.budget.headroom()
             if wait < best_wait - 1e-9 or (abs(wait - best_wait) <= 1e-9 and room > best_room):
                 best, best_wait, best_room = key, wait, room
         return best, best_wait
 
-    async def acquire(self, est_tokens: int) -> KeyState:
-        """Wait until some key can admit `est_tokens`, reserve it there, return the key."""
+    async def acquire(self, est_tokens: int, charged: int | None = None) -> KeyState:
+        """Wait until some key can admit `est_tokens`, reserve it there, return the key.
+
+        `charged`: what the provider counts at admission, when it is less
+        (`KeyBudget.reserve`).
+        """
+        key, _ = await self._reserve(est_tokens, charged)
+        return key
+
+    async def _reserve(self, est_tokens: int, charged: int | None) -> tuple[KeyState, int]:
         while True:
-            key, wait = self._best(est_tokens)
+            key, wait = self._best(est_tokens, charged)
             if key is None:
                 raise NoUsableKeyError("every API key is disabled")
             if wait <= 0:
-                key.budget.reserve(est_tokens)
-                return key
+                return key, key.budget.reserve(est_tokens, charged)
             self._changed.clear()
             try:
                 async with asyncio.timeout(wait):
@@ -307,9 +320,10 @@ class KeyPool:
             except TimeoutError:
                 pass
 
-    async def lease(self, est_tokens: int) -> KeyLease:
+    async def lease(self, est_tokens: int, charged: int | None = None) -> KeyLease:
         """`acquire`, held as a lease: the key counts the request in flight until it ends."""
-        return KeyLease(await self.acquire(est_tokens), est_tokens)
+        key, taken = await self._reserve(est_tokens, charged)
+        return KeyLease(key, est_tokens, charged, taken)
 
     # health ------------------------------------------------------------------
     def answered(
@@ -318,13 +332,17 @@ class KeyPool:
         used_tokens: int,
         headers: Mapping[str, str],
         latency_s: float | None = None,
+        prompt_tokens: int = 0,
     ) -> None:
         """The provider answered `lease`'s request, counting `used_tokens`.
 
-        `latency_s` (chat answers only) joins the key's latency distribution.
+        `latency_s` (chat answers only) joins the key's latency distribution;
+        `prompt_tokens` (its usage) teaches what the provider counts of a prompt.
         """
         key = lease.key
-        key.budget.reconcile(lease.estimate, used_tokens)
+        if lease.charged is not None:
+            key.budget.learn_charge(lease.charged, prompt_tokens)
+        key.budget.reconcile(lease.taken, used_tokens)
         self.sync_headers(key, headers, lease)
         key.record_usage(used_tokens)
         if latency_s is not None:

@@ -9,7 +9,11 @@ enforces the minute in per-second quanta (pace).
 
 Requests admitted after the answered one was sent are not in its headers:
 they are subtracted (reserved in flight), and the refill since it was sent
-is added, so the estimate never over-admits on stale news.  A 429 where the
+is added, so the estimate never over-admits on stale news.  Requests do not
+reach the provider in the order they were admitted (connections open, the
+event loop is busy), so the bounds are blurred by `SEND_SPREAD_S`: what was
+admitted shortly before counts as possibly missing too, and the refill is
+counted from shortly after.  A 429 where the
 headers promised room lowers the trust in them for that key: the headroom
 and the burst taken from them shrink, and creep back while no 429 comes.
 """
@@ -18,6 +22,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+# How far apart admission and arrival at the provider may be, either way.
+SEND_SPREAD_S = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +53,7 @@ class BucketReading:
         """What the provider's bucket holds now for us: the reading refilled
         since it was taken (never past the bucket's size) less what we
         reserved after it."""
-        refilled = self.remaining + max(0.0, now - self.taken_at) * rate_per_s
+        refilled = self.remaining + max(0.0, now - self.taken_at - SEND_SPREAD_S) * rate_per_s
         return min(max(self.capacity(), self.remaining), refilled) - reserved_since
 
 

@@ -19,10 +19,11 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from engine.limits.provider_headroom import BucketReading, HeaderTrust
+from engine.limits.provider_headroom import SEND_SPREAD_S, BucketReading, HeaderTrust
 
 Clock = Callable[[], float]
 
@@ -199,6 +200,7 @@ class KeyBudget:
 
     # After a 429 without limit headers, the limit drops to this share of
     # the rate we were sending at; it creeps back up slowly while no 429s come.
+    _CHARGE_LEARNING = 0.2
     BACKOFF_FACTOR = 0.85
     RECOVERY_PER_MINUTE = 0.02
     _RATE_WINDOW_S = 60.0
@@ -222,12 +224,36 @@ class KeyBudget:
         # Every reservation ever: an answer's headers miss those made after it was sent.
         self.reserved_requests = 0
         self.reserved_tokens = 0
+        # (time, requests, tokens reserved before it) of the last SEND_SPREAD_S's reservations
+        self._recent: deque[tuple[float, int, int]] = deque()
         self._token_reading: BucketReading | None = None  # the last, for the instruments
+        # What the provider counts of a prompt for each token we estimate (learned).
+        self.charge_ratio = 1.0
 
     # admission -----------------------------------------------------------
-    def wait_for(self, est_tokens: int) -> float:
-        """Seconds until a request of `est_tokens` fits both budgets."""
-        return max(self.requests.wait_for(1), self.tokens.wait_for(est_tokens))
+    def wait_for(self, est_tokens: int, charged: int | None = None) -> float:
+        """Seconds until a request of `est_tokens` (`charged` at admission) fits both budgets."""
+        return max(
+            self.requests.wait_for(1), self.tokens.wait_for(self._needed(est_tokens, charged))
+        )
+
+    def _charge(self, est_tokens: int, charged: int | None) -> int:
+        """What the provider will count at admission, as far as we can tell."""
+        if charged is None:
+            return est_tokens
+        return math.ceil(charged * self.charge_ratio)
+
+    def _needed(self, est_tokens: int, charged: int | None) -> int:
+        # Once headers set the budget they count the admission charge, and
+        # correct it after; before, the whole estimate is held.
+        return self._charge(est_tokens, charged) if self.headroom_from_headers else est_tokens
+
+    def learn_charge(self, charged: int, counted: int) -> None:
+        """The provider counted `counted` prompt tokens where we estimated
+        `charged`: our estimates are scaled by what it counts (a moving mean)."""
+        if charged > 0 and counted > 0:
+            ratio = min(4.0, max(0.25, counted / charged))
+            self.charge_ratio += (ratio - self.charge_ratio) * self._CHARGE_LEARNING
 
     def headroom(self) -> float:
         """A 0..1 measure of free budget, for picking the emptiest key."""
@@ -237,15 +263,33 @@ class KeyBudget:
                 shares.append(max(0.0, bucket.level()) / bucket.capacity)
         return min(shares) if shares else 1.0
 
-    def reserve(self, est_tokens: int) -> None:
+    def reserve(self, est_tokens: int, charged: int | None = None) -> int:
+        """Take a request and its tokens; returns the tokens taken.
+
+        `est_tokens` is the prompt and the expected output; `charged` what
+        the provider counts at admission (the prompt, plus `max_tokens` when
+        sent; `est_tokens` when not given).  Once the provider's headers set
+        the budget, they count what it charged, so only that is taken — and
+        counted as what its headers miss of requests sent after the one they
+        answer.
+        """
+        charge = self._charge(est_tokens, charged)
+        taken = self._needed(est_tokens, charged)
         self.requests.take(1)
-        self.tokens.take(est_tokens)
+        self.tokens.take(taken)
+        self._recent.append((self._clock(), self.reserved_requests, self.reserved_tokens))
         self.reserved_requests += 1
-        self.reserved_tokens += est_tokens
+        self.reserved_tokens += charge
+        return taken
 
     def marks(self) -> tuple[int, int]:
-        """(requests, tokens) reserved so far: a request sent now is not in headers
-        answered for anything sent before it."""
+        """(requests, tokens) reserved before the last `SEND_SPREAD_S`: headers
+        answered for a request sent now may miss anything reserved after that."""
+        recent, cutoff = self._recent, self._clock() - SEND_SPREAD_S
+        while recent and recent[0][0] < cutoff:
+            recent.popleft()
+        if recent:
+            return recent[0][1], recent[0][2]
         return self.reserved_requests, self.reserved_tokens
 
     def reconcile(self, reserved_tokens: int, used_tokens: int) -> None:

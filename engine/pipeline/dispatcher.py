@@ -230,10 +230,11 @@ class Dispatcher:
                 raise
             try:
                 messages = build_messages(self._prompt, batch.chunks)
-                estimate = estimate_prompt_tokens(messages) + self._output_estimate(
-                    len(batch.chunks)
-                )
-                lease = await self._keys.lease(estimate)
+                # The provider charges the prompt at admission (no `max_tokens` is
+                # sent); the budget also holds the expected output until the answer.
+                prompt_tokens = estimate_prompt_tokens(messages)
+                estimate = prompt_tokens + self._output_estimate(len(batch.chunks))
+                lease = await self._keys.lease(estimate, prompt_tokens)
             except asyncio.CancelledError:
                 concurrency.release()
                 queue.put_retry(batch)

@@ -108,7 +108,7 @@ class Outcomes:
         used = result.prompt_tokens + result.completion_tokens
         if used == 0:
             used = lease.estimate  # no usage reported: keep what was reserved
-        self._keys.answered(lease, used, result.headers, result.latency_s)
+        self._keys.answered(lease, used, result.headers, result.latency_s, result.prompt_tokens)
         s = self._stats
         s.tokens += used
         s.record_latency(result.latency_s)
