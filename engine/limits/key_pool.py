@@ -175,6 +175,7 @@ def provider_keys(
         for key in provider.keys:
             key_id = f"{provider.name}/{key.alias}"
             budget = KeyBudget(key.rpm, key.tpm, clock)
+            budget.open_cautiously()
             masked = mask_secret(secrets[key_id])
             keys.append(KeyState(key_id, key.alias, provider, budget, clock, masked_secret=masked))
     return keys

@@ -29,6 +29,9 @@ Clock = Callable[[], float]
 
 # The first guess at a bucket's size, while the provider has said nothing.
 BURST_SECONDS = 2.0
+# What a key may send at once before its provider has said anything, in
+# seconds of its limit (`KeyBudget.open_cautiously`).
+FIRST_FILL_S = 1.0
 # Below this many requests per minute a 2 s burst would be < 1 request.
 _MIN_CAPACITY = 1.0
 # Waiting exactly `wait_for()` seconds can leave the level a rounding error
@@ -395,6 +398,14 @@ class KeyBudget:
         available = reading.available(self._clock(), bucket.rate, reserved_since)
         bucket.set_level(self.trust.of(available))
         return reading
+
+    def open_cautiously(self) -> None:
+        """Before the provider has said anything, hold half the first guess's
+        burst back: the rest comes as it refills.  A provider that enforces
+        its minute per second grants one second at once, no more."""
+        for bucket in (self.requests, self.tokens):
+            if not bucket.unlimited:
+                bucket.set_level(min(bucket.level(), max(1.0, bucket.rate * FIRST_FILL_S)))
 
     def distrust(self) -> tuple[float, float] | None:
         """A 429 the headers said would not come: believe them less (old, new trust).

@@ -244,3 +244,20 @@ def test_once_headers_set_the_budget_it_holds_what_the_provider_charges_as_it_co
 
     assert taken == pytest.approx(1500, abs=2)
     assert before - budget.tokens.level() == taken
+
+
+def test_a_key_built_for_a_job_opens_with_one_second_of_its_limit_until_the_provider_speaks() -> (
+    None
+):
+    """A provider enforcing its minute per second grants a second at once: the
+    first guess's other second comes as the bucket refills."""
+    clock = FakeClock()
+    budget = KeyBudget(1200, 300_000, clock)
+
+    budget.open_cautiously()
+
+    assert budget.requests.capacity == pytest.approx(20 * BURST_SECONDS)
+    assert budget.requests.level() == pytest.approx(20)
+    assert budget.tokens.level() == pytest.approx(5000)
+    clock.advance(1.0)
+    assert budget.requests.level() == pytest.approx(40)
