@@ -20,7 +20,7 @@ class KeyLatency:
     WINDOW = 256
     MIN_SAMPLES = 20
     HANG_QUANTILE = 0.99
-    HANG_MARGIN = 3.0
+    HANG_MARGIN = 2.0
     HANG_FLOOR_S = 3.0
 
     __slots__ = ("_samples", "_sorted", "_total")
