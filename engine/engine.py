@@ -322,7 +322,8 @@ class Engine:
             errors_by_kind=tuple(sorted(s.errors_by_kind.items())),
             errors_by_key=tuple(sorted(s.errors_by_key.items())),
             keys=keys,
-            concurrency=self._concurrency.limit,
+            concurrency=self._adaptive.ceiling,
+            effective_concurrency=self._concurrency.limit,
             in_flight_requests=self._concurrency.in_use,
             preset=self._preset,
             preset_names=self._preset_names,
@@ -345,12 +346,12 @@ class Engine:
 
     # controls -----------------------------------------------------------
     def set_concurrency(self, value: int) -> None:
-        """Set the maximum number of requests in flight, effective at once.
+        """Set the concurrency ceiling (the most requests in flight), effective at once.
 
         A value outside `setting_bounds.CONCURRENCY` raises `ValueError` and changes nothing.
         """
         value = CONCURRENCY.check("concurrency", value)
-        old = self._concurrency.limit
+        old = self._adaptive.ceiling
         self._preset = replace(self._preset, concurrency=value)
         self._adaptive.set_ceiling(value, self._clock())
         self._concurrency.set_limit(value)
@@ -359,11 +360,11 @@ class Engine:
         )
 
     def adjust_concurrency(self, delta: int) -> Adjustment:
-        """Move the most requests in flight by `delta` from the value in force.
+        """Move the concurrency ceiling (the most requests in flight) by `delta`.
 
         A step past `CONCURRENCY` stops at its edge; the answer says so.
         """
-        step = Adjustment.within(CONCURRENCY, "concurrency", self._concurrency.limit, delta)
+        step = Adjustment.within(CONCURRENCY, "concurrency", self._adaptive.ceiling, delta)
         if step.changed:
             self.set_concurrency(step.new)
         return step

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from engine.config.settings import Preset, ProviderSettings, RateLimitWaits
 from engine.limits.backoff import Backoff
+from engine.limits.key_latency import KeyLatency
 from engine.limits.rate_limit_patience import KeyCooling, KeyRefusals, format_wait
 from engine.limits.rate_limiter import KeyBudget, RateHeaders, parse_retry_after
 from engine.observe.events import EventBus, EventKind
@@ -37,6 +38,8 @@ if TYPE_CHECKING:  # the provider client loads the SDK; the pool needs only the 
 
 Clock = Callable[[], float]
 _WINDOW_S = 60.0
+# In flight varies about rate × mean latency; room for that keeps the rate whole.
+_LATENCY_SPREAD = 1.5
 
 
 @dataclass(slots=True)
@@ -56,10 +59,15 @@ class KeyState:
     rate_limited: int = 0
     refusals: KeyRefusals = field(default_factory=KeyRefusals)  # 429s since its last answer
     masked_secret: str = ""  # for display: never the secret itself
+    latency: KeyLatency = field(default_factory=KeyLatency)  # of its answers
     # (time, requests, tokens) per finished request in the last minute
     _window: deque[tuple[float, int, int]] = field(default_factory=deque)
     _win_requests: int = 0
     _win_tokens: int = 0
+    # (time, tokens) charged at admission in the last minute: the provider's
+    # count when it sends no headers
+    _charged: deque[tuple[float, int]] = field(default_factory=deque)
+    _charged_tokens: int = 0
 
     @property
     def usable(self) -> bool:
@@ -80,6 +88,27 @@ class KeyState:
             _, r, t = self._window.popleft()
             self._win_requests -= r
             self._win_tokens -= t
+
+    def record_admission(self, tokens: int) -> None:
+        """A request admitted with `tokens` charged (what the provider counts then)."""
+        now = self.clock()
+        self._charged.append((now, tokens))
+        self._charged_tokens += tokens
+        self._trim_charged(now)
+
+    def _trim_charged(self, now: float) -> None:
+        while self._charged and self._charged[0][0] < now - _WINDOW_S:
+            self._charged_tokens -= self._charged.popleft()[1]
+
+    def tokens_counted(self) -> int:
+        """Tokens the provider counts against the per-minute limit: by its
+        headers when it sends them, else what admission charged in the last
+        60 s (the prompt, plus `max_tokens` when sent)."""
+        counted = self.budget.tokens_counted()
+        if counted is not None:
+            return round(counted)
+        self._trim_charged(self.clock())
+        return self._charged_tokens
 
     def used_last_minute(self) -> tuple[int, int]:
         """(requests, tokens) in the last 60 s: the RPM and TPM actually used."""
@@ -114,6 +143,7 @@ class KeyState:
             rpm_limit=self.budget.limit_rpm,
             tpm_used=tpm_used,
             tpm_limit=self.budget.limit_tpm,
+            tpm_counted=self.tokens_counted(),
             in_flight=self.in_flight,
             requests=self.requests,
             errors=self.errors,
@@ -145,6 +175,7 @@ def provider_keys(
         for key in provider.keys:
             key_id = f"{provider.name}/{key.alias}"
             budget = KeyBudget(key.rpm, key.tpm, clock)
+            budget.open_cautiously()
             masked = mask_secret(secrets[key_id])
             keys.append(KeyState(key_id, key.alias, provider, budget, clock, masked_secret=masked))
     return keys
@@ -153,7 +184,8 @@ def provider_keys(
 class KeyLease:
     """One request's hold on a key, from admission to the end of its call.
 
-    It holds the budget reserved for the request (`estimate` tokens) and a
+    It holds the budget reserved for the request (`taken` tokens of the
+    `estimate`; `charged` is what the provider counts at admission) and a
     place in the key's in-flight count, and ends once: `returned()` when the
     call came back, answered or not (the key counts a request; the budget
     stays spent until the pool reconciles it), or `abandoned()` when it never
@@ -161,13 +193,22 @@ class KeyLease:
     that ended the lease, so claims tied to it are given back exactly once.
     """
 
-    __slots__ = ("_open", "estimate", "key")
+    __slots__ = ("_open", "charged", "estimate", "key", "marks", "sent_at", "taken")
 
-    def __init__(self, key: KeyState, estimate: int) -> None:
+    def __init__(
+        self, key: KeyState, estimate: int, charged: int | None = None, taken: int | None = None
+    ) -> None:
         self.key = key
         self.estimate = estimate
+        self.taken = estimate if taken is None else taken
+        self.charged = charged  # our estimate of the admission charge, when given
         self._open = True
+        # Made in the same turn as the reservation, just before the send: what
+        # the answer's headers will not yet count is what is reserved after this.
+        self.sent_at = key.clock()
+        self.marks = key.budget.marks()
         key.in_flight += 1
+        key.record_admission(estimate if charged is None else charged)
 
     def returned(self) -> bool:
         """The call came back; True if this ended the lease."""
@@ -184,20 +225,20 @@ class KeyLease:
             return False
         self._open = False
         self.key.in_flight -= 1
-        self.key.budget.release(self.estimate)
+        self.key.budget.release(self.taken)
         return True
 
     def release(self) -> None:
         """The provider did not count this request: give its reserved budget back."""
-        self.key.budget.release(self.estimate)
+        self.key.budget.release(self.taken)
 
 
 class KeyBudgets(Protocol):
     """Chooses a key and reserves its budget; an in-process or shared implementation."""
 
-    async def acquire(self, est_tokens: int) -> KeyState: ...
+    async def acquire(self, est_tokens: int, charged: int | None = None) -> KeyState: ...
 
-    async def lease(self, est_tokens: int) -> KeyLease: ...
+    async def lease(self, est_tokens: int, charged: int | None = None) -> KeyLease: ...
 
     def notify(self) -> None: ...
 
@@ -244,28 +285,35 @@ class KeyPool:
         """Budget or key health changed: re-evaluate waiting admissions."""
         self._changed.set()
 
-    def _best(self, est_tokens: int) -> tuple[KeyState | None, float]:
+    def _best(self, est_tokens: int, charged: int | None) -> tuple[KeyState | None, float]:
         best: KeyState | None = None
         best_wait, best_room = math.inf, -1.0
         for key in self._keys:
             if not key.usable:
                 continue
             key.budget.recover()
-            wait = max(key.cooling_for(), key.budget.wait_for(est_tokens))
+            wait = max(key.cooling_for(), key.budget.wait_for(est_tokens, charged))
             room = key.budget.headroom()
             if wait < best_wait - 1e-9 or (abs(wait - best_wait) <= 1e-9 and room > best_room):
                 best, best_wait, best_room = key, wait, room
         return best, best_wait
 
-    async def acquire(self, est_tokens: int) -> KeyState:
-        """Wait until some key can admit `est_tokens`, reserve it there, return the key."""
+    async def acquire(self, est_tokens: int, charged: int | None = None) -> KeyState:
+        """Wait until some key can admit `est_tokens`, reserve it there, return the key.
+
+        `charged`: what the provider counts at admission, when it is less
+        (`KeyBudget.reserve`).
+        """
+        key, _ = await self._reserve(est_tokens, charged)
+        return key
+
+    async def _reserve(self, est_tokens: int, charged: int | None) -> tuple[KeyState, int]:
         while True:
-            key, wait = self._best(est_tokens)
+            key, wait = self._best(est_tokens, charged)
             if key is None:
                 raise NoUsableKeyError("every API key is disabled")
             if wait <= 0:
-                key.budget.reserve(est_tokens)
-                return key
+                return key, key.budget.reserve(est_tokens, charged)
             self._changed.clear()
             try:
                 async with asyncio.timeout(wait):
@@ -273,26 +321,73 @@ class KeyPool:
             except TimeoutError:
                 pass
 
-    async def lease(self, est_tokens: int) -> KeyLease:
+    async def lease(self, est_tokens: int, charged: int | None = None) -> KeyLease:
         """`acquire`, held as a lease: the key counts the request in flight until it ends."""
-        return KeyLease(await self.acquire(est_tokens), est_tokens)
+        key, taken = await self._reserve(est_tokens, charged)
+        return KeyLease(key, est_tokens, charged, taken)
 
     # health ------------------------------------------------------------------
-    def answered(self, lease: KeyLease, used_tokens: int, headers: Mapping[str, str]) -> None:
-        """The provider answered `lease`'s request, counting `used_tokens`."""
+    def answered(
+        self,
+        lease: KeyLease,
+        used_tokens: int,
+        headers: Mapping[str, str],
+        latency_s: float | None = None,
+        prompt_tokens: int = 0,
+    ) -> None:
+        """The provider answered `lease`'s request, counting `used_tokens`.
+
+        `latency_s` (chat answers only) joins the key's latency distribution;
+        `prompt_tokens` (its usage) teaches what the provider counts of a prompt.
+        """
         key = lease.key
-        key.budget.reconcile(lease.estimate, used_tokens)
-        self.sync_headers(key, headers)
+        if lease.charged is not None:
+            key.budget.learn_charge(lease.charged, prompt_tokens)
+        key.budget.reconcile(lease.taken, used_tokens)
+        self.sync_headers(key, headers, lease)
         key.record_usage(used_tokens)
+        if latency_s is not None:
+            key.latency.record(latency_s)
         key.refusals.answered()
 
-    def sync_headers(self, key: KeyState, headers: Mapping[str, str]) -> None:
-        """Take what the provider's `x-ratelimit-*` headers say of the key's limits."""
+    def sync_headers(
+        self, key: KeyState, headers: Mapping[str, str], lease: KeyLease | None = None
+    ) -> None:
+        """Take what the provider's `x-ratelimit-*` headers say of the key's limits.
+
+        With the `lease` they came back on, what they say is left becomes
+        what the key may spend now (less what was reserved since it was
+        sent); without it, they only tighten.
+        """
         if not headers:
             return
-        learned = key.budget.sync(RateHeaders.parse(headers))
+        parsed = RateHeaders.parse(headers)
+        if lease is None:
+            learned = key.budget.sync(parsed)
+        else:
+            learned = key.budget.sync(parsed, sent_at=lease.sent_at, marks=lease.marks)
         if learned:
             self._limit_learned(key, learned, "the provider's headers")
+
+    def in_flight_allowed(self) -> int | None:
+        """Requests in flight the keys' budgets can use now (Little's law).
+
+        What the usable keys may send at once plus what they refill during
+        one mean latency, with a margin for latency's spread.  None until
+        every usable key's provider has reported its headroom and answered
+        (nothing to go by).
+        """
+        total = 0.0
+        for key in self._keys:
+            if not key.usable:
+                continue
+            mean = key.latency.mean()
+            budget = key.budget
+            if not budget.headroom_from_headers or budget.requests.unlimited or mean is None:
+                return None
+            bucket = budget.requests
+            total += max(0.0, bucket.level()) + bucket.rate * mean * _LATENCY_SPREAD + 1.0
+        return math.ceil(total)
 
     def refused(self, lease: KeyLease, failure: CallFailure, sent_at: float) -> KeyCooling:
         """A 429 on `lease`'s request, sent at `sent_at`: that key alone waits it out.
@@ -319,10 +414,29 @@ class KeyPool:
             self.disable(key, cooling.disabled_reason)
             return cooling
         key.cooldown_until = max(key.cooldown_until, now + cooling.wait_s)
+        if key.budget.headroom_from_headers:
+            self._distrust_headers(key, failure.rate_kind)
         lowered = key.budget.on_rate_limited(failure.rate_kind, key.answered_rpm())
         if lowered:
             self._limit_learned(key, lowered, "429s")
         return cooling
+
+    def _distrust_headers(self, key: KeyState, rate_kind: str) -> None:
+        """The key's headers said there was room, and the provider refused: say
+        so, and believe them less."""
+        fell = key.budget.distrust()
+        if fell is None:
+            return
+        old, new = fell
+        self._events.emit(
+            EventKind.HEADERS_DISTRUSTED,
+            f"{key.key_id}: a 429 ({rate_kind}) its rate-limit headers did not foresee: "
+            f"spending {new:.0%} of the headroom they report (was {old:.0%})",
+            key=key.key_id,
+            kind=rate_kind,
+            old=old,
+            new=new,
+        )
 
     def report_429(
         self, key: KeyState, failure: CallFailure, cooling: KeyCooling, then: str

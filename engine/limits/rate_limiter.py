@@ -6,9 +6,12 @@ per second, like the providers' own limiters.  Admission may drive a bucket
 into debt (a request bigger than the burst still gets through once the
 bucket is full), which keeps the long-run rate exactly at the limit.
 
-The burst is deliberately short (a couple of seconds of the limit): some
+A bucket starts with a short burst (a couple of seconds of the limit): some
 providers enforce a per-minute limit over shorter quanta, and a
-minute-sized burst would earn 429s there.
+minute-sized burst would earn 429s there.  Once the provider's headers say
+how big its bucket is and what is left in it
+(`engine.limits.provider_headroom`), the budget takes that as what it may
+spend now — a full minute where the provider grants one.
 """
 
 from __future__ import annotations
@@ -16,12 +19,19 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from engine.limits.provider_headroom import SEND_SPREAD_S, BucketReading, HeaderTrust
+
 Clock = Callable[[], float]
 
+# The first guess at a bucket's size, while the provider has said nothing.
 BURST_SECONDS = 2.0
+# What a key may send at once before its provider has said anything, in
+# seconds of its limit (`KeyBudget.open_cautiously`).
+FIRST_FILL_S = 1.0
 # Below this many requests per minute a 2 s burst would be < 1 request.
 _MIN_CAPACITY = 1.0
 # Waiting exactly `wait_for()` seconds can leave the level a rounding error
@@ -32,12 +42,13 @@ _LEVEL_SLACK = 1e-9
 class TokenBucket:
     """A continuously refilling bucket that may go into debt."""
 
-    __slots__ = ("_clock", "_level", "_stamp", "capacity", "rate")
+    __slots__ = ("_clock", "_level", "_stamp", "burst_s", "capacity", "rate")
 
     def __init__(self, per_minute: float | None, clock: Clock) -> None:
         self._clock = clock
         self.rate = 0.0  # units per second; 0 with capacity inf means unlimited
         self.capacity = math.inf
+        self.burst_s = BURST_SECONDS  # the capacity, in seconds of the limit
         self._stamp = clock()
         self._level = math.inf
         self.set_limit(per_minute)
@@ -49,8 +60,22 @@ class TokenBucket:
             self.rate, self.capacity, self._level = 0.0, math.inf, math.inf
             return
         self.rate = per_minute / 60.0
-        self.capacity = max(_MIN_CAPACITY, self.rate * BURST_SECONDS)
+        self.capacity = max(_MIN_CAPACITY, self.rate * self.burst_s)
         self._level = self.capacity if math.isinf(self._level) else min(self._level, self.capacity)
+
+    def set_burst(self, seconds: float) -> None:
+        """Hold at most `seconds` of the limit (what the provider's bucket holds)."""
+        self._refill()
+        self.burst_s = seconds
+        if not self.unlimited:
+            self.capacity = max(_MIN_CAPACITY, self.rate * seconds)
+            self._level = min(self._level, self.capacity)
+
+    def set_level(self, level: float) -> None:
+        """The provider says this much is left for us now (up to the capacity; may be a debt)."""
+        self._refill()
+        if not self.unlimited:
+            self._level = min(self.capacity, level)
 
     @property
     def unlimited(self) -> bool:
@@ -178,6 +203,7 @@ class KeyBudget:
 
     # After a 429 without limit headers, the limit drops to this share of
     # the rate we were sending at; it creeps back up slowly while no 429s come.
+    _CHARGE_LEARNING = 0.2
     BACKOFF_FACTOR = 0.85
     RECOVERY_PER_MINUTE = 0.02
     _RATE_WINDOW_S = 60.0
@@ -195,11 +221,42 @@ class KeyBudget:
         self.requests = TokenBucket(rpm, clock)
         self.tokens = TokenBucket(tpm, clock)
         self.header_limits_seen = False
+        # Once an answer said what is left, the provider's word sets the budget.
+        self.headroom_from_headers = False
+        self.trust = HeaderTrust()
+        # Every reservation ever: an answer's headers miss those made after it was sent.
+        self.reserved_requests = 0
+        self.reserved_tokens = 0
+        # (time, requests, tokens reserved before it) of the last SEND_SPREAD_S's reservations
+        self._recent: deque[tuple[float, int, int]] = deque()
+        self._token_reading: BucketReading | None = None  # the last, for the instruments
+        # What the provider counts of a prompt for each token we estimate (learned).
+        self.charge_ratio = 1.0
 
     # admission -----------------------------------------------------------
-    def wait_for(self, est_tokens: int) -> float:
-        """Seconds until a request of `est_tokens` fits both budgets."""
-        return max(self.requests.wait_for(1), self.tokens.wait_for(est_tokens))
+    def wait_for(self, est_tokens: int, charged: int | None = None) -> float:
+        """Seconds until a request of `est_tokens` (`charged` at admission) fits both budgets."""
+        return max(
+            self.requests.wait_for(1), self.tokens.wait_for(self._needed(est_tokens, charged))
+        )
+
+    def _charge(self, est_tokens: int, charged: int | None) -> int:
+        """What the provider will count at admission, as far as we can tell."""
+        if charged is None:
+            return est_tokens
+        return math.ceil(charged * self.charge_ratio)
+
+    def _needed(self, est_tokens: int, charged: int | None) -> int:
+        # Once headers set the budget they count the admission charge, and
+        # correct it after; before, the whole estimate is held.
+        return self._charge(est_tokens, charged) if self.headroom_from_headers else est_tokens
+
+    def learn_charge(self, charged: int, counted: int) -> None:
+        """The provider counted `counted` prompt tokens where we estimated
+        `charged`: our estimates are scaled by what it counts (a moving mean)."""
+        if charged > 0 and counted > 0:
+            ratio = min(4.0, max(0.25, counted / charged))
+            self.charge_ratio += (ratio - self.charge_ratio) * self._CHARGE_LEARNING
 
     def headroom(self) -> float:
         """A 0..1 measure of free budget, for picking the emptiest key."""
@@ -209,9 +266,34 @@ class KeyBudget:
                 shares.append(max(0.0, bucket.level()) / bucket.capacity)
         return min(shares) if shares else 1.0
 
-    def reserve(self, est_tokens: int) -> None:
+    def reserve(self, est_tokens: int, charged: int | None = None) -> int:
+        """Take a request and its tokens; returns the tokens taken.
+
+        `est_tokens` is the prompt and the expected output; `charged` what
+        the provider counts at admission (the prompt, plus `max_tokens` when
+        sent; `est_tokens` when not given).  Once the provider's headers set
+        the budget, they count what it charged, so only that is taken — and
+        counted as what its headers miss of requests sent after the one they
+        answer.
+        """
+        charge = self._charge(est_tokens, charged)
+        taken = self._needed(est_tokens, charged)
         self.requests.take(1)
-        self.tokens.take(est_tokens)
+        self.tokens.take(taken)
+        self._recent.append((self._clock(), self.reserved_requests, self.reserved_tokens))
+        self.reserved_requests += 1
+        self.reserved_tokens += charge
+        return taken
+
+    def marks(self) -> tuple[int, int]:
+        """(requests, tokens) reserved before the last `SEND_SPREAD_S`: headers
+        answered for a request sent now may miss anything reserved after that."""
+        recent, cutoff = self._recent, self._clock() - SEND_SPREAD_S
+        while recent and recent[0][0] < cutoff:
+            recent.popleft()
+        if recent:
+            return recent[0][1], recent[0][2]
+        return self.reserved_requests, self.reserved_tokens
 
     def reconcile(self, reserved_tokens: int, used_tokens: int) -> None:
         """Settle a reservation with the real usage: refund or charge the difference."""
@@ -230,8 +312,21 @@ class KeyBudget:
         self.tokens.give_back(reserved_tokens)
 
     # learning from the provider -----------------------------------------
-    def sync(self, headers: RateHeaders) -> tuple[str, float, float] | None:
-        """Tighten from headers; returns (which, old, new) when a limit was learned."""
+    def sync(
+        self,
+        headers: RateHeaders,
+        *,
+        sent_at: float | None = None,
+        marks: tuple[int, int] = (0, 0),
+    ) -> tuple[str, float, float] | None:
+        """Take what headers say; returns (which, old, new) when a limit was learned.
+
+        With `sent_at` (when the answered request was sent) and `marks` (the
+        reservations up to it), what the provider says is left, less what was
+        reserved since, becomes what the key may spend now, and the bucket's
+        size follows the provider's (`engine.limits.provider_headroom`).
+        Without them, remaining headers only ever tighten the budget.
+        """
         learned = None
         if headers.limit_requests:
             self.header_limits_seen = True
@@ -246,11 +341,98 @@ class KeyBudget:
                 learned = learned or ("tpm", self.limit_tpm or 0.0, float(headers.limit_tokens))
                 self.limit_tpm = float(headers.limit_tokens)
                 self.tokens.set_limit(self.limit_tpm)
-        if headers.remaining_requests is not None:
-            self.requests.clamp_to(float(headers.remaining_requests))
-        if headers.remaining_tokens is not None:
-            self.tokens.clamp_to(float(headers.remaining_tokens))
+        if sent_at is None:
+            if headers.remaining_requests is not None:
+                self.requests.clamp_to(float(headers.remaining_requests))
+            if headers.remaining_tokens is not None:
+                self.tokens.clamp_to(float(headers.remaining_tokens))
+            return learned
+        now = self._clock()
+        self.trust.recover(now)
+        sent_requests, sent_tokens = marks
+        self._take_headroom(
+            self.requests,
+            headers.remaining_requests,
+            headers.reset_requests_s,
+            headers.limit_requests,
+            sent_at,
+            self.reserved_requests - sent_requests,
+        )
+        reading = self._take_headroom(
+            self.tokens,
+            headers.remaining_tokens,
+            headers.reset_tokens_s,
+            headers.limit_tokens,
+            sent_at,
+            self.reserved_tokens - sent_tokens,
+        )
+        if reading is not None:
+            self._token_reading = reading
         return learned
+
+    def _take_headroom(
+        self,
+        bucket: TokenBucket,
+        remaining: int | None,
+        reset_s: float | None,
+        provider_limit: int | None,
+        sent_at: float,
+        reserved_since: float,
+    ) -> BucketReading | None:
+        if remaining is None or bucket.unlimited:
+            return None
+        in_force = bucket.rate * 60.0
+        reading = BucketReading(
+            float(remaining), reset_s, float(provider_limit or in_force), sent_at
+        )
+        # Without a reset time the bucket holds at least what was left: never
+        # less than the first guess.
+        size = (
+            reading.capacity()
+            if reset_s is not None
+            else max(reading.remaining, bucket.rate * BURST_SECONDS)
+        )
+        size = min(size, in_force)  # never more than a minute of the limit in force
+        self.headroom_from_headers = True
+        bucket.set_burst(self.trust.level * size / bucket.rate)
+        available = reading.available(self._clock(), bucket.rate, reserved_since)
+        bucket.set_level(self.trust.of(available))
+        return reading
+
+    def open_cautiously(self) -> None:
+        """Before the provider has said anything, hold half the first guess's
+        burst back: the rest comes as it refills.  A provider that enforces
+        its minute per second grants one second at once, no more."""
+        for bucket in (self.requests, self.tokens):
+            if not bucket.unlimited:
+                bucket.set_level(min(bucket.level(), max(1.0, bucket.rate * FIRST_FILL_S)))
+
+    def distrust(self) -> tuple[float, float] | None:
+        """A 429 the headers said would not come: believe them less (old, new trust).
+
+        The bursts taken from them shrink at once; a storm is one lesson.
+        """
+        fell = self.trust.surprised(self._clock())
+        if fell is None:
+            return None
+        old, new = fell
+        for bucket in (self.requests, self.tokens):
+            if not bucket.unlimited:
+                bucket.set_burst(bucket.burst_s * new / old)
+        return fell
+
+    def tokens_counted(self) -> float | None:
+        """Tokens the provider holds against the per-minute limit now, by its last headers.
+
+        How full its bucket is, in units of the limit: near the limit means
+        the key is full, whatever the bucket's size.  None without headers.
+        """
+        reading = self._token_reading
+        if reading is None or self.limit_tpm is None:
+            return None
+        size = max(reading.capacity(), reading.remaining, 1.0)
+        left = min(size, reading.available(self._clock(), self.tokens.rate, 0.0))
+        return max(0.0, self.limit_tpm * (1.0 - left / size))
 
     def on_rate_limited(self, kind: str, sent_rpm: float) -> tuple[str, float, float] | None:
         """A 429: empty the exhausted bucket; without header limits, lower the limit.

@@ -22,6 +22,7 @@ class EventKind(StrEnum):
     RATE_LIMITED = "rate_limited"  # a 429: the key cools down, the batch is requeued
     KEY_DISABLED = "key_disabled"  # insufficient_quota or a rejected key
     LIMIT_LEARNED = "limit_learned"  # a key's real limit, from headers or 429s
+    HEADERS_DISTRUSTED = "headers_distrusted"  # a 429 the key's headers did not foresee
     RETRY = "retry"
     CHUNK_FAILED = "chunk_failed"
     MEMORY_SOFT = "memory_soft"

@@ -24,6 +24,7 @@ _LOUD = {
     EventKind.DRIFT_ACTION,
     EventKind.DRIFT_LIFTED,
     EventKind.LIMIT_LEARNED,
+    EventKind.HEADERS_DISTRUSTED,
     EventKind.MEMORY_SOFT,
     EventKind.MEMORY_HARD,
     EventKind.MEMORY_OK,

@@ -64,6 +64,10 @@ class KeySnapshot:
     state: str  # "ok", "cooling", "disabled"
     cooldown_s: float = 0.0
     disabled_reason: str = ""
+    # Tokens the provider counts against `tpm_limit` now (its headers, else
+    # prompt and expected output charged at admission in the last minute);
+    # `tpm_used` is what answers used.  Near the limit: the key is full.
+    tpm_counted: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +167,10 @@ class Snapshot:
     errors_by_kind: tuple[tuple[str, int], ...] = ()
     errors_by_key: tuple[tuple[str, int], ...] = ()
     keys: tuple[KeySnapshot, ...] = ()
-    concurrency: int = 0
+    concurrency: int = 0  # the ceiling: the operator's (`+`/`-` move it) or the preset's
+    # The limit in force under it: what the keys' budgets can use (or adaptive
+    # concurrency's value), halved by the memory breaker above its soft limit.
+    effective_concurrency: int = 0
     in_flight_requests: int = 0
     preset: Preset = field(default_factory=Preset)
     preset_names: tuple[str, ...] = ()  # the presets the job knows by name

@@ -7,9 +7,20 @@ batch is sent in a task of its own and holds claims until its call ends —
 the slot, its chunks in the in-flight count, its `KeyLease` — given back
 exactly once, whether the call came back or was cancelled (stop now).
 
-The concurrency limit moves under three hands: the operator's ceiling (the
-engine's controls), adaptive concurrency once a second (`adapt`), and the
-memory breaker, which halves it above the soft limit (`memory_changed`).
+The concurrency limit in force (the effective one) is worked out once a
+second (`adapt`) under the operator's ceiling (the engine's controls): what
+the keys' budgets can use in flight (Little's law: their headroom and rate
+times the observed latency) once the providers have said what they allow,
+else adaptive concurrency's AIMD value — so a burst the provider grants is
+never held back by a controller still feeling its way.  The memory breaker
+halves it above the soft limit (`memory_changed`) until memory is back.
+
+A request far beyond its key's usual latency (`KeyLatency.patience`: a
+high quantile times a margin, once there are enough answers to say) is
+taken for hung: abandoned — its connection closed, so no answer can come
+and store its chunks twice — and failed as a timeout, which requeues its
+batch.  The preset's request timeout stays the ceiling.  The provider
+counted the request when it took it, so its reservation stays spent.
 
 What the call brought back goes to the outcomes (`BatchOutcomes`).  When no
 key can serve any more, every batch still to come fails with the keys'
@@ -33,7 +44,7 @@ from engine.observe.events import EventBus, EventKind
 from engine.observe.run_stats import RunStats
 from engine.pipeline.prompt import build_messages, estimate_prompt_tokens
 from engine.pipeline.work_queue import Batch, WorkQueue
-from engine.provider.client import CallFailure, CallResult
+from engine.provider.client import CallFailure, CallResult, FailureKind
 
 Clock = Callable[[], float]
 
@@ -119,21 +130,26 @@ class Dispatcher:
         self.in_flight_chunks = 0
         self.no_key = ""  # why no key can serve any more; then nothing is sent
         self._saturated = False
+        self._memory_cap: int | None = None  # the breaker's, above the soft limit
         self._admission: asyncio.Task[None] | None = None
         self._sends: set[asyncio.Task[None]] = set()
 
     # ---------------------------------------------------------------- controls
     def adapt(self, now: float, *, allowed: bool) -> None:
-        """Once a second: adaptive concurrency may move the limit, when `allowed`
-        (the preset asks for it and the job is running)."""
+        """Once a second, when `allowed` (the preset asks for it and the job is
+        running): the limit follows the keys' budgets, or adaptive concurrency
+        where they have not spoken, under the ceiling and the memory breaker."""
         saturated, self._saturated = self._saturated, False  # since the last tick
         if not allowed:
             return
         limit = self._concurrency
-        new = self._adaptive.update(now, saturated)
-        if new is not None and new != limit.limit:
-            old = limit.limit
-            limit.set_limit(new)
+        old = limit.limit
+        moved = self._adaptive.update(now, saturated)
+        new = self._working_limit()
+        if new == old:
+            return
+        limit.set_limit(new)
+        if moved is not None and new == moved:  # the budget's moves are every second: not news
             self._events.emit(
                 EventKind.CONCURRENCY_CHANGED,
                 f"adaptive concurrency {old} → {new}",
@@ -142,15 +158,25 @@ class Dispatcher:
                 adaptive=True,
             )
 
+    def _working_limit(self) -> int:
+        ceiling = self._adaptive.ceiling
+        allowed = self._keys.in_flight_allowed()
+        working = self._adaptive.current if allowed is None else min(ceiling, allowed)
+        if self._memory_cap is not None:
+            working = min(working, self._memory_cap)
+        return max(1, working)
+
     def memory_changed(self, new: MemoryState, rss: int) -> None:
         """The memory breaker moved to `new` at `rss` bytes: say so, and halve or
         restore the concurrency limit."""
         mb = rss / 2**20
         if new is MemoryState.OK:
-            self._concurrency.set_limit(self._adaptive.current)
+            self._memory_cap = None
+            self._concurrency.set_limit(self._working_limit())
             self._events.emit(EventKind.MEMORY_OK, f"memory back to normal ({mb:.0f} MB)", rss=rss)
         elif new is MemoryState.SOFT:
             lowered = max(1, self._concurrency.limit // 2)
+            self._memory_cap = lowered
             self._concurrency.set_limit(lowered)
             self._events.emit(
                 EventKind.MEMORY_SOFT,
@@ -204,10 +230,11 @@ class Dispatcher:
                 raise
             try:
                 messages = build_messages(self._prompt, batch.chunks)
-                estimate = estimate_prompt_tokens(messages) + self._output_estimate(
-                    len(batch.chunks)
-                )
-                lease = await self._keys.lease(estimate)
+                # The provider charges the prompt at admission (no `max_tokens` is
+                # sent); the budget also holds the expected output until the answer.
+                prompt_tokens = estimate_prompt_tokens(messages)
+                estimate = prompt_tokens + self._output_estimate(len(batch.chunks))
+                lease = await self._keys.lease(estimate, prompt_tokens)
             except asyncio.CancelledError:
                 concurrency.release()
                 queue.put_retry(batch)
@@ -252,14 +279,19 @@ class Dispatcher:
         batch, lease = flight.batch, flight.lease
         provider = lease.key.provider
         timeout = provider.request_timeout_s or self._preset().request_timeout_s
+        patience = lease.key.latency.patience(timeout)
         sent_at = self._clock()
         try:
-            outcome = await self._clients.chat(
-                lease.key.key_id, provider.model, messages, timeout, self._prompt.temperature
-            )
+            # Below the timeout the client enforces itself, the key's patience cuts a hang short.
+            async with asyncio.timeout(patience if patience < timeout else None):
+                outcome = await self._clients.chat(
+                    lease.key.key_id, provider.model, messages, timeout, self._prompt.temperature
+                )
         except asyncio.CancelledError:
             self._give_back(flight, answered=False)
             raise
+        except TimeoutError:
+            outcome = self._hung(lease, patience)
         self._give_back(flight, answered=True)
         self._stats.requests += 1
         if isinstance(outcome, CallResult):
@@ -267,6 +299,17 @@ class Dispatcher:
         else:
             await outcomes.failed(batch, lease, outcome, sent_at)
         self._keys.notify()
+
+    @staticmethod
+    def _hung(lease: KeyLease, patience: float) -> CallFailure:
+        usual = lease.key.latency.quantile(lease.key.latency.HANG_QUANTILE) or 0.0
+        return CallFailure(
+            FailureKind.TIMEOUT,
+            f"hung: no answer in {patience:.1f}s, far beyond {lease.key.key_id}'s "
+            f"usual ({usual:.2f}s at p99); abandoned",
+            {},
+            patience,
+        )
 
     def _no_key_left(self) -> None:
         """No key can serve any more: every batch from now on fails with the keys' reasons."""

@@ -108,7 +108,7 @@ class Outcomes:
         used = result.prompt_tokens + result.completion_tokens
         if used == 0:
             used = lease.estimate  # no usage reported: keep what was reserved
-        self._keys.answered(lease, used, result.headers)
+        self._keys.answered(lease, used, result.headers, result.latency_s, result.prompt_tokens)
         s = self._stats
         s.tokens += used
         s.record_latency(result.latency_s)
@@ -188,7 +188,7 @@ class Outcomes:
         s.errors_by_kind[str(failure.kind)] += 1
         s.errors_by_key[key.key_id] += 1
         key.errors += 1
-        self._keys.sync_headers(key, failure.headers)
+        self._keys.sync_headers(key, failure.headers, lease)
         if failure.kind is FailureKind.RATE_LIMITED:
             cooling = self._keys.refused(lease, failure, sent_at)
             batch.refusals += 1

@@ -74,6 +74,7 @@ def fixed_snapshot(**changes: object) -> Snapshot:
                 3,
                 5,
                 "ok",
+                tpm_counted=196_500,
             ),
             KeySnapshot(
                 "openai/backup",
@@ -90,6 +91,7 @@ def fixed_snapshot(**changes: object) -> Snapshot:
                 2,
                 "cooling",
                 cooldown_s=4.0,
+                tpm_counted=61_000,
             ),
             KeySnapshot(
                 "local/sim",
@@ -109,6 +111,7 @@ def fixed_snapshot(**changes: object) -> Snapshot:
             ),
         ),
         concurrency=8,
+        effective_concurrency=8,
         in_flight_requests=8,
         preset=BUILTIN_PRESETS["aggressive"],
         memory=MemorySnapshot(

@@ -223,7 +223,9 @@ async def test_widgets_show_the_snapshot_values() -> None:
         table = app.query_one(KeyUsageTable)
         assert table.row_count == 3
         assert table.get_row("openai/main")[2] == "sk-…a1b2"
-        assert table.get_row("openai/backup")[7] == "cooling 4s"
+        # TPM: what the provider counts against the limit, then what answers used
+        assert table.get_row("openai/main")[4:6] == ["196,500/200,000", "182,000"]
+        assert table.get_row("openai/backup")[8] == "cooling 4s"
         log = app.query_one(EventLog)
         assert len(log.lines) == 6
         assert "+12:33" in log.lines[-1].text

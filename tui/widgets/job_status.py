@@ -12,14 +12,15 @@ _STATE_CLASSES = {state: f"-{state.value.replace('_', '-')}" for state in JobSta
 
 
 class JobStatus(Static):
-    """The job's name, state, preset and concurrency (in flight / limit)."""
+    """The job's name, state, preset and concurrency: in flight / the limit in
+    force ≤ the ceiling the operator's `+`/`-` move."""
 
     DEFAULT_CSS = """
     JobStatus { height: 1; }
     """
 
-    # (job, state, preset, concurrency limit, requests in flight)
-    status: reactive[tuple[str, JobState, str, int, int] | None] = reactive(None, init=False)
+    # (job, state, preset, concurrency ceiling, limit in force, requests in flight)
+    status: reactive[tuple[str, JobState, str, int, int, int] | None] = reactive(None, init=False)
 
     def show(self, snap: Snapshot) -> None:
         self.status = (
@@ -27,13 +28,14 @@ class JobStatus(Static):
             snap.state,
             snap.preset.name,
             snap.concurrency,
+            snap.effective_concurrency,
             snap.in_flight_requests,
         )
 
-    def watch_status(self, status: tuple[str, JobState, str, int, int] | None) -> None:
+    def watch_status(self, status: tuple[str, JobState, str, int, int, int] | None) -> None:
         if status is None:
             return
-        job, state, preset, concurrency, in_flight = status
+        job, state, preset, ceiling, effective, in_flight = status
         for known, css_class in _STATE_CLASSES.items():
             self.set_class(known is state, css_class)
         self.update(
@@ -45,6 +47,9 @@ class JobStatus(Static):
                 ("   preset ", "dim"),
                 (preset, "bold"),
                 ("   concurrency ", "dim"),
-                (f"{in_flight}/{concurrency}", "bold"),
+                (f"{in_flight}/{effective}", "bold"),
+                # the ceiling, short enough for 80 columns
+                (" ≤", "dim"),
+                (str(ceiling), "bold"),
             )
         )

@@ -1,4 +1,9 @@
-"""Per-key usage: requests and tokens against their limits, in flight, 429s, state."""
+"""Per-key usage: requests and tokens against their limits, in flight, 429s, state.
+
+TPM is what the provider counts against the limit (its rate-limit headers,
+else prompt and expected output charged at admission), so near the limit
+means the key is full; beside it, the tokens the answers used.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from textual.widgets import DataTable
 
 from engine.api import KeySnapshot, Snapshot
 
-COLUMNS = ("provider", "alias", "key", "RPM", "TPM", "in flight", "429s", "state")
+COLUMNS = ("provider", "alias", "key", "RPM", "TPM", "TPM used", "in flight", "429s", "state")
 Row = tuple[str, ...]
 
 
@@ -26,7 +31,8 @@ def key_row(key: KeySnapshot) -> Row:
         key.alias,
         key.masked_secret,
         _used_of(key.rpm_used, key.rpm_limit),
-        _used_of(key.tpm_used, key.tpm_limit),
+        _used_of(key.tpm_counted, key.tpm_limit),
+        f"{key.tpm_used:,}",
         str(key.in_flight),
         str(key.rate_limited),
         state,

@@ -1,9 +1,11 @@
 """The engine runs at the rate limit: no faster (no 429s), not much slower.
 
-Against the real simulator on loopback.  The pace is judged as a ratio
-measured in the same run — the time the limit allows for the requests
-sent, over the wall time — with a generous bar for a shared machine; the
-benchmark in tests/benchmarks measures it precisely.
+Against the real simulator on loopback, whose buckets hold a full minute of
+the limit and whose `x-ratelimit-*` headers tell the truth: the engine
+starts with a short burst, then spends the headroom the headers report.
+The pace is judged as a ratio measured in the same run — the time the limit
+allows for the requests sent, over the wall time — with a generous bar for
+a shared machine; the benchmark in tests/benchmarks measures it precisely.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 
 from engine.engine import Engine
 from engine.limits.rate_limiter import BURST_SECONDS
+from engine.observe.events import EventKind
 from engine.observe.snapshot import JobState
 from tests.engine.conftest import job_config, sim_keys, stored, write_records
 
@@ -31,7 +34,7 @@ async def test_one_key_is_kept_busy_at_its_rpm_without_429s(tmp_path: Path, simu
     wall = time.monotonic() - started
 
     rate = 1800 / 60
-    allowed = (240 - rate * BURST_SECONDS) / rate  # the first burst is free
+    allowed = (240 - rate * BURST_SECONDS) / rate  # paced after the first guess's burst
     assert sim.stats.rate_limited == 0
     assert allowed / wall >= 0.75
     assert len(stored(Path(config.job.store))[0]) == 5 * 240
@@ -85,3 +88,46 @@ async def test_limits_without_headers_are_found_from_429s(tmp_path: Path, simula
     assert snap.keys[0].rpm_limit is not None and snap.keys[0].rpm_limit < 3000
     assert snap.rate_limited > 0
     assert len(stored(Path(config.job.store))[0]) == 5 * 66
+
+
+async def test_a_full_minute_of_headroom_is_spent_not_paced(tmp_path: Path, simulator) -> None:
+    """200 requests at 1,200 RPM fit in the provider's full-minute bucket: the
+    job takes a fraction of the time pacing at the limit after a short burst took."""
+    keys = [("k1", 1200, 10**9)]
+    sim = await simulator(keys=sim_keys(keys), latency_s=(0.05, 0.2))
+    records = write_records(tmp_path / "in.txt", 5 * 200)
+    config, secrets = job_config(tmp_path, records, sim.base_url, keys)
+    config = replace(config, preset=replace(config.preset, concurrency=64))
+    engine = Engine(config, secrets)
+
+    started = time.monotonic()
+    assert await engine.run() is JobState.DONE
+    wall = time.monotonic() - started
+
+    rate = 1200 / 60
+    paced = (200 - rate * BURST_SECONDS) / rate  # the old bound: 8 s after a 2 s burst
+    assert wall / paced <= 0.5
+    assert sim.stats.rate_limited == 0
+    assert len(stored(Path(config.job.store))[0]) == 5 * 200
+
+
+async def test_a_429_the_headers_did_not_foresee_lowers_the_trust_in_them(
+    tmp_path: Path, simulator
+) -> None:
+    """The provider refuses now and then although its headers say there is
+    room: the key believes them less, an event says so, and nothing is lost."""
+    keys = [("k1", 6000, 10**9)]
+    sim = await simulator(keys=sim_keys(keys), latency_s=(0.01, 0.03), fault_429=0.05)
+    config, secrets = job_config(
+        tmp_path, write_records(tmp_path / "in.txt", 5 * 100), sim.base_url, keys
+    )
+    engine = Engine(config, secrets)
+
+    assert await engine.run() is JobState.DONE
+
+    assert sim.stats.rate_limited > 0
+    [first, *_] = [e for e in engine.events.recent() if e.kind is EventKind.HEADERS_DISTRUSTED]
+    assert first.data["key"] == "sim/k1"
+    assert (first.data["old"], first.data["new"]) == (1.0, 0.5)
+    assert "its rate-limit headers did not foresee" in first.message
+    assert len(stored(Path(config.job.store))[0]) == 5 * 100

@@ -19,7 +19,7 @@ from engine.limits.adaptive_concurrency import AdaptiveConcurrency
 from engine.limits.concurrency_limit import ConcurrencyLimit
 from engine.limits.key_pool import KeyLease, KeyPool, KeyState
 from engine.limits.memory_guard import MemoryGuard, MemoryState
-from engine.limits.rate_limiter import KeyBudget
+from engine.limits.rate_limiter import KeyBudget, RateHeaders
 from engine.observe.events import EventBus, EventKind
 from engine.observe.run_stats import RunStats
 from engine.pipeline.dispatcher import Dispatcher
@@ -354,3 +354,67 @@ async def test_adaptive_concurrency_moves_the_limit_only_when_allowed(
     assert desk.limit.limit < 8
     changed = [e for e in desk.events.recent() if e.kind is EventKind.CONCURRENCY_CHANGED]
     assert len(changed) == 1 and changed[0].data["adaptive"] is True
+
+
+def key_with_provider_headroom(requests_left: int, latency_s: float) -> KeyState:
+    """A key of 1,200 RPM whose provider reported a full minute's bucket with
+    `requests_left` in it, and whose answers took `latency_s`."""
+    the_key = key("sim", "m", "http://127.0.0.1:1/v1", rpm=1200)
+    reset = (1200 - requests_left) / 20.0
+    the_key.budget.sync(
+        RateHeaders.parse(
+            {
+                "x-ratelimit-limit-requests": "1200",
+                "x-ratelimit-remaining-requests": str(requests_left),
+                "x-ratelimit-reset-requests": f"{reset}s",
+            }
+        ),
+        sent_at=time.monotonic(),
+        marks=the_key.budget.marks(),
+    )
+    for _ in range(30):
+        the_key.latency.record(latency_s)
+    return the_key
+
+
+async def test_the_limit_follows_what_the_budget_can_use_under_the_ceiling(
+    clients: ProviderClients,
+) -> None:
+    """Little's law: headroom now plus the rate times the latency (with room
+    for its spread), never above the operator's ceiling."""
+    desk = Desk(clients, [key_with_provider_headroom(0, latency_s=1.0)], concurrency=256)
+
+    desk.dispatcher.adapt(time.monotonic(), allowed=True)
+    paced = desk.limit.limit  # nothing left to burst: 20/s × 1 s, with room for the spread
+    assert 20 <= paced <= 40
+
+    desk = Desk(clients, [key_with_provider_headroom(1000, latency_s=1.0)], concurrency=256)
+    desk.dispatcher.adapt(time.monotonic(), allowed=True)
+    assert desk.limit.limit == 256  # a burst of 1,000 waits on nothing but the ceiling
+
+
+async def test_adaptive_concurrency_does_not_hold_back_a_burst_the_provider_grants(
+    clients: ProviderClients,
+) -> None:
+    desk = Desk(clients, [key_with_provider_headroom(1000, latency_s=1.0)], concurrency=64)
+    now = time.monotonic()
+    for i in range(40):  # a 429 storm: AIMD alone would cut the limit
+        desk.adaptive.record(now + i * 0.01, True)
+
+    desk.dispatcher.adapt(now + 3.0, allowed=True)
+
+    assert desk.adaptive.current < 64
+    assert desk.limit.limit == 64
+
+
+async def test_memory_above_the_soft_limit_still_halves_a_budget_led_limit(
+    clients: ProviderClients,
+) -> None:
+    desk = Desk(clients, [key_with_provider_headroom(1000, latency_s=1.0)], concurrency=64)
+
+    desk.dispatcher.memory_changed(MemoryState.SOFT, 700 * 2**20)
+    desk.dispatcher.adapt(time.monotonic(), allowed=True)
+    assert desk.limit.limit == 32
+    desk.dispatcher.memory_changed(MemoryState.OK, 100 * 2**20)
+
+    assert desk.limit.limit == 64

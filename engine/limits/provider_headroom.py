@@ -1,0 +1,102 @@
+"""What the provider's `x-ratelimit-*` headers say a key may spend now, and how far to believe it.
+
+Each answer's headers describe the provider's bucket at the moment it took
+that request: `remaining` units then, and `reset` — the time until the
+bucket is full again.  Together they give the bucket's size (remaining plus
+what refills before the reset), which tells the two kinds of provider apart:
+one whose bucket holds a full minute of the limit (spend it) and one that
+enforces the minute in per-second quanta (pace).
+
+Requests admitted after the answered one was sent are not in its headers:
+they are subtracted (reserved in flight), and the refill since it was sent
+is added, so the estimate never over-admits on stale news.  Requests do not
+reach the provider in the order they were admitted (connections open, the
+event loop is busy), so the bounds are blurred by `SEND_SPREAD_S`: what was
+admitted shortly before counts as possibly missing too, and the refill is
+counted from shortly after.  A 429 where the
+headers promised room lowers the trust in them for that key: the headroom
+and the burst taken from them shrink, and creep back while no 429 comes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+# How far apart admission and arrival at the provider may be, either way.
+SEND_SPREAD_S = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class BucketReading:
+    """One bucket (requests or tokens) as one answer's headers describe it.
+
+    `limit_per_min` is the provider's limit when it says (else the one in
+    force); `taken_at` is when the answered request was sent.
+    """
+
+    remaining: float
+    reset_s: float | None
+    limit_per_min: float
+    taken_at: float
+
+    def capacity(self) -> float:
+        """The provider's bucket size: what was left plus what refills before it is full.
+
+        Without a reset time, only that it holds at least what was left.
+        """
+        if self.reset_s is None:
+            return self.remaining
+        return min(self.limit_per_min, self.remaining + self.reset_s * self.limit_per_min / 60.0)
+
+    def available(self, now: float, rate_per_s: float, reserved_since: float) -> float:
+        """What the provider's bucket holds now for us: the reading refilled
+        since it was taken (never past the bucket's size) less what we
+        reserved after it."""
+        refilled = self.remaining + max(0.0, now - self.taken_at - SEND_SPREAD_S) * rate_per_s
+        return min(max(self.capacity(), self.remaining), refilled) - reserved_since
+
+
+class HeaderTrust:
+    """How far a key's headers are believed, from 1 (fully) down to `FLOOR`.
+
+    A 429 the headers did not foresee halves it (a storm of them within
+    `STORM_S` is one lesson); after `QUIET_S` without one it grows back by
+    `STEP` every `STEP_EVERY_S`.
+    """
+
+    FLOOR = 1 / 16
+    STORM_S = 5.0
+    QUIET_S = 30.0
+    STEP = 0.1
+    STEP_EVERY_S = 10.0
+
+    __slots__ = ("_last_step", "_last_surprise", "level")
+
+    def __init__(self) -> None:
+        self.level = 1.0
+        self._last_surprise = -math.inf
+        self._last_step = -math.inf
+
+    def surprised(self, now: float) -> tuple[float, float] | None:
+        """A 429 the headers said would not come; (old, new) trust when it fell."""
+        if now - self._last_surprise < self.STORM_S:
+            return None
+        self._last_surprise = now
+        self._last_step = now
+        old = self.level
+        self.level = max(self.FLOOR, old / 2.0)
+        return (old, self.level) if self.level < old else None
+
+    def recover(self, now: float) -> None:
+        """Quiet long enough: believe the headers a little more."""
+        if self.level >= 1.0 or now - self._last_surprise < self.QUIET_S:
+            return
+        if now - self._last_step < self.STEP_EVERY_S:
+            return
+        self._last_step = now
+        self.level = min(1.0, self.level + self.STEP)
+
+    def of(self, headroom: float) -> float:
+        """The share of `headroom` to spend; a debt is a debt, whole."""
+        return headroom * self.level if headroom > 0 else headroom

@@ -1,0 +1,263 @@
+"""A key's budget follows the headroom the provider reports, less what is in flight.
+
+Recorded header sequences of the two kinds of provider — one whose bucket
+holds a full minute of the limit, one enforcing it per second — drive a
+budget on a clock the test moves.  The headers describe the provider's
+bucket when the answered request was sent; what was reserved after that is
+not in them; since requests reach the provider a little out of the order
+they were sent, both bounds are blurred by `SEND_SPREAD_S`.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.limits.provider_headroom import SEND_SPREAD_S, BucketReading, HeaderTrust
+from engine.limits.rate_limiter import BURST_SECONDS, KeyBudget, RateHeaders
+from tests.engine.limits.test_rate_limiter import FakeClock
+
+
+def minute_bucket(remaining: int, reset: str, limit: int = 1200) -> RateHeaders:
+    """Requests headers as a provider sends them: `reset` is the time until full."""
+    return RateHeaders.parse(
+        {
+            "x-ratelimit-limit-requests": str(limit),
+            "x-ratelimit-remaining-requests": str(remaining),
+            "x-ratelimit-reset-requests": reset,
+        }
+    )
+
+
+def admit(budget: KeyBudget, clock: FakeClock, n: int) -> list[tuple[float, tuple[int, int]]]:
+    """Reserve `n` requests of 10 tokens now; (sent_at, marks) of each, as a lease keeps them."""
+    sent = []
+    for _ in range(n):
+        assert budget.wait_for(10) == 0.0
+        budget.reserve(10)
+        sent.append((clock.now, budget.marks()))
+    return sent
+
+
+def test_before_the_provider_says_anything_a_key_may_burst_two_seconds_of_its_limit() -> None:
+    budget = KeyBudget(1200, None, FakeClock())
+
+    assert budget.requests.capacity == pytest.approx(20 * BURST_SECONDS)
+    assert not budget.headroom_from_headers
+
+
+def test_a_full_minute_of_headroom_is_spent_less_what_was_sent_after_the_answered_request() -> None:
+    clock = FakeClock()
+    budget = KeyBudget(1200, None, clock)
+    sent = admit(budget, clock, 40)  # the first guess: 2 s of 20 requests/s
+    assert budget.wait_for(10) > 0
+    clock.advance(0.5)
+
+    # The first request's answer: 1199 left after it, the bucket full again in 50 ms.
+    first_sent_at, first_marks = sent[0]
+    budget.sync(minute_bucket(1199, "50ms"), sent_at=first_sent_at, marks=first_marks)
+
+    assert budget.requests.capacity == pytest.approx(1200)  # the whole minute
+    # 1199 then, refilled since (capped at the bucket's 1200), less the 40 sent
+    # about then (its own included: which of them arrived first is not known).
+    assert budget.requests.level() == pytest.approx(1200 - 40)
+    assert budget.wait_for(10) == 0.0
+
+
+def test_a_provider_that_enforces_the_minute_per_second_is_paced() -> None:
+    clock = FakeClock()
+    budget = KeyBudget(1200, None, clock)
+    sent = admit(budget, clock, 20)
+    clock.advance(0.5)
+
+    # A per-second bucket of 20: 19 left after the first request, full in 50 ms.
+    first_sent_at, first_marks = sent[0]
+    budget.sync(minute_bucket(19, "50ms"), sent_at=first_sent_at, marks=first_marks)
+
+    assert budget.requests.capacity == pytest.approx(20)  # one second of the limit
+    assert budget.requests.level() == pytest.approx(0)  # refilled to 20, and 20 sent
+    # From here the budget paces at the limit: 20 a second, never a minute's burst.
+    clock.advance(5.0)
+    assert budget.requests.level() == pytest.approx(20)
+
+
+def test_headroom_never_counts_what_was_reserved_after_the_answered_request() -> None:
+    """A late answer to an early request says more was left than is now: the
+    requests sent since are subtracted, so nothing is admitted twice over."""
+    clock = FakeClock()
+    budget = KeyBudget(1200, None, clock)
+    early = admit(budget, clock, 1)[0]
+    clock.advance(1.0)
+    budget.sync(minute_bucket(1000, "10s"), sent_at=clock.now, marks=budget.marks())
+    admit(budget, clock, 900)  # spent from what the provider reported
+
+    budget.sync(minute_bucket(999, "10.05s"), sent_at=early[0], marks=early[1])
+
+    refilled = (1.0 - SEND_SPREAD_S) * 20
+    assert budget.requests.level() == pytest.approx(999 + refilled - 901)
+
+
+def test_a_stale_answer_is_credited_with_the_refill_since_it_was_sent_up_to_the_bucket() -> None:
+    clock = FakeClock()
+    budget = KeyBudget(600, None, clock)
+    sent_at, marks = admit(budget, clock, 1)[0]
+    clock.advance(3.0)  # a slow answer: 30 requests refilled meanwhile at 10/s
+
+    budget.sync(minute_bucket(100, "50s", limit=600), sent_at=sent_at, marks=marks)
+
+    assert budget.requests.level() == pytest.approx(100 + (3.0 - SEND_SPREAD_S) * 10 - 1)
+    clock.advance(120.0)
+    assert budget.requests.level() == pytest.approx(600)  # never more than the bucket
+
+
+def test_a_limit_below_the_providers_keeps_the_burst_within_a_minute_of_our_limit() -> None:
+    clock = FakeClock()
+    budget = KeyBudget(300, None, clock)  # the job file asks for less than the provider grants
+
+    budget.sync(minute_bucket(1199, "50ms"), sent_at=clock.now, marks=budget.marks())
+
+    assert budget.requests.capacity == pytest.approx(300)
+    assert budget.requests.level() == pytest.approx(300)
+    assert budget.requests.rate == pytest.approx(5.0)
+
+
+def test_token_headroom_follows_the_tokens_headers_the_same_way() -> None:
+    clock = FakeClock()
+    budget = KeyBudget(None, 300_000, clock)
+    budget.reserve(2000)
+    sent_at, marks = clock.now, budget.marks()
+    budget.reserve(2000)  # sent after: not in the answer's headers
+    clock.advance(SEND_SPREAD_S)  # the refill starts once the request surely arrived
+
+    budget.sync(
+        RateHeaders.parse(
+            {
+                "x-ratelimit-limit-tokens": "300000",
+                "x-ratelimit-remaining-tokens": "298000",
+                "x-ratelimit-reset-tokens": "400ms",
+            }
+        ),
+        sent_at=sent_at,
+        marks=marks,
+    )
+
+    assert budget.tokens.capacity == pytest.approx(300_000)
+    assert budget.tokens.level() == pytest.approx(298_000 - 2 * 2000)
+
+
+def test_without_sent_time_headers_only_ever_tighten() -> None:
+    budget = KeyBudget(1200, None, FakeClock())
+
+    budget.sync(minute_bucket(1199, "50ms"))
+
+    assert budget.requests.capacity == pytest.approx(40)
+    assert not budget.headroom_from_headers
+
+
+def test_a_429_the_headers_did_not_foresee_halves_the_trust_and_the_burst() -> None:
+    clock = FakeClock()
+    budget = KeyBudget(1200, None, clock)
+    budget.sync(minute_bucket(1199, "50ms"), sent_at=clock.now, marks=budget.marks())
+
+    assert budget.distrust() == (1.0, 0.5)
+
+    assert budget.requests.capacity == pytest.approx(600)
+    # The next answer's headroom is believed by half.
+    budget.sync(minute_bucket(800, "20s"), sent_at=clock.now, marks=budget.marks())
+    assert budget.requests.level() == pytest.approx(400)
+    # A storm of 429s within seconds is one lesson.
+    clock.advance(1.0)
+    assert budget.distrust() is None
+    assert budget.trust.level == 0.5
+
+
+def test_trust_comes_back_slowly_once_no_429_has_come_for_a_while() -> None:
+    clock = FakeClock()
+    trust = HeaderTrust()
+    trust.surprised(clock.now)
+    clock.advance(HeaderTrust.QUIET_S - 1)
+    trust.recover(clock.now)
+    assert trust.level == 0.5
+
+    for _ in range(6):
+        clock.advance(HeaderTrust.STEP_EVERY_S)
+        trust.recover(clock.now)
+
+    assert trust.level == pytest.approx(1.0)
+
+
+def test_trust_never_falls_below_its_floor() -> None:
+    trust = HeaderTrust()
+    for second in range(0, 200, 10):
+        trust.surprised(float(second))
+
+    assert trust.level == HeaderTrust.FLOOR
+
+
+def test_a_reading_without_a_reset_time_proves_only_what_was_left() -> None:
+    reading = BucketReading(remaining=500, reset_s=None, limit_per_min=1200, taken_at=0.0)
+
+    assert reading.capacity() == 500
+    assert reading.available(now=1.0, rate_per_s=20, reserved_since=10) == pytest.approx(490)
+
+
+def test_the_tokens_counted_are_how_full_the_providers_bucket_is_in_units_of_the_limit() -> None:
+    clock = FakeClock()
+    minute = KeyBudget(None, 300_000, clock)
+    second = KeyBudget(None, 300_000, clock)
+    assert minute.tokens_counted() is None  # no headers: nothing to go by
+
+    def tokens(remaining: int, reset: str) -> RateHeaders:
+        return RateHeaders.parse(
+            {
+                "x-ratelimit-limit-tokens": "300000",
+                "x-ratelimit-remaining-tokens": str(remaining),
+                "x-ratelimit-reset-tokens": reset,
+            }
+        )
+
+    minute.sync(tokens(100_000, "40s"), sent_at=clock.now, marks=minute.marks())
+    second.sync(tokens(0, "1s"), sent_at=clock.now, marks=second.marks())
+
+    assert minute.tokens_counted() == pytest.approx(200_000)
+    assert second.tokens_counted() == pytest.approx(300_000)  # a per-second bucket, full
+    clock.advance(60.0)
+    assert minute.tokens_counted() == pytest.approx(0)
+
+
+def test_once_headers_set_the_budget_it_holds_what_the_provider_charges_as_it_counts_it() -> None:
+    """The provider charges the prompt at admission, as it counts tokens: the
+    budget learns the ratio of its count to our estimate from the answers."""
+    clock = FakeClock()
+    budget = KeyBudget(None, 300_000, clock)
+    for _ in range(40):
+        budget.learn_charge(charged=2000, counted=1500)  # it counts a quarter less
+    budget.sync(
+        RateHeaders.parse(
+            {"x-ratelimit-remaining-tokens": "300000", "x-ratelimit-reset-tokens": "0s"}
+        ),
+        sent_at=clock.now,
+        marks=budget.marks(),
+    )
+    before = budget.tokens.level()
+
+    taken = budget.reserve(2600, charged=2000)  # 600 of expected output, not charged now
+
+    assert taken == pytest.approx(1500, abs=2)
+    assert before - budget.tokens.level() == taken
+
+
+def test_a_key_built_for_a_job_opens_with_one_second_of_its_limit_until_the_provider_speaks() -> (
+    None
+):
+    """A provider enforcing its minute per second grants a second at once: the
+    first guess's other second comes as the bucket refills."""
+    clock = FakeClock()
+    budget = KeyBudget(1200, 300_000, clock)
+
+    budget.open_cautiously()
+
+    assert budget.requests.capacity == pytest.approx(20 * BURST_SECONDS)
+    assert budget.requests.level() == pytest.approx(20)
+    assert budget.tokens.level() == pytest.approx(5000)
+    clock.advance(1.0)
+    assert budget.requests.level() == pytest.approx(40)

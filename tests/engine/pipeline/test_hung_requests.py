@@ -1,0 +1,77 @@
+"""A hung request costs a latency, not a timeout.
+
+Against the real simulator on loopback through the real openai client: once
+a key's answers say what is usual, a request far beyond it is abandoned and
+its batch requeued — long before the request timeout — and every chunk
+ends stored exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from engine.engine import Engine
+from engine.limits.key_latency import KeyLatency
+from engine.observe.events import EventKind
+from engine.observe.snapshot import JobState
+from tests.engine.conftest import job_config, sim_keys, write_records
+
+TIMEOUT_S = 60.0
+
+
+async def until(condition: Callable[[], bool], limit_s: float = 20.0) -> None:
+    """Wait for `condition` (the engine has no event for "n answers")."""
+    async with asyncio.timeout(limit_s):
+        while not condition():
+            await asyncio.sleep(0.02)
+
+
+async def test_a_hang_is_abandoned_long_before_the_timeout_and_nothing_is_lost_or_doubled(
+    tmp_path: Path, simulator
+) -> None:
+    keys = [("k1", 60_000, 10**9)]
+    sim = await simulator(keys=sim_keys(keys), latency_s=(0.01, 0.05), hang_s=3600.0)
+    records = write_records(tmp_path / "in.txt", 5 * 150)
+    config, secrets = job_config(tmp_path, records, sim.base_url, keys)
+    preset = replace(config.preset, concurrency=8, request_timeout_s=TIMEOUT_S, max_retries=8)
+    config = replace(config, preset=preset)
+    engine = Engine(config, secrets)
+
+    started = time.monotonic()
+    job = asyncio.create_task(engine.run())
+    # Hangs begin once the key's answers have said what its latency usually is.
+    await until(lambda: engine.stats.requests >= KeyLatency.MIN_SAMPLES + 10)
+    sim.set_faults(fault_hang=0.1)
+    assert await job is JobState.DONE
+    wall = time.monotonic() - started
+
+    assert sim.stats.faults["hang"] > 0
+    assert wall < TIMEOUT_S / 4  # each hang cost seconds, not the 60 s timeout
+    hung = [e for e in engine.events.recent() if e.kind is EventKind.RETRY and "hung" in e.message]
+    assert hung
+    with sqlite3.connect(config.job.store) as db:
+        results, distinct = db.execute(
+            "SELECT COUNT(*), COUNT(DISTINCT chunk_id) FROM results"
+        ).fetchone()
+        (failures,) = db.execute("SELECT COUNT(*) FROM failures").fetchone()
+    assert (results, distinct, failures) == (5 * 150, 5 * 150, 0)
+
+
+def test_patience_waits_for_enough_answers_and_stays_within_its_floor_and_the_timeout() -> None:
+    latency = KeyLatency()
+    for _ in range(KeyLatency.MIN_SAMPLES - 1):
+        latency.record(0.1)
+    assert latency.patience(TIMEOUT_S) == TIMEOUT_S  # too few answers to say what is usual
+
+    latency.record(0.1)
+    assert latency.patience(TIMEOUT_S) == KeyLatency.HANG_FLOOR_S  # 0.4 s would be too eager
+
+    for _ in range(KeyLatency.WINDOW):
+        latency.record(2.0)
+    assert latency.patience(TIMEOUT_S) == 2.0 * KeyLatency.HANG_MARGIN
+    assert latency.patience(3.5) == 3.5  # the timeout stays the ceiling
