@@ -170,7 +170,7 @@ class DriftWatch:
         if isinstance(outcome, EmbeddingResult):
             self._keys.answered(lease, outcome.prompt_tokens or estimate, outcome.headers)
             return outcome.vectors
-        self._keys.sync_headers(key, outcome.headers)
+        self._keys.sync_headers(key, outcome.headers, lease)
         if outcome.kind is FailureKind.RATE_LIMITED:
             cooling = self._keys.refused(lease, outcome, sent_at)
             self._keys.report_429(key, outcome, cooling, "drift embeddings skipped")

@@ -144,6 +144,8 @@ class KeyState:
             tpm_used=tpm_used,
             tpm_limit=self.budget.limit_tpm,
             tpm_counted=self.tokens_counted(),
+            requests_left=self.budget.requests_left(),
+            tokens_left=self.budget.tokens_left(),
             in_flight=self.in_flight,
             requests=self.requests,
             errors=self.errors,

@@ -258,6 +258,14 @@ class KeyBudget:
             ratio = min(4.0, max(0.25, counted / charged))
             self.charge_ratio += (ratio - self.charge_ratio) * self._CHARGE_LEARNING
 
+    def requests_left(self) -> float | None:
+        """Requests the budget may send at once now (None: no request limit)."""
+        return None if self.requests.unlimited else max(0.0, self.requests.level())
+
+    def tokens_left(self) -> float | None:
+        """Tokens the budget may spend at once now (None: no token limit)."""
+        return None if self.tokens.unlimited else max(0.0, self.tokens.level())
+
     def headroom(self) -> float:
         """A 0..1 measure of free budget, for picking the emptiest key."""
         shares = []

@@ -68,11 +68,19 @@ class KeyCapacity:
     usable: bool = True
     requests_left: float | None = None
     tokens_left: float | None = None
+    in_flight: int = 0  # requests sent, their budget already spent
 
 
 def capacity_of(key: KeySnapshot) -> KeyCapacity:
     """A key's capacity as its snapshot shows it."""
-    return KeyCapacity(key.rpm_limit, key.tpm_limit, usable=key.state != "disabled")
+    return KeyCapacity(
+        key.rpm_limit,
+        key.tpm_limit,
+        usable=key.state != "disabled",
+        requests_left=key.requests_left,
+        tokens_left=key.tokens_left,
+        in_flight=key.in_flight,
+    )
 
 
 def tokens_per_request(keys: Iterable[KeySnapshot]) -> float | None:
@@ -103,12 +111,14 @@ def sustained_requests_per_s(
 
 
 def _burst_requests(keys: Iterable[KeyCapacity], tokens_per_request: float | None) -> float:
-    """Requests the usable keys' unspent bursts let through at once (0 where not known)."""
+    """Requests that do not wait for the keys' steady rate: what their unspent
+    bursts let through at once (0 where not known), and those already in flight
+    (their budget is spent; they end within a latency)."""
     total = 0.0
     for key in keys:
         if key.usable:
             left = _key_per_minute(key.requests_left, key.tokens_left, tokens_per_request)
-            total += max(0.0, left or 0.0)
+            total += max(0.0, left or 0.0) + key.in_flight
     return total
 
 

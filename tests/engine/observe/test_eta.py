@@ -55,6 +55,15 @@ def test_before_any_answer_the_eta_is_the_work_beyond_the_burst_at_the_limits_ra
     assert eta == Eta(90.0, 90.0, 90.0)
 
 
+def test_requests_in_flight_do_not_wait_for_the_rate_their_budget_is_spent() -> None:
+    # 2,100 requests: 500 sent and not back yet, 200 more the burst lets through at once.
+    keys = [KeyCapacity(rpm=1200, tpm=None, requests_left=200, in_flight=500)]
+
+    eta = EtaEstimator().estimate(8400, keys, chunks_per_request=4, tokens_per_request=None)
+
+    assert eta == Eta(70.0, 70.0, 70.0)  # (2,100 - 700) ÷ 20 a second
+
+
 def test_a_measured_rate_above_the_limits_is_the_burst_and_changes_nothing() -> None:
     estimator = EtaEstimator()
     steady(estimator, seconds=10, per_s=200)  # 50 requests a second against a limit of 20
