@@ -226,11 +226,7 @@ class GateActions:
         del self._held["latency"]
         before = self._preset()
         after = self._settle()
-        restored = (
-            f"; preset {_described(before)} → {_described(after)}"
-            if after is not None and after != before
-            else ""
-        )
+        restored = _restored(before, after)
         self._events.emit(
             EventKind.DRIFT_LIFTED,
             f"drift gate latency: going slower did not bring it down (median "
@@ -273,11 +269,7 @@ class GateActions:
         before = self._preset()
         after = self._settle()
         for name, held in lifted:
-            restored = (
-                f"; preset {_described(before)} → {_described(after)}"
-                if after is not None and after != before
-                else ""
-            )
+            restored = _restored(before, after)
             self._events.emit(
                 EventKind.DRIFT_LIFTED,
                 f"drift gate {name} back below half its threshold for {held.calm} "
@@ -330,6 +322,13 @@ def _action_words(action: GateAction) -> str:
     if action is GateAction.SMALLER_BATCHES:
         return "smaller batches, more retries"
     return "conservative preset"
+
+
+def _restored(before: Preset, after: Preset | None) -> str:
+    """The end of a lifting event's message: the preset it restored, if it changed."""
+    if after is None or after == before:
+        return ""
+    return f"; preset {_described(before)} → {_described(after)}"
 
 
 def _described(preset: Preset) -> str:
