@@ -8,9 +8,14 @@ reads of one.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from engine.config.settings import JobSettings
 from engine.observe.events import EventBus, EventKind
@@ -207,20 +212,40 @@ async def test_the_census_leaves_a_total_the_reader_already_settled(tmp_path: Pa
     assert made.stats.total == 49
 
 
-async def test_a_cancelled_census_stops_counting_in_its_thread(tmp_path: Path) -> None:
-    made = Made(text_job(write_lines(tmp_path / "in.txt", 400_000)))
-    census = asyncio.create_task(made.intake.census())
-    await asyncio.sleep(0.05)  # the thread is counting
+async def test_a_cancelled_census_stops_counting_in_its_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An input without end: the census can only stop because it was told to,
+    # however slowly a loaded machine runs this test.
+    counting = threading.Event()
+    stopped = threading.Event()  # the counting thread let go of the input
+    test_over = threading.Event()  # so a census that fails to stop does not outlive the test
 
-    census.cancel()
-    await asyncio.gather(census, return_exceptions=True)
-    started = time.monotonic()
-    # The default executor's shutdown waits for its threads: the counting one
-    # must stop at once instead of counting the rest of the input.
-    async with asyncio.timeout(GUARD):
-        await asyncio.get_running_loop().shutdown_default_executor()
+    def endless_documents(job: JobSettings, on_bad_record: object = None) -> Iterator[Document]:
+        try:
+            for i in itertools.count():
+                counting.set()
+                if test_over.is_set():
+                    return
+                yield Document(source=f"endless#{i}", text=f"record {i}: some words")
+        finally:
+            stopped.set()
+
+    monkeypatch.setattr("engine.pipeline.intake.iter_documents", endless_documents)
+    made = Made(text_job(write_lines(tmp_path / "in.txt", 1)))
+    census = asyncio.create_task(made.intake.census())
+    try:
+        assert await asyncio.to_thread(counting.wait, GUARD)  # the thread is counting
+
+        census.cancel()
+        await asyncio.gather(census, return_exceptions=True)
+        started = time.monotonic()
+        let_go = await asyncio.to_thread(stopped.wait, GUARD)
+    finally:
+        test_over.set()
 
     assert census.cancelled()
+    assert let_go, "the counting thread went on after the census was cancelled"
     assert time.monotonic() - started < 0.5
     assert made.stats.total is None
 
