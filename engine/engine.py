@@ -505,7 +505,6 @@ class Engine:
         )
 
     def _input_ended(self) -> None:
-        self._dispatcher.input_ended()  # its tail begins: slow requests may be hedged
         # Nothing read but records skipped: fail rather than end "done" with nothing done.
         reason = self._intake.nothing_read()
         if reason and not self._fatal:

@@ -30,13 +30,6 @@ class ConcurrencyLimit:
         self._limit = max(1, limit)
         self._wake()
 
-    def try_acquire(self) -> bool:
-        """Take a slot if one is free now and nobody waits for it; never waits."""
-        if self._in_use < self._limit and not self._waiters:
-            self._in_use += 1
-            return True
-        return False
-
     async def acquire(self) -> None:
         if self._in_use < self._limit and not self._waiters:
             self._in_use += 1

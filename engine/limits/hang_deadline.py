@@ -62,10 +62,6 @@ class HangDeadline:
         else:
             self._handle = self._loop.call_at(due, self._check)
 
-    def cut_short(self) -> None:
-        """End the request now (another answer made it moot)."""
-        self._timeout.reschedule(self._loop.time())
-
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,

@@ -26,7 +26,6 @@ class KeyLatency:
     HANG_QUANTILE = 0.99
     HANG_MARGIN = 2.0
     HANG_FLOOR_S = 3.0
-    HEDGE_QUANTILE = 0.95  # in a job's tail, a request slower than this gets a duplicate
 
     __slots__ = ("_samples", "_sorted", "_total", "_waiting")
 
@@ -75,13 +74,6 @@ class KeyLatency:
             self._sorted = sorted(self._samples)
         ordered = self._sorted
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-    def hedge_after(self) -> float | None:
-        """How long a request may run before a duplicate is worth sending (a job's
-        tail), None until there are enough answers to say."""
-        if len(self._samples) < self.MIN_SAMPLES:
-            return None
-        return self.quantile(self.HEDGE_QUANTILE)
 
     def patience(self, ceiling_s: float) -> float:
         """How long a request on this key may go unanswered before it counts as hung.

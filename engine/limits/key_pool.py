@@ -326,14 +326,6 @@ class KeyPool:
         key, taken = await self._reserve(est_tokens, charged)
         return KeyLease(key, est_tokens, charged, taken)
 
-    def try_lease(self, est_tokens: int, charged: int | None = None) -> KeyLease | None:
-        """A lease on a key that can admit `est_tokens` now, or None: never waits
-        (a hedge is worth sending only on budget nothing else wants)."""
-        key, wait = self._best(est_tokens, charged)
-        if key is None or wait > 0:
-            return None
-        return KeyLease(key, est_tokens, charged, key.budget.reserve(est_tokens, charged))
-
     # health ------------------------------------------------------------------
     def answered(
         self,

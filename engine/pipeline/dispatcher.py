@@ -24,15 +24,6 @@ and store its chunks twice — and failed as a timeout, which requeues its
 batch.  The preset's request timeout stays the ceiling.  The provider
 counted the request when it took it, so its reservation stays spent.
 
-In the job's tail — the input has ended and no fresh batch waits — budget
-accrues with nothing to spend it on, and the job waits for its slowest
-request.  So a request that has run past a high quantile of its key's
-latency (`KeyLatency.hedge_after`) gets one duplicate, sent only on budget
-a key can spare at once (`KeyPool.try_lease`): the first answer wins, the
-other call is cancelled, and only the send that owns the batch hands an
-outcome on — so each chunk is stored once.  Either request was counted by
-the provider, so neither lease gives its budget back.
-
 What the call brought back goes to the outcomes (`BatchOutcomes`).  When no
 key can serve any more, every batch still to come fails with the keys'
 reasons instead of waiting forever, and `on_no_key` is told once.
@@ -100,21 +91,6 @@ class _Flight:
     lease: KeyLease
 
 
-@dataclass(slots=True, eq=False)
-class _Hedge:
-    """A request's chance of one duplicate in the tail; the original's send decides."""
-
-    flight: _Flight
-    messages: list[dict[str, str]]
-    timeout_s: float
-    hang: HangDeadline
-    timer: asyncio.TimerHandle | None = None
-    lease: KeyLease | None = None  # the duplicate's, once sent
-    task: asyncio.Task[None] | None = None
-    won: CallResult | None = None  # the duplicate's answer, when it came first
-    closed: bool = False  # the original's call has ended: a later answer is dropped
-
-
 class Dispatcher:
     """Takes batches from `queue` until it closes, and sends each through a leased key.
 
@@ -160,12 +136,6 @@ class Dispatcher:
         self._memory_cap: int | None = None  # the breaker's, above the soft limit
         self._admission: asyncio.Task[None] | None = None
         self._sends: set[asyncio.Task[None]] = set()
-        self._group: asyncio.TaskGroup | None = None  # owns sends and hedges
-        self._input_done = False
-        self._tail = False  # input ended and no fresh batch waits
-        self._slow: set[_Hedge] = set()  # past their hedge time before the tail began
-        self.hedges_sent = 0
-        self.hedges_won = 0
 
     # ---------------------------------------------------------------- controls
     def adapt(self, now: float, *, allowed: bool) -> None:
@@ -223,11 +193,6 @@ class Dispatcher:
                 rss=rss,
             )
 
-    def input_ended(self) -> None:
-        """No fresh batch will come any more: once those queued have gone, the tail begins."""
-        self._input_done = True
-        self._in_tail()
-
     def stop_admitting(self) -> None:
         """Admit nothing more; what is in flight finishes (drain, stop)."""
         if self._admission is not None:
@@ -246,9 +211,7 @@ class Dispatcher:
     async def run(self, outcomes: BatchOutcomes) -> None:
         """Admit and send until the queue closes (or admission is stopped) and sends end."""
         async with asyncio.TaskGroup() as sends:
-            self._group = sends
             self._admission = sends.create_task(self._admit(sends, outcomes), name="admission")
-        self._group = None
 
     async def _admit(self, sends: asyncio.TaskGroup, outcomes: BatchOutcomes) -> None:
         queue, concurrency = self._queue, self._concurrency
@@ -256,8 +219,6 @@ class Dispatcher:
             batch = await queue.get()
             if batch is None:
                 return
-            if self._input_done:
-                self._in_tail()
             if self.no_key:
                 await outcomes.give_up(batch, self.no_key, announce=False)
                 continue
@@ -322,35 +283,18 @@ class Dispatcher:
         provider = lease.key.provider
         timeout = provider.request_timeout_s or self._preset().request_timeout_s
         hang = HangDeadline(lease.key.latency, timeout)
-        hedge: _Hedge | None = None
         sent_at = self._clock()
         try:
             # Below the timeout the client enforces itself, the key's patience cuts a hang short.
             async with hang:
-                hedge_after = lease.key.latency.hedge_after()
-                if hedge_after is not None:
-                    hedge = _Hedge(flight, messages, timeout, hang)
-                    hedge.timer = asyncio.get_running_loop().call_later(
-                        hedge_after, self._hedge_due, hedge
-                    )
                 outcome = await self._clients.chat(
                     lease.key.key_id, provider.model, messages, timeout, self._prompt.temperature
                 )
         except asyncio.CancelledError:
-            if hedge is not None:
-                self._close_hedge(hedge)
             self._give_back(flight, answered=False)
             raise
         except TimeoutError:
             outcome = self._hung(lease, hang.patience)
-        if hedge is not None:
-            self._close_hedge(hedge)
-            # The duplicate's answer counts only when the original brought none.
-            won, won_lease = hedge.won, hedge.lease
-            if won is not None and won_lease is not None and not isinstance(outcome, CallResult):
-                outcome, lease = won, won_lease
-                batch.model = lease.key.provider.model
-                self.hedges_won += 1
         self._give_back(flight, answered=True)
         self._stats.requests += 1
         if isinstance(outcome, CallResult):
@@ -358,70 +302,6 @@ class Dispatcher:
         else:
             await outcomes.failed(batch, lease, outcome, sent_at)
         self._keys.notify()
-
-    # ---------------------------------------------------------------- hedging
-    def _in_tail(self) -> bool:
-        """Whether the job is in its tail; on entering it, hedge the requests already slow."""
-        if not self._tail and self._input_done and self._queue.fresh_count == 0:
-            self._tail = True
-            slow, self._slow = self._slow, set()
-            for hedge in slow:
-                self._try_hedge(hedge)
-        return self._tail
-
-    def _hedge_due(self, hedge: _Hedge) -> None:
-        """A request ran past its hedge time: a duplicate now in the tail, else once it begins."""
-        hedge.timer = None
-        if self._in_tail():
-            self._try_hedge(hedge)
-        else:
-            self._slow.add(hedge)
-
-    def _try_hedge(self, hedge: _Hedge) -> None:
-        if hedge.closed or hedge.task is not None or self._group is None or self.no_key:
-            return
-        if not self._running.is_set() or not self._concurrency.try_acquire():
-            return
-        original = hedge.flight.lease
-        lease = self._keys.try_lease(original.estimate, original.charged)
-        if lease is None:  # no budget to spare now: the original goes on alone
-            self._concurrency.release()
-            return
-        hedge.lease = lease
-        task = self._group.create_task(self._hedge_call(hedge, lease))
-        hedge.task = task
-        self._sends.add(task)
-        task.add_done_callback(self._sends.discard)
-        task.add_done_callback(functools.partial(self._hedge_ended, lease))
-        self.hedges_sent += 1
-
-    async def _hedge_call(self, hedge: _Hedge, lease: KeyLease) -> None:
-        outcome = await self._clients.chat(
-            lease.key.key_id,
-            lease.key.provider.model,
-            hedge.messages,
-            hedge.timeout_s,
-            self._prompt.temperature,
-        )
-        if hedge.closed or not isinstance(outcome, CallResult):
-            return  # the original ended first, or the duplicate failed: the original decides
-        hedge.won = outcome
-        hedge.hang.cut_short()  # the original's send takes this answer
-
-    def _hedge_ended(self, lease: KeyLease, _task: asyncio.Task[None]) -> None:
-        # Sent or not, answered or cancelled: the provider may have counted it, so the
-        # budget stays spent (the winner's is reconciled with its answer).
-        if lease.returned():
-            self._concurrency.release()
-
-    def _close_hedge(self, hedge: _Hedge) -> None:
-        """The original's call ended: no duplicate from now on, and a running one is cancelled."""
-        hedge.closed = True
-        if hedge.timer is not None:
-            hedge.timer.cancel()
-        self._slow.discard(hedge)
-        if hedge.task is not None and not hedge.task.done():
-            hedge.task.cancel()
 
     @staticmethod
     def _hung(lease: KeyLease, patience: float) -> CallFailure:
