@@ -7,11 +7,15 @@ margin is the patience after which a request is taken for hung — abandoned
 and its batch requeued, instead of waiting out the whole request timeout.
 Patience is given only once there are enough samples to say what is normal,
 and never below a floor, so a fast key's occasional slow answer survives.
+A request sent before then (a full bucket's opening burst) is told when
+patience becomes known (`when_known`), so a hang in the burst is not waited
+out for the whole timeout.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 
 class KeyLatency:
@@ -23,12 +27,13 @@ class KeyLatency:
     HANG_MARGIN = 2.0
     HANG_FLOOR_S = 3.0
 
-    __slots__ = ("_samples", "_sorted", "_total")
+    __slots__ = ("_samples", "_sorted", "_total", "_waiting")
 
     def __init__(self) -> None:
         self._samples: deque[float] = deque(maxlen=self.WINDOW)
         self._total = 0.0
         self._sorted: list[float] | None = None  # made on demand, dropped on change
+        self._waiting: set[Callable[[], None]] = set()  # told once patience is known
 
     def record(self, seconds: float) -> None:
         if len(self._samples) == self._samples.maxlen:
@@ -36,6 +41,23 @@ class KeyLatency:
         self._samples.append(seconds)
         self._total += seconds
         self._sorted = None
+        if self._waiting and len(self._samples) >= self.MIN_SAMPLES:
+            waiting, self._waiting = self._waiting, set()
+            for known in waiting:
+                known()
+
+    @property
+    def knows_patience(self) -> bool:
+        """Whether there are enough answers to say when a request is hung."""
+        return len(self._samples) >= self.MIN_SAMPLES
+
+    def when_known(self, known: Callable[[], None]) -> None:
+        """Call `known` once patience becomes known (see `knows_patience`)."""
+        self._waiting.add(known)
+
+    def forget(self, known: Callable[[], None]) -> None:
+        """`known` no longer needs telling (its request ended)."""
+        self._waiting.discard(known)
 
     @property
     def count(self) -> int:

@@ -17,7 +17,9 @@ halves it above the soft limit (`memory_changed`) until memory is back.
 
 A request far beyond its key's usual latency (`KeyLatency.patience`: a
 high quantile times a margin, once there are enough answers to say) is
-taken for hung: abandoned — its connection closed, so no answer can come
+taken for hung (`HangDeadline`, which also catches hangs sent before the
+key's patience was known, as in a full bucket's opening burst):
+abandoned — its connection closed, so no answer can come
 and store its chunks twice — and failed as a timeout, which requeues its
 batch.  The preset's request timeout stays the ceiling.  The provider
 counted the request when it took it, so its reservation stays spent.
@@ -38,6 +40,7 @@ from typing import Protocol
 from engine.config.settings import Preset, PromptSettings
 from engine.limits.adaptive_concurrency import AdaptiveConcurrency
 from engine.limits.concurrency_limit import ConcurrencyLimit
+from engine.limits.hang_deadline import HangDeadline
 from engine.limits.key_pool import KeyLease, KeyPool, NoUsableKeyError
 from engine.limits.memory_guard import MemoryState
 from engine.observe.events import EventBus, EventKind
@@ -279,11 +282,11 @@ class Dispatcher:
         batch, lease = flight.batch, flight.lease
         provider = lease.key.provider
         timeout = provider.request_timeout_s or self._preset().request_timeout_s
-        patience = lease.key.latency.patience(timeout)
+        hang = HangDeadline(lease.key.latency, timeout)
         sent_at = self._clock()
         try:
             # Below the timeout the client enforces itself, the key's patience cuts a hang short.
-            async with asyncio.timeout(patience if patience < timeout else None):
+            async with hang:
                 outcome = await self._clients.chat(
                     lease.key.key_id, provider.model, messages, timeout, self._prompt.temperature
                 )
@@ -291,7 +294,7 @@ class Dispatcher:
             self._give_back(flight, answered=False)
             raise
         except TimeoutError:
-            outcome = self._hung(lease, patience)
+            outcome = self._hung(lease, hang.patience)
         self._give_back(flight, answered=True)
         self._stats.requests += 1
         if isinstance(outcome, CallResult):

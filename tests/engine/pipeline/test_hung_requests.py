@@ -62,6 +62,43 @@ async def test_a_hang_is_abandoned_long_before_the_timeout_and_nothing_is_lost_o
     assert (results, distinct, failures) == (5 * 150, 5 * 150, 0)
 
 
+async def test_a_hang_in_the_opening_burst_is_abandoned_once_the_key_has_answered_enough(
+    tmp_path: Path, simulator
+) -> None:
+    # A full bucket lets the whole first wave go before any answer: no request in
+    # it had a patience when it was sent, and a hang among them used to hold the
+    # job's end for the whole request timeout.
+    keys = [("k1", 60_000, 10**9)]
+    sim = await simulator(
+        keys=sim_keys(keys), latency_s=(0.3, 0.6), hang_s=3600.0, fault_hang=0.2, seed=3
+    )
+    records = write_records(tmp_path / "in.txt", 5 * 120)
+    config, secrets = job_config(tmp_path, records, sim.base_url, keys)
+    preset = replace(config.preset, concurrency=64, request_timeout_s=TIMEOUT_S, max_retries=8)
+    config = replace(config, preset=preset)
+    engine = Engine(config, secrets)
+
+    started = time.monotonic()
+    job = asyncio.create_task(engine.run())
+    # Hangs only among the first wave, sent before the key had answered at all.
+    await until(lambda: sim.stats.requests_by_key.get("secret-k1", 0) >= 64 or job.done())
+    first_answers = engine.stats.requests
+    sim.set_faults(fault_hang=0.0)
+    assert await job is JobState.DONE
+    wall = time.monotonic() - started
+
+    assert first_answers == 0 and sim.stats.faults["hang"] > 0
+    assert wall < TIMEOUT_S / 6  # each hang cost its key's patience, not the 60 s timeout
+    hung = [e for e in engine.events.recent() if e.kind is EventKind.RETRY and "hung" in e.message]
+    assert hung
+    with sqlite3.connect(config.job.store) as db:
+        results, distinct = db.execute(
+            "SELECT COUNT(*), COUNT(DISTINCT chunk_id) FROM results"
+        ).fetchone()
+        (failures,) = db.execute("SELECT COUNT(*) FROM failures").fetchone()
+    assert (results, distinct, failures) == (5 * 120, 5 * 120, 0)
+
+
 def test_patience_waits_for_enough_answers_and_stays_within_its_floor_and_the_timeout() -> None:
     latency = KeyLatency()
     for _ in range(KeyLatency.MIN_SAMPLES - 1):
