@@ -284,7 +284,11 @@ class Engine:
         running = self._state in (JobState.STARTING, JobState.RUNNING)
         keys = tuple(k.snapshot() for k in self._keys.keys)
         eta, low, high = s.eta(
-            remaining, running=running, keys=keys, batch_size=self._preset.batch_size
+            remaining,
+            running=running,
+            keys=keys,
+            bursts_left=[k.burst_left() for k in self._keys.keys],
+            batch_size=self._preset.batch_size,
         )
         projected = None
         if s.total is not None and s.done + s.failed > 0:

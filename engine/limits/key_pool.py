@@ -144,8 +144,6 @@ class KeyState:
             tpm_used=tpm_used,
             tpm_limit=self.budget.limit_tpm,
             tpm_counted=self.tokens_counted(),
-            requests_left=self.budget.requests_left(),
-            tokens_left=self.budget.tokens_left(),
             in_flight=self.in_flight,
             requests=self.requests,
             errors=self.errors,
@@ -154,6 +152,14 @@ class KeyState:
             cooldown_s=cooling,
             disabled_reason=self.disabled_reason,
         )
+
+    def burst_left(self) -> tuple[float | None, float | None]:
+        """(requests, tokens) the key's budget may spend at once now (None: no such limit).
+
+        Kept out of the snapshot: it refills by the millisecond, and a
+        snapshot of a finished job must hold still.
+        """
+        return self.budget.requests_left(), self.budget.tokens_left()
 
     def sending_rpm(self) -> float:
         """The rate this key was sending at recently, in requests per minute."""

@@ -71,14 +71,18 @@ class KeyCapacity:
     in_flight: int = 0  # requests sent, their budget already spent
 
 
-def capacity_of(key: KeySnapshot) -> KeyCapacity:
-    """A key's capacity as its snapshot shows it."""
+def capacity_of(
+    key: KeySnapshot, burst_left: tuple[float | None, float | None] = (None, None)
+) -> KeyCapacity:
+    """A key's capacity as its snapshot shows it, with what its budget may
+    spend at once now when known (`burst_left`: requests, tokens)."""
+    requests_left, tokens_left = burst_left
     return KeyCapacity(
         key.rpm_limit,
         key.tpm_limit,
         usable=key.state != "disabled",
-        requests_left=key.requests_left,
-        tokens_left=key.tokens_left,
+        requests_left=requests_left,
+        tokens_left=tokens_left,
         in_flight=key.in_flight,
     )
 

@@ -150,11 +150,13 @@ class RunStats:
         *,
         running: bool = True,
         keys: Sequence[KeySnapshot] = (),
+        bursts_left: Sequence[tuple[float | None, float | None]] = (),
         batch_size: int = 1,
     ) -> tuple[float | None, float | None, float | None]:
         """(eta, low, high) in seconds; None while there is nothing to go by.
 
-        From the `keys`' limits at first, for `batch_size` chunks a request,
+        From the `keys`' limits (and what each may spend at once now,
+        `bursts_left`, in the same order) at first, for `batch_size` chunks a request,
         and more and more from the rate measured on the tick.  None too when
         the job is not `running` (paused, draining, stopping or ended): its
         rate no longer says when it will end, so front ends show the job's
@@ -170,7 +172,10 @@ class RunStats:
             per_request = self.tokens / (self.requests - spent) or None
         return self._eta.estimate(
             remaining,
-            [capacity_of(key) for key in keys],
+            [
+                capacity_of(key, left)
+                for key, left in zip(keys, bursts_left or [(None, None)] * len(keys), strict=True)
+            ],
             chunks_per_request=carried,
             tokens_per_request=per_request,
         ).as_tuple()

@@ -68,11 +68,6 @@ class KeySnapshot:
     # prompt and expected output charged at admission in the last minute);
     # `tpm_used` is what answers used.  Near the limit: the key is full.
     tpm_counted: int = 0
-    # What the key's budget may spend at once now, beyond its steady rate
-    # (None: no limit).  A full-minute bucket reported by the provider makes
-    # these large; the ETA counts them as work done at once.
-    requests_left: float | None = None
-    tokens_left: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
