@@ -119,6 +119,8 @@ class ControlServer:
         self._inode: int | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._clients: dict[asyncio.Task[None], _Client] = {}
+        # Clients that connected between `bind` and `serve`: answered once it starts.
+        self._early: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
         self.dropped_idle = 0  # clients dropped for saying nothing (tests and logs read it)
         self.evicted = 0  # idle clients that gave their place to a new one
         self._encoded: bytes = b""
@@ -150,8 +152,10 @@ class ControlServer:
         await self._replace_stale()
         old_umask = os.umask(0o177)  # the socket is born 0600: no window for others
         try:
+            # Listening from the moment the file exists: a client that finds the
+            # socket is never refused as if no job ran (it waits for `serve`).
             self._server = await asyncio.start_unix_server(
-                self._on_connect, path=str(self.path), limit=MAX_LINE_BYTES, start_serving=False
+                self._on_connect, path=str(self.path), limit=MAX_LINE_BYTES
             )
         except OSError as exc:
             raise ControlServerError(
@@ -195,7 +199,9 @@ class ControlServer:
             assert self._server is not None
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
-                await self._server.start_serving()
+                early, self._early = self._early, []
+                for reader, writer in early:
+                    self._on_connect(reader, writer)
                 await asyncio.Event().wait()  # until cancelled
         except ControlServerError as exc:
             print(f"crawldeck: {exc}", file=sys.stderr)
@@ -207,6 +213,9 @@ class ControlServer:
 
     def close(self) -> None:
         """Stop listening and remove our socket file (idempotent)."""
+        for _, writer in self._early:
+            writer.close()
+        self._early.clear()
         if self._server is not None:
             self._server.close()
             self._server = None
@@ -225,7 +234,10 @@ class ControlServer:
     # ------------------------------------------------------------ clients
     def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._tg is None:
-            writer.close()
+            if self._server is not None:  # bound, not serving yet
+                self._early.append((reader, writer))
+            else:
+                writer.close()
             return
         if len(self._clients) >= self.max_clients and not self._evict_idlest():
             self._tg.create_task(self._refuse(reader, writer))

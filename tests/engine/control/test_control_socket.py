@@ -249,6 +249,33 @@ async def test_the_snapshot_over_the_socket_is_the_engines(
     assert not server.path.exists()
 
 
+async def test_a_client_that_finds_the_socket_before_serving_starts_is_answered(
+    tmp_path: Path, simulator: Callable[..., ProviderSimulator]
+) -> None:
+    # The CLI binds the socket early (to find another run) and serves once the
+    # engine is up: a client in between must not be told that no job runs.
+    sim = await simulator(keys=sim_keys(KEYS))  # type: ignore[misc]
+    config, secrets = job_config(
+        tmp_path, write_records(tmp_path / "in.txt", 30), sim.base_url, KEYS
+    )
+    engine = Engine(config, secrets)
+    assert await engine.run() is JobState.DONE
+    server = ControlServer(engine, socket_path_for_store(config.job.store))
+    await server.bind()
+
+    connecting = asyncio.create_task(ControlClient.connect(server.path))
+    await asyncio.sleep(0.2)  # the client is there before the server serves
+    serving = asyncio.create_task(server.serve())
+    try:
+        async with await connecting as client:
+            remote = await client.snapshot()
+    finally:
+        serving.cancel()
+        await asyncio.gather(serving, return_exceptions=True)
+
+    assert remote.counts.done == 30
+
+
 async def test_nothing_listening_is_no_job_running(tmp_path: Path) -> None:
     with pytest.raises(NoJobRunning, match="no crawldeck job"):
         await ControlClient.connect(tmp_path / "control.sock")
