@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
@@ -44,6 +43,7 @@ from engine.crawl.targets import Target, TargetError, dedupe_targets, read_targe
 from engine.limits.concurrency_limit import ConcurrencyLimit
 from engine.observe.events import EventBus, EventKind
 from engine.observe.snapshot import CrawlSnapshot
+from engine.pipeline.census import count_in_thread
 from engine.pipeline.records import Document
 from engine.store.sqlite_store import PageRow, Store, StoredPage
 
@@ -201,32 +201,19 @@ class CrawlStage:
 
     async def count_targets(self) -> None:
         """Count the distinct targets (in a thread) so progress has a total."""
-        # A thread can't be cancelled: told to stop, it ends instead of counting
-        # on after the run, which the process would wait for at exit.
-        abandoned = threading.Event()
 
-        def count() -> int | None:
-            targets = read_targets(
+        def targets() -> Iterator[Target]:
+            read = read_targets(
                 Path(self.settings.targets),
                 self.settings.targets_column or None,
                 on_problem=lambda _line, _message: None,
             )
-            total = 0
-            for _ in dedupe_targets(targets):
-                if abandoned.is_set():
-                    return None
-                total += 1
-            return total
+            return dedupe_targets(read)
 
         try:
-            total = await asyncio.to_thread(count)
+            self._c.targets_total = await count_in_thread(targets)
         except (OSError, TargetError, ValueError):
             return  # the reader reports it
-        except asyncio.CancelledError:
-            abandoned.set()
-            raise
-        if total is not None:
-            self._c.targets_total = total
 
     async def run(self) -> None:
         """Crawl every target; returns once each has an outcome (or raises on bad input)."""

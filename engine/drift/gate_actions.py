@@ -268,8 +268,8 @@ class GateActions:
             del self._held[name]
         before = self._preset()
         after = self._settle()
+        restored = _restored(before, after)
         for name, held in lifted:
-            restored = _restored(before, after)
             self._events.emit(
                 EventKind.DRIFT_LIFTED,
                 f"drift gate {name} back below half its threshold for {held.calm} "

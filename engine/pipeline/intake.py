@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Protocol
 
@@ -24,6 +23,7 @@ from engine.config.settings import CrawlSettings, JobSettings
 from engine.observe.events import EventBus, EventKind
 from engine.observe.run_stats import RunStats
 from engine.observe.snapshot import CrawlSnapshot
+from engine.pipeline.census import count_in_thread
 from engine.pipeline.chunking import iter_chunks
 from engine.pipeline.inputs import iter_documents
 from engine.pipeline.records import Chunk, Document
@@ -156,27 +156,16 @@ class Intake:
     async def count_documents(self) -> None:
         """The census: count every chunk up front (in a thread) so progress and ETA have a total."""
         job = self._job
-        # A thread can't be cancelled: without this it would count a large
-        # input to its end after the run has ended, and the process would wait.
-        abandoned = threading.Event()
 
-        def count() -> int | None:
+        def chunks() -> Iterator[Chunk]:
             docs = iter_documents(job, on_bad_record=lambda _message: None)
-            total = 0
-            for _ in iter_chunks(docs, job.chunk_tokens, job.chunk_overlap_tokens):
-                if abandoned.is_set():
-                    return None
-                total += 1
-            return total
+            return iter_chunks(docs, job.chunk_tokens, job.chunk_overlap_tokens)
 
         try:
-            total = await asyncio.to_thread(count)
+            total = await count_in_thread(chunks)
         except (OSError, ValueError):
             return
-        except asyncio.CancelledError:
-            abandoned.set()
-            raise
-        if total is not None and self._stats.total is None:
+        if self._stats.total is None:
             self._stats.total = total
 
     # -------------------------------------------------------------------- crawl
