@@ -287,7 +287,7 @@ class Engine:
             remaining,
             running=running,
             keys=keys,
-            bursts_left=[k.burst_left() for k in self._keys.keys],
+            outlooks=[k.outlook() for k in self._keys.keys],
             batch_size=self._preset.batch_size,
         )
         projected = None

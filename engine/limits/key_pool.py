@@ -29,6 +29,7 @@ from engine.limits.backoff import Backoff
 from engine.limits.key_latency import KeyLatency
 from engine.limits.rate_limit_patience import KeyCooling, KeyRefusals, format_wait
 from engine.limits.rate_limiter import KeyBudget, RateHeaders, parse_retry_after
+from engine.observe.eta import KeyOutlook
 from engine.observe.events import EventBus, EventKind
 from engine.observe.snapshot import KeySnapshot
 from engine.provider.redaction import mask_secret
@@ -90,7 +91,7 @@ class KeyState:
             self._win_tokens -= t
 
     def record_admission(self, tokens: int) -> None:
-        """A request admitted with `tokens` charged (what the provider counts then)."""
+        """A request admitted with `tokens` charged, as we estimate what the provider counts."""
         now = self.clock()
         self._charged.append((now, tokens))
         self._charged_tokens += tokens
@@ -108,7 +109,8 @@ class KeyState:
         if counted is not None:
             return round(counted)
         self._trim_charged(self.clock())
-        return self._charged_tokens
+        # Our estimates, scaled by what the provider has been counting of them.
+        return round(self._charged_tokens * self.budget.charge_ratio)
 
     def used_last_minute(self) -> tuple[int, int]:
         """(requests, tokens) in the last 60 s: the RPM and TPM actually used."""
@@ -153,13 +155,18 @@ class KeyState:
             disabled_reason=self.disabled_reason,
         )
 
-    def burst_left(self) -> tuple[float | None, float | None]:
-        """(requests, tokens) the key's budget may spend at once now (None: no such limit).
-
-        Kept out of the snapshot: it refills by the millisecond, and a
-        snapshot of a finished job must hold still.
-        """
-        return self.budget.requests_left(), self.budget.tokens_left()
+    def outlook(self) -> KeyOutlook:
+        """What the ETA needs beyond the key's snapshot: the burst its provider
+        still holds, a request's admission charge, its mean latency."""
+        requests_left, tokens_left = self.budget.unspent()
+        self._trim_charged(self.clock())
+        charged = self._charged
+        return KeyOutlook(
+            requests_left,
+            tokens_left,
+            self._charged_tokens * self.budget.charge_ratio / len(charged) if charged else None,
+            self.latency.mean(),
+        )
 
     def sending_rpm(self) -> float:
         """The rate this key was sending at recently, in requests per minute."""
@@ -201,7 +208,16 @@ class KeyLease:
     that ended the lease, so claims tied to it are given back exactly once.
     """
 
-    __slots__ = ("_open", "charged", "estimate", "key", "marks", "sent_at", "taken")
+    __slots__ = (
+        "_open",
+        "charged",
+        "estimate",
+        "key",
+        "marks",
+        "reserved_at_send",
+        "sent_at",
+        "taken",
+    )
 
     def __init__(
         self, key: KeyState, estimate: int, charged: int | None = None, taken: int | None = None
@@ -215,6 +231,7 @@ class KeyLease:
         # the answer's headers will not yet count is what is reserved after this.
         self.sent_at = key.clock()
         self.marks = key.budget.marks()
+        self.reserved_at_send = (key.budget.reserved_requests, key.budget.reserved_tokens)
         key.in_flight += 1
         key.record_admission(estimate if charged is None else charged)
 
@@ -373,7 +390,12 @@ class KeyPool:
         if lease is None:
             learned = key.budget.sync(parsed)
         else:
-            learned = key.budget.sync(parsed, sent_at=lease.sent_at, marks=lease.marks)
+            learned = key.budget.sync(
+                parsed,
+                sent_at=lease.sent_at,
+                marks=lease.marks,
+                reserved_at_send=lease.reserved_at_send,
+            )
         if learned:
             self._limit_learned(key, learned, "the provider's headers")
 

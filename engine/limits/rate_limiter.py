@@ -230,8 +230,11 @@ class KeyBudget:
         # (time, requests, tokens reserved before it) of the last SEND_SPREAD_S's reservations
         self._recent: deque[tuple[float, int, int]] = deque()
         self._token_reading: BucketReading | None = None  # the last, for the instruments
+        # Per bucket, the last reading and what was reserved up to its request (the ETA's).
+        self._readings: dict[str, tuple[BucketReading, int]] = {}
         # What the provider counts of a prompt for each token we estimate (learned).
         self.charge_ratio = 1.0
+        self._charges_learned = 0
 
     # admission -----------------------------------------------------------
     def wait_for(self, est_tokens: int, charged: int | None = None) -> float:
@@ -240,7 +243,7 @@ class KeyBudget:
             self.requests.wait_for(1), self.tokens.wait_for(self._needed(est_tokens, charged))
         )
 
-    def _charge(self, est_tokens: int, charged: int | None) -> int:
+    def charge_of(self, est_tokens: int, charged: int | None) -> int:
         """What the provider will count at admission, as far as we can tell."""
         if charged is None:
             return est_tokens
@@ -249,14 +252,18 @@ class KeyBudget:
     def _needed(self, est_tokens: int, charged: int | None) -> int:
         # Once headers set the budget they count the admission charge, and
         # correct it after; before, the whole estimate is held.
-        return self._charge(est_tokens, charged) if self.headroom_from_headers else est_tokens
+        return self.charge_of(est_tokens, charged) if self.headroom_from_headers else est_tokens
 
     def learn_charge(self, charged: int, counted: int) -> None:
         """The provider counted `counted` prompt tokens where we estimated
         `charged`: our estimates are scaled by what it counts (a moving mean)."""
         if charged > 0 and counted > 0:
             ratio = min(4.0, max(0.25, counted / charged))
-            self.charge_ratio += (ratio - self.charge_ratio) * self._CHARGE_LEARNING
+            # The first answers teach as a plain mean (the first one alone sets the ratio):
+            # the opening burst is admitted on it.
+            self._charges_learned += 1
+            weight = max(self._CHARGE_LEARNING, 1.0 / self._charges_learned)
+            self.charge_ratio += (ratio - self.charge_ratio) * weight
 
     def requests_left(self) -> float | None:
         """Requests the budget may send at once now (None: no request limit)."""
@@ -265,6 +272,34 @@ class KeyBudget:
     def tokens_left(self) -> float | None:
         """Tokens the budget may spend at once now (None: no token limit)."""
         return None if self.tokens.unlimited else max(0.0, self.tokens.level())
+
+    def unspent(self) -> tuple[float | None, float | None]:
+        """(requests, tokens) the provider's buckets hold for us now, as best known.
+
+        Its last word refilled since, less what was reserved after the
+        request it answered — without the caution admission adds
+        (`SEND_SPREAD_S`, trust): the ETA's view of the burst still to
+        spend, not a licence to send.  Before any word, the budget's level.
+        None: no such limit.
+        """
+        now = self._clock()
+        left: list[float | None] = []
+        for name, bucket, reserved in (
+            ("requests", self.requests, self.reserved_requests),
+            ("tokens", self.tokens, self.reserved_tokens),
+        ):
+            if bucket.unlimited:
+                left.append(None)
+                continue
+            seen = self._readings.get(name)
+            if seen is None:
+                left.append(max(0.0, bucket.level()))
+                continue
+            reading, reserved_then = seen
+            size = max(reading.capacity(), reading.remaining)
+            refilled = reading.remaining + max(0.0, now - reading.taken_at) * bucket.rate
+            left.append(max(0.0, min(size, refilled) - (reserved - reserved_then)))
+        return left[0], left[1]
 
     def headroom(self) -> float:
         """A 0..1 measure of free budget, for picking the emptiest key."""
@@ -284,7 +319,7 @@ class KeyBudget:
         counted as what its headers miss of requests sent after the one they
         answer.
         """
-        charge = self._charge(est_tokens, charged)
+        charge = self.charge_of(est_tokens, charged)
         taken = self._needed(est_tokens, charged)
         self.requests.take(1)
         self.tokens.take(taken)
@@ -326,6 +361,7 @@ class KeyBudget:
         *,
         sent_at: float | None = None,
         marks: tuple[int, int] = (0, 0),
+        reserved_at_send: tuple[int, int] | None = None,
     ) -> tuple[str, float, float] | None:
         """Take what headers say; returns (which, old, new) when a limit was learned.
 
@@ -334,6 +370,9 @@ class KeyBudget:
         reserved since, becomes what the key may spend now, and the bucket's
         size follows the provider's (`engine.limits.provider_headroom`).
         Without them, remaining headers only ever tighten the budget.
+        `reserved_at_send` (every reservation up to and including the
+        answered request's) lets `unspent` read the provider's word without
+        the caution admission needs.
         """
         learned = None
         if headers.limit_requests:
@@ -358,7 +397,10 @@ class KeyBudget:
         now = self._clock()
         self.trust.recover(now)
         sent_requests, sent_tokens = marks
+        exact_requests, exact_tokens = reserved_at_send or marks
         self._take_headroom(
+            "requests",
+            exact_requests,
             self.requests,
             headers.remaining_requests,
             headers.reset_requests_s,
@@ -367,6 +409,8 @@ class KeyBudget:
             self.reserved_requests - sent_requests,
         )
         reading = self._take_headroom(
+            "tokens",
+            exact_tokens,
             self.tokens,
             headers.remaining_tokens,
             headers.reset_tokens_s,
@@ -380,6 +424,8 @@ class KeyBudget:
 
     def _take_headroom(
         self,
+        name: str,
+        reserved_at_send: int,
         bucket: TokenBucket,
         remaining: int | None,
         reset_s: float | None,
@@ -401,6 +447,7 @@ class KeyBudget:
             else max(reading.remaining, bucket.rate * BURST_SECONDS)
         )
         size = min(size, in_force)  # never more than a minute of the limit in force
+        self._readings[name] = (reading, reserved_at_send)
         self.headroom_from_headers = True
         bucket.set_burst(self.trust.level * size / bucket.rate)
         available = reading.available(self._clock(), bucket.rate, reserved_since)

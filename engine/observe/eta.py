@@ -36,6 +36,7 @@ __all__ = [
     "Eta",
     "EtaEstimator",
     "KeyCapacity",
+    "KeyOutlook",
     "capacity_of",
     "sustained_requests_per_s",
     "tokens_per_request",
@@ -69,22 +70,43 @@ class KeyCapacity:
     requests_left: float | None = None
     tokens_left: float | None = None
     in_flight: int = 0  # requests sent, their budget already spent
+    latency_s: float | None = None  # its answers' mean latency (None: none yet)
 
 
-def capacity_of(
-    key: KeySnapshot, burst_left: tuple[float | None, float | None] = (None, None)
-) -> KeyCapacity:
-    """A key's capacity as its snapshot shows it, with what its budget may
-    spend at once now when known (`burst_left`: requests, tokens)."""
-    requests_left, tokens_left = burst_left
+@dataclass(frozen=True, slots=True)
+class KeyOutlook:
+    """What a key's budget says now beyond its snapshot: the burst its
+    provider still holds (requests, tokens; None: no such limit or not
+    known), what a request is charged at admission, and its mean latency.
+
+    Kept out of the snapshot: it changes by the millisecond, and a
+    snapshot of a finished job must hold still.
+    """
+
+    requests_left: float | None = None
+    tokens_left: float | None = None
+    charge_per_request: float | None = None
+    latency_s: float | None = None
+
+
+def capacity_of(key: KeySnapshot, outlook: KeyOutlook | None = None) -> KeyCapacity:
+    """A key's capacity as its snapshot shows it, with its `outlook` when known."""
+    now = outlook or KeyOutlook()
     return KeyCapacity(
         key.rpm_limit,
         key.tpm_limit,
         usable=key.state != "disabled",
-        requests_left=requests_left,
-        tokens_left=tokens_left,
+        requests_left=now.requests_left,
+        tokens_left=now.tokens_left,
         in_flight=key.in_flight,
+        latency_s=now.latency_s,
     )
+
+
+def charge_per_request(outlooks: Iterable[KeyOutlook]) -> float | None:
+    """The mean admission charge of a request over the keys that know one."""
+    charges = [o.charge_per_request for o in outlooks if o.charge_per_request]
+    return sum(charges) / len(charges) if charges else None
 
 
 def tokens_per_request(keys: Iterable[KeySnapshot]) -> float | None:
@@ -124,6 +146,12 @@ def _burst_requests(keys: Iterable[KeyCapacity], tokens_per_request: float | Non
             left = _key_per_minute(key.requests_left, key.tokens_left, tokens_per_request)
             total += max(0.0, left or 0.0) + key.in_flight
     return total
+
+
+def _tail_s(keys: Iterable[KeyCapacity]) -> float:
+    """The last request sent still takes a latency to come back: the keys' mean."""
+    latencies = [k.latency_s for k in keys if k.usable and k.latency_s is not None]
+    return sum(latencies) / len(latencies) if latencies else 0.0
 
 
 def _key_per_minute(
@@ -205,18 +233,21 @@ class EtaEstimator:
         requests_per_s = sustained_requests_per_s(keys, tokens_per_request)
         limit_rate = None if requests_per_s is None else requests_per_s * per_request
         burst = _burst_requests(keys, tokens_per_request) * per_request
+        # Work beyond the burst waits for the rate; its last request then takes a latency.
+        beyond = max(0.0, remaining - burst)
+        tail = _tail_s(keys) if beyond > 0 else 0.0
         measured = self.measured()
         if measured is None:
             if limit_rate is None:
                 return UNKNOWN
-            only = max(0.0, remaining - burst) / limit_rate
+            only = beyond / limit_rate + tail
             return Eta(only, only, only)
         rate, slowest, fastest, seconds = measured
 
         def eta_at(measured_rate: float) -> float | None:
             if limit_rate is None:
                 return remaining / measured_rate if measured_rate > 0 else None
-            by_limits = max(0.0, remaining - burst) / limit_rate
+            by_limits = beyond / limit_rate + tail
             if measured_rate >= limit_rate:
                 return by_limits  # the burst being spent, or limits understated: they bind
             if measured_rate <= 0:

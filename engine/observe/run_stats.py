@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from engine.observe.eta import UNKNOWN, EtaEstimator, capacity_of, tokens_per_request
+from engine.observe.eta import (
+    UNKNOWN,
+    EtaEstimator,
+    KeyOutlook,
+    capacity_of,
+    charge_per_request,
+    tokens_per_request,
+)
 from engine.observe.snapshot import KeySnapshot
 
 _HISTORY = 600  # seconds of per-second history kept for the charts
@@ -150,31 +157,37 @@ class RunStats:
         *,
         running: bool = True,
         keys: Sequence[KeySnapshot] = (),
-        bursts_left: Sequence[tuple[float | None, float | None]] = (),
+        outlooks: Sequence[KeyOutlook] = (),
         batch_size: int = 1,
     ) -> tuple[float | None, float | None, float | None]:
         """(eta, low, high) in seconds; None while there is nothing to go by.
 
-        From the `keys`' limits (and what each may spend at once now,
-        `bursts_left`, in the same order) at first, for `batch_size` chunks a request,
-        and more and more from the rate measured on the tick.  None too when
+        From the `keys`' limits (and each one's `outlooks`, in the same
+        order: its burst left, its charge per request, its latency) at first,
+        for `batch_size` chunks a request, and more and more from the rate
+        measured on the tick.  None too when
         the job is not `running` (paused, draining, stopping or ended): its
         rate no longer says when it will end, so front ends show the job's
         state in the ETA's place instead of a countdown.
         """
         if not running:
             return UNKNOWN.as_tuple()
+        if remaining is not None:
+            # Answered chunks on their way to the store need no request and no rate.
+            remaining -= max(0, self.chunks_answered - self.done)
         # A failed attempt or a 429 spends a request and finishes no chunk.
         spent = self.attempts_failed + self.rate_limited
         carried = batch_size * (1.0 - spent / self.requests) if self.requests else batch_size
-        per_request = tokens_per_request(keys)
+        # What the provider counts at admission binds the tokens limit; the
+        # tokens answers used are a stand-in until a request was admitted.
+        per_request = charge_per_request(outlooks) or tokens_per_request(keys)
         if per_request is None and self.requests > spent:
             per_request = self.tokens / (self.requests - spent) or None
         return self._eta.estimate(
             remaining,
             [
-                capacity_of(key, left)
-                for key, left in zip(keys, bursts_left or [(None, None)] * len(keys), strict=True)
+                capacity_of(key, outlook)
+                for key, outlook in zip(keys, outlooks or [None] * len(keys), strict=True)
             ],
             chunks_per_request=carried,
             tokens_per_request=per_request,
