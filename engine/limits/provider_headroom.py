@@ -21,6 +21,7 @@ and the burst taken from them shrink, and creep back while no 429 comes.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 # How far apart admission and arrival at the provider may be, either way.
@@ -49,12 +50,36 @@ class BucketReading:
             return self.remaining
         return min(self.limit_per_min, self.remaining + self.reset_s * self.limit_per_min / 60.0)
 
-    def available(self, now: float, rate_per_s: float, reserved_since: float) -> float:
+    def available(
+        self,
+        now: float,
+        rate_per_s: float,
+        reserved_since: float,
+        spends: Callable[[], Iterable[tuple[float, float]] | None] | None = None,
+        spread_s: float = SEND_SPREAD_S,
+    ) -> float:
         """What the provider's bucket holds now for us: the reading refilled
         since it was taken (never past the bucket's size) less what we
-        reserved after it."""
-        refilled = self.remaining + max(0.0, now - self.taken_at - SEND_SPREAD_S) * rate_per_s
-        return min(max(self.capacity(), self.remaining), refilled) - reserved_since
+        reserved after it (`reserved_since`).
+
+        When the bucket may have filled up meanwhile, subtracting the
+        reservations at the end would count a refill that spent them as
+        lost: with `spends` ((time, amount) of each of those reservations, in
+        order; None when forgotten) the bucket is replayed through them
+        instead — on a bucket of one second that is most of its size.
+        """
+        size = max(self.capacity(), self.remaining)
+        start = self.taken_at + spread_s
+        refilled = self.remaining + max(0.0, now - start) * rate_per_s
+        replayed = None if refilled <= size or spends is None else spends()
+        if replayed is None:  # never full meanwhile, or the reservations are forgotten
+            return min(size, refilled) - reserved_since
+        level, at = self.remaining, start
+        for when, amount in replayed:
+            if when > at:
+                level, at = min(size, level + (when - at) * rate_per_s), when
+            level -= amount
+        return min(size, level + max(0.0, now - at) * rate_per_s)
 
 
 class HeaderTrust:

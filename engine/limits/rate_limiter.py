@@ -16,11 +16,13 @@ spend now — a full minute where the provider grants one.
 
 from __future__ import annotations
 
+import bisect
+import functools
 import math
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from engine.limits.provider_headroom import SEND_SPREAD_S, BucketReading, HeaderTrust
@@ -34,6 +36,10 @@ BURST_SECONDS = 2.0
 FIRST_FILL_S = 1.0
 # Below this many requests per minute a 2 s burst would be < 1 request.
 _MIN_CAPACITY = 1.0
+# How long each reservation is remembered, for answers to replay the bucket
+# through those made after them (older answers fall back to a plain sum).
+SPEND_LOG_S = 30.0
+_SPEND_LOG_TRIM = 1024
 # Waiting exactly `wait_for()` seconds can leave the level a rounding error
 # short; without this slack the next answer is a wait of ~1e-14 s, forever.
 _LEVEL_SLACK = 1e-9
@@ -230,8 +236,13 @@ class KeyBudget:
         # (time, requests, tokens reserved before it) of the last SEND_SPREAD_S's reservations
         self._recent: deque[tuple[float, int, int]] = deque()
         self._token_reading: BucketReading | None = None  # the last, for the instruments
-        # Per bucket, the last reading and what was reserved up to its request (the ETA's).
-        self._readings: dict[str, tuple[BucketReading, int]] = {}
+        # Per bucket, the last reading, and the requests and amount reserved up to
+        # and including its own (the ETA's).
+        self._readings: dict[str, tuple[BucketReading, int, int]] = {}
+        # (time, tokens) of every reservation of the last SPEND_LOG_S, the
+        # `_spend_base`-th first.
+        self._spends: list[tuple[float, int]] = []
+        self._spend_base = 0
         # What the provider counts of a prompt for each token we estimate (learned).
         self.charge_ratio = 1.0
         self._charges_learned = 0
@@ -295,10 +306,16 @@ class KeyBudget:
             if seen is None:
                 left.append(max(0.0, bucket.level()))
                 continue
-            reading, reserved_then = seen
-            size = max(reading.capacity(), reading.remaining)
-            refilled = reading.remaining + max(0.0, now - reading.taken_at) * bucket.rate
-            left.append(max(0.0, min(size, refilled) - (reserved - reserved_then)))
+            reading, request_then, reserved_then = seen
+            tokens = name == "tokens"
+            available = reading.available(
+                now,
+                bucket.rate,
+                reserved - reserved_then,
+                functools.partial(self._spends_from, request_then, tokens),
+                spread_s=0.0,
+            )
+            left.append(max(0.0, available))
         return left[0], left[1]
 
     def headroom(self) -> float:
@@ -323,10 +340,30 @@ class KeyBudget:
         taken = self._needed(est_tokens, charged)
         self.requests.take(1)
         self.tokens.take(taken)
-        self._recent.append((self._clock(), self.reserved_requests, self.reserved_tokens))
+        now = self._clock()
+        self._recent.append((now, self.reserved_requests, self.reserved_tokens))
+        self._log_spend(now, charge)
         self.reserved_requests += 1
         self.reserved_tokens += charge
         return taken
+
+    def _log_spend(self, now: float, tokens: int) -> None:
+        spends = self._spends
+        spends.append((now, tokens))
+        if len(spends) > _SPEND_LOG_TRIM and spends[0][0] < now - SPEND_LOG_S:
+            cut = bisect.bisect_left(spends, now - SPEND_LOG_S, key=lambda spend: spend[0])
+            del spends[:cut]
+            self._spend_base += cut
+
+    def _spends_from(self, request: int, tokens: bool) -> Iterator[tuple[float, float]] | None:
+        """(time, amount) of every reservation from the `request`-th on; None if forgotten."""
+        offset = request - self._spend_base
+        if offset < 0:
+            return None
+        tail = self._spends[offset:]
+        if tokens:
+            return ((when, float(amount)) for when, amount in tail)
+        return ((when, 1.0) for when, _ in tail)
 
     def marks(self) -> tuple[int, int]:
         """(requests, tokens) reserved before the last `SEND_SPREAD_S`: headers
@@ -400,7 +437,7 @@ class KeyBudget:
         exact_requests, exact_tokens = reserved_at_send or marks
         self._take_headroom(
             "requests",
-            exact_requests,
+            (sent_requests, exact_requests, exact_requests),
             self.requests,
             headers.remaining_requests,
             headers.reset_requests_s,
@@ -410,7 +447,7 @@ class KeyBudget:
         )
         reading = self._take_headroom(
             "tokens",
-            exact_tokens,
+            (sent_requests, exact_requests, exact_tokens),
             self.tokens,
             headers.remaining_tokens,
             headers.reset_tokens_s,
@@ -425,7 +462,7 @@ class KeyBudget:
     def _take_headroom(
         self,
         name: str,
-        reserved_at_send: int,
+        requests_then: tuple[int, int, int],
         bucket: TokenBucket,
         remaining: int | None,
         reset_s: float | None,
@@ -447,10 +484,18 @@ class KeyBudget:
             else max(reading.remaining, bucket.rate * BURST_SECONDS)
         )
         size = min(size, in_force)  # never more than a minute of the limit in force
-        self._readings[name] = (reading, reserved_at_send)
+        # (requests reserved before the send's blur, and up to and including it; amount then)
+        blurred, exact, amount = requests_then
+        self._readings[name] = (reading, exact, amount)
         self.headroom_from_headers = True
         bucket.set_burst(self.trust.level * size / bucket.rate)
-        available = reading.available(self._clock(), bucket.rate, reserved_since)
+        tokens = name == "tokens"
+        available = reading.available(
+            self._clock(),
+            bucket.rate,
+            reserved_since,
+            lambda: self._spends_from(blurred, tokens),
+        )
         bucket.set_level(self.trust.of(available))
         return reading
 

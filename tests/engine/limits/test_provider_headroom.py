@@ -57,9 +57,9 @@ def test_a_full_minute_of_headroom_is_spent_less_what_was_sent_after_the_answere
     budget.sync(minute_bucket(1199, "50ms"), sent_at=first_sent_at, marks=first_marks)
 
     assert budget.requests.capacity == pytest.approx(1200)  # the whole minute
-    # 1199 then, refilled since (capped at the bucket's 1200), less the 40 sent
-    # about then (its own included: which of them arrived first is not known).
-    assert budget.requests.level() == pytest.approx(1200 - 40)
+    # 1199 then, less the 40 sent about then (its own included: which of them
+    # arrived first is not known), refilled since (from the send's blur on).
+    assert budget.requests.level() == pytest.approx(1199 - 40 + (0.5 - SEND_SPREAD_S) * 20)
     assert budget.wait_for(10) == 0.0
 
 
@@ -74,7 +74,9 @@ def test_a_provider_that_enforces_the_minute_per_second_is_paced() -> None:
     budget.sync(minute_bucket(19, "50ms"), sent_at=first_sent_at, marks=first_marks)
 
     assert budget.requests.capacity == pytest.approx(20)  # one second of the limit
-    assert budget.requests.level() == pytest.approx(0)  # refilled to 20, and 20 sent
+    # 19 then, less the 20 sent then (its own again), refilled since: the
+    # refill that paid for them is not lost to the bucket's cap.
+    assert budget.requests.level() == pytest.approx(19 - 20 + (0.5 - SEND_SPREAD_S) * 20)
     # From here the budget paces at the limit: 20 a second, never a minute's burst.
     clock.advance(5.0)
     assert budget.requests.level() == pytest.approx(20)
@@ -261,3 +263,42 @@ def test_a_key_built_for_a_job_opens_with_one_second_of_its_limit_until_the_prov
     assert budget.tokens.level() == pytest.approx(5000)
     clock.advance(1.0)
     assert budget.requests.level() == pytest.approx(40)
+
+
+def test_a_small_bucket_is_replayed_through_what_was_sent_since_not_charged_it_all_at_the_end() -> (
+    None
+):
+    """On a one-second bucket of 5,000 tokens, three requests of 2,000 sent 0.4 s apart
+    after the answered one were each paid for by the refill before them: subtracting
+    them all from a bucket already full again would leave it in debt for nothing."""
+    clock = FakeClock()
+    budget = KeyBudget(None, 300_000, clock)
+    budget.sync(
+        RateHeaders.parse(
+            {"x-ratelimit-limit-tokens": "300000", "x-ratelimit-remaining-tokens": "5000"}
+        ),
+    )
+    budget.reserve(2000)
+    sent_at, marks = clock.now, budget.marks()
+    for _ in range(3):
+        clock.advance(0.4)
+        budget.reserve(2000)
+    clock.advance(0.4)
+
+    # Its answer: 3,000 left after it, full again in 0.4 s (a one-second bucket).
+    budget.sync(
+        RateHeaders.parse(
+            {
+                "x-ratelimit-limit-tokens": "300000",
+                "x-ratelimit-remaining-tokens": "3000",
+                "x-ratelimit-reset-tokens": "400ms",
+            }
+        ),
+        sent_at=sent_at,
+        marks=marks,
+    )
+
+    # Replayed: 3,000 (its own 2,000 counted again: 1,000), +1,500 of refill by the
+    # next send (0.3 s after the blur), then each 2,000 met by 2,000 of refill.
+    assert budget.tokens.capacity == pytest.approx(5000)
+    assert budget.tokens.level() == pytest.approx(1000 + 1500)
