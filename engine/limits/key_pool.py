@@ -220,7 +220,14 @@ class KeyLease:
     )
 
     def __init__(
-        self, key: KeyState, estimate: int, charged: int | None = None, taken: int | None = None
+        self,
+        key: KeyState,
+        estimate: int,
+        charged: int | None = None,
+        taken: int | None = None,
+        *,
+        sent_at: float | None = None,
+        marks: tuple[int, int] | None = None,
     ) -> None:
         self.key = key
         self.estimate = estimate
@@ -229,8 +236,9 @@ class KeyLease:
         self._open = True
         # Made in the same turn as the reservation, just before the send: what
         # the answer's headers will not yet count is what is reserved after this.
-        self.sent_at = key.clock()
-        self.marks = key.budget.marks()
+        # (A budget shared through Redis says both itself, on Redis's clock.)
+        self.sent_at = key.clock() if sent_at is None else sent_at
+        self.marks = key.budget.marks() if marks is None else marks
         self.reserved_at_send = (key.budget.reserved_requests, key.budget.reserved_tokens)
         key.in_flight += 1
         key.record_admission(estimate if charged is None else charged)
@@ -443,21 +451,28 @@ class KeyPool:
         if cooling.disabled_reason:
             self.disable(key, cooling.disabled_reason)
             return cooling
-        key.cooldown_until = max(key.cooldown_until, now + cooling.wait_s)
+        self._cool(key, now, cooling.wait_s, failure.rate_kind)
+        return cooling
+
+    def _cool(self, key: KeyState, now: float, wait_s: float, rate_kind: str) -> None:
+        """A 429 of `rate_kind` at `now`: the key waits `wait_s`, and its budget
+        learns — the exhausted bucket drained, its headers believed less, maybe
+        a lower limit."""
+        key.cooldown_until = max(key.cooldown_until, now + wait_s)
         if key.budget.headroom_from_headers:
-            self._distrust_headers(key, failure.rate_kind)
-        lowered = key.budget.on_rate_limited(failure.rate_kind, key.answered_rpm())
+            self._distrust_headers(key, rate_kind)
+        lowered = key.budget.on_rate_limited(rate_kind, key.answered_rpm())
         if lowered:
             self._limit_learned(key, lowered, "429s")
-        return cooling
 
     def _distrust_headers(self, key: KeyState, rate_kind: str) -> None:
         """The key's headers said there was room, and the provider refused: say
         so, and believe them less."""
         fell = key.budget.distrust()
-        if fell is None:
-            return
-        old, new = fell
+        if fell is not None:
+            self._headers_distrusted(key, rate_kind, *fell)
+
+    def _headers_distrusted(self, key: KeyState, rate_kind: str, old: float, new: float) -> None:
         self._events.emit(
             EventKind.HEADERS_DISTRUSTED,
             f"{key.key_id}: a 429 ({rate_kind}) its rate-limit headers did not foresee: "

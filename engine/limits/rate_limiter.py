@@ -35,14 +35,14 @@ BURST_SECONDS = 2.0
 # seconds of its limit (`KeyBudget.open_cautiously`).
 FIRST_FILL_S = 1.0
 # Below this many requests per minute a 2 s burst would be < 1 request.
-_MIN_CAPACITY = 1.0
+MIN_CAPACITY = 1.0
 # How long each reservation is remembered, for answers to replay the bucket
 # through those made after them (older answers fall back to a plain sum).
 SPEND_LOG_S = 30.0
 _SPEND_LOG_TRIM = 1024
 # Waiting exactly `wait_for()` seconds can leave the level a rounding error
 # short; without this slack the next answer is a wait of ~1e-14 s, forever.
-_LEVEL_SLACK = 1e-9
+LEVEL_SLACK = 1e-9
 
 
 class TokenBucket:
@@ -66,7 +66,7 @@ class TokenBucket:
             self.rate, self.capacity, self._level = 0.0, math.inf, math.inf
             return
         self.rate = per_minute / 60.0
-        self.capacity = max(_MIN_CAPACITY, self.rate * self.burst_s)
+        self.capacity = max(MIN_CAPACITY, self.rate * self.burst_s)
         self._level = self.capacity if math.isinf(self._level) else min(self._level, self.capacity)
 
     def set_burst(self, seconds: float) -> None:
@@ -74,7 +74,7 @@ class TokenBucket:
         self._refill()
         self.burst_s = seconds
         if not self.unlimited:
-            self.capacity = max(_MIN_CAPACITY, self.rate * seconds)
+            self.capacity = max(MIN_CAPACITY, self.rate * seconds)
             self._level = min(self._level, self.capacity)
 
     def set_level(self, level: float) -> None:
@@ -103,7 +103,7 @@ class TokenBucket:
             return 0.0
         need = min(amount, self.capacity)
         level = self.level()
-        if level >= need - _LEVEL_SLACK:
+        if level >= need - LEVEL_SLACK:
             return 0.0
         return (need - level) / self.rate if self.rate > 0 else math.inf
 
@@ -212,6 +212,8 @@ class KeyBudget:
     _CHARGE_LEARNING = 0.2
     BACKOFF_FACTOR = 0.85
     RECOVERY_PER_MINUTE = 0.02
+    RECOVERY_EVERY_S = 10.0
+    LESSON_S = 5.0  # 429s closer together than this are one storm: one lesson
     _RATE_WINDOW_S = 60.0
 
     def __init__(self, rpm: int | None, tpm: int | None, clock: Clock = time.monotonic) -> None:
@@ -545,7 +547,7 @@ class KeyBudget:
         if self.header_limits_seen:
             return None  # the headers already told us the real limit
         now = self._clock()
-        if now - self._last_backoff < 5.0:
+        if now - self._last_backoff < self.LESSON_S:
             return None  # one 429 storm is one lesson, not twenty
         self._last_backoff = now
         self._last_recovery = now
@@ -570,7 +572,7 @@ class KeyBudget:
             return
         now = self._clock()
         elapsed = now - self._last_recovery
-        if elapsed < 10.0:
+        if elapsed < self.RECOVERY_EVERY_S:
             return
         self._last_recovery = now
         target = min(self.configured_rpm or math.inf, self._header_rpm or math.inf)

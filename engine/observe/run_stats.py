@@ -183,12 +183,10 @@ class RunStats:
         per_request = charge_per_request(outlooks) or tokens_per_request(keys)
         if per_request is None and self.requests > spent:
             per_request = self.tokens / (self.requests - spent) or None
+        known: Sequence[KeyOutlook | None] = outlooks or [None] * len(keys)
         return self._eta.estimate(
             remaining,
-            [
-                capacity_of(key, outlook)
-                for key, outlook in zip(keys, outlooks or [None] * len(keys), strict=True)
-            ],
+            [capacity_of(key, outlook) for key, outlook in zip(keys, known, strict=True)],
             chunks_per_request=carried,
             tokens_per_request=per_request,
         ).as_tuple()
