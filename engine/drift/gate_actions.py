@@ -25,7 +25,9 @@ only when its median at least doubled (`SLOW_DOWN_RISE`; a provider's busy
 hour moves it by tens of percent), and it is tried, not kept: once
 `HELP_ANSWERS` answers have come under it, a median that has not come back
 at least halfway to the baseline says the provider is slower whatever this
-job does, and the action is lifted at once.
+job does, and the action is lifted at once.  One that helped is lifted like
+the others, or once the latest answers' median is back within half the rise
+that slowed the job, whichever comes first (`GateActions._latency_back`).
 
 If the operator changes the preset meanwhile (a preset, a concurrency),
 their choice wins: the held actions are dropped, and nothing is restored
@@ -97,6 +99,7 @@ class _Held:
     needed: int  # calm evaluations in a row before it is lifted
     calm: int = 0
     trial: _Trial | None = None  # for latency: is going slower bringing it down?
+    baseline: float = math.nan  # for latency: its baseline median when it tripped
 
 
 @dataclass(slots=True)
@@ -189,7 +192,9 @@ class GateActions:
             self._base = self._preset()
         wait = self._next_wait.get(metric, LIFT_AFTER)
         self._next_wait[metric] = min(LIFT_AFTER_MOST, 2 * wait)
-        self._held[metric] = _Held(action, wait, trial=trial)
+        self._held[metric] = _Held(
+            action, wait, trial=trial, baseline=trial.baseline if trial else math.nan
+        )
         before = self._preset()
         after = self._settle()
         if after is not None and after != before:
@@ -258,7 +263,7 @@ class GateActions:
                 metric.state is DriftState.OK
                 and metric.current is not None
                 and metric.current < metric.threshold / 2
-            )
+            ) or self._latency_back(metric.name, held)
             held.calm = held.calm + evaluations if calm else 0
             if held.calm >= held.needed:
                 lifted.append((metric.name, held))
@@ -277,6 +282,20 @@ class GateActions:
                 metric=name,
                 action=str(held.action),
             )
+
+    def _latency_back(self, metric: str, held: _Held) -> bool:
+        """Latency slowed the job only once its median doubled: it is back once the
+        latest answers' median is within half that rise of the baseline.
+
+        Its distribution may never come as close to the baseline as the gate's
+        own calm asks: a baseline learned from the opening burst's answers is
+        the fastest of them (the slow ones were still on their way).
+        """
+        if metric != "latency" or math.isnan(held.baseline) or held.trial is not None:
+            return False
+        if len(self._latest) < HELP_ANSWERS:
+            return False
+        return statistics.median(self._latest) < held.baseline * (1 + SLOW_DOWN_RISE / 2)
 
     def _yield_to_operator(self) -> None:
         """Drop the held actions if the preset in force is no longer what they made."""
