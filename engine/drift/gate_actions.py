@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -74,6 +75,9 @@ Doubled: measured at the provider, a busy hour's +30 % showed as +43-50 %
 (`tests/benchmarks/drift_gate_cost.py`), and a trial of the conservative
 preset costs seconds of a fast job."""
 
+RECENT_ANSWERS = 200
+"""The longer run of answers whose latency median checks the latest few's."""
+
 HELP_ANSWERS = 20
 """Answers under the conservative preset after which it must have brought latency down:
 enough for a median, few because the preset sends only a few a second."""
@@ -108,7 +112,7 @@ class _Trial:
 
     baseline: float
     tripped: float
-    skip: int  # answers still to come that were sent before the action
+    since: float  # when the action was taken: answers to requests sent before it do not count
     seen: list[float] = field(default_factory=list)
 
     def helped(self) -> bool | None:
@@ -132,8 +136,10 @@ class GateActions:
         preset: Callable[[], Preset],
         presets: Mapping[str, Preset],
         events: EventBus,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._controls = controls
+        self._clock = clock
         self._preset = preset
         self._presets = presets
         self._events = events
@@ -142,6 +148,9 @@ class GateActions:
         self._base: Preset | None = None  # in force before the first held action
         self._applied: Preset | None = None  # what the held actions made of it
         self._latest: deque[float] = deque(maxlen=HELP_ANSWERS)  # the latest answers' latency
+        # A longer run of them: the answers just after a burst are its stragglers (the
+        # slowest of hundreds sent at once), so the latest few alone overstate a rise.
+        self._recent: deque[float] = deque(maxlen=RECENT_ANSWERS)
         self._waiting: float | None = None  # a latency trip's baseline, while it rose too little
 
     @property
@@ -172,7 +181,7 @@ class GateActions:
         trial = None
         if metric == "latency" and action is GateAction.CONSERVATIVE:
             # The window's median lags a rise still under way: the latest answers' leads.
-            now = statistics.median(self._latest) if self._latest else window
+            now = self._latency_now() if self._latest else window
             rise = now / baseline - 1.0 if baseline > 0 else math.nan
             if not rise >= SLOW_DOWN_RISE:
                 if self._waiting is None:
@@ -186,7 +195,7 @@ class GateActions:
                 self._waiting = baseline  # looked at again each evaluation while tripped
                 return
             self._waiting = None
-            trial = _Trial(baseline, now, skip=self._preset().concurrency)
+            trial = _Trial(baseline, now, since=self._clock())
         self._yield_to_operator()
         if self._base is None:
             self._base = self._preset()
@@ -211,13 +220,13 @@ class GateActions:
     def observe_latency(self, seconds: float) -> None:
         """One answer's latency: lifts the conservative preset if it is not bringing it down."""
         self._latest.append(seconds)
+        self._recent.append(seconds)
         held = self._held.get("latency")
         if held is None or held.trial is None:
             return
         trial = held.trial
-        if trial.skip > 0:
-            trial.skip -= 1
-            return
+        if self._clock() - seconds < trial.since:
+            return  # sent before the job slowed down
         trial.seen.append(seconds)
         helped = trial.helped()
         if helped is None:
@@ -295,7 +304,11 @@ class GateActions:
             return False
         if len(self._latest) < HELP_ANSWERS:
             return False
-        return statistics.median(self._latest) < held.baseline * (1 + SLOW_DOWN_RISE / 2)
+        return self._latency_now() < held.baseline * (1 + SLOW_DOWN_RISE / 2)
+
+    def _latency_now(self) -> float:
+        """The latest answers' median, or the longer run's where that is lower."""
+        return min(statistics.median(self._latest), statistics.median(self._recent))
 
     def _yield_to_operator(self) -> None:
         """Drop the held actions if the preset in force is no longer what they made."""

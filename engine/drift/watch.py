@@ -100,7 +100,9 @@ class DriftWatch:
         self._preset = preset
         self._clock = clock
         self.monitor = DriftMonitor(settings, clock)
-        self.actions = GateActions(controls=controls, preset=preset, presets=presets, events=events)
+        self.actions = GateActions(
+            controls=controls, preset=preset, presets=presets, events=events, clock=clock
+        )
         self._evaluations_seen = 0
         self._learning = True
         self._embeddings_wanted = settings.embeddings

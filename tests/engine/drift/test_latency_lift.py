@@ -11,11 +11,25 @@ from __future__ import annotations
 from dataclasses import replace
 
 from engine.config.settings import BUILTIN_PRESETS, GateAction, Preset
-from engine.drift.gate_actions import HELP_ANSWERS, LIFT_AFTER, SLOW_DOWN_RISE, GateActions
+from engine.drift.gate_actions import (
+    HELP_ANSWERS,
+    LIFT_AFTER,
+    RECENT_ANSWERS,
+    SLOW_DOWN_RISE,
+    GateActions,
+)
 from engine.observe.events import EventBus, EventKind
 from engine.observe.snapshot import DriftMetric, DriftState
 
 FAST = replace(BUILTIN_PRESETS["aggressive"], name="fast", concurrency=64)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 class PresetHolder:
@@ -37,18 +51,26 @@ def tripped_latency(psi: float) -> DriftMetric:
 def slowed_by_latency(baseline: float) -> tuple[GateActions, PresetHolder, EventBus]:
     holder = PresetHolder(FAST)
     events = EventBus()
+    clock = Clock()
     actions = GateActions(
         controls=holder,  # type: ignore[arg-type]
         preset=lambda: holder.preset,
         presets=BUILTIN_PRESETS,
         events=events,
+        clock=clock,
     )
-    for _ in range(HELP_ANSWERS):
+    for _ in range(RECENT_ANSWERS):
+        clock.now += 0.1
         actions.observe_latency(baseline * (2 + SLOW_DOWN_RISE))  # tripled
     actions.take("latency", GateAction.CONSERVATIVE, baseline=baseline, window=baseline * 3)
     assert holder.preset.name == "conservative"
-    # Under the conservative preset latency comes back: going slower helped.
-    for _ in range(FAST.concurrency + HELP_ANSWERS):
+    # Answers to requests sent before it still come, as slow; then those sent under the
+    # conservative preset, and latency is back: going slower helped.
+    for _ in range(FAST.concurrency):
+        clock.now += 0.01
+        actions.observe_latency(baseline * 3)
+    for _ in range(HELP_ANSWERS):
+        clock.now += 0.5  # a few a second under the conservative preset
         actions.observe_latency(baseline * 1.25)
     return actions, holder, events
 
@@ -67,9 +89,30 @@ def test_latency_back_within_half_the_rise_lifts_the_conservative_preset() -> No
 
 def test_latency_still_high_keeps_the_job_slowed() -> None:
     actions, holder, _ = slowed_by_latency(baseline=0.8)
-    for _ in range(HELP_ANSWERS):
+    for _ in range(RECENT_ANSWERS):
         actions.observe_latency(0.8 * 1.7)  # more than half the doubling above
 
     actions.review([tripped_latency(0.4)], evaluations=LIFT_AFTER)
 
     assert holder.preset.name == "conservative"
+
+
+def test_the_stragglers_of_a_burst_do_not_slow_the_job() -> None:
+    """Right after a burst the answers that come are its slowest: the latest few's
+    median doubled, the longer run's did not — the job is not slowed."""
+    holder = PresetHolder(FAST)
+    actions = GateActions(
+        controls=holder,  # type: ignore[arg-type]
+        preset=lambda: holder.preset,
+        presets=BUILTIN_PRESETS,
+        events=EventBus(),
+        clock=Clock(),
+    )
+    for _ in range(RECENT_ANSWERS - HELP_ANSWERS):
+        actions.observe_latency(1.0)
+    for _ in range(HELP_ANSWERS):
+        actions.observe_latency(2.0)  # the stragglers
+
+    actions.take("latency", GateAction.CONSERVATIVE, baseline=0.8, window=1.2)
+
+    assert holder.preset == FAST
