@@ -103,8 +103,8 @@ async def test_a_restart_of_redis_is_ridden_out(guarded_server: RedisServer) -> 
         guarded_server.kill()
 
         # Asked while Redis is down: the command waits for it instead of failing.
-        async def read_kept() -> bytes | None:
-            value: bytes | None = await redis.get("kept")
+        async def read_kept() -> bytes | str | None:
+            value: bytes | str | None = await redis.get("kept")
             return value
 
         reading = asyncio.create_task(read_kept())
