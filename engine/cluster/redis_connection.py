@@ -20,6 +20,7 @@ shown, and redis-py's own reprs print `<REDACTED>` for it.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
@@ -114,11 +115,23 @@ class DeadlineRetry(Retry):
             return time.monotonic() < deadline
 
         try:
-            return await super().call_with_retry(
+            result = await super().call_with_retry(
                 do, fail, is_retryable=in_time, with_failure_count=with_failure_count
             )
         finally:
             _DEADLINE.reset(token)
+        _raise_if_cancelled()
+        return result
+
+
+def _raise_if_cancelled() -> None:
+    # Python 3.11's `asyncio.wait_for`, which redis-py writes through, returns
+    # when the write completes in the same loop turn as a cancel and drops the
+    # cancel (fixed in 3.12): a task looping on Redis calls would never end.
+    # The task still counts the cancel it was asked for, so raise it here.
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def retry_policy(outage_limit_s: float) -> Retry:

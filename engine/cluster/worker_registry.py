@@ -156,7 +156,8 @@ class WorkerRegistry:
                 await self.beat()
                 try:
                     # A timer that `finish()` cuts short: the next beat is due.
-                    await asyncio.wait_for(self._finished.wait(), self.settings.heartbeat_s)
+                    async with asyncio.timeout(self.settings.heartbeat_s):
+                        await self._finished.wait()
                 except TimeoutError:
                     continue
             await self.beat()
