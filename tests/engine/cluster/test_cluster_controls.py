@@ -13,10 +13,12 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
+from engine.cluster import cluster_controls
 from engine.cluster.cluster_controls import (
     ClusterCommand,
     ClusterControls,
@@ -24,10 +26,12 @@ from engine.cluster.cluster_controls import (
     ControlListener,
     control_keys,
 )
+from engine.cluster.cluster_job_controls import ClusterJobControls
 from engine.cluster.redis_connection import connect_redis
 from engine.config.cluster_table import ClusterSettings
+from engine.config.config_problem import ConfigError
 from engine.config.settings import BUILTIN_PRESETS
-from engine.control.controls import Adjustment
+from engine.control.controls import Adjustment, JobControls
 from engine.engine import Engine
 from engine.observe.snapshot import JobState
 from engine.simulation.simulator import ProviderSimulator
@@ -299,3 +303,89 @@ async def test_workers_read_on_across_a_redis_restart(
     await controls.pause()
 
     await until(lambda: all(w.state is JobState.PAUSED for w in workers), "every worker paused")
+
+
+async def test_a_send_that_arrives_twice_is_applied_once(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # redis-py sends a command again when its answer was lost; each send's id
+    # is what tells the script it has seen this one.
+    controls = ClusterControls(cluster.redis, cluster.settings)
+    await controls.set_concurrency(10)
+    stream, _ = control_keys(cluster.settings.prefix)
+    monkeypatch.setattr(cluster_controls.secrets, "token_hex", lambda _: "same-send")
+
+    first = await controls.adjust_concurrency(+2, base=1)
+    again = await controls.adjust_concurrency(+2, base=1)
+
+    assert first == again == Adjustment("concurrency", old=10, new=12, asked=12)
+    assert (await controls.state()).concurrency == 12
+    assert await cluster.redis.xlen(stream) == 2
+
+
+# ---------------------------------------------------------------- one worker's controls
+async def test_a_workers_own_controls_steer_every_worker(cluster: Cluster) -> None:
+    one, two = await cluster.start_worker(), await cluster.start_worker()
+    steering = ClusterJobControls(
+        one.engine, ClusterControls(cluster.redis, cluster.settings, sender="one")
+    )
+    sending = asyncio.create_task(steering.run())
+    try:
+        assert isinstance(steering, JobControls)
+        assert steering.snapshot().job_name == one.engine.snapshot().job_name
+
+        steering.set_concurrency(6)
+        assert steering.adjust_concurrency(+2) is None  # the change shows in a later snapshot
+        await until(lambda: one.concurrency == two.concurrency == 8, "8 on both workers")
+
+        steering.apply_preset("conservative")
+        steering.pause()
+        await until(
+            lambda: one.state is two.state is JobState.PAUSED and two.preset == "conservative",
+            "both paused with the preset",
+        )
+        steering.resume()
+        await until(lambda: one.state is two.state is JobState.RUNNING, "both running")
+        assert [c.sender for c, _ in two.told] == ["one"] * 5
+    finally:
+        sending.cancel()
+        await asyncio.gather(sending, return_exceptions=True)
+
+
+@pytest.mark.parametrize(
+    ("control", "error", "message"),
+    [
+        (lambda s: s.set_concurrency(0), ValueError, "concurrency: must be from 1 to 4096"),
+        (lambda s: s.adjust_concurrency(True), ValueError, "a step is a whole number"),
+        (lambda s: s.apply_preset("nightly"), KeyError, "unknown preset 'nightly'"),
+        (lambda s: s.set_fetch_concurrency(8), ValueError, "this job does not crawl"),
+        (lambda s: s.adjust_fetch_concurrency(1), ValueError, "this job does not crawl"),
+        (
+            lambda s: s.apply_preset(replace(BUILTIN_PRESETS["aggressive"], batch_size=0)),
+            ConfigError,
+            "batch_size: must be from 1 to 1000",
+        ),
+    ],
+)
+async def test_a_workers_control_with_a_bad_value_raises_at_once_and_sends_nothing(
+    cluster: Cluster,
+    control: Callable[[ClusterJobControls], object],
+    error: type[Exception],
+    message: str,
+) -> None:
+    worker = await cluster.start_worker()
+    steering = ClusterJobControls(worker.engine, ClusterControls(cluster.redis, cluster.settings))
+
+    with pytest.raises(error, match=message):
+        control(steering)
+
+    steering.pause()  # a good one after it: the only one that goes out
+    stream, _ = control_keys(cluster.settings.prefix)
+    sending = asyncio.create_task(steering.run())
+    try:
+        await until(lambda: worker.state is JobState.PAUSED, "the pause applied")
+        entries: Any = await cluster.redis.xrange(stream)
+        assert [fields[b"op"] for _, fields in entries] == [b"pause"]
+    finally:
+        sending.cancel()
+        await asyncio.gather(sending, return_exceptions=True)
