@@ -15,7 +15,7 @@ from engine.config.cluster_table import MISSED_HEARTBEATS, ClusterSettings
 from engine.config.config_problem import ConfigError
 from engine.config.job_file import FLAG_SOURCE, load_config
 from engine.config.settings import effective_settings
-from tests.engine.config.test_config_file import MINIMAL, line_of, problems_of, write
+from tests.engine.config.test_config_file import MINIMAL, REPO, line_of, problems_of, write
 
 SECRET = "hunter2-s3cr3t"
 
@@ -240,3 +240,19 @@ def test_settings_built_in_code_check_themselves() -> None:
 
     assert caught.value.keys == ("cluster.redis", "cluster.heartbeat_s")
     assert SECRET not in str(caught.value)
+
+
+def test_the_examples_cluster_table_loads_once_uncommented(tmp_path: Path) -> None:
+    text = (REPO / "config.example.toml").read_text(encoding="utf-8")
+    head, marker, block = text.partition("# [cluster]\n")
+    assert marker, "config.example.toml documents [cluster]"
+    uncommented = "".join(line.removeprefix("# ") for line in block.splitlines(keepends=True))
+    path = write(tmp_path, head + "[cluster]\n" + uncommented)
+
+    cluster = load_config(path).cluster
+
+    assert cluster == ClusterSettings(
+        redis="redis://127.0.0.1:6379/0",
+        password_env="CRAWLDECK_REDIS_PASSWORD",
+        prefix="crawldeck:transcripts-demo",
+    )
