@@ -297,8 +297,7 @@ async def test_workers_read_on_across_a_redis_restart(
     await controls.set_concurrency(3)
     await until(lambda: all(w.concurrency == 3 for w in workers), "concurrency 3 everywhere")
 
-    redis_server.kill()
-    await asyncio.sleep(0.2)  # the listeners' blocking reads lose their connections
+    redis_server.kill()  # the listeners' blocking reads lose their connections
     await asyncio.to_thread(redis_server.start)
     await controls.pause()
 
