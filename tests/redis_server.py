@@ -30,16 +30,20 @@ class RedisServer:
 
     `appendonly=True` turns the append-only file on, so a restart keeps
     every acknowledged write (the issue's restart test); otherwise nothing
-    is saved.
+    is saved.  With `password` the server requires it (`--requirepass`);
+    `url` never carries it.
     """
 
-    def __init__(self, folder: Path, *, appendonly: bool = False) -> None:
+    def __init__(
+        self, folder: Path, *, appendonly: bool = False, password: str | None = None
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
         self._binary = binary
         self.folder = folder
         self.appendonly = appendonly
+        self.password = password
         self.port = free_port()
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -50,6 +54,7 @@ class RedisServer:
     def start(self) -> RedisServer:
         self.folder.mkdir(parents=True, exist_ok=True)
         persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.appendonly else []
+        password = ["--requirepass", self.password] if self.password else []
         process = subprocess.Popen(
             [
                 self._binary,
@@ -62,6 +67,7 @@ class RedisServer:
                 "--save",
                 "",
                 *persistence,
+                *password,
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

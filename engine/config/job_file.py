@@ -24,6 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from engine.config.cluster_table import ClusterSettings, read_cluster_table
 from engine.config.config_problem import ConfigError, ConfigProblem, KeyPath, format_key
 from engine.config.drift_table import read_drift_table
 from engine.config.presets import (
@@ -262,6 +263,7 @@ _SECTIONS = (
     "crawl",
     "drift",
     "rate_limit_waits",
+    "cluster",
 )
 # Names people reach for when they paste a secret into the file.
 _SECRET_NAMES = frozenset({"key", "api_key", "apikey", "secret", "token", "value", "password"})
@@ -569,6 +571,10 @@ def load_config(
     drift = DriftSettings()
     if "drift" in raw:
         drift = read_drift_table(reader, reader.table(raw["drift"], ("drift",)), ("drift",))
+    cluster: ClusterSettings | None = None
+    if "cluster" in raw:
+        table = reader.table(raw["cluster"], ("cluster",))
+        cluster = read_cluster_table(reader, table, ("cluster",), job.name)
     problems.extend(reader.problems)
 
     active = _choose_preset(
@@ -604,6 +610,7 @@ def load_config(
         crawl=crawl,
         drift=drift,
         rate_limit_waits=rate_limit_waits,
+        cluster=cluster,
         source=path,
     )
 

@@ -19,6 +19,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from engine.config.cluster_table import ClusterSettings
 from engine.config.setting_bounds import EXTRACT_WORKERS, FETCH_CONCURRENCY, PER_HOST
 from engine.config.table_check import (
     Finding,
@@ -515,6 +516,7 @@ class JobConfig:
     crawl: CrawlSettings | None = None  # set: targets are crawled instead of `job.input` read
     drift: DriftSettings = field(default_factory=DriftSettings)
     rate_limit_waits: RateLimitWaits = field(default_factory=RateLimitWaits)
+    cluster: ClusterSettings | None = None  # set: the job is shared with other workers via Redis
     source: Path | None = None  # the TOML file this came from, for messages
 
 

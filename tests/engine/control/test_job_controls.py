@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.cluster.cluster_job_controls import ClusterJobControls
 from engine.config.setting_bounds import CONCURRENCY, FETCH_CONCURRENCY
 from engine.control.client import ControlClient, ControlError
 from engine.control.controls import Adjustment, JobControls, RunnableJob
@@ -71,7 +72,7 @@ def test_the_protocol_is_the_whole_control_surface() -> None:
     assert declared == set(PROTOCOL_MEMBERS)
 
 
-@pytest.mark.parametrize("implementation", [Engine, RemoteSource, FixedSource])
+@pytest.mark.parametrize("implementation", [Engine, RemoteSource, FixedSource, ClusterJobControls])
 def test_every_implementation_takes_the_protocols_arguments(implementation: type) -> None:
     for name in PROTOCOL_MEMBERS:
         ours = getattr(implementation, name)
