@@ -3,7 +3,12 @@
 Every process of a job derives the same names from the same prefix, so a
 process started later (or again) finds the stream, the consumer groups and
 the counters the others use.  The keys of one job share no name with
-another job's: the prefix is the job's identity in Redis.
+another job's: the prefix is the job's identity in Redis, and a finished
+job's keys say it is over (everything enqueued, everything settled) until
+they are deleted (`keys`).
+
+The scripts touch several of these keys at once; on a Redis Cluster give a
+prefix in braces (`{job}`) so they all hash to one slot.
 """
 
 from __future__ import annotations
@@ -46,6 +51,11 @@ class JobStreams:
     def results(self) -> str:
         """The stream of result and failure rows, read by the job's collector."""
         return f"{self.prefix}:results"
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Every key of the job's work and results (to delete a finished job's)."""
+        return (self.work, self.enqueued, self.progress, self.dead, self.results)
 
     # Consumer groups: one for the workers on `work`, one for the collector on `results`.
     work_group: ClassVar[str] = "workers"

@@ -432,19 +432,22 @@ class StreamWorkQueue:
                 next_reclaim = now if busy else now + self._reclaim_every_s
                 if busy:
                     continue
+            room = self._room()  # a waiting get() may have been served meanwhile
+            if room <= 0:
+                continue
             block_s = min(self._block_s, max(0.001, next_reclaim - now))
-            if await self._read_new(failures, block_s):
+            if await self._read_new(failures, room, block_s):
                 continue
             if not self._over and (await self.progress()).over:
                 self._finish()
 
-    async def _read_new(self, failures: GivesUp, block_s: float) -> bool:
-        """Read up to the prefetch room of new entries, blocking up to `block_s`."""
+    async def _read_new(self, failures: GivesUp, room: int, block_s: float) -> bool:
+        """Read up to `room` new entries (never 0: that means all), blocking up to `block_s`."""
         reply = await self._redis.xreadgroup(
             self.streams.work_group,
             self.consumer,
             {self.streams.work: ">"},
-            count=self._room(),
+            count=room,
             block=max(1, round(block_s * 1000)),
         )
         entries = read_entries(reply)
