@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from engine.api import (
     ConfigError,
+    ConfigProblem,
     ControlClient,
     ControlError,
     ControlServer,
@@ -160,6 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 overrides=args.overrides,
                 memory_floor_bytes=engine_memory_floor_bytes(),
             )
+            if config.cluster is not None:
+                raise _not_yet_a_cluster(args.job)
             if args.fresh and (code := _fresh_start(config, None)) is not None:
                 return code
             if _wants_dashboard(args):
@@ -196,6 +199,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return 2
+
+
+def _not_yet_a_cluster(job_file: str) -> ConfigError:
+    """`[cluster]` is read and checked, but no process joins a cluster yet (issue 13).
+
+    Refused rather than run alone: several processes each running the whole
+    job alone would spend every key's limits several times over.
+    """
+    line = None
+    with open(job_file, encoding="utf-8") as source:
+        for number, text in enumerate(source, 1):
+            if text.strip().startswith("[cluster"):
+                line = number
+                break
+    return ConfigError(
+        [
+            ConfigProblem(
+                job_file,
+                line,
+                "cluster",
+                "joining a cluster of workers is not built into `crawldeck run` yet; "
+                "remove the table to run the job in this one process",
+            )
+        ]
+    )
 
 
 def _fresh_start(config: JobConfig, demo_sites: int | None) -> int | None:

@@ -39,6 +39,8 @@ class EventKind(StrEnum):
     DRIFT_BASELINE = "drift_baseline"  # a drift baseline was learned or loaded
     DRIFT_ACTION = "drift_action"  # a tripped gate slowed the job: smaller batches, a preset
     DRIFT_LIFTED = "drift_lifted"  # its metric came back: the action is lifted
+    BATCH_RECLAIMED = "batch_reclaimed"  # a cluster worker took over a batch left idle
+    DEAD_LETTER = "dead_letter"  # a batch delivered too often: its chunks fail with why
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,62 @@
+"""The Redis keys of one job's work and results, under the job's key prefix.
+
+Every process of a job derives the same names from the same prefix, so a
+process started later (or again) finds the stream, the consumer groups and
+the counters the others use.  The keys of one job share no name with
+another job's: the prefix is the job's identity in Redis, and a finished
+job's keys say it is over (everything enqueued, everything settled) until
+they are deleted (`keys`).
+
+The scripts touch several of these keys at once; on a Redis Cluster give a
+prefix in braces (`{job}`) so they all hash to one slot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+
+@dataclass(frozen=True, slots=True)
+class JobStreams:
+    """The names of the job's streams, sets and counters."""
+
+    prefix: str
+
+    def __post_init__(self) -> None:
+        if not self.prefix:
+            raise ValueError("a job's key prefix cannot be empty")
+
+    @property
+    def work(self) -> str:
+        """The stream of batches waiting for (or held by) a worker."""
+        return f"{self.prefix}:work"
+
+    @property
+    def enqueued(self) -> str:
+        """The set of every chunk id ever added to the work stream (enqueue once)."""
+        return f"{self.prefix}:work:enqueued"
+
+    @property
+    def progress(self) -> str:
+        """A hash: entries and chunks enqueued, settled, dead-lettered; whether input ended."""
+        return f"{self.prefix}:work:progress"
+
+    @property
+    def dead(self) -> str:
+        """The dead-letter stream: entries delivered too often, with the reason."""
+        return f"{self.prefix}:work:dead"
+
+    @property
+    def results(self) -> str:
+        """The stream of result and failure rows, read by the job's collector."""
+        return f"{self.prefix}:results"
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Every key of the job's work and results (to delete a finished job's)."""
+        return (self.work, self.enqueued, self.progress, self.dead, self.results)
+
+    # Consumer groups: one for the workers on `work`, one for the collector on `results`.
+    work_group: ClassVar[str] = "workers"
+    results_group: ClassVar[str] = "collectors"

@@ -1,0 +1,193 @@
+"""The job's collector: the results stream, written to the one SQLite store.
+
+Workers anywhere append rows to the results stream (`results_stream`); the
+collector, in the process beside the store, reads them with a consumer
+group of its own, hands them to the store and acknowledges (and deletes)
+an entry only once the store has committed its rows.  A collector that
+dies between the commit and the acknowledgement leaves its entries
+pending; the next one (or a restart under the same name) writes them
+again, and the store keeps exactly one result per chunk: results are
+`INSERT OR IGNORE`, and a failure never stands beside a result.
+
+Run `run()` while the job runs (cancel it to stop), then `catch_up()` once
+the work queue says the job is over: every row is in the stream by then,
+because a batch is acknowledged in the same script that appends its rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from redis.asyncio import Redis
+
+from engine.cluster.cancel_guard import raise_if_cancelled
+from engine.cluster.job_streams import JobStreams
+from engine.cluster.results_stream import RowFormatError, decode_rows
+from engine.cluster.stream_replies import as_text, create_group, entry_fields, read_entries
+from engine.observe.events import EventBus, EventKind
+from engine.store.sqlite_store import FailureRow, ResultRow
+
+Clock = Callable[[], float]
+
+
+class RowStore(Protocol):
+    """Where collected rows are committed (`engine.store.sqlite_store.Store`)."""
+
+    async def put_result(self, row: ResultRow) -> None: ...
+
+    async def put_failure(self, row: FailureRow) -> None: ...
+
+    async def flush(self) -> None: ...
+
+
+class ResultCollector:
+    """Reads the job's results stream as consumer `consumer` and commits its rows to `store`.
+
+    `run_id`, when given, is stamped on every row: the run in this store
+    that collected it (a worker's own run id means nothing here).
+    `visibility_s`: a collector's entries idle this long are taken over.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        prefix: str,
+        consumer: str,
+        store: RowStore,
+        *,
+        run_id: int | None = None,
+        visibility_s: float = 60.0,
+        block_s: float = 1.0,
+        read_count: int = 200,
+        events: EventBus | None = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        if visibility_s <= 0 or block_s <= 0 or read_count < 1:
+            raise ValueError("visibility_s and block_s must be > 0, read_count >= 1")
+        self._redis = redis
+        self.streams = JobStreams(prefix)
+        self.consumer = consumer
+        self._store = store
+        self._run_id = run_id
+        self._visibility_s = visibility_s
+        self._block_s = block_s
+        self._read_count = read_count
+        self._events = events
+        self._clock = clock
+        self._joined = False
+        self.rows_collected = 0  # rows handed to the store (repeats included)
+        self.entries_collected = 0
+
+    async def join(self) -> None:
+        """Create the collectors' consumer group if it does not exist yet (idempotent)."""
+        if not self._joined:
+            await create_group(self._redis, self.streams.results, self.streams.results_group)
+            self._joined = True
+
+    async def run(self) -> None:
+        """Collect until cancelled: own pending first, then new rows and idle collectors'."""
+        await self.join()
+        await self._collect_own_pending()
+        next_reclaim = self._clock()
+        while True:
+            raise_if_cancelled()
+            now = self._clock()
+            if now >= next_reclaim:
+                taken = await self._take_over_idle()
+                next_reclaim = now if taken else now + self._visibility_s / 2
+            block_s = min(self._block_s, max(0.001, next_reclaim - self._clock()))
+            await self._collect_new(block_s)
+
+    async def catch_up(self) -> int:
+        """Commit everything in the stream now (own pending, then new), without blocking;
+        returns the rows handed to the store."""
+        await self.join()
+        before = self.rows_collected
+        await self._collect_own_pending()
+        while await self._collect_new(None):
+            raise_if_cancelled()
+        return self.rows_collected - before
+
+    # ------------------------------------------------------------ internals
+    async def _collect_own_pending(self) -> None:
+        """Entries delivered to this consumer and never acknowledged (a cancel, a restart)."""
+        while True:
+            raise_if_cancelled()
+            reply = await self._redis.xreadgroup(
+                self.streams.results_group,
+                self.consumer,
+                {self.streams.results: "0"},
+                count=self._read_count,
+            )
+            entries = read_entries(reply)
+            if not entries:
+                return
+            await self._commit(entries)
+
+    async def _collect_new(self, block_s: float | None) -> int:
+        """Read new entries (blocking up to `block_s`, or not at all) and commit them."""
+        reply = await self._redis.xreadgroup(
+            self.streams.results_group,
+            self.consumer,
+            {self.streams.results: ">"},
+            count=self._read_count,
+            block=None if block_s is None else max(1, round(block_s * 1000)),
+        )
+        entries = read_entries(reply)
+        if entries:
+            await self._commit(entries)
+        return len(entries)
+
+    async def _take_over_idle(self) -> bool:
+        """Commit entries another collector left idle beyond the visibility timeout."""
+        _cursor, claimed, *_deleted = await self._redis.xautoclaim(
+            self.streams.results,
+            self.streams.results_group,
+            self.consumer,
+            min_idle_time=max(1, round(self._visibility_s * 1000)),
+            start_id="0-0",
+            count=self._read_count,
+        )
+        if claimed:
+            await self._commit(claimed)
+        return bool(claimed)
+
+    async def _commit(self, entries: Sequence[Any]) -> None:
+        """Rows to the store, committed; then their entries acknowledged and deleted."""
+        ids: list[str] = []
+        for entry_id, fields in entries:
+            entry = as_text(entry_id)
+            ids.append(entry)
+            try:
+                rows = decode_rows(entry_fields(fields))
+            except RowFormatError as exc:
+                await self._set_aside(entry, fields, str(exc))
+                continue
+            for row in rows:
+                if self._run_id is not None:
+                    row = dataclasses.replace(row, run_id=self._run_id)
+                if isinstance(row, ResultRow):
+                    await self._store.put_result(row)
+                else:
+                    await self._store.put_failure(row)
+            self.rows_collected += len(rows)
+        await self._store.flush()  # committed: only now may the stream let them go
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.xack(self.streams.results, self.streams.results_group, *ids)
+            pipe.xdel(self.streams.results, *ids)
+            await pipe.execute()
+        self.entries_collected += len(ids)
+
+    async def _set_aside(self, entry: str, fields: Any, reason: str) -> None:
+        """An entry of rows this collector cannot read goes to the dead-letter stream."""
+        aside: dict[Any, Any] = {**entry_fields(fields), "results_entry": entry, "reason": reason}
+        await self._redis.xadd(self.streams.dead, aside)
+        if self._events is not None:
+            self._events.emit(
+                EventKind.WARNING,
+                f"results entry {entry} set aside in {self.streams.dead}: {reason}",
+                entry=entry,
+            )

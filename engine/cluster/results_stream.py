@@ -1,0 +1,80 @@
+"""Result and failure rows on their way to the one store: a Redis Stream, and its codec.
+
+In a cluster the outcomes do not write SQLite: their rows go through
+`ResultsStreamRows` (the outcomes' `RowSink`) to the work queue, which
+appends them to the job's results stream and acknowledges their batch in
+one atomic step.  The job's collector (`engine.cluster.result_collector`)
+reads that stream and writes the rows to the SQLite store.
+
+A results entry has `v` and `rows`, a JSON array of rows; each row is a
+JSON object with `kind` ("result" or "failure") and the row's fields by
+name, so a row reads the same in every process that writes or reads it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from engine.cluster.stream_queue import StreamWorkQueue
+from engine.store.sqlite_store import FailureRow, ResultRow
+
+RESULT = "result"
+FAILURE = "failure"
+
+
+class RowFormatError(ValueError):
+    """A results entry that is not rows this version can read."""
+
+
+def encode_row(row: ResultRow | FailureRow) -> str:
+    """One row as a JSON object: its kind and its fields by name."""
+    kind = RESULT if isinstance(row, ResultRow) else FAILURE
+    body = {"kind": kind, **dataclasses.asdict(row)}
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+
+
+def decode_rows(fields: Mapping[Any, Any]) -> list[ResultRow | FailureRow]:
+    """The rows of a results entry (fields as bytes or str); `RowFormatError` if unreadable."""
+    text = {_text(k): _text(v) for k, v in fields.items()}
+    if text.get("v") != "1":
+        raise RowFormatError(f"results format {text.get('v')!r}; this collector reads '1'")
+    try:
+        items = json.loads(text["rows"])
+        return [_row(item) for item in items]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RowFormatError(f"unreadable results entry: {exc!r}") from exc
+
+
+def _row(item: Any) -> ResultRow | FailureRow:
+    values = dict(item)
+    kind = values.pop("kind")
+    if kind == RESULT:
+        return ResultRow(**values)
+    if kind == FAILURE:
+        return FailureRow(**values)
+    raise ValueError(f"a row of kind {kind!r}")
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+class ResultsStreamRows:
+    """The outcomes' row sink in a cluster: each row settles its chunk in the work queue.
+
+    A batch is acknowledged only when all its chunks' rows are in the
+    results stream (appended in the same script), which with Redis's
+    append-only file on is durable storage of the results.
+    """
+
+    def __init__(self, queue: StreamWorkQueue) -> None:
+        self._queue = queue
+
+    async def put_result(self, row: ResultRow) -> None:
+        await self._queue.settle(row.chunk_id, encode_row(row))
+
+    async def put_failure(self, row: FailureRow) -> None:
+        await self._queue.settle(row.chunk_id, encode_row(row))
