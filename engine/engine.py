@@ -155,6 +155,7 @@ class Engine:
             events=self.events,
             clock=clock,
             on_no_key=self._no_key_left,
+            input_done=lambda: self._held.input_done,
         )
         self._drift = (
             DriftWatch(

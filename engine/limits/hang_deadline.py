@@ -11,7 +11,9 @@ known is told when it becomes known (`KeyLatency.when_known`), and when a
 deadline comes it is checked against the patience then in force — which
 may have grown since the first few (fastest) answers set it — before the
 request is given up.  The preset's timeout, which the client enforces
-itself, stays the ceiling.
+itself, stays the ceiling.  At the job's tail (`engine.limits.job_tail`)
+the patience is shorter, and requests already waiting are looked at again
+when it begins.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 from types import TracebackType
 
+from engine.limits.job_tail import JobTail
 from engine.limits.key_latency import KeyLatency
 
 
@@ -29,11 +32,21 @@ class HangDeadline:
     `patience` is the patience that expired (0 until one has).
     """
 
-    __slots__ = ("_ceiling", "_handle", "_latency", "_loop", "_started", "_timeout", "patience")
+    __slots__ = (
+        "_ceiling",
+        "_handle",
+        "_latency",
+        "_loop",
+        "_started",
+        "_tail",
+        "_timeout",
+        "patience",
+    )
 
-    def __init__(self, latency: KeyLatency, ceiling_s: float) -> None:
+    def __init__(self, latency: KeyLatency, ceiling_s: float, tail: JobTail | None = None) -> None:
         self._latency = latency
         self._ceiling = ceiling_s
+        self._tail = tail
         self._handle: asyncio.TimerHandle | None = None
         self.patience = 0.0
 
@@ -46,12 +59,22 @@ class HangDeadline:
             self._check()
         else:
             self._latency.when_known(self._check)
+        if self._tail is not None and not self._tail.begun:
+            self._tail.when_begun(self._recheck)
         return self
+
+    def _recheck(self) -> None:
+        """The tail began: the deadline may have come closer."""
+        if self._latency.knows_patience:
+            if self._handle is not None:
+                self._handle.cancel()
+            self._check()
 
     def _check(self) -> None:
         """Give the request up if its patience has run out, else look again when it will."""
         self._handle = None
-        patience = self._latency.patience(self._ceiling)
+        tail = self._tail is not None and self._tail.begun
+        patience = self._latency.patience(self._ceiling, tail=tail)
         if patience >= self._ceiling:
             return  # the client's own timeout ends it
         due = self._started + patience
@@ -71,4 +94,6 @@ class HangDeadline:
         if self._handle is not None:
             self._handle.cancel()
         self._latency.forget(self._check)
+        if self._tail is not None:
+            self._tail.forget(self._recheck)
         await self._timeout.__aexit__(exc_type, exc, tb)  # turns its cancellation into TimeoutError

@@ -26,6 +26,11 @@ class KeyLatency:
     HANG_QUANTILE = 0.99
     HANG_MARGIN = 2.0
     HANG_FLOOR_S = 3.0
+    # At the job's tail (`engine.limits.job_tail`) the end waits for a hang: a
+    # request past this quantile times this margin is sent again instead.
+    TAIL_QUANTILE = 0.95
+    TAIL_MARGIN = 1.25
+    TAIL_FLOOR_S = 1.0
 
     __slots__ = ("_samples", "_sorted", "_total", "_waiting")
 
@@ -75,14 +80,18 @@ class KeyLatency:
         ordered = self._sorted
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
-    def patience(self, ceiling_s: float) -> float:
+    def patience(self, ceiling_s: float, *, tail: bool = False) -> float:
         """How long a request on this key may go unanswered before it counts as hung.
 
         `ceiling_s` (the preset's request timeout) until there are enough
         samples; then the high quantile times the margin, within
-        [`HANG_FLOOR_S`, `ceiling_s`].
+        [`HANG_FLOOR_S`, `ceiling_s`] — at the job's `tail`, a lower quantile
+        and margin, within [`TAIL_FLOOR_S`, `ceiling_s`].
         """
         if len(self._samples) < self.MIN_SAMPLES:
             return ceiling_s
+        if tail:
+            high = self.quantile(self.TAIL_QUANTILE) or 0.0
+            return min(ceiling_s, max(self.TAIL_FLOOR_S, high * self.TAIL_MARGIN))
         high = self.quantile(self.HANG_QUANTILE) or 0.0
         return min(ceiling_s, max(self.HANG_FLOOR_S, high * self.HANG_MARGIN))

@@ -41,6 +41,7 @@ from engine.config.settings import Preset, PromptSettings
 from engine.limits.adaptive_concurrency import AdaptiveConcurrency
 from engine.limits.concurrency_limit import ConcurrencyLimit
 from engine.limits.hang_deadline import HangDeadline
+from engine.limits.job_tail import JobTail
 from engine.limits.key_pool import KeyLease, KeyPool, NoUsableKeyError
 from engine.limits.memory_guard import MemoryState
 from engine.observe.events import EventBus, EventKind
@@ -115,8 +116,12 @@ class Dispatcher:
         events: EventBus,
         clock: Clock,
         on_no_key: Callable[[str], None],
+        input_done: Callable[[], bool] = lambda: False,
     ) -> None:
         self._queue = queue
+        self._input_done = input_done
+        # Once the input is read and nothing waits to be sent, hangs are cut shorter.
+        self.tail = JobTail()
         self._keys = keys
         self._clients = clients
         self._prompt = prompt
@@ -219,6 +224,9 @@ class Dispatcher:
             batch = await queue.get()
             if batch is None:
                 return
+            waiting = queue.fresh_count or queue.retry_count
+            if not self.tail.begun and not waiting and self._input_done():
+                self.tail.begin()
             if self.no_key:
                 await outcomes.give_up(batch, self.no_key, announce=False)
                 continue
@@ -282,7 +290,7 @@ class Dispatcher:
         batch, lease = flight.batch, flight.lease
         provider = lease.key.provider
         timeout = provider.request_timeout_s or self._preset().request_timeout_s
-        hang = HangDeadline(lease.key.latency, timeout)
+        hang = HangDeadline(lease.key.latency, timeout, self.tail)
         sent_at = self._clock()
         try:
             # Below the timeout the client enforces itself, the key's patience cuts a hang short.
@@ -303,16 +311,16 @@ class Dispatcher:
             await outcomes.failed(batch, lease, outcome, sent_at)
         self._keys.notify()
 
-    @staticmethod
-    def _hung(lease: KeyLease, patience: float) -> CallFailure:
-        usual = lease.key.latency.quantile(lease.key.latency.HANG_QUANTILE) or 0.0
-        return CallFailure(
-            FailureKind.TIMEOUT,
-            f"hung: no answer in {patience:.1f}s, far beyond {lease.key.key_id}'s "
-            f"usual ({usual:.2f}s at p99); abandoned",
-            {},
-            patience,
-        )
+    def _hung(self, lease: KeyLease, patience: float) -> CallFailure:
+        latency = lease.key.latency
+        if self.tail.begun:
+            usual = latency.quantile(latency.TAIL_QUANTILE) or 0.0
+            why = f"at the job's tail, beyond {lease.key.key_id}'s usual ({usual:.2f}s at p95)"
+        else:
+            usual = latency.quantile(latency.HANG_QUANTILE) or 0.0
+            why = f"far beyond {lease.key.key_id}'s usual ({usual:.2f}s at p99)"
+        message = f"hung: no answer in {patience:.1f}s, {why}; abandoned"
+        return CallFailure(FailureKind.TIMEOUT, message, {}, patience)
 
     def _no_key_left(self) -> None:
         """No key can serve any more: every batch from now on fails with the keys' reasons."""
