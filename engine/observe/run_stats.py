@@ -44,6 +44,7 @@ class RunStats:
     requests: int = 0
     attempts_failed: int = 0
     rate_limited: int = 0
+    hedged: int = 0  # second requests sent for a batch at the job's tail
     tokens: int = 0
     tokens_out: int = 0  # completion tokens of parsed answers
     chunks_answered: int = 0

@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from engine.config.settings import Preset, PromptSettings
@@ -78,18 +79,41 @@ class ChatClients(Protocol):
     ) -> CallResult | CallFailure: ...
 
 
+HEDGE_QUANTILE = 0.5
+"""At the tail, a batch out longer than this quantile of its key's latency is sent again."""
+
+
 class SendGate(Protocol):
     """The memory breaker's hold on sending (`engine.limits.memory_guard.MemoryGuard`)."""
 
     async def wait_to_send(self, sends_nothing: Callable[[], bool]) -> None: ...
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Flight:
-    """One admitted request: its batch and its lease, whose end gives the claims back."""
+    """One admitted request: its batch and its lease, whose end gives the claims back.
+
+    A hedge (`twin`) is a second request for a batch already in flight, sent at
+    the job's tail: it holds no concurrency slot and no chunks of its own, and
+    the first of the two to answer settles the batch (`_Race`).
+    """
 
     batch: Batch
     lease: KeyLease
+    messages: list[dict[str, str]] = field(default_factory=list)
+    sent_at: float = 0.0
+    race: _Race | None = None
+    twin: bool = False
+    task: asyncio.Task[None] | None = None  # its send
+
+
+@dataclass(slots=True, eq=False)
+class _Race:
+    """A batch sent twice: which requests are still out, and whether one settled it."""
+
+    sends: set[asyncio.Task[None]] = field(default_factory=set)
+    live: int = 1
+    settled: bool = False
 
 
 class Dispatcher:
@@ -140,7 +164,10 @@ class Dispatcher:
         self._saturated = False
         self._memory_cap: int | None = None  # the breaker's, above the soft limit
         self._admission: asyncio.Task[None] | None = None
+        self._hedging: asyncio.Task[None] | None = None
         self._sends: set[asyncio.Task[None]] = set()
+        self._flying: set[_Flight] = set()  # requests out now, for hedging at the tail
+        self._flying_changed = asyncio.Event()
 
     # ---------------------------------------------------------------- controls
     def adapt(self, now: float, *, allowed: bool) -> None:
@@ -202,6 +229,8 @@ class Dispatcher:
         """Admit nothing more; what is in flight finishes (drain, stop)."""
         if self._admission is not None:
             self._admission.cancel()
+        if self._hedging is not None:
+            self._hedging.cancel()
 
     def abandon_sends(self) -> None:
         """Cancel every request in flight: their chunks stay pending (stop now)."""
@@ -227,6 +256,7 @@ class Dispatcher:
             waiting = queue.fresh_count or queue.retry_count
             if not self.tail.begun and not waiting and self._input_done():
                 self.tail.begin()
+                self._hedging = sends.create_task(self._hedge_tail(sends, outcomes), name="hedging")
             if self.no_key:
                 await outcomes.give_up(batch, self.no_key, announce=False)
                 continue
@@ -255,10 +285,10 @@ class Dispatcher:
                 self._no_key_left()
                 await outcomes.give_up(batch, self.no_key, announce=False)
                 continue
-            flight = _Flight(batch, lease)
+            flight = _Flight(batch, lease, messages, self._clock())
             batch.model = lease.key.provider.model  # the model of the key that last tried it
             self.in_flight_chunks += len(batch.chunks)
-            task = sends.create_task(self._send(flight, messages, outcomes))
+            task = flight.task = sends.create_task(self._send(flight, messages, outcomes))
             self._sends.add(task)
             task.add_done_callback(self._sends.discard)
             # A task cancelled before it starts (stop now, in the turn that
@@ -277,9 +307,55 @@ class Dispatcher:
     def _give_back(self, flight: _Flight, *, answered: bool) -> None:
         """Return an admitted request's claims, once; unanswered, its budget too."""
         ended = flight.lease.returned() if answered else flight.lease.abandoned()
-        if ended:
+        if ended and not flight.twin:
             self.in_flight_chunks -= len(flight.batch.chunks)
             self._concurrency.release()
+
+    async def _hedge_tail(self, sends: asyncio.TaskGroup, outcomes: BatchOutcomes) -> None:
+        """At the tail, send a second request for each batch out longer than its key's
+        median latency: the job's end is then the faster of two answers, not the
+        slowest of the last requests.  Ends with admission, once nothing is out."""
+        admission = self._admission
+        if admission is not None:
+            admission.add_done_callback(lambda _: self._flying_changed.set())
+        while self._flying or (admission is not None and not admission.done()):
+            now, due = self._clock(), math.inf
+            for flight in tuple(self._flying):
+                if flight.race is not None:
+                    continue  # hedged already, or a hedge itself
+                median = flight.lease.key.latency.quantile(HEDGE_QUANTILE)
+                if median is None:
+                    continue
+                if flight.sent_at + median > now:
+                    due = min(due, flight.sent_at + median)
+                    continue
+                await self._hedge(flight, sends, outcomes)
+            self._flying_changed.clear()
+            try:
+                async with asyncio.timeout(None if math.isinf(due) else max(0.0, due - now)):
+                    await self._flying_changed.wait()
+            except TimeoutError:
+                pass
+
+    async def _hedge(
+        self, flight: _Flight, sends: asyncio.TaskGroup, outcomes: BatchOutcomes
+    ) -> None:
+        race = _Race()
+        flight.race = race
+        if flight.task is not None:
+            race.sends.add(flight.task)
+        lease = await self._keys.lease(flight.lease.estimate, flight.lease.charged)
+        if race.settled or flight not in self._flying:
+            lease.abandoned()  # answered meanwhile: never sent
+            return
+        race.live += 1
+        self._stats.hedged += 1
+        twin = _Flight(flight.batch, lease, flight.messages, self._clock(), race, twin=True)
+        task = twin.task = sends.create_task(self._send(twin, twin.messages, outcomes))
+        race.sends.add(task)
+        self._sends.add(task)
+        task.add_done_callback(self._sends.discard)
+        task.add_done_callback(functools.partial(self._settle_unstarted, twin))
 
     def _settle_unstarted(self, flight: _Flight, _task: asyncio.Task[None]) -> None:
         self._give_back(flight, answered=False)  # no-op once the send itself gave them back
@@ -292,6 +368,8 @@ class Dispatcher:
         timeout = provider.request_timeout_s or self._preset().request_timeout_s
         hang = HangDeadline(lease.key.latency, timeout, self.tail)
         sent_at = self._clock()
+        self._flying.add(flight)
+        self._flying_changed.set()
         try:
             # Below the timeout the client enforces itself, the key's patience cuts a hang short.
             async with hang:
@@ -303,13 +381,35 @@ class Dispatcher:
             raise
         except TimeoutError:
             outcome = self._hung(lease, hang.patience)
+        finally:
+            self._flying.discard(flight)
+            self._flying_changed.set()
         self._give_back(flight, answered=True)
         self._stats.requests += 1
+        if flight.race is not None and not self._wins(flight.race, outcome):
+            self._keys.notify()
+            return
         if isinstance(outcome, CallResult):
             await outcomes.answered(batch, lease, outcome)
         else:
             await outcomes.failed(batch, lease, outcome, sent_at)
         self._keys.notify()
+
+    @staticmethod
+    def _wins(race: _Race, outcome: CallResult | CallFailure) -> bool:
+        """Whether this answer of a hedged batch settles it: the first success does,
+        and a failure only when its twin is out of the race too."""
+        race.live -= 1
+        if race.settled:
+            return False  # its twin answered first
+        if isinstance(outcome, CallFailure) and race.live > 0:
+            return False  # its twin may still answer
+        race.settled = True
+        current = asyncio.current_task()
+        for send in race.sends:
+            if send is not current:
+                send.cancel()
+        return True
 
     def _hung(self, lease: KeyLease, patience: float) -> CallFailure:
         latency = lease.key.latency
