@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import importlib
 import json
 import time
 from collections.abc import Mapping
@@ -180,6 +182,10 @@ class ProviderClients:
         # concurrency (plus drift embeddings, which run beside it): a smaller
         # pool would be a hidden queue that the concurrency control cannot see.
         # Connections are opened as needed and kept warm.
+        # The pool's first wait for a connection loads anyio's asyncio backend
+        # (0.1 s): load it with the client, not inside the job's first requests.
+        with contextlib.suppress(ImportError):  # a warm-up only: anyio's layout may change
+            importlib.import_module("anyio._backends._asyncio")
         self._http = httpx2.AsyncClient(
             limits=httpx2.Limits(
                 max_connections=max_connections, max_keepalive_connections=max_connections
