@@ -97,9 +97,10 @@ class SharedKeyBudget(KeyBudget):
         sent_at: float | None = None,
         marks: tuple[int, int] = (0, 0),
         reserved_at_send: tuple[int, int] | None = None,
+        wired_at: float | None = None,
     ) -> tuple[str, float, float] | None:
         # The script counts what was reserved since from the shared counters (`marks`).
-        del reserved_at_send
+        del reserved_at_send, wired_at
         self._write(HeaderSync(self.key_id, headers, sent_at, marks))
         return None  # what it teaches comes back from Redis (`SharedKeyPool`)
 

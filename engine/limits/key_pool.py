@@ -217,6 +217,7 @@ class KeyLease:
         "reserved_at_send",
         "sent_at",
         "taken",
+        "wired_at",
     )
 
     def __init__(
@@ -240,13 +241,24 @@ class KeyLease:
         self.sent_at = key.clock() if sent_at is None else sent_at
         self.marks = key.budget.marks() if marks is None else marks
         self.reserved_at_send = (key.budget.reserved_requests, key.budget.reserved_tokens)
+        self.wired_at: float | None = None  # when its headers went out (`on_wire`)
         key.in_flight += 1
         key.record_admission(estimate if charged is None else charged)
+
+    def on_wire(self) -> None:
+        """Its request's headers are on their way to the provider now."""
+        self.wired_at = self.key.clock()
+        self.key.budget.wired(self._seq, self.wired_at)
+
+    @property
+    def _seq(self) -> int:
+        return self.reserved_at_send[0] - 1  # its reservation's number in the budget
 
     def returned(self) -> bool:
         """The call came back; True if this ended the lease."""
         if not self._open:
             return False
+        self.key.budget.sent_or_not(self._seq)
         self._open = False
         self.key.in_flight -= 1
         self.key.requests += 1
@@ -259,6 +271,7 @@ class KeyLease:
         self._open = False
         self.key.in_flight -= 1
         self.key.budget.release(self.taken)
+        self.key.budget.sent_or_not(self._seq)
         return True
 
     def release(self) -> None:
@@ -403,6 +416,7 @@ class KeyPool:
                 sent_at=lease.sent_at,
                 marks=lease.marks,
                 reserved_at_send=lease.reserved_at_send,
+                wired_at=lease.wired_at,
             )
         if learned:
             self._limit_learned(key, learned, "the provider's headers")

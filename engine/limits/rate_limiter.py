@@ -245,6 +245,12 @@ class KeyBudget:
         # `_spend_base`-th first.
         self._spends: list[tuple[float, int]] = []
         self._spend_base = 0
+        # Reservations whose request is not on the wire yet — (reserved at, tokens) by
+        # number — and those that reached it late — (on the wire at, tokens): a new
+        # connection's TCP and TLS, or a listen queue that dropped its SYN, can hold a
+        # request for a second, and no answer's headers count it until it is sent.
+        self._unwired: dict[int, tuple[float, int]] = {}
+        self._late: dict[int, tuple[float, int]] = {}
         # What the provider counts of a prompt for each token we estimate (learned).
         self.charge_ratio = 1.0
         self._charges_learned = 0
@@ -345,9 +351,39 @@ class KeyBudget:
         now = self._clock()
         self._recent.append((now, self.reserved_requests, self.reserved_tokens))
         self._log_spend(now, charge)
+        self._unwired[self.reserved_requests] = (now, charge)
         self.reserved_requests += 1
         self.reserved_tokens += charge
         return taken
+
+    def wired(self, request: int, now: float) -> None:
+        """The `request`-th reservation's request went on the wire at `now`."""
+        entry = self._unwired.pop(request, None)
+        if entry is not None and now - entry[0] > SEND_SPREAD_S:
+            self._late[request] = (now, entry[1])
+
+    def sent_or_not(self, request: int) -> None:
+        """The `request`-th reservation's call ended: it waits for the wire no more."""
+        self._unwired.pop(request, None)
+
+    def _unseen(self, before: int, wired_at: float) -> tuple[int, int]:
+        """(requests, tokens) reserved before the `before`-th that an answer sent on the
+        wire at `wired_at` cannot have counted: not on the wire yet, or put on it late."""
+        requests = tokens = 0
+        for request, (_, charge) in self._unwired.items():
+            if request < before:
+                requests += 1
+                tokens += charge
+        if self._late:
+            cutoff = wired_at - SEND_SPREAD_S
+            forget = self._clock() - SPEND_LOG_S
+            for request, (on_wire, charge) in tuple(self._late.items()):
+                if on_wire < forget:
+                    del self._late[request]
+                elif request < before and on_wire >= cutoff:
+                    requests += 1
+                    tokens += charge
+        return requests, tokens
 
     def _log_spend(self, now: float, tokens: int) -> None:
         spends = self._spends
@@ -401,6 +437,7 @@ class KeyBudget:
         sent_at: float | None = None,
         marks: tuple[int, int] = (0, 0),
         reserved_at_send: tuple[int, int] | None = None,
+        wired_at: float | None = None,
     ) -> tuple[str, float, float] | None:
         """Take what headers say; returns (which, old, new) when a limit was learned.
 
@@ -411,7 +448,8 @@ class KeyBudget:
         Without them, remaining headers only ever tighten the budget.
         `reserved_at_send` (every reservation up to and including the
         answered request's) lets `unspent` read the provider's word without
-        the caution admission needs.
+        the caution admission needs; `wired_at` (when the answered request
+        went on the wire) which requests sent late it cannot have counted.
         """
         learned = None
         if headers.limit_requests:
@@ -437,6 +475,9 @@ class KeyBudget:
         self.trust.recover(now)
         sent_requests, sent_tokens = marks
         exact_requests, exact_tokens = reserved_at_send or marks
+        unseen_requests, unseen_tokens = self._unseen(
+            sent_requests, sent_at if wired_at is None else wired_at
+        )
         self._take_headroom(
             "requests",
             (sent_requests, exact_requests, exact_requests),
@@ -446,6 +487,7 @@ class KeyBudget:
             headers.limit_requests,
             sent_at,
             self.reserved_requests - sent_requests,
+            unseen_requests,
         )
         reading = self._take_headroom(
             "tokens",
@@ -456,6 +498,7 @@ class KeyBudget:
             headers.limit_tokens,
             sent_at,
             self.reserved_tokens - sent_tokens,
+            unseen_tokens,
         )
         if reading is not None:
             self._token_reading = reading
@@ -471,6 +514,7 @@ class KeyBudget:
         provider_limit: int | None,
         sent_at: float,
         reserved_since: float,
+        unseen: float = 0.0,
     ) -> BucketReading | None:
         if remaining is None or bucket.unlimited:
             return None
@@ -498,7 +542,8 @@ class KeyBudget:
             reserved_since,
             lambda: self._spends_from(blurred, tokens),
         )
-        bucket.set_level(self.trust.of(available))
+        # Sent late or not yet: spent, whatever the reading says.
+        bucket.set_level(self.trust.of(available - unseen))
         return reading
 
     def open_cautiously(self) -> None:

@@ -76,6 +76,7 @@ class ChatClients(Protocol):
         messages: list[dict[str, str]],
         timeout_s: float,
         temperature: float | None = None,
+        on_wire: Callable[[], None] | None = None,
     ) -> CallResult | CallFailure: ...
 
 
@@ -374,7 +375,12 @@ class Dispatcher:
             # Below the timeout the client enforces itself, the key's patience cuts a hang short.
             async with hang:
                 outcome = await self._clients.chat(
-                    lease.key.key_id, provider.model, messages, timeout, self._prompt.temperature
+                    lease.key.key_id,
+                    provider.model,
+                    messages,
+                    timeout,
+                    self._prompt.temperature,
+                    on_wire=lease.on_wire,
                 )
         except asyncio.CancelledError:
             self._give_back(flight, answered=False)

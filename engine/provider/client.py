@@ -28,7 +28,7 @@ import contextlib
 import importlib
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -174,6 +174,16 @@ class _Route:
     headers: Mapping[str, str]
 
 
+def _wire_trace(on_wire: Callable[[], None]) -> Callable[[str, dict[str, Any]], Awaitable[None]]:
+    """An httpcore trace hook that calls `on_wire` as the request's headers go out."""
+
+    async def trace(event: str, _info: dict[str, Any]) -> None:
+        if event.endswith("send_request_headers.started"):
+            on_wire()
+
+    return trace
+
+
 class ProviderClients:
     """The shared connection pool and, per key, where its calls go."""
 
@@ -220,10 +230,18 @@ class ProviderClients:
         return timeout
 
     async def _post(
-        self, url: str, route: _Route, body: dict[str, Any], timeout_s: float
+        self,
+        url: str,
+        route: _Route,
+        body: dict[str, Any],
+        timeout_s: float,
+        on_wire: Callable[[], None] | None = None,
     ) -> tuple[httpx2.Response, dict[str, str], float] | CallFailure:
         """POST `body` as JSON: the response, its redacted headers and when it was
-        sent — or the failure it came to (a status error is classified here)."""
+        sent — or the failure it came to (a status error is classified here).
+
+        `on_wire` is called when the request's headers start on their way to
+        the provider (after any wait for a connection, its TCP and TLS)."""
         if not self._filtering:
             self._filtering = True
             self._log_filter.install()
@@ -237,6 +255,7 @@ class ProviderClients:
                     content=json.dumps(body, ensure_ascii=False).encode(),
                     headers=route.headers,
                     timeout=self._timeout(timeout_s),
+                    extensions=None if on_wire is None else {"trace": _wire_trace(on_wire)},
                 )
         except Exception as exc:
             # Whatever the transport raises is a failed connection unless it is
@@ -259,13 +278,14 @@ class ProviderClients:
         messages: list[dict[str, str]],
         timeout_s: float,
         temperature: float | None = None,
+        on_wire: Callable[[], None] | None = None,
     ) -> CallResult | CallFailure:
-        """One chat completion of `messages` on the key's route."""
+        """One chat completion of `messages` on the key's route (`on_wire`: see `_post`)."""
         route = self._routes[key_id]
         body: dict[str, Any] = {"model": model, "messages": messages}
         if temperature is not None:
             body["temperature"] = temperature
-        sent = await self._post(route.chat_url, route, body, timeout_s)
+        sent = await self._post(route.chat_url, route, body, timeout_s, on_wire)
         if isinstance(sent, CallFailure):
             return sent
         response, headers, started = sent

@@ -302,3 +302,31 @@ def test_a_small_bucket_is_replayed_through_what_was_sent_since_not_charged_it_a
     # next send (0.3 s after the blur), then each 2,000 met by 2,000 of refill.
     assert budget.tokens.capacity == pytest.approx(5000)
     assert budget.tokens.level() == pytest.approx(1000 + 1500)
+
+
+def test_requests_not_yet_on_the_wire_are_spent_whatever_an_answer_says() -> None:
+    """Five requests wait for new connections (TCP, TLS, a dropped SYN) while a later
+    one goes out on a warm connection and is answered: its headers cannot count the
+    five, so the budget does not spend them again; once one went out late, answers to
+    requests sent before it still leave it out."""
+    clock = FakeClock()
+    budget = KeyBudget(1200, None, clock)
+    budget.sync(minute_bucket(1200, "0s"))  # the provider has said its bucket is full
+    for _ in range(5):
+        budget.reserve(10)  # requests 0-4: stuck before the wire
+    clock.advance(0.5)
+    budget.reserve(10)  # request 5: out at once
+    sent_at, marks = clock.now, budget.marks()
+    budget.wired(5, clock.now)
+    clock.advance(0.5)
+
+    budget.sync(
+        minute_bucket(1199, "50ms"), sent_at=sent_at, marks=marks, wired_at=sent_at
+    )  # only request 5 was counted
+
+    # 1,199 then, refilled to the brim since (the bucket holds 1,200), less the five.
+    assert budget.requests.level() == pytest.approx(1200 - 5)
+
+    budget.wired(0, clock.now)  # request 0 reaches the wire, a second late
+    budget.sync(minute_bucket(1199, "50ms"), sent_at=sent_at, marks=marks, wired_at=sent_at)
+    assert budget.requests.level() == pytest.approx(1200 - 5)  # still not in that reading

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import pytest
@@ -82,11 +82,14 @@ class CountingClients:
         messages: list[dict[str, str]],
         timeout_s: float,
         temperature: float | None = None,
+        on_wire: Callable[[], None] | None = None,
     ) -> CallResult | CallFailure:
         self.now += 1
         self.most = max(self.most, self.now)
         try:
-            return await self._clients.chat(key_id, model, messages, timeout_s, temperature)
+            return await self._clients.chat(
+                key_id, model, messages, timeout_s, temperature, on_wire=on_wire
+            )
         finally:
             self.now -= 1
 
