@@ -182,7 +182,8 @@ class SimulatorSettings:
     # Drift on cue, for demos and tests: from answer number `drift_after` on
     # (0: never), answers change in the ways `drift` names: "shorter",
     # "malformed", "missing_ids", "refusals", "fewer_items", "slower",
-    # "slightly_slower", "faster", "embeddings".
+    # "slightly_slower", "faster", "embeddings", "server_errors" (a share of
+    # calls fails with a 5xx).
     drift_after: int = 0
     drift: tuple[str, ...] = ()
 
@@ -197,6 +198,7 @@ SIMULATED_DRIFTS = (
     "slightly_slower",
     "faster",
     "embeddings",
+    "server_errors",
 )
 
 
