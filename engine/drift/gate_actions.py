@@ -108,16 +108,17 @@ class _TrialRule:
     level: Callable[[Sequence[float]], float]  # of the calls' values: a median, a share
     calls: int  # calls under the preset before it is judged
     rise: float  # how far (relative) the level must have risen before the job is slowed
-    unit: str  # for the messages: "s" or "%"
+    unit: str  # for the messages: "s" (a median) or "%" (a share)
+    per: str  # what a value is of: "answers" or "calls"
 
     def shown(self, level: float) -> str:
-        return f"{level:.1%}" if self.unit == "%" else f"{level:.3g} {self.unit}"
+        return f"{level:.1%}" if self.unit == "%" else f"median {level:.3g} {self.unit}"
 
 
 _TRIED: Mapping[str, _TrialRule] = {
     # Each answer's latency; each call's server error (1.0) or not (0.0).
-    "latency": _TrialRule(statistics.median, HELP_ANSWERS, SLOW_DOWN_RISE, "s"),
-    "server_errors": _TrialRule(statistics.fmean, HELP_CALLS, 0.0, "%"),
+    "latency": _TrialRule(statistics.median, HELP_ANSWERS, SLOW_DOWN_RISE, "s", "answers"),
+    "server_errors": _TrialRule(statistics.fmean, HELP_CALLS, 0.0, "%", "calls"),
 }
 
 
@@ -275,9 +276,9 @@ class GateActions:
         self._events.emit(
             EventKind.DRIFT_LIFTED,
             f"drift gate {metric}: going slower did not bring it down ({shown(trial.tripped)} "
-            f"at the trip, {shown(trial.rule.level(trial.seen))} over {len(trial.seen)} calls "
-            f"since; baseline {shown(trial.baseline)}): the provider is like this whatever "
-            f"this job does, so the job is not slowed for it{restored}",
+            f"at the trip, {shown(trial.rule.level(trial.seen))} over {len(trial.seen)} "
+            f"{trial.rule.per} since; baseline {shown(trial.baseline)}): the provider is like "
+            f"this whatever this job does, so the job is not slowed for it{restored}",
             metric=metric,
             action=str(held.action),
         )
