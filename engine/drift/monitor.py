@@ -153,8 +153,6 @@ _LABELS = {
 _A_TOKENS, _A_LATENCY, _A_COST, _A_FAILED, _A_MISSING, _A_PARSED_CHUNKS, _A_TICK = range(7)
 # Columns of the result window.
 _R_CHARS, _R_ITEMS, _R_REFUSAL = range(3)
-# The call window's one column: 1.0 for a call the provider failed.
-_C_SERVER_ERROR = 0
 # Each distribution's column, in the answer or result window as its `per` says.
 _COLUMNS = {
     "output_tokens": _A_TOKENS,
@@ -317,6 +315,28 @@ class _Ring:
         return self._data[: self.count]
 
 
+class _RecentShare:
+    """How many of the last `capacity` calls were hits, kept as they come:
+    a call costs an append, an evaluation no array at all."""
+
+    __slots__ = ("_recent", "hits")
+
+    def __init__(self, capacity: int) -> None:
+        self._recent: deque[bool] = deque(maxlen=capacity)
+        self.hits = 0
+
+    def add(self, hit: bool) -> None:
+        recent = self._recent
+        if len(recent) == recent.maxlen:
+            self.hits -= recent[0]  # about to fall out
+        recent.append(hit)
+        self.hits += hit
+
+    @property
+    def count(self) -> int:
+        return len(self._recent)
+
+
 @dataclass(slots=True)
 class _Verdict:
     """One metric's value at one evaluation, with what a trip message would quote."""
@@ -396,7 +416,7 @@ class DriftMonitor:
             self._learn_calls += 1
             self._learn_answer(row)
             return
-        self._pending_calls.append(0.0)
+        self._calls.add(False)
         if yields_nothing:
             self._tick += 1
             self._since_evaluation += 1
@@ -417,7 +437,7 @@ class DriftMonitor:
             self._learn_calls += 1
             self._learn_server_errors += int(server_error)
             return
-        self._pending_calls.append(float(server_error))
+        self._calls.add(server_error)
         # It yields no result: time moves on, as for an answer that yields none.
         self._tick += 1
         self._since_evaluation += 1
@@ -591,14 +611,13 @@ class DriftMonitor:
         size = self._settings.window_size
         self._answers = _Ring(size, 7)
         self._results = _Ring(size, 3)
-        self._calls = _Ring(size, 1)
+        self._calls = _RecentShare(size)
         self._embeddings: _Ring | None = None
         self._embedding_dimension = (
             0 if baseline.embedding_centroid is None else baseline.embedding_centroid.size
         )
         self._pending_answers: list[tuple[float, ...]] = []
         self._pending_results: list[tuple[float, ...]] = []
-        self._pending_calls: list[float] = []
         self._pending_embeddings: list[NDArray[np.floating]] = []
         self._tick = 0
         self._since_evaluation = 0
@@ -620,9 +639,6 @@ class DriftMonitor:
             new["result"] = np.array(self._pending_results, dtype=np.float64)
             self._pending_results = []
             self._results.extend(new["result"])
-        if self._pending_calls:
-            self._calls.extend(np.array(self._pending_calls, dtype=np.float64).reshape(-1, 1))
-            self._pending_calls = []
         for name, detector in reference.detectors.items():
             rows = new.get(_PER[name])
             if rows is not None and detector.update(rows[:, _COLUMNS[name]]):
@@ -687,8 +703,7 @@ class DriftMonitor:
                 "refusals": (results[:, _R_REFUSAL].sum(), results.shape[0]),
             }
         if self._calls.count >= enough:  # a window of calls, the rate's own unit
-            calls = self._calls.rows()[:, _C_SERVER_ERROR]
-            rate_counts["server_errors"] = (calls.sum(), calls.size)
+            rate_counts["server_errors"] = (self._calls.hits, self._calls.count)
         for feature in RATES:
             counts = rate_counts.get(feature.name)
             if feature.name not in self._tracks or counts is None:
