@@ -183,7 +183,8 @@ class SimulatorSettings:
     # Drift on cue, for demos and tests: from answer number `drift_after` on
     # (0: never), answers change in the ways `drift` names: "shorter",
     # "malformed", "missing_ids", "refusals", "fewer_items", "slower",
-    # "slightly_slower", "faster", "embeddings".
+    # "slightly_slower", "faster", "embeddings", "server_errors" (a share of
+    # calls fails with a 5xx).
     drift_after: int = 0
     drift: tuple[str, ...] = ()
 
@@ -198,6 +199,7 @@ SIMULATED_DRIFTS = (
     "slightly_slower",
     "faster",
     "embeddings",
+    "server_errors",
 )
 
 
@@ -368,6 +370,7 @@ METRICS: tuple[str, ...] = (
     "parse_failures",  # z of the rate of answers that are not the expected JSON
     "missing_ids",  # z of the rate of parsed answers that left out chunk ids
     "refusals",  # z of the rate of empty or refusal-like results
+    "server_errors",  # z of the rate of calls the provider failed (5xx, resets, hangs)
     "sudden_shift",  # features whose mean jumped within the window (Page-Hinkley)
     "embeddings",  # cosine distance of the outputs' embedding centroid
 )
@@ -398,9 +401,13 @@ class Gate:
 # throughput for a problem throughput does not cause: malformed or
 # incomplete answers get smaller batches (going slower does not mend them);
 # only latency, which load can cause, slows the job, and only when it rose
-# (the monitor judges latency and cost one-sided).  Smaller batches and the
-# conservative preset are lifted when the metric comes back
-# (`engine.drift.gate_actions`).
+# (the monitor judges latency and cost one-sided).  So do server errors
+# (5xx, resets, hangs): going slower can mend an overloaded provider; their
+# z is one-sided and judged against the rate the baseline saw, so a provider
+# that always fails 2 % of calls never trips it, only one failing more.
+# Smaller batches and the conservative preset are lifted when the metric
+# comes back, and the conservative preset also when, tried, it does not bring
+# latency or server errors back (`engine.drift.gate_actions`).
 DEFAULT_GATES: tuple[Gate, ...] = (
     Gate("output_tokens", 0.25, GateAction.WARN),
     Gate("answer_chars", 0.25, GateAction.WARN),
@@ -410,6 +417,7 @@ DEFAULT_GATES: tuple[Gate, ...] = (
     Gate("parse_failures", 4.0, GateAction.SMALLER_BATCHES),
     Gate("missing_ids", 4.0, GateAction.SMALLER_BATCHES),
     Gate("refusals", 4.0, GateAction.WARN),
+    Gate("server_errors", 4.0, GateAction.CONSERVATIVE),
     Gate("sudden_shift", 1.0, GateAction.WARN),
     Gate("embeddings", 0.1, GateAction.WARN),
 )
@@ -425,11 +433,12 @@ class DriftSettings:
     """How the drift monitor learns, looks and judges (the `[drift]` table).
 
     Sizes count samples of each metric's own unit: results for per-chunk
-    metrics, answers for per-answer ones.  The baseline is done when it
-    holds `baseline_size` of both.  Every `evaluate_every` results (or
-    failed answers) each metric whose window holds `min_window` samples is
-    evaluated against its gate.  A user's gate overrides the default gate
-    of that metric field by field.
+    metrics, answers for per-answer ones, calls for server errors.  The
+    baseline is done when it holds `baseline_size` results and answers.
+    Every `evaluate_every` results (or answers and calls yielding none) each
+    metric whose window holds `min_window` samples is evaluated against its
+    gate.  A user's gate overrides the default gate of that metric field by
+    field.
     """
 
     enabled: bool = True

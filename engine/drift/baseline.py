@@ -40,7 +40,7 @@ class Feature:
     name: str
     label: str  # fits the dashboard's 15-character label column
     unit: str
-    per: str  # the sample unit: "answer", "result" or "chunk"
+    per: str  # the sample unit: "answer", "result", "call" or "chunk"
 
 
 ANSWER_FEATURES: tuple[Feature, ...] = (
@@ -64,6 +64,10 @@ RATES: tuple[Feature, ...] = (
     # once, and counting them as independent chunks makes chance look like drift.
     Feature("missing_ids", "missing ids", "parsed answers", "answer"),
     Feature("refusals", "refusals/empty", "results", "result"),
+    # Per call, answered or not: 5xx, resets and hangs are the provider's.
+    # 429s are not calls here (how many come depends on how hard the job
+    # presses its keys, which is the key pool's business).
+    Feature("server_errors", "server errors", "calls", "call"),
 )
 """Proportions: events out of trials, each in its own unit."""
 
@@ -150,6 +154,9 @@ class Baseline:
             )
         samples = _mapping(document, "samples")
         rates = _mapping(document, "rates")
+        # Saved before server errors were counted: no calls to judge them by,
+        # so that gate waits for a baseline that has them; the rest still apply.
+        rates.setdefault("server_errors", [0, 0])
         embedding = document.get("embedding")
         centroid: FloatArray | None = None
         count, spread = 0, 0.0

@@ -19,15 +19,20 @@ after two below the threshold; half of it is the line between its "ok" and
 a metric trips again after a lift, its next lift waits twice as long (up to
 `LIFT_AFTER_MOST`), so a job whose own load moves the metric does not flap.
 
-Latency is the one metric a slower job can mend, and only when the job's own
-load raised it.  So the conservative preset is put in force for latency
-only when its median at least doubled (`SLOW_DOWN_RISE`; a provider's busy
-hour moves it by tens of percent), and it is tried, not kept: once
-`HELP_ANSWERS` answers have come under it, a median that has not come back
-at least halfway to the baseline says the provider is slower whatever this
-job does, and the action is lifted at once.  One that helped is lifted like
-the others, or once the latest answers' median is back within half the rise
-that slowed the job, whichever comes first (`GateActions._latency_back`).
+Latency and server errors are the metrics a slower job can mend, and only
+when load raised them (this job's, on a provider it overloads).  So the
+conservative preset is tried on them, not kept (one rule, `_TRIED`): once
+enough calls have come under it (`HELP_ANSWERS` for latency's median,
+`HELP_CALLS` for the share of server errors), a level that has not come
+back at least halfway to the baseline says the provider is like that
+whatever this job does, and the action is lifted at once.  Latency must
+also have risen far before the job is slowed for it: its median at least
+doubled (`SLOW_DOWN_RISE`; a provider's busy hour moves it by tens of
+percent), by the latest answers and by a longer run of them (right after a
+burst the answers that come are its stragglers); and it is back once its
+median is within half that rise of the baseline (`GateActions._back`),
+or by its gate's own calm, whichever comes first.  Any rise of server
+errors that trips their gate is enough.
 
 If the operator changes the preset meanwhile (a preset, a concurrency),
 their choice wins: the held actions are dropped, and nothing is restored
@@ -40,7 +45,7 @@ import math
 import statistics
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from engine.config.config_problem import ConfigError
@@ -52,6 +57,7 @@ from engine.observe.snapshot import DriftMetric, DriftState
 __all__ = [
     "EXTRA_RETRIES",
     "HELP_ANSWERS",
+    "HELP_CALLS",
     "LIFT_AFTER",
     "LIFT_AFTER_MOST",
     "SLOW_DOWN_RISE",
@@ -75,12 +81,20 @@ Doubled: measured at the provider, a busy hour's +30 % showed as +43-50 %
 (`tests/benchmarks/drift_gate_cost.py`), and a trial of the conservative
 preset costs seconds of a fast job."""
 
-RECENT_ANSWERS = 200
-"""The longer run of answers whose latency median checks the latest few's."""
-
 HELP_ANSWERS = 20
 """Answers under the conservative preset after which it must have brought latency down:
 enough for a median, few because the preset sends only a few a second."""
+
+RECENT_ANSWERS = 200
+"""The longer run of answers whose latency median checks the latest few's."""
+
+HELP_CALLS = 100
+"""Calls under the conservative preset after which it must have brought server errors down.
+
+More than for latency: a share needs more calls than a median to tell a
+rate from half of it.  At 100, a provider still failing 15 % of calls after
+a trip at 15 % (over a baseline of none) looks mended in ~1 % of trials,
+and one mended to 1 % never looks otherwise."""
 
 _HELD_ACTIONS = frozenset({GateAction.SMALLER_BATCHES, GateAction.CONSERVATIVE})
 _CONSERVATIVE = "conservative"
@@ -95,6 +109,33 @@ def with_smaller_batches(preset: Preset) -> Preset:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _TrialRule:
+    """How the conservative preset is tried on a metric that load can raise."""
+
+    level: Callable[[Sequence[float]], float]  # of the calls' values: a median, a share
+    calls: int  # calls under the preset before it is judged
+    rise: float  # how far (relative) the level must have risen before the job is slowed
+    unit: str  # for the messages: "s" (a median) or "%" (a share)
+    per: str  # what a value is of: "answers" or "calls"
+    # A longer run whose level checks the latest calls' (0: none): right after a
+    # burst the answers that come are its stragglers, the slowest of hundreds sent
+    # at once, so the latest few alone overstate a rise in latency.
+    longer: int = 0
+
+    def shown(self, level: float) -> str:
+        return f"{level:.1%}" if self.unit == "%" else f"median {level:.3g} {self.unit}"
+
+
+_TRIED: Mapping[str, _TrialRule] = {
+    # Each answer's latency; each call's server error (1.0) or not (0.0).
+    "latency": _TrialRule(
+        statistics.median, HELP_ANSWERS, SLOW_DOWN_RISE, "s", "answers", RECENT_ANSWERS
+    ),
+    "server_errors": _TrialRule(statistics.fmean, HELP_CALLS, 0.0, "%", "calls"),
+}
+
+
 @dataclass(slots=True)
 class _Held:
     """An action in force for one metric, and how long its metric has been calm."""
@@ -102,24 +143,25 @@ class _Held:
     action: GateAction
     needed: int  # calm evaluations in a row before it is lifted
     calm: int = 0
-    trial: _Trial | None = None  # for latency: is going slower bringing it down?
-    baseline: float = math.nan  # for latency: its baseline median when it tripped
+    trial: _Trial | None = None  # is going slower bringing the metric down?
+    baseline: float = math.nan  # a tried metric's baseline level when it tripped
 
 
 @dataclass(slots=True)
 class _Trial:
-    """Latency under the conservative preset, against its baseline and its median at the trip."""
+    """A metric under the conservative preset, against its baseline and its level at the trip."""
 
+    rule: _TrialRule
     baseline: float
     tripped: float
-    since: float  # when the action was taken: answers to requests sent before it do not count
+    since: float  # when the action was taken: calls sent before it do not count
     seen: list[float] = field(default_factory=list)
 
     def helped(self) -> bool | None:
-        """Whether the median came back halfway or more; None until `HELP_ANSWERS` came."""
-        if len(self.seen) < HELP_ANSWERS:
+        """Whether the level came back halfway or more; None until enough calls came."""
+        if len(self.seen) < self.rule.calls:
             return None
-        return statistics.median(self.seen) <= (self.baseline + self.tripped) / 2
+        return self.rule.level(self.seen) <= (self.baseline + self.tripped) / 2
 
 
 class GateActions:
@@ -147,11 +189,12 @@ class GateActions:
         self._next_wait: dict[str, int] = {}  # metric → calm evaluations its next lift needs
         self._base: Preset | None = None  # in force before the first held action
         self._applied: Preset | None = None  # what the held actions made of it
-        self._latest: deque[float] = deque(maxlen=HELP_ANSWERS)  # the latest answers' latency
-        # A longer run of them: the answers just after a burst are its stragglers (the
-        # slowest of hundreds sent at once), so the latest few alone overstate a rise.
-        self._recent: deque[float] = deque(maxlen=RECENT_ANSWERS)
-        self._waiting: float | None = None  # a latency trip's baseline, while it rose too little
+        # The latest calls' values of each tried metric.
+        self._latest = {name: deque[float](maxlen=rule.calls) for name, rule in _TRIED.items()}
+        self._longer = {
+            name: deque[float](maxlen=rule.longer) for name, rule in _TRIED.items() if rule.longer
+        }
+        self._waiting: dict[str, float] = {}  # metric → its baseline, while it rose too little
 
     @property
     def held(self) -> dict[str, GateAction]:
@@ -166,7 +209,8 @@ class GateActions:
         baseline: float = math.nan,
         window: float = math.nan,
     ) -> None:
-        """Act on `metric`'s gate tripping; `baseline` and `window` are its medians then."""
+        """Act on `metric`'s gate tripping; `baseline` and `window` are its levels then
+        (medians, or rates)."""
         if action is GateAction.PAUSE:
             self._controls.pause()
             return
@@ -179,23 +223,29 @@ class GateActions:
         if action is GateAction.CONSERVATIVE and _CONSERVATIVE not in self._presets:
             return
         trial = None
-        if metric == "latency" and action is GateAction.CONSERVATIVE:
-            # The window's median lags a rise still under way: the latest answers' leads.
-            now = self._latency_now() if self._latest else window
-            rise = now / baseline - 1.0 if baseline > 0 else math.nan
-            if not rise >= SLOW_DOWN_RISE:
-                if self._waiting is None:
+        rule = _TRIED.get(metric)
+        if rule is not None and action is GateAction.CONSERVATIVE:
+            # The window lags a rise still under way: the latest calls lead.
+            now = self._level_now(metric, rule) if self._latest[metric] else window
+            if not now >= baseline * (1.0 + rule.rise):  # (a NaN waits too)
+                if metric not in self._waiting:
+                    short = (
+                        f"less than the {rule.rise:.0%} rise that slows the job"
+                        if rule.rise
+                        else "no rise"
+                    )
                     self._events.emit(
                         EventKind.DRIFT_ACTION,
-                        f"drift gate latency: its median rose {rise:.0%}, less than the "
-                        f"{SLOW_DOWN_RISE:.0%} that slows the job: not slowed while it stays so",
+                        f"drift gate {metric}: {rule.shown(now)} lately against "
+                        f"{rule.shown(baseline)} in the baseline, {short}: "
+                        "not slowed while it stays so",
                         metric=metric,
                         action=str(GateAction.WARN),
                     )
-                self._waiting = baseline  # looked at again each evaluation while tripped
+                self._waiting[metric] = baseline  # looked at again each evaluation while tripped
                 return
-            self._waiting = None
-            trial = _Trial(baseline, now, since=self._clock())
+            self._waiting.pop(metric, None)
+            trial = _Trial(rule, baseline, now, since=self._clock())
         self._yield_to_operator()
         if self._base is None:
             self._base = self._preset()
@@ -217,49 +267,55 @@ class GateActions:
                 concurrency=after.concurrency,
             )
 
-    def observe_latency(self, seconds: float) -> None:
-        """One answer's latency: lifts the conservative preset if it is not bringing it down."""
-        self._latest.append(seconds)
-        self._recent.append(seconds)
-        held = self._held.get("latency")
+    def observe(self, metric: str, value: float, sent_at: float | None = None) -> None:
+        """One call's value of a tried metric (an answer's latency; 1.0 for a server
+        error, 0.0 for a call without), sent at `sent_at` (on this object's clock;
+        None: not known): lifts the conservative preset if it is not bringing the
+        metric down."""
+        self._latest[metric].append(value)
+        longer = self._longer.get(metric)
+        if longer is not None:
+            longer.append(value)
+        held = self._held.get(metric)
         if held is None or held.trial is None:
             return
         trial = held.trial
-        if self._clock() - seconds < trial.since:
+        if sent_at is not None and sent_at < trial.since:
             return  # sent before the job slowed down
-        trial.seen.append(seconds)
+        trial.seen.append(value)
         helped = trial.helped()
         if helped is None:
             return
         held.trial = None
         if helped:
-            return  # it is the job's own doing: hold until latency is back
+            return  # it is the job's own doing: hold until the metric is back
         self._yield_to_operator()
-        if "latency" not in self._held:
+        if metric not in self._held:
             return  # the operator chose meanwhile: nothing to lift
-        del self._held["latency"]
+        del self._held[metric]
         before = self._preset()
         after = self._settle()
         restored = _restored(before, after)
+        shown = trial.rule.shown
         self._events.emit(
             EventKind.DRIFT_LIFTED,
-            f"drift gate latency: going slower did not bring it down (median "
-            f"{trial.tripped:.3g} s at the trip, {statistics.median(trial.seen):.3g} s over "
-            f"{len(trial.seen)} answers since; baseline {trial.baseline:.3g} s): the provider "
-            f"is slower whatever this job does, so the job is not slowed for it{restored}",
-            metric="latency",
+            f"drift gate {metric}: going slower did not bring it down ({shown(trial.tripped)} "
+            f"at the trip, {shown(trial.rule.level(trial.seen))} over {len(trial.seen)} "
+            f"{trial.rule.per} since; baseline {shown(trial.baseline)}): the provider is like "
+            f"this whatever this job does, so the job is not slowed for it{restored}",
+            metric=metric,
             action=str(held.action),
         )
 
     def review(self, metrics: Iterable[DriftMetric], evaluations: int = 1) -> None:
         """After `evaluations` new evaluations: lift what stayed calm long enough (and act
-        on a latency trip held back while it rose too little, once it rose enough)."""
-        if self._waiting is not None:
-            latency = next((m for m in metrics if m.name == "latency"), None)
-            if latency is None or latency.state is not DriftState.TRIPPED:
-                self._waiting = None
+        on a trip held back while its metric rose too little, once it rose enough)."""
+        for name, baseline in list(self._waiting.items()):
+            waiting = next((m for m in metrics if m.name == name), None)
+            if waiting is None or waiting.state is not DriftState.TRIPPED:
+                del self._waiting[name]
             else:
-                self.take("latency", GateAction.CONSERVATIVE, baseline=self._waiting)
+                self.take(name, GateAction.CONSERVATIVE, baseline=baseline)
         if not self._held:
             return
         self._yield_to_operator()
@@ -272,7 +328,7 @@ class GateActions:
                 metric.state is DriftState.OK
                 and metric.current is not None
                 and metric.current < metric.threshold / 2
-            ) or self._latency_back(metric.name, held)
+            ) or self._back(metric.name, held)
             held.calm = held.calm + evaluations if calm else 0
             if held.calm >= held.needed:
                 lifted.append((metric.name, held))
@@ -292,23 +348,26 @@ class GateActions:
                 action=str(held.action),
             )
 
-    def _latency_back(self, metric: str, held: _Held) -> bool:
-        """Latency slowed the job only once its median doubled: it is back once the
-        latest answers' median is within half that rise of the baseline.
+    def _level_now(self, metric: str, rule: _TrialRule) -> float:
+        """The latest calls' level, or the longer run's where that is lower."""
+        level = rule.level(self._latest[metric])
+        longer = self._longer.get(metric)
+        return min(level, rule.level(longer)) if longer else level
 
-        Its distribution may never come as close to the baseline as the gate's
-        own calm asks: a baseline learned from the opening burst's answers is
-        the fastest of them (the slow ones were still on their way).
+    def _back(self, metric: str, held: _Held) -> bool:
+        """A metric that slowed the job only once it rose far (latency: its median
+        doubled) is back once its level is within half that rise of the baseline.
+
+        Its gate's own calm may never come: a latency baseline learned from an
+        opening burst holds the burst's fastest answers (the slow ones were
+        still on their way).
         """
-        if metric != "latency" or math.isnan(held.baseline) or held.trial is not None:
+        rule = _TRIED.get(metric)
+        if rule is None or not rule.rise or held.trial is not None:
             return False
-        if len(self._latest) < HELP_ANSWERS:
+        if math.isnan(held.baseline) or len(self._latest[metric]) < rule.calls:
             return False
-        return self._latency_now() < held.baseline * (1 + SLOW_DOWN_RISE / 2)
-
-    def _latency_now(self) -> float:
-        """The latest answers' median, or the longer run's where that is lower."""
-        return min(statistics.median(self._latest), statistics.median(self._recent))
+        return self._level_now(metric, rule) < held.baseline * (1 + rule.rise / 2)
 
     def _yield_to_operator(self) -> None:
         """Drop the held actions if the preset in force is no longer what they made."""

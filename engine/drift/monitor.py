@@ -1,7 +1,8 @@
 """The drift monitor: learns what normal output looks like, then watches for change.
 
-The engine calls `observe_answer` once per answer from the provider and
-`observe_result` once per chunk result.  The monitor
+The engine calls `observe_answer` once per answer from the provider,
+`observe_failed_call` once per call that came back without one (a 429
+aside), and `observe_result` once per chunk result.  The monitor
 
 1. learns a baseline from the first `baseline_size` results *and* answers
    (or takes one saved from an earlier run, `use_baseline`);
@@ -18,7 +19,10 @@ The engine calls `observe_answer` once per answer from the provider and
      otherwise carry most of the false alarms;
    - a one-sided two-proportion z for the rates over the last
      `window_size` ticks: parse failures per answer, answers missing ids
-     per parsed answer, empty or refusal-like results per result;
+     per parsed answer, empty or refusal-like results per result; and over
+     the last `window_size` calls, server errors (5xx, resets, hangs) per
+     call, whose z counts in full only for a rise of 8 points or more
+     (`_MIN_RISE`);
    - `sudden_shift`: how many per-answer features a sequential detector
      (Page-Hinkley, see `detectors.py`) saw jump, on the stream
      itself rather than against the baseline, within the last
@@ -110,6 +114,15 @@ _MIN_MOVE = {"latency": 0.5}
 # preset and cut its throughput for nothing).  Shorter answers are watched by
 # their own features.
 _ONLY_RISES = frozenset({"latency", "cost"})
+# Server errors count in full once their share of calls rose 8 points; a
+# smaller rise counts (rise / 8 points)².  A baseline of ~200 calls reads a
+# steady 2 % as anything from none to 4 %, and against none, a window of 200
+# calls at 6 % reaches z 4: measured on the test's synthetic stream, a steady
+# 2 % or 5 % then tripped in 1 of 120 runs of 10,000 calls; with this, in none
+# of 400, while a rise from 1 % to 15 % trips within 200 calls (median 125).
+# A smaller rise is retried away for less than going slower would cost.
+_MIN_RISE = {"server_errors": 0.08}
+_RISE_POWER = 2
 SHIFT_RECENT = 50  # answers whose median tells whether a detected jump is worth a trip
 
 SHIFT_FEATURES: tuple[Feature, ...] = ANSWER_FEATURES
@@ -302,6 +315,28 @@ class _Ring:
         return self._data[: self.count]
 
 
+class _RecentShare:
+    """How many of the last `capacity` calls were hits, kept as they come:
+    a call costs an append, an evaluation no array at all."""
+
+    __slots__ = ("_recent", "hits")
+
+    def __init__(self, capacity: int) -> None:
+        self._recent: deque[bool] = deque(maxlen=capacity)
+        self.hits = 0
+
+    def add(self, hit: bool) -> None:
+        recent = self._recent
+        if len(recent) == recent.maxlen:
+            self.hits -= recent[0]  # about to fall out
+        recent.append(hit)
+        self.hits += hit
+
+    @property
+    def count(self) -> int:
+        return len(self._recent)
+
+
 @dataclass(slots=True)
 class _Verdict:
     """One metric's value at one evaluation, with what a trip message would quote."""
@@ -378,12 +413,34 @@ class DriftMonitor:
         # nothing but failures gets evaluated (and caught).
         yields_nothing = answer.parse_failed or answer.missing_ids >= chunks
         if self._reference is None:
+            self._learn_calls += 1
             self._learn_answer(row)
             return
+        self._calls.add(False)
         if yields_nothing:
             self._tick += 1
             self._since_evaluation += 1
         self._pending_answers.append((*row, float(self._tick)))
+        if self._since_evaluation >= self._settings.evaluate_every:
+            self._evaluate()
+
+    def observe_failed_call(self, server_error: bool) -> None:
+        """A call that brought no answer: `server_error` if the provider failed it
+        (5xx, a reset, a hang); else (a bad request, say) it only counts as a call.
+
+        429s are not calls here: how many come depends on how hard the job
+        presses its keys, not on the provider's health.
+        """
+        if not self._settings.enabled:
+            return
+        if self._reference is None:
+            self._learn_calls += 1
+            self._learn_server_errors += int(server_error)
+            return
+        self._calls.add(server_error)
+        # It yields no result: time moves on, as for an answer that yields none.
+        self._tick += 1
+        self._since_evaluation += 1
         if self._since_evaluation >= self._settings.evaluate_every:
             self._evaluate()
 
@@ -457,6 +514,8 @@ class DriftMonitor:
         self._learn_missing = 0  # parsed answers that left out an id
         self._learn_parsed = 0
         self._learn_refusals = 0
+        self._learn_calls = 0
+        self._learn_server_errors = 0
         self._learn_embedding_sum: NDArray[np.float64] | None = None
         self._learn_unit_sum: NDArray[np.float64] | None = None
         self._learn_embeddings = 0
@@ -512,6 +571,7 @@ class DriftMonitor:
             "parse_failures": (self._learn_failed, self._learn_answer_count),
             "missing_ids": (self._learn_missing, self._learn_parsed),
             "refusals": (self._learn_refusals, self._learn_result_count),
+            "server_errors": (self._learn_server_errors, self._learn_calls),
         }
         centroid, spread = None, 0.0
         if self._learn_embedding_sum is not None and self._learn_unit_sum is not None:
@@ -551,6 +611,7 @@ class DriftMonitor:
         size = self._settings.window_size
         self._answers = _Ring(size, 7)
         self._results = _Ring(size, 3)
+        self._calls = _RecentShare(size)
         self._embeddings: _Ring | None = None
         self._embedding_dimension = (
             0 if baseline.embedding_centroid is None else baseline.embedding_centroid.size
@@ -631,6 +692,7 @@ class DriftMonitor:
             value = max(0.0, value)
             verdicts.append(_Verdict(feature.name, value, base_n, values.size, feature.unit))
 
+        rate_counts: dict[str, tuple[Any, Any]] = {}
         if spanned >= enough:
             rate_counts = {
                 "parse_failures": (answers[in_span, _A_FAILED].sum(), in_span.sum()),
@@ -640,47 +702,56 @@ class DriftMonitor:
                 ),
                 "refusals": (results[:, _R_REFUSAL].sum(), results.shape[0]),
             }
-            for feature in RATES:
-                if feature.name not in self._tracks:
-                    continue
-                k, n = (int(count) for count in rate_counts[feature.name])
-                base_k, base_n = baseline.rates[feature.name]
-                value = two_proportion_z(base_k, base_n, k, n)
-                verdicts.append(
-                    _Verdict(
-                        feature.name,
-                        value,
-                        base_n,
-                        n,
-                        feature.unit,
-                        baseline_value=base_k / max(1, base_n),
-                        window_value=k / max(1, n),
-                    )
+        if self._calls.count >= enough:  # a window of calls, the rate's own unit
+            rate_counts["server_errors"] = (self._calls.hits, self._calls.count)
+        for feature in RATES:
+            counts = rate_counts.get(feature.name)
+            if feature.name not in self._tracks or counts is None:
+                continue
+            base_k, base_n = baseline.rates[feature.name]
+            if base_n == 0:
+                continue  # a baseline saved before this rate was counted: nothing to judge by
+            k, n = (int(count) for count in counts)
+            value = two_proportion_z(base_k, base_n, k, n)
+            least_rise = _MIN_RISE.get(feature.name)
+            if least_rise is not None and value > 0.0:
+                rise = k / n - base_k / base_n
+                value *= min(1.0, max(0.0, rise) / least_rise) ** _RISE_POWER
+            verdicts.append(
+                _Verdict(
+                    feature.name,
+                    value,
+                    base_n,
+                    n,
+                    feature.unit,
+                    baseline_value=base_k / max(1, base_n),
+                    window_value=k / max(1, n),
                 )
-            if "sudden_shift" in self._tracks:
-                recent = sorted(
-                    name
-                    for name, tick in self._last_shift.items()
-                    if tick > self._tick - settings.window_size
-                    and _median_move(
-                        _median(answers[-SHIFT_RECENT:, _COLUMNS[name]]),
-                        reference.medians[name],
-                        name,
-                    )
-                    >= _MIN_MOVE.get(name, MIN_MEDIAN_SHIFT)
+            )
+        if spanned >= enough and "sudden_shift" in self._tracks:
+            recent = sorted(
+                name
+                for name, tick in self._last_shift.items()
+                if tick > self._tick - settings.window_size
+                and _median_move(
+                    _median(answers[-SHIFT_RECENT:, _COLUMNS[name]]),
+                    reference.medians[name],
+                    name,
                 )
-                verdicts.append(
-                    _Verdict(
-                        "sudden_shift",
-                        len(recent),
-                        0,
-                        spanned,
-                        "features",
-                        baseline_value=0.0,
-                        window_value=len(recent),
-                        detail="jumped: " + ", ".join(recent),
-                    )
+                >= _MIN_MOVE.get(name, MIN_MEDIAN_SHIFT)
+            )
+            verdicts.append(
+                _Verdict(
+                    "sudden_shift",
+                    len(recent),
+                    0,
+                    spanned,
+                    "features",
+                    baseline_value=0.0,
+                    window_value=len(recent),
+                    detail="jumped: " + ", ".join(recent),
                 )
+            )
 
         embeddings = self._embeddings
         centroid = baseline.embedding_centroid

@@ -1,7 +1,8 @@
 """The drift monitor in a running job: fed from answers and results, acted on when it trips.
 
-Each answer's shape, cost and latency and each result's features go to the
-monitor (`engine.drift.monitor`); when embeddings are on, the results'
+Each answer's shape, cost and latency, each failed call (a server error
+or not), and each result's features go to the monitor
+(`engine.drift.monitor`); when embeddings are on, the results'
 outputs are embedded first, through the job's own keys and within their
 budgets (a `KeyLease` like any chat request).  A gate that trips is
 announced with its numbers and acted on through the job's controls
@@ -32,7 +33,13 @@ from engine.limits.key_pool import KeyPool, NoUsableKeyError
 from engine.observe.events import EventBus, EventKind
 from engine.observe.snapshot import DriftMetric
 from engine.pipeline.token_estimate import estimate_tokens
-from engine.provider.client import CallFailure, CallResult, EmbeddingResult, FailureKind
+from engine.provider.client import (
+    SERVER_SIDE,
+    CallFailure,
+    CallResult,
+    EmbeddingResult,
+    FailureKind,
+)
 
 Clock = Callable[[], float]
 
@@ -136,7 +143,21 @@ class DriftWatch:
                 cost_usd=cost,
             )
         )
-        self.actions.observe_latency(latency)
+        sent_at = self._clock() - latency
+        self.actions.observe("latency", latency, sent_at)
+        self.actions.observe("server_errors", 0.0, sent_at)
+        self._act()
+
+    def observe_failure(self, failure: CallFailure) -> None:
+        """A call that brought no answer.  A server error if the provider failed it
+        (`SERVER_SIDE`: 5xx, a reset, a hang); a 429 is not watched at all — it
+        says how hard the job presses its keys, which the key pool answers."""
+        if failure.kind is FailureKind.RATE_LIMITED:
+            return
+        server_error = failure.kind in SERVER_SIDE
+        self.monitor.observe_failed_call(server_error)
+        sent_at = self._clock() - failure.latency_s
+        self.actions.observe("server_errors", float(server_error), sent_at)
         self._act()
 
     async def observe_results(self, results: list[tuple[dict[str, Any], str]]) -> None:

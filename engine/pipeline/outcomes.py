@@ -50,6 +50,8 @@ class AnswerWatch(Protocol):
         self, chunks: int, result: CallResult, cost: float, *, parse_failed: bool, missing: int
     ) -> None: ...
 
+    def observe_failure(self, failure: CallFailure) -> None: ...
+
     async def observe_results(self, results: list[tuple[dict[str, Any], str]]) -> None: ...
 
 
@@ -184,6 +186,8 @@ class Outcomes:
     ) -> None:
         """A failed call: classified, then requeued, retried, split or failed for good."""
         key = lease.key
+        if self._drift is not None:
+            self._drift.observe_failure(failure)  # server errors are drift too
         s = self._stats
         s.errors_by_kind[str(failure.kind)] += 1
         s.errors_by_key[key.key_id] += 1

@@ -54,6 +54,10 @@ class FailureKind(StrEnum):
 
 RETRYABLE = {FailureKind.SERVER, FailureKind.TIMEOUT, FailureKind.CONNECTION, FailureKind.MALFORMED}
 
+SERVER_SIDE = frozenset({FailureKind.SERVER, FailureKind.TIMEOUT, FailureKind.CONNECTION})
+"""The provider's failures: it erred (5xx), dropped the connection, or never answered.
+(A 429 is a limit, not a failure; a malformed body is the model's, not the server's.)"""
+
 
 @dataclass(frozen=True, slots=True)
 class CallResult:

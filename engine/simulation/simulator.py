@@ -14,7 +14,8 @@ for `"items": [...]` also gets a deterministic list of words per id.
 
 It drifts on cue: from chat answer number `drift_after` on, answers change
 in the ways `drift` names (shorter, malformed, missing ids, refusals, fewer
-items, slower, slightly slower, faster, embeddings elsewhere), until answer `drift_until`
+items, slower, slightly slower, faster, embeddings elsewhere, or a share of
+chat requests failing with a 5xx), until answer `drift_until`
 if that is set, for demos and tests of the drift monitor and its gates.
 Outside that span every answer is what it would be without drift.
 
@@ -335,6 +336,7 @@ _SLOWER_FACTOR = 2.5
 _FASTER_FACTOR = 0.7  # the median latency 0.118 → 0.085 s a real provider once showed
 _SLIGHTLY_SLOWER_FACTOR = 1.3  # a provider's busy hour: no drift worth slowing a job for
 _EMBEDDING_PULL = 2.0  # weight of the fixed direction added to each vector
+_SERVER_ERROR_SHARE = 0.25  # of chat requests: a provider overloaded, not down
 REFUSAL_TEXT = "I'm sorry, but I can't help with that."
 
 
@@ -472,6 +474,7 @@ class ProviderSimulator:
         self._base_url: str | None = None
         self._completion_seq = 0
         self._answers_numbered = 0  # chat answers composed: the drift's clock
+        self._server_error_draws = 0  # chat requests that drew for a drifted 5xx
 
     @property
     def config(self) -> SimulatorConfig:
@@ -757,6 +760,19 @@ class ProviderSimulator:
                 return kind
         return None
 
+    def _drifted_server_error(self) -> bool:
+        """Whether this chat request fails with a 5xx for a "server_errors" drift.
+
+        The span is the answers' (a failed request composes none, so the
+        drift still ends at `drift_until`); each request while it lasts
+        draws from a stream of its own, as every drift does.
+        """
+        if "server_errors" not in self._config.drift or not self.drifting:
+            return False
+        self._server_error_draws += 1
+        rng = _drift_rng(self._config.seed, "server_errors", self._server_error_draws)
+        return rng.random() < _SERVER_ERROR_SHARE
+
     def _base_latency(self) -> float:
         config = self._config
         return draw_latency(self._rng, config.latency_s, config.latency_distribution)
@@ -824,6 +840,8 @@ class ProviderSimulator:
         started = time.monotonic()
         config = self._config
         fault = self._draw_fault(FAULT_KINDS)
+        if fault is None and self._drifted_server_error():
+            fault = "5xx"
         if fault is not None:
             self.stats.faults[fault] += 1
             early = await self._fault_response(request, fault, headers)

@@ -18,6 +18,9 @@ simulator for every run:
 - **steady**: no drift;
 - **faster**: from answer 400 on (after the baseline), latency × 0.7;
 - **slower**: from answer 400 on, latency × 1.3, a provider's busy hour;
+- **5xx 2 %**: 2 % of requests fail with a 5xx from the first on, a
+  provider's everyday errors: the server-errors gate learns them as normal
+  and must not slow the job (its retries are the same with drift off);
 - **much slower** (shown apart, not part of the requirement): latency × 2.5
   from answer 400 to 1,400, a provider in trouble.  A latency that rose this
   far is the one thing the default gates slow a job for (the conservative
@@ -62,6 +65,7 @@ WORKLOADS: dict[str, tuple[str, ...]] = {
     "steady": (),
     "faster": ("--drift-after", str(PHASE_START), "--drift", "faster"),
     "slower": ("--drift-after", str(PHASE_START), "--drift", "slightly_slower"),
+    "5xx 2 %": ("--fault-5xx", "0.02"),
     "much slower": (
         "--drift-after",
         str(PHASE_START),

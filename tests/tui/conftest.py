@@ -176,7 +176,7 @@ def fixed_snapshot(**changes: object) -> Snapshot:
 
 
 def every_drift_metric() -> tuple[DriftMetric, ...]:
-    """The metrics a job's drift monitor watches by default (the demo's nine), with fixed series.
+    """The metrics a job's drift monitor watches by default (the demo's ten), with fixed series.
 
     Names, labels, statistics and thresholds come from a real monitor; the
     series are made up: most metrics calm, one near its threshold, one past it.

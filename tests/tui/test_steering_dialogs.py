@@ -233,8 +233,8 @@ async def test_dialogs_do_not_steer_a_job_that_ended_while_they_were_open(
 
 # ---------------------------------------------------------------- layout
 async def test_panels_collapse_in_order_as_the_terminal_shrinks() -> None:
-    nine = every_drift_metric()
-    app = fixed_app(drift=nine)
+    every = every_drift_metric()
+    app = fixed_app(drift=every)
     async with app.run_test(size=(200, 60)) as pilot:
         await pilot.pause()
         keys, log, drift = (
@@ -243,21 +243,23 @@ async def test_panels_collapse_in_order_as_the_terminal_shrinks() -> None:
             app.query_one(DriftPanel),
         )
         assert log.region.x > keys.region.right - 1, "wide: the log sits beside the keys"
-        assert drift.region.height >= 2 * len(nine), "wide and tall: the charts grow"
+        assert drift.region.height >= 2 * len(every), "wide and tall: the charts grow"
 
         await pilot.resize_terminal(80, 30)
         await pilot.pause()
         assert app.query_one("#sparklines").display and app.query_one("#queues").display
-        assert drift.region.height == 1 + len(nine), "medium: a line per metric"
+        assert drift.region.height == 1 + len(every), "medium: a line per metric"
         assert log.region.y > keys.region.y, "narrow: stacked"
 
         await pilot.resize_terminal(80, 24)
         await pilot.pause()
         assert not app.query_one("#sparklines").display, "short: sparklines go first"
         assert not app.query_one("#queues").display, "then the queues"
-        assert drift.display and drift.region.height == 1 + len(nine), "so drift keeps its lines"
+        assert drift.display and drift.region.height == 10, "so drift keeps nine lines"
         drawn = str(drift.render())
-        assert all(metric.label in drawn for metric in nine)
+        # Ten metrics in nine lines: the worst keep theirs (tripped, then warning, then ok).
+        assert sum(metric.label in drawn for metric in every) == 9
+        assert drawn.index("refusals/empty") < drawn.index("items") < drawn.index("output tokens")
         assert log.region.height >= 3 and log.region.bottom <= app.screen.region.bottom - 1
 
         await pilot.resize_terminal(80, 20)
@@ -300,7 +302,7 @@ def test_dashboard_at_200x60(snap_compare: Callable[..., bool]) -> None:
 
 
 def test_dashboard_with_every_drift_metric_at_80x24(snap_compare: Callable[..., bool]) -> None:
-    # A line per metric for all nine, the log below, and a footer that ends in `^p more`.
+    # A line per metric for all every, the log below, and a footer that ends in `^p more`.
     app = fixed_app(drift=every_drift_metric())
     assert snap_compare(app, terminal_size=(80, 24))
 

@@ -4,12 +4,14 @@ every problem refused with its file and key named."""
 from __future__ import annotations
 
 import tomllib
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from engine.config.config_problem import ConfigError
 from engine.config.drift_table import parse_drift_settings
+from engine.config.job_file import load_config
 from engine.config.settings import DEFAULT_GATES, METRICS, DriftSettings, Gate, GateAction
 
 EXAMPLE = """
@@ -48,8 +50,12 @@ def test_every_metric_has_one_default_gate() -> None:
     # No default stops or pauses a job: a headless run would wait forever.
     held = {GateAction.SMALLER_BATCHES, GateAction.CONSERVATIVE}
     assert {gate.action for gate in DEFAULT_GATES} <= {GateAction.WARN, *held}
-    # Only latency, which the job's own load can cause, may slow the job down.
-    assert [g.metric for g in DEFAULT_GATES if g.action is GateAction.CONSERVATIVE] == ["latency"]
+    # Only latency and server errors, which load can cause, may slow the job down.
+    assert [g.metric for g in DEFAULT_GATES if g.action is GateAction.CONSERVATIVE] == [
+        "latency",
+        "server_errors",
+    ]
+    assert settings.gate("server_errors") == Gate("server_errors", 4.0, GateAction.CONSERVATIVE)
 
 
 def test_an_empty_table_is_the_defaults() -> None:
@@ -67,6 +73,35 @@ def test_the_example_table_overrides_only_what_it_names() -> None:
     assert settings.gate("latency") == Gate("latency", 0.4, GateAction.CONSERVATIVE)
     assert settings.gate("refusals") == DriftSettings().gate("refusals")
     assert [gate.metric for gate in settings.gates] == list(METRICS)
+
+
+def test_a_job_file_may_set_the_server_errors_gate_and_is_told_its_mistakes_by_line(
+    tmp_path: Path,
+) -> None:
+    job = tmp_path / "job.toml"
+    minimal = (
+        '[job]\ninput = "docs"\n\n[[providers]]\nname = "p"\n'
+        'base_url = "https://api.example.com/v1"\nmodel = "m"\n\n'
+        '[[providers.keys]]\nenv = "KEY"\n\n'
+    )
+    job.write_text(
+        minimal + '[drift.gates]\nserver_errors = { threshold = 6.0, action = "pause" }\n'
+    )
+    assert load_config(job).drift.gate("server_errors") == Gate(
+        "server_errors", 6.0, GateAction.PAUSE
+    )
+
+    job.write_text(
+        minimal + '[drift.gates]\nserver_errors = { threshold = 0, action = "slower" }\n'
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(job)
+    line = minimal.count("\n") + 2
+    assert str(caught.value).splitlines() == [
+        f"{job}:{line}: drift.gates.server_errors.threshold: must be a positive number (got 0)",
+        f"{job}:{line}: drift.gates.server_errors.action: "
+        "must be one of warn, smaller_batches, conservative, pause, stop (got 'slower')",
+    ]
 
 
 def test_a_bad_action_is_named_on_one_line() -> None:

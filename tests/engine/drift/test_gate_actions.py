@@ -9,12 +9,15 @@ not mistaken for the provider changing.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from engine.config.settings import BUILTIN_PRESETS, DriftSettings, Preset
-from engine.drift.gate_actions import EXTRA_RETRIES
+from engine.drift.gate_actions import EXTRA_RETRIES, HELP_CALLS
 from engine.drift.watch import provider_latency_s
 from engine.engine import Engine
 from engine.observe.events import Event, EventKind
@@ -22,6 +25,7 @@ from engine.observe.snapshot import JobState
 from engine.provider.client import CallResult
 from engine.simulation.simulator import ProviderSimulator
 from tests.engine.conftest import job_config, sim_keys, write_records
+from tui.cli import baseline_command
 
 KEYS = (("k1", 600_000, 1_000_000_000),)
 # The default gates and actions; small sizes keep the test quick.
@@ -51,6 +55,7 @@ async def gated_engine(
     drift: tuple[str, ...] = (),
     after: int = 0,
     until: int = 0,
+    **faults: float,
 ) -> Engine:
     sim = await simulator(  # type: ignore[misc]
         keys=sim_keys(KEYS),
@@ -58,13 +63,31 @@ async def gated_engine(
         drift_after=after,
         drift=drift,
         drift_until=until,
+        **faults,
     )
     assert isinstance(sim, ProviderSimulator)
+    return gated_job(tmp_path, sim, records)
+
+
+def gated_job(tmp_path: Path, sim: ProviderSimulator, records: int) -> Engine:
     config, secrets = job_config(
         tmp_path, write_records(tmp_path / "in.txt", records), sim.base_url, KEYS, preset=PRESET
     )
     presets = {**config.presets, "conservative": CONSERVATIVE}
     return Engine(replace(config, drift=DRIFT, presets=presets), secrets)
+
+
+def presets_put_in_force(engine: Engine) -> list[Preset]:
+    """The presets the job will have put in force, in order (filled as it runs)."""
+    in_force: list[Preset] = []
+    engine.events.subscribe(
+        lambda e: (
+            in_force.append(engine.snapshot().preset)
+            if e.kind is EventKind.PRESET_CHANGED
+            else None
+        )
+    )
+    return in_force
 
 
 def messages(engine: Engine, *kinds: EventKind) -> list[str]:
@@ -221,3 +244,88 @@ def test_the_latency_judged_is_the_providers_own_when_it_reports_it() -> None:
     # A report that cannot be right (longer than the call, or not a number) is not believed.
     assert provider_latency_s(answer(0.26, {"openai-processing-ms": "900"})) == 0.26
     assert provider_latency_s(answer(0.26, {"openai-processing-ms": "soon"})) == 0.26
+
+
+# ---------------------------------------------------------------- server errors
+
+
+async def test_a_burst_of_server_errors_slows_the_job_until_they_are_back(
+    tmp_path: Path, simulator: Callable[..., object]
+) -> None:
+    # The provider fails a quarter of the calls once the gates are armed, overloaded, and
+    # mends as soon as the job goes slower.
+    sim = await simulator(keys=sim_keys(KEYS), latency_s=(0.04, 0.06))  # type: ignore[misc]
+    assert isinstance(sim, ProviderSimulator)
+    engine = gated_job(tmp_path, sim, records=6000)
+
+    def provider(event: Event) -> None:
+        if event.kind is EventKind.DRIFT_BASELINE:
+            sim.set_faults(fault_5xx=0.25)
+        elif event.kind is EventKind.DRIFT_ACTION and event.data["metric"] == "server_errors":
+            sim.set_faults(fault_5xx=0.0)
+
+    engine.events.subscribe(provider)
+    presets_in_force = presets_put_in_force(engine)
+
+    lifted = await run_until(engine, EventKind.DRIFT_LIFTED)
+
+    trips = messages(engine, EventKind.DRIFT_TRIPPED)
+    assert any(
+        m.startswith("drift: server errors z") and m.endswith("→ conservative") for m in trips
+    )
+    acted = messages(engine, EventKind.DRIFT_ACTION)
+    assert [m for m in acted if m.startswith("drift gate server_errors: conservative preset")], (
+        acted
+    )
+    assert lifted is not None, messages(engine, EventKind.DRIFT_ACTION, EventKind.WARNING)
+    assert lifted.data == {"metric": "server_errors", "action": "conservative"}
+    assert "back below half its threshold" in lifted.message
+    assert presets_in_force == [CONSERVATIVE, PRESET]
+    assert engine.snapshot().preset == PRESET
+
+
+async def test_server_errors_that_going_slower_does_not_mend_are_let_go(
+    tmp_path: Path, simulator: Callable[..., object]
+) -> None:
+    # From answer 100 on the provider fails a quarter of the calls, whatever the job does.
+    engine = await gated_engine(
+        tmp_path, simulator, records=6000, drift=("server_errors",), after=100
+    )
+    presets_in_force = presets_put_in_force(engine)
+
+    lifted = await run_until(engine, EventKind.DRIFT_LIFTED)
+
+    assert lifted is not None, messages(engine, EventKind.DRIFT_ACTION, EventKind.WARNING)
+    assert lifted.data == {"metric": "server_errors", "action": "conservative"}
+    assert "going slower did not bring it down" in lifted.message
+    assert f"over {HELP_CALLS} calls since" in lifted.message
+    assert presets_in_force == [CONSERVATIVE, PRESET]
+    assert engine.snapshot().preset == PRESET
+
+
+async def test_a_steady_share_of_server_errors_does_not_slow_the_job_and_429s_are_not_counted(
+    tmp_path: Path, simulator: Callable[..., object], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # From the first call: 5 % resets (the provider's), 30 % 429s (the keys' limits) and
+    # 10 % malformed bodies (the model's).
+    engine = await gated_engine(
+        tmp_path, simulator, records=1200, fault_reset=0.05, fault_429=0.3, fault_malformed=0.1
+    )
+    presets_in_force = presets_put_in_force(engine)
+
+    assert await engine.run() is JobState.DONE
+
+    trips = messages(engine, EventKind.DRIFT_TRIPPED)
+    assert not any("server errors" in m for m in trips), trips
+    assert CONSERVATIVE not in presets_in_force
+    (server_errors,) = [m for m in engine.snapshot().drift if m.name == "server_errors"]
+    assert server_errors.values and server_errors.trips == 0
+    # The baseline counted the resets alone: with the 429s it would be near 35 %, with the
+    # malformed bodies near 10 % more.
+    assert await baseline_command("show", Path(engine.config.job.store), None) == 0
+    shown = re.search(
+        r"server errors +([\d.]+)% +\((\d+) of (\d+) calls\)", capsys.readouterr().out
+    )
+    assert shown is not None
+    share, errors, made = float(shown[1]), int(shown[2]), int(shown[3])
+    assert 1.0 <= share <= 12.0 and errors > 0 and made >= DRIFT.baseline_size, shown[0]

@@ -32,6 +32,11 @@ class Clock:
         return self.now
 
 
+def observe_latency(actions: GateActions, clock: Clock, seconds: float) -> None:
+    """An answer that took `seconds`, come now: sent `seconds` ago."""
+    actions.observe("latency", seconds, clock.now - seconds)
+
+
 class PresetHolder:
     """The part of a job's controls the gate actions use: the preset in force."""
 
@@ -61,17 +66,17 @@ def slowed_by_latency(baseline: float) -> tuple[GateActions, PresetHolder, Event
     )
     for _ in range(RECENT_ANSWERS):
         clock.now += 0.1
-        actions.observe_latency(baseline * (2 + SLOW_DOWN_RISE))  # tripled
+        observe_latency(actions, clock, baseline * (2 + SLOW_DOWN_RISE))  # tripled
     actions.take("latency", GateAction.CONSERVATIVE, baseline=baseline, window=baseline * 3)
     assert holder.preset.name == "conservative"
     # Answers to requests sent before it still come, as slow; then those sent under the
     # conservative preset, and latency is back: going slower helped.
     for _ in range(FAST.concurrency):
         clock.now += 0.01
-        actions.observe_latency(baseline * 3)
+        observe_latency(actions, clock, baseline * 3)
     for _ in range(HELP_ANSWERS):
         clock.now += 0.5  # a few a second under the conservative preset
-        actions.observe_latency(baseline * 1.25)
+        observe_latency(actions, clock, baseline * 1.25)
     return actions, holder, events
 
 
@@ -89,8 +94,9 @@ def test_latency_back_within_half_the_rise_lifts_the_conservative_preset() -> No
 
 def test_latency_still_high_keeps_the_job_slowed() -> None:
     actions, holder, _ = slowed_by_latency(baseline=0.8)
+    clock = Clock()
     for _ in range(RECENT_ANSWERS):
-        actions.observe_latency(0.8 * 1.7)  # more than half the doubling above
+        observe_latency(actions, clock, 0.8 * 1.7)  # more than half the doubling above
 
     actions.review([tripped_latency(0.4)], evaluations=LIFT_AFTER)
 
@@ -101,17 +107,18 @@ def test_the_stragglers_of_a_burst_do_not_slow_the_job() -> None:
     """Right after a burst the answers that come are its slowest: the latest few's
     median doubled, the longer run's did not — the job is not slowed."""
     holder = PresetHolder(FAST)
+    clock = Clock()
     actions = GateActions(
         controls=holder,  # type: ignore[arg-type]
         preset=lambda: holder.preset,
         presets=BUILTIN_PRESETS,
         events=EventBus(),
-        clock=Clock(),
+        clock=clock,
     )
     for _ in range(RECENT_ANSWERS - HELP_ANSWERS):
-        actions.observe_latency(1.0)
+        observe_latency(actions, clock, 1.0)
     for _ in range(HELP_ANSWERS):
-        actions.observe_latency(2.0)  # the stragglers
+        observe_latency(actions, clock, 2.0)  # the stragglers
 
     actions.take("latency", GateAction.CONSERVATIVE, baseline=0.8, window=1.2)
 

@@ -178,10 +178,10 @@ def test_metrics_are_learning_until_the_baseline_holds_enough_results_and_answer
     assert {m.state for m in monitor.metrics()} == {DriftState.LEARNING}
 
     # min_window = 100 samples of each metric's own unit: results come five
-    # times faster than answers, so per-result metrics start first.
+    # times faster than answers (and calls), so per-result metrics start first.
     feed(monitor, stream, 150)
     learning = {m.name for m in monitor.metrics() if m.state is DriftState.LEARNING}
-    assert learning == {"output_tokens", "latency", "cost"}
+    assert learning == {"output_tokens", "latency", "cost", "server_errors"}
     feed(monitor, stream, 450)
     assert DriftState.LEARNING not in {m.state for m in monitor.metrics()}
 
@@ -415,7 +415,7 @@ def test_describe_shows_every_feature_and_rate() -> None:
     assert lines[0].startswith("baseline of ")
     for label in ("output tokens", "latency", "cost", "answer length", "items"):
         assert f"  {label}" in text
-    for label in ("parse failures", "missing ids", "refusals/empty", "embeddings"):
+    for label in ("parse failures", "missing ids", "refusals/empty", "server errors", "embeddings"):
         assert f"  {label}" in text
     assert "median" in text and "%" in text and "spread" in text
 
@@ -445,6 +445,125 @@ def test_embeddings_of_another_dimension_are_ignored() -> None:
             monitor.observe_result(result, np.ones(7, dtype=np.float32))
     assert metric(monitor, "embeddings").state is DriftState.LEARNING
     assert metric(monitor, "answer_chars").state is not DriftState.LEARNING
+
+
+# ---------------------------------------------------------------- server errors
+
+
+def calls(
+    monitor: DriftMonitor, stream: SyntheticStream, count: int, share: float, seed: int
+) -> list[tuple[int, DriftTrip]]:
+    """`count` calls: each failed by the provider with probability `share`, else answered
+    (and its results observed); each trip with how many calls had been made by then."""
+    rng = np.random.default_rng(seed)
+    trips: list[tuple[int, DriftTrip]] = []
+    for made in range(1, count + 1):
+        if rng.random() < share:
+            monitor.observe_failed_call(server_error=True)
+        else:
+            answer, results, _ = stream.answer()
+            monitor.observe_answer(answer)
+            for result in results:
+                monitor.observe_result(result)
+        trips.extend((made, trip) for trip in monitor.trips())
+    return trips
+
+
+def learn_with_server_errors(monitor: DriftMonitor, stream: SyntheticStream, share: float) -> None:
+    seed = 0
+    while monitor.learning:
+        seed += 1
+        calls(monitor, stream, 1, share, seed)
+
+
+@pytest.mark.parametrize("seed", [31, 32, 33, 34])
+def test_a_steady_share_of_server_errors_from_the_start_trips_nothing(seed: int) -> None:
+    monitor = DriftMonitor(DriftSettings(), clock=lambda: 0.0)
+    stream = SyntheticStream(seed)
+    learn_with_server_errors(monitor, stream, 0.02)
+    baseline = monitor.baseline()
+    assert baseline is not None
+    errors, made = baseline.rates["server_errors"]
+    assert made >= baseline.answers and 0 <= errors < made  # counted as the baseline learned
+
+    trips = calls(monitor, stream, 5000, 0.02, seed)
+
+    assert [trip.message() for _, trip in trips] == []
+    server_errors = metric(monitor, "server_errors")
+    assert server_errors.state is DriftState.OK and len(server_errors.values) == 120
+
+
+@pytest.mark.parametrize("seed", [41, 42, 43])
+def test_server_errors_rising_from_1_to_15_percent_trip_within_300_calls(seed: int) -> None:
+    monitor = DriftMonitor(DriftSettings(), clock=lambda: 0.0)
+    stream = SyntheticStream(seed)
+    learn_with_server_errors(monitor, stream, 0.01)
+    assert calls(monitor, stream, 500, 0.01, seed) == []
+
+    first = first_trips(calls(monitor, stream, 300, 0.15, seed + 100))
+
+    assert set(first) == {"server_errors"}, first  # within 300 calls, and nothing else
+
+
+@pytest.mark.parametrize("seed", [51, 52, 53])
+def test_fewer_server_errors_never_trip(seed: int) -> None:
+    monitor = DriftMonitor(DriftSettings(), clock=lambda: 0.0)
+    stream = SyntheticStream(seed)
+    learn_with_server_errors(monitor, stream, 0.08)
+
+    assert calls(monitor, stream, 3000, 0.0, seed) == []
+    # One-sided: a provider that got more reliable reads as a negative z.
+    current = metric(monitor, "server_errors").current
+    assert current is not None and current < 0
+
+
+def test_a_server_error_trip_says_how_the_share_of_calls_moved() -> None:
+    monitor = DriftMonitor(DriftSettings(), clock=lambda: 0.0)
+    stream = SyntheticStream(seed=6)
+    learn_with_server_errors(monitor, stream, 0.01)
+
+    trips = [trip for _, trip in calls(monitor, stream, 400, 0.3, seed=7)]
+
+    trip = next(t for t in trips if t.metric == "server_errors")
+    assert trip.action is GateAction.CONSERVATIVE  # the default gate
+    assert trip.statistic == "z" and trip.value >= 4.0
+    assert trip.baseline_value < 0.05 and trip.window_value > 0.15
+    assert "server errors z" in trip.message() and "% of calls" in trip.message()
+
+
+def test_nothing_but_server_errors_is_still_evaluated_and_caught() -> None:
+    monitor = DriftMonitor(DriftSettings(), clock=lambda: 0.0)
+    learn(monitor, SyntheticStream(seed=3))
+    tripped: list[str] = []
+    for _ in range(300):  # no answer, no result: time moves on with the calls
+        monitor.observe_failed_call(server_error=True)
+        tripped += [trip.metric for trip in monitor.trips()]
+    assert tripped == ["server_errors"]
+
+
+def test_calls_failed_for_other_reasons_count_as_calls_not_as_server_errors() -> None:
+    monitor = DriftMonitor(DriftSettings(), clock=lambda: 0.0)
+    stream = SyntheticStream(seed=4)
+    learn(monitor, stream)
+    for _ in range(300):
+        monitor.observe_failed_call(server_error=False)  # a bad request, say
+    assert "server_errors" not in first_trips(feed(monitor, stream, 500))
+    server_errors = metric(monitor, "server_errors")
+    assert server_errors.state is DriftState.OK and server_errors.window_size == 200
+
+
+def test_a_baseline_saved_before_server_errors_were_counted_still_judges_the_rest() -> None:
+    document = json.loads(learnt_baseline(seed=9, embeddings=False).to_json())
+    del document["rates"]["server_errors"]
+    older = Baseline.from_json(json.dumps(document).encode())
+    assert older.rates["server_errors"] == (0, 0)
+
+    monitor = DriftMonitor(DriftSettings(), clock=lambda: 0.0)
+    monitor.use_baseline(older)
+    stream = SyntheticStream(seed=10)
+    assert calls(monitor, stream, 1500, 0.3, seed=11) == []  # nothing to judge errors by
+    assert metric(monitor, "server_errors").state is DriftState.LEARNING
+    assert metric(monitor, "answer_chars").state is DriftState.OK
 
 
 # ---------------------------------------------------------------- features

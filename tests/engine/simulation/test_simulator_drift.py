@@ -148,7 +148,9 @@ async def test_before_answer_n_answers_match_a_simulator_without_drift_and_stats
 ) -> None:
     common = {"keys": KEYS, "seed": 11, "fault_missing_id": 0.2}
     steady = await simulator(**common)
-    drifting = await simulator(**common, drift_after=12, drift=DRIFT_KINDS)
+    # Every drift that changes answers ("server_errors" fails requests instead: its own test).
+    answer_drifts = tuple(kind for kind in DRIFT_KINDS if kind != "server_errors")
+    drifting = await simulator(**common, drift_after=12, drift=answer_drifts)
 
     steady_answers = await ask(steady, http, 30, prompt=PLAIN_PROMPT)
     early = await ask(drifting, http, 10, prompt=PLAIN_PROMPT)
@@ -265,6 +267,47 @@ async def test_slower_makes_answers_take_about_two_and_a_half_times_as_long(
     )
     assert client >= 1.3, client
     assert [a.content for a in before] == [a.content for a in after]  # same batches, same text
+
+
+async def test_server_errors_fail_about_a_quarter_of_requests_while_the_drift_lasts(
+    simulator: Start, http: httpx2.AsyncClient
+) -> None:
+    # Answers 1-9 are before the cue, 10-39 drift, from answer 40 on it is over.
+    sim = await simulator(
+        keys=KEYS, seed=3, drift_after=10, drift=("server_errors",), drift_until=40
+    )
+    body = {
+        "model": MODEL,
+        "messages": build_messages(PLAIN_PROMPT, BATCHES[0]),
+    }
+
+    async def statuses(answers: int) -> list[int]:
+        """Statuses of requests sent until `answers` more have been answered."""
+        seen: list[int] = []
+        while seen.count(200) < answers:
+            response = await http.post(
+                f"{sim.base_url}/chat/completions",
+                json=body,
+                headers={"Authorization": f"Bearer {SECRET}"},
+            )
+            seen.append(response.status_code)
+            if response.status_code != 200:
+                assert response.json()["error"]["message"]  # shaped like the provider's
+        return seen
+
+    before = await statuses(9)
+    during = await statuses(30)
+    after = await statuses(40)
+
+    assert before == [200] * 9
+    failed = [status for status in during if status != 200]
+    assert set(failed) <= {500, 502, 503}
+    share = len(failed) / len(during)
+    assert 0.12 <= share <= 0.4, share
+    assert after == [200] * 40  # the drift ends at its answer, failures or not
+    stats = await served_stats(sim, http)
+    assert stats["faults"]["5xx"] == len(failed)
+    assert (stats["answers"], stats["drifted_answers"]) == (79, 30)
 
 
 async def test_embeddings_move_to_another_region_once_drift_begins(
