@@ -191,6 +191,7 @@ def provider_keys(
             key_id = f"{provider.name}/{key.alias}"
             budget = KeyBudget(key.rpm, key.tpm, clock)
             budget.open_cautiously()
+            budget.pace_until_heard()
             masked = mask_secret(secrets[key_id])
             keys.append(KeyState(key_id, key.alias, provider, budget, clock, masked_secret=masked))
     return keys
@@ -387,6 +388,7 @@ class KeyPool:
         `prompt_tokens` (its usage) teaches what the provider counts of a prompt.
         """
         key = lease.key
+        key.budget.heard()
         if lease.charged is not None:
             key.budget.learn_charge(lease.charged, prompt_tokens)
         key.budget.reconcile(lease.taken, used_tokens)

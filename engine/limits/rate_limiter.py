@@ -253,6 +253,7 @@ class KeyBudget:
         self._late: dict[int, tuple[float, int]] = {}
         # What the provider counts of a prompt for each token we estimate (learned).
         self.charge_ratio = 1.0
+        self._pacing = False  # refilling at half the limits until the provider answers
         self._charges_learned = 0
 
     # admission -----------------------------------------------------------
@@ -553,6 +554,31 @@ class KeyBudget:
         for bucket in (self.requests, self.tokens):
             if not bucket.unlimited:
                 bucket.set_level(min(bucket.level(), max(1.0, bucket.rate * FIRST_FILL_S)))
+
+    def pace_until_heard(self) -> None:
+        """Until the provider first answers, hold half the opening and refill at
+        half the configured limits.
+
+        With limits configured too high (twice the real ones, say) on a
+        provider that enforces its minute per second, the first second would
+        otherwise send twice what it grants; on a provider whose bucket holds
+        a minute nothing is lost, as its bucket is not full meanwhile.
+        """
+        self._pacing = True
+        for bucket, limit in ((self.requests, self.limit_rpm), (self.tokens, self.limit_tpm)):
+            if limit is not None:
+                level = bucket.level()
+                bucket.set_limit(limit / 2)
+                bucket.set_level(level / 2)
+
+    def heard(self) -> None:
+        """The provider answered (or refused): the limits in force refill at their rate."""
+        if not self._pacing:
+            return
+        self._pacing = False
+        for bucket, limit in ((self.requests, self.limit_rpm), (self.tokens, self.limit_tpm)):
+            if limit is not None and not bucket.unlimited:
+                bucket.set_limit(limit)
 
     def distrust(self) -> tuple[float, float] | None:
         """A 429 the headers said would not come: believe them less (old, new trust).

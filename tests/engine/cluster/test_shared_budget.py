@@ -87,6 +87,7 @@ async def test_reserve_reconcile_header_sync_and_a_429_do_what_key_budget_does(
         got = await admitted(budget, candidate(600, 60_000, est=100, charge=80))
         clock.now = got.sent_at
         assert got.taken == local.reserve(100, 80) == 100  # the whole estimate, before headers
+        local.wired(local.reserved_requests - 1, clock.now)  # on the wire at once
         assert got.marks == local.marks()
         assert_same(got.state, local, clock)
         reservations.append(got)

@@ -330,3 +330,23 @@ def test_requests_not_yet_on_the_wire_are_spent_whatever_an_answer_says() -> Non
     budget.wired(0, clock.now)  # request 0 reaches the wire, a second late
     budget.sync(minute_bucket(1199, "50ms"), sent_at=sent_at, marks=marks, wired_at=sent_at)
     assert budget.requests.level() == pytest.approx(1200 - 5)  # still not in that reading
+
+
+def test_until_the_provider_answers_a_key_opens_with_half_a_second_and_refills_at_half() -> None:
+    """Limits configured twice too high on a provider that enforces its minute per
+    second would send twice what it grants before its first answer says so."""
+    clock = FakeClock()
+    budget = KeyBudget(2400, None, clock)  # configured; the provider grants 20 a second
+    budget.open_cautiously()
+    budget.pace_until_heard()
+
+    sent = 0
+    for _ in range(100):  # the first second, in steps of 10 ms
+        while budget.wait_for(10) == 0.0:
+            budget.reserve(10)
+            sent += 1
+        clock.advance(0.01)
+    assert sent <= 20 + 20 + 1  # what a per-second bucket of 20 grants in that second
+
+    budget.heard()  # its first answer
+    assert budget.requests.rate == pytest.approx(40)  # the limits in force, at their rate
