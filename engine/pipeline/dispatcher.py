@@ -321,7 +321,8 @@ class Dispatcher:
             admission.add_done_callback(lambda _: self._flying_changed.set())
         while self._flying or (admission is not None and not admission.done()):
             now, due = self._clock(), math.inf
-            for flight in tuple(self._flying):
+            # Oldest first: the hedges wait for budget one by one.
+            for flight in sorted(self._flying, key=lambda flight: flight.sent_at):
                 if flight.race is not None:
                     continue  # hedged already, or a hedge itself
                 median = flight.lease.key.latency.quantile(HEDGE_QUANTILE)
