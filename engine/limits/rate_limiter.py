@@ -34,6 +34,8 @@ BURST_SECONDS = 2.0
 # What a key may send at once before its provider has said anything, in
 # seconds of its limit (`KeyBudget.open_cautiously`).
 FIRST_FILL_S = 1.0
+# The share of the configured limits a key refills at until its provider first answers.
+PACE_UNTIL_HEARD = 0.75
 # Below this many requests per minute a 2 s burst would be < 1 request.
 MIN_CAPACITY = 1.0
 # How long each reservation is remembered, for answers to replay the bucket
@@ -557,18 +559,20 @@ class KeyBudget:
 
     def pace_until_heard(self) -> None:
         """Until the provider first answers, hold half the opening and refill at
-        half the configured limits.
+        `PACE_UNTIL_HEARD` of the configured limits.
 
         With limits configured too high (twice the real ones, say) on a
         provider that enforces its minute per second, the first second would
-        otherwise send twice what it grants; on a provider whose bucket holds
-        a minute nothing is lost, as its bucket is not full meanwhile.
+        otherwise send twice what it grants.  A provider whose bucket holds a
+        minute must not see it fill up again meanwhile (its refill would be
+        lost): taking half a second at once and three quarters of the rate
+        leaves it short for two seconds, longer than a first answer takes.
         """
         self._pacing = True
         for bucket, limit in ((self.requests, self.limit_rpm), (self.tokens, self.limit_tpm)):
             if limit is not None:
                 level = bucket.level()
-                bucket.set_limit(limit / 2)
+                bucket.set_limit(limit * PACE_UNTIL_HEARD)
                 bucket.set_level(level / 2)
 
     def heard(self) -> None:
