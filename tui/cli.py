@@ -375,7 +375,7 @@ async def run_job(
     ):
         engine = Engine(config, secrets, base_urls=urls, cluster=cluster)
         # In a cluster the socket's controls steer every worker; Ctrl-C drains this one.
-        steered: JobControls = engine if cluster is None else cluster.steered(engine)
+        steered: JobControls = engine if cluster is None else cluster.steering
         reporter = HeadlessReporter(engine.snapshot, interval_s=interval, as_json=as_json)
         loop = asyncio.get_running_loop()
         interrupts = 0
@@ -524,10 +524,9 @@ async def run_dashboard(config: JobConfig, demo_sites: int | None = None) -> int
         _membership(config) as cluster,
     ):
         engine = Engine(config, secrets, base_urls=urls, cluster=cluster)
-        # In a cluster the dashboard's controls steer every worker.
-        state = await CrawldeckApp(
-            engine if cluster is None else cluster.steered(engine)
-        ).run_async()
+        # In a cluster the dashboard's controls steer every worker; quitting stops this one.
+        job = engine if cluster is None else cluster.steered(engine)
+        state = await CrawldeckApp(job).run_async()
         if engine.failure_reason:
             print(f"crawldeck: {engine.failure_reason}", file=sys.stderr)
         _print_summary(engine, config)

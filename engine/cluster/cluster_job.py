@@ -200,10 +200,16 @@ class ClusterJob:
             engine, ClusterControls(self.redis, self.scope, sender=self.worker_id)
         )
 
-    def steered(self, engine: EngineLike) -> ClusterWorker:
-        """The engine as front ends should see it here: run here, steering every worker."""
+    @property
+    def steering(self) -> ClusterJobControls:
+        """This worker's snapshots, and controls that go to every worker (the control
+        socket's target)."""
         assert self._steering is not None, "attach() first"
-        return ClusterWorker(engine, self._steering)
+        return self._steering
+
+    def steered(self, engine: EngineLike) -> ClusterWorker:
+        """The engine as the dashboard here sees it: run here, steering every worker."""
+        return ClusterWorker(engine, self.steering)
 
     # ------------------------------------------------------------ the run
     async def open(self) -> None:
@@ -381,8 +387,9 @@ class EngineLike(RunnableJob, Protocol):
 
 
 class ClusterWorker:
-    """The engine as a worker of the cluster: the job runs here, and its controls (socket,
-    dashboard) steer every worker through Redis; snapshots are this worker's."""
+    """The engine as a worker of the cluster, for the dashboard that runs it: its controls
+    steer every worker through Redis, except `stop` (quitting), which ends this worker
+    only — the others go on with the job.  Snapshots are this worker's."""
 
     def __init__(self, engine: EngineLike, steering: ClusterJobControls) -> None:
         self.engine = engine
@@ -424,7 +431,7 @@ class ClusterWorker:
         self.steering.drain()
 
     def stop(self) -> None:
-        self.steering.stop()
+        self.engine.stop()
 
 
 @contextlib.asynccontextmanager

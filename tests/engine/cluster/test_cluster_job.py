@@ -17,6 +17,7 @@ from pathlib import Path
 from engine.cluster.cluster_job import ClusterJob, joined_cluster
 from engine.config.cluster_table import ClusterSettings
 from engine.config.settings import JobConfig
+from engine.control.controls import RunnableJob
 from engine.engine import Engine
 from engine.observe.snapshot import JobState
 from tests.engine.conftest import job_config, sim_keys, write_records
@@ -133,3 +134,30 @@ async def test_a_rerun_is_a_new_run_that_sends_only_what_is_not_stored(
         assert await last.run() is JobState.DONE
     assert results(Path(config.job.store)) == 50
     assert last.stats.done == 0 and "this worker stored 10 rows in it" in last.summary_line()
+
+
+async def test_quitting_one_workers_dashboard_stops_it_alone_and_the_other_finishes_the_job(
+    redis_server: RedisServer, tmp_path: Path, simulator
+) -> None:
+    """The dashboard runs its worker as a `RunnableJob` whose `stop` (quitting) is its own:
+    the other worker goes on, takes over what the stopped one held, and ends the job."""
+    sim = await simulator(keys=sim_keys(KEYS), latency_s=(0.05, 0.05))
+    config, secrets = job_config(
+        tmp_path, write_records(tmp_path / "in.txt", 200), sim.base_url, KEYS
+    )
+    config = shared(config, redis_server.url, visibility_timeout_s=1.0)
+    config = replace(config, preset=replace(config.preset, concurrency=2))
+    async with workers(config, config) as (here, there):
+        a = Engine(config, secrets, cluster=here)
+        b = Engine(config, secrets, cluster=there)
+        dashboard_job = here.steered(a)
+        assert isinstance(dashboard_job, RunnableJob)
+        running = [asyncio.create_task(dashboard_job.run()), asyncio.create_task(b.run())]
+        await until(lambda: a.snapshot().counts.done >= 10)
+
+        dashboard_job.stop()
+        async with asyncio.timeout(GUARD_S):
+            states = await asyncio.gather(*running)
+
+    assert states == [JobState.STOPPED, JobState.DONE]
+    assert results(Path(config.job.store)) == 200
