@@ -19,7 +19,7 @@ import signal
 import sqlite3
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +27,8 @@ from pathlib import Path
 import httpx2
 from redis.asyncio import Redis
 
+from engine.control.client import ControlClient
+from engine.observe.snapshot import JobState, Snapshot
 from engine.simulation.service_process import service_process
 from tests.engine.conftest import write_records
 from tests.redis_server import RedisServer
@@ -197,6 +199,24 @@ async def claimed_store(redis_url: str, first: Worker) -> None:
         await redis.aclose()
 
 
+async def control_socket(store: Path, worker: Worker) -> Path:
+    """The worker's control socket, once it serves it (beside the store it was given)."""
+    path = store.with_name(store.name + ".crawldeck") / "control.sock"
+    async with asyncio.timeout(RUN_TIMEOUT_S):
+        while not path.exists():
+            assert worker.proc.returncode is None, worker.stderr
+            await asyncio.sleep(0.05)
+    return path
+
+
+async def until_remote(client: ControlClient, condition: Callable[[Snapshot], bool]) -> Snapshot:
+    """Until the worker's own snapshot, asked through its socket, meets the condition."""
+    async with asyncio.timeout(RUN_TIMEOUT_S):
+        while not condition(snap := await client.snapshot()):
+            await asyncio.sleep(0.05)
+    return snap
+
+
 def kill_all(workers: Sequence[Worker]) -> None:
     for worker in workers:
         if worker.proc.returncode is None:
@@ -207,9 +227,11 @@ async def test_two_workers_share_a_job_one_store_and_the_keys_limit(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
     """Two workers on one job file: the second as if on another machine (its store path is
-    not the job's, so it never writes one).  Both do part of the work; the job's store
-    gets exactly one result per chunk; together they stay within the key's limit."""
-    records, rpm = 160, 1200
+    not the job's, so it never writes one).  A pause sent to one worker's control socket
+    holds both, a resume sent to the other's lets both go.  Both do part of the work; the
+    job's store gets exactly one result per chunk; together they stay within the key's
+    limit."""
+    records, rpm = 240, 1200
     async with simulator(rpm, (0.05, 0.2)) as base_url:
         job = write_job(
             tmp_path / "job",
@@ -218,12 +240,23 @@ async def test_two_workers_share_a_job_one_store_and_the_keys_limit(
             records=records,
             rpm=rpm,
         )
-        elsewhere = tmp_path / "other-machine" / "results.db"
+        elsewhere = tmp_path / "b" / "results.db"  # short: a Unix socket path is, too
         workers = [await start_worker(job, "first")]
         try:
             # The job's store is the first worker's: the one that claims it before any other.
             await claimed_store(redis_server.url, workers[0])
             workers.append(await start_worker(job, "second", "--set", f"job.store={elsewhere}"))
+            first_socket = await control_socket(job.parent / "results.db", workers[0])
+            second_socket = await control_socket(elsewhere, workers[1])
+            async with (
+                await ControlClient.connect(first_socket) as to_first,
+                await ControlClient.connect(second_socket) as to_second,
+            ):
+                await to_first.control("pause")  # `crawldeck attach` to the first worker, p
+                paused = await until_remote(to_second, lambda s: s.state is JobState.PAUSED)
+                assert paused.cluster is not None and paused.cluster.live == 2
+                await to_second.control("resume")
+                await until_remote(to_first, lambda s: s.state is JobState.RUNNING)
             codes = await ended(workers)
         finally:
             kill_all(workers)
@@ -243,6 +276,7 @@ async def test_two_workers_share_a_job_one_store_and_the_keys_limit(
         last_status = worker.stdout.strip().splitlines()[-1]
         assert f"| cluster {records}/{records} (done {records}, failed 0)" in last_status
     assert f"this worker stored {records} rows in it" in workers[0].stderr
+    assert "· paused: paused" in workers[1].stdout and "· resumed: resumed" in workers[0].stdout
     assert "this worker stored" not in workers[1].stderr
     # The simulator's count: every request it admitted, none refused for the key's limit.
     assert stats["admitted"] >= records // 2
