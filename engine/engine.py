@@ -555,12 +555,17 @@ class Engine:
         self._adaptive.record(now, True)
 
     def _no_key_left(self, reasons: str) -> None:
-        """No key can serve any more: fail everything not done, with the keys' reasons."""
+        """No key can serve any more: fail everything not done, with the keys' reasons.
+
+        A worker of a cluster fails nothing: it stops taking batches, and the
+        ones it held are taken over by workers whose keys still serve.
+        """
         self._fatal = f"no API key can serve any more ({reasons})"
-        self.events.emit(
-            EventKind.WARNING,
-            f"{self._fatal}: every chunk not done is stored as failed; a rerun retries them",
-        )
+        then = "every chunk not done is stored as failed; a rerun retries them"
+        if self._cluster is not None:
+            then = "this worker stops; the other workers take over what it held"
+            self._dispatcher.stop_admitting()
+        self.events.emit(EventKind.WARNING, f"{self._fatal}: {then}")
         if self._state in (JobState.RUNNING, JobState.PAUSED):
             self._state = JobState.DRAINING
         self._running.set()  # nothing waits for a resume that cannot help

@@ -159,5 +159,33 @@ async def test_quitting_one_workers_dashboard_stops_it_alone_and_the_other_finis
         async with asyncio.timeout(GUARD_S):
             states = await asyncio.gather(*running)
 
-    assert states == [JobState.STOPPED, JobState.DONE]
+    assert states == [JobState.STOPPED, JobState.DONE], (
+        b.failure_reason,
+        [e.message for e in b.events.recent()][-8:],
+    )
     assert results(Path(config.job.store)) == 200
+
+
+async def test_a_worker_whose_key_is_refused_leaves_its_batches_to_the_others(
+    redis_server: RedisServer, tmp_path: Path, simulator
+) -> None:
+    """One machine has a wrong secret for the key: its worker stops taking batches and
+    fails none of them; the other worker does the whole job."""
+    sim = await simulator(keys=sim_keys(KEYS), latency_s=(0.05, 0.05))
+    config, secrets = job_config(
+        tmp_path, write_records(tmp_path / "in.txt", 100), sim.base_url, KEYS
+    )
+    config = shared(config, redis_server.url, visibility_timeout_s=1.0)
+    wrong = {key: "sk-not-this-one" for key in secrets}
+    async with workers(config, config) as (here, there):
+        refused = Engine(config, wrong, cluster=here)
+        serving = Engine(config, secrets, cluster=there)
+        async with asyncio.timeout(GUARD_S):
+            states = await asyncio.gather(refused.run(), serving.run())
+
+    assert states == [JobState.FAILED, JobState.DONE], serving.failure_reason
+    assert refused.failure_reason.startswith("no API key can serve any more")
+    assert refused.stats.failed == 0 and serving.stats.done == 100
+    with sqlite3.connect(config.job.store) as conn:
+        assert conn.execute("SELECT count(*) FROM failures").fetchone()[0] == 0
+    assert results(Path(config.job.store)) == 100
