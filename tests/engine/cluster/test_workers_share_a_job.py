@@ -312,6 +312,7 @@ async def test_a_worker_killed_mid_job_leaves_nothing_undone(
             os.kill(killed.proc.pid, signal.SIGKILL)
             survivor = next(w for w in workers if w is not killed)
             codes = await ended([survivor])
+            stats = await simulator_stats(base_url)
         finally:
             kill_all(workers)
             await redis.aclose()
@@ -324,3 +325,5 @@ async def test_a_worker_killed_mid_job_leaves_nothing_undone(
         "dead letters 0) by 2 workers (1 lost)" in survivor.stderr
     )
     assert "workers 0 live 1 lost" in survivor.stdout.strip().splitlines()[-1]
+    # What the dead worker had in flight is sent again, within the key's limit still.
+    assert records // 2 <= stats["admitted"] and stats["rate_limited"] <= 1, stats
