@@ -302,10 +302,10 @@ class ClusterJob:
 
     def describe(self) -> str:
         """Who this worker is in the job, in one line, for its start."""
-        where = "this worker's" if self.beside_store else "on another machine"
+        who = "beside this worker" if self.beside_store else "by a worker there"
         return (
             f"joined run {self.run} of {self.settings.prefix} at {self.settings.redis} "
-            f"as worker {self.worker_id}; results are stored in {self.store} ({where})"
+            f"as worker {self.worker_id}; results are stored in {self.store}, {who}"
         )
 
     def summary(self) -> str:
