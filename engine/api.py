@@ -67,6 +67,8 @@ from engine.store.store_aside import StoreInUseError, set_store_aside
 from engine.store.store_error import StoreError
 
 if TYPE_CHECKING:
+    from engine.cluster.cluster_job import ClusterJob, joined_cluster
+    from engine.cluster.redis_connection import RedisUnavailable
     from engine.crawl.extraction import start_worker_server
     from engine.drift.baseline import Baseline, BaselineFormatError
     from engine.engine import Engine
@@ -86,6 +88,9 @@ _LAZY: dict[str, tuple[str, str]] = {
     "run_simulator": ("engine.simulation.simulator", "main"),
     "launched_site_server": ("engine.simulation.site_launch", "launched_site_server"),
     "start_worker_server": ("engine.crawl.extraction", "start_worker_server"),
+    "ClusterJob": ("engine.cluster.cluster_job", "ClusterJob"),
+    "joined_cluster": ("engine.cluster.cluster_job", "joined_cluster"),
+    "RedisUnavailable": ("engine.cluster.redis_connection", "RedisUnavailable"),
 }
 
 
@@ -123,6 +128,7 @@ __all__ = [
     "Baseline",
     "BaselineFormatError",
     "Bound",
+    "ClusterJob",
     "ConfigError",
     "ConfigProblem",
     "ControlClient",
@@ -147,6 +153,7 @@ __all__ = [
     "NoJobRunning",
     "Preset",
     "QueueDepths",
+    "RedisUnavailable",
     "RunnableJob",
     "Snapshot",
     "Store",
@@ -160,6 +167,7 @@ __all__ = [
     "export_results",
     "iter_documents",
     "job_exit_status",
+    "joined_cluster",
     "launched_simulator",
     "launched_site_server",
     "load_config",

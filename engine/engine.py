@@ -53,6 +53,7 @@ from engine.store.store_error import StoreError, first_store_error
 
 Clock = Callable[[], float]
 if TYPE_CHECKING:
+    from engine.cluster.cluster_job import ClusterJob
     from engine.crawl.crawl_stage import CrawlStage
     from engine.crawl.extraction import PageFunction
 
@@ -69,10 +70,13 @@ class Engine:
         clock: Clock = time.monotonic,
         read_rss: Callable[[], int] | None = None,
         page_function: PageFunction | None = None,
+        cluster: ClusterJob | None = None,
     ) -> None:
         """`secrets` maps key ids (`provider/alias`) to secrets; `base_urls`
         optionally overrides providers' base URLs (the bundled simulator);
-        `page_function` replaces a crawl's `extract_page` (tests)."""
+        `page_function` replaces a crawl's `extract_page` (tests); `cluster`
+        makes this process one worker of a job shared through Redis: its
+        queue, key budgets, rows and controls are the cluster's."""
         self.config = config
         self._clock = clock
         self._started = clock()
@@ -85,16 +89,25 @@ class Engine:
         self._state = JobState.STARTING
         self._concurrency = ConcurrencyLimit(config.preset.concurrency)
         self._adaptive = AdaptiveConcurrency(config.preset.concurrency, clock())
-        self._queue: WorkQueue = InProcessWorkQueue(max(4, config.engine.queue_size // 8), clock)
+        self._cluster = cluster
+        # What ends a worker of a cluster with one line: Redis gone past its outage limit.
+        self._cluster_trouble = cluster.trouble if cluster is not None else ()
         self._blocks: asyncio.Queue[list[Chunk] | None] = asyncio.Queue(maxsize=8)
-        self._held = HeldWork(self._queue)  # chunk ids and batches between reader and store
+        self._queue: WorkQueue
+        if cluster is None:
+            self._queue = InProcessWorkQueue(max(4, config.engine.queue_size // 8), clock)
+            self._held = HeldWork(self._queue)  # chunk ids and batches between reader and store
+        else:
+            shared = cluster.work_queue(self.events, clock, counted=self._count_committed)
+            self._queue, self._held = shared, cluster.held_work(shared)
         self._backoff = Backoff(self._preset_in_force)
         self._clients = ProviderClients()
         keys = provider_keys(config.providers, secrets, clock)
         for key in keys:
             url = (base_urls or {}).get(key.provider.name, key.provider.base_url)
             self._clients.add_key(key.key_id, secrets[key.key_id], url)
-        self._keys = KeyPool(
+        make_pool: Callable[..., KeyPool] = KeyPool if cluster is None else cluster.key_pool
+        self._keys = make_pool(
             keys,
             clock,
             events=self.events,
@@ -171,6 +184,8 @@ class Engine:
             if config.drift.enabled
             else None
         )
+        if cluster is not None:
+            cluster.attach(self)
 
     # ------------------------------------------------------------------ public
     async def run(self) -> JobState:
@@ -191,7 +206,11 @@ class Engine:
                 cfg.job.store,
                 batch_rows=cfg.engine.store_batch_rows,
                 batch_ms=cfg.engine.store_batch_ms,
-                on_commit=self._count_committed,
+                # A worker of a cluster counts what it settled as done; what its store
+                # took is what it collected for the cluster.
+                on_commit=(
+                    self._count_committed if self._cluster is None else self._cluster.count_stored
+                ),
             )
         except StoreError as exc:
             self._store_failed(exc)
@@ -219,6 +238,8 @@ class Engine:
                     page_function=self._page_function,
                 )
             outcomes = self._outcomes(store)
+            if self._cluster is not None:
+                await self._cluster.open()
             async with asyncio.TaskGroup() as tg:
                 writer = tg.create_task(store.run_writer(), name="store-writer")
                 helpers = [
@@ -230,6 +251,8 @@ class Engine:
                 if self._drift is not None:
                     baselines = self._drift.keep_baselines(store, self._run_id)
                     helpers.append(tg.create_task(baselines, name="drift-baselines"))
+                if self._cluster is not None:
+                    helpers += self._cluster.start(tg, outcomes, store, self._run_id)
                 stages = [
                     tg.create_task(self._intake.read(), name="reader"),
                     tg.create_task(self._batcher.run(store), name="batcher"),
@@ -241,10 +264,14 @@ class Engine:
                 for task in stages + helpers:
                     task.cancel()
                 await asyncio.gather(*stages, *helpers, return_exceptions=True)
+                if self._cluster is not None:
+                    await self._cluster.settle_up()
                 await store.flush()  # done is what is committed: count it all first
                 self._ended = self._clock()
                 self.stats.tick(self._ended)
                 self._state = self._final_state()
+                if self._cluster is not None:
+                    await self._cluster.leave()
                 self.events.emit(
                     EventKind.JOB_FINISHED,
                     self.summary_line(),
@@ -265,6 +292,10 @@ class Engine:
             ended = True
             self._store_failed(first_store_error(trouble))
             await self._record_failed_end(store)
+        except* self._cluster_trouble as trouble:
+            ended = True
+            self._cluster_failed(trouble)
+            await self._record_failed_end(store)
         finally:
             if not ended and self._state not in (JobState.DONE, JobState.STOPPED):
                 self._state = JobState.FAILED
@@ -281,6 +312,8 @@ class Engine:
         """The state of the run right now, as an immutable value."""
         s = self.stats
         remaining = None if s.total is None else max(0, s.total - s.finished)
+        if self._cluster is not None:
+            remaining = self._cluster.remaining_here(s.total, s.skipped + s.cached)
         # A paused, draining or ended job has no ETA: its rate no longer says when it ends.
         running = self._state in (JobState.STARTING, JobState.RUNNING)
         keys = tuple(k.snapshot() for k in self._keys.keys)
@@ -347,6 +380,7 @@ class Engine:
             latency_history=tuple(s.latency_history),
             error_rate_history=tuple(s.error_rate_history),
             events=self.events.recent(),
+            cluster=self._cluster.view() if self._cluster is not None else None,
         )
 
     # controls -----------------------------------------------------------
@@ -476,10 +510,11 @@ class Engine:
         return (self._clock() if self._ended is None else self._ended) - self._started
 
     def summary_line(self) -> str:
-        """The run in one line, as the job's end prints it."""
-        return self.stats.summary_line(
+        """The run in one line, as the job's end prints it (and what the cluster did)."""
+        line = self.stats.summary_line(
             self.config.job.name, self.elapsed_s, self._intake.records_skipped()
         )
+        return line if self._cluster is None else f"{line} | {self._cluster.summary()}"
 
     # ------------------------------------------------------- what stages report
     def _preset_in_force(self) -> Preset:
@@ -492,7 +527,7 @@ class Engine:
         """The outcomes stage of this run: its rows go to `store` under this run's id."""
         cfg = self.config
         return Outcomes(
-            store,
+            store if self._cluster is None else self._cluster.rows,
             run_id=self._run_id,
             prompt_version=cfg.prompt.version,
             first_model=cfg.providers[0].model,
@@ -521,12 +556,17 @@ class Engine:
         self._adaptive.record(now, True)
 
     def _no_key_left(self, reasons: str) -> None:
-        """No key can serve any more: fail everything not done, with the keys' reasons."""
+        """No key can serve any more: fail everything not done, with the keys' reasons.
+
+        A worker of a cluster fails nothing: it stops taking batches, and the
+        ones it held are taken over by workers whose keys still serve.
+        """
         self._fatal = f"no API key can serve any more ({reasons})"
-        self.events.emit(
-            EventKind.WARNING,
-            f"{self._fatal}: every chunk not done is stored as failed; a rerun retries them",
-        )
+        then = "every chunk not done is stored as failed; a rerun retries them"
+        if self._cluster is not None:
+            then = "this worker stops; the other workers take over what it held"
+            self._dispatcher.stop_admitting()
+        self.events.emit(EventKind.WARNING, f"{self._fatal}: {then}")
         if self._state in (JobState.RUNNING, JobState.PAUSED):
             self._state = JobState.DRAINING
         self._running.set()  # nothing waits for a resume that cannot help
@@ -551,6 +591,14 @@ class Engine:
         # the job reports as done (summary, snapshot, runs row) is in the store.
         self.stats.done += committed.results
         self.stats.failed += committed.failures
+
+    def _cluster_failed(self, trouble: BaseExceptionGroup[BaseException]) -> None:
+        """Redis failed this worker: the job ends here as FAILED, with the one line why;
+        what it held is reclaimed by the other workers."""
+        assert self._cluster is not None
+        self._fatal = self._cluster.explain(trouble)
+        self._state = JobState.FAILED
+        self.events.emit(EventKind.WARNING, f"the cluster failed this worker: {self._fatal}")
 
     def _store_failed(self, exc: StoreError) -> None:
         """Store trouble ends the job as FAILED, with the one line that says why."""
@@ -589,7 +637,7 @@ class Engine:
             return JobState.FAILED
         if self._stop_requested or self._state == JobState.DRAINING:
             return JobState.STOPPED
-        if s.failed:
+        if s.failed or (self._cluster is not None and self._cluster.failed_chunks):
             return JobState.FINISHED_WITH_FAILURES
         return JobState.DONE
 

@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING
 
 from engine.api import (
     ConfigError,
-    ConfigProblem,
     ControlClient,
     ControlError,
     ControlServer,
@@ -35,6 +34,7 @@ from engine.api import (
     HeadlessReporter,
     InputError,
     JobConfig,
+    JobControls,
     Snapshot,
     StoreError,
     StoreInUseError,
@@ -57,7 +57,7 @@ from tui.fresh_start import FRESH_FLAG, nothing_left_notice, start_over
 from tui.version_flag import VersionFlag
 
 if TYPE_CHECKING:
-    from engine.api import Engine
+    from engine.api import ClusterJob, Engine
 
 _DEMO_STORE = "crawldeck-demo.db"
 _CRAWL_DEMO_STORE = "crawldeck-crawl-demo.db"
@@ -161,8 +161,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 overrides=args.overrides,
                 memory_floor_bytes=engine_memory_floor_bytes(),
             )
-            if config.cluster is not None:
-                raise _not_yet_a_cluster(args.job)
+            if args.fresh and config.cluster is not None:
+                print(f"crawldeck: {FRESH_FLAG}: {_NO_FRESH_CLUSTER}", file=sys.stderr)
+                return 2
             if args.fresh and (code := _fresh_start(config, None)) is not None:
                 return code
             if _wants_dashboard(args):
@@ -196,34 +197,69 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreError as exc:  # the engine said what is wrong and what to do: one line
         print(f"crawldeck: {exc}", file=sys.stderr)
         return 2
+    except _CannotJoin as exc:  # the job's Redis is away or refuses this worker: one line
+        print(f"crawldeck: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     return 2
 
 
-def _not_yet_a_cluster(job_file: str) -> ConfigError:
-    """`[cluster]` is read and checked, but no process joins a cluster yet (issue 13).
+_NO_FRESH_CLUSTER = (
+    "a job shared through Redis is not started over from one worker (the others may be on "
+    "it): give every worker a new [cluster] prefix and job.store instead, e.g. "
+    "--set cluster.prefix=NAME --set job.store=NEW.db"
+)
 
-    Refused rather than run alone: several processes each running the whole
-    job alone would spend every key's limits several times over.
+
+class _CannotJoin(Exception):
+    """The job's Redis did not answer, or refused this worker, before anything ran."""
+
+
+@contextlib.asynccontextmanager
+async def _membership(config: JobConfig) -> AsyncIterator[ClusterJob | None]:
+    """This process's place in the job's cluster of workers (None: the job runs alone here)."""
+    if config.cluster is None:
+        yield None
+        return
+    # Redis's client loads only for a job shared through it.
+    from engine.api import RedisUnavailable, joined_cluster
+
+    try:
+        async with joined_cluster(config, os.environ) as cluster:
+            assert cluster is not None
+            print(f"crawldeck: {cluster.describe()}", file=sys.stderr)
+            yield cluster
+    except RedisUnavailable as exc:
+        raise _CannotJoin(str(exc)) from None
+
+
+async def _bound_control(job: JobControls, config: JobConfig, cluster: bool) -> ControlServer:
+    """The job's control socket, bound (or not, said in one line: the job runs without it).
+
+    A second worker of a cluster on this machine finds the job's socket taken
+    by the first; it serves its own beside it, and either steers every worker.
     """
-    line = None
-    with open(job_file, encoding="utf-8") as source:
-        for number, text in enumerate(source, 1):
-            if text.strip().startswith("[cluster"):
-                line = number
-                break
-    return ConfigError(
-        [
-            ConfigProblem(
-                job_file,
-                line,
-                "cluster",
-                "joining a cluster of workers is not built into `crawldeck run` yet; "
-                "remove the table to run the job in this one process",
-            )
-        ]
-    )
+    path = socket_path_for_store(config.job.store)
+    idle = config.engine.control_idle_timeout_s
+    control = ControlServer(job, path, idle_timeout_s=idle)
+    try:
+        await control.bind()
+    except ControlServerError as exc:
+        if cluster:
+            own = path.with_name(f"control-{os.getpid()}.sock")
+            control = ControlServer(job, own, idle_timeout_s=idle)
+            with contextlib.suppress(ControlServerError):
+                await control.bind()
+                print(
+                    f"crawldeck: control socket {own} ({path.name} is another worker's; "
+                    "either steers every worker)",
+                    file=sys.stderr,
+                )
+                return control
+        # The job matters more than its remote control: run without one.
+        print(f"crawldeck: no control socket: {exc}", file=sys.stderr)
+    return control
 
 
 def _fresh_start(config: JobConfig, demo_sites: int | None) -> int | None:
@@ -333,8 +369,13 @@ async def run_job(
     if problem is not None:
         print(f"crawldeck: {problem}", file=sys.stderr)
         return 2
-    async with _job_services(config, demo_sites) as (config, secrets, urls):
-        engine = Engine(config, secrets, base_urls=urls)
+    async with (
+        _job_services(config, demo_sites) as (config, secrets, urls),
+        _membership(config) as cluster,
+    ):
+        engine = Engine(config, secrets, base_urls=urls, cluster=cluster)
+        # In a cluster the socket's controls steer every worker; Ctrl-C drains this one.
+        steered: JobControls = engine if cluster is None else cluster.steering
         reporter = HeadlessReporter(engine.snapshot, interval_s=interval, as_json=as_json)
         loop = asyncio.get_running_loop()
         interrupts = 0
@@ -361,16 +402,7 @@ async def run_job(
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, on_interrupt)
-        control = ControlServer(
-            engine,
-            socket_path_for_store(config.job.store),
-            idle_timeout_s=config.engine.control_idle_timeout_s,
-        )
-        try:
-            await control.bind()
-        except ControlServerError as exc:
-            # The job matters more than its remote control: run without one.
-            print(f"crawldeck: no control socket: {exc}", file=sys.stderr)
+        control = await _bound_control(steered, config, cluster is not None)
         try:
             async with asyncio.TaskGroup() as tg:
                 reporting = tg.create_task(report())
@@ -487,9 +519,14 @@ async def run_dashboard(config: JobConfig, demo_sites: int | None = None) -> int
         from engine.api import start_worker_server
 
         start_worker_server()
-    async with _job_services(config, demo_sites) as (config, secrets, urls):
-        engine = Engine(config, secrets, base_urls=urls)
-        state = await CrawldeckApp(engine).run_async()
+    async with (
+        _job_services(config, demo_sites) as (config, secrets, urls),
+        _membership(config) as cluster,
+    ):
+        engine = Engine(config, secrets, base_urls=urls, cluster=cluster)
+        # In a cluster the dashboard's controls steer every worker; quitting stops this one.
+        job = engine if cluster is None else cluster.steered(engine)
+        state = await CrawldeckApp(job).run_async()
         if engine.failure_reason:
             print(f"crawldeck: {engine.failure_reason}", file=sys.stderr)
         _print_summary(engine, config)

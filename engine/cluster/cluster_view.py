@@ -82,7 +82,15 @@ class WorkerView:
 
 @dataclass(frozen=True, slots=True)
 class ClusterView:
-    """The cluster's totals and every worker, read at `taken_at` (Redis's clock)."""
+    """The cluster's totals and every worker, read at `taken_at` (Redis's clock).
+
+    The `chunks_*` figures are the run's own counters in Redis (exact, and
+    current even when a worker's last report lags): chunks enqueued, those
+    settled with a result (`chunks_done`) or a failure (`chunks_failed`, dead
+    letters' chunks included).  `worker_id` is the worker whose snapshot
+    carries the view; `store` the job's one store and `collector` the worker
+    writing it now ("" when none is).
+    """
 
     taken_at: float = 0.0
     workers: tuple[WorkerView, ...] = ()
@@ -96,6 +104,25 @@ class ClusterView:
     live: int = 0
     lost: int = 0
     ended: int = 0
+    run: int = 0
+    chunks_enqueued: int = 0
+    chunks_done: int = 0
+    chunks_failed: int = 0
+    dead_letters: int = 0  # batches given up after too many deliveries
+    input_complete: bool = False  # every worker's input is enqueued: the total is known
+    worker_id: str = ""
+    store: str = ""
+    collector: str = ""
+
+    @property
+    def chunks_total(self) -> int | None:
+        """The run's chunks to work, once the whole input is enqueued (None before)."""
+        return self.chunks_enqueued if self.input_complete else None
+
+    @property
+    def chunks_finished(self) -> int:
+        """Chunks settled either way: a result or a failure stored."""
+        return self.chunks_done + self.chunks_failed
 
 
 def summed_keys(usages: Iterable[KeyUsage]) -> tuple[KeyUsage, ...]:

@@ -53,9 +53,14 @@ class JobStreams:
         return f"{self.prefix}:results"
 
     @property
+    def done(self) -> str:
+        """The set of chunk ids whose result the collector stored: never enqueued again."""
+        return f"{self.prefix}:done"
+
+    @property
     def keys(self) -> tuple[str, ...]:
         """Every key of the job's work and results (to delete a finished job's)."""
-        return (self.work, self.enqueued, self.progress, self.dead, self.results)
+        return (self.work, self.enqueued, self.progress, self.dead, self.results, self.done)
 
     # Consumer groups: one for the workers on `work`, one for the collector on `results`.
     work_group: ClassVar[str] = "workers"

@@ -62,8 +62,18 @@ MASK = "***"
 
 _RETRIED = (RedisConnectionError, RedisTimeoutError)
 _REFUSED = (AuthenticationError, AuthorizationError)  # ConnectionErrors that retrying won't mend
-# When the outermost retry of the running task gives up (see `DeadlineRetry`).
-_DEADLINE: ContextVar[float | None] = ContextVar("redis_retry_deadline", default=None)
+
+
+class _Deadline:
+    """When the outermost retry of the running task gives up: set at its first failure."""
+
+    __slots__ = ("at",)
+
+    def __init__(self) -> None:
+        self.at: float | None = None
+
+
+_DEADLINE: ContextVar[_Deadline | None] = ContextVar("redis_retry_deadline", default=None)
 _T = TypeVar("_T")
 
 
@@ -86,7 +96,9 @@ class DeadlineRetry(Retry):
 
     redis-py nests retries (a command's retry reconnects, and connecting
     retries too); counted retries would multiply, so the first retry in a
-    task sets one deadline that the nested ones share.
+    task sets one deadline that the nested ones share.  The clock starts at
+    the first failure, not when the command was sent: a blocking read that
+    fails seconds into its block still gets the whole limit.
     """
 
     def __init__(self, limit_s: float) -> None:
@@ -106,13 +118,15 @@ class DeadlineRetry(Retry):
         with_failure_count: bool = False,
     ) -> _T:
         outer = _DEADLINE.get()
-        deadline = outer if outer is not None else time.monotonic() + self.limit_s
+        deadline = outer if outer is not None else _Deadline()
         token = _DEADLINE.set(deadline)
 
         def in_time(error: Exception) -> bool:
             if is_retryable is not None and not is_retryable(error):
                 return False
-            return time.monotonic() < deadline
+            if deadline.at is None:
+                deadline.at = time.monotonic() + self.limit_s
+            return time.monotonic() < deadline.at
 
         try:
             result = await super().call_with_retry(

@@ -12,6 +12,10 @@ again, and the store keeps exactly one result per chunk: results are
 Run `run()` while the job runs (cancel it to stop), then `catch_up()` once
 the work queue says the job is over: every row is in the stream by then,
 because a batch is acknowledged in the same script that appends its rows.
+
+The ids of chunks whose result is committed go to the done set (in the
+same transaction as the acknowledgement), which the work queue reads so a
+chunk stored once is never enqueued again, by any worker, in any run.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ class ResultCollector:
     `run_id`, when given, is stamped on every row: the run in this store
     that collected it (a worker's own run id means nothing here).
     `visibility_s`: a collector's entries idle this long are taken over.
+    `done_set` names the set of stored chunk ids (default: one under `prefix`).
     """
 
     def __init__(
@@ -64,12 +69,14 @@ class ResultCollector:
         read_count: int = 200,
         events: EventBus | None = None,
         clock: Clock = time.monotonic,
+        done_set: str | None = None,
     ) -> None:
         if visibility_s <= 0 or block_s <= 0 or read_count < 1:
             raise ValueError("visibility_s and block_s must be > 0, read_count >= 1")
         self._redis = redis
         self.streams = JobStreams(prefix)
         self.consumer = consumer
+        self.done_set = done_set or self.streams.done
         self._store = store
         self._run_id = run_id
         self._visibility_s = visibility_s
@@ -110,6 +117,33 @@ class ResultCollector:
         while await self._collect_new(None):
             raise_if_cancelled()
         return self.rows_collected - before
+
+    async def adopt_pending(self) -> int:
+        """Commit every entry another collector read and left unacknowledged, however
+        briefly idle; returns the rows handed to the store.
+
+        For a collector that has just become the only one (it holds the job's
+        collector lease): the one before it is gone, or a moment from knowing it
+        is not the collector any more — and a row committed twice is kept once.
+        """
+        await self.join()
+        before = self.rows_collected
+        start = "0-0"
+        while True:
+            raise_if_cancelled()
+            start, claimed, *_deleted = await self._redis.xautoclaim(
+                self.streams.results,
+                self.streams.results_group,
+                self.consumer,
+                min_idle_time=0,
+                start_id=start,
+                count=self._read_count,
+            )
+            if claimed:
+                await self._commit(claimed)
+            start = as_text(start)
+            if start == "0-0":
+                return self.rows_collected - before
 
     # ------------------------------------------------------------ internals
     async def _collect_own_pending(self) -> None:
@@ -158,6 +192,7 @@ class ResultCollector:
     async def _commit(self, entries: Sequence[Any]) -> None:
         """Rows to the store, committed; then their entries acknowledged and deleted."""
         ids: list[str] = []
+        done: list[str] = []
         for entry_id, fields in entries:
             entry = as_text(entry_id)
             ids.append(entry)
@@ -171,6 +206,7 @@ class ResultCollector:
                     row = dataclasses.replace(row, run_id=self._run_id)
                 if isinstance(row, ResultRow):
                     await self._store.put_result(row)
+                    done.append(row.chunk_id)
                 else:
                     await self._store.put_failure(row)
             self.rows_collected += len(rows)
@@ -178,6 +214,8 @@ class ResultCollector:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.xack(self.streams.results, self.streams.results_group, *ids)
             pipe.xdel(self.streams.results, *ids)
+            if done:
+                pipe.sadd(self.done_set, *done)
             await pipe.execute()
         self.entries_collected += len(ids)
 

@@ -77,4 +77,4 @@ class ResultsStreamRows:
         await self._queue.settle(row.chunk_id, encode_row(row))
 
     async def put_failure(self, row: FailureRow) -> None:
-        await self._queue.settle(row.chunk_id, encode_row(row))
+        await self._queue.settle(row.chunk_id, encode_row(row), failure=True)

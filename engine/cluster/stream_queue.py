@@ -2,11 +2,12 @@
 
 Enqueue once.  Every process runs the same intake; `put` hands a batch to
 a Lua script that keeps only the chunks never enqueued before (a set of
-chunk ids) and adds them as one stream entry, so a second or restarted
-process adds nothing twice — whatever its batch sizes, since the check is
-per chunk.  `close()` says this process's intake has ended; that means the
-whole input is in the stream, and a marker in Redis tells every consumer
-that an empty stream now means done.
+chunk ids) and never stored (the collector's set of done chunk ids) and
+adds them as one stream entry, so a second or restarted process adds
+nothing twice — whatever its batch sizes, since the check is per chunk.
+`close()` says this process's intake has ended; that means the whole
+input is in the stream, and a marker in Redis tells every consumer that
+an empty stream now means done.
 
 Each process is its own consumer.  A reader task (`run`) takes entries
 with a blocking `XREADGROUP` (a bounded block: that is the event) and
@@ -72,13 +73,14 @@ Clock = Callable[[], float]
 # Ids per keep-alive script call: bounds one script's run time on the server.
 KEEP_ALIVE_IDS_PER_CALL = 500
 
-# KEYS: work, enqueued, progress.  ARGV: n, n chunk ids, n encoded chunks, history, version.
-# Keeps the chunks whose id was never added and adds them as one entry.
+# KEYS: work, enqueued, progress, done.  ARGV: n, n chunk ids, n encoded chunks, history,
+# version.  Keeps the chunks never added and never stored and adds them as one entry.
 _ENQUEUE = """
 local n = tonumber(ARGV[1])
 local kept = {}
 for i = 1, n do
-  if redis.call('SADD', KEYS[2], ARGV[1 + i]) == 1 then
+  if redis.call('SISMEMBER', KEYS[4], ARGV[1 + i]) == 0
+     and redis.call('SADD', KEYS[2], ARGV[1 + i]) == 1 then
     kept[#kept + 1] = ARGV[1 + n + i]
   end
 end
@@ -99,7 +101,8 @@ return {id, #kept, redis.call('HMGET', KEYS[3], 'entries', 'settled', 'dead')}
 """
 
 # KEYS: work, results, progress, dead.  ARGV: group, entry id, chunks in it, rows (a JSON
-# array, or ''), dead reason ('' if settled), deliveries, chunks JSON, history JSON.
+# array, or ''), dead reason ('' if settled), deliveries, chunks JSON, history JSON, and
+# how many of the rows are failures.
 # Rows are appended even when another consumer settled the entry first: a late
 # result still supersedes a dead letter's failure, and the collector ignores repeats.
 _SETTLE = """
@@ -117,6 +120,7 @@ if acked == 1 then
   else
     redis.call('HINCRBY', KEYS[3], 'settled', 1)
     redis.call('HINCRBY', KEYS[3], 'settled_chunks', tonumber(ARGV[3]))
+    redis.call('HINCRBY', KEYS[3], 'failed_chunks', tonumber(ARGV[9]))
   end
 end
 return {acked, redis.call('HMGET', KEYS[3], 'input_complete', 'entries', 'settled', 'dead')}
@@ -161,7 +165,11 @@ class GivesUp(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class QueueProgress:
-    """The job's counters in Redis: entries (and their chunks) enqueued, settled, dead."""
+    """The job's counters in Redis: entries (and their chunks) enqueued, settled, dead.
+
+    `failed_chunks` are chunks of settled entries whose row is a failure; the
+    chunks of dead letters are `dead_chunks`.
+    """
 
     entries: int = 0
     chunks: int = 0
@@ -170,6 +178,7 @@ class QueueProgress:
     dead: int = 0
     dead_chunks: int = 0
     input_complete: bool = False
+    failed_chunks: int = 0
 
     @property
     def backlog(self) -> int:
@@ -191,8 +200,13 @@ class _Holding:
     deliveries: int
     unsettled: set[str]
     rows: list[str] = field(default_factory=list)
+    failures: int = 0  # rows that are failures
     owned: bool = True  # False once another consumer took it over
     dead_reason: str = ""
+
+
+SettledHook = Callable[[int, int], None]
+"""Told (results, failures) of each entry this consumer settled (acknowledged)."""
 
 
 class StreamWorkQueue:
@@ -208,7 +222,10 @@ class StreamWorkQueue:
     more deliveries than this make a dead letter.  `prefetch`: entries read
     ahead of `get()` (0: read only while a `get()` waits).  `max_backlog`:
     `put` waits while the job has this many entries unsettled, so the stream
-    does not hold the whole input.
+    does not hold the whole input.  `done_set`: a Redis set of chunk ids
+    whose results are stored (the collector's); those are never enqueued
+    (default: one under `prefix`).  `on_settled` is told what each entry this
+    consumer settled held.
     """
 
     def __init__(
@@ -224,6 +241,8 @@ class StreamWorkQueue:
         max_backlog: int = 10_000,
         events: EventBus | None = None,
         clock: Clock = time.monotonic,
+        done_set: str | None = None,
+        on_settled: SettledHook | None = None,
     ) -> None:
         if visibility_s <= 0 or block_s <= 0 or max_deliveries < 1 or prefetch < 0:
             raise ValueError(
@@ -234,6 +253,8 @@ class StreamWorkQueue:
         self._redis = redis
         self.streams = JobStreams(prefix)
         self.consumer = consumer
+        self.done_set = done_set or self.streams.done
+        self._on_settled = on_settled
         self._visibility_s = visibility_s
         self._max_deliveries = max_deliveries
         self._block_s = block_s
@@ -283,7 +304,12 @@ class StreamWorkQueue:
         ids = [c.id for c in batch.chunks]
         encoded = [encode_chunk(c) for c in batch.chunks]
         _id, _kept, counters = await self._enqueue(
-            keys=[self.streams.work, self.streams.enqueued, self.streams.progress],
+            keys=[
+                self.streams.work,
+                self.streams.enqueued,
+                self.streams.progress,
+                self.done_set,
+            ],
             args=[len(ids), *ids, *encoded, encode_history(batch), FORMAT_VERSION],
         )
         entries, settled, dead = (as_int(v) for v in counters)
@@ -365,8 +391,8 @@ class StreamWorkQueue:
             alive.cancel()
             marker.cancel()  # over: someone's intake has written it already
 
-    async def settle(self, chunk_id: str, row: str) -> None:
-        """A chunk's row (encoded for the results stream) is ready.
+    async def settle(self, chunk_id: str, row: str, *, failure: bool = False) -> None:
+        """A chunk's row (encoded for the results stream) is ready; `failure` if it is one.
 
         Once every chunk of its entry has a row, the rows are appended to the
         results stream and the entry acknowledged, in one atomic script.
@@ -379,6 +405,7 @@ class StreamWorkQueue:
             await self._redis.xadd(self.streams.results, {"v": "1", "rows": f"[{row}]"})
             return
         holding.rows.append(row)
+        holding.failures += failure
         holding.unsettled.discard(chunk_id)
         if not holding.unsettled:
             await self._settle_entry(holding)
@@ -395,12 +422,21 @@ class StreamWorkQueue:
                 "dead",
                 "dead_chunks",
                 "input_complete",
+                "failed_chunks",
             ],
         )
-        *counts, complete = [as_int(v) for v in values]
-        entries, chunks, settled, settled_chunks, dead, dead_chunks = counts
+        entries, chunks, settled, settled_chunks, dead, dead_chunks, complete, failed = (
+            as_int(v) for v in values
+        )
         return QueueProgress(
-            entries, chunks, settled, settled_chunks, dead, dead_chunks, complete == 1
+            entries=entries,
+            chunks=chunks,
+            settled=settled,
+            settled_chunks=settled_chunks,
+            dead=dead,
+            dead_chunks=dead_chunks,
+            input_complete=complete == 1,
+            failed_chunks=failed,
         )
 
     @property
@@ -534,7 +570,7 @@ class StreamWorkQueue:
             if self._entry_of.get(chunk.id) == holding.entry_id:
                 del self._entry_of[chunk.id]
         dead = encode_batch(holding.batch) if holding.dead_reason else {}
-        await self._run_settle(
+        acked = await self._run_settle(
             holding.entry_id,
             chunks=len(holding.batch.chunks),
             rows="[" + ",".join(holding.rows) + "]" if holding.rows else "",
@@ -542,9 +578,13 @@ class StreamWorkQueue:
             deliveries=holding.deliveries,
             dead_chunks=dead.get("chunks", ""),
             dead_history=dead.get("history", ""),
+            failures=holding.failures,
         )
         if holding.dead_reason:
             self.dead_lettered += 1
+        if acked and self._on_settled is not None:
+            # Counted once, by the consumer whose script acknowledged the entry.
+            self._on_settled(len(holding.rows) - holding.failures, holding.failures)
 
     async def _dead_letter_unreadable(
         self, entry_id: str, fields: Mapping[str, str], deliveries: int, reason: str
@@ -567,6 +607,7 @@ class StreamWorkQueue:
             deliveries=deliveries,
             dead_chunks=fields.get("chunks", ""),
             dead_history=fields.get("history", ""),
+            failures=0,
         )
 
     async def _run_settle(
@@ -579,7 +620,9 @@ class StreamWorkQueue:
         deliveries: int,
         dead_chunks: str,
         dead_history: str,
-    ) -> None:
+        failures: int,
+    ) -> bool:
+        """Run the settle script; whether this call acknowledged the entry."""
         s = self.streams
         acked, (complete, entries, settled, dead) = await self._settle(
             keys=[s.work, s.results, s.progress, s.dead],
@@ -592,12 +635,14 @@ class StreamWorkQueue:
                 deliveries,
                 dead_chunks,
                 dead_history,
+                failures,
             ],
         )
         if as_int(acked):
             self._settled_here.set()
         if as_int(complete) == 1 and as_int(entries) - as_int(settled) - as_int(dead) <= 0:
             self._finish()
+        return bool(as_int(acked))
 
     def _room(self) -> int:
         """How many entries to read now: the read-ahead plus one per waiting `get()`."""

@@ -36,6 +36,8 @@ _LOUD = {
     EventKind.STOPPING,
     EventKind.WARNING,
     EventKind.CHUNK_FAILED,
+    EventKind.BATCH_RECLAIMED,
+    EventKind.DEAD_LETTER,
 }
 
 
@@ -97,13 +99,33 @@ def status_line(snap: Snapshot) -> str:
     # log reader must not mistake them for the chunks "skipped" as done before.
     records = f", input records skipped {c.records_skipped}" if c.records_skipped else ""
     return (
-        f"[{snap.state}] {c.finished}/{total} "
-        f"(done {c.done}, failed {c.failed}, skipped {c.skipped}, in flight {c.in_flight}"
-        f"{records}) "
-        f"{snap.items_per_min:.0f} items/min {snap.requests_per_min:.0f} req/min "
-        f"ETA {eta} 429s {snap.rate_limited} conc {snap.in_flight_requests}/{snap.concurrency} "
-        f"mem {mem_text} ${snap.cost_usd:.4f}"
-    ) + (_crawl_part(snap) if snap.crawl is not None else "")
+        (
+            f"[{snap.state}] {c.finished}/{total} "
+            f"(done {c.done}, failed {c.failed}, skipped {c.skipped}, in flight {c.in_flight}"
+            f"{records}) "
+            f"{snap.items_per_min:.0f} items/min {snap.requests_per_min:.0f} req/min "
+            f"ETA {eta} 429s {snap.rate_limited} conc {snap.in_flight_requests}/{snap.concurrency} "
+            f"mem {mem_text} ${snap.cost_usd:.4f}"
+        )
+        + (_crawl_part(snap) if snap.crawl is not None else "")
+        + _cluster_part(snap)
+    )
+
+
+def _cluster_part(snap: Snapshot) -> str:
+    """The cluster's progress and workers, for a worker of a shared job ("" otherwise).
+
+    The figures before it are this worker's own.
+    """
+    cluster = snap.cluster
+    if cluster is None:
+        return ""
+    total = "?" if cluster.chunks_total is None else str(cluster.chunks_total)
+    dead = f", dead letters {cluster.dead_letters}" if cluster.dead_letters else ""
+    return (
+        f" | cluster {cluster.chunks_finished}/{total} (done {cluster.chunks_done}, "
+        f"failed {cluster.chunks_failed}{dead}) workers {cluster.live} live {cluster.lost} lost"
+    )
 
 
 def _crawl_part(snap: Snapshot) -> str:

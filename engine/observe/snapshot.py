@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from engine.cluster.cluster_view import ClusterView
 from engine.config.settings import Preset
 from engine.observe.events import Event
 
@@ -184,3 +185,6 @@ class Snapshot:
     drift: tuple[DriftMetric, ...] = ()  # empty until a drift monitor runs
     crawl: CrawlSnapshot | None = None  # set for crawl jobs
     events: tuple[Event, ...] = ()
+    # Set for a worker of a job shared through Redis: the cluster's totals and workers.
+    # The rest of the snapshot is this worker's own.
+    cluster: ClusterView | None = None

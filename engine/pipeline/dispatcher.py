@@ -26,7 +26,8 @@ counted the request when it took it, so its reservation stays spent.
 
 What the call brought back goes to the outcomes (`BatchOutcomes`).  When no
 key can serve any more, every batch still to come fails with the keys'
-reasons instead of waiting forever, and `on_no_key` is told once.
+reasons instead of waiting forever, and `on_no_key` is told once; if it
+stops admission instead (a worker of a cluster), nothing is failed.
 """
 
 from __future__ import annotations
@@ -284,6 +285,11 @@ class Dispatcher:
             except NoUsableKeyError:
                 concurrency.release()
                 self._no_key_left()
+                if (admission := asyncio.current_task()) is not None and admission.cancelling():
+                    # `on_no_key` stopped admission (a worker of a cluster): the batch is
+                    # not failed here, it stays for a worker whose keys still serve.
+                    queue.put_retry(batch)
+                    raise asyncio.CancelledError from None
                 await outcomes.give_up(batch, self.no_key, announce=False)
                 continue
             flight = _Flight(batch, lease, messages, self._clock())

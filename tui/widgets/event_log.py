@@ -17,8 +17,14 @@ _WARNING_KINDS = {
     EventKind.WARNING,
     EventKind.DRAINING,
     EventKind.STOPPING,
+    EventKind.BATCH_RECLAIMED,
 }
-_ERROR_KINDS = {EventKind.KEY_DISABLED, EventKind.CHUNK_FAILED, EventKind.MEMORY_HARD}
+_ERROR_KINDS = {
+    EventKind.KEY_DISABLED,
+    EventKind.CHUNK_FAILED,
+    EventKind.MEMORY_HARD,
+    EventKind.DEAD_LETTER,
+}
 
 
 def _offset(seconds: float) -> str:

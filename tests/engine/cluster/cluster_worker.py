@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from engine.cluster.results_stream import ResultsStreamRows
-from engine.cluster.stream_queue import StreamWorkQueue
+from engine.cluster.stream_queue import SettledHook, StreamWorkQueue
 from engine.config.settings import Preset, ProviderSettings, RateLimitWaits
 from engine.limits.adaptive_concurrency import AdaptiveConcurrency
 from engine.limits.backoff import Backoff
@@ -72,7 +72,15 @@ class Worker:
     """One consumer of the shared job: queue, real outcomes, results sink."""
 
     def __init__(
-        self, redis: Redis, prefix: str, name: str, timing: Timing = Timing(), *, prefetch: int = 1
+        self,
+        redis: Redis,
+        prefix: str,
+        name: str,
+        timing: Timing = Timing(),
+        *,
+        prefetch: int = 1,
+        done_set: str | None = None,
+        on_settled: SettledHook | None = None,
     ) -> None:
         self.name = name
         self.events = EventBus()
@@ -85,6 +93,8 @@ class Worker:
             max_deliveries=timing.max_deliveries,
             prefetch=prefetch,
             events=self.events,
+            done_set=done_set,
+            on_settled=on_settled,
         )
         self.rows = ResultsStreamRows(self.queue)
         self.held = HeldWork(self.queue)

@@ -141,6 +141,27 @@ async def test_a_redis_that_stays_away_ends_the_wait_at_the_outage_limit(
         await redis.aclose()
 
 
+async def test_a_blocking_read_that_fails_late_in_its_block_still_waits_the_whole_limit(
+    redis_server: RedisServer,
+) -> None:
+    """The limit counts from the failure, not from when the read was sent: a worker
+    blocked 2 s in XREAD when Redis goes away still waits out its outage limit."""
+    settings = settings_for(redis_server.url, outage_limit_s=1.5)
+    redis = await connect_redis(settings, {})
+    try:
+        reading = asyncio.create_task(redis.xread({"stream": "$"}, block=4000))
+        await asyncio.sleep(2.0)
+        redis_server.kill()
+        gone = time.monotonic()
+
+        with pytest.raises(RedisConnectionError):
+            await reading
+
+        assert 1.5 <= time.monotonic() - gone < 5.0
+    finally:
+        await redis.aclose()
+
+
 async def test_a_redis_that_is_not_there_at_the_start_fails_the_connect_in_time() -> None:
     settings = settings_for(f"redis://127.0.0.1:{free_port()}/0", outage_limit_s=1)
     started = time.monotonic()

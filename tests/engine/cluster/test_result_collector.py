@@ -99,3 +99,80 @@ async def test_what_a_dead_collector_read_is_collected_by_the_next(
                 await collecting
         assert await store.counts() == {"results": 6, "failures": 0}
     assert await redis_client.xlen(f"{PREFIX}:results") == 0
+
+
+async def test_the_one_collector_adopts_what_the_one_before_it_read_at_once(
+    redis_client: Redis, tmp_path: Path
+) -> None:
+    """A collector that has just taken the job's collector lease need not wait out the
+    visibility timeout: whatever another collector read and left is its to store now."""
+    worker = Worker(redis_client, PREFIX, "worker")
+    for batch in batches(chunks(6), 2):
+        await worker.queue.put(batch)
+    worker.queue.close()
+    async with asyncio.timeout(GUARD_S):
+        await worker.serve()
+    async with await Store.open(tmp_path / "results.db") as store:
+        await ResultCollector(redis_client, PREFIX, "gone", store).join()
+        await redis_client.xreadgroup("collectors", "gone", {f"{PREFIX}:results": ">"}, count=1)
+
+        successor = ResultCollector(redis_client, PREFIX, "successor", store, visibility_s=60)
+        assert await successor.adopt_pending() == 2, "the entry the one before it read"
+        assert await successor.catch_up() == 4, "and the rest, as they come"
+        assert await store.counts() == {"results": 6, "failures": 0}
+
+
+async def test_a_stored_chunk_is_never_enqueued_again_by_any_worker(
+    redis_client: Redis, tmp_path: Path
+) -> None:
+    """The collector records each chunk whose result it stored; a later intake (a rerun,
+    a worker on a machine without the store) adds none of them, only what is not stored."""
+    work = chunks(6)
+    first = Worker(redis_client, PREFIX, "first")
+    for batch in batches(work[:4], 2):
+        await first.queue.put(batch)
+    first.queue.close()
+    async with asyncio.timeout(GUARD_S):
+        await first.serve()
+    async with await Store.open(tmp_path / "results.db") as store:
+        await ResultCollector(redis_client, PREFIX, "collector", store).catch_up()
+    assert await redis_client.smembers(f"{PREFIX}:done") == {c.id.encode() for c in work[:4]}
+
+    # Another run of the job: its own queue, the job's one done set.
+    later = Worker(redis_client, "job-again", "later", done_set=f"{PREFIX}:done")
+    for batch in batches(work, 2):
+        await later.queue.put(batch)
+
+    progress = await later.queue.progress()
+    assert (progress.entries, progress.chunks) == (1, 2), "only the two never stored"
+
+
+async def test_each_settled_entry_is_counted_once_by_the_worker_that_settled_it(
+    redis_client: Redis,
+) -> None:
+    """What a worker reports as its done and failed: the rows of the entries it settled;
+    failures are counted in Redis too, so every worker reads the cluster's."""
+    settled: list[tuple[int, int]] = []
+    worker = Worker(
+        redis_client,
+        PREFIX,
+        "worker",
+        on_settled=lambda done, failed: settled.append((done, failed)),
+    )
+    work = chunks(4)
+    for batch in batches(work, 2):
+        await worker.queue.put(batch)
+    worker.queue.close()
+    running = asyncio.create_task(worker.queue.run(worker.outcomes))
+    async with asyncio.timeout(GUARD_S):
+        answered = await worker.queue.get()
+        assert answered is not None
+        await worker.answer(answered)
+        failing = await worker.queue.get()
+        assert failing is not None
+        await worker.outcomes.give_up(failing, "refused for the test")
+        await running
+
+    assert settled == [(2, 0), (0, 2)]
+    progress = await worker.queue.progress()
+    assert (progress.settled_chunks, progress.failed_chunks) == (4, 2)

@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from engine.cluster.cluster_view import ClusterView
 from engine.observe.events import Event, EventKind
 from engine.observe.headless_reporter import (
     HeadlessReporter,
@@ -138,6 +139,47 @@ def test_the_status_line_says_what_the_memory_breaker_waits_for() -> None:
     line = status_line(running_snapshot(memory=held))
 
     assert "mem 530MB (SOFT: input paused until memory < 461 MB (now 530 MB))" in line
+
+
+def test_a_worker_of_a_cluster_shows_the_clusters_progress_and_workers_after_its_own() -> None:
+    view = ClusterView(
+        live=2,
+        lost=1,
+        chunks_enqueued=900,
+        chunks_done=610,
+        chunks_failed=4,
+        input_complete=True,
+    )
+
+    line = status_line(running_snapshot(cluster=view))
+
+    assert line.startswith("[running] 460/1000 (done 400, failed 3,")
+    assert line.endswith(" | cluster 614/900 (done 610, failed 4) workers 2 live 1 lost")
+
+
+def test_a_clusters_total_is_unknown_until_every_input_is_enqueued_and_dead_letters_show() -> None:
+    view = ClusterView(live=3, chunks_enqueued=500, chunks_done=20, chunks_failed=6, dead_letters=2)
+
+    line = status_line(running_snapshot(cluster=view))
+
+    assert line.endswith(
+        " | cluster 26/? (done 20, failed 6, dead letters 2) workers 3 live 0 lost"
+    )
+
+
+def test_reclaimed_batches_and_dead_letters_get_a_line_of_their_own() -> None:
+    out = io.StringIO()
+    events = (
+        event(EventKind.BATCH_RECLAIMED, "took over batch 17-0 (2 chunks, idle over 3s)", 1.0),
+        event(EventKind.DEAD_LETTER, "batch 18-0 (2 chunks) given up, dead letter: ...", 2.0),
+    )
+
+    HeadlessReporter(Feed(running_snapshot(events=events)), out=out).emit_once()
+
+    assert lines(out)[:2] == [
+        "  · batch_reclaimed: took over batch 17-0 (2 chunks, idle over 3s)",
+        "  · dead_letter: batch 18-0 (2 chunks) given up, dead letter: ...",
+    ]
 
 
 def test_a_json_status_is_one_parseable_object_without_histories_or_events() -> None:

@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 
+from engine.cluster.cluster_view import ClusterView, KeyUsage, WorkerView
 from engine.config.settings import BUILTIN_PRESETS
 from engine.observe.events import Event, EventKind
 from engine.observe.snapshot import (
@@ -91,6 +92,49 @@ def test_a_rich_snapshot_round_trips_through_json_exactly() -> None:
     }
     assert isinstance(back.keys[0], KeySnapshot)
     assert back.errors_by_kind == (("rate_limited", 3), ("server_error", 1))
+
+
+def test_a_workers_cluster_view_round_trips() -> None:
+    worker = WorkerView(
+        worker_id="host-12-abc",
+        host="host",
+        pid=12,
+        state="running",
+        done=40,
+        failed=1,
+        in_flight=4,
+        items_per_min=120.0,
+        requests_per_min=60.0,
+        tokens_per_s=9.5,
+        keys=(KeyUsage("sim/a", 30, 4000),),
+        heartbeat_s=2.0,
+        started_at=1_700_000_000.5,
+        last_heartbeat=1_700_000_010.25,
+        age_s=0.75,
+        lost=False,
+        ended=False,
+    )
+    view = ClusterView(
+        taken_at=1_700_000_011.0,
+        workers=(worker, replace(worker, worker_id="other-13-def", lost=True)),
+        done=80,
+        live=1,
+        lost=1,
+        run=3,
+        chunks_enqueued=200,
+        chunks_done=80,
+        chunks_failed=2,
+        input_complete=True,
+        worker_id="host-12-abc",
+        store="/data/results.db on host",
+        collector="host-12-abc",
+    )
+    snap = replace(rich_snapshot(), cluster=view)
+
+    back = decode_snapshot(json.loads(json.dumps(encode_snapshot(snap))))
+
+    assert back == snap
+    assert back.cluster is not None and back.cluster.chunks_total == 200
 
 
 def test_the_default_snapshot_round_trips() -> None:

@@ -1,0 +1,191 @@
+"""Engines joined to one job through a real Redis: the work shared, steered as one, run again.
+
+Two `Engine`s in one event loop, each with its own `ClusterJob` (its own
+Redis connection and worker id), against the real simulator on loopback:
+what `crawldeck run` does in two processes, seen from inside.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import replace
+from pathlib import Path
+
+from engine.cluster.cluster_job import ClusterJob, joined_cluster
+from engine.config.cluster_table import ClusterSettings
+from engine.config.settings import JobConfig
+from engine.control.controls import RunnableJob
+from engine.engine import Engine
+from engine.observe.snapshot import JobState
+from tests.engine.conftest import job_config, sim_keys, write_records
+from tests.redis_server import RedisServer
+
+GUARD_S = 60.0
+KEYS = [("k1", 60_000, 100_000_000)]
+
+
+def shared(config: JobConfig, redis_url: str, **cluster: object) -> JobConfig:
+    """`config` with a `[cluster]` table on `redis_url`, timings short for a test."""
+    values: dict[str, object] = {"heartbeat_s": 0.2, "visibility_timeout_s": 2.0, **cluster}
+    table = ClusterSettings(redis=redis_url, prefix="test-job", **values)  # type: ignore[arg-type]
+    return replace(config, cluster=table)
+
+
+def elsewhere(config: JobConfig, store: Path) -> JobConfig:
+    """The same job run on another machine: its store path is not the job's."""
+    return replace(config, job=replace(config.job, store=str(store)))
+
+
+@asynccontextmanager
+async def workers(*configs: JobConfig) -> AsyncIterator[list[ClusterJob]]:
+    """Each config joined to its job as one worker, in order (the first claims the store)."""
+    async with AsyncExitStack() as stack:
+        joined = []
+        for config in configs:
+            cluster = await stack.enter_async_context(joined_cluster(config, {}))
+            assert cluster is not None
+            joined.append(cluster)
+        yield joined
+
+
+def results(db: Path) -> int:
+    with sqlite3.connect(db) as conn:
+        return int(conn.execute("SELECT count(DISTINCT chunk_id) FROM results").fetchone()[0])
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    async with asyncio.timeout(GUARD_S):
+        while not condition():
+            await asyncio.sleep(0.02)
+
+
+async def test_two_engines_share_the_work_and_a_pause_on_one_holds_both(
+    redis_server: RedisServer, tmp_path: Path, simulator
+) -> None:
+    sim = await simulator(keys=sim_keys(KEYS), latency_s=(0.05, 0.05))
+    config, secrets = job_config(
+        tmp_path, write_records(tmp_path / "in.txt", 300), sim.base_url, KEYS
+    )
+    config = shared(config, redis_server.url)
+    config = replace(config, preset=replace(config.preset, concurrency=2))
+    other = elsewhere(config, tmp_path / "other" / "results.db")
+    async with workers(config, other) as (here, there):
+        a = Engine(config, secrets, cluster=here)
+        b = Engine(other, secrets, cluster=there)
+        running = [asyncio.create_task(a.run()), asyncio.create_task(b.run())]
+        await until(lambda: (a.snapshot().counts.done + b.snapshot().counts.done) >= 30)
+
+        here.steered(a).pause()  # what `crawldeck attach` to worker a sends
+        await until(lambda: b.snapshot().state is JobState.PAUSED)
+        assert a.snapshot().state is JobState.PAUSED
+        await until(lambda: a.snapshot().in_flight_requests == b.snapshot().in_flight_requests == 0)
+        paused_at = sim.stats.requests
+        await asyncio.sleep(0.3)
+        assert sim.stats.requests == paused_at, "neither worker sends while paused"
+
+        there.steered(b).resume()
+        async with asyncio.timeout(GUARD_S):
+            states = await asyncio.gather(*running)
+
+    assert states == [JobState.DONE, JobState.DONE]
+    assert a.stats.done > 0 and b.stats.done > 0
+    assert a.stats.done + b.stats.done == 300
+    assert results(Path(config.job.store)) == 300
+    view = a.snapshot().cluster
+    assert view is not None and view.run == 1
+    assert (view.chunks_total, view.chunks_done, view.chunks_failed) == (300, 300, 0)
+    assert view.store == f"{Path(config.job.store).resolve()} on {here.store.host}"
+    assert "| cluster run 1: 300/300 chunks (done 300, failed 0" in b.summary_line()
+
+
+async def test_a_rerun_is_a_new_run_that_sends_only_what_is_not_stored(
+    redis_server: RedisServer, tmp_path: Path, simulator
+) -> None:
+    """The job run once to its end on one machine; then run again with more input from a
+    machine without the store: a new run, which sends only the new records."""
+    sim = await simulator(keys=sim_keys(KEYS), latency_s=(0.01, 0.01))
+    config, secrets = job_config(
+        tmp_path, write_records(tmp_path / "in.txt", 40), sim.base_url, KEYS
+    )
+    config = shared(config, redis_server.url)
+    async with workers(config) as (first,):
+        assert await Engine(config, secrets, cluster=first).run() is JobState.DONE
+    sent_first = sim.stats.chunk_ids_answered
+    assert sent_first == 40
+
+    write_records(tmp_path / "in.txt", 50)  # ten records more
+    other = elsewhere(config, tmp_path / "other" / "results.db")
+    async with workers(other) as (again,):
+        assert again.run == 2 and not again.beside_store
+        engine = Engine(other, secrets, cluster=again)
+        assert await engine.run() is JobState.DONE
+
+    assert sim.stats.chunk_ids_answered - sent_first == 10
+    assert engine.stats.done == 10
+    # Its results wait in Redis for a worker beside the job's store; one collects them.
+    assert "10 rows" not in engine.summary_line()
+    assert "result entries wait in Redis for a worker on" in engine.summary_line()
+    async with workers(config) as (collector,):
+        assert collector.run == 2, "the run is not finished while its rows wait"
+        last = Engine(config, secrets, cluster=collector)
+        assert await last.run() is JobState.DONE
+    assert results(Path(config.job.store)) == 50
+    assert last.stats.done == 0 and "this worker stored 10 rows in it" in last.summary_line()
+
+
+async def test_quitting_one_workers_dashboard_stops_it_alone_and_the_other_finishes_the_job(
+    redis_server: RedisServer, tmp_path: Path, simulator
+) -> None:
+    """The dashboard runs its worker as a `RunnableJob` whose `stop` (quitting) is its own:
+    the other worker goes on, takes over what the stopped one held, and ends the job."""
+    sim = await simulator(keys=sim_keys(KEYS), latency_s=(0.05, 0.05))
+    config, secrets = job_config(
+        tmp_path, write_records(tmp_path / "in.txt", 200), sim.base_url, KEYS
+    )
+    config = shared(config, redis_server.url, visibility_timeout_s=1.0)
+    config = replace(config, preset=replace(config.preset, concurrency=2))
+    async with workers(config, config) as (here, there):
+        a = Engine(config, secrets, cluster=here)
+        b = Engine(config, secrets, cluster=there)
+        dashboard_job = here.steered(a)
+        assert isinstance(dashboard_job, RunnableJob)
+        running = [asyncio.create_task(dashboard_job.run()), asyncio.create_task(b.run())]
+        await until(lambda: a.snapshot().counts.done >= 10)
+
+        dashboard_job.stop()
+        async with asyncio.timeout(GUARD_S):
+            states = await asyncio.gather(*running)
+
+    assert states == [JobState.STOPPED, JobState.DONE], (
+        b.failure_reason,
+        [e.message for e in b.events.recent()][-8:],
+    )
+    assert results(Path(config.job.store)) == 200
+
+
+async def test_a_worker_whose_key_is_refused_leaves_its_batches_to_the_others(
+    redis_server: RedisServer, tmp_path: Path, simulator
+) -> None:
+    """One machine has a wrong secret for the key: its worker stops taking batches and
+    fails none of them; the other worker does the whole job."""
+    sim = await simulator(keys=sim_keys(KEYS), latency_s=(0.05, 0.05))
+    config, secrets = job_config(
+        tmp_path, write_records(tmp_path / "in.txt", 100), sim.base_url, KEYS
+    )
+    config = shared(config, redis_server.url, visibility_timeout_s=1.0)
+    wrong = {key: "sk-not-this-one" for key in secrets}
+    async with workers(config, config) as (here, there):
+        refused = Engine(config, wrong, cluster=here)
+        serving = Engine(config, secrets, cluster=there)
+        async with asyncio.timeout(GUARD_S):
+            states = await asyncio.gather(refused.run(), serving.run())
+
+    assert states == [JobState.FAILED, JobState.DONE], serving.failure_reason
+    assert refused.failure_reason.startswith("no API key can serve any more")
+    assert refused.stats.failed == 0 and serving.stats.done == 100
+    with sqlite3.connect(config.job.store) as conn:
+        assert conn.execute("SELECT count(*) FROM failures").fetchone()[0] == 0
+    assert results(Path(config.job.store)) == 100

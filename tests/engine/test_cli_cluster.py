@@ -1,0 +1,90 @@
+"""What `crawldeck run` refuses for a job file with `[cluster]`, in one line, before anything runs.
+
+(Workers sharing a job for real: `tests/engine/cluster/test_workers_share_a_job.py`.)
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.redis_server import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write_job(folder: Path, *, redis_url: str, more: str = "") -> Path:
+    job = folder / "job.toml"
+    job.write_text(
+        '[job]\nname = "j"\ninput = "in.txt"\n\n'
+        '[[providers]]\nname = "sim"\nbase_url = "http://127.0.0.1:9/v1"\nmodel = "m"\n'
+        '[[providers.keys]]\nenv = "K"\n\n'
+        f'[cluster]\nredis = "{redis_url}"\noutage_limit_s = 1\n{more}',
+        encoding="utf-8",
+    )
+    (folder / "in.txt").write_text("one record\n", encoding="utf-8")
+    return job
+
+
+def crawldeck(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tui.cli", *(str(a) for a in args)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={"K": "sk-unused", "PATH": "/usr/bin:/bin"},
+    )
+
+
+def test_a_crawl_job_in_a_cluster_is_refused_naming_the_table(tmp_path: Path) -> None:
+    job = write_job(tmp_path, redis_url="redis://127.0.0.1:6379/0")
+    job.write_text(
+        job.read_text(encoding="utf-8").replace(
+            'input = "in.txt"\n', '[crawl]\ntargets = "t.txt"\n'
+        )
+    )
+
+    line = job.read_text(encoding="utf-8").splitlines().index("[cluster]") + 1
+
+    done = crawldeck("run", job, "--headless")
+
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"{job}:{line}: cluster: a crawl job cannot be shared by a cluster of workers yet: the "
+        "fetch work is not shared, so every worker would crawl every site; remove [cluster] "
+        "to crawl in one process"
+    ]
+
+
+def test_fresh_is_refused_for_a_shared_job(tmp_path: Path) -> None:
+    job = write_job(tmp_path, redis_url="redis://127.0.0.1:6379/0")
+
+    done = crawldeck("run", job, "--headless", "--fresh")
+
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "crawldeck: --fresh: a job shared through Redis is not started over from one worker "
+        "(the others may be on it): give every worker a new [cluster] prefix and job.store "
+        "instead, e.g. --set cluster.prefix=NAME --set job.store=NEW.db"
+    ]
+
+
+def test_a_worker_whose_redis_is_not_there_ends_in_one_line_within_the_outage_limit(
+    tmp_path: Path,
+) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    job = write_job(tmp_path, redis_url=url)
+    started = time.monotonic()
+
+    done = crawldeck("run", job, "--headless")
+
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"crawldeck: Redis at {url} did not answer for 1 s ([cluster] outage_limit_s): "
+    )
+    assert time.monotonic() - started < 30
+    assert not (tmp_path / "j.db").exists(), "nothing ran"
