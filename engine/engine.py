@@ -168,7 +168,8 @@ class Engine:
             events=self.events,
             clock=clock,
             on_no_key=self._no_key_left,
-            input_done=lambda: self._held.input_done,
+            # In a cluster an empty queue here says nothing of the job's tail: no hedging.
+            input_done=lambda: self._cluster is None and self._held.input_done,
         )
         self._drift = (
             DriftWatch(

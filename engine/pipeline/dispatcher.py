@@ -352,7 +352,14 @@ class Dispatcher:
         flight.race = race
         if flight.task is not None:
             race.sends.add(flight.task)
-        lease = await self._keys.lease(flight.lease.estimate, flight.lease.charged)
+        # Budget for it within the median latency, or no hedge: a wait for a key that
+        # cools or is gone must not hold the job's end.
+        patience = flight.lease.key.latency.quantile(HEDGE_QUANTILE) or 1.0
+        try:
+            async with asyncio.timeout(patience):
+                lease = await self._keys.lease(flight.lease.estimate, flight.lease.charged)
+        except (TimeoutError, NoUsableKeyError):
+            return
         if race.settled or flight not in self._flying:
             lease.abandoned()  # answered meanwhile: never sent
             return
