@@ -558,8 +558,8 @@ class KeyBudget:
                 bucket.set_level(min(bucket.level(), max(1.0, bucket.rate * FIRST_FILL_S)))
 
     def pace_until_heard(self) -> None:
-        """Until the provider first answers, hold half the opening and refill at
-        `PACE_UNTIL_HEARD` of the configured limits.
+        """Until the provider first answers, hold half the opening of requests and
+        refill them at `PACE_UNTIL_HEARD` of the configured limit.
 
         With limits configured too high (twice the real ones, say) on a
         provider that enforces its minute per second, the first second would
@@ -569,20 +569,20 @@ class KeyBudget:
         leaves it short for two seconds, longer than a first answer takes.
         """
         self._pacing = True
-        for bucket, limit in ((self.requests, self.limit_rpm), (self.tokens, self.limit_tpm)):
-            if limit is not None:
-                level = bucket.level()
-                bucket.set_limit(limit * PACE_UNTIL_HEARD)
-                bucket.set_level(level / 2)
+        # Requests only: a request's tokens are a large share of a second's (2,000 of
+        # 5,000 at 300k TPM), so a slower opening would let the bucket fill up again.
+        level, limit = self.requests.level(), self.limit_rpm
+        if limit is not None:
+            self.requests.set_limit(limit * PACE_UNTIL_HEARD)
+            self.requests.set_level(level / 2)
 
     def heard(self) -> None:
         """The provider answered (or refused): the limits in force refill at their rate."""
         if not self._pacing:
             return
         self._pacing = False
-        for bucket, limit in ((self.requests, self.limit_rpm), (self.tokens, self.limit_tpm)):
-            if limit is not None and not bucket.unlimited:
-                bucket.set_limit(limit)
+        if self.limit_rpm is not None and not self.requests.unlimited:
+            self.requests.set_limit(self.limit_rpm)
 
     def distrust(self) -> tuple[float, float] | None:
         """A 429 the headers said would not come: believe them less (old, new trust).
