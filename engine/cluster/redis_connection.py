@@ -20,7 +20,6 @@ shown, and redis-py's own reprs print `<REDACTED>` for it.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
@@ -33,6 +32,7 @@ from redis.exceptions import AuthenticationError, AuthorizationError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from engine.cluster.cancel_guard import raise_if_cancelled
 from engine.config.cluster_table import ClusterSettings
 from engine.config.config_problem import ConfigError, ConfigProblem
 
@@ -134,18 +134,8 @@ class DeadlineRetry(Retry):
             )
         finally:
             _DEADLINE.reset(token)
-        _raise_if_cancelled()
+        raise_if_cancelled()  # a cancel redis-py's write may have dropped (Python 3.11)
         return result
-
-
-def _raise_if_cancelled() -> None:
-    # Python 3.11's `asyncio.wait_for`, which redis-py writes through, returns
-    # when the write completes in the same loop turn as a cancel and drops the
-    # cancel (fixed in 3.12): a task looping on Redis calls would never end.
-    # The task still counts the cancel it was asked for, so raise it here.
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 def retry_policy(outage_limit_s: float) -> Retry:

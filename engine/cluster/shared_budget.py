@@ -16,11 +16,11 @@ rather than four, so the bucket arithmetic is written once and a restarted
 Redis (which forgets loaded scripts) reloads one thing, transparently
 (redis-py's `Script` sends it again on `NOSCRIPT`).
 
-Redis restarting or unreachable: each call is retried with jittered
-exponential backoff (redis-py's `Retry` with `ExponentialWithJitterBackoff`,
-here rather than on the client, so it holds whoever built the client) for
-`retry_for_s`, then `SharedBudgetUnavailable` is raised: the job ends
-rather than sending without a budget.  A reservation whose answer was lost
+Redis restarting or unreachable: each call is retried with exponential
+backoff for `retry_for_s` (the cluster's `DeadlineRetry`, here rather than
+on the client, so it holds whoever built the client), then
+`SharedBudgetUnavailable` is raised: the job ends rather than sending
+without a budget.  A reservation whose answer was lost
 with the connection may be taken twice (the worker sends one): the cluster
 then under-spends a request, never over-spends.
 """
@@ -28,18 +28,16 @@ then under-spends a request, never over-spends.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from engine.cluster.redis_connection import DeadlineRetry
 from engine.limits.provider_headroom import SEND_SPREAD_S, BucketReading, HeaderTrust
 from engine.limits.rate_limiter import (
     BURST_SECONDS,
@@ -56,7 +54,6 @@ ANSWER_SLOTS = 10
 # How long a call waits for Redis to come back before the job gives up.
 RETRY_FOR_S = 60.0
 # Jittered, so workers that lost Redis together do not come back in step.
-_BACKOFF_BASE_S, _BACKOFF_CAP_S = 0.05, 2.0
 _DAY_S = 86_400.0
 
 
@@ -382,7 +379,6 @@ class SharedBudget:
 
     async def _call(self, op: str, keys: Sequence[str], payload: Mapping[str, Any]) -> Any:
         args = [op, json.dumps(payload)]
-        deadline = time.monotonic() + self._retry_for_s
         failures = 0
 
         async def attempt() -> Any:
@@ -396,10 +392,7 @@ class SharedBudget:
                 self._say(f"shared key budgets: Redis did not answer ({error}); retrying")
 
         try:
-            backoff = ExponentialWithJitterBackoff(cap=_BACKOFF_CAP_S, base=_BACKOFF_BASE_S)
-            result = await Retry(backoff, retries=-1).call_with_retry(
-                attempt, failed, is_retryable=lambda _error: time.monotonic() < deadline
-            )
+            result = await DeadlineRetry(self._retry_for_s).call_with_retry(attempt, failed)
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise SharedBudgetUnavailable(
                 f"shared key budgets: Redis did not answer for {self._retry_for_s:g}s ({exc})"
