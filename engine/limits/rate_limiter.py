@@ -21,7 +21,6 @@ import functools
 import math
 import re
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -237,14 +236,13 @@ class KeyBudget:
         # Every reservation ever: an answer's headers miss those made after it was sent.
         self.reserved_requests = 0
         self.reserved_tokens = 0
-        # (time, requests, tokens reserved before it) of the last SEND_SPREAD_S's reservations
-        self._recent: deque[tuple[float, int, int]] = deque()
         self._token_reading: BucketReading | None = None  # the last, for the instruments
         # Per bucket, the last reading, and the requests and amount reserved up to
         # and including its own (the ETA's).
         self._readings: dict[str, tuple[BucketReading, int, int]] = {}
-        # (time, tokens) of every reservation of the last SPEND_LOG_S, the
-        # `_spend_base`-th first.
+        # (time, tokens reserved before it) of every reservation of the last
+        # SPEND_LOG_S, the `_spend_base`-th first: the marks of a send and the
+        # replay of what was reserved after one both read it.
         self._spends: list[tuple[float, int]] = []
         self._spend_base = 0
         # Reservations whose request is not on the wire yet — (reserved at, tokens) by
@@ -352,8 +350,7 @@ class KeyBudget:
         self.requests.take(1)
         self.tokens.take(taken)
         now = self._clock()
-        self._recent.append((now, self.reserved_requests, self.reserved_tokens))
-        self._log_spend(now, charge)
+        self._log_spend(now)
         self._unwired[self.reserved_requests] = (now, charge)
         self.reserved_requests += 1
         self.reserved_tokens += charge
@@ -388,9 +385,9 @@ class KeyBudget:
                     tokens += charge
         return requests, tokens
 
-    def _log_spend(self, now: float, tokens: int) -> None:
+    def _log_spend(self, now: float) -> None:
         spends = self._spends
-        spends.append((now, tokens))
+        spends.append((now, self.reserved_tokens))
         if len(spends) > _SPEND_LOG_TRIM and spends[0][0] < now - SPEND_LOG_S:
             cut = bisect.bisect_left(spends, now - SPEND_LOG_S, key=lambda spend: spend[0])
             del spends[:cut]
@@ -402,18 +399,23 @@ class KeyBudget:
         if offset < 0:
             return None
         tail = self._spends[offset:]
-        if tokens:
-            return ((when, float(amount)) for when, amount in tail)
-        return ((when, 1.0) for when, _ in tail)
+        if not tail:
+            return iter(())
+        if not tokens:
+            return ((when, 1.0) for when, _ in tail)
+        # Each reservation's tokens: what was reserved before the next, less before it.
+        after = [before for _, before in tail[1:]] + [self.reserved_tokens]
+        return (
+            (when, float(end - before)) for (when, before), end in zip(tail, after, strict=True)
+        )
 
     def marks(self) -> tuple[int, int]:
         """(requests, tokens) reserved before the last `SEND_SPREAD_S`: headers
         answered for a request sent now may miss anything reserved after that."""
-        recent, cutoff = self._recent, self._clock() - SEND_SPREAD_S
-        while recent and recent[0][0] < cutoff:
-            recent.popleft()
-        if recent:
-            return recent[0][1], recent[0][2]
+        spends, cutoff = self._spends, self._clock() - SEND_SPREAD_S
+        first = bisect.bisect_left(spends, cutoff, key=lambda spend: spend[0])
+        if first < len(spends):
+            return self._spend_base + first, spends[first][1]
         return self.reserved_requests, self.reserved_tokens
 
     def reconcile(self, reserved_tokens: int, used_tokens: int) -> None:
