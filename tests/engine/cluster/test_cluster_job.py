@@ -147,8 +147,11 @@ async def test_quitting_one_workers_dashboard_stops_it_alone_and_the_other_finis
     )
     config = shared(config, redis_server.url, visibility_timeout_s=1.0)
     config = replace(config, preset=replace(config.preset, concurrency=2))
-    async with workers(config, config) as (here, there):
-        a = Engine(config, secrets, cluster=here)
+    # The dashboard's worker on another machine: two engines of one process on one
+    # SQLite file would contend for its lock, which no two workers in the field do.
+    other = elsewhere(config, tmp_path / "other" / "results.db")
+    async with workers(config, other) as (there, here):
+        a = Engine(other, secrets, cluster=here)
         b = Engine(config, secrets, cluster=there)
         dashboard_job = here.steered(a)
         assert isinstance(dashboard_job, RunnableJob)
