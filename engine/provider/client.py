@@ -178,6 +178,38 @@ class _Route:
     headers: Mapping[str, str]
 
 
+# What the engine reads of an answer's headers: its limits, when to retry, the
+# provider's own time and its request id (for a support ticket).  An answer
+# keeps only these: the rest is never looked at, so never needs redacting —
+# on the hot path, that was most of the redaction's cost.
+_ANSWER_HEADERS = frozenset(
+    name.encode()
+    for name in (
+        "x-ratelimit-limit-requests",
+        "x-ratelimit-limit-tokens",
+        "x-ratelimit-remaining-requests",
+        "x-ratelimit-remaining-tokens",
+        "x-ratelimit-reset-requests",
+        "x-ratelimit-reset-tokens",
+        "retry-after",
+        "retry-after-ms",
+        "openai-processing-ms",
+        "x-request-id",
+    )
+)
+
+
+def _answer_headers(headers: httpx2.Headers) -> dict[str, str]:
+    """The headers of `_ANSWER_HEADERS` an answer carries, names lower-cased."""
+    kept: dict[str, str] = {}
+    for name, value in headers.raw:
+        lowered = name.lower()
+        if lowered in _ANSWER_HEADERS:
+            # latin-1 decodes any byte: a header value is never an error here.
+            kept[lowered.decode("latin-1")] = value.decode("latin-1")
+    return kept
+
+
 def _wire_trace(on_wire: Callable[[], None]) -> Callable[[str, dict[str, Any]], Awaitable[None]]:
     """An httpcore trace hook that calls `on_wire` as the request's headers go out."""
 
@@ -241,8 +273,9 @@ class ProviderClients:
         timeout_s: float,
         on_wire: Callable[[], None] | None = None,
     ) -> tuple[httpx2.Response, dict[str, str], float] | CallFailure:
-        """POST `body` as JSON: the response, its redacted headers and when it was
-        sent — or the failure it came to (a status error is classified here).
+        """POST `body` as JSON: the response, the headers the engine reads
+        (redacted) and when it was sent — or the failure it came to (a status
+        error is classified here).
 
         `on_wire` is called when the request's headers start on their way to
         the provider (after any wait for a connection, its TCP and TLS)."""
@@ -273,7 +306,7 @@ class ProviderClients:
                 time.monotonic() - started,
                 self._redactor,
             )
-        return response, self._redactor.redact_headers(response.headers), started
+        return response, self._redactor.redact_headers(_answer_headers(response.headers)), started
 
     async def chat(
         self,

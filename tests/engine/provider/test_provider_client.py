@@ -155,6 +155,9 @@ async def test_an_answer_that_echoes_the_key_in_content_and_headers_is_redacted(
         f"the key is {ECHOED_HINT}, it begins {ECHOED_HINT}"
     )
     assert outcome.headers["x-ratelimit-remaining-requests"] == "99999"
+    assert outcome.headers["x-request-id"] == ECHOED_HINT
+    # An answer keeps only what the engine reads: the echoing extras never enter.
+    assert "x-echo-key" not in outcome.headers and "www-authenticate" not in outcome.headers
 
 
 async def test_the_embeddings_path_is_redacted_too(hostile: HostileProvider) -> None:
