@@ -34,6 +34,10 @@ from engine.store.sqlite_store import FailureRow, ResultRow
 
 Clock = Callable[[], float]
 
+# One encoder for every stored result: `json.dumps` with options builds a new
+# one per call, and this runs for every chunk.
+_RESULT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
 
 class RowSink(Protocol):
     """Where rows go (`engine.store.sqlite_store.Store`)."""
@@ -141,7 +145,7 @@ class Outcomes:
             entry = parsed.results.get(chunk.id)
             if entry is None:
                 continue
-            encoded = json.dumps(entry, ensure_ascii=False, separators=(",", ":"))
+            encoded = _RESULT_JSON.encode(entry)
             await self._rows.put_result(
                 ResultRow(
                     chunk_id=chunk.id,

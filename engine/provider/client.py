@@ -199,6 +199,10 @@ _ANSWER_HEADERS = frozenset(
 )
 
 
+# One encoder for every request body (`json.dumps` with options makes one a call).
+_BODY_JSON = json.JSONEncoder(ensure_ascii=False)
+
+
 def _answer_headers(headers: httpx2.Headers) -> dict[str, str]:
     """The headers of `_ANSWER_HEADERS` an answer carries, names lower-cased."""
     kept: dict[str, str] = {}
@@ -289,7 +293,7 @@ class ProviderClients:
             async with asyncio.timeout(timeout_s * 1.5 + 1.0):
                 response = await self._http.post(
                     url,
-                    content=json.dumps(body, ensure_ascii=False).encode(),
+                    content=_BODY_JSON.encode(body).encode(),
                     headers=route.headers,
                     timeout=self._timeout(timeout_s),
                     extensions=None if on_wire is None else {"trace": _wire_trace(on_wire)},
