@@ -393,21 +393,35 @@ class KeyBudget:
             del spends[:cut]
             self._spend_base += cut
 
-    def _spends_from(self, request: int, tokens: bool) -> Iterator[tuple[float, float]] | None:
-        """(time, amount) of every reservation from the `request`-th on; None if forgotten."""
+    def _spends_from(
+        self, request: int, tokens: bool, skip: int = -1
+    ) -> Iterator[tuple[float, float]] | None:
+        """(time, amount) of every reservation from the `request`-th on but the
+        `skip`-th; None if forgotten."""
         offset = request - self._spend_base
         if offset < 0:
             return None
         tail = self._spends[offset:]
         if not tail:
             return iter(())
+        skipped = skip - request  # its place in `tail` (outside it when not there)
         if not tokens:
-            return ((when, 1.0) for when, _ in tail)
+            return ((when, 1.0) for i, (when, _) in enumerate(tail) if i != skipped)
         # Each reservation's tokens: what was reserved before the next, less before it.
         after = [before for _, before in tail[1:]] + [self.reserved_tokens]
         return (
-            (when, float(end - before)) for (when, before), end in zip(tail, after, strict=True)
+            (when, float(end - before))
+            for i, ((when, before), end) in enumerate(zip(tail, after, strict=True))
+            if i != skipped
         )
+
+    def _charge_of_request(self, request: int, reserved_through: int) -> int:
+        """The tokens the `request`-th reservation took, given the tokens reserved
+        up to and including it (0 once the log has forgotten it)."""
+        offset = request - self._spend_base
+        if not 0 <= offset < len(self._spends):
+            return 0
+        return reserved_through - self._spends[offset][1]
 
     def marks(self) -> tuple[int, int]:
         """(requests, tokens) reserved before the last `SEND_SPREAD_S`: headers
@@ -483,26 +497,34 @@ class KeyBudget:
         unseen_requests, unseen_tokens = self._unseen(
             sent_requests, sent_at if wired_at is None else wired_at
         )
+        # The answered request itself is in its own headers (the provider's
+        # remaining is counted after taking it), though reserved after the marks:
+        # subtracting it again would, on a bucket of one second holding one
+        # request, pace at half the rate.
+        own, own_requests, own_tokens = -1, 0, 0
+        if reserved_at_send is not None and exact_requests > sent_requests:
+            own, own_requests = exact_requests - 1, 1
+            own_tokens = self._charge_of_request(own, exact_tokens)
         self._take_headroom(
             "requests",
-            (sent_requests, exact_requests, exact_requests),
+            (sent_requests, exact_requests, exact_requests, own),
             self.requests,
             headers.remaining_requests,
             headers.reset_requests_s,
             headers.limit_requests,
             sent_at,
-            self.reserved_requests - sent_requests,
+            self.reserved_requests - sent_requests - own_requests,
             unseen_requests,
         )
         reading = self._take_headroom(
             "tokens",
-            (sent_requests, exact_requests, exact_tokens),
+            (sent_requests, exact_requests, exact_tokens, own),
             self.tokens,
             headers.remaining_tokens,
             headers.reset_tokens_s,
             headers.limit_tokens,
             sent_at,
-            self.reserved_tokens - sent_tokens,
+            self.reserved_tokens - sent_tokens - own_tokens,
             unseen_tokens,
         )
         if reading is not None:
@@ -512,7 +534,7 @@ class KeyBudget:
     def _take_headroom(
         self,
         name: str,
-        requests_then: tuple[int, int, int],
+        requests_then: tuple[int, int, int, int],
         bucket: TokenBucket,
         remaining: int | None,
         reset_s: float | None,
@@ -535,8 +557,9 @@ class KeyBudget:
             else max(reading.remaining, bucket.rate * BURST_SECONDS)
         )
         size = min(size, in_force)  # never more than a minute of the limit in force
-        # (requests reserved before the send's blur, and up to and including it; amount then)
-        blurred, exact, amount = requests_then
+        # (requests reserved before the send's blur, and up to and including it;
+        # amount then; its own number)
+        blurred, exact, amount, own = requests_then
         self._readings[name] = (reading, exact, amount)
         self.headroom_from_headers = True
         bucket.set_burst(self.trust.level * size / bucket.rate)
@@ -545,7 +568,7 @@ class KeyBudget:
             self._clock(),
             bucket.rate,
             reserved_since,
-            lambda: self._spends_from(blurred, tokens),
+            lambda: self._spends_from(blurred, tokens, own),
         )
         # Sent late or not yet: spent, whatever the reading says.
         bucket.set_level(self.trust.of(available - unseen))

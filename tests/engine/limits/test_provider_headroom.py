@@ -304,6 +304,36 @@ def test_a_small_bucket_is_replayed_through_what_was_sent_since_not_charged_it_a
     assert budget.tokens.level() == pytest.approx(1000 + 1500)
 
 
+def test_an_answer_counts_its_own_request_once_on_a_bucket_that_holds_about_one() -> None:
+    """A one-second bucket of 2,500 tokens and requests charged 2,004: the answer's
+    headers already count its own request, so once they say the bucket has refilled
+    the next one may go — taking its charge off again paced at half the rate."""
+    clock = FakeClock()
+    budget = KeyBudget(None, 150_000, clock)
+    tokens_headers = {"x-ratelimit-limit-tokens": "150000"}
+    budget.sync(RateHeaders.parse({**tokens_headers, "x-ratelimit-remaining-tokens": "2500"}))
+    budget.reserve(2004)
+    # What a lease notes in the turn it is made: its send, the marks, and every
+    # reservation up to and including its own.
+    sent_at, marks = clock.now, budget.marks()
+    reserved_at_send = (budget.reserved_requests, budget.reserved_tokens)
+    clock.advance(0.8)
+
+    # 496 left after it, full again in 0.8 s.
+    answer = RateHeaders.parse(
+        {
+            **tokens_headers,
+            "x-ratelimit-remaining-tokens": "496",
+            "x-ratelimit-reset-tokens": "802ms",
+        }
+    )
+    budget.sync(answer, sent_at=sent_at, marks=marks, reserved_at_send=reserved_at_send)
+
+    assert budget.tokens.capacity == pytest.approx(2500, abs=1)
+    assert budget.tokens.level() == pytest.approx(496 + (0.8 - SEND_SPREAD_S) * 2500)
+    assert budget.wait_for(2004) == 0.0
+
+
 def test_requests_not_yet_on_the_wire_are_spent_whatever_an_answer_says() -> None:
     """Five requests wait for new connections (TCP, TLS, a dropped SYN) while a later
     one goes out on a warm connection and is answered: its headers cannot count the
