@@ -792,7 +792,17 @@ class Store:
     async def _write_queue_inline(self) -> None:
         items = self._take_queued()
         for start in range(0, len(items), self._batch_rows):
-            await self._write(items[start : start + self._batch_rows])
+            # As the writer's: a cancel (a collector stopped mid-flush) must not cut
+            # a transaction in half — its BEGIN would stay open on the connection
+            # and the next write's would fail.  The caller waits for it, then goes.
+            write = asyncio.ensure_future(self._write(items[start : start + self._batch_rows]))
+            try:
+                await asyncio.shield(write)
+            except asyncio.CancelledError:
+                await asyncio.wait([write])
+                if not write.cancelled():
+                    write.exception()  # retrieved: a failure is the store's `failure` now
+                raise
 
     async def _write(self, batch: list[_Item]) -> None:
         """Commit one batch in one transaction, then release the flushes it carries."""

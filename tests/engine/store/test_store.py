@@ -141,6 +141,29 @@ async def test_flush_returns_once_everything_put_before_it_is_committed(
     assert store.backlog == 0
 
 
+async def test_a_flush_without_a_writer_cancelled_mid_write_leaves_no_transaction_open(
+    db: Path,
+) -> None:
+    """A collector stopped while its flush commits: the transaction ends (committed), and
+    the next flush on the same store does not find one still open."""
+    store = await Store.open(db, batch_rows=50)
+    try:
+        for i in range(40):
+            await store.put_result(result_row(i))
+        flushing = asyncio.create_task(store.flush())
+        await asyncio.sleep(0)  # it has sent its BEGIN and waits on SQLite's thread
+        flushing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await flushing
+
+        await store.put_result(result_row(40))
+        await store.flush()
+    finally:
+        await store.close()
+
+    assert query(db, "SELECT COUNT(*) FROM results") == [(41,)]
+
+
 async def test_done_ids_names_the_chunks_with_a_result_for_that_prompt_and_model(
     store: Store,
 ) -> None:
