@@ -245,7 +245,9 @@ end
 local function present(x) return x ~= nil and x ~= 0 end
 
 -- Returns {which, old, new} when a limit was learned, else nil.
-local function sync(h, hd, sent_at, marks, now)
+-- `own`: the answered request's charge (nil: not known).  Its headers count it, though
+-- it was reserved after its marks: it is not subtracted again.
+local function sync(h, hd, sent_at, marks, own, now)
   local learned
   if present(hd.limit_requests) then
     h.hdr_seen = 1
@@ -268,10 +270,12 @@ local function sync(h, hd, sent_at, marks, now)
     return learned
   end
   trust_recover(h, now)
+  local own_r, own_t = 0, 0
+  if own ~= nil then own_r, own_t = 1, own end
   take_headroom(h, h.R, hd.remaining_requests, hd.reset_requests_s, hd.limit_requests,
-    sent_at, h.res_r - marks[1], now)
+    sent_at, h.res_r - marks[1] - own_r, now)
   local rd = take_headroom(h, h.T, hd.remaining_tokens, hd.reset_tokens_s, hd.limit_tokens,
-    sent_at, h.res_t - marks[2], now)
+    sent_at, h.res_t - marks[2] - own_t, now)
   if rd then h.tk_rem, h.tk_reset, h.tk_limit, h.tk_at = rd.remaining, rd.reset, rd.limit, rd.taken_at end
   return learned
 end
@@ -416,7 +420,7 @@ function OPS.settle(p, now)
       elseif o.op == 'release' then
         give_back(h.T, o.tokens, now)
       elseif o.op == 'sync' then
-        local l = sync(h, o.headers, o.sent_at, o.marks, now)
+        local l = sync(h, o.headers, o.sent_at, o.marks, o.own, now)
         if l then out = {l[1], fmt(l[2]), fmt(l[3])} end
       elseif o.op == 'refused' then
         h.cool_until = math.max(h.cool_until, now + o.wait)

@@ -184,6 +184,7 @@ class Admitted:
     sent_at: float
     marks: tuple[int, int]
     state: SharedKeyState
+    charge: int = 0  # what it added to the key's count of tokens reserved
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +221,9 @@ class HeaderSync:
     headers: RateHeaders
     sent_at: float | None = None
     marks: tuple[int, int] = (0, 0)
+    # The answered request's own charge: its headers count it, so what was
+    # reserved since its marks is that much less (None: not known).
+    own_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,6 +349,7 @@ class SharedBudget:
                 sent_at=float(_text(raw[3])),
                 marks=(int(_text(raw[4])), int(_text(raw[5]))),
                 state=SharedKeyState.parse(raw[6]),
+                charge=chosen.charge,
             )
         states = {
             c.key_id: SharedKeyState.parse(s) for c, s in zip(candidates, raw[2], strict=True)
@@ -415,6 +420,8 @@ def _encode(op: SettleOp) -> dict[str, Any]:
         encoded: dict[str, Any] = {"op": "sync", "headers": _headers_payload(op.headers)}
         if op.sent_at is not None:
             encoded |= {"sent_at": op.sent_at, "marks": list(op.marks)}
+            if op.own_tokens is not None:
+                encoded["own"] = op.own_tokens
         return encoded
     # JSON has no infinity: a cool-down without end is a day's.
     return {"op": "refused", "kind": op.kind, "wait": max(0.0, min(op.wait_s, _DAY_S))}

@@ -98,10 +98,12 @@ class SharedKeyBudget(KeyBudget):
         marks: tuple[int, int] = (0, 0),
         reserved_at_send: tuple[int, int] | None = None,
         wired_at: float | None = None,
+        own_charge: int | None = None,
     ) -> tuple[str, float, float] | None:
-        # The script counts what was reserved since from the shared counters (`marks`).
+        # The script counts what was reserved since from the shared counters (`marks`),
+        # less the answered request's own charge.
         del reserved_at_send, wired_at
-        self._write(HeaderSync(self.key_id, headers, sent_at, marks))
+        self._write(HeaderSync(self.key_id, headers, sent_at, marks, own_charge))
         return None  # what it teaches comes back from Redis (`SharedKeyPool`)
 
     def recover(self) -> None:
@@ -204,6 +206,7 @@ class SharedKeyPool(KeyPool):
             admitted.taken,
             sent_at=admitted.sent_at,
             marks=admitted.marks,
+            own_charge=admitted.charge,
         )
 
     async def _reserve_shared(

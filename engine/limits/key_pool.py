@@ -215,6 +215,7 @@ class KeyLease:
         "estimate",
         "key",
         "marks",
+        "own_charge",
         "reserved_at_send",
         "sent_at",
         "taken",
@@ -230,6 +231,7 @@ class KeyLease:
         *,
         sent_at: float | None = None,
         marks: tuple[int, int] | None = None,
+        own_charge: int | None = None,
     ) -> None:
         self.key = key
         self.estimate = estimate
@@ -242,6 +244,8 @@ class KeyLease:
         self.sent_at = key.clock() if sent_at is None else sent_at
         self.marks = key.budget.marks() if marks is None else marks
         self.reserved_at_send = (key.budget.reserved_requests, key.budget.reserved_tokens)
+        # The tokens its reservation counted where the budget is kept elsewhere (Redis).
+        self.own_charge = own_charge
         self.wired_at: float | None = None  # when its headers went out (`on_wire`)
         key.in_flight += 1
         key.record_admission(estimate if charged is None else charged)
@@ -419,6 +423,7 @@ class KeyPool:
                 marks=lease.marks,
                 reserved_at_send=lease.reserved_at_send,
                 wired_at=lease.wired_at,
+                own_charge=lease.own_charge,
             )
         if learned:
             self._limit_learned(key, learned, "the provider's headers")

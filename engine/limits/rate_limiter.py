@@ -457,6 +457,7 @@ class KeyBudget:
         marks: tuple[int, int] = (0, 0),
         reserved_at_send: tuple[int, int] | None = None,
         wired_at: float | None = None,
+        own_charge: int | None = None,
     ) -> tuple[str, float, float] | None:
         """Take what headers say; returns (which, old, new) when a limit was learned.
 
@@ -468,7 +469,9 @@ class KeyBudget:
         `reserved_at_send` (every reservation up to and including the
         answered request's) lets `unspent` read the provider's word without
         the caution admission needs; `wired_at` (when the answered request
-        went on the wire) which requests sent late it cannot have counted.
+        went on the wire) which requests sent late it cannot have counted;
+        `own_charge` the answered request's tokens where a budget kept
+        elsewhere reserved it (this one finds them in its log).
         """
         learned = None
         if headers.limit_requests:
@@ -504,7 +507,9 @@ class KeyBudget:
         own, own_requests, own_tokens = -1, 0, 0
         if reserved_at_send is not None and exact_requests > sent_requests:
             own, own_requests = exact_requests - 1, 1
-            own_tokens = self._charge_of_request(own, exact_tokens)
+            own_tokens = (
+                self._charge_of_request(own, exact_tokens) if own_charge is None else own_charge
+            )
         self._take_headroom(
             "requests",
             (sent_requests, exact_requests, exact_requests, own),

@@ -82,6 +82,7 @@ async def test_reserve_reconcile_header_sync_and_a_429_do_what_key_budget_does(
     assert_same(state, local, clock)
 
     reservations = []
+    reserved_at_send = []  # the local budget's counts up to and including each
     for pause in (0.0, 0.0, SEND_SPREAD_S * 1.5, 0.0):  # one gap wider than the send spread
         await asyncio.sleep(pause)
         got = await admitted(budget, candidate(600, 60_000, est=100, charge=80))
@@ -89,8 +90,10 @@ async def test_reserve_reconcile_header_sync_and_a_429_do_what_key_budget_does(
         assert got.taken == local.reserve(100, 80) == 100  # the whole estimate, before headers
         local.wired(local.reserved_requests - 1, clock.now)  # on the wire at once
         assert got.marks == local.marks()
+        assert got.charge == 80
         assert_same(got.state, local, clock)
         reservations.append(got)
+        reserved_at_send.append((local.reserved_requests, local.reserved_tokens))
     # Headers of a request sent now count the two made before the gap; not the rest.
     assert reservations[-1].marks == (2, 160)
 
@@ -98,13 +101,20 @@ async def test_reserve_reconcile_header_sync_and_a_429_do_what_key_budget_does(
     headers = RateHeaders(600, 60_000, 4, 59_000, 0.6, 1.5)
     ops = [
         Reconcile(KEY, 100, 40),
-        HeaderSync(KEY, headers, answered.sent_at, answered.marks),
+        # Its own charge is in its headers: only the one reserved after it is not.
+        HeaderSync(KEY, headers, answered.sent_at, answered.marks, answered.charge),
         Release(KEY, 100),
     ]
     settled = await budget.settle(ops)
     clock.now = settled.states[KEY].now
     local.reconcile(100, 40)
-    assert local.sync(headers, sent_at=answered.sent_at, marks=answered.marks) is None
+    synced = local.sync(
+        headers,
+        sent_at=answered.sent_at,
+        marks=answered.marks,
+        reserved_at_send=reserved_at_send[2],
+    )
+    assert synced is None
     local.release(100)
     assert_same(settled.states[KEY], local, clock)
     assert settled.states[KEY].headroom_from_headers

@@ -134,7 +134,9 @@ async def test_headers_one_worker_got_set_the_headroom_every_worker_spends(
     budget = key_of(other, "k").budget
     assert budget.headroom_from_headers  # its mirror took the shared state
     assert budget.requests.burst_s == pytest.approx(60.0)  # the provider's full minute
-    assert key_of(other, "k").budget.requests_left() == 0.0
+    # Only what refilled since the answer (its own request is in its headers): not one yet.
+    left = key_of(other, "k").budget.requests_left()
+    assert left is not None and left < 1.0
 
 
 async def test_a_limit_learned_from_headers_is_said_by_the_worker_that_learned_it(
