@@ -324,6 +324,7 @@ class Engine:
             keys=keys,
             outlooks=[k.outlook() for k in self._keys.keys],
             batch_size=self._preset.batch_size,
+            in_flight_limit=self._concurrency.limit,
         )
         projected = None
         if s.total is not None and s.done + s.failed > 0:

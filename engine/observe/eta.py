@@ -19,6 +19,11 @@ believed; one far below them is a job its limits do not bind.  The band
 comes from the fastest and slowest `slice_s` stretches of the window,
 through the same rule.
 
+Limits are not the only bound: at most so many requests are in flight at
+once, each a latency long, so a job whose rest fits in the burst still
+takes (requests left × latency ÷ in flight) — without it the ETA of a
+short job on a full-minute bucket says 0 s for the seconds it runs.
+
 The estimator reads a key through its snapshot only (`capacity_of`): its
 limits, whether it can serve, and its fresh-bucket remaining when the
 snapshot carries one.
@@ -154,6 +159,17 @@ def _tail_s(keys: Iterable[KeyCapacity]) -> float:
     return sum(latencies) / len(latencies) if latencies else 0.0
 
 
+def _concurrency_bound_s(
+    requests: float, keys: Iterable[KeyCapacity], in_flight_limit: int | None
+) -> float:
+    """The least time `requests` take when at most `in_flight_limit` are in flight at
+    once, each for the keys' mean latency — and however few are left, the last of
+    them takes a latency (0 where either is not known)."""
+    if not in_flight_limit or requests <= 0:
+        return 0.0
+    return _tail_s(keys) * max(1.0, requests / in_flight_limit)
+
+
 def _key_per_minute(
     requests: float | None, tokens: float | None, tokens_per_request: float | None
 ) -> float | None:
@@ -223,8 +239,14 @@ class EtaEstimator:
         *,
         chunks_per_request: float,
         tokens_per_request: float | None,
+        in_flight_limit: int | None = None,
     ) -> Eta:
-        """When the `remaining` chunks will be done, with its band."""
+        """When the `remaining` chunks will be done, with its band.
+
+        `in_flight_limit` (the requests that may be in flight at once) bounds
+        the pace too: a job whose rest fits in the keys' burst is not done at
+        once but as fast as that many requests, each a latency long, go.
+        """
         if remaining is None:
             return UNKNOWN
         if remaining <= 0:
@@ -236,18 +258,19 @@ class EtaEstimator:
         # Work beyond the burst waits for the rate; its last request then takes a latency.
         beyond = max(0.0, remaining - burst)
         tail = _tail_s(keys) if beyond > 0 else 0.0
+        paced = _concurrency_bound_s(remaining / per_request, keys, in_flight_limit)
         measured = self.measured()
         if measured is None:
             if limit_rate is None:
-                return UNKNOWN
-            only = beyond / limit_rate + tail
+                return Eta(paced, paced, paced) if paced > 0 else UNKNOWN
+            only = max(beyond / limit_rate + tail, paced)
             return Eta(only, only, only)
         rate, slowest, fastest, seconds = measured
 
         def eta_at(measured_rate: float) -> float | None:
             if limit_rate is None:
                 return remaining / measured_rate if measured_rate > 0 else None
-            by_limits = beyond / limit_rate + tail
+            by_limits = max(beyond / limit_rate + tail, paced)
             if measured_rate >= limit_rate:
                 return by_limits  # the burst being spent, or limits understated: they bind
             if measured_rate <= 0:

@@ -160,12 +160,14 @@ class RunStats:
         keys: Sequence[KeySnapshot] = (),
         outlooks: Sequence[KeyOutlook] = (),
         batch_size: int = 1,
+        in_flight_limit: int | None = None,
     ) -> tuple[float | None, float | None, float | None]:
         """(eta, low, high) in seconds; None while there is nothing to go by.
 
         From the `keys`' limits (and each one's `outlooks`, in the same
         order: its burst left, its charge per request, its latency) at first,
-        for `batch_size` chunks a request, and more and more from the rate
+        for `batch_size` chunks a request, at most `in_flight_limit` requests
+        in flight at once, and more and more from the rate
         measured on the tick.  None too when
         the job is not `running` (paused, draining, stopping or ended): its
         rate no longer says when it will end, so front ends show the job's
@@ -190,6 +192,7 @@ class RunStats:
             [capacity_of(key, outlook) for key, outlook in zip(keys, known, strict=True)],
             chunks_per_request=carried,
             tokens_per_request=per_request,
+            in_flight_limit=in_flight_limit,
         ).as_tuple()
 
 

@@ -3,13 +3,16 @@
     python -m tests.benchmarks.eta_accuracy [--quick] [--record FILE]
 
 Each scenario is a whole engine run against the simulator in its own
-process (latency 0.5–2 s, as a provider's), a snapshot taken twice a
-second as a dashboard would.  For the first snapshot at or past 10 % and
-25 % of the chunks finished it prints the ETA the snapshot showed, the time
-the job then really took, and the error (ETA ÷ real − 1; the requirement
-is within ±10 %).  Beside it, the ETA the measured rate alone gives (the
-engine's smoothed items/min), which is what the ETA was before it knew the
-limits.
+process (latency 0.5–2 s, as a provider's; buckets that hold a full minute
+of the limit, one run enforcing it per second), a snapshot taken twice a
+second as a dashboard would.  The rate-bound jobs are the size
+`rate_limit_efficiency` runs (the bucket and 45 s more); the last one fits
+in the bucket whole, and ends as fast as the requests in flight allow.
+For the first snapshot at or past 10 % and 25 % of the chunks finished it
+prints the ETA the snapshot showed, the time the job then really took, and
+the error (ETA ÷ real − 1; the requirement is within ±10 %).  Beside it,
+the ETA the measured rate alone gives (the engine's smoothed items/min),
+which is what the ETA was before it knew the limits.
 
 `--record FILE` keeps the first scenario's estimator inputs (every
 `observe` and `estimate` call, with the job's real end), as the test
@@ -45,10 +48,22 @@ MARKS = (0.10, 0.25)
 
 @asynccontextmanager
 async def simulator_process(
-    keys: Sequence[tuple[str, int | None, int | None]], faults: Sequence[str] = ()
+    keys: Sequence[tuple[str, int | None, int | None]],
+    faults: Sequence[str] = (),
+    burst_s: float = 60.0,
 ) -> AsyncIterator[str]:
-    """The simulator in a process of its own; yields its base URL."""
-    args = [sys.executable, "-m", "engine.simulation.simulator", "--latency", "0.5,2.0", *faults]
+    """The simulator in a process of its own, its buckets holding `burst_s` seconds of
+    each limit; yields its base URL."""
+    args = [
+        sys.executable,
+        "-m",
+        "engine.simulation.simulator",
+        "--latency",
+        "0.5,2.0",
+        "--burst-s",
+        str(burst_s),
+        *faults,
+    ]
     for secret, rpm, tpm in keys:
         args += ["--key", f"{secret}:{rpm or '-'}:{tpm or '-'}"]
     proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE)
@@ -71,6 +86,7 @@ class Scenario:
     batch_size: int = 4
     concurrency: int = 256
     faults: tuple[str, ...] = ()
+    burst_s: float = 60.0  # the provider's bucket: a full minute of the limit
 
 
 @dataclass
@@ -102,12 +118,14 @@ class Recorder:
             *,
             chunks_per_request: float,
             tokens_per_request: float | None,
+            in_flight_limit: int | None = None,
         ) -> Eta:
             eta = estimate(
                 remaining,
                 keys,
                 chunks_per_request=chunks_per_request,
                 tokens_per_request=tokens_per_request,
+                in_flight_limit=in_flight_limit,
             )
             self.calls.append(
                 [
@@ -117,6 +135,7 @@ class Recorder:
                     [asdict(key) for key in keys],
                     chunks_per_request,
                     tokens_per_request,
+                    in_flight_limit,
                     eta.eta_s,
                 ]
             )
@@ -134,7 +153,7 @@ async def run(scenario: Scenario, workdir: Path, record: bool) -> tuple[list[Sam
         for i in range(scenario.records):
             words = " ".join(f"w{(i * 31 + j) % 997}" for j in range(scenario.words))
             out.write(f"record {i}: {words}\n")
-    async with simulator_process(secrets, scenario.faults) as url:
+    async with simulator_process(secrets, scenario.faults, scenario.burst_s) as url:
         provider = ProviderSettings(
             name="sim",
             base_url=url,
@@ -201,38 +220,48 @@ def error(eta: float | None, real: float) -> str:
 
 async def main(quick: bool, record: Path | None) -> None:
     scale = 0.5 if quick else 1.0
-    n = int(800 * scale)  # requests of the first job: 40 s at 1,200 RPM
+    # Requests of the rate-bound jobs: the whole bucket (a minute of the limit) and
+    # 45 s more at 1,200 RPM, as `rate_limit_efficiency` runs them.
+    n = int(2100 * scale)
+    faults = (
+        "--fault-5xx",
+        "0.02",
+        "--fault-reset",
+        "0.01",
+        "--fault-hang",
+        "0.005",
+        "--fault-malformed",
+        "0.01",
+        "--hang-s",
+        "120",
+    )
     scenarios = [
         Scenario("rpm-bound, 1 key 1200 RPM", ((1200, 10**8),), ((1200, 10**8),), n * 4, 20),
         Scenario(
             "tpm-bound, 300k TPM",
             ((10_000, 300_000),),
             ((10_000, 300_000),),
-            int(n / 8),
-            1000,
-            batch_size=1,
+            int(250 * scale) * 4,
+            390,
         ),
         Scenario(
             "4 keys, 300/600/900/1200 RPM",
             ((300, 10**8), (600, 10**8), (900, 10**8), (1200, 10**8)),
             ((300, 10**8), (600, 10**8), (900, 10**8), (1200, 10**8)),
-            n * 4 * 2,
+            int(n * 2.5) * 4,
             20,
         ),
-        Scenario("limits configured 2x too high", ((600, 10**8),), ((1200, 10**8),), n * 2, 20),
-        Scenario("latency-bound, 16 in flight", ((10**6, 10**9),), ((10**6, 10**9),), n * 4, 20,
+        Scenario("limits configured 2x too high", ((1200, 10**8),), ((2400, 10**8),), n * 4, 20),
+        Scenario("per-second bucket, 1200 RPM", ((1200, 10**8),), ((1200, 10**8),), n * 2, 20,
+                 burst_s=1.0),
+        Scenario("latency-bound, 16 in flight", ((10**6, 10**9),), ((10**6, 10**9),), 3200, 20,
                  concurrency=16),
-        Scenario(
-            "rpm-bound with faults",
-            ((1200, 10**8),),
-            ((1200, 10**8),),
-            n * 4,
-            20,
-            faults=(
-                "--fault-5xx", "0.02", "--fault-reset", "0.01", "--fault-hang", "0.005",
-                "--fault-malformed", "0.01", "--hang-s", "120",
-            ),
-        ),
+        Scenario("rpm-bound with faults", ((1200, 10**8),), ((1200, 10**8),), n * 4, 20,
+                 faults=faults),
+        # A job the bucket holds whole: it goes as fast as 256 requests in flight,
+        # each a latency long, allow.
+        Scenario("within the burst, 800 requests", ((1200, 10**8),), ((1200, 10**8),),
+                 int(800 * scale) * 4, 20),
     ]  # fmt: skip
     header = (f"{f'at {mark:.0%}: eta/real':>20} {'err':>6} {'rate only':>9}" for mark in MARKS)
     print(f"{'scenario':32} {'wall':>7}   " + "   ".join(header))

@@ -15,8 +15,9 @@ from engine.observe.eta import (
     sustained_requests_per_s,
 )
 
-# A whole engine run against the simulator in its own process (1 key at 1,200 RPM, latency
-# 0.5-2 s, 3,200 chunks 4 a request), as `python -m tests.benchmarks.eta_accuracy --record`
+# A whole engine run against the simulator in its own process (1 key at 1,200 RPM, a bucket
+# holding its minute, latency 0.5-2 s, 8,400 chunks 4 a request: 47 s), as
+# `python -m tests.benchmarks.eta_accuracy --record`
 # kept it: every call the engine made on its estimator, at the job's elapsed seconds.
 RECORDED_RUN = Path(__file__).with_name("eta_recorded_run.json")
 
@@ -62,6 +63,25 @@ def test_requests_in_flight_do_not_wait_for_the_rate_their_budget_is_spent() -> 
     eta = EtaEstimator().estimate(8400, keys, chunks_per_request=4, tokens_per_request=None)
 
     assert eta == Eta(70.0, 70.0, 70.0)  # (2,100 - 700) ÷ 20 a second
+
+
+def test_a_job_the_burst_holds_whole_ends_as_fast_as_the_requests_in_flight_allow() -> None:
+    # 800 requests, all within the 1,200 the bucket holds: no wait for the rate,
+    # but at most 256 in flight at once, each answered in 1.2 s on average.
+    keys = [KeyCapacity(rpm=1200, tpm=None, requests_left=1200, latency_s=1.2)]
+    estimator = EtaEstimator()
+
+    eta = estimator.estimate(3200, keys, chunks_per_request=4, tokens_per_request=None)
+    paced = estimator.estimate(
+        3200, keys, chunks_per_request=4, tokens_per_request=None, in_flight_limit=256
+    )
+    last = estimator.estimate(
+        40, keys, chunks_per_request=4, tokens_per_request=None, in_flight_limit=256
+    )
+
+    assert eta == Eta(0.0, 0.0, 0.0)  # the limits alone: nothing to wait for
+    assert paced.eta_s == pytest.approx(800 * 1.2 / 256)
+    assert last.eta_s == pytest.approx(1.2)  # the last ten still take a latency
 
 
 def test_a_measured_rate_above_the_limits_is_the_burst_and_changes_nothing() -> None:
@@ -110,12 +130,13 @@ def replay(run: dict[str, Any]) -> list[tuple[float, int, float | None, float | 
             _, elapsed, finished = call
             estimator.observe(elapsed, finished)
             continue
-        _, elapsed, remaining, keys, chunks_per_request, tokens_per_request, recorded = call
+        _, elapsed, remaining, keys, chunks_per_request, tokens_per_request, limit, recorded = call
         replayed = estimator.estimate(
             remaining,
             [KeyCapacity(**key) for key in keys],
             chunks_per_request=chunks_per_request,
             tokens_per_request=tokens_per_request,
+            in_flight_limit=limit,
         )
         estimates.append((elapsed, remaining, recorded, replayed.eta_s))
     return estimates
