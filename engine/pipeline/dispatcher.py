@@ -326,6 +326,10 @@ class Dispatcher:
         if admission is not None:
             admission.add_done_callback(lambda _: self._flying_changed.set())
         while self._flying or (admission is not None and not admission.done()):
+            # Cleared before looking, not after: a change while a hedge waits for
+            # budget (the last send ends, admission ends) must wake the wait below,
+            # or the job's end waits on an event already spent.
+            self._flying_changed.clear()
             now, due = self._clock(), math.inf
             # Oldest first: the hedges wait for budget one by one.
             for flight in sorted(self._flying, key=lambda flight: flight.sent_at):
@@ -338,7 +342,6 @@ class Dispatcher:
                     due = min(due, flight.sent_at + median)
                     continue
                 await self._hedge(flight, sends, outcomes)
-            self._flying_changed.clear()
             try:
                 async with asyncio.timeout(None if math.isinf(due) else max(0.0, due - now)):
                     await self._flying_changed.wait()

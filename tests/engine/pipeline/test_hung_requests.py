@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from engine.engine import Engine
 from engine.limits.key_latency import KeyLatency
 from engine.observe.events import EventKind
@@ -142,3 +144,24 @@ async def test_at_the_tail_a_slow_batch_is_sent_again_and_stored_once(
         ).fetchone()
         (failures,) = db.execute("SELECT COUNT(*) FROM failures").fetchone()
     assert (results, distinct, failures) == (5 * 200, 5 * 200, 0)
+
+
+@pytest.mark.parametrize("seed", [1, 4, 7])
+async def test_a_hedge_waiting_for_budget_as_the_last_answer_comes_does_not_hold_the_end(
+    tmp_path: Path, simulator, seed: int
+) -> None:
+    """Two batches on a one-second bucket of two requests: the second, the job's last,
+    is hedged at the first's latency, and the hedge waits for budget past the moment
+    the second is answered and admission ends.  The job ends then all the same.
+    (With these seeds the second answer comes during that wait: the job used to wait
+    forever on a wake-up spent before it looked.)"""
+    keys = [("k1", 120, 10**9)]  # 2 a second, enforced per second
+    sim = await simulator(keys=sim_keys(keys), latency_s=(0.2, 0.4), burst_s=1.0, seed=seed)
+    records = write_records(tmp_path / "in.txt", 8)
+    config, secrets = job_config(tmp_path, records, sim.base_url, keys)
+    preset = replace(config.preset, concurrency=16, batch_size=4)
+    engine = Engine(replace(config, preset=preset), secrets)
+
+    async with asyncio.timeout(10):
+        assert await engine.run() is JobState.DONE
+    assert engine.snapshot().counts.done == 8
