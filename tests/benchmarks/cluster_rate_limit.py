@@ -39,14 +39,13 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import httpx2
 from redis.asyncio import Redis
 
 from engine.provider.redaction import mask_secret
 from engine.simulation.service_process import service_process
 from tests.benchmarks.provider_bound import StoreTally, provider_bound_s, tally_store
+from tests.benchmarks.rate_limit_efficiency import simulator_stats
 from tests.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,14 +87,6 @@ async def simulator(rpms: Sequence[int]) -> AsyncIterator[str]:
     ]
     async with service_process("simulator", arguments, {**os.environ, "SIM_KEYS": keys}) as line:
         yield line.removeprefix("listening on ")
-
-
-async def simulator_stats(base_url: str) -> dict[str, Any]:
-    async with httpx2.AsyncClient() as http:
-        response = await http.get(base_url.removesuffix("/v1") + "/_sim/stats")
-        response.raise_for_status()
-        stats: dict[str, Any] = response.json()
-        return stats
 
 
 def write_job(folder: Path, base_url: str, redis_url: str | None, records: int) -> Path:
