@@ -798,10 +798,13 @@ class Store:
             write = asyncio.ensure_future(self._write(items[start : start + self._batch_rows]))
             try:
                 await asyncio.shield(write)
-            except asyncio.CancelledError:
+            except asyncio.CancelledError as cancelled:
                 await asyncio.wait([write])
                 if not write.cancelled():
                     write.exception()  # retrieved: a failure is the store's `failure` now
+                # What was taken and not written is dropped (redone next run); a flush
+                # waiting on it must not wait for ever.
+                self._fail_flushes(items[start + self._batch_rows :], cancelled)
                 raise
 
     async def _write(self, batch: list[_Item]) -> None:
