@@ -469,8 +469,6 @@ class Store:
                     await self._commit_shielded(self._take_queued())
                     return
         except asyncio.CancelledError:
-            if self._inflight is not None:
-                await self._inflight
             batch, self._batch = self._batch + self._take_queued(), []
             await self._commit_shielded(batch)
             raise
@@ -775,10 +773,20 @@ class Store:
         return False
 
     async def _commit_shielded(self, batch: list[_Item]) -> None:
-        # A cancel must not cut a transaction in half: the write runs on as its
-        # own task and the cancelled writer waits for it before committing the rest.
-        self._inflight = asyncio.ensure_future(self._write(batch))
-        await asyncio.shield(self._inflight)
+        # A cancel must not cut a transaction in half — its BEGIN would stay open on
+        # the connection and the next write's fail: the write runs on as its own
+        # task, and a cancelled caller (the writer, or a collector mid-flush) waits
+        # for it, then goes on with the cancel — or with the write's own failure.
+        # A second cancel leaves it running: `close()` waits for it.
+        write = self._inflight = asyncio.ensure_future(self._write(batch))
+        try:
+            await asyncio.shield(write)
+        except asyncio.CancelledError:
+            await asyncio.wait([write])
+            self._inflight = None
+            if not write.cancelled() and (failed := write.exception()) is not None:
+                raise failed from None
+            raise
         self._inflight = None
 
     def _take_queued(self) -> list[_Item]:
@@ -792,19 +800,12 @@ class Store:
     async def _write_queue_inline(self) -> None:
         items = self._take_queued()
         for start in range(0, len(items), self._batch_rows):
-            # As the writer's: a cancel (a collector stopped mid-flush) must not cut
-            # a transaction in half — its BEGIN would stay open on the connection
-            # and the next write's would fail.  The caller waits for it, then goes.
-            write = asyncio.ensure_future(self._write(items[start : start + self._batch_rows]))
             try:
-                await asyncio.shield(write)
-            except asyncio.CancelledError as cancelled:
-                await asyncio.wait([write])
-                if not write.cancelled():
-                    write.exception()  # retrieved: a failure is the store's `failure` now
-                # What was taken and not written is dropped (redone next run); a flush
-                # waiting on it must not wait for ever.
-                self._fail_flushes(items[start + self._batch_rows :], cancelled)
+                await self._commit_shielded(items[start : start + self._batch_rows])
+            except BaseException as exc:
+                # What was taken and not written is dropped (redone next run); a
+                # flush waiting on it must not wait for ever.
+                self._fail_flushes(items[start + self._batch_rows :], exc)
                 raise
 
     async def _write(self, batch: list[_Item]) -> None:
