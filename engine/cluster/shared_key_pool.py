@@ -12,9 +12,11 @@ requests it has in flight, its counters, latencies and usage windows for
 the dashboard, the patience with a key that keeps refusing, and a key it
 disabled (quota, a rejected key) — `KeyPool`'s code, not a copy of it.
 
-Reserving is a script call, awaited in turn (one at a time per worker, the
-rest queue behind it): a worker with no key free sleeps the wait the script
-returned, or until `notify()`.  What an answer, a release or a 429 does to a
+Reserving is a script call, a round trip to Redis: several may be out at
+once (`leases_at_once`), so a worker's admissions are not bounded by one
+round trip each — on a busy machine that is tens of milliseconds, slower
+than a full bucket lets requests go.  A call that finds no key free sleeps
+the wait the script returned, or until `notify()`.  What an answer, a release or a 429 does to a
 budget must not hold up the call that reported it, so it is queued, in the
 order it happened, and written by `run_writer()` — many at a time, in one
 atomic call.  Each key's `budget` here is a `SharedKeyBudget`: it queues the
@@ -175,7 +177,6 @@ class SharedKeyPool(KeyPool):
             )
             key.budget = shared
             self._shared[key.key_id] = (key, shared)
-        self._admission = asyncio.Lock()
         self._pending: deque[SettleOp] = deque()
         self._pending_changed = asyncio.Event()
         self._reserving: set[asyncio.Task[Admitted | Waiting]] = set()
@@ -190,6 +191,9 @@ class SharedKeyPool(KeyPool):
             for key, budget in self._shared.values()
         ]
         self._adopt(await self.budget.open(limits))
+
+    leases_at_once = 8
+    """Reservations out at once: enough to spend a full bucket at a busy machine's round trips."""
 
     # admission -------------------------------------------------------------------
     async def _reserve(self, est_tokens: int, charged: int | None) -> tuple[KeyState, int]:
@@ -212,23 +216,29 @@ class SharedKeyPool(KeyPool):
     async def _reserve_shared(
         self, est_tokens: int, charged: int | None
     ) -> tuple[KeyState, Admitted]:
-        async with self._admission:
-            while True:
-                usable = [key for key in self._keys if key.usable]
-                if not usable:
-                    raise NoUsableKeyError("every API key is disabled")
-                self._changed.clear()  # a notify() from here on asks again at once
-                answer = await self._ask(usable, est_tokens, charged)
-                if isinstance(answer, Admitted):
-                    self._adopt({answer.key_id: answer.state})
-                    return self._shared[answer.key_id][0], answer
-                self._adopt(answer.states)
-                wait = answer.wait_s if math.isfinite(answer.wait_s) else None
-                try:
-                    async with asyncio.timeout(wait):
-                        await self._changed.wait()
-                except TimeoutError:
-                    pass
+        while True:
+            usable = [key for key in self._keys if key.usable]
+            if not usable:
+                raise NoUsableKeyError("every API key is disabled")
+            # Taken before asking: a notify() from here on wakes this call, whatever
+            # the other calls out at the same time do (`notify` never clears one).
+            changed = self._changed
+            answer = await self._ask(usable, est_tokens, charged)
+            if isinstance(answer, Admitted):
+                self._adopt({answer.key_id: answer.state})
+                return self._shared[answer.key_id][0], answer
+            self._adopt(answer.states)
+            wait = answer.wait_s if math.isfinite(answer.wait_s) else None
+            try:
+                async with asyncio.timeout(wait):
+                    await changed.wait()
+            except TimeoutError:
+                pass
+
+    def notify(self) -> None:
+        """Budget or key health changed: every waiting reservation asks again."""
+        self._changed.set()
+        self._changed = asyncio.Event()  # for the calls that ask from now on
 
     async def _ask(
         self, usable: Sequence[KeyState], est_tokens: int, charged: int | None

@@ -328,6 +328,11 @@ class KeyPool:
         self._backoff = backoff if backoff is not None else Backoff(Preset).delay_s
         self._on_rate_limited = on_rate_limited
 
+    leases_at_once = 1
+    """How many `lease` calls the dispatcher keeps out at once: here a lease with
+    budget free returns without waiting, so one; a pool that reserves through a
+    round trip says more."""
+
     @property
     def keys(self) -> Sequence[KeyState]:
         return self._keys

@@ -82,16 +82,20 @@ class Batcher:
                     held.let_go(chunk.id)
                 else:
                     pending.append(chunk)
+            full: list[Batch] = []
             while len(pending) >= (size := self._batch_size()):
-                await self._enqueue(pending[:size])
+                full.append(Batch(tuple(pending[:size])))
                 del pending[:size]
+            await self._enqueue(full)
         if pending:
-            await self._enqueue(pending)
+            await self._enqueue([Batch(tuple(pending))])
         if stats.total is None or stats.total != stats.seen:
             stats.total = stats.seen  # the reader is the final word
         self._on_input_end()
         held.input_ended()
 
-    async def _enqueue(self, chunks: Sequence[Chunk]) -> None:
-        self._held.batch_made()
-        await self._queue.put(Batch(tuple(chunks)))
+    async def _enqueue(self, batches: Sequence[Batch]) -> None:
+        # A block's batches together: a shared queue writes them in one round trip.
+        for _ in batches:
+            self._held.batch_made()
+        await self._queue.put_many(batches)

@@ -6,6 +6,10 @@ its estimate (prompt tokens plus the output learned so far).  Each admitted
 batch is sent in a task of its own and holds claims until its call ends —
 the slot, its chunks in the in-flight count, its `KeyLease` — given back
 exactly once, whether the call came back or was cancelled (stop now).
+A key pool that reserves through a round trip (a cluster's, in Redis) has
+several leases asked for at once (`KeyPool.leases_at_once`), each batch
+holding its slot while it waits, so a full bucket is spent at the
+concurrency's pace, not one round trip per request.
 
 The concurrency limit in force (the effective one) is worked out once a
 second (`adapt`) under the operator's ceiling (the engine's controls): what
@@ -110,6 +114,21 @@ class _Flight:
 
 
 @dataclass(slots=True, eq=False)
+class _Leasing:
+    """An admitted batch waiting for a key's lease: its request and what it will be charged.
+
+    `placed` once the lease came (sent) or no key could serve (given up);
+    until then the batch and its concurrency slot go back if it is cancelled.
+    """
+
+    batch: Batch
+    messages: list[dict[str, str]]
+    prompt_tokens: int
+    estimate: int = 0
+    placed: bool = False
+
+
+@dataclass(slots=True, eq=False)
 class _Race:
     """A batch sent twice: which requests are still out, and whether one settled it."""
 
@@ -168,6 +187,9 @@ class Dispatcher:
         self._admission: asyncio.Task[None] | None = None
         self._hedging: asyncio.Task[None] | None = None
         self._sends: set[asyncio.Task[None]] = set()
+        # Leases asked for and not yet come (a pool that reserves through a round trip).
+        self._leasing: set[asyncio.Task[None]] = set()
+        self._lease_room = asyncio.Semaphore(keys.leases_at_once)
         self._flying: set[_Flight] = set()  # requests out now, for hedging at the tail
         self._flying_changed = asyncio.Event()
 
@@ -233,6 +255,8 @@ class Dispatcher:
             self._admission.cancel()
         if self._hedging is not None:
             self._hedging.cancel()
+        for task in tuple(self._leasing):
+            task.cancel()
 
     def abandon_sends(self) -> None:
         """Cancel every request in flight: their chunks stay pending (stop now)."""
@@ -254,6 +278,8 @@ class Dispatcher:
         while True:
             batch = await queue.get()
             if batch is None:
+                if self._leasing:  # admission ends when the last of them is sent
+                    await asyncio.wait(tuple(self._leasing))
                 return
             waiting = queue.fresh_count or queue.retry_count
             if not self.tail.begun and not waiting and self._input_done():
@@ -271,39 +297,88 @@ class Dispatcher:
             except asyncio.CancelledError:
                 queue.put_retry(batch)
                 raise
-            try:
-                messages = build_messages(self._prompt, batch.chunks)
-                # The provider charges the prompt at admission (no `max_tokens` is
-                # sent); the budget also holds the expected output until the answer.
-                prompt_tokens = estimate_prompt_tokens(messages)
-                estimate = prompt_tokens + self._output_estimate(len(batch.chunks))
-                lease = await self._keys.lease(estimate, prompt_tokens)
-            except asyncio.CancelledError:
-                concurrency.release()
-                queue.put_retry(batch)
-                raise
-            except NoUsableKeyError:
-                concurrency.release()
-                self._no_key_left()
-                if (admission := asyncio.current_task()) is not None and admission.cancelling():
-                    # `on_no_key` stopped admission (a worker of a cluster): the batch is
-                    # not failed here, it stays for a worker whose keys still serve.
+            messages = build_messages(self._prompt, batch.chunks)
+            # The provider charges the prompt at admission (no `max_tokens` is
+            # sent); the budget also holds the expected output until the answer.
+            prompt_tokens = estimate_prompt_tokens(messages)
+            leasing = _Leasing(batch, messages, prompt_tokens)
+            leasing.estimate = prompt_tokens + self._output_estimate(len(batch.chunks))
+            if self._keys.leases_at_once > 1:
+                try:
+                    await self._lease_room.acquire()
+                except asyncio.CancelledError:
+                    concurrency.release()
                     queue.put_retry(batch)
-                    raise asyncio.CancelledError from None
-                await outcomes.give_up(batch, self.no_key, announce=False)
-                continue
-            flight = _Flight(batch, lease, messages, self._clock())
-            batch.model = lease.key.provider.model  # the model of the key that last tried it
-            self.in_flight_chunks += len(batch.chunks)
-            task = flight.task = sends.create_task(self._send(flight, messages, outcomes))
-            self._sends.add(task)
-            task.add_done_callback(self._sends.discard)
-            # A task cancelled before it starts (stop now, in the turn that
-            # admitted it) never runs its `except`: give its claims back here.
-            task.add_done_callback(functools.partial(self._settle_unstarted, flight))
+                    raise
+                task = sends.create_task(self._lease_and_launch(leasing, sends, outcomes))
+                self._leasing.add(task)
+                # Also when cancelled before it starts: the batch goes back then.
+                task.add_done_callback(functools.partial(self._lease_ended, leasing))
+            else:
+                try:
+                    lease = await self._lease_for(leasing)
+                except asyncio.CancelledError:
+                    concurrency.release()
+                    queue.put_retry(batch)
+                    raise
+                if lease is None:
+                    concurrency.release()
+                    await outcomes.give_up(batch, self.no_key, announce=False)
+                    continue
+                self._launch(leasing, lease, sends, outcomes)
             delay = self._preset().batch_delay_s
             if delay > 0:
                 await asyncio.sleep(delay)
+
+    async def _lease_for(self, leasing: _Leasing) -> KeyLease | None:
+        """A key's lease for `leasing`'s request; None when no key can serve any more
+        (the caller gives the batch up).  Cancelled: the caller puts the batch back."""
+        try:
+            return await self._keys.lease(leasing.estimate, leasing.prompt_tokens)
+        except NoUsableKeyError:
+            self._no_key_left()
+            if (task := asyncio.current_task()) is not None and task.cancelling():
+                # `on_no_key` stopped admission (a worker of a cluster): the batch is
+                # not failed here, it stays for a worker whose keys still serve.
+                raise asyncio.CancelledError from None
+            return None
+
+    async def _lease_and_launch(
+        self, leasing: _Leasing, sends: asyncio.TaskGroup, outcomes: BatchOutcomes
+    ) -> None:
+        """One of the leases out at once (`KeyPool.leases_at_once`): send when it comes."""
+        lease = await self._lease_for(leasing)
+        leasing.placed = True
+        if lease is None:
+            self._concurrency.release()
+            await outcomes.give_up(leasing.batch, self.no_key, announce=False)
+            return
+        self._launch(leasing, lease, sends, outcomes)
+
+    def _lease_ended(self, leasing: _Leasing, task: asyncio.Task[None]) -> None:
+        self._leasing.discard(task)
+        self._lease_room.release()
+        if not leasing.placed:  # cancelled (stopping): the batch waits to be sent again
+            self._concurrency.release()
+            self._queue.put_retry(leasing.batch)
+
+    def _launch(
+        self,
+        leasing: _Leasing,
+        lease: KeyLease,
+        sends: asyncio.TaskGroup,
+        outcomes: BatchOutcomes,
+    ) -> None:
+        batch, messages = leasing.batch, leasing.messages
+        flight = _Flight(batch, lease, messages, self._clock())
+        batch.model = lease.key.provider.model  # the model of the key that last tried it
+        self.in_flight_chunks += len(batch.chunks)
+        task = flight.task = sends.create_task(self._send(flight, messages, outcomes))
+        self._sends.add(task)
+        task.add_done_callback(self._sends.discard)
+        # A task cancelled before it starts (stop now, in the turn that
+        # admitted it) never runs its `except`: give its claims back here.
+        task.add_done_callback(functools.partial(self._settle_unstarted, flight))
 
     def _output_estimate(self, n_chunks: int) -> int:
         # Learned from the answers so far: the mean output per chunk with a margin.

@@ -13,7 +13,7 @@ import heapq
 import itertools
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -42,6 +42,10 @@ class WorkQueue(Protocol):
     """Where batches wait for dispatch."""
 
     async def put(self, batch: Batch) -> None: ...
+
+    async def put_many(self, batches: Sequence[Batch]) -> None:
+        """`put` each of `batches`, in order (a shared queue writes them in one round trip)."""
+        ...
 
     def put_retry(self, batch: Batch, delay_s: float = 0.0) -> None: ...
 
@@ -89,6 +93,10 @@ class InProcessWorkQueue:
             await self._space.wait()
         self._fresh.append(batch)
         self._changed.set()
+
+    async def put_many(self, batches: Sequence[Batch]) -> None:
+        for batch in batches:
+            await self.put(batch)
 
     def put_retry(self, batch: Batch, delay_s: float = 0.0) -> None:
         heapq.heappush(self._retries, (self._clock() + delay_s, next(self._seq), batch))
