@@ -394,9 +394,9 @@ async def run_job(
         print(f"crawldeck: {problem}", file=sys.stderr)
         return 2
     async with (
+        metrics_endpoint(metrics) as endpoint,  # first: a taken port ends it before anything starts
         _job_services(config, demo_sites) as (config, secrets, urls),
         _membership(config) as cluster,
-        metrics_endpoint(metrics) as endpoint,
     ):
         engine = Engine(config, secrets, base_urls=urls, cluster=cluster)
         # In a cluster the socket's controls steer every worker; Ctrl-C drains this one.
@@ -556,9 +556,9 @@ async def run_dashboard(
 
         start_worker_server()
     async with (
+        metrics_endpoint(metrics) as endpoint,  # first: a taken port ends it before anything starts
         _job_services(config, demo_sites) as (config, secrets, urls),
         _membership(config) as cluster,
-        metrics_endpoint(metrics) as endpoint,
     ):
         engine = Engine(config, secrets, base_urls=urls, cluster=cluster)
         # In a cluster the dashboard's controls steer every worker; quitting stops this one.
