@@ -90,7 +90,8 @@ def _parser() -> argparse.ArgumentParser:
             "--interval",
             type=float,
             default=5.0,
-            help="seconds between status lines (and between the snapshots --metrics serves)",
+            help="seconds between status lines (--metrics renews its snapshot as often, "
+            "and at least every second)",
         )
         add_metrics_flag(p)
         p.add_argument(

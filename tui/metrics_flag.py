@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from engine.api import MetricsEndpoint
 
 METRICS_FLAG = "--metrics"
+# The engine's figures move once a second (its tick): a scrape sees a snapshot
+# at most this old, however long `--interval` is.  A snapshot costs ~0.2 ms.
+STALEST_S = 1.0
 
 
 def add_metrics_flag(parser: argparse.ArgumentParser) -> None:
@@ -58,7 +61,8 @@ async def metrics_endpoint(address: MetricsAddress | None) -> AsyncIterator[Metr
 async def metrics_published(
     endpoint: MetricsEndpoint | None, take_snapshot: Callable[[], Snapshot], interval_s: float
 ) -> AsyncIterator[None]:
-    """The job's snapshot published to `endpoint` every `interval_s` while the block runs.
+    """The job's snapshot published to `endpoint` every `interval_s` (at most
+    `STALEST_S`) while the block runs.
 
     The publishing task is this block's: cancelled and awaited at its end,
     when it publishes the job's last snapshot.
@@ -67,7 +71,7 @@ async def metrics_published(
         yield
         return
     publishing = asyncio.create_task(
-        endpoint.publish_every(take_snapshot, interval_s), name="metrics-publisher"
+        endpoint.publish_every(take_snapshot, min(interval_s, STALEST_S)), name="metrics-publisher"
     )
     try:
         yield
