@@ -54,10 +54,6 @@ class SnapshotCollector(Collector):
     def publish(self, snap: Snapshot) -> None:
         self._latest = snap
 
-    @property
-    def latest(self) -> Snapshot | None:
-        return self._latest
-
     def collect(self) -> Iterator[Metric]:
         snap = self._latest
         if snap is not None:
