@@ -1,9 +1,9 @@
 """`--metrics [HOST:]PORT` on `run` and `demo`: Prometheus metrics of the job.
 
-The flag is checked when the command line is read; the endpoint binds once
-the job's services are up and before the job starts, so a taken port ends
-the command in one line with nothing run.  prometheus-client loads only
-when the flag is given.
+The flag is checked when the command line is read; the endpoint binds
+before the simulator (or anything else the job needs) starts, so a taken
+port ends the command in one line with nothing run.  prometheus-client
+loads only when the flag is given.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ METRICS_FLAG = "--metrics"
 # The engine's figures move once a second (its tick): a scrape sees a snapshot
 # at most this old, however long `--interval` is.  A snapshot costs ~0.2 ms.
 STALEST_S = 1.0
+QUICKEST_S = 0.05  # `--interval 0` must not make publishing a busy loop
 
 
 def add_metrics_flag(parser: argparse.ArgumentParser) -> None:
@@ -71,7 +72,8 @@ async def metrics_published(
         yield
         return
     publishing = asyncio.create_task(
-        endpoint.publish_every(take_snapshot, min(interval_s, STALEST_S)), name="metrics-publisher"
+        endpoint.publish_every(take_snapshot, min(max(interval_s, QUICKEST_S), STALEST_S)),
+        name="metrics-publisher",
     )
     try:
         yield
