@@ -8,7 +8,8 @@ the job ended), and a scrape reads that one immutable value.
 
 `serving_metrics` binds the server for the length of a `with` block and
 shuts it down at its end; `MetricsEndpoint.publish_every` is the task that
-feeds it, owned by the caller's task group.
+feeds it, owned by the caller (a task group, or `tui/metrics_flag.py`'s
+`metrics_published` block).
 """
 
 from __future__ import annotations
