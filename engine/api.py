@@ -2,7 +2,8 @@
 
 Start a job (`Engine`), read and check job and preset files, resolve key
 secrets, steer a job (`JobControls`, the control server and client), watch
-it (`Snapshot`, `Event`, the headless reporter and exit status), and the
+it (`Snapshot`, `Event`, the headless reporter, exit status and the
+Prometheus metrics endpoint), and the
 tools around a job: export, drift baselines, the bundled simulator and
 synthetic site server, the crawl's extraction workers, setting a store
 aside.  Everything else in `engine/` is the engine's own business and may
@@ -49,6 +50,11 @@ from engine.observe.headless_reporter import (
     snapshot_record,
     status_line,
 )
+from engine.observe.metrics_address import (
+    MetricsAddress,
+    MetricsBindError,
+    parse_metrics_address,
+)
 from engine.observe.snapshot import (
     Counts,
     CrawlSnapshot,
@@ -72,6 +78,7 @@ if TYPE_CHECKING:
     from engine.crawl.extraction import start_worker_server
     from engine.drift.baseline import Baseline, BaselineFormatError
     from engine.engine import Engine
+    from engine.observe.metrics_endpoint import MetricsEndpoint, serving_metrics
     from engine.simulation.simulator import main as run_simulator
     from engine.simulation.site_launch import launched_site_server
     from engine.store.export import export_results
@@ -91,6 +98,8 @@ _LAZY: dict[str, tuple[str, str]] = {
     "ClusterJob": ("engine.cluster.cluster_job", "ClusterJob"),
     "joined_cluster": ("engine.cluster.cluster_job", "joined_cluster"),
     "RedisUnavailable": ("engine.cluster.redis_connection", "RedisUnavailable"),
+    "MetricsEndpoint": ("engine.observe.metrics_endpoint", "MetricsEndpoint"),
+    "serving_metrics": ("engine.observe.metrics_endpoint", "serving_metrics"),
 }
 
 
@@ -150,6 +159,9 @@ __all__ = [
     "JobState",
     "KeySnapshot",
     "MemorySnapshot",
+    "MetricsAddress",
+    "MetricsBindError",
+    "MetricsEndpoint",
     "NoJobRunning",
     "Preset",
     "QueueDepths",
@@ -172,6 +184,7 @@ __all__ = [
     "launched_site_server",
     "load_config",
     "load_preset_file",
+    "parse_metrics_address",
     "preset_from_text_fields",
     "process_floor_bytes",
     "read_toml",
@@ -179,6 +192,7 @@ __all__ = [
     "run_simulator",
     "save_preset",
     "served_by_simulator",
+    "serving_metrics",
     "set_store_aside",
     "simulator_arguments",
     "snapshot_record",

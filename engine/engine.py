@@ -357,6 +357,7 @@ class Engine:
             latency_p50_s=s.p50,
             latency_p95_s=s.p95,
             latency_p99_s=s.p99,
+            latency_histogram=s.latency_buckets.snapshot(),
             requests=s.requests,
             rate_limited=s.rate_limited,
             errors_by_kind=tuple(sorted(s.errors_by_kind.items())),
@@ -372,6 +373,8 @@ class Engine:
             memory=self._memory.snapshot(self._memory_floor),
             cost_usd=s.cost_usd,
             cost_projected_usd=projected,
+            prompt_tokens=s.prompt_tokens,
+            completion_tokens=s.completion_tokens,
             queues=QueueDepths(
                 chunks=self._blocks.qsize() * READ_BLOCK,
                 batches=self._queue.fresh_count,

@@ -35,6 +35,8 @@ from engine.api import (
     InputError,
     JobConfig,
     JobControls,
+    MetricsAddress,
+    MetricsBindError,
     Snapshot,
     StoreError,
     StoreInUseError,
@@ -54,6 +56,7 @@ from engine.api import (
 )
 from tui.closed_pipe import EXIT_CLOSED_PIPE, ClosedStdout, quiet_when_stdout_closes
 from tui.fresh_start import FRESH_FLAG, nothing_left_notice, start_over
+from tui.metrics_flag import METRICS_FLAG, add_metrics_flag, metrics_endpoint, metrics_published
 from tui.version_flag import VersionFlag
 
 if TYPE_CHECKING:
@@ -83,7 +86,14 @@ def _parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--headless", action="store_true", help="no dashboard: status lines")
         p.add_argument("--json", action="store_true", help="status as JSON lines (headless)")
-        p.add_argument("--interval", type=float, default=5.0, help="seconds between status lines")
+        p.add_argument(
+            "--interval",
+            type=float,
+            default=5.0,
+            help="seconds between status lines (--metrics renews its snapshot as often, "
+            "and at least every second)",
+        )
+        add_metrics_flag(p)
         p.add_argument(
             FRESH_FLAG,
             action="store_true",
@@ -167,8 +177,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.fresh and (code := _fresh_start(config, None)) is not None:
                 return code
             if _wants_dashboard(args):
-                return asyncio.run(run_dashboard(config))
-            return asyncio.run(run_job(config, args.json, args.interval))
+                return asyncio.run(
+                    run_dashboard(config, metrics=args.metrics, interval=args.interval)
+                )
+            return asyncio.run(run_job(config, args.json, args.interval, metrics=args.metrics))
         if args.command == "demo":
             if args.sites < 1:
                 print("crawldeck: --sites must be at least 1", file=sys.stderr)
@@ -179,8 +191,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.fresh and (code := _fresh_start(config, sites)) is not None:
                 return code
             if _wants_dashboard(args):
-                return asyncio.run(run_dashboard(config, demo_sites=sites))
-            return asyncio.run(run_job(config, args.json, args.interval, demo_sites=sites))
+                return asyncio.run(
+                    run_dashboard(
+                        config, demo_sites=sites, metrics=args.metrics, interval=args.interval
+                    )
+                )
+            return asyncio.run(
+                run_job(config, args.json, args.interval, demo_sites=sites, metrics=args.metrics)
+            )
         if args.command == "simulate":
             return simulate(args.job, args.port, args.overrides)
         if args.command == "status":
@@ -199,6 +217,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except _CannotJoin as exc:  # the job's Redis is away or refuses this worker: one line
         print(f"crawldeck: {exc}", file=sys.stderr)
+        return 2
+    except MetricsBindError as exc:  # the port is taken (…), found before the job started
+        print(f"crawldeck: {METRICS_FLAG} {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
@@ -358,7 +379,11 @@ async def _store_problem(config: JobConfig) -> str | None:
 
 
 async def run_job(
-    config: JobConfig, as_json: bool, interval: float, demo_sites: int | None = None
+    config: JobConfig,
+    as_json: bool,
+    interval: float,
+    demo_sites: int | None = None,
+    metrics: MetricsAddress | None = None,
 ) -> int:
     """Run headless: status lines, Ctrl-C drains, a second Ctrl-C stops now."""
     # The engine (httpx2, numpy, aiosqlite) loads only for commands that
@@ -370,6 +395,7 @@ async def run_job(
         print(f"crawldeck: {problem}", file=sys.stderr)
         return 2
     async with (
+        metrics_endpoint(metrics) as endpoint,  # first: a taken port ends it before anything starts
         _job_services(config, demo_sites) as (config, secrets, urls),
         _membership(config) as cluster,
     ):
@@ -404,7 +430,10 @@ async def run_job(
                 loop.add_signal_handler(sig, on_interrupt)
         control = await _bound_control(steered, config, cluster is not None)
         try:
-            async with asyncio.TaskGroup() as tg:
+            async with (
+                metrics_published(endpoint, engine.snapshot, interval),
+                asyncio.TaskGroup() as tg,
+            ):
                 reporting = tg.create_task(report())
                 serving = tg.create_task(control.serve()) if control.bound else None
                 try:
@@ -504,8 +533,16 @@ def _wants_dashboard(args: argparse.Namespace) -> bool:
     return not args.headless and not args.json and sys.stdout.isatty()
 
 
-async def run_dashboard(config: JobConfig, demo_sites: int | None = None) -> int:
-    """Run the job under the dashboard; quitting there stops the job."""
+async def run_dashboard(
+    config: JobConfig,
+    demo_sites: int | None = None,
+    metrics: MetricsAddress | None = None,
+    interval: float = 5.0,
+) -> int:
+    """Run the job under the dashboard; quitting there stops the job.
+
+    `metrics` is where `--metrics` serves, renewed every `interval` seconds.
+    """
     # Textual is loaded here only, so headless runs never import it.
     from engine.api import Engine
     from tui.app import CrawldeckApp
@@ -520,13 +557,15 @@ async def run_dashboard(config: JobConfig, demo_sites: int | None = None) -> int
 
         start_worker_server()
     async with (
+        metrics_endpoint(metrics) as endpoint,  # first: a taken port ends it before anything starts
         _job_services(config, demo_sites) as (config, secrets, urls),
         _membership(config) as cluster,
     ):
         engine = Engine(config, secrets, base_urls=urls, cluster=cluster)
         # In a cluster the dashboard's controls steer every worker; quitting stops this one.
         job = engine if cluster is None else cluster.steered(engine)
-        state = await CrawldeckApp(job).run_async()
+        async with metrics_published(endpoint, engine.snapshot, interval):
+            state = await CrawldeckApp(job).run_async()
         if engine.failure_reason:
             print(f"crawldeck: {engine.failure_reason}", file=sys.stderr)
         _print_summary(engine, config)

@@ -24,6 +24,7 @@ from engine.observe.eta import (
     charge_per_request,
     tokens_per_request,
 )
+from engine.observe.latency_histogram import LatencyBuckets
 from engine.observe.snapshot import KeySnapshot
 
 _HISTORY = 600  # seconds of per-second history kept for the charts
@@ -47,11 +48,14 @@ class RunStats:
     hedged: int = 0  # second requests sent for a batch at the job's tail
     tokens: int = 0
     tokens_out: int = 0  # completion tokens of parsed answers
+    prompt_tokens: int = 0  # every answer's usage, parsed or not
+    completion_tokens: int = 0
     chunks_answered: int = 0
     cost_usd: float = 0.0
     errors_by_kind: Counter[str] = field(default_factory=Counter)
     errors_by_key: Counter[str] = field(default_factory=Counter)
     _latencies: deque[float] = field(default_factory=lambda: deque(maxlen=_LATENCY_WINDOW))
+    latency_buckets: LatencyBuckets = field(default_factory=LatencyBuckets)
     # derived on tick
     items_per_min: float = 0.0
     requests_per_min: float = 0.0
@@ -73,6 +77,7 @@ class RunStats:
 
     def record_latency(self, seconds: float) -> None:
         self._latencies.append(seconds)
+        self.latency_buckets.observe(seconds)
 
     @property
     def finished(self) -> int:

@@ -12,6 +12,7 @@ from enum import StrEnum
 from engine.cluster.cluster_view import ClusterView
 from engine.config.settings import Preset
 from engine.observe.events import Event
+from engine.observe.latency_histogram import LatencyHistogram
 
 
 class JobState(StrEnum):
@@ -163,6 +164,8 @@ class Snapshot:
     latency_p50_s: float | None = None
     latency_p95_s: float | None = None
     latency_p99_s: float | None = None
+    # Every answer's latency in fixed buckets (the percentiles are a recent window's).
+    latency_histogram: LatencyHistogram = field(default_factory=LatencyHistogram)
     requests: int = 0
     rate_limited: int = 0
     errors_by_kind: tuple[tuple[str, int], ...] = ()
@@ -178,6 +181,8 @@ class Snapshot:
     memory: MemorySnapshot = field(default_factory=MemorySnapshot)
     cost_usd: float = 0.0
     cost_projected_usd: float | None = None
+    prompt_tokens: int = 0  # as the answers' usage reported them, over the run
+    completion_tokens: int = 0
     queues: QueueDepths = field(default_factory=QueueDepths)
     throughput_history: tuple[float, ...] = ()  # items/min, one value per second
     latency_history: tuple[float, ...] = ()  # p50 seconds, one value per second

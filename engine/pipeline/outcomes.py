@@ -117,6 +117,8 @@ class Outcomes:
         self._keys.answered(lease, used, result.headers, result.latency_s, result.prompt_tokens)
         s = self._stats
         s.tokens += used
+        s.prompt_tokens += result.prompt_tokens
+        s.completion_tokens += result.completion_tokens
         s.record_latency(result.latency_s)
         self._attempts.record(self._clock(), False)
         provider = key.provider

@@ -43,6 +43,7 @@ HEAVY = (
     "lxml",
     "selectolax",
     "psutil",
+    "prometheus_client",
     "textual",
     "engine.engine",
 )

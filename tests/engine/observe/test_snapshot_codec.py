@@ -10,6 +10,7 @@ import pytest
 from engine.cluster.cluster_view import ClusterView, KeyUsage, WorkerView
 from engine.config.settings import BUILTIN_PRESETS
 from engine.observe.events import Event, EventKind
+from engine.observe.latency_histogram import LatencyHistogram
 from engine.observe.snapshot import (
     Counts,
     JobState,
@@ -58,6 +59,9 @@ def rich_snapshot() -> Snapshot:
         memory=MemorySnapshot(rss_bytes=123, soft_bytes=456, hard_bytes=789, limit_bytes=None),
         cost_usd=0.0123,
         cost_projected_usd=1.5,
+        prompt_tokens=900,
+        completion_tokens=120,
+        latency_histogram=LatencyHistogram((0.5, 1.0), (3, 5, 6), 4.75),
         queues=QueueDepths(documents=1, chunks=2, batches=3, retries=4, store=5),
         throughput_history=(0.0, 1.5, 3.0),
         latency_history=(0.1,),
