@@ -72,6 +72,7 @@ if TYPE_CHECKING:
     from engine.crawl.extraction import start_worker_server
     from engine.drift.baseline import Baseline, BaselineFormatError
     from engine.engine import Engine
+    from engine.planning.job_plan import JobPlan, PlanHints, make_plan
     from engine.simulation.simulator import main as run_simulator
     from engine.simulation.site_launch import launched_site_server
     from engine.store.export import export_results
@@ -91,6 +92,9 @@ _LAZY: dict[str, tuple[str, str]] = {
     "ClusterJob": ("engine.cluster.cluster_job", "ClusterJob"),
     "joined_cluster": ("engine.cluster.cluster_job", "joined_cluster"),
     "RedisUnavailable": ("engine.cluster.redis_connection", "RedisUnavailable"),
+    "JobPlan": ("engine.planning.job_plan", "JobPlan"),
+    "PlanHints": ("engine.planning.job_plan", "PlanHints"),
+    "make_plan": ("engine.planning.job_plan", "make_plan"),
 }
 
 
@@ -147,10 +151,12 @@ __all__ = [
     "InputError",
     "JobConfig",
     "JobControls",
+    "JobPlan",
     "JobState",
     "KeySnapshot",
     "MemorySnapshot",
     "NoJobRunning",
+    "PlanHints",
     "Preset",
     "QueueDepths",
     "RedisUnavailable",
@@ -172,6 +178,7 @@ __all__ = [
     "launched_site_server",
     "load_config",
     "load_preset_file",
+    "make_plan",
     "preset_from_text_fields",
     "process_floor_bytes",
     "read_toml",
