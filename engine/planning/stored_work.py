@@ -18,6 +18,7 @@ run, key and latency; each carries its share (`// n`) of the request's usage.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,9 +56,13 @@ class StoredWork:
     def __init__(self, store: str | Path) -> None:
         self.path = Path(store)
         self._conn: sqlite3.Connection | None = None
+        # A crawl's pages are looked up from the reading thread while the batcher
+        # asks for done ids on the loop's: one query at a time.
+        self._lock = threading.Lock()
         if self.path.is_file():
             try:
-                self._conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
+                uri = f"{self.path.resolve().as_uri()}?mode=ro"
+                self._conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
                 self._conn.execute("SELECT 1 FROM results LIMIT 1").fetchall()
             except sqlite3.Error as exc:
                 self.close()
@@ -80,7 +85,8 @@ class StoredWork:
         if self._conn is None:
             return []
         try:
-            return self._conn.execute(sql, tuple(params)).fetchall()
+            with self._lock:
+                return self._conn.execute(sql, tuple(params)).fetchall()
         except sqlite3.Error as exc:
             raise store_error(self.path, exc) from None
 
