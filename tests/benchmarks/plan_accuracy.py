@@ -20,8 +20,11 @@ time of `Engine.run`, the cost of the results stored), their ratio
 (actual ÷ plan), the requests planned beside those the simulator counted,
 the limit the plan said binds, and where its output tokens came from.  At
 a job's tail the engine sends a second request for a batch that is slow to
-answer (hedging; the first answer wins): the simulator counts those too, so
-requests are shown as sent + hedges and the first must equal the plan's.
+answer (hedging; the first answer wins, the other is cancelled): the
+simulator counts those too ("sim saw"), as it does calls refused with a 429
+and sent again, which a plan cannot foresee; so the requests checked
+against the plan are those whose answers the run stored (the rows of one
+request share its run, key and latency).
 
 The first run of a job has no stored answers: its output tokens are the
 engine's first guess (150 a chunk), so its cost (and, on the simulator,
@@ -69,8 +72,11 @@ class Measured:
     plan: JobPlan
     wall_s: float
     cost_usd: float
-    requests: int  # as the simulator counted them
-    hedged: int  # of them, second requests for a batch at the job's tail (`RunStats.hedged`)
+    requests: int  # requests whose answers the run stored (rows of one request share its
+    # run, key and latency)
+    seen_by_simulator: int  # every request the simulator counted
+    rate_limited: int  # of them, refused with a 429 (and sent again)
+    hedged: int  # second requests for a batch at the job's tail (`RunStats.hedged`)
     chunks_sent: int  # chunks the run stored a result or failure for
 
     @property
@@ -87,10 +93,8 @@ class Measured:
 
     def misses(self) -> list[str]:
         missed = []
-        if self.requests - self.hedged != self.plan.work.requests:
-            missed.append(
-                f"requests {self.requests} − {self.hedged} hedged ≠ {self.plan.work.requests}"
-            )
+        if self.requests != self.plan.work.requests:
+            missed.append(f"requests {self.requests} ≠ planned {self.plan.work.requests}")
         if self.chunks_sent != self.plan.work.pending:
             missed.append(f"chunks {self.chunks_sent} ≠ planned {self.plan.work.pending}")
         if self.from_history:
@@ -109,17 +113,23 @@ def demo_config(overrides: Sequence[str], store: Path, version: str) -> JobConfi
         )
 
 
-def stored_cost(store: Path, version: str) -> tuple[float, int]:
-    """The cost of the results stored for `version`, and the chunks it stored rows for."""
+def stored_run(store: Path, version: str) -> tuple[float, int, int]:
+    """What the store holds for `version`: the results' cost, the requests they came
+    from, and the chunks it stored a result or a failure for."""
     with closing(sqlite3.connect(f"{store.as_uri()}?mode=ro", uri=True)) as conn:
         cost, results = conn.execute(
             "SELECT COALESCE(SUM(cost), 0), COUNT(*) FROM results WHERE prompt_version = ?",
             (version,),
         ).fetchone()
+        (requests,) = conn.execute(
+            "SELECT COUNT(*) FROM (SELECT DISTINCT run_id, key_alias, latency_ms FROM results"
+            " WHERE prompt_version = ?)",
+            (version,),
+        ).fetchone()
         (failures,) = conn.execute(
             "SELECT COUNT(*) FROM failures WHERE prompt_version = ?", (version,)
         ).fetchone()
-    return float(cost), int(results) + int(failures)
+    return float(cost), int(requests), int(results) + int(failures)
 
 
 async def plan_and_run(scenario: str, store: Path, version: str) -> Measured:
@@ -132,27 +142,41 @@ async def plan_and_run(scenario: str, store: Path, version: str) -> Measured:
         await engine.run()
         wall_s = time.monotonic() - started
         stats = await simulator_stats(urls["sim"])
-    cost, chunks = stored_cost(store, version)
-    requests = sum(stats["requests_by_key"].values())
-    return Measured(scenario, version, plan, wall_s, cost, requests, engine.stats.hedged, chunks)
+    cost, requests, chunks = stored_run(store, version)
+    return Measured(
+        scenario,
+        version,
+        plan,
+        wall_s,
+        cost,
+        requests,
+        sum(stats["requests_by_key"].values()),
+        stats["rate_limited"],
+        engine.stats.hedged,
+        chunks,
+    )
 
 
 COLUMNS = (
-    f"{'job':16} {'run':>5} {'requests':>13} {'chunks':>9} {'plan time':>9} {'actual':>8} "
-    f"{'ratio':>6} {'plan cost':>10} {'actual':>9} {'ratio':>6}  {'binds':11} output tokens from"
+    f"{'job':16} {'run':>5} {'requests':>9} {'chunks':>9} {'sim saw':>7} {'429s':>4} "
+    f"{'hedged':>6} "
+    f"{'plan time':>9} {'actual':>8} {'ratio':>6} {'plan cost':>10} {'actual':>9} {'ratio':>6}  "
+    f"{'binds':11} output tokens from"
 )
 
 
 def row(m: Measured) -> str:
     run = "first" if m.version == "1" else f"v{m.version}"
-    requests = f"{m.requests - m.hedged}+{m.hedged}/{m.plan.work.requests}"
+    requests = f"{m.requests}/{m.plan.work.requests}"
     chunks = f"{m.chunks_sent}/{m.plan.work.pending}"
     misses = m.misses()
     verdict = ("  FAIL: " + "; ".join(misses)) if misses else ""
     return (
-        f"{m.scenario:16} {run:>5} {requests:>13} {chunks:>9} {m.plan.time.time_s:8.2f}s "
-        f"{m.wall_s:7.2f}s {m.time_ratio:6.3f} ${m.plan.cost_online_usd:9.5f} "
-        f"${m.cost_usd:8.5f} {m.cost_ratio:6.3f}  {m.plan.time.binds:11} {m.plan.output_source}"
+        f"{m.scenario:16} {run:>5} {requests:>9} {chunks:>9} {m.seen_by_simulator:7d} "
+        f"{m.rate_limited:4d} {m.hedged:6d} "
+        f"{m.plan.time.time_s:8.2f}s {m.wall_s:7.2f}s {m.time_ratio:6.3f} "
+        f"${m.plan.cost_online_usd:9.5f} ${m.cost_usd:8.5f} {m.cost_ratio:6.3f}  "
+        f"{m.plan.time.binds:11} {m.plan.output_source}"
         f"{verdict}"
     )
 
@@ -160,7 +184,8 @@ def row(m: Measured) -> str:
 async def main(scenarios: Sequence[str], reruns: int) -> int:
     print(
         "plan vs run of `crawldeck demo`'s job on the bundled simulator; ratio = actual ÷ plan; "
-        "requests: sent + tail hedges (second requests) / planned; chunks: run/plan"
+        "requests (answered and stored) and chunks: run/plan; sim saw: every request the "
+        "simulator counted, 429s and the tail's second requests (hedged) too"
     )
     print(COLUMNS, flush=True)
     measured: list[Measured] = []
