@@ -24,10 +24,11 @@ KEYS = (("k1", 60_000, 100_000_000),)
 BATCH = 5
 # At a job's tail the engine sends a batch slow to answer a second time and
 # cancels the loser (hedging), so the simulator sees more requests than
-# batches.  With latencies in [0.3, 0.4] s a second request, sent at the
-# median, can never be answered before the first: the simulator's count of
-# answers sent is then exactly the requests the job's batches needed.
-LATENCY_S = (0.3, 0.4)
+# batches.  With latencies in [0.5, 0.6] s (±10 % jitter) a second request,
+# sent at the median, is answered a third of a second after the first at the
+# soonest, long after it was cancelled: the simulator's count of answers sent
+# is then exactly the requests the job's batches needed.
+LATENCY_S = (0.5, 0.6)
 
 
 async def started(simulator: Callable[..., object]) -> ProviderSimulator:
