@@ -79,6 +79,7 @@ if TYPE_CHECKING:
     from engine.drift.baseline import Baseline, BaselineFormatError
     from engine.engine import Engine
     from engine.observe.metrics_endpoint import MetricsEndpoint, serving_metrics
+    from engine.planning.job_plan import JobPlan, PlanHints, make_plan
     from engine.simulation.simulator import main as run_simulator
     from engine.simulation.site_launch import launched_site_server
     from engine.store.export import export_results
@@ -100,6 +101,9 @@ _LAZY: dict[str, tuple[str, str]] = {
     "RedisUnavailable": ("engine.cluster.redis_connection", "RedisUnavailable"),
     "MetricsEndpoint": ("engine.observe.metrics_endpoint", "MetricsEndpoint"),
     "serving_metrics": ("engine.observe.metrics_endpoint", "serving_metrics"),
+    "JobPlan": ("engine.planning.job_plan", "JobPlan"),
+    "PlanHints": ("engine.planning.job_plan", "PlanHints"),
+    "make_plan": ("engine.planning.job_plan", "make_plan"),
 }
 
 
@@ -156,6 +160,7 @@ __all__ = [
     "InputError",
     "JobConfig",
     "JobControls",
+    "JobPlan",
     "JobState",
     "KeySnapshot",
     "MemorySnapshot",
@@ -163,6 +168,7 @@ __all__ = [
     "MetricsBindError",
     "MetricsEndpoint",
     "NoJobRunning",
+    "PlanHints",
     "Preset",
     "QueueDepths",
     "RedisUnavailable",
@@ -185,6 +191,7 @@ __all__ = [
     "load_config",
     "load_preset_file",
     "parse_metrics_address",
+    "make_plan",
     "preset_from_text_fields",
     "process_floor_bytes",
     "read_toml",

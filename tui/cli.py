@@ -121,6 +121,39 @@ def _parser() -> argparse.ArgumentParser:
         "--sites", type=int, default=3204, help="how many synthetic sites --crawl crawls"
     )
 
+    plan = sub.add_parser(
+        "plan", help="requests, tokens, cost and time of a job, worked out without sending any"
+    )
+    plan.add_argument("job", type=Path, help="the job's TOML file")
+    plan.add_argument("--preset", help="a preset name from the job file, or a preset .toml file")
+    plan.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting, as for run (repeatable)",
+    )
+    plan.add_argument("--json", action="store_true", help="the plan as one JSON object")
+    plan.add_argument(
+        "--output-tokens",
+        type=float,
+        metavar="N",
+        help="output tokens a chunk brings back, when the store holds no results yet",
+    )
+    plan.add_argument(
+        "--latency-s",
+        type=float,
+        metavar="S",
+        help="a request's latency, when the store holds no results yet",
+    )
+    plan.add_argument(
+        "--burst-s",
+        type=float,
+        metavar="S",
+        help="seconds of its limits a provider's bucket grants up front (OpenAI's: 60)",
+    )
+
     sim = sub.add_parser("simulate", help="serve the OpenAI-compatible simulator for a job")
     sim.add_argument("job", type=Path)
     sim.add_argument("--port", type=int, default=8765)
@@ -199,6 +232,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(
                 run_job(config, args.json, args.interval, demo_sites=sites, metrics=args.metrics)
             )
+        if args.command == "plan":
+            # Loaded as `run` loads it: a bad file gets the same one-line errors.
+            config = load_config(
+                args.job,
+                preset=args.preset,
+                overrides=args.overrides,
+                memory_floor_bytes=engine_memory_floor_bytes(),
+            )
+            return plan_job(config, args)
         if args.command == "simulate":
             return simulate(args.job, args.port, args.overrides)
         if args.command == "status":
@@ -632,6 +674,25 @@ async def baseline_command(action: str, source: Path, baseline_id: int | None) -
         return 0
     finally:
         await store.close()
+
+
+def plan_job(config: JobConfig, args: argparse.Namespace) -> int:
+    """`crawldeck plan`: the job's plan as tables, or one JSON object with `--json`."""
+    from engine.api import PlanHints, make_plan
+    from tui.plan_report import plan_json, plan_tables
+
+    problem = _input_problem(config, None)
+    if problem is not None:
+        print(f"crawldeck: {problem}", file=sys.stderr)
+        return 2
+    hints = PlanHints(args.output_tokens, args.latency_s, args.burst_s)
+    try:
+        plan = asyncio.run(make_plan(config, hints))
+    except (InputError, OSError, ValueError) as exc:
+        print(f"crawldeck: {exc}", file=sys.stderr)
+        return 2
+    (plan_json if args.json else plan_tables)(plan.record(), sys.stdout)
+    return 0
 
 
 def export(source: Path, fmt: str, output: Path | None, failures: bool) -> int:

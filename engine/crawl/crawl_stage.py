@@ -79,6 +79,14 @@ def page_document(url: str, page: ExtractedPage) -> Document:
     return Document(source=url, text=text)
 
 
+def stored_page_document(page: StoredPage) -> Document | None:
+    """A page an earlier run stored, as the document a rerun replays (None: it has no text)."""
+    if not page.text:
+        return None
+    text = f"{page.title}\n\n{page.text}" if page.title else page.text
+    return Document(source=page.url, text=text)
+
+
 @dataclass
 class _Counters:
     targets_total: int | None = None
@@ -308,9 +316,9 @@ class CrawlStage:
         self._c.resumed += 1
         for page in stored:
             self._count(page.outcome)
-            if page.text:
-                text = f"{page.title}\n\n{page.text}" if page.title else page.text
-                await self._deliver(Document(source=page.url, text=text))
+            document = stored_page_document(page)
+            if document is not None:
+                await self._deliver(document)
 
     async def _fetch_site(self, target: Target, fetcher: Fetcher, extractor: PageExtractor) -> None:
         """The target's page, then same-site links breadth first, within depth and page caps."""
