@@ -130,7 +130,7 @@ class RunStats:
         records = records_skipped
         return (
             f"{job_name}: {self.done} done, {self.failed} failed, {self.skipped} skipped, "
-            f"{self.cached} duplicates, "
+            f"{self.cached} cached, "
             + (f"{records} input records skipped, " if records else "")
             + f"{self.requests} requests ({self.rate_limited} rate-limited) "
             f"in {elapsed_s:.1f}s, cost ${self.cost_usd:.4f}"
