@@ -37,7 +37,7 @@ class RunStats:
     done: int = 0
     failed: int = 0
     skipped: int = 0
-    cached: int = 0
+    cached: int = 0  # a result without a request of its own (see `Counts.cached`)
     records_skipped: int = 0  # input records left out (unreadable, binary, no text): not chunks
     seen: int = 0
     total: int | None = None
