@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from engine.api import JobState, Snapshot
-from engine.observe.snapshot import Counts
+from engine.api import Counts, JobState, Snapshot
 from tui.fresh_start import nothing_left_notice
 
 
