@@ -7,7 +7,8 @@ skipped.  With `same_text`, a chunk whose text (under another source) is
 answered already or in flight is not sent either: it gets a copy of that
 answer (`engine.pipeline.same_text`).  The rest is grouped into batches of
 the preset in force — read at each batch, so a preset switched mid-run
-takes effect at once — and queued for the dispatcher.  The queue's bound pushes back on the reader.
+takes effect at once — and queued for the dispatcher.  The queue's bound
+pushes back on the reader.
 """
 
 from __future__ import annotations
