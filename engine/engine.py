@@ -46,6 +46,7 @@ from engine.pipeline.held_work import HeldWork
 from engine.pipeline.intake import READ_BLOCK, Intake
 from engine.pipeline.outcomes import Outcomes
 from engine.pipeline.records import Chunk
+from engine.pipeline.same_text import SameText
 from engine.pipeline.work_queue import InProcessWorkQueue, WorkQueue
 from engine.provider.client import ProviderClients
 from engine.store.sqlite_store import Committed, Store
@@ -238,7 +239,8 @@ class Engine:
                     running=self._running,
                     page_function=self._page_function,
                 )
-            outcomes = self._outcomes(store)
+            same_text = self._same_text(store)
+            outcomes = self._outcomes(store, same_text)
             if self._cluster is not None:
                 await self._cluster.open()
             async with asyncio.TaskGroup() as tg:
@@ -256,7 +258,7 @@ class Engine:
                     helpers += self._cluster.start(tg, outcomes, store, self._run_id)
                 stages = [
                     tg.create_task(self._intake.read(), name="reader"),
-                    tg.create_task(self._batcher.run(store), name="batcher"),
+                    tg.create_task(self._batcher.run(store, same_text), name="batcher"),
                     dispatching := tg.create_task(
                         self._dispatcher.run(outcomes), name="dispatcher"
                     ),
@@ -528,7 +530,20 @@ class Engine:
     def _set_fatal(self, reason: str) -> None:
         self._fatal = reason
 
-    def _outcomes(self, store: Store) -> Outcomes:
+    def _same_text(self, store: Store) -> SameText | None:
+        """One request per text in this process; None in a cluster (see `same_text`)."""
+        if self._cluster is not None:
+            return None
+        return SameText(
+            store,
+            self._held,
+            run_id=self._run_id,
+            prompt_version=self.config.prompt.version,
+            models=(p.model for p in self.config.providers),
+            remember=store.most_uncommitted + 1,
+        )
+
+    def _outcomes(self, store: Store, same_text: SameText | None = None) -> Outcomes:
         """The outcomes stage of this run: its rows go to `store` under this run's id."""
         cfg = self.config
         return Outcomes(
@@ -547,6 +562,7 @@ class Engine:
             waits=cfg.rate_limit_waits,
             clock=self._clock,
             drift=self._drift,
+            same_text=same_text,
         )
 
     def _input_ended(self) -> None:
@@ -596,6 +612,7 @@ class Engine:
         # the job reports as done (summary, snapshot, runs row) is in the store.
         self.stats.done += committed.results
         self.stats.failed += committed.failures
+        self.stats.cached += committed.cached
 
     def _cluster_failed(self, trouble: BaseExceptionGroup[BaseException]) -> None:
         """Redis failed this worker: the job ends here as FAILED, with the one line why;

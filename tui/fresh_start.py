@@ -18,7 +18,8 @@ FRESH_FLAG = "--fresh"
 def nothing_left_notice(snap: Snapshot, store: str | Path) -> str | None:
     """One line when a finished run found every chunk already done (else None)."""
     counts = snap.counts
-    if snap.state is not JobState.DONE or counts.done or counts.failed or not counts.skipped:
+    stored_now = counts.done or counts.failed or counts.cached  # copies of answers are news
+    if snap.state is not JobState.DONE or stored_now or not counts.skipped:
         return None
     return (
         f"nothing to do: all {counts.skipped} chunks were already done in {store} "

@@ -33,6 +33,8 @@ def encode_row(row: ResultRow | FailureRow) -> str:
     """One row as a JSON object: its kind and its fields by name."""
     kind = RESULT if isinstance(row, ResultRow) else FAILURE
     body = {"kind": kind, **dataclasses.asdict(row)}
+    if not body.get("copied_from", True):
+        del body["copied_from"]  # an answered row reads as it did before copies existed
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
 
 

@@ -98,10 +98,12 @@ def status_line(snap: Snapshot) -> str:
     # Shown once there are any: input records left out are not chunks, and a
     # log reader must not mistake them for the chunks "skipped" as done before.
     records = f", input records skipped {c.records_skipped}" if c.records_skipped else ""
+    cached = f", cached {c.cached}" if c.cached else ""  # answered once for another chunk
     return (
         (
             f"[{snap.state}] {c.finished}/{total} "
-            f"(done {c.done}, failed {c.failed}, skipped {c.skipped}, in flight {c.in_flight}"
+            f"(done {c.done}, failed {c.failed}, skipped {c.skipped}{cached}, "
+            f"in flight {c.in_flight}"
             f"{records}) "
             f"{snap.items_per_min:.0f} items/min {snap.requests_per_min:.0f} req/min "
             f"ETA {eta} 429s {snap.rate_limited} conc {snap.in_flight_requests}/{snap.concurrency} "

@@ -38,7 +38,7 @@ class RunStats:
     done: int = 0
     failed: int = 0
     skipped: int = 0
-    cached: int = 0
+    cached: int = 0  # a result without a request of its own (see `Counts.cached`)
     records_skipped: int = 0  # input records left out (unreadable, binary, no text): not chunks
     seen: int = 0
     total: int | None = None
@@ -135,7 +135,7 @@ class RunStats:
         records = records_skipped
         return (
             f"{job_name}: {self.done} done, {self.failed} failed, {self.skipped} skipped, "
-            f"{self.cached} duplicates, "
+            f"{self.cached} cached, "
             + (f"{records} input records skipped, " if records else "")
             + f"{self.requests} requests ({self.rate_limited} rate-limited) "
             f"in {elapsed_s:.1f}s, cost ${self.cost_usd:.4f}"

@@ -39,7 +39,10 @@ class Counts:
     done: int = 0  # results stored by this run
     failed: int = 0
     skipped: int = 0  # already had a result in the store (resumed/incremental)
-    cached: int = 0  # the same chunk id appeared again in this input
+    # Given a result without a request of their own: the same chunk again in this
+    # input, or the same text (prompt version, model) already answered under another
+    # source — by an earlier run or earlier in this one — and copied to this chunk.
+    cached: int = 0
     # Input records, not chunks: records (or crawl target lines) left out because
     # they could not be read, were binary, or had no text; each is in the event log.
     records_skipped: int = 0

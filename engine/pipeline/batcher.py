@@ -1,11 +1,14 @@
 """Blocks of chunks → batches: repeats counted once, done work skipped, the rest batched.
 
 A chunk already queued or in flight (the same text from the same source
-again) is counted as a duplicate: one result serves both.  A chunk with a
+again) is counted as cached: one result serves both.  A chunk with a
 stored result for the prompt version, from any of the job's models, is
-skipped.  The rest is grouped into batches of the preset in force — read
-at each batch, so a preset switched mid-run takes effect at once — and
-queued for the dispatcher.  The queue's bound pushes back on the reader.
+skipped.  With `same_text`, a chunk whose text (under another source) is
+answered already or in flight is not sent either: it gets a copy of that
+answer (`engine.pipeline.same_text`).  The rest is grouped into batches of
+the preset in force — read at each batch, so a preset switched mid-run
+takes effect at once — and queued for the dispatcher.  The queue's bound
+pushes back on the reader.
 """
 
 from __future__ import annotations
@@ -17,11 +20,18 @@ from typing import Protocol
 from engine.observe.run_stats import RunStats
 from engine.pipeline.held_work import HeldWork
 from engine.pipeline.records import Chunk
+from engine.pipeline.same_text import StoredAnswers
 from engine.pipeline.work_queue import Batch, WorkQueue
 
 
-class DoneIds(Protocol):
-    """Where finished work is looked up (the store)."""
+class TextsToSend(Protocol):
+    """Which chunks' texts need a request (`SameText`; a plan counts them the same way)."""
+
+    async def to_send(self, chunks: Sequence[Chunk], stored: StoredAnswers) -> list[Chunk]: ...
+
+
+class DoneIds(StoredAnswers, Protocol):
+    """Where finished work, and answers by text, are looked up (the store)."""
 
     async def done_ids(
         self, chunk_ids: Sequence[str], prompt_version: str, model: str
@@ -57,8 +67,9 @@ class Batcher:
         self._batch_size = batch_size
         self._on_input_end = on_input_end
 
-    async def run(self, store: DoneIds) -> None:
-        """Skip what `store` has done, group the rest into batches, queue them."""
+    async def run(self, store: DoneIds, same_text: TextsToSend | None = None) -> None:
+        """Skip what `store` has done, group the rest into batches, queue them;
+        with `same_text`, only the chunks whose text needs a request."""
         stats, held = self._stats, self._held
         pending: list[Chunk] = []
         while True:
@@ -71,17 +82,21 @@ class Batcher:
                 if held.take(chunk.id):
                     fresh.append(chunk)
                 else:
-                    stats.cached += 1  # the same text again: one result serves both
+                    stats.cached += 1  # the same chunk again: one result serves both
             ids = [c.id for c in fresh]
             done: set[str] = set()
             for model in self._models:
                 done |= await store.done_ids(ids, self._version, model)
             stats.skipped += len(done)
+            needed: list[Chunk] = []
             for chunk in fresh:
                 if chunk.id in done:
                     held.let_go(chunk.id)
                 else:
-                    pending.append(chunk)
+                    needed.append(chunk)
+            if same_text is not None:
+                needed = await same_text.to_send(needed, store)
+            pending += needed
             full: list[Batch] = []
             while len(pending) >= (size := self._batch_size()):
                 full.append(Batch(tuple(pending[:size])))

@@ -13,6 +13,10 @@ One model rule for both kinds of row: a row names the model of the key
 that last tried its chunk, so a later result for the chunk supersedes its
 failure in the store.  A batch no key ever tried (no usable key from the
 start) is recorded against the job's first model.
+
+With `same_text` (one process), an answer is also copied to the chunks
+that waited for the same text, and a chunk that fails for good sends the
+chunks that waited for it (`engine.pipeline.same_text`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from engine.observe.events import EventBus, EventKind
 from engine.observe.run_stats import RunStats
 from engine.pipeline.held_work import HeldWork
 from engine.pipeline.prompt import AnswerShapeError, parse_answer
+from engine.pipeline.records import Chunk
+from engine.pipeline.same_text import SameText
 from engine.pipeline.work_queue import Batch, WorkQueue
 from engine.provider.client import RETRYABLE, CallFailure, CallResult, FailureKind
 from engine.store.sqlite_store import FailureRow, ResultRow
@@ -90,6 +96,7 @@ class Outcomes:
         waits: RateLimitWaits,
         clock: Clock,
         drift: AnswerWatch | None = None,
+        same_text: SameText | None = None,
     ) -> None:
         self._rows = rows
         self._run_id = run_id
@@ -106,6 +113,7 @@ class Outcomes:
         self._waits = waits
         self._clock = clock
         self._drift = drift
+        self._same_text = same_text
 
     # ----------------------------------------------------------------- answers
     async def answered(self, batch: Batch, lease: KeyLease, result: CallResult) -> None:
@@ -167,6 +175,8 @@ class Outcomes:
                 )
             )
             self._held.let_go(chunk.id)  # done is counted on commit
+            if self._same_text is not None:
+                await self._same_text.answered(chunk, encoded, model, provider.name)
             if drift is not None:
                 observed.append((entry, encoded))
         if parsed.missing:
@@ -260,6 +270,7 @@ class Outcomes:
     async def give_up(self, batch: Batch, reason: str, *, announce: bool = True) -> None:
         """Store a failure row for each of the batch's chunks, with `reason`."""
         model = batch.model or self._first_model
+        unheld: list[Chunk] = []  # chunks that waited for these chunks' texts
         for chunk in batch.chunks:
             await self._rows.put_failure(
                 FailureRow(
@@ -275,6 +286,8 @@ class Outcomes:
                 )
             )
             self._held.let_go(chunk.id)  # failed is counted on commit
+            if self._same_text is not None:
+                unheld += self._same_text.failed(chunk)
         if announce:  # else one event already said why, for all of them
             self._events.emit(
                 EventKind.CHUNK_FAILED,
@@ -282,4 +295,20 @@ class Outcomes:
                 chunks=len(batch.chunks),
                 reason=reason,
             )
+        if unheld:
+            self._send_themselves(unheld)
         self._held.batch_resolved()
+
+    def _send_themselves(self, chunks: list[Chunk]) -> None:
+        """Chunks that waited for a text whose chunk failed: each is sent now, in batches."""
+        size = max(1, self._preset().batch_size)
+        for start in range(0, len(chunks), size):
+            self._held.batch_made()  # before the failed batch resolves: the queue stays open
+            self._queue.put_retry(Batch(tuple(chunks[start : start + size])))
+        self._events.emit(
+            EventKind.RETRY,
+            f"{len(chunks)} chunk(s) that waited for the same text are sent themselves",
+            kind="same_text",
+            attempt=0,
+            delay_s=0.0,
+        )

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.config.settings import PromptSettings
-from engine.pipeline.records import Chunk
+from engine.pipeline.records import Chunk, sent_text
 from engine.pipeline.token_estimate import estimate_tokens
 
 _FENCE = re.compile(r"^```(?:json)?\s*|\s*```$", re.IGNORECASE)
@@ -38,8 +38,7 @@ class AnswerShapeError(ValueError):
 
 
 def chunk_lines(chunks: Sequence[Chunk]) -> str:
-    # Newlines inside a chunk would look like new entries to a model; fold them.
-    return "\n".join(f"[id={c.id}] {' '.join(c.text.split())}" for c in chunks)
+    return "\n".join(f"[id={c.id}] {sent_text(c.text)}" for c in chunks)
 
 
 def placeholders_in(template: str) -> list[str]:

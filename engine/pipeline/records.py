@@ -11,7 +11,8 @@ class Document:
     """One input record or file, before chunking.
 
     `source` names where it came from (a path, or path#record-id) and is
-    part of every chunk id, so the same text in two sources is two chunks.
+    part of every chunk id, so the same text in two sources is two chunks
+    (each with its own result; one request answers both, see `text_key`).
     """
 
     source: str
@@ -35,4 +36,20 @@ def chunk_id(source: str, text: str) -> str:
     digest.update(source.encode("utf-8"))
     digest.update(b"\x00")
     digest.update(text.encode("utf-8"))
+    return digest.hexdigest()
+
+
+def sent_text(text: str) -> str:
+    """A chunk's text as a request carries it: newlines inside a chunk would look
+    like new entries to a model, so every run of whitespace is folded to one space."""
+    return " ".join(text.split())
+
+
+def text_key(text: str) -> str:
+    """A stable key of the text a request carries, whatever source it came from.
+
+    Two chunks with the same key are sent as the same words, so under one
+    prompt version and model one answer serves both (`engine.pipeline.same_text`).
+    """
+    digest = hashlib.blake2b(sent_text(text).encode("utf-8"), digest_size=16)
     return digest.hexdigest()

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +30,8 @@ from engine.pipeline.held_work import HeldWork
 from engine.pipeline.inputs import iter_documents
 from engine.pipeline.intake import READ_BLOCK
 from engine.pipeline.prompt import build_messages, estimate_prompt_tokens
-from engine.pipeline.records import Chunk, Document
+from engine.pipeline.records import Chunk, Document, text_key
+from engine.pipeline.same_text import StoredAnswers
 from engine.pipeline.work_queue import Batch
 from engine.planning.stored_work import StoredWork
 
@@ -75,6 +76,29 @@ class PlannedRequests:
         return self.prompt_tokens / self.requests if self.requests else 0.0
 
 
+class _SameTextTally:
+    """The run's same-text rule, counted: a chunk whose text was planned already, or
+    has a stored answer under another source, needs no request of its own."""
+
+    def __init__(self, config: JobConfig) -> None:
+        self._version = config.prompt.version
+        self._models = [p.model for p in config.providers]
+        self._planned: set[str] = set()
+        self.copies = 0
+
+    async def to_send(self, chunks: Sequence[Chunk], stored: StoredAnswers) -> list[Chunk]:
+        keys = [text_key(chunk.text) for chunk in chunks]
+        answered = await stored.answers_for(keys, self._version, self._models)
+        sent: list[Chunk] = []
+        for chunk, key in zip(chunks, keys, strict=True):
+            if key in answered or key in self._planned:
+                self.copies += 1
+            else:
+                self._planned.add(key)
+                sent.append(chunk)
+        return sent
+
+
 class _TallyQueue:
     """A `WorkQueue` that keeps nothing: it counts each batch and its prompt estimate."""
 
@@ -83,6 +107,10 @@ class _TallyQueue:
         self.requests = 0
         self.chunks = 0
         self.prompt_tokens = 0
+
+    async def put_many(self, batches: Sequence[Batch]) -> None:
+        for batch in batches:
+            await self.put(batch)
 
     async def put(self, batch: Batch) -> None:
         self.requests += 1
@@ -168,6 +196,7 @@ async def planned_requests(config: JobConfig, stored: StoredWork) -> PlannedRequ
         chunks, crawl_tally = stored_page_chunks(config, stored)
 
     tally = _TallyQueue(config)
+    same_text = None if config.cluster is not None else _SameTextTally(config)
     stats = RunStats()
     blocks: asyncio.Queue[list[Chunk] | None] = asyncio.Queue(maxsize=8)
     batcher = Batcher(
@@ -192,7 +221,7 @@ async def planned_requests(config: JobConfig, stored: StoredWork) -> PlannedRequ
     try:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(read())
-            tasks.create_task(batcher.run(stored))
+            tasks.create_task(batcher.run(stored, same_text))
     except ExceptionGroup as group:
         raise group.exceptions[0] from None  # the reader's or the store's own error, as a run's
     crawl = None
@@ -200,7 +229,7 @@ async def planned_requests(config: JobConfig, stored: StoredWork) -> PlannedRequ
         crawl = CrawlCoverage(*crawl_tally)
     return PlannedRequests(
         chunks=stats.seen,
-        duplicates=stats.cached,
+        duplicates=stats.cached + (same_text.copies if same_text is not None else 0),
         already_done=stats.skipped,
         pending=tally.chunks,
         requests=tally.requests,

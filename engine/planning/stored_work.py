@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -27,7 +27,7 @@ from types import TracebackType
 from engine.config.settings import PromptSettings
 from engine.pipeline.prompt import build_messages, estimate_prompt_tokens
 from engine.pipeline.records import Chunk
-from engine.store.sqlite_store import MAX_QUERY_PARAMS, StoredPage
+from engine.store.sqlite_store import MAX_QUERY_PARAMS, StoredAnswer, StoredPage
 from engine.store.store_error import store_error
 
 HISTORY_ROWS = 5000
@@ -102,6 +102,31 @@ class StoredWork:
             )
             done.update(str(row[0]) for row in rows)
         return done
+
+    async def answers_for(
+        self, text_keys: Iterable[str], prompt_version: str, models: Sequence[str]
+    ) -> dict[str, StoredAnswer]:
+        """Which of `text_keys` have a stored answer at this prompt version from one of
+        `models` (`Store.answers_for`'s question; a store from before texts were filed has
+        none)."""
+        found: dict[str, StoredAnswer] = {}
+        wanted = list(dict.fromkeys(models))
+        if self._conn is None or not wanted or not self._has_table("answered_texts"):
+            return found
+        for part in _parts(sorted(set(text_keys)), MAX_QUERY_PARAMS - 1 - len(wanted)):
+            rows = self._rows(
+                "SELECT a.text_key, a.chunk_id, a.model FROM answered_texts AS a"
+                f" WHERE a.prompt_version = ? AND a.model IN ({','.join('?' * len(wanted))})"
+                f" AND a.text_key IN ({','.join('?' * len(part))})",
+                (prompt_version, *wanted, *part),
+            )
+            for key, chunk_id, model in rows:
+                found.setdefault(str(key), StoredAnswer(str(chunk_id), str(model), "", ""))
+        return found
+
+    def _has_table(self, name: str) -> bool:
+        rows = self._rows("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
+        return bool(rows)
 
     def pages_of(self, targets: Sequence[str]) -> dict[str, list[StoredPage]]:
         """The stored pages of each of `targets` (absent: never crawled), root first."""

@@ -184,6 +184,9 @@ class SimulatorStats:
     `admitted` counts requests the buckets let through and `tokens_charged`
     what they took from the tokens bucket (prompt estimate + `max_tokens`),
     so `tokens_charged / admitted` is what a request costs against the TPM.
+    `chunks_received` counts the `[id=…]` chunks in admitted chat requests
+    and `distinct_texts_received` the different texts among them, so the two
+    are equal when no text was ever sent twice.
     """
 
     requests: int = 0
@@ -201,6 +204,8 @@ class SimulatorStats:
     completions_ok: int = 0
     embeddings_ok: int = 0
     chunk_ids_answered: int = 0
+    chunks_received: int = 0
+    distinct_texts_received: int = 0
     answers: int = 0
     drifted_answers: int = 0
 
@@ -475,6 +480,7 @@ class ProviderSimulator:
         self._completion_seq = 0
         self._answers_numbered = 0  # chat answers composed: the drift's clock
         self._server_error_draws = 0  # chat requests that drew for a drifted 5xx
+        self._texts_received: set[bytes] = set()  # digests: 16 bytes a text, not the text
 
     @property
     def config(self) -> SimulatorConfig:
@@ -839,6 +845,18 @@ class ProviderSimulator:
     ) -> web.StreamResponse:
         started = time.monotonic()
         config = self._config
+        messages: list[dict[str, Any]] = body["messages"]
+        prompt_text = [_content_text(m.get("content")) for m in messages]
+        last_user = next(
+            (
+                text
+                for m, text in zip(reversed(messages), reversed(prompt_text), strict=True)
+                if m.get("role") == "user"
+            ),
+            "",
+        )
+        received = parse_chunks(last_user)
+        self._count_received(received)
         fault = self._draw_fault(FAULT_KINDS)
         if fault is None and self._drifted_server_error():
             fault = "5xx"
@@ -848,17 +866,7 @@ class ProviderSimulator:
             if early is not None:
                 return early
 
-        messages: list[dict[str, Any]] = body["messages"]
-        prompt_text = [_content_text(m.get("content")) for m in messages]
         prompt_tokens = estimate_tokens(sum(len(t.encode("utf-8")) for t in prompt_text))
-        last_user = next(
-            (
-                text
-                for m, text in zip(reversed(messages), reversed(prompt_text), strict=True)
-                if m.get("role") == "user"
-            ),
-            "",
-        )
         with_items = _asks_for_items(prompt_text)
         results: list[dict[str, Any]] = [
             {
@@ -866,7 +874,7 @@ class ProviderSimulator:
                 "summary": summarize(text),
                 **({"items": extract_items(text)} if with_items else {}),
             }
-            for cid, text in parse_chunks(last_user)
+            for cid, text in received
         ]
         if fault == "missing_id" and results:
             del results[self._rng.randrange(len(results))]
@@ -943,6 +951,14 @@ class ProviderSimulator:
         if not not_json and malformed is None and finish_reason == "stop":
             self.stats.chunk_ids_answered += len(results)
         return self._raw_json(200, payload, headers)
+
+    def _count_received(self, chunks: Sequence[tuple[str, str]]) -> None:
+        self.stats.chunks_received += len(chunks)
+        for _chunk_id, text in chunks:
+            digest = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+            if digest not in self._texts_received:
+                self._texts_received.add(digest)
+                self.stats.distinct_texts_received += 1
 
     async def _embeddings(
         self,

@@ -12,6 +12,13 @@ whichever model (a job may have several): a result removes the chunk's
 failure, a failure for a chunk with a result is not recorded, and a chunk
 has one failure at most — the latest, under the model that last tried it.
 
+Every answered result is also filed under its text's key (`answered_texts`:
+text key + prompt version + model → the chunk whose row holds the answer),
+so a chunk with the same text under another source — in this run or a later
+one — can be given a copy of that result without a request
+(`answers_for`).  A copy (`ResultRow.copied_from`) is a result row like any
+other, under its own chunk id and source, and is counted apart (`Committed.cached`).
+
 Trouble with the file (locked by another process, full, read-only, not a
 crawldeck store, damaged) is raised as `StoreError`, one line naming the
 file and what to do.  Once the writer fails, every later write raises that
@@ -30,7 +37,7 @@ import json
 import sqlite3
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from contextlib import closing
 from dataclasses import dataclass
@@ -41,11 +48,12 @@ from typing import Any
 import aiosqlite
 
 from engine.observe.events import Event
+from engine.pipeline.records import text_key
 from engine.store.run_lease import RunLease, is_alive
 from engine.store.state_folder import state_folder_for_store
 from engine.store.store_error import ANOTHER_STORE, StoreError, foreign, store_error
 
-SCHEMA_VERSION = 3  # 2: crawled pages; 3: drift baselines
+SCHEMA_VERSION = 4  # 2: crawled pages; 3: drift baselines; 4: answers by text
 # SQLite's historical limit on bound parameters is 999; stay well under it.
 MAX_QUERY_PARAMS = 500
 BUSY_TIMEOUT_MS = 10_000
@@ -119,6 +127,14 @@ CREATE TABLE IF NOT EXISTS pages (
     created_at REAL NOT NULL,
     PRIMARY KEY (target, url)
 );
+-- Where the answer to a text is: one chunk's row per text, prompt version and model.
+CREATE TABLE IF NOT EXISTS answered_texts (
+    text_key TEXT NOT NULL,
+    prompt_version TEXT NOT NULL,
+    model TEXT NOT NULL,
+    chunk_id TEXT NOT NULL,
+    PRIMARY KEY (text_key, prompt_version, model)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS drift_baselines (
     baseline_id INTEGER PRIMARY KEY,
     run_id INT,
@@ -133,6 +149,20 @@ INSERT OR IGNORE INTO results (
     chunk_id, prompt_version, model, source, seq, text, result_json, provider,
     key_alias, input_tokens, output_tokens, latency_ms, cost, run_id, created_at
 ) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+# The first answer to a text stays its answer: later ones (a rerun's, a cluster's) add nothing.
+_FILE_ANSWERED_TEXT = """
+INSERT OR IGNORE INTO answered_texts (text_key, prompt_version, model, chunk_id)
+VALUES (?, ?, ?, ?)
+"""
+# An answer to each text, joined to the row that holds it.  Parameters: the prompt
+# version, then the models (`{models}` placeholders), then the text keys (`{keys}`).
+_ANSWERS_FOR_TEXTS = """
+SELECT a.text_key, r.chunk_id, r.model, r.provider, r.result_json
+FROM answered_texts AS a
+JOIN results AS r
+  ON r.chunk_id = a.chunk_id AND r.prompt_version = a.prompt_version AND r.model = a.model
+WHERE a.prompt_version = ? AND a.model IN ({models}) AND a.text_key IN ({keys})
 """
 _DELETE_FAILURE = "DELETE FROM failures WHERE chunk_id = ? AND prompt_version = ?"
 # The chunk's failure under another model gives way to the one being recorded.
@@ -190,6 +220,19 @@ class ResultRow:
     latency_ms: float
     cost: float
     run_id: int
+    # Set on a copy of another chunk's answer to the same text (that chunk's id):
+    # no request was made for this chunk, and its text is not filed as answered again.
+    copied_from: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAnswer:
+    """A committed answer to a text: the row that holds it (see `Store.answers_for`)."""
+
+    chunk_id: str
+    model: str
+    provider: str
+    result_json: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,14 +290,27 @@ class StoredPage:
 class Committed:
     """What one transaction put in the store.
 
-    `results` counts result rows that took (not a second result for a chunk
-    that has one); `failures` the failures recorded (not one for a chunk that
-    is done).  `rows` is every row of the transaction, events and pages too.
+    `results` counts answered result rows that took (not a second result for
+    a chunk that has one); `cached` the copies of another chunk's answer that
+    took (`ResultRow.copied_from`); `failures` the failures recorded (not one
+    for a chunk that is done).  `rows` is every row of the transaction, events
+    and pages too.
     """
 
     rows: int
     results: int
     failures: int
+    cached: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _ResultRows:
+    """One transaction's result rows: answered ones, copies, and where texts were answered."""
+
+    answered: list[tuple[Any, ...]]
+    copies: list[tuple[Any, ...]]
+    texts: list[tuple[str, str, str, str]]
+    keys: list[tuple[str, str]]  # (chunk id, prompt version) of every result: failures go
 
 
 @dataclass(frozen=True, slots=True)
@@ -407,6 +463,14 @@ class Store:
     def backlog(self) -> int:
         """Rows (and markers) waiting for the writer."""
         return self._queue.qsize()
+
+    @property
+    def most_uncommitted(self) -> int:
+        """The most rows handed to the store and not yet committed: its queue and one batch.
+
+        A row followed by more puts than this is committed (or the writer failed).
+        """
+        return self._queue.maxsize + self._batch_rows
 
     @property
     def rows_committed(self) -> int:
@@ -617,6 +681,28 @@ class Store:
                 done.update(row[0] for row in rows)
         return done
 
+    async def answers_for(
+        self, text_keys: Iterable[str], prompt_version: str, models: Sequence[str]
+    ) -> dict[str, StoredAnswer]:
+        """A committed answer to each of `text_keys` that has one, at this prompt version
+        from one of `models` (the first of them, in their order, when several have)."""
+        keys, wanted = sorted(set(text_keys)), list(dict.fromkeys(models))
+        found: dict[str, StoredAnswer] = {}
+        if not keys or not wanted:
+            return found
+        rank = {model: i for i, model in enumerate(wanted)}
+        per_query = MAX_QUERY_PARAMS - 1 - len(wanted)
+        models_in = ",".join("?" * len(wanted))
+        async with self._turn() as conn:
+            for part in _batched(keys, per_query):
+                query = _ANSWERS_FOR_TEXTS.format(models=models_in, keys=",".join("?" * len(part)))
+                rows = await conn.execute_fetchall(query, (prompt_version, *wanted, *part))
+                for key, chunk_id, model, provider, result_json in rows:
+                    known = found.get(key)
+                    if known is None or rank[model] < rank[known.model]:
+                        found[key] = StoredAnswer(chunk_id, model, provider, result_json)
+        return found
+
     async def pages_of(self, targets: Sequence[str]) -> dict[str, list[StoredPage]]:
         """The committed pages of each of `targets` (absent: never crawled), root first."""
         found: dict[str, list[StoredPage]] = {}
@@ -812,6 +898,8 @@ class Store:
         """Commit one batch in one transaction, then release the flushes it carries."""
         now = time.time()
         results: list[tuple[Any, ...]] = []
+        copies: list[tuple[Any, ...]] = []
+        answered_texts: list[tuple[str, str, str, str]] = []
         result_keys: list[tuple[str, str]] = []
         failure_keys: list[tuple[str, str, str]] = []
         failures: list[tuple[Any, ...]] = []
@@ -820,7 +908,11 @@ class Store:
         flushes: list[_FlushMarker] = []
         for item in batch:
             if isinstance(item, ResultRow):
-                results.append(
+                if not item.copied_from:
+                    answered_texts.append(
+                        (text_key(item.text), item.prompt_version, item.model, item.chunk_id)
+                    )
+                (copies if item.copied_from else results).append(
                     (
                         item.chunk_id,
                         item.prompt_version,
@@ -883,13 +975,17 @@ class Store:
                 )
             elif isinstance(item, _FlushMarker):
                 flushes.append(item)
-        rows = len(results) + len(failures) + len(events) + len(pages)
-        taken = (0, 0)
+        rows = len(results) + len(copies) + len(failures) + len(events) + len(pages)
+        taken = (0, 0, 0)
         try:
             if rows:
                 async with self._lock:
                     taken = await self._commit(
-                        results, result_keys, failures, failure_keys, events, pages
+                        _ResultRows(results, copies, answered_texts, result_keys),
+                        failures,
+                        failure_keys,
+                        events,
+                        pages,
                     )
         except (sqlite3.Error, OSError) as exc:
             self._failure = store_error(self.path, exc)
@@ -911,24 +1007,28 @@ class Store:
 
     async def _commit(
         self,
-        results: list[tuple[Any, ...]],
-        result_keys: list[tuple[str, str]],
+        results: _ResultRows,
         failures: list[tuple[Any, ...]],
         failure_keys: list[tuple[str, str, str]],
         events: list[tuple[Any, ...]],
         pages: list[tuple[Any, ...]],
-    ) -> tuple[int, int]:
-        """Commit the rows in one transaction; (results, failures) that took."""
+    ) -> tuple[int, int, int]:
+        """Commit the rows in one transaction; (results, failures, copies) that took."""
         conn = self._conn
-        results_taken = failures_taken = 0
+        results_taken = failures_taken = copies_taken = 0
         await conn.execute("BEGIN IMMEDIATE")
         try:
             # Results first: the failure upsert then skips chunks that are done,
             # whatever order the two arrived in within this batch.
-            if results:
-                # rowcount: rows changed, so a second result for a chunk is not counted.
-                results_taken = (await conn.executemany(_INSERT_RESULT, results)).rowcount
-                await conn.executemany(_DELETE_FAILURE, result_keys)
+            # rowcount: rows changed, so a second result for a chunk is not counted.
+            if results.answered:
+                answered = await conn.executemany(_INSERT_RESULT, results.answered)
+                results_taken = answered.rowcount
+                await conn.executemany(_FILE_ANSWERED_TEXT, results.texts)
+            if results.copies:
+                copies_taken = (await conn.executemany(_INSERT_RESULT, results.copies)).rowcount
+            if results.keys:
+                await conn.executemany(_DELETE_FAILURE, results.keys)
             if failures:
                 await conn.executemany(_DELETE_OTHER_FAILURE, failure_keys)
                 failures_taken = (await conn.executemany(_UPSERT_FAILURE, failures)).rowcount
@@ -941,7 +1041,7 @@ class Store:
             if conn.in_transaction:
                 await conn.execute("ROLLBACK")
             raise
-        return results_taken, failures_taken
+        return results_taken, failures_taken, copies_taken
 
     @staticmethod
     def _fail_flushes(items: Sequence[_Item], exc: BaseException) -> None:
@@ -1028,9 +1128,28 @@ async def _migrate(conn: aiosqlite.Connection) -> None:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     await conn.execute(statement)
+            if version < _ANSWERS_BY_TEXT:
+                await _file_answered_texts(conn)
             await conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             await conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 await conn.execute("ROLLBACK")
             raise
+
+
+_ANSWERS_BY_TEXT = 4  # the schema version that files answers by text
+
+
+async def _file_answered_texts(conn: aiosqlite.Connection) -> None:
+    """File the answers a store kept before schema 4 under their texts' keys.
+
+    Within the migration's transaction: the texts are keyed by the same
+    function the writer uses, so a rerun copies what an earlier version answered.
+    """
+    await conn.create_function("crawldeck_text_key", 1, text_key, deterministic=True)
+    await conn.execute(
+        "INSERT OR IGNORE INTO answered_texts (text_key, prompt_version, model, chunk_id)"
+        " SELECT crawldeck_text_key(text), prompt_version, model, chunk_id FROM results"
+        " ORDER BY rowid"
+    )

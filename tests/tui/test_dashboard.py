@@ -301,6 +301,15 @@ async def test_input_records_skipped_show_beside_the_failed_count() -> None:
         assert "12 failed · 5 bad input" in shown
 
 
+async def test_chunks_answered_from_the_same_text_show_as_cached() -> None:
+    counts = replace(fixed_snapshot().counts, cached=1_204)
+    app = fixed_app(counts=counts)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        shown = str(app.query_one("#figure-progress").render())
+        assert "12 failed · 1,204 cached" in shown
+
+
 async def test_a_snapshot_poll_after_the_last_screen_closed_draws_nothing() -> None:
     app = fixed_app()
     async with app.run_test(size=(120, 40)) as pilot:

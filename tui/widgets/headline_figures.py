@@ -28,6 +28,8 @@ def headline_figures(snap: Snapshot) -> Figures:
     eta, band = eta_text(snap)  # the job's state instead, while paused, draining or over
     projected = "" if snap.cost_projected_usd is None else f"~${snap.cost_projected_usd:,.4f} total"
     outcome = f"{counts.failed:,} failed"
+    if counts.cached:  # a copy of an answer to the same text: no request of its own
+        outcome += f" · {counts.cached:,} cached"
     if counts.records_skipped:  # input that never became chunks: not in done/total
         outcome += f" · {counts.records_skipped:,} bad input"
     return (

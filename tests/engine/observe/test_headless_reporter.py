@@ -75,7 +75,7 @@ def test_durations_read_as_hours_minutes_or_seconds(seconds: float | None, text:
 
 def test_the_status_line_carries_progress_rates_eta_and_health() -> None:
     assert status_line(running_snapshot()) == (
-        "[running] 460/1000 (done 400, failed 3, skipped 50, in flight 20) "
+        "[running] 460/1000 (done 400, failed 3, skipped 50, cached 7, in flight 20) "
         "612 items/min 124 req/min ETA 1m30s [1m15s\u20132m10s] 429s 17 conc 12/16 "
         "mem 300MB $0.1235"
     )
