@@ -88,6 +88,11 @@ class ChatClients(Protocol):
 HEDGE_QUANTILE = 0.5
 """At the tail, a batch out longer than this quantile of its key's latency is sent again."""
 
+HEDGE_SHARE = 0.05
+"""Hedges are at most this share of the job's requests (and at least one): each is
+paid for like any request, and a job small enough to be all tail would otherwise
+send most of its batches twice."""
+
 
 class SendGate(Protocol):
     """The memory breaker's hold on sending (`engine.limits.memory_guard.MemoryGuard`)."""
@@ -192,6 +197,7 @@ class Dispatcher:
         self._lease_room = asyncio.Semaphore(keys.leases_at_once)
         self._flying: set[_Flight] = set()  # requests out now, for hedging at the tail
         self._flying_changed = asyncio.Event()
+        self._launched = 0  # requests sent, hedges aside
 
     # ---------------------------------------------------------------- controls
     def adapt(self, now: float, *, allowed: bool) -> None:
@@ -373,6 +379,7 @@ class Dispatcher:
         flight = _Flight(batch, lease, messages, self._clock())
         batch.model = lease.key.provider.model  # the model of the key that last tried it
         self.in_flight_chunks += len(batch.chunks)
+        self._launched += 1
         task = flight.task = sends.create_task(self._send(flight, messages, outcomes))
         self._sends.add(task)
         task.add_done_callback(self._sends.discard)
@@ -396,7 +403,8 @@ class Dispatcher:
     async def _hedge_tail(self, sends: asyncio.TaskGroup, outcomes: BatchOutcomes) -> None:
         """At the tail, send a second request for each batch out longer than its key's
         median latency: the job's end is then the faster of two answers, not the
-        slowest of the last requests.  Ends with admission, once nothing is out."""
+        slowest of the last requests — oldest first, up to `HEDGE_SHARE` of the
+        job's requests.  Ends with admission, once nothing is out."""
         admission = self._admission
         if admission is not None:
             admission.add_done_callback(lambda _: self._flying_changed.set())
@@ -416,12 +424,18 @@ class Dispatcher:
                 if flight.sent_at + median > now:
                     due = min(due, flight.sent_at + median)
                     continue
+                if self._stats.hedged >= self._hedges_allowed():
+                    due = math.inf  # spent: the rest end as they come
+                    break
                 await self._hedge(flight, sends, outcomes)
             try:
                 async with asyncio.timeout(None if math.isinf(due) else max(0.0, due - now)):
                     await self._flying_changed.wait()
             except TimeoutError:
                 pass
+
+    def _hedges_allowed(self) -> int:
+        return max(1, math.ceil(HEDGE_SHARE * self._launched))
 
     async def _hedge(
         self, flight: _Flight, sends: asyncio.TaskGroup, outcomes: BatchOutcomes

@@ -9,6 +9,7 @@ ends stored exactly once.
 from __future__ import annotations
 
 import asyncio
+import math
 import sqlite3
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from engine.engine import Engine
 from engine.limits.key_latency import KeyLatency
 from engine.observe.events import EventKind
 from engine.observe.snapshot import JobState
+from engine.pipeline.dispatcher import HEDGE_SHARE
 from tests.engine.conftest import job_config, sim_keys, write_records
 
 TIMEOUT_S = 60.0
@@ -144,6 +146,24 @@ async def test_at_the_tail_a_slow_batch_is_sent_again_and_stored_once(
         ).fetchone()
         (failures,) = db.execute("SELECT COUNT(*) FROM failures").fetchone()
     assert (results, distinct, failures) == (5 * 200, 5 * 200, 0)
+
+
+async def test_a_job_that_is_all_tail_sends_few_of_its_batches_twice(
+    tmp_path: Path, simulator
+) -> None:
+    """A job smaller than the concurrency is tail from its first request: hedges are
+    capped at a share of its requests, each being paid for like any other."""
+    keys = [("k1", 60_000, 10**9)]
+    sim = await simulator(keys=sim_keys(keys), latency_s=(0.05, 0.4), seed=3)
+    records = write_records(tmp_path / "in.txt", 5 * 60)
+    config, secrets = job_config(tmp_path, records, sim.base_url, keys)
+    config = replace(config, preset=replace(config.preset, concurrency=64))
+    engine = Engine(config, secrets)
+
+    assert await engine.run() is JobState.DONE
+
+    assert 1 <= engine.stats.hedged <= math.ceil(HEDGE_SHARE * 60)
+    assert sim.stats.requests <= 60 + math.ceil(HEDGE_SHARE * 60)
 
 
 @pytest.mark.parametrize("seed", [1, 4, 7])
