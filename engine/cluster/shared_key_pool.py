@@ -177,6 +177,7 @@ class SharedKeyPool(KeyPool):
             )
             key.budget = shared
             self._shared[key.key_id] = (key, shared)
+        self._waiting = asyncio.Lock()  # the reservations that found no room, in turn
         self._pending: deque[SettleOp] = deque()
         self._pending_changed = asyncio.Event()
         self._reserving: set[asyncio.Task[Admitted | Waiting]] = set()
@@ -216,24 +217,41 @@ class SharedKeyPool(KeyPool):
     async def _reserve_shared(
         self, est_tokens: int, charged: int | None
     ) -> tuple[KeyState, Admitted]:
-        while True:
-            usable = [key for key in self._keys if key.usable]
-            if not usable:
-                raise NoUsableKeyError("every API key is disabled")
-            # Taken before asking: a notify() from here on wakes this call, whatever
-            # the other calls out at the same time do (`notify` never clears one).
-            changed = self._changed
-            answer = await self._ask(usable, est_tokens, charged)
-            if isinstance(answer, Admitted):
-                self._adopt({answer.key_id: answer.state})
-                return self._shared[answer.key_id][0], answer
-            self._adopt(answer.states)
-            wait = answer.wait_s if math.isfinite(answer.wait_s) else None
+        # A first ask at once: with budget free, the reservations out together are
+        # admitted together.  With none, they queue and one asks for them all —
+        # every waiter asking at each notify() would cost a script call apiece.
+        admitted = await self._ask_once(est_tokens, charged)
+        if admitted is not None:
+            return admitted
+        async with self._waiting:
+            while True:
+                admitted = await self._ask_once(est_tokens, charged, wait=True)
+                if admitted is not None:
+                    return admitted
+
+    async def _ask_once(
+        self, est_tokens: int, charged: int | None, *, wait: bool = False
+    ) -> tuple[KeyState, Admitted] | None:
+        """One reservation asked of Redis; None if no key has room (then, with `wait`,
+        after the wait the script gave, or until `notify()`)."""
+        usable = [key for key in self._keys if key.usable]
+        if not usable:
+            raise NoUsableKeyError("every API key is disabled")
+        # Taken before asking: a notify() from here on wakes this call (`notify`
+        # swaps the event, never clears it).
+        changed = self._changed
+        answer = await self._ask(usable, est_tokens, charged)
+        if isinstance(answer, Admitted):
+            self._adopt({answer.key_id: answer.state})
+            return self._shared[answer.key_id][0], answer
+        self._adopt(answer.states)
+        if wait:
             try:
-                async with asyncio.timeout(wait):
+                async with asyncio.timeout(answer.wait_s if math.isfinite(answer.wait_s) else None):
                     await changed.wait()
             except TimeoutError:
                 pass
+        return None
 
     def notify(self) -> None:
         """Budget or key health changed: every waiting reservation asks again."""
