@@ -187,6 +187,12 @@ class SimulatorSettings:
     # calls fails with a 5xx).
     drift_after: int = 0
     drift: tuple[str, ...] = ()
+    # The Batch API: seconds until a batch completes; the share of lines that
+    # fail, of batches that fail validation, of batches that expire half done.
+    batch_delay_s: float = 3.0
+    batch_fault_line: float = 0.0
+    batch_fault_fail: float = 0.0
+    batch_fault_expire: float = 0.0
 
 
 SIMULATED_DRIFTS = (
