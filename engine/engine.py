@@ -40,6 +40,7 @@ from engine.observe.event_log import EventLog
 from engine.observe.events import EventBus, EventKind
 from engine.observe.run_stats import RunStats
 from engine.observe.snapshot import Counts, JobState, QueueDepths, Snapshot
+from engine.pipeline.batch_route import BatchRouter
 from engine.pipeline.batcher import Batcher
 from engine.pipeline.dispatcher import Dispatcher
 from engine.pipeline.held_work import HeldWork
@@ -185,6 +186,25 @@ class Engine:
             if config.drift.enabled
             else None
         )
+        # A batch-mode job's batches go through the providers' Batch API instead.
+        self._batch_route = (
+            BatchRouter(
+                self._queue,
+                self._held,
+                keys=[k for k in self._keys.keys if k.provider.mode == "batch"],
+                clients=self._clients,
+                prompt=config.prompt,
+                job_name=config.job.name,
+                stats=self.stats,
+                events=self.events,
+                running=self._running,
+                disable_key=self._keys.disable,
+                on_no_key=self._no_key_left,
+                to_do=self._chunks_to_pay_for,
+            )
+            if cluster is None and any(p.mode == "batch" for p in config.providers)
+            else None
+        )
         if cluster is not None:
             cluster.attach(self)
 
@@ -239,6 +259,8 @@ class Engine:
                     page_function=self._page_function,
                 )
             outcomes = self._outcomes(store)
+            if self._batch_route is not None:
+                await self._batch_route.resume(store, self._run_id)
             if self._cluster is not None:
                 await self._cluster.open()
             async with asyncio.TaskGroup() as tg:
@@ -258,7 +280,10 @@ class Engine:
                     tg.create_task(self._intake.read(), name="reader"),
                     tg.create_task(self._batcher.run(store), name="batcher"),
                     dispatching := tg.create_task(
-                        self._dispatcher.run(outcomes), name="dispatcher"
+                        self._dispatcher.run(outcomes)
+                        if self._batch_route is None
+                        else self._batch_route.run(outcomes),
+                        name="dispatcher",
                     ),
                 ]
                 await asyncio.wait((dispatching,))  # the queue closed, or admission was stopped
@@ -330,6 +355,8 @@ class Engine:
         if s.total is not None and s.done + s.failed > 0:
             projected = s.cost_usd / (s.done + s.failed) * (s.total - s.skipped - s.cached)
         in_flight = self._dispatcher.in_flight_chunks
+        if self._batch_route is not None:
+            in_flight += self._batch_route.in_flight_chunks
         pending = max(0, s.seen - s.finished - in_flight)
         return Snapshot(
             job_name=self.config.job.name,
@@ -383,6 +410,7 @@ class Engine:
             error_rate_history=tuple(s.error_rate_history),
             events=self.events.recent(),
             cluster=self._cluster.view() if self._cluster is not None else None,
+            batch=self._batch_route.view() if self._batch_route is not None else None,
         )
 
     # controls -----------------------------------------------------------
@@ -485,6 +513,8 @@ class Engine:
                 EventKind.DRAINING, f"draining: finishing {self._concurrency.in_use} in flight"
             )
             self._dispatcher.stop_admitting()
+            if self._batch_route is not None:
+                self._batch_route.stop()  # open batches stay recorded for the next run
 
     def stop(self) -> None:
         """Stop now: in-flight requests are abandoned and their chunks stay pending."""
@@ -499,6 +529,8 @@ class Engine:
         )
         self._dispatcher.stop_admitting()
         self._dispatcher.abandon_sends()
+        if self._batch_route is not None:
+            self._batch_route.stop()
 
     @property
     def failure_reason(self) -> str:
@@ -552,6 +584,10 @@ class Engine:
         if reason and not self._fatal:
             self._fatal = reason
             self.events.emit(EventKind.WARNING, self._fatal)
+
+    def _chunks_to_pay_for(self) -> int | None:
+        s = self.stats
+        return None if s.total is None else max(0, s.total - s.skipped - s.cached)
 
     def _count_429(self, now: float) -> None:
         self.stats.rate_limited += 1

@@ -1,0 +1,36 @@
+"""What the snapshot says of a batch-mode job's Batch API batches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class SubmittedBatch:
+    """One batch given to a provider's Batch API and not yet settled."""
+
+    batch_id: str  # the provider's id ("" until it has created the batch)
+    key_alias: str
+    state: str  # the provider's: validating, in_progress, finalizing, completed, …
+    requests: int
+    completed: int  # requests the provider has answered so far
+    failed: int
+    chunks: int
+    age_s: float
+    window_s: float  # the completion window it was given
+    resumed: bool = False  # submitted by an earlier run and picked up by this one
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRoute:
+    """The batch route's state: its open batches and what the job will cost at batch prices."""
+
+    batches: tuple[SubmittedBatch, ...] = ()
+    submitted: int = 0  # batches this run submitted
+    resumed: int = 0  # batches this run picked up from an earlier one
+    settled: int = 0  # batches whose answers are stored
+    abandoned: int = 0  # batches given up (failed, expired, past the deadline): sent again
+    collecting: int = 0  # requests waiting for the next input file
+    cost_usd: float = 0.0  # of the answers stored, at batch prices
+    cost_projected_usd: float | None = None  # the whole job at batch prices
+    online_cost_projected_usd: float | None = None  # the same job at online prices
