@@ -34,3 +34,20 @@ class BatchRoute:
     cost_usd: float = 0.0  # of the answers stored, at batch prices
     cost_projected_usd: float | None = None  # the whole job at batch prices
     online_cost_projected_usd: float | None = None  # the same job at online prices
+
+
+def batch_route_text(route: BatchRoute) -> str:
+    """The batch route in a few words, for the status line: open batches by state,
+    what settled, and the job's cost projected at batch prices (and online)."""
+    states: dict[str, int] = {}
+    for batch in route.batches:
+        states[batch.state] = states.get(batch.state, 0) + 1
+    open_text = " ".join(f"{state} {n}" for state, n in sorted(states.items())) or "none open"
+    oldest = max((batch.age_s for batch in route.batches), default=0.0)
+    age = f", oldest {oldest:.0f}s" if route.batches else ""
+    cost = ""
+    if route.cost_projected_usd is not None:
+        cost = f", projected ${route.cost_projected_usd:.4f}"
+        if route.online_cost_projected_usd is not None:
+            cost += f" (online ${route.online_cost_projected_usd:.4f})"
+    return f"batches {open_text}{age}; settled {route.settled}, given up {route.abandoned}{cost}"
