@@ -39,6 +39,9 @@ _LOUD = {
     EventKind.CHUNK_FAILED,
     EventKind.BATCH_RECLAIMED,
     EventKind.DEAD_LETTER,
+    EventKind.BATCH_SUBMITTED,
+    EventKind.BATCH_RESUMED,
+    EventKind.BATCH_ENDED,
 }
 
 

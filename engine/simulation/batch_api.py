@@ -14,7 +14,8 @@ output file (and an error file when some lines failed).  Faults, drawn from
 one seeded RNG when the batch is created: the whole batch fails validation,
 expires (the first half of its lines answered, the rest in the error file
 with `batch_expired`), or stays `in_progress` until cancelled ("stuck"); and
-each line fails with probability `line_fault` (a 500 in the error file).
+each line fails with probability `line_fault` (a 500 in the error file);
+and a look at a batch answers 500 with probability `poll`.
 An input file over the provider's limits (requests or bytes) or with a line
 the chat endpoint would refuse fails the batch, as OpenAI's validation does.
 """
@@ -63,11 +64,12 @@ class BatchFaults:
     fail: float = 0.0  # the batch fails validation
     expire: float = 0.0  # the batch expires, half answered
     stuck: float = 0.0  # the batch never leaves in_progress
+    poll: float = 0.0  # a look at a batch (GET /v1/batches/{id}) answers 500
 
     def __post_init__(self) -> None:
         if self.delay_s < 0:
             raise ValueError(f"batch delay must not be negative, got {self.delay_s}")
-        for name in ("line_fault", "fail", "expire", "stuck"):
+        for name in ("line_fault", "fail", "expire", "stuck", "poll"):
             rate = getattr(self, name)
             if not 0.0 <= rate <= 1.0:
                 raise ValueError(f"batch {name} must be a probability in [0, 1], got {rate}")
@@ -82,6 +84,7 @@ class BatchApiStats:
     batches_cancelled: int = 0
     batch_lines_answered: int = 0
     batch_lines_failed: int = 0
+    polls_failed: int = 0
 
 
 @dataclass(slots=True)
@@ -214,6 +217,9 @@ class SimulatedBatchApi:
             if batch is None or batch.owner != caller:
                 return json_response(404, _not_found(f"No batch found with id '{parts[1]}'."))
             if method == "GET" and len(parts) == 2:
+                if self.faults.poll > 0 and self._rng.random() < self.faults.poll:
+                    self.stats.polls_failed += 1
+                    return json_response(500, _server_error())
                 self._advance(batch)
                 return json_response(200, batch.described())
             if method == "POST" and parts[2:] == ["cancel"]:

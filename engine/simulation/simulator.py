@@ -134,6 +134,7 @@ class SimulatorConfig:
     batch_fault_fail: float = 0.0
     batch_fault_expire: float = 0.0
     batch_fault_stuck: float = 0.0
+    batch_fault_poll: float = 0.0
 
     def __post_init__(self) -> None:
         self.batch_faults()  # checks them
@@ -178,6 +179,7 @@ class SimulatorConfig:
             self.batch_fault_fail,
             self.batch_fault_expire,
             self.batch_fault_stuck,
+            self.batch_fault_poll,
         )
 
     def fault_rate(self, kind: str) -> float:
@@ -1298,6 +1300,7 @@ def _argument_parser() -> argparse.ArgumentParser:
         ("fail", "a batch fails validation"),
         ("expire", "a batch expires, half answered"),
         ("stuck", "a batch stays in_progress until cancelled"),
+        ("poll", "a look at a batch answers 500"),
     ):
         parser.add_argument(
             f"--batch-fault-{kind}", type=float, default=0.0, metavar="P", help=f"P that {what}"
@@ -1343,6 +1346,7 @@ def config_from_args(argv: Sequence[str]) -> tuple[SimulatorConfig, str, int]:
             batch_fault_fail=args.batch_fault_fail,
             batch_fault_expire=args.batch_fault_expire,
             batch_fault_stuck=args.batch_fault_stuck,
+            batch_fault_poll=args.batch_fault_poll,
             **faults,
         )
     except ValueError as exc:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from engine.config.settings import JobConfig
 from engine.engine import Engine
 from engine.observe.events import EventKind
 from engine.observe.snapshot import JobState
+from engine.pipeline.batch_route import MAX_POLL_FAILURES
 from tests.engine.conftest import job_config, sim_keys, stored, write_records
 
 KEYS = [("k1", 6000, 10_000_000)]
@@ -47,8 +49,14 @@ async def wait_for(condition: Callable[[], bool], timeout_s: float = 20.0) -> No
 
 
 def batch_states(db: Path) -> list[str]:
-    with sqlite3.connect(db) as conn:
-        return [row[0] for row in conn.execute("SELECT state FROM provider_batches")]
+    """The state of each batch the store has recorded (none before the store is made)."""
+    if not db.exists():
+        return []
+    with closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)) as conn:
+        try:
+            return [row[0] for row in conn.execute("SELECT state FROM provider_batches")]
+        except sqlite3.OperationalError:  # the store is being made
+            return []
 
 
 def stored_cost(db: Path) -> float:
@@ -207,3 +215,69 @@ async def test_batch_prices_from_the_job_file_are_used(tmp_path: Path, simulator
             "SELECT SUM(output_tokens), SUM(cost) FROM results"
         ).fetchone()
     assert output_tokens > 0 and abs(cost - output_tokens / 1e6) <= cost * 0.05
+
+
+async def test_failed_looks_at_a_batch_are_retried(tmp_path: Path, simulator) -> None:
+    sim = await simulator(keys=sim_keys(KEYS), batch_delay_s=0.1, batch_fault_poll=0.5, seed=2)
+    config, secrets = batch_job(tmp_path, sim.base_url, records=20)
+
+    state = await Engine(config, secrets).run()
+
+    results, failures = stored(Path(config.job.store))
+    assert sim.batches.stats.polls_failed > 0
+    assert state is JobState.DONE and len(results) == 20 and failures == []
+    assert sim.batches.stats.batches_created == 1  # every batch followed to its end
+
+
+async def test_a_batch_that_cannot_be_followed_ends_failed_with_the_reason(
+    tmp_path: Path, simulator
+) -> None:
+    sim = await simulator(keys=sim_keys(KEYS), batch_delay_s=0.05, batch_fault_poll=1.0)
+    config, secrets = batch_job(tmp_path, sim.base_url, records=5, batch_poll_max_s=0.05)
+    config = replace(config, preset=replace(config.preset, max_retries=1))
+
+    state = await Engine(config, secrets).run()
+
+    results, failures = stored(Path(config.job.store))
+    assert state is JobState.FINISHED_WITH_FAILURES and results == []
+    assert len(failures) == 5
+    assert all("could not be followed" in reason for _, reason in failures)
+    assert sim.batches.stats.batches_created == 2  # submitted, given up, once more, given up
+    assert sim.batches.stats.polls_failed == 2 * MAX_POLL_FAILURES
+
+
+async def test_a_batch_created_but_not_yet_recorded_is_found_by_its_file(
+    tmp_path: Path, simulator
+) -> None:
+    """A run that died between the provider's create and the store's update of the record."""
+    sim = await simulator(keys=sim_keys(KEYS), batch_delay_s=1.0)
+    config, secrets = batch_job(tmp_path, sim.base_url, records=10)
+    db = Path(config.job.store)
+    first = Engine(config, secrets)
+    running = asyncio.create_task(first.run())
+    await wait_for(lambda: batch_states(db) == ["open"] and sim.batches.stats.batches_created == 1)
+    first.stop()
+    await running
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE provider_batches SET batch_id = NULL")
+
+    state = await Engine(config, secrets).run()
+
+    assert state is JobState.DONE and len(stored(db)[0]) == 10
+    assert sim.batches.stats.batches_created == 1
+
+
+async def test_a_key_the_provider_refuses_fails_the_job_with_the_reason(
+    tmp_path: Path, simulator
+) -> None:
+    sim = await simulator(keys=sim_keys([("other", None, None)]), batch_delay_s=0.05)
+    config, secrets = batch_job(tmp_path, sim.base_url, records=10)
+
+    engine = Engine(config, secrets)
+    state = await engine.run()
+
+    results, failures = stored(Path(config.job.store))
+    assert state is JobState.FAILED and results == [] and len(failures) == 10
+    assert all("no usable key" in reason and "sim/k1" in reason for _, reason in failures)
+    assert "secret-k1" not in engine.failure_reason + "".join(r for _, r in failures)
+    assert sim.batches.stats.batches_created == 0
