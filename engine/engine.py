@@ -351,6 +351,9 @@ class Engine:
             batch_size=self._preset.batch_size,
             in_flight_limit=self._concurrency.limit,
         )
+        if self._batch_route is not None:
+            # The keys' limits say nothing of when a Batch API batch comes back.
+            eta = low = high = None
         projected = None
         if s.total is not None and s.done + s.failed > 0:
             projected = s.cost_usd / (s.done + s.failed) * (s.total - s.skipped - s.cached)

@@ -604,6 +604,12 @@ def load_config(
                 "not shared, so every worker would crawl every site; remove [cluster] to "
                 "crawl in one process",
             )
+        if any(provider.mode == "batch" for provider in providers):
+            reader.add(
+                ("cluster",),
+                "batch mode cannot be shared by a cluster of workers yet: its batches are "
+                'followed by the process that submitted them; remove [cluster] or mode = "batch"',
+            )
     problems.extend(reader.problems)
 
     active = _choose_preset(

@@ -474,6 +474,8 @@ class BatchRouter:
                     FailureKind.BAD_REQUEST,
                 ):
                     reason = f"batch {record.batch_id} could not be followed: {failure.message}"
+                    with contextlib.suppress(BatchCallError):  # if it still runs, not paid twice
+                        await client.cancel(record.batch_id)
                     await self._give_back(taken, failure.kind, reason, outcomes)
                     return
                 continue

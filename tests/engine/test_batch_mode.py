@@ -14,6 +14,7 @@ from typing import Any
 from engine.config.settings import JobConfig
 from engine.engine import Engine
 from engine.observe.events import EventKind
+from engine.observe.headless_reporter import status_line
 from engine.observe.snapshot import JobState
 from engine.pipeline.batch_route import MAX_POLL_FAILURES
 from tests.engine.conftest import job_config, sim_keys, stored, write_records
@@ -81,6 +82,8 @@ async def test_a_batch_mode_job_stores_every_chunk_once(tmp_path: Path, simulato
     assert snap.counts.done == 60 and snap.requests == 12
     assert snap.batch is not None
     assert snap.batch.submitted == snap.batch.settled == 3 and snap.batch.batches == ()
+    assert snap.eta_s is None  # the keys' limits say nothing of when a batch comes back
+    assert "| batches none open; settled 3, given up 0, projected $" in status_line(snap)
     assert batch_states(Path(config.job.store)) == ["settled"] * 3
 
 
@@ -122,6 +125,11 @@ async def test_a_restart_picks_up_pending_batches_by_id(tmp_path: Path, simulato
     running = asyncio.create_task(first.run())
     await wait_for(lambda: sim.batches.stats.batches_created == 3)
     await wait_for(lambda: batch_states(db) == ["open"] * 3)
+    view = first.snapshot().batch
+    assert view is not None and len(view.batches) == 3
+    assert {b.state for b in view.batches} <= {"validating", "in_progress"}
+    assert all(b.window_s == 86_400 and b.requests in (5, 2) for b in view.batches)
+    assert first.snapshot().counts.in_flight == 60
     first.stop()  # the batches are still in progress at the provider
     assert await running is JobState.STOPPED
     assert stored(db) == ([], [])
@@ -244,6 +252,7 @@ async def test_a_batch_that_cannot_be_followed_ends_failed_with_the_reason(
     assert all("could not be followed" in reason for _, reason in failures)
     assert sim.batches.stats.batches_created == 2  # submitted, given up, once more, given up
     assert sim.batches.stats.polls_failed == 2 * MAX_POLL_FAILURES
+    assert sim.batches.stats.batches_cancelled == 2  # neither can come back and be paid twice
 
 
 async def test_a_batch_created_but_not_yet_recorded_is_found_by_its_file(

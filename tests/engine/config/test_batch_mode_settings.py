@@ -98,3 +98,12 @@ env = "OTHER_KEY"
 
     assert problem.key == "providers[1].mode"
     assert "all be online or all be batch" in problem.message
+
+
+def test_batch_mode_is_not_shared_by_a_cluster(tmp_path: Path) -> None:
+    path = job_file(tmp_path, 'mode = "batch"', '\n[cluster]\nredis = "redis://127.0.0.1:6379/0"\n')
+
+    (problem,) = problems_of(path)
+
+    assert problem.key == "cluster"
+    assert "batch mode cannot be shared by a cluster" in problem.message
