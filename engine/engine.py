@@ -154,8 +154,15 @@ class Engine:
             batch_size=lambda: self._preset.batch_size,
             on_input_end=self._input_ended,
         )
+        # A batch-mode job whose retries go online sends them from a queue of their own.
+        batch_mode = cluster is None and any(p.mode == "batch" for p in config.providers)
+        self._online_queue = (
+            InProcessWorkQueue(max(4, config.engine.queue_size // 8), clock)
+            if batch_mode and any(p.batch_retries == "online" for p in config.providers)
+            else None
+        )
         self._dispatcher = Dispatcher(
-            self._queue,
+            self._queue if self._online_queue is None else self._online_queue,
             keys=self._keys,
             clients=self._clients,
             prompt=config.prompt,
@@ -169,8 +176,9 @@ class Engine:
             events=self.events,
             clock=clock,
             on_no_key=self._no_key_left,
-            # In a cluster an empty queue here says nothing of the job's tail: no hedging.
-            input_done=lambda: self._cluster is None and self._held.input_done,
+            # In a cluster an empty queue here says nothing of the job's tail: no hedging;
+            # nor for a batch-mode job's retries, sent online to save time, not to pay twice.
+            input_done=lambda: self._cluster is None and not batch_mode and self._held.input_done,
         )
         self._drift = (
             DriftWatch(
@@ -201,8 +209,9 @@ class Engine:
                 disable_key=self._keys.disable,
                 on_no_key=self._no_key_left,
                 to_do=self._chunks_to_pay_for,
+                online=self._online_queue,
             )
-            if cluster is None and any(p.mode == "batch" for p in config.providers)
+            if batch_mode
             else None
         )
         if cluster is not None:
@@ -286,10 +295,13 @@ class Engine:
                         name="dispatcher",
                     ),
                 ]
-                await asyncio.wait((dispatching,))  # the queue closed, or admission was stopped
-                for task in stages + helpers:
+                ends = [dispatching]
+                if self._online_queue is not None:  # the batch route's retries, online
+                    ends.append(tg.create_task(self._dispatcher.run(outcomes), name="online"))
+                await asyncio.wait(ends)  # the queue closed, or admission was stopped
+                for task in stages + ends[1:] + helpers:
                     task.cancel()
-                await asyncio.gather(*stages, *helpers, return_exceptions=True)
+                await asyncio.gather(*stages, *ends[1:], *helpers, return_exceptions=True)
                 if self._cluster is not None:
                     await self._cluster.settle_up()
                 await store.flush()  # done is what is committed: count it all first

@@ -75,6 +75,10 @@ class ProviderSettings:
     batch_max_bytes: int = 200 * 1024 * 1024
     batch_poll_s: float = 5.0  # the first look at a batch; the wait grows to batch_poll_max_s
     batch_poll_max_s: float = 60.0
+    # Where a request goes when its batch let it down (a failed line, a failed or
+    # expired batch, one past its deadline): the next batch, or online at once —
+    # the remainder online once the batch window is at risk.
+    batch_retries: Literal["batch", "online"] = "batch"
 
     @property
     def batch_prices_per_m(self) -> tuple[float, float]:

@@ -132,6 +132,9 @@ class BatchRouter:
     `keys` are the job's batch-mode keys (used in turn); `on_no_key(reasons)`
     is told once when none can serve any more; `to_do()` is the number of
     chunks the job must still pay for (None while unknown), for the projection.
+    With `online` (a provider's `batch_retries = "online"`), a request its
+    batch let down is handed to that queue — the online dispatcher's — instead
+    of going into the next file.
     """
 
     def __init__(
@@ -149,6 +152,7 @@ class BatchRouter:
         disable_key: Callable[[KeyState, str], None],
         on_no_key: Callable[[str], None],
         to_do: Callable[[], int | None],
+        online: WorkQueue | None = None,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self._queue = queue
@@ -164,6 +168,7 @@ class BatchRouter:
         self._disable_key = disable_key
         self._on_no_key = on_no_key
         self._to_do = to_do
+        self._online = online  # where retries go, when they go online (the dispatcher's queue)
         self._wall = wall
         self._turn = 0
         self._store: BatchStore | None = None
@@ -226,10 +231,14 @@ class BatchRouter:
         """Collect, submit and follow until the queue closes (every batch resolved)."""
         assert self._store is not None, "resume() first: it also says where batches are kept"
         self._task = asyncio.current_task()
-        async with asyncio.TaskGroup() as follows:
-            for taken in self._resumed:
-                follows.create_task(self._follow(taken, outcomes))
-            await self._collect(follows, outcomes)
+        try:
+            async with asyncio.TaskGroup() as follows:
+                for taken in self._resumed:
+                    follows.create_task(self._follow(taken, outcomes))
+                await self._collect(follows, outcomes)
+        finally:
+            if self._online is not None:
+                self._online.close()  # every batch is resolved, or the run stops
 
     def stop(self) -> None:
         """Submit nothing more and stop following: open batches stay recorded for the
@@ -303,6 +312,9 @@ class BatchRouter:
                 continue
             if batch is None:
                 return  # every batch resolved
+            if self._online is not None and batch.attempt > 0:
+                self._online.put_retry(batch)  # let down by its batch: online now
+                continue
             await self._running.wait()  # paused: nothing is submitted
             if self.no_key:
                 await outcomes.give_up(batch, self.no_key, announce=False)

@@ -290,3 +290,38 @@ async def test_a_key_the_provider_refuses_fails_the_job_with_the_reason(
     assert all("no usable key" in reason and "sim/k1" in reason for _, reason in failures)
     assert "secret-k1" not in engine.failure_reason + "".join(r for _, r in failures)
     assert sim.batches.stats.batches_created == 0
+
+
+async def test_retries_can_go_online_instead_of_into_the_next_batch(
+    tmp_path: Path, simulator
+) -> None:
+    sim = await simulator(keys=sim_keys(KEYS), batch_delay_s=0.05, batch_fault_line=1.0)
+    config, secrets = batch_job(tmp_path, sim.base_url, batch_retries="online")
+
+    engine = Engine(config, secrets)
+    state = await engine.run()
+
+    results, failures = stored(Path(config.job.store))
+    assert state is JobState.DONE and len(results) == 60 and failures == []
+    assert sim.batches.stats.batches_created == 3  # no file of retries
+    assert sim.batches.stats.batch_lines_failed == 12
+    assert sim.stats.admitted == 12  # every request once more, online
+    with sqlite3.connect(config.job.store) as conn:
+        ((cost,),) = conn.execute("SELECT SUM(cost) FROM results").fetchall()
+    assert abs(engine.snapshot().cost_usd - cost) <= 1e-9  # online answers at online prices
+
+
+async def test_a_batch_past_its_deadline_sends_the_remainder_online(
+    tmp_path: Path, simulator
+) -> None:
+    sim = await simulator(keys=sim_keys(KEYS), batch_delay_s=0.05, batch_fault_stuck=1.0)
+    config, secrets = batch_job(
+        tmp_path, sim.base_url, records=10, batch_deadline_s=0.3, batch_retries="online"
+    )
+
+    state = await Engine(config, secrets).run()
+
+    results, failures = stored(Path(config.job.store))
+    assert state is JobState.DONE and len(results) == 10 and failures == []
+    assert sim.batches.stats.batches_created == 1 and sim.batches.stats.batches_cancelled == 1
+    assert sim.stats.admitted == 2  # its two requests, online

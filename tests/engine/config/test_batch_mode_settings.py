@@ -107,3 +107,13 @@ def test_batch_mode_is_not_shared_by_a_cluster(tmp_path: Path) -> None:
 
     assert problem.key == "cluster"
     assert "batch mode cannot be shared by a cluster" in problem.message
+
+
+def test_batch_retries_go_to_the_next_batch_or_online(tmp_path: Path) -> None:
+    online = load_config(job_file(tmp_path, 'mode = "batch"\nbatch_retries = "online"'))
+    assert online.providers[0].batch_retries == "online"
+
+    (problem,) = problems_of(job_file(tmp_path, 'mode = "batch"\nbatch_retries = "later"'))
+
+    assert problem.key == "providers[0].batch_retries"
+    assert "'batch', 'online'" in problem.message
