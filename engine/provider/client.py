@@ -392,6 +392,9 @@ class ProviderClients:
         """The Files and Batch APIs for one key, over the shared connection pool."""
         client = self._batch_clients.get(key_id)
         if client is None:
+            if not self._filtering:  # the SDK's and transport's logs are provider text too
+                self._filtering = True
+                self._log_filter.install()
             route = self._routes[key_id]
             client = BatchClient(route.secret, route.base_url, self._http, self._redactor)
             self._batch_clients[key_id] = client
