@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from engine.config.settings import PromptSettings
+from engine.config.settings import PromptSettings, ProviderSettings
 from engine.limits.key_pool import KeyState
 from engine.observe.batch_view import BatchRoute as BatchRouteView
 from engine.observe.batch_view import SubmittedBatch
@@ -45,6 +45,7 @@ from engine.observe.run_stats import RunStats
 from engine.pipeline.batch_file import BatchInput, LineAnswer, read_lines
 from engine.pipeline.held_work import HeldWork
 from engine.pipeline.outcomes import answer_cost
+from engine.pipeline.prompt import build_messages, estimate_prompt_tokens
 from engine.pipeline.work_queue import Batch, WorkQueue
 from engine.provider.batch_client import BatchCallError, BatchClient, BatchStatus
 from engine.provider.client import CallFailure, CallResult, FailureKind, classify_status
@@ -215,6 +216,8 @@ class BatchRouter:
                 self._held.batch_made()
                 for chunk in batch.chunks:
                     self._held.resume(chunk.id)
+                messages = build_messages(self._prompt, batch.chunks)
+                self._expect(key.provider, estimate_prompt_tokens(messages), len(batch.chunks))
             taken = _Open(record, key, requests, resumed=True)
             self._resumed.append(taken)
             self._open[record.input_file_id] = taken
@@ -283,6 +286,16 @@ class BatchRouter:
                 self.online_cost_usd, self._estimated_online_usd
             ),
         )
+
+    def _expect(self, provider: ProviderSettings, prompt_tokens: int, chunks: int) -> None:
+        """Count what requests sent cost, estimated, until their answers say."""
+        self._chunks_submitted += chunks
+        output = _OUTPUT_PER_CHUNK * chunks
+        prices = provider.batch_prices_per_m
+        self._estimated_usd += (prompt_tokens * prices[0] + output * prices[1]) / 1e6
+        self._estimated_online_usd += (
+            prompt_tokens * provider.price_input_per_m + output * provider.price_output_per_m
+        ) / 1e6
 
     def _projected(self, spent: float, estimated: float) -> float | None:
         """The job's cost: per chunk as answered so far (else as estimated) × chunks to do."""
@@ -401,13 +414,7 @@ class BatchRouter:
         taken.record = replace(record, batch_id=status.batch_id, provider_state=status.state)
         taken.status = status
         self.submitted += 1
-        self._chunks_submitted += group.chunks
-        prices = provider.batch_prices_per_m
-        output = _OUTPUT_PER_CHUNK * group.chunks
-        self._estimated_usd += (group.prompt_tokens * prices[0] + output * prices[1]) / 1e6
-        self._estimated_online_usd += (
-            group.prompt_tokens * provider.price_input_per_m + output * provider.price_output_per_m
-        ) / 1e6
+        self._expect(provider, group.prompt_tokens, group.chunks)
         self._events.emit(
             EventKind.BATCH_SUBMITTED,
             f"batch {status.batch_id} submitted on {key.alias}: "

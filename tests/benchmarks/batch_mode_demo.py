@@ -200,7 +200,11 @@ async def main(chunks: int, delay_s: float) -> int:
             tally = tally_store(db, chunks)
             batch_cost = stored_cost(db)
             print(f"run 2 exit {code}: {summary[-1] if summary else ''}")
-            print((job.parent / "run2.out").read_text(encoding="utf-8").strip().splitlines()[0])
+            run2 = (job.parent / "run2.out").read_text(encoding="utf-8").splitlines()
+            resumed = [line for line in run2 if "batch_resumed" in line]
+            status = [line for line in run2 if line.startswith("[")]
+            for line in resumed[:1] + status[:1]:
+                print(f"run 2: {line.strip()}")
 
             online = write_job(Path(tmp) / "online", base_url, chunks, "online")
             online_proc = await crawldeck(online, "online", "run", str(online), "--headless")

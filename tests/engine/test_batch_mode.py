@@ -144,6 +144,7 @@ async def test_a_restart_picks_up_pending_batches_by_id(tmp_path: Path, simulato
     assert sim.stats.chunk_ids_answered == 60
     snap = second.snapshot()
     assert snap.batch is not None and snap.batch.resumed == 3 and snap.batch.submitted == 0
+    assert snap.batch.cost_projected_usd is not None  # at batch prices, from the answers
     assert snap.counts.done == 60 and snap.counts.cached == 0 and snap.counts.skipped == 0
 
 
