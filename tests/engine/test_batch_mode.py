@@ -326,3 +326,19 @@ async def test_a_batch_past_its_deadline_sends_the_remainder_online(
     assert state is JobState.DONE and len(results) == 10 and failures == []
     assert sim.batches.stats.batches_created == 1 and sim.batches.stats.batches_cancelled == 1
     assert sim.stats.admitted == 2  # its two requests, online
+
+
+async def test_a_file_past_the_providers_bytes_is_split_into_more_batches(
+    tmp_path: Path, simulator
+) -> None:
+    sim = await simulator(keys=sim_keys(KEYS), batch_delay_s=0.05)
+    config, secrets = batch_job(tmp_path, sim.base_url, batch_max_requests=1000)
+    few_bytes = replace(config.providers[0], batch_max_bytes=3000)  # two lines of ~1.2 kB
+    config = replace(config, providers=(few_bytes,))
+
+    state = await Engine(config, secrets).run()
+
+    results, _ = stored(Path(config.job.store))
+    assert state is JobState.DONE and len(results) == 60
+    assert sim.batches.stats.batches_created == 6  # 12 requests, 2 a file
+    assert sim.stats.chunk_ids_answered == 60
