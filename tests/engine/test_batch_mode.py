@@ -342,3 +342,26 @@ async def test_a_file_past_the_providers_bytes_is_split_into_more_batches(
     assert state is JobState.DONE and len(results) == 60
     assert sim.batches.stats.batches_created == 6  # 12 requests, 2 a file
     assert sim.stats.chunk_ids_answered == 60
+
+
+async def test_answers_that_do_not_validate_are_retried_like_online_ones(
+    tmp_path: Path, simulator
+) -> None:
+    """Lines whose answers leave chunks out or are not the JSON asked for, as online."""
+    sim = await simulator(
+        keys=sim_keys(KEYS),
+        batch_delay_s=0.05,
+        drift_after=1,
+        drift_until=9,
+        drift=("missing_ids", "malformed"),
+    )
+    config, secrets = batch_job(tmp_path, sim.base_url)
+
+    engine = Engine(config, secrets)
+    state = await engine.run()
+
+    results, failures = stored(Path(config.job.store))
+    assert state is JobState.DONE and len(results) == len(set(results)) == 60 and failures == []
+    assert sim.stats.drifted_answers == 8
+    assert dict(engine.snapshot().errors_by_kind).get("malformed", 0) > 0
+    assert sim.batches.stats.batch_lines_answered > 12  # what they left out was asked again
