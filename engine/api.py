@@ -42,11 +42,14 @@ from engine.control.server import (
     store_for_socket,
 )
 from engine.limits.memory_floor import process_floor_bytes
+from engine.observe.batch_view import BatchRoute as BatchRouteView
+from engine.observe.batch_view import SubmittedBatch
 from engine.observe.events import Event, EventKind
 from engine.observe.exit_status import job_exit_status
 from engine.observe.headless_reporter import (
     HeadlessReporter,
     eta_text,
+    format_duration,
     snapshot_record,
     status_line,
 )
@@ -140,6 +143,7 @@ __all__ = [
     "Adjustment",
     "Baseline",
     "BaselineFormatError",
+    "BatchRouteView",
     "Bound",
     "ClusterJob",
     "ConfigError",
@@ -177,12 +181,14 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreInUseError",
+    "SubmittedBatch",
     "TableChecker",
     "WrongType",
     "demo_job_file",
     "engine_memory_floor_bytes",
     "eta_text",
     "export_results",
+    "format_duration",
     "iter_documents",
     "job_exit_status",
     "joined_cluster",

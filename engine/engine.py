@@ -40,6 +40,7 @@ from engine.observe.event_log import EventLog
 from engine.observe.events import EventBus, EventKind
 from engine.observe.run_stats import RunStats
 from engine.observe.snapshot import Counts, JobState, QueueDepths, Snapshot
+from engine.pipeline.batch_route import BatchRouter
 from engine.pipeline.batcher import Batcher
 from engine.pipeline.dispatcher import Dispatcher
 from engine.pipeline.held_work import HeldWork
@@ -154,8 +155,15 @@ class Engine:
             batch_size=lambda: self._preset.batch_size,
             on_input_end=self._input_ended,
         )
+        # A batch-mode job whose retries go online sends them from a queue of their own.
+        batch_mode = cluster is None and any(p.mode == "batch" for p in config.providers)
+        self._online_queue = (
+            InProcessWorkQueue(max(4, config.engine.queue_size // 8), clock)
+            if batch_mode and any(p.batch_retries == "online" for p in config.providers)
+            else None
+        )
         self._dispatcher = Dispatcher(
-            self._queue,
+            self._queue if self._online_queue is None else self._online_queue,
             keys=self._keys,
             clients=self._clients,
             prompt=config.prompt,
@@ -169,8 +177,9 @@ class Engine:
             events=self.events,
             clock=clock,
             on_no_key=self._no_key_left,
-            # In a cluster an empty queue here says nothing of the job's tail: no hedging.
-            input_done=lambda: self._cluster is None and self._held.input_done,
+            # In a cluster an empty queue here says nothing of the job's tail: no hedging;
+            # nor for a batch-mode job's retries, sent online to save time, not to pay twice.
+            input_done=lambda: self._cluster is None and not batch_mode and self._held.input_done,
         )
         self._drift = (
             DriftWatch(
@@ -184,6 +193,26 @@ class Engine:
                 clock=clock,
             )
             if config.drift.enabled
+            else None
+        )
+        # A batch-mode job's batches go through the providers' Batch API instead.
+        self._batch_route = (
+            BatchRouter(
+                self._queue,
+                self._held,
+                keys=[k for k in self._keys.keys if k.provider.mode == "batch"],
+                clients=self._clients,
+                prompt=config.prompt,
+                job_name=config.job.name,
+                stats=self.stats,
+                events=self.events,
+                running=self._running,
+                disable_key=self._keys.disable,
+                on_no_key=self._no_key_left,
+                to_do=self._chunks_to_pay_for,
+                online=self._online_queue,
+            )
+            if batch_mode
             else None
         )
         if cluster is not None:
@@ -241,6 +270,8 @@ class Engine:
                 )
             same_text = self._same_text(store)
             outcomes = self._outcomes(store, same_text)
+            if self._batch_route is not None:
+                await self._batch_route.resume(store, self._run_id)
             if self._cluster is not None:
                 await self._cluster.open()
             async with asyncio.TaskGroup() as tg:
@@ -260,13 +291,19 @@ class Engine:
                     tg.create_task(self._intake.read(), name="reader"),
                     tg.create_task(self._batcher.run(store, same_text), name="batcher"),
                     dispatching := tg.create_task(
-                        self._dispatcher.run(outcomes), name="dispatcher"
+                        self._dispatcher.run(outcomes)
+                        if self._batch_route is None
+                        else self._batch_route.run(outcomes),
+                        name="dispatcher",
                     ),
                 ]
-                await asyncio.wait((dispatching,))  # the queue closed, or admission was stopped
-                for task in stages + helpers:
+                ends = [dispatching]
+                if self._online_queue is not None:  # the batch route's retries, online
+                    ends.append(tg.create_task(self._dispatcher.run(outcomes), name="online"))
+                await asyncio.wait(ends)  # the queue closed, or admission was stopped
+                for task in stages + ends[1:] + helpers:
                     task.cancel()
-                await asyncio.gather(*stages, *helpers, return_exceptions=True)
+                await asyncio.gather(*stages, *ends[1:], *helpers, return_exceptions=True)
                 if self._cluster is not None:
                     await self._cluster.settle_up()
                 await store.flush()  # done is what is committed: count it all first
@@ -328,10 +365,15 @@ class Engine:
             batch_size=self._preset.batch_size,
             in_flight_limit=self._concurrency.limit,
         )
+        if self._batch_route is not None:
+            # The keys' limits say nothing of when a Batch API batch comes back.
+            eta = low = high = None
         projected = None
         if s.total is not None and s.done + s.failed > 0:
             projected = s.cost_usd / (s.done + s.failed) * (s.total - s.skipped - s.cached)
         in_flight = self._dispatcher.in_flight_chunks
+        if self._batch_route is not None:
+            in_flight += self._batch_route.in_flight_chunks
         pending = max(0, s.seen - s.finished - in_flight)
         return Snapshot(
             job_name=self.config.job.name,
@@ -388,6 +430,7 @@ class Engine:
             error_rate_history=tuple(s.error_rate_history),
             events=self.events.recent(),
             cluster=self._cluster.view() if self._cluster is not None else None,
+            batch=self._batch_route.view() if self._batch_route is not None else None,
         )
 
     # controls -----------------------------------------------------------
@@ -490,6 +533,8 @@ class Engine:
                 EventKind.DRAINING, f"draining: finishing {self._concurrency.in_use} in flight"
             )
             self._dispatcher.stop_admitting()
+            if self._batch_route is not None:
+                self._batch_route.stop()  # open batches stay recorded for the next run
 
     def stop(self) -> None:
         """Stop now: in-flight requests are abandoned and their chunks stay pending."""
@@ -504,6 +549,8 @@ class Engine:
         )
         self._dispatcher.stop_admitting()
         self._dispatcher.abandon_sends()
+        if self._batch_route is not None:
+            self._batch_route.stop()
 
     @property
     def failure_reason(self) -> str:
@@ -571,6 +618,10 @@ class Engine:
         if reason and not self._fatal:
             self._fatal = reason
             self.events.emit(EventKind.WARNING, self._fatal)
+
+    def _chunks_to_pay_for(self) -> int | None:
+        s = self.stats
+        return None if s.total is None else max(0, s.total - s.skipped - s.cached)
 
     def _count_429(self, now: float) -> None:
         self.stats.rate_limited += 1

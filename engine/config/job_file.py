@@ -134,8 +134,19 @@ def _provider_findings(provider: ProviderSettings) -> list[Finding]:
             ("price_output_per_m", not_negative, "must be 0 or more"),
             ("request_timeout_s", positive, "must be more than 0"),
             ("max_output_tokens", at_least_one, "must be at least 1"),
+            ("batch_price_input_per_m", not_negative, "must be 0 or more"),
+            ("batch_price_output_per_m", not_negative, "must be 0 or more"),
+            ("batch_deadline_s", positive, "must be more than 0"),
+            ("batch_max_requests", at_least_one, "must be at least 1"),
+            ("batch_max_bytes", lambda value: value >= 1024, "must be at least 1024"),
+            ("batch_poll_s", positive, "must be more than 0"),
+            ("batch_poll_max_s", positive, "must be more than 0"),
         ),
     )
+    if provider.batch_poll_max_s < provider.batch_poll_s:
+        findings.append(
+            ("batch_poll_max_s", f"must be at least batch_poll_s ({provider.batch_poll_s:g})")
+        )
     for name in ("name", "base_url", "model"):
         if not getattr(provider, name).strip():
             findings.append((name, "is required"))
@@ -188,6 +199,10 @@ def _simulator_findings(simulator: SimulatorSettings) -> list[Finding]:
             ("fault_hang", a_rate, "must be between 0 and 1"),
             ("fault_malformed", a_rate, "must be between 0 and 1"),
             ("fault_429", a_rate, "must be between 0 and 1"),
+            ("batch_delay_s", not_negative, "must be 0 or more"),
+            ("batch_fault_line", a_rate, "must be between 0 and 1"),
+            ("batch_fault_fail", a_rate, "must be between 0 and 1"),
+            ("batch_fault_expire", a_rate, "must be between 0 and 1"),
             ("limit_scale", positive, "must be more than 0"),
             ("drift_after", not_negative, "must be 0 (never) or more"),
             ("hang_s", positive, "must be more than 0"),
@@ -325,6 +340,13 @@ class _Reader(TableChecker):
                 else:
                     first_with_alias[key.alias] = key_path
             providers.append(replace(provider, keys=keys))
+            if provider.mode != providers[0].mode:
+                # One route per job for now: batch for all of it, or online for all of it.
+                self.add(
+                    (*path, "mode"),
+                    f"is {provider.mode!r} but providers[0] is {providers[0].mode!r}: "
+                    "a job's providers must all be online or all be batch",
+                )
         return tuple(providers)
 
     def keys(self, provider: str, value: Any, path: KeyPath) -> tuple[KeySettings, ...]:
@@ -581,6 +603,12 @@ def load_config(
                 "a crawl job cannot be shared by a cluster of workers yet: the fetch work is "
                 "not shared, so every worker would crawl every site; remove [cluster] to "
                 "crawl in one process",
+            )
+        if any(provider.mode == "batch" for provider in providers):
+            reader.add(
+                ("cluster",),
+                "batch mode cannot be shared by a cluster of workers yet: its batches are "
+                'followed by the process that submitted them; remove [cluster] or mode = "batch"',
             )
     problems.extend(reader.problems)
 

@@ -31,6 +31,7 @@ from engine.config.table_check import (
 )
 
 InputFormat = Literal["auto", "text", "csv", "jsonl", "documents"]
+ProviderMode = Literal["online", "batch"]
 LatencyDistribution = Literal["uniform", "lognormal"]
 LATENCY_DISTRIBUTIONS: tuple[str, ...] = get_args(LatencyDistribution)
 
@@ -63,6 +64,31 @@ class ProviderSettings:
     price_output_per_m: float = 0.0
     request_timeout_s: float | None = None  # None: the preset's timeout applies
     max_output_tokens: int = 1024
+    # "batch": chunks go through the provider's Batch API (half price, a separate
+    # quota, answered within the window) instead of one request each (`engine.batch`).
+    mode: ProviderMode = "online"
+    batch_price_input_per_m: float | None = None  # None: half the online price
+    batch_price_output_per_m: float | None = None
+    batch_window: Literal["24h"] = "24h"
+    batch_deadline_s: float | None = None  # None: the window; past it a batch is given up
+    batch_max_requests: int = 50_000  # per input file, the provider's limit
+    batch_max_bytes: int = 200 * 1024 * 1024
+    batch_poll_s: float = 5.0  # the first look at a batch; the wait grows to batch_poll_max_s
+    batch_poll_max_s: float = 60.0
+    # Where a request goes when its batch let it down (a failed line, a failed or
+    # expired batch, one past its deadline): the next batch, or online at once —
+    # the remainder online once the batch window is at risk.
+    batch_retries: Literal["batch", "online"] = "batch"
+
+    @property
+    def batch_prices_per_m(self) -> tuple[float, float]:
+        """(input, output) USD per million tokens in batch mode: the job file's, else half."""
+        price_in = self.batch_price_input_per_m
+        price_out = self.batch_price_output_per_m
+        return (
+            self.price_input_per_m / 2 if price_in is None else price_in,
+            self.price_output_per_m / 2 if price_out is None else price_out,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +213,12 @@ class SimulatorSettings:
     # calls fails with a 5xx).
     drift_after: int = 0
     drift: tuple[str, ...] = ()
+    # The Batch API: seconds until a batch completes; the share of lines that
+    # fail, of batches that fail validation, of batches that expire half done.
+    batch_delay_s: float = 3.0
+    batch_fault_line: float = 0.0
+    batch_fault_fail: float = 0.0
+    batch_fault_expire: float = 0.0
 
 
 SIMULATED_DRIFTS = (

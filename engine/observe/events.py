@@ -41,6 +41,11 @@ class EventKind(StrEnum):
     DRIFT_LIFTED = "drift_lifted"  # its metric came back: the action is lifted
     BATCH_RECLAIMED = "batch_reclaimed"  # a cluster worker took over a batch left idle
     DEAD_LETTER = "dead_letter"  # a batch delivered too often: its chunks fail with why
+    # The batch route (`engine.pipeline.batch_route`): a Batch API batch submitted,
+    # taken up from an earlier run, or ended (its answers stored or its chunks sent again).
+    BATCH_SUBMITTED = "batch_submitted"
+    BATCH_RESUMED = "batch_resumed"
+    BATCH_ENDED = "batch_ended"
 
 
 @dataclass(frozen=True, slots=True)

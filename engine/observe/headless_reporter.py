@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import asdict, replace
 from typing import Any, TextIO
 
+from engine.observe.batch_view import batch_route_text
 from engine.observe.events import EventKind
 from engine.observe.snapshot import JobState, Snapshot
 
@@ -38,6 +39,9 @@ _LOUD = {
     EventKind.CHUNK_FAILED,
     EventKind.BATCH_RECLAIMED,
     EventKind.DEAD_LETTER,
+    EventKind.BATCH_SUBMITTED,
+    EventKind.BATCH_RESUMED,
+    EventKind.BATCH_ENDED,
 }
 
 
@@ -111,6 +115,7 @@ def status_line(snap: Snapshot) -> str:
         )
         + (_crawl_part(snap) if snap.crawl is not None else "")
         + _cluster_part(snap)
+        + (f" | {batch_route_text(snap.batch)}" if snap.batch is not None else "")
     )
 
 

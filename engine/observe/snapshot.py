@@ -11,6 +11,7 @@ from enum import StrEnum
 
 from engine.cluster.cluster_view import ClusterView
 from engine.config.settings import Preset
+from engine.observe.batch_view import BatchRoute
 from engine.observe.events import Event
 from engine.observe.latency_histogram import LatencyHistogram
 
@@ -196,3 +197,5 @@ class Snapshot:
     # Set for a worker of a job shared through Redis: the cluster's totals and workers.
     # The rest of the snapshot is this worker's own.
     cluster: ClusterView | None = None
+    # Set for a batch-mode job: its Batch API batches and its cost at batch prices.
+    batch: BatchRoute | None = None

@@ -79,6 +79,8 @@ class Batcher:
             stats.seen += len(block)
             fresh: list[Chunk] = []
             for chunk in block:
+                if held.claim_resumed(chunk.id):
+                    continue  # a resumed batch's: sent already, counted when it settles
                 if held.take(chunk.id):
                     fresh.append(chunk)
                 else:

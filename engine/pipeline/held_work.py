@@ -17,11 +17,14 @@ from engine.pipeline.work_queue import WorkQueue
 class HeldWork:
     """Chunks held and batches outstanding; closes `queue` when both are spent."""
 
-    __slots__ = ("_live", "_queue", "input_done", "outstanding")
+    __slots__ = ("_live", "_queue", "_resumed", "input_done", "outstanding")
 
     def __init__(self, queue: WorkQueue) -> None:
         self._queue = queue
         self._live: set[int] = set()
+        # Held since the start by a batch a previous run submitted (`engine.batch`):
+        # when the input brings them again, they are neither sent nor repeats.
+        self._resumed: set[int] = set()
         self.outstanding = 0  # batches made and not yet resolved
         self.input_done = False
 
@@ -32,6 +35,21 @@ class HeldWork:
             return False
         self._live.add(as_int)
         return True
+
+    def resume(self, chunk_id: str) -> None:
+        """Hold a chunk of a batch submitted by an earlier run, before the input is read."""
+        as_int = int(chunk_id, 16)
+        self._live.add(as_int)
+        self._resumed.add(as_int)
+
+    def claim_resumed(self, chunk_id: str) -> bool:
+        """Whether the input's chunk belongs to a resumed batch, which sends and counts
+        it (asked once per chunk: a second one in the input is a repeat)."""
+        as_int = int(chunk_id, 16)
+        if as_int in self._resumed:
+            self._resumed.discard(as_int)
+            return True
+        return False
 
     def let_go(self, chunk_id: str) -> None:
         """The chunk is done, failed or skipped: the store answers for it now."""

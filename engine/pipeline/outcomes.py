@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from engine.config.settings import Preset, RateLimitWaits
-from engine.limits.key_pool import KeyLease, KeyPool
+from engine.limits.key_pool import KeyLease, KeyPool, KeyState
 from engine.limits.rate_limit_patience import batch_gives_up
 from engine.observe.events import EventBus, EventKind
 from engine.observe.run_stats import RunStats
@@ -43,6 +43,11 @@ Clock = Callable[[], float]
 # One encoder for every stored result: `json.dumps` with options builds a new
 # one per call, and this runs for every chunk.
 _RESULT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
+def answer_cost(result: CallResult, prices: tuple[float, float]) -> float:
+    """USD of an answer's usage at (input, output) USD per million tokens."""
+    return (result.prompt_tokens * prices[0] + result.completion_tokens * prices[1]) / 1e6
 
 
 class RowSink(Protocol):
@@ -130,11 +135,31 @@ class Outcomes:
         s.record_latency(result.latency_s)
         self._attempts.record(self._clock(), False)
         provider = key.provider
-        cost = (
-            result.prompt_tokens * provider.price_input_per_m
-            + result.completion_tokens * provider.price_output_per_m
-        ) / 1e6
+        prices = (provider.price_input_per_m, provider.price_output_per_m)
+        await self._store_answer(batch, key, result, answer_cost(result, prices))
+
+    async def answered_in_batch(
+        self, batch: Batch, key: KeyState, result: CallResult, prices: tuple[float, float]
+    ) -> None:
+        """A Batch API line's answer, stored as an online answer is, costed at `prices`
+        (batch prices, USD per million input and output tokens).  No key budget is
+        reconciled: batch requests are counted against a quota of their own."""
+        self._stats.tokens += result.prompt_tokens + result.completion_tokens
+        await self._store_answer(batch, key, result, answer_cost(result, prices))
+
+    async def line_failed(self, batch: Batch, key_id: str, kind: FailureKind, reason: str) -> None:
+        """A Batch API request that came to nothing (an error line, a failed or
+        expired batch): retried, up to the preset's `max_retries`, then failed."""
+        await self._retry_or_fail(batch, key_id, kind, reason)
+
+    async def _store_answer(
+        self, batch: Batch, key: KeyState, result: CallResult, cost: float
+    ) -> None:
+        """One row per chunk the answer gave; left-out chunks retried alone; a bad
+        shape retried whole."""
+        s = self._stats
         s.cost_usd += cost
+        provider = key.provider
         n = len(batch.chunks)
         drift = self._drift
         try:

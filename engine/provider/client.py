@@ -29,7 +29,7 @@ import importlib
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -38,6 +38,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from engine.config.setting_bounds import CONCURRENCY
+from engine.provider.batch_client import BatchClient
 from engine.provider.redaction import RedactingLogFilter, Redactor
 
 
@@ -169,6 +170,27 @@ class _NotAnAnswer(Exception):
     """A 2xx body that is not what was asked for (told apart from transport errors)."""
 
 
+def _not_a_completion(
+    exc: BaseException, headers: Mapping[str, str], latency_s: float
+) -> CallFailure:
+    return CallFailure(
+        FailureKind.MALFORMED,
+        f"response body is not a chat completion ({type(exc).__name__})",
+        headers,
+        latency_s,
+    )
+
+
+def chat_body(
+    model: str, messages: list[dict[str, str]], temperature: float | None
+) -> dict[str, Any]:
+    """The body of a chat completion request: the same online and in a batch's input file."""
+    body: dict[str, Any] = {"model": model, "messages": messages}
+    if temperature is not None:
+        body["temperature"] = temperature
+    return body
+
+
 @dataclass(frozen=True, slots=True)
 class _Route:
     """Where one key's calls go and the headers they carry (the secret among them)."""
@@ -176,6 +198,8 @@ class _Route:
     chat_url: str
     embeddings_url: str
     headers: Mapping[str, str]
+    base_url: str
+    secret: str = field(repr=False)
 
 
 # What the engine reads of an answer's headers: its limits, when to retry, the
@@ -243,6 +267,7 @@ class ProviderClients:
             timeout=httpx2.Timeout(60.0, connect=10.0),
         )
         self._routes: dict[str, _Route] = {}
+        self._batch_clients: dict[str, BatchClient] = {}
         self._timeouts: dict[float, httpx2.Timeout] = {}
         self._closed = False
         self._redactor = Redactor()
@@ -260,6 +285,8 @@ class ProviderClients:
             chat_url=f"{base}/chat/completions",
             embeddings_url=f"{base}/embeddings",
             headers={**_JSON_HEADERS, "Authorization": f"Bearer {secret}"},
+            base_url=base,
+            secret=secret,
         )
 
     def _timeout(self, seconds: float) -> httpx2.Timeout:
@@ -323,32 +350,60 @@ class ProviderClients:
     ) -> CallResult | CallFailure:
         """One chat completion of `messages` on the key's route (`on_wire`: see `_post`)."""
         route = self._routes[key_id]
-        body: dict[str, Any] = {"model": model, "messages": messages}
-        if temperature is not None:
-            body["temperature"] = temperature
+        body = chat_body(model, messages, temperature)
         sent = await self._post(route.chat_url, route, body, timeout_s, on_wire)
         if isinstance(sent, CallFailure):
             return sent
         response, headers, started = sent
         try:
             answer = json.loads(response.content)
+        except ValueError as exc:
+            return _not_a_completion(exc, headers, time.monotonic() - started)
+        return self.completion(answer, headers, time.monotonic() - started)
+
+    def completion(
+        self, answer: object, headers: Mapping[str, str], latency_s: float
+    ) -> CallResult | CallFailure:
+        """A chat completion's body (parsed JSON) read as the engine reads every answer —
+        online or from a batch's output file — its content redacted; MALFORMED if it is
+        not one."""
+        try:
+            assert isinstance(answer, dict)
             content = answer["choices"][0]["message"].get("content")
             if content is not None and not isinstance(content, str):
                 raise _NotAnAnswer("content")
             usage = answer.get("usage") or {}
             prompt_tokens = int(usage.get("prompt_tokens") or 0)
             completion_tokens = int(usage.get("completion_tokens") or 0)
-        except (ValueError, LookupError, TypeError, AttributeError, _NotAnAnswer) as exc:
-            return CallFailure(
-                FailureKind.MALFORMED,
-                f"response body is not a chat completion ({type(exc).__name__})",
-                headers,
-                time.monotonic() - started,
-            )
+        except (
+            ValueError,
+            LookupError,
+            TypeError,
+            AttributeError,
+            AssertionError,
+            _NotAnAnswer,
+        ) as exc:
+            return _not_a_completion(exc, headers, latency_s)
         if content:
             content = self._redactor.redact_content(content)
-        latency = time.monotonic() - started
-        return CallResult(content, prompt_tokens, completion_tokens, headers, latency)
+        return CallResult(content, prompt_tokens, completion_tokens, headers, latency_s)
+
+    def batch_client(self, key_id: str) -> BatchClient:
+        """The Files and Batch APIs for one key, over the shared connection pool."""
+        client = self._batch_clients.get(key_id)
+        if client is None:
+            if not self._filtering:  # the SDK's and transport's logs are provider text too
+                self._filtering = True
+                self._log_filter.install()
+            route = self._routes[key_id]
+            client = BatchClient(route.secret, route.base_url, self._http, self._redactor)
+            self._batch_clients[key_id] = client
+        return client
+
+    @property
+    def redactor(self) -> Redactor:
+        """What masks the job's secrets in whatever a provider says."""
+        return self._redactor
 
     async def embed(
         self, key_id: str, model: str, inputs: list[str], timeout_s: float

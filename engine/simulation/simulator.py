@@ -52,6 +52,7 @@ from aiohttp import web
 
 from engine.config.settings import LATENCY_DISTRIBUTIONS, SIMULATED_DRIFTS
 from engine.provider.redaction import mask_secret
+from engine.simulation.batch_api import BatchFaults, BatchLineError, SimulatedBatchApi
 from engine.simulation.rate_buckets import FULL_MINUTE_S, Admission, KeyBudget, format_duration
 
 # "429": a rate-limit refusal whatever the budget, as from a provider that will not serve.
@@ -127,8 +128,16 @@ class SimulatorConfig:
     drift_after: int = 0
     drift: tuple[str, ...] = ()
     drift_until: int = 0
+    # The Batch API (`batch_api`): seconds until a batch completes, and its faults.
+    batch_delay_s: float = 3.0
+    batch_fault_line: float = 0.0
+    batch_fault_fail: float = 0.0
+    batch_fault_expire: float = 0.0
+    batch_fault_stuck: float = 0.0
+    batch_fault_poll: float = 0.0
 
     def __post_init__(self) -> None:
+        self.batch_faults()  # checks them
         low, high = self.latency_s
         if not 0 <= low <= high:
             raise ValueError(
@@ -161,6 +170,17 @@ class SimulatorConfig:
                 f"unknown drift {', '.join(map(repr, unknown))}; "
                 f"choose from {', '.join(DRIFT_KINDS)}"
             )
+
+    def batch_faults(self) -> BatchFaults:
+        """The Batch API's delay and faults."""
+        return BatchFaults(
+            self.batch_delay_s,
+            self.batch_fault_line,
+            self.batch_fault_fail,
+            self.batch_fault_expire,
+            self.batch_fault_stuck,
+            self.batch_fault_poll,
+        )
 
     def fault_rate(self, kind: str) -> float:
         """The probability of fault `kind` (one of `FAULT_KINDS`)."""
@@ -446,6 +466,23 @@ class _Caller:
     quota_exhausted: bool
 
 
+@dataclass(slots=True)
+class _Composed:
+    """A chat answer composed, before it is sent: its body and what it came to."""
+
+    completion: dict[str, Any]
+    completion_tokens: int
+    kinds: tuple[str, ...]  # the drifts applied
+    drifts: bool
+    fault: str | None
+    not_json: bool
+    truncated_body: bool
+    malformed: bool
+    dropped: bool
+    cut_short: bool  # stopped at max_tokens
+    ids: int  # results in it
+
+
 # Builds the 200 answer for an admitted request: (request, body, headers so far).
 _Answer = Callable[[web.BaseRequest, dict[str, Any], dict[str, str]], Awaitable[web.StreamResponse]]
 
@@ -480,6 +517,7 @@ class ProviderSimulator:
         self._completion_seq = 0
         self._answers_numbered = 0  # chat answers composed: the drift's clock
         self._server_error_draws = 0  # chat requests that drew for a drifted 5xx
+        self.batches = SimulatedBatchApi(self, config.batch_faults(), config.seed)
         self._texts_received: set[bytes] = set()  # digests: 16 bytes a text, not the text
 
     @property
@@ -532,6 +570,14 @@ class ProviderSimulator:
         # replace() re-runs validation, so a bad rate is refused before it applies.
         self._config = replace(self._config, **{k: v for k, v in given.items() if v is not None})
 
+    def set_batch_faults(self, **changes: float) -> None:
+        """Change the Batch API's delay (`batch_delay_s`) or faults (`batch_fault_*`)."""
+        wrong = [name for name in changes if not name.startswith("batch_")]
+        if wrong:
+            raise TypeError(f"not a Batch API setting: {', '.join(wrong)}")
+        self._config = replace(self._config, **changes)  # type: ignore[arg-type]
+        self.batches.faults = self._config.batch_faults()
+
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Listen on `host:port` (0: any free port) and return the base URL."""
         if self._runner is not None:
@@ -582,13 +628,25 @@ class ProviderSimulator:
             return await self._serve_api(
                 request, request_id, self._embedding_cost, self._embeddings
             )
+        if SimulatedBatchApi.serves(method, path):
+            caller = self._authenticate(request)
+            if caller is None:
+                return self._unauthorized(request, request_id)
+            headers = {"x-request-id": request_id}
+            return await self.batches.handle(
+                request, caller.secret, lambda status, body: self._json(status, body, headers)
+            )
         if method == "GET" and path == "/v1/models":
             caller = self._authenticate(request)
             if caller is None:
                 return self._unauthorized(request, request_id)
             return self._json(200, self._models(), {"x-request-id": request_id})
         if method == "GET" and path == "/_sim/stats":
-            served = {**self.stats.as_dict(), "drifting": self.drifting}
+            served = {
+                **self.stats.as_dict(),
+                "drifting": self.drifting,
+                "batch_api": asdict(self.batches.stats),
+            }
             # Anyone who can reach the port may ask: keys only by their hints
             # (a job pointed at `crawldeck simulate` sends its real keys).
             by_hint: dict[str, int] = {}
@@ -845,18 +903,7 @@ class ProviderSimulator:
     ) -> web.StreamResponse:
         started = time.monotonic()
         config = self._config
-        messages: list[dict[str, Any]] = body["messages"]
-        prompt_text = [_content_text(m.get("content")) for m in messages]
-        last_user = next(
-            (
-                text
-                for m, text in zip(reversed(messages), reversed(prompt_text), strict=True)
-                if m.get("role") == "user"
-            ),
-            "",
-        )
-        received = parse_chunks(last_user)
-        self._count_received(received)
+        self._count_received(body)
         fault = self._draw_fault(FAULT_KINDS)
         if fault is None and self._drifted_server_error():
             fault = "5xx"
@@ -866,7 +913,80 @@ class ProviderSimulator:
             if early is not None:
                 return early
 
+        composed = self._compose_answer(body, fault)
+        delay = self._base_latency() + config.seconds_per_output_token * composed.completion_tokens
+        kinds = composed.kinds
+        if "slower" in kinds:
+            delay *= _SLOWER_FACTOR
+        if "faster" in kinds:
+            delay *= _FASTER_FACTOR
+        if "slightly_slower" in kinds:
+            delay *= _SLIGHTLY_SLOWER_FACTOR
+        if delay > 0.0:
+            delay *= self._rng.uniform(0.9, 1.1)
+            if not await self._sleep_unless_closing(delay):
+                return self._drop(request)
+
+        headers["openai-processing-ms"] = str(round((time.monotonic() - started) * 1000))
+        payload = json.dumps(self._count_answer(composed), ensure_ascii=False).encode("utf-8")
+        if composed.truncated_body:
+            return self._raw_json(200, payload[: len(payload) // 2], headers)
+        return self._raw_json(200, payload, headers)
+
+    def answer_chat(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A chat completion for `body`, composed and counted as an online answer is, but
+        at once and with no injected fault: a batch line's answer (`batch_api`).
+
+        `body` must have passed the online request's checks (`check_chat_body`)."""
+        return self._count_answer(self._compose_answer(body, None))
+
+    def check_chat_body(self, body: object) -> None:
+        """Raise `BatchLineError` unless `body` is a chat request the online endpoint takes."""
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            raise BatchLineError("you must provide a model parameter", "model")
+        try:
+            self._chat_cost(body)
+        except _BadRequest as bad:
+            raise BatchLineError(str(bad), bad.param) from None
+
+    def _count_answer(self, composed: _Composed) -> dict[str, Any]:
+        """Number and count a composed answer as sent; its completion body."""
+        self._completion_seq += 1
+        composed.completion["id"] = f"chatcmpl-sim{self._config.seed:x}x{self._completion_seq:012x}"
+        self.stats.answers += 1
+        self.stats.drifted_answers += int(composed.drifts)
+        if not composed.truncated_body:
+            if composed.fault is None and not composed.malformed and not composed.dropped:
+                self.stats.completions_ok += 1
+            if not composed.not_json and not composed.malformed and not composed.cut_short:
+                self.stats.chunk_ids_answered += composed.ids
+        return composed.completion
+
+    def _count_received(self, body: dict[str, Any]) -> None:
+        messages: list[dict[str, Any]] = body["messages"]
+        users = (m.get("content") for m in reversed(messages) if m.get("role") == "user")
+        chunks = parse_chunks(_content_text(next(users, "")))
+        self.stats.chunks_received += len(chunks)
+        for _chunk_id, text in chunks:
+            digest = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+            if digest not in self._texts_received:
+                self._texts_received.add(digest)
+                self.stats.distinct_texts_received += 1
+
+    def _compose_answer(self, body: dict[str, Any], fault: str | None) -> _Composed:
+        """What the model says to `body` (with `fault`, drift by the answer's number)."""
+        config = self._config
+        messages: list[dict[str, Any]] = body["messages"]
+        prompt_text = [_content_text(m.get("content")) for m in messages]
         prompt_tokens = estimate_tokens(sum(len(t.encode("utf-8")) for t in prompt_text))
+        last_user = next(
+            (
+                text
+                for m, text in zip(reversed(messages), reversed(prompt_text), strict=True)
+                if m.get("role") == "user"
+            ),
+            "",
+        )
         with_items = _asks_for_items(prompt_text)
         results: list[dict[str, Any]] = [
             {
@@ -874,7 +994,7 @@ class ProviderSimulator:
                 "summary": summarize(text),
                 **({"items": extract_items(text)} if with_items else {}),
             }
-            for cid, text in received
+            for cid, text in parse_chunks(last_user)
         ]
         if fault == "missing_id" and results:
             del results[self._rng.randrange(len(results))]
@@ -907,21 +1027,8 @@ class ProviderSimulator:
             content = content.encode("utf-8")[: max_tokens * 4].decode("utf-8", errors="ignore")
             completion_tokens, finish_reason = max_tokens, "length"
 
-        delay = self._base_latency() + config.seconds_per_output_token * completion_tokens
-        if "slower" in kinds:
-            delay *= _SLOWER_FACTOR
-        if "faster" in kinds:
-            delay *= _FASTER_FACTOR
-        if "slightly_slower" in kinds:
-            delay *= _SLIGHTLY_SLOWER_FACTOR
-        if delay > 0.0:
-            delay *= self._rng.uniform(0.9, 1.1)
-            if not await self._sleep_unless_closing(delay):
-                return self._drop(request)
-
-        self._completion_seq += 1
         completion = {
-            "id": f"chatcmpl-sim{config.seed:x}x{self._completion_seq:012x}",
+            "id": "",  # numbered when it is sent
             "object": "chat.completion",
             "created": int(time.time()),
             "model": body["model"],
@@ -940,25 +1047,19 @@ class ProviderSimulator:
             },
             "system_fingerprint": "fp_simulator",
         }
-        headers["openai-processing-ms"] = str(round((time.monotonic() - started) * 1000))
-        payload = json.dumps(completion, ensure_ascii=False).encode("utf-8")
-        self.stats.answers += 1
-        self.stats.drifted_answers += int(drifts)
-        if truncated_body:
-            return self._raw_json(200, payload[: len(payload) // 2], headers)
-        if fault is None and malformed is None and not dropped:
-            self.stats.completions_ok += 1
-        if not not_json and malformed is None and finish_reason == "stop":
-            self.stats.chunk_ids_answered += len(results)
-        return self._raw_json(200, payload, headers)
-
-    def _count_received(self, chunks: Sequence[tuple[str, str]]) -> None:
-        self.stats.chunks_received += len(chunks)
-        for _chunk_id, text in chunks:
-            digest = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
-            if digest not in self._texts_received:
-                self._texts_received.add(digest)
-                self.stats.distinct_texts_received += 1
+        return _Composed(
+            completion,
+            completion_tokens,
+            kinds,
+            drifts,
+            fault,
+            not_json=not_json,
+            truncated_body=truncated_body,
+            malformed=malformed is not None,
+            dropped=bool(dropped),
+            cut_short=finish_reason != "stop",
+            ids=len(results),
+        )
 
     async def _embeddings(
         self,
@@ -1205,6 +1306,23 @@ def _argument_parser() -> argparse.ArgumentParser:
         metavar="M",
         help="from the M-th chat answer on, drift ends again (default 0: never)",
     )
+    parser.add_argument(
+        "--batch-delay-s",
+        type=float,
+        default=3.0,
+        metavar="SECONDS",
+        help="how long a Batch API batch takes to complete (default 3)",
+    )
+    for kind, what in (
+        ("line", "a batch line fails into the error file"),
+        ("fail", "a batch fails validation"),
+        ("expire", "a batch expires, half answered"),
+        ("stuck", "a batch stays in_progress until cancelled"),
+        ("poll", "a look at a batch answers 500"),
+    ):
+        parser.add_argument(
+            f"--batch-fault-{kind}", type=float, default=0.0, metavar="P", help=f"P that {what}"
+        )
     return parser
 
 
@@ -1241,6 +1359,12 @@ def config_from_args(argv: Sequence[str]) -> tuple[SimulatorConfig, str, int]:
             drift_after=args.drift_after,
             drift=args.drift,
             drift_until=args.drift_until,
+            batch_delay_s=args.batch_delay_s,
+            batch_fault_line=args.batch_fault_line,
+            batch_fault_fail=args.batch_fault_fail,
+            batch_fault_expire=args.batch_fault_expire,
+            batch_fault_stuck=args.batch_fault_stuck,
+            batch_fault_poll=args.batch_fault_poll,
             **faults,
         )
     except ValueError as exc:

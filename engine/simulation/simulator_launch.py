@@ -69,6 +69,14 @@ def simulator_arguments(sim: SimulatorSettings, port: int) -> list[str]:
         str(sim.hang_s),
         "--seed",
         str(sim.seed),
+        "--batch-delay-s",
+        str(sim.batch_delay_s),
+        "--batch-fault-line",
+        str(sim.batch_fault_line),
+        "--batch-fault-fail",
+        str(sim.batch_fault_fail),
+        "--batch-fault-expire",
+        str(sim.batch_fault_expire),
     ]
     if sim.drift_after > 0:  # drift is for demos and tests: off unless asked for
         arguments += ["--drift-after", str(sim.drift_after)]

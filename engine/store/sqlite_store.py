@@ -49,11 +49,14 @@ import aiosqlite
 
 from engine.observe.events import Event
 from engine.pipeline.records import text_key
+from engine.store import batch_records
+from engine.store.batch_records import BatchRecord
 from engine.store.run_lease import RunLease, is_alive
 from engine.store.state_folder import state_folder_for_store
 from engine.store.store_error import ANOTHER_STORE, StoreError, foreign, store_error
 
-SCHEMA_VERSION = 4  # 2: crawled pages; 3: drift baselines; 4: answers by text
+# 2: crawled pages; 3: drift baselines; 4: answers by text; 5: submitted provider batches
+SCHEMA_VERSION = 5
 # SQLite's historical limit on bound parameters is 999; stay well under it.
 MAX_QUERY_PARAMS = 500
 BUSY_TIMEOUT_MS = 10_000
@@ -143,6 +146,7 @@ CREATE TABLE IF NOT EXISTS drift_baselines (
     baseline_json TEXT NOT NULL
 );
 """
+_SCHEMA += batch_records.SCHEMA + ";\n"
 
 _INSERT_RESULT = """
 INSERT OR IGNORE INTO results (
@@ -781,6 +785,30 @@ class Store:
                 )
             )
         return str(rows[0][0]) if rows else None
+
+    async def record_batch(self, record: BatchRecord) -> None:
+        """Keep a submitted batch (`batch_records`); written at once, not batched."""
+        async with self._turn() as conn:
+            await batch_records.write_record(conn, record)
+
+    async def update_batch(
+        self,
+        input_file_id: str,
+        *,
+        state: str | None = None,
+        batch_id: str | None = None,
+        provider_state: str | None = None,
+    ) -> None:
+        """Change a kept batch's state, id or the provider's last word on it; at once."""
+        async with self._turn() as conn:
+            await batch_records.set_state(
+                conn, input_file_id, state=state, batch_id=batch_id, provider_state=provider_state
+            )
+
+    async def open_batches(self) -> list[BatchRecord]:
+        """The kept batches neither settled nor abandoned, oldest first."""
+        async with self._turn() as conn:
+            return await batch_records.open_records(conn)
 
     async def page_outcomes(self) -> dict[str, int]:
         """Committed pages by outcome."""

@@ -13,6 +13,7 @@ from engine.config.settings import BUILTIN_PRESETS, DriftSettings, Preset
 from engine.control.controls import Adjustment
 from engine.drift.monitor import DriftMonitor
 from engine.engine import Engine
+from engine.observe.batch_view import BatchRoute, SubmittedBatch
 from engine.observe.events import Event, EventKind
 from engine.observe.snapshot import (
     Counts,
@@ -232,6 +233,49 @@ def fixed_crawl_snapshot(**changes: object) -> Snapshot:
         job_name="sites-q3",
         crawl=crawl,
         counts=Counts(total=9_350, total_estimated=True, seen=3_650, done=3_280, pending=310),
+    )
+    return replace(snap, **changes)  # type: ignore[arg-type]
+
+
+def fixed_batch_snapshot(**changes: object) -> Snapshot:
+    """The fixed snapshot of a batch-mode job: three batches open at the provider."""
+    batches = tuple(
+        SubmittedBatch(
+            batch_id=f"batch_69a1c0ffee{n:02d}",
+            key_alias="main",
+            state=state,
+            requests=50,
+            completed=completed,
+            failed=failed,
+            chunks=250,
+            age_s=age,
+            window_s=86_400.0,
+            resumed=n == 0,
+        )
+        for n, (state, completed, failed, age) in enumerate(
+            (
+                ("in_progress", 31, 1, 5_040.0),
+                ("in_progress", 12, 0, 2_410.0),
+                ("validating", 0, 0, 35.0),
+                ("validating", 0, 0, 4.0),
+            )
+        )
+    )
+    route = BatchRoute(
+        batches=batches,
+        submitted=11,
+        resumed=1,
+        settled=8,
+        abandoned=1,
+        collecting=17,
+        cost_usd=0.0292,
+        cost_projected_usd=0.1310,
+        online_cost_projected_usd=0.2620,
+    )
+    snap = fixed_snapshot(
+        job_name="transcripts-batch",
+        batch=route,
+        counts=Counts(total=8_834, seen=8_834, done=3_750, pending=4_084, in_flight=1_000),
     )
     return replace(snap, **changes)  # type: ignore[arg-type]
 

@@ -18,10 +18,16 @@ from textual.widgets._footer import FooterKey  # not exported; textual is pinned
 from engine.engine import Engine
 from engine.observe.headless_reporter import status_line
 from engine.observe.snapshot import JobState
-from tests.tui.conftest import FixedSource, fixed_crawl_snapshot, fixed_snapshot
+from tests.tui.conftest import (
+    FixedSource,
+    fixed_batch_snapshot,
+    fixed_crawl_snapshot,
+    fixed_snapshot,
+)
 from tui.actions import ACTIONS
 from tui.app import CrawldeckApp
 from tui.screens.confirm_quit import ConfirmQuitScreen
+from tui.widgets.batch_panel import BatchPanel
 from tui.widgets.event_log import EventLog
 from tui.widgets.fitting_footer import FittingFooter
 from tui.widgets.key_usage_table import KeyUsageTable
@@ -237,6 +243,36 @@ def test_dashboard_at_80x24(snap_compare: Callable[..., bool]) -> None:
 
 def test_dashboard_at_160x48(snap_compare: Callable[..., bool]) -> None:
     assert snap_compare(fixed_app(), terminal_size=(160, 48))
+
+
+def fixed_batch_app() -> CrawldeckApp:
+    return CrawldeckApp(FixedSource(fixed_batch_snapshot()), refresh_hz=0, clock=FrozenClock())
+
+
+async def test_the_batch_panel_shows_open_batches_and_the_cost_only_for_batch_jobs() -> None:
+    async with fixed_app().run_test(size=(160, 48)) as pilot:
+        await pilot.pause()
+        assert not pilot.app.query_one(BatchPanel).display
+    async with fixed_batch_app().run_test(size=(160, 48)) as pilot:
+        await pilot.pause()
+        panel = pilot.app.query_one(BatchPanel)
+        assert panel.display
+        lines = str(panel.render()).splitlines()
+        assert "open 4" in lines[0] and "given up 1" in lines[0]
+        assert "projected $0.1310 (online $0.2620)" in lines[0]
+        # Oldest first, two of them, then a count of the rest.
+        assert lines[1].split()[:2] == ["in", "progress"]
+        assert "31/50 requests (1 failed)  1h24m of 24h00m  batch_69a1c0ffee00" in lines[1]
+        assert lines[1].endswith("resumed")
+        assert lines[3].strip() == "… 2 more open"
+
+
+def test_batch_dashboard_at_80x24(snap_compare: Callable[..., bool]) -> None:
+    assert snap_compare(fixed_batch_app(), terminal_size=(80, 24))
+
+
+def test_batch_dashboard_at_160x48(snap_compare: Callable[..., bool]) -> None:
+    assert snap_compare(fixed_batch_app(), terminal_size=(160, 48))
 
 
 def test_crawl_dashboard_at_80x24(snap_compare: Callable[..., bool]) -> None:

@@ -26,6 +26,7 @@ from tui.actions import ACTIONS, bindings
 from tui.screens.concurrency_prompt import ConcurrencyPrompt
 from tui.screens.preset_editor import PresetEdit, PresetEditor
 from tui.screens.preset_picker import PresetChoice, PresetPicker
+from tui.widgets.batch_panel import BatchPanel
 from tui.widgets.crawl_panel import CrawlPanel
 from tui.widgets.drift_panel import DriftPanel
 from tui.widgets.event_log import EventLog
@@ -113,6 +114,7 @@ class DashboardScreen(Screen[None]):
         yield MemoryGauge(id="memory")
         yield QueueDepthsBar(id="queues")
         yield CrawlPanel(id="crawl")
+        yield BatchPanel(id="batch")
         with Container(id="lower"):
             with Vertical(id="lower-left"):
                 yield KeyUsageTable(id="keys")
@@ -132,6 +134,7 @@ class DashboardScreen(Screen[None]):
             self.query_one(MemoryGauge),
             self.query_one(QueueDepthsBar),
             self.query_one(CrawlPanel),
+            self.query_one(BatchPanel),
             self.query_one(KeyUsageTable),
             self.query_one(DriftPanel),
             self.query_one(EventLog),

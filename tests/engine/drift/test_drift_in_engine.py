@@ -90,7 +90,9 @@ async def test_a_saved_baseline_arms_the_next_run_from_its_first_result(
     assert "[saved: runs judge against this one]" in shown
     assert "results from 60 answers" in shown
 
-    more = write_records(tmp_path / "more.txt", 120)  # another source: new chunks
+    # Another source and other words: new chunks that need requests (the same text
+    # under another source would be stored as a copy of its answer).
+    more = write_records(tmp_path / "more.txt", 120, words=31)
     config = replace(first.config, job=replace(first.config.job, input=str(more)))
     again = Engine(config, secrets)
     assert await again.run() is JobState.DONE

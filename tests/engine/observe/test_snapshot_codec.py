@@ -9,6 +9,7 @@ import pytest
 
 from engine.cluster.cluster_view import ClusterView, KeyUsage, WorkerView
 from engine.config.settings import BUILTIN_PRESETS
+from engine.observe.batch_view import BatchRoute, SubmittedBatch
 from engine.observe.events import Event, EventKind
 from engine.observe.latency_histogram import LatencyHistogram
 from engine.observe.snapshot import (
@@ -139,6 +140,37 @@ def test_a_workers_cluster_view_round_trips() -> None:
 
     assert back == snap
     assert back.cluster is not None and back.cluster.chunks_total == 200
+
+
+def test_a_batch_mode_jobs_batches_round_trip() -> None:
+    batch = SubmittedBatch(
+        batch_id="batch_abc",
+        key_alias="main",
+        state="in_progress",
+        requests=50,
+        completed=12,
+        failed=1,
+        chunks=250,
+        age_s=61.5,
+        window_s=86_400.0,
+        resumed=True,
+    )
+    route = BatchRoute(
+        batches=(batch, replace(batch, batch_id="", state="validating", resumed=False)),
+        submitted=3,
+        resumed=1,
+        settled=2,
+        abandoned=1,
+        collecting=7,
+        cost_usd=0.0125,
+        cost_projected_usd=0.05,
+        online_cost_projected_usd=None,
+    )
+    snap = replace(rich_snapshot(), batch=route)
+
+    back = decode_snapshot(json.loads(json.dumps(encode_snapshot(snap))))
+
+    assert back == snap and back.batch == route
 
 
 def test_the_default_snapshot_round_trips() -> None:

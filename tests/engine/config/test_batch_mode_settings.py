@@ -1,0 +1,119 @@
+"""A provider's `mode = "batch"` and its batch settings, read from the job file."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from engine.config.config_problem import ConfigError, ConfigProblem
+from engine.config.job_file import load_config
+
+JOB = """\
+[job]
+input = "docs"
+
+[[providers]]
+name = "openai"
+base_url = "https://api.openai.com/v1"
+model = "gpt-4o-mini"
+price_input_per_m = 0.15
+price_output_per_m = 0.6
+{extra}
+
+[[providers.keys]]
+env = "OPENAI_API_KEY"
+"""
+
+
+def job_file(tmp_path: Path, extra: str, more: str = "") -> Path:
+    path = tmp_path / "job.toml"
+    path.write_text(textwrap.dedent(JOB.format(extra=extra)) + more, encoding="utf-8")
+    return path
+
+
+def problems_of(path: Path) -> list[ConfigProblem]:
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    return caught.value.problems
+
+
+def line_of(path: Path, text: str) -> int:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return next(n for n, line in enumerate(lines, start=1) if line.strip().startswith(text))
+
+
+def test_a_batch_provider_pays_half_unless_the_file_gives_batch_prices(tmp_path: Path) -> None:
+    half = load_config(job_file(tmp_path, 'mode = "batch"')).providers[0]
+    assert half.mode == "batch"
+    assert half.batch_prices_per_m == (0.075, 0.3)
+    assert half.batch_window == "24h" and half.batch_max_requests == 50_000
+
+    priced = load_config(
+        job_file(tmp_path, 'mode = "batch"\nbatch_price_input_per_m = 0.1')
+    ).providers[0]
+    assert priced.batch_prices_per_m == (0.1, 0.3)
+
+
+def test_an_unknown_mode_is_one_line_at_its_key(tmp_path: Path) -> None:
+    path = job_file(tmp_path, 'mode = "bulk"')
+
+    (problem,) = problems_of(path)
+
+    assert problem.key == "providers[0].mode"
+    assert problem.line == line_of(path, "mode =")
+    assert "bulk" in problem.message and "batch" in problem.message
+    assert "\n" not in str(problem)
+
+
+def test_batch_limits_out_of_range_are_refused_at_their_keys(tmp_path: Path) -> None:
+    path = job_file(
+        tmp_path, 'mode = "batch"\nbatch_max_requests = 0\nbatch_poll_s = 10\nbatch_poll_max_s = 5'
+    )
+
+    problems = problems_of(path)
+
+    assert [p.key for p in problems] == [
+        "providers[0].batch_max_requests",
+        "providers[0].batch_poll_max_s",
+    ]
+    assert problems[0].line == line_of(path, "batch_max_requests")
+
+
+def test_online_and_batch_providers_are_not_mixed_in_one_job(tmp_path: Path) -> None:
+    second = """
+[[providers]]
+name = "other"
+base_url = "https://api.example.com/v1"
+model = "gpt-4o-mini"
+mode = "batch"
+
+[[providers.keys]]
+env = "OTHER_KEY"
+"""
+    path = job_file(tmp_path, "", second)
+
+    (problem,) = problems_of(path)
+
+    assert problem.key == "providers[1].mode"
+    assert "all be online or all be batch" in problem.message
+
+
+def test_batch_mode_is_not_shared_by_a_cluster(tmp_path: Path) -> None:
+    path = job_file(tmp_path, 'mode = "batch"', '\n[cluster]\nredis = "redis://127.0.0.1:6379/0"\n')
+
+    (problem,) = problems_of(path)
+
+    assert problem.key == "cluster"
+    assert "batch mode cannot be shared by a cluster" in problem.message
+
+
+def test_batch_retries_go_to_the_next_batch_or_online(tmp_path: Path) -> None:
+    online = load_config(job_file(tmp_path, 'mode = "batch"\nbatch_retries = "online"'))
+    assert online.providers[0].batch_retries == "online"
+
+    (problem,) = problems_of(job_file(tmp_path, 'mode = "batch"\nbatch_retries = "later"'))
+
+    assert problem.key == "providers[0].batch_retries"
+    assert "'batch', 'online'" in problem.message
