@@ -96,12 +96,14 @@ class Engine:
         self._cluster_trouble = cluster.trouble if cluster is not None else ()
         self._blocks: asyncio.Queue[list[Chunk] | None] = asyncio.Queue(maxsize=8)
         self._queue: WorkQueue
+        delivered: asyncio.Event | None = None  # a cluster's: every batch read by a worker
         if cluster is None:
             self._queue = InProcessWorkQueue(max(4, config.engine.queue_size // 8), clock)
             self._held = HeldWork(self._queue)  # chunk ids and batches between reader and store
         else:
             shared = cluster.work_queue(self.events, clock, counted=self._count_committed)
             self._queue, self._held = shared, cluster.held_work(shared)
+            delivered = shared.delivered
         self._backoff = Backoff(self._preset_in_force)
         self._clients = ProviderClients()
         keys = provider_keys(config.providers, secrets, clock)
@@ -177,9 +179,14 @@ class Engine:
             events=self.events,
             clock=clock,
             on_no_key=self._no_key_left,
-            # In a cluster an empty queue here says nothing of the job's tail: no hedging;
-            # nor for a batch-mode job's retries, sent online to save time, not to pay twice.
-            input_done=lambda: self._cluster is None and not batch_mode and self._held.input_done,
+            # A cluster's tail: its stream delivered (an empty queue here says nothing
+            # of other workers').  None for a batch-mode job's retries, sent online to
+            # save time, not to pay twice.
+            input_done=lambda: (
+                (self._held.input_done if delivered is None else delivered.is_set())
+                and not batch_mode
+            ),
+            tail_signal=delivered,
         )
         self._drift = (
             DriftWatch(

@@ -72,6 +72,9 @@ Clock = Callable[[], float]
 
 # Ids per keep-alive script call: bounds one script's run time on the server.
 KEEP_ALIVE_IDS_PER_CALL = 500
+# The reader's longest block once the whole input is enqueued (a read blocks only
+# when the stream has nothing new: at the run's tail).
+TAIL_BLOCK_S = 0.25
 
 # KEYS: work, enqueued, progress, done.  ARGV: n, n chunk ids, n encoded chunks, history,
 # version.  Keeps the chunks never added and never stored and adds them as one entry.
@@ -283,6 +286,10 @@ class StreamWorkQueue:
         self._joined = False
         self._cursor = "0-0"
         self._over = False
+        self._input_complete_seen = False
+        # Set once the whole input is enqueued and every entry has been read by some
+        # consumer: what is left is in flight somewhere — the run's tail.
+        self.delivered = asyncio.Event()
         self.reclaimed = 0  # entries taken over from idle consumers
         self.dead_lettered = 0  # entries this consumer sent to the dead-letter stream
         self.lost = 0  # entries another consumer took over from this one
@@ -479,10 +486,23 @@ class StreamWorkQueue:
             if room <= 0:
                 continue
             block_s = min(self._block_s, max(0.001, next_reclaim - now))
+            if self._input_complete_seen:
+                # Near the tail: the last entry's delivery, and then the run's end
+                # (another consumer settling the last entry), are seen this soon.
+                block_s = min(block_s, TAIL_BLOCK_S)
+            complete_before = self._input_complete_seen
             if await self._read_new(failures, room, block_s):
                 continue
-            if not self._over and (await self.progress()).over:
+            if self._over:
+                continue
+            progress = await self.progress()
+            if progress.over:
                 self._finish()
+                continue
+            self._input_complete_seen = progress.input_complete
+            if complete_before:
+                # Complete before a read that found nothing new: every entry is out.
+                self.delivered.set()
 
     async def _read_new(self, failures: GivesUp, room: int, block_s: float) -> bool:
         """Read up to `room` new entries (never 0: that means all), blocking up to `block_s`."""

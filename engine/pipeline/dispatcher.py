@@ -167,9 +167,13 @@ class Dispatcher:
         clock: Clock,
         on_no_key: Callable[[str], None],
         input_done: Callable[[], bool] = lambda: False,
+        tail_signal: asyncio.Event | None = None,
     ) -> None:
         self._queue = queue
         self._input_done = input_done
+        # Set when the input is all out while admission may be waiting for a batch
+        # that will not come (a cluster's stream, delivered): the tail begins then.
+        self._tail_signal = tail_signal
         # Once the input is read and nothing waits to be sent, hangs are cut shorter.
         self.tail = JobTail()
         self._keys = keys
@@ -277,7 +281,24 @@ class Dispatcher:
     async def run(self, outcomes: BatchOutcomes) -> None:
         """Admit and send until the queue closes (or admission is stopped) and sends end."""
         async with asyncio.TaskGroup() as sends:
-            self._admission = sends.create_task(self._admit(sends, outcomes), name="admission")
+            admission = sends.create_task(self._admit(sends, outcomes), name="admission")
+            self._admission = admission
+            if self._tail_signal is not None:
+                signal = self._tail_signal
+                watch = sends.create_task(self._tail_on(signal, sends, outcomes), name="tail")
+                admission.add_done_callback(lambda _: watch.cancel())
+
+    async def _tail_on(
+        self, signal: asyncio.Event, sends: asyncio.TaskGroup, outcomes: BatchOutcomes
+    ) -> None:
+        await signal.wait()
+        if not self.tail.begun and not (self._queue.fresh_count or self._queue.retry_count):
+            self._begin_tail(sends, outcomes)
+        # Else batches wait here: admission begins the tail after the last of them.
+
+    def _begin_tail(self, sends: asyncio.TaskGroup, outcomes: BatchOutcomes) -> None:
+        self.tail.begin()
+        self._hedging = sends.create_task(self._hedge_tail(sends, outcomes), name="hedging")
 
     async def _admit(self, sends: asyncio.TaskGroup, outcomes: BatchOutcomes) -> None:
         queue, concurrency = self._queue, self._concurrency
@@ -289,8 +310,7 @@ class Dispatcher:
                 return
             waiting = queue.fresh_count or queue.retry_count
             if not self.tail.begun and not waiting and self._input_done():
-                self.tail.begin()
-                self._hedging = sends.create_task(self._hedge_tail(sends, outcomes), name="hedging")
+                self._begin_tail(sends, outcomes)
             if self.no_key:
                 await outcomes.give_up(batch, self.no_key, announce=False)
                 continue

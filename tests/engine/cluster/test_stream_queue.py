@@ -54,6 +54,35 @@ async def stored(redis: Redis, path: Path) -> dict[str, int]:
         return await store.counts()
 
 
+async def test_the_tail_is_known_once_every_batch_is_out_and_not_before(
+    redis_client: Redis,
+) -> None:
+    """`delivered` says the whole input is enqueued and every entry read by some worker:
+    the batches left are in flight somewhere, and a worker may hedge its own."""
+    # No read-ahead: each entry is read by the get() that takes it.
+    a, b = (Worker(redis_client, PREFIX, name, prefetch=0) for name in "ab")
+    work = batches(chunks(12), 4)
+    for batch in work:
+        await a.queue.put(batch)
+    async with asyncio.timeout(GUARD_S), asyncio.TaskGroup() as tg:
+        tg.create_task(a.queue.run(a.outcomes))
+        tg.create_task(b.queue.run(b.outcomes))
+        taken = [await a.queue.get(), await b.queue.get()]
+        await asyncio.sleep(Timing().block_s * 3)
+        assert not a.queue.delivered.is_set(), "the input is not complete yet"
+        a.queue.close()
+        taken.append(await b.queue.get())  # the last entry: every one is out now
+        # Each waits for more, as a worker's admission does at the tail.
+        ends = [tg.create_task(a.queue.get()), tg.create_task(b.queue.get())]
+        await a.queue.delivered.wait()
+        await b.queue.delivered.wait()
+        assert not any(end.done() for end in ends), "delivered is not over: batches are out"
+        for worker, batch in zip((a, b, b), taken, strict=True):
+            assert batch is not None
+            await worker.answer(batch)
+        assert [await end for end in ends] == [None, None]
+
+
 async def test_two_workers_share_the_batches_and_each_chunk_is_worked_once(
     redis_client: Redis, tmp_path: Path
 ) -> None:
