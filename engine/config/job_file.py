@@ -15,6 +15,7 @@ comments survive.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 import shutil
@@ -32,6 +33,7 @@ from engine.config.presets import (
     preset_findings,
     read_preset_file,
 )
+from engine.config.prices_table import priced_providers, read_prices_table
 from engine.config.settings import (
     BUILTIN_PRESETS,
     SIMULATED_DRIFTS,
@@ -116,6 +118,8 @@ def _job_findings(job: JobSettings, crawling: bool = False) -> list[Finding]:
         findings.append(("input", "is required: a file, a directory or a glob of the documents"))
     if not job.store.strip():
         findings.append(("store", "must name the SQLite file that keeps the results"))
+    if job.budget_usd is not None and not (math.isfinite(job.budget_usd) and job.budget_usd > 0):
+        findings.append(("budget_usd", "must be more than 0 (US dollars), or left out for no cap"))
     if job.chunk_overlap_tokens >= job.chunk_tokens:
         findings.append(
             (
@@ -264,6 +268,7 @@ _SECTIONS = (
     "drift",
     "rate_limit_waits",
     "cluster",
+    "prices",
 )
 # Names people reach for when they paste a secret into the file.
 _SECRET_NAMES = frozenset({"key", "api_key", "apikey", "secret", "token", "value", "password"})
@@ -545,6 +550,20 @@ def load_config(
     job = _with_absolute_paths(job, base_dir, flagged)
 
     providers = reader.providers(raw.get("providers"))
+    prices_table = reader.table(raw.get("prices", {}), ("prices",))
+    prices = read_prices_table(reader, prices_table, ("prices",))
+    listed = raw.get("providers")
+    tables = [t if isinstance(t, dict) else {} for t in listed] if isinstance(listed, list) else []
+    providers, unpriced = priced_providers(reader, providers, tables, prices, ("prices",))
+    if job.budget_usd is not None:
+        for index in unpriced:
+            provider = providers[index]
+            reader.add(
+                ("job", "budget_usd"),
+                f"needs every model's price: provider {provider.name!r} gives none for "
+                f'{provider.model!r} (add [prices."{provider.model}"] or its '
+                "price_input_per_m and price_output_per_m)",
+            )
     prompt, _ = reader.settings(
         PromptSettings(), reader.table(raw.get("prompt", {}), ("prompt",)), ("prompt",)
     )
@@ -581,6 +600,12 @@ def load_config(
                 "a crawl job cannot be shared by a cluster of workers yet: the fetch work is "
                 "not shared, so every worker would crawl every site; remove [cluster] to "
                 "crawl in one process",
+            )
+        if job.budget_usd is not None:
+            reader.add(
+                ("job", "budget_usd"),
+                "a budget cannot be held across a cluster's workers yet: each worker would "
+                "spend it all; remove budget_usd, or [cluster] to run in one process",
             )
     problems.extend(reader.problems)
 

@@ -152,6 +152,9 @@ class JobSettings:
     store: str = "crawldeck.db"
     chunk_tokens: int = 800
     chunk_overlap_tokens: int = 80
+    # US dollars the job may spend, over all its runs in this store (None: no cap).
+    # `engine.limits.spend_budget` holds it; each model needs a price.
+    budget_usd: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
