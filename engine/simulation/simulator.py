@@ -127,6 +127,9 @@ class SimulatorConfig:
     drift_after: int = 0
     drift: tuple[str, ...] = ()
     drift_until: int = 0
+    # (input, output) US dollars per million tokens: each answer's usage then says
+    # what it cost (`usage.cost`), as OpenRouter's do.  None: no cost is reported.
+    cost_per_m: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         low, high = self.latency_s
@@ -153,6 +156,8 @@ class SimulatorConfig:
                 raise ValueError(f"fault_{kind} must be a probability in [0, 1], got {rate}")
         if self.drift_after < 0:
             raise ValueError(f"drift_after must not be negative, got {self.drift_after}")
+        if self.cost_per_m is not None and min(self.cost_per_m) < 0:
+            raise ValueError(f"cost_per_m must not be negative, got {self.cost_per_m}")
         if self.drift_until < 0:
             raise ValueError(f"drift_until must not be negative, got {self.drift_until}")
         unknown = [kind for kind in self.drift if kind not in DRIFT_KINDS]
@@ -932,6 +937,10 @@ class ProviderSimulator:
             },
             "system_fingerprint": "fp_simulator",
         }
+        if config.cost_per_m is not None:
+            per_in, per_out = config.cost_per_m
+            usage = completion["usage"]
+            usage["cost"] = (prompt_tokens * per_in + completion_tokens * per_out) / 1e6
         headers["openai-processing-ms"] = str(round((time.monotonic() - started) * 1000))
         payload = json.dumps(completion, ensure_ascii=False).encode("utf-8")
         self.stats.answers += 1
@@ -1090,6 +1099,16 @@ def _parse_latency(text: str) -> tuple[float, float]:
         raise argparse.ArgumentTypeError(f"expected LOW,HIGH seconds, got {text!r}") from None
 
 
+def _parse_prices(text: str) -> tuple[float, float]:
+    try:
+        per_in, _, per_out = text.partition(",")
+        return (float(per_in), float(per_out))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected IN,OUT dollars per million tokens, got {text!r}"
+        ) from None
+
+
 def _parse_default_limits(text: str) -> tuple[int | None, int | None]:
     rpm, sep, tpm = text.partition(":")
     if not sep:
@@ -1183,6 +1202,13 @@ def _argument_parser() -> argparse.ArgumentParser:
         help=f"how answers drift: {', '.join(DRIFT_KINDS)}",
     )
     parser.add_argument(
+        "--cost-per-m",
+        type=_parse_prices,
+        default=None,
+        metavar="IN,OUT",
+        help="report each answer's cost in usage.cost at these dollars per million tokens",
+    )
+    parser.add_argument(
         "--drift-until",
         type=int,
         default=0,
@@ -1225,6 +1251,7 @@ def config_from_args(argv: Sequence[str]) -> tuple[SimulatorConfig, str, int]:
             drift_after=args.drift_after,
             drift=args.drift,
             drift_until=args.drift_until,
+            cost_per_m=args.cost_per_m,
             **faults,
         )
     except ValueError as exc:
