@@ -36,6 +36,7 @@ from engine.limits.concurrency_limit import ConcurrencyLimit
 from engine.limits.key_pool import KeyPool, provider_keys
 from engine.limits.memory_floor import process_floor_bytes
 from engine.limits.memory_guard import MemoryGuard
+from engine.limits.spend_budget import RunSpend, SpendBudget, budget_reached_line, earlier_spend
 from engine.observe.event_log import EventLog
 from engine.observe.events import EventBus, EventKind
 from engine.observe.run_stats import RunStats
@@ -153,6 +154,9 @@ class Engine:
             batch_size=lambda: self._preset.batch_size,
             on_input_end=self._input_ended,
         )
+        cap = config.job.budget_usd
+        self._budget = SpendBudget(cap) if cap is not None else None
+        self._budget_line = ""  # the line the job ends with when its budget stopped it
         self._dispatcher = Dispatcher(
             self._queue,
             keys=self._keys,
@@ -170,6 +174,8 @@ class Engine:
             on_no_key=self._no_key_left,
             # In a cluster an empty queue here says nothing of the job's tail: no hedging.
             input_done=lambda: self._cluster is None and self._held.input_done,
+            budget=self._budget,
+            on_budget_reached=self._budget_reached,
         )
         self._drift = (
             DriftWatch(
@@ -221,6 +227,9 @@ class Engine:
         ended = False  # by the run's own path: finished, stopped, or store trouble
         try:
             self._run_id = await store.begin_run(cfg.job.name, effective_settings(cfg))
+            if self._budget is not None:  # what earlier runs spent counts against the cap
+                spends = await store.run_spends(excluding=self._run_id)
+                self._budget.spent_earlier_usd = earlier_spend(RunSpend(*run) for run in spends)
             if self._drift is not None:
                 await self._drift.load_saved(store)
             self._state = JobState.RUNNING
@@ -271,6 +280,8 @@ class Engine:
                 self._ended = self._clock()
                 self.stats.tick(self._ended)
                 self._state = self._final_state()
+                if self._budget is not None and self._budget.reached:
+                    self._budget_line = self._budget_reached_line()
                 if self._cluster is not None:
                     await self._cluster.leave()
                 self.events.emit(
@@ -383,6 +394,7 @@ class Engine:
             error_rate_history=tuple(s.error_rate_history),
             events=self.events.recent(),
             cluster=self._cluster.view() if self._cluster is not None else None,
+            budget=self._budget.snapshot() if self._budget is not None else None,
         )
 
     # controls -----------------------------------------------------------
@@ -506,6 +518,11 @@ class Engine:
         return self._fatal
 
     @property
+    def budget_line(self) -> str:
+        """The one line saying the budget stopped the job, once it has ("" otherwise)."""
+        return self._budget_line
+
+    @property
     def elapsed_s(self) -> float:
         """The job's own wall time: it stops growing when the job ends, however
         long a finished dashboard stays open after it."""
@@ -552,6 +569,34 @@ class Engine:
         if reason and not self._fatal:
             self._fatal = reason
             self.events.emit(EventKind.WARNING, self._fatal)
+
+    def _budget_reached(self, needed_usd: float) -> None:
+        """The next request (up to `needed_usd`) would pass the budget: admission has
+        stopped, the job drains; what is not started stays pending for a rerun."""
+        assert self._budget is not None
+        if self._state in (JobState.RUNNING, JobState.PAUSED, JobState.STARTING):
+            self._state = JobState.DRAINING
+        self._running.set()
+        if self._crawl is not None:
+            self._crawl.stop_starting()
+        self.events.emit(
+            EventKind.BUDGET_REACHED,
+            self._budget_reached_line(),
+            budget_usd=self._budget.cap_usd,
+            spent_usd=self._budget.spent_total_usd,
+            reserved_usd=self._budget.reserved_usd,
+            needed_usd=needed_usd,
+        )
+
+    def _budget_reached_line(self) -> str:
+        assert self._budget is not None
+        s = self.stats
+        counted = s.total is not None
+        # Answered but not yet committed, or in flight: started.
+        started = self._dispatcher.in_flight_chunks + max(0, s.chunks_answered - s.done)
+        not_started = max(0, (s.total if s.total is not None else s.seen) - s.finished - started)
+        source = str(self.config.source) if self.config.source is not None else None
+        return budget_reached_line(self._budget, not_started, counted=counted, job_file=source)
 
     def _count_429(self, now: float) -> None:
         self.stats.rate_limited += 1
@@ -644,4 +689,7 @@ class Engine:
         return JobState.DONE
 
     def _summary(self) -> dict[str, object]:
-        return self.stats.summary(self.elapsed_s, self._intake.records_skipped(), self._fatal)
+        summary = self.stats.summary(self.elapsed_s, self._intake.records_skipped(), self._fatal)
+        if self._budget is not None:  # billed, failed and unanswered requests included
+            summary |= {"spent_usd": self._budget.spent_usd, "budget_usd": self._budget.cap_usd}
+        return summary

@@ -41,6 +41,7 @@ class EventKind(StrEnum):
     DRIFT_LIFTED = "drift_lifted"  # its metric came back: the action is lifted
     BATCH_RECLAIMED = "batch_reclaimed"  # a cluster worker took over a batch left idle
     DEAD_LETTER = "dead_letter"  # a batch delivered too often: its chunks fail with why
+    BUDGET_REACHED = "budget_reached"  # the next request would pass budget_usd: admission stops
 
 
 @dataclass(frozen=True, slots=True)

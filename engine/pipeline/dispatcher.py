@@ -46,6 +46,8 @@ from engine.limits.hang_deadline import HangDeadline
 from engine.limits.job_tail import JobTail
 from engine.limits.key_pool import KeyLease, KeyPool, NoUsableKeyError
 from engine.limits.memory_guard import MemoryState
+from engine.limits.request_cost import billed_cost, worst_case_cost
+from engine.limits.spend_budget import BudgetReservation, SpendBudget
 from engine.observe.events import EventBus, EventKind
 from engine.observe.run_stats import RunStats
 from engine.pipeline.prompt import build_messages, estimate_prompt_tokens
@@ -78,6 +80,7 @@ class ChatClients(Protocol):
         timeout_s: float,
         temperature: float | None = None,
         on_wire: Callable[[], None] | None = None,
+        max_tokens: int | None = None,
     ) -> CallResult | CallFailure: ...
 
 
@@ -107,6 +110,7 @@ class _Flight:
     race: _Race | None = None
     twin: bool = False
     task: asyncio.Task[None] | None = None  # its send
+    reservation: BudgetReservation | None = None  # its worst case, held against the budget
 
 
 @dataclass(slots=True, eq=False)
@@ -143,8 +147,14 @@ class Dispatcher:
         clock: Clock,
         on_no_key: Callable[[str], None],
         input_done: Callable[[], bool] = lambda: False,
+        budget: SpendBudget | None = None,
+        on_budget_reached: Callable[[float], None] = lambda needed_usd: None,
     ) -> None:
         self._queue = queue
+        # With a budget every request reserves its worst case before it is sent,
+        # and is sent with `max_tokens` so that worst case is a ceiling.
+        self._budget = budget
+        self._on_budget_reached = on_budget_reached
         self._input_done = input_done
         # Once the input is read and nothing waits to be sent, hangs are cut shorter.
         self.tail = JobTail()
@@ -258,7 +268,9 @@ class Dispatcher:
             waiting = queue.fresh_count or queue.retry_count
             if not self.tail.begun and not waiting and self._input_done():
                 self.tail.begin()
-                self._hedging = sends.create_task(self._hedge_tail(sends, outcomes), name="hedging")
+                if self._budget is None:  # a hedge is a second bill: not on a budget
+                    hedging = self._hedge_tail(sends, outcomes)
+                    self._hedging = sends.create_task(hedging, name="hedging")
             if self.no_key:
                 await outcomes.give_up(batch, self.no_key, announce=False)
                 continue
@@ -271,19 +283,34 @@ class Dispatcher:
             except asyncio.CancelledError:
                 queue.put_retry(batch)
                 raise
+            reservation: BudgetReservation | None = None
             try:
                 messages = build_messages(self._prompt, batch.chunks)
                 # The provider charges the prompt at admission (no `max_tokens` is
                 # sent); the budget also holds the expected output until the answer.
                 prompt_tokens = estimate_prompt_tokens(messages)
                 estimate = prompt_tokens + self._output_estimate(len(batch.chunks))
+                if self._budget is not None:
+                    worst = self._worst_case(prompt_tokens)
+                    reservation = await self._budget.reserve(worst)
+                    if reservation is None:
+                        # Spent + this request would pass the cap, with nothing in flight
+                        # to free room: the batch stays pending and admission ends.
+                        concurrency.release()
+                        queue.put_retry(batch)
+                        self._on_budget_reached(worst)
+                        return
                 lease = await self._keys.lease(estimate, prompt_tokens)
             except asyncio.CancelledError:
                 concurrency.release()
                 queue.put_retry(batch)
+                if reservation is not None:
+                    reservation.cancel()
                 raise
             except NoUsableKeyError:
                 concurrency.release()
+                if reservation is not None:
+                    reservation.cancel()
                 self._no_key_left()
                 if (admission := asyncio.current_task()) is not None and admission.cancelling():
                     # `on_no_key` stopped admission (a worker of a cluster): the batch is
@@ -293,6 +320,12 @@ class Dispatcher:
                 await outcomes.give_up(batch, self.no_key, announce=False)
                 continue
             flight = _Flight(batch, lease, messages, self._clock())
+            if reservation is not None:
+                provider = lease.key.provider
+                reservation.lower_to(
+                    worst_case_cost(provider, prompt_tokens, provider.max_output_tokens)
+                )
+                flight.reservation = reservation
             batch.model = lease.key.provider.model  # the model of the key that last tried it
             self.in_flight_chunks += len(batch.chunks)
             task = flight.task = sends.create_task(self._send(flight, messages, outcomes))
@@ -304,6 +337,25 @@ class Dispatcher:
             delay = self._preset().batch_delay_s
             if delay > 0:
                 await asyncio.sleep(delay)
+
+    def _worst_case(self, prompt_tokens: int) -> float:
+        """A request's worst-case cost before its key is chosen: on the dearest usable provider."""
+        providers = {key.provider.name: key.provider for key in self._keys.keys if key.usable}
+        return max(
+            (worst_case_cost(p, prompt_tokens, p.max_output_tokens) for p in providers.values()),
+            default=0.0,
+        )
+
+    def _settle_budget(self, flight: _Flight, outcome: CallResult | CallFailure | None) -> None:
+        """Settle a request's reservation with what it is billed (None: no answer came)."""
+        reservation = flight.reservation
+        if reservation is None:
+            return
+        if outcome is None and flight.lease.wired_at is None:
+            reservation.cancel()  # never sent
+        else:
+            provider = flight.lease.key.provider
+            reservation.settle(billed_cost(provider, outcome, reservation.worst_usd))
 
     def _output_estimate(self, n_chunks: int) -> int:
         # Learned from the answers so far: the mean output per chunk with a margin.
@@ -377,6 +429,7 @@ class Dispatcher:
 
     def _settle_unstarted(self, flight: _Flight, _task: asyncio.Task[None]) -> None:
         self._give_back(flight, answered=False)  # no-op once the send itself gave them back
+        self._settle_budget(flight, None)  # likewise
 
     async def _send(
         self, flight: _Flight, messages: list[dict[str, str]], outcomes: BatchOutcomes
@@ -398,9 +451,11 @@ class Dispatcher:
                     timeout,
                     self._prompt.temperature,
                     on_wire=lease.on_wire,
+                    max_tokens=provider.max_output_tokens if self._budget is not None else None,
                 )
         except asyncio.CancelledError:
             self._give_back(flight, answered=False)
+            self._settle_budget(flight, None)
             raise
         except TimeoutError:
             outcome = self._hung(lease, hang.patience)
@@ -408,6 +463,7 @@ class Dispatcher:
             self._flying.discard(flight)
             self._flying_changed.set()
         self._give_back(flight, answered=True)
+        self._settle_budget(flight, outcome)
         self._stats.requests += 1
         if flight.race is not None and not self._wins(flight.race, outcome):
             self._keys.notify()

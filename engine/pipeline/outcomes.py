@@ -1,6 +1,7 @@
 """What a batch's call came to: result rows, retries, or failure rows.
 
-An answer is reconciled with its key (usage, limits), costed, parsed and
+An answer is reconciled with its key (usage, limits), costed (the
+provider's reported cost preferred, `engine.limits.request_cost`), parsed and
 stored one row per chunk, each with its share of the usage and the cost; a
 chunk the answer left out is retried alone.  A failure is classified: a 429
 cools its key and requeues the batch (until the batch has waited too long);
@@ -24,6 +25,7 @@ from typing import Any, Protocol
 from engine.config.settings import Preset, RateLimitWaits
 from engine.limits.key_pool import KeyLease, KeyPool
 from engine.limits.rate_limit_patience import batch_gives_up
+from engine.limits.request_cost import answer_cost
 from engine.observe.events import EventBus, EventKind
 from engine.observe.run_stats import RunStats
 from engine.pipeline.held_work import HeldWork
@@ -120,10 +122,7 @@ class Outcomes:
         s.record_latency(result.latency_s)
         self._attempts.record(self._clock(), False)
         provider = key.provider
-        cost = (
-            result.prompt_tokens * provider.price_input_per_m
-            + result.completion_tokens * provider.price_output_per_m
-        ) / 1e6
+        cost = answer_cost(provider, result)  # the provider's own figure, when it gives one
         s.cost_usd += cost
         n = len(batch.chunks)
         drift = self._drift

@@ -27,6 +27,7 @@ import base64
 import contextlib
 import importlib
 import json
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -66,6 +67,7 @@ class CallResult:
     completion_tokens: int
     headers: Mapping[str, str]
     latency_s: float
+    cost_usd: float | None = None  # what the provider says the answer cost (`usage.cost`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +102,14 @@ def _transport_failure(exc: BaseException, timeout_s: float, latency: float) -> 
     return CallFailure(
         FailureKind.CONNECTION, f"connection failed ({type(exc).__name__})", {}, latency
     )
+
+
+def _reported_cost(value: object) -> float | None:
+    """An answer's `usage.cost` (OpenRouter's, in dollars) when it is a usable number."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    cost = float(value)
+    return cost if math.isfinite(cost) and cost >= 0 else None
 
 
 def _error_field(body: object, name: str) -> str:
@@ -320,12 +330,18 @@ class ProviderClients:
         timeout_s: float,
         temperature: float | None = None,
         on_wire: Callable[[], None] | None = None,
+        max_tokens: int | None = None,
     ) -> CallResult | CallFailure:
-        """One chat completion of `messages` on the key's route (`on_wire`: see `_post`)."""
+        """One chat completion of `messages` on the key's route (`on_wire`: see `_post`).
+
+        `max_tokens` caps the answer (a budgeted job sends it, so a request's
+        cost has a ceiling)."""
         route = self._routes[key_id]
         body: dict[str, Any] = {"model": model, "messages": messages}
         if temperature is not None:
             body["temperature"] = temperature
+        if max_tokens is not None:
+            body["max_tokens"] = max_tokens
         sent = await self._post(route.chat_url, route, body, timeout_s, on_wire)
         if isinstance(sent, CallFailure):
             return sent
@@ -338,6 +354,7 @@ class ProviderClients:
             usage = answer.get("usage") or {}
             prompt_tokens = int(usage.get("prompt_tokens") or 0)
             completion_tokens = int(usage.get("completion_tokens") or 0)
+            cost = _reported_cost(usage.get("cost"))
         except (ValueError, LookupError, TypeError, AttributeError, _NotAnAnswer) as exc:
             return CallFailure(
                 FailureKind.MALFORMED,
@@ -348,7 +365,7 @@ class ProviderClients:
         if content:
             content = self._redactor.redact_content(content)
         latency = time.monotonic() - started
-        return CallResult(content, prompt_tokens, completion_tokens, headers, latency)
+        return CallResult(content, prompt_tokens, completion_tokens, headers, latency, cost)
 
     async def embed(
         self, key_id: str, model: str, inputs: list[str], timeout_s: float

@@ -1,4 +1,4 @@
-"""`[job] budget_usd` and `[prices."MODEL"]` in the job file: read, resolved, refused with a line."""
+"""`[job] budget_usd` and `[prices."MODEL"]` in the job file: read, resolved, refused at a line."""
 
 from __future__ import annotations
 
@@ -23,10 +23,7 @@ def job_file(
 ) -> Path:
     return write(
         folder,
-        f'[job]\ninput = "docs"\n{job}\n'
-        + PROVIDER.format(prices=provider_prices)
-        + prices
-        + more,
+        f'[job]\ninput = "docs"\n{job}\n' + PROVIDER.format(prices=provider_prices) + prices + more,
     )
 
 

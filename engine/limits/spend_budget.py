@@ -1,0 +1,173 @@
+"""The job's spending cap (`[job] budget_usd`): reserve the worst case, settle the real cost.
+
+Before a request is sent it reserves its worst-case cost
+(`engine.limits.request_cost.worst_case_cost`); when it ends the
+reservation is settled with what it was billed (`billed_cost`).  A
+reservation is taken only while spent + reserved + it stays within the
+cap, so what is spent can never pass it.  When the next request does not
+fit, admission waits for the requests in flight to settle (their real cost
+is usually well under their worst case, which frees room); once nothing is
+in flight and it still does not fit, the budget is reached: `reserve`
+answers None, and the job drains and ends with the rest not started.
+
+Spent counts this run and the store's earlier runs (`earlier_spend`), so a
+rerun with the same cap spends nothing more and one with a higher cap
+spends the difference.
+
+One process's budget: a cluster of workers would each hold the whole cap,
+so the job file refuses `budget_usd` with `[cluster]`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from engine.observe.snapshot import BudgetSnapshot
+
+# Float sums drift by ulps: a reservation that fits to within this is taken.
+_EPSILON_USD = 1e-12
+
+
+class BudgetReservation:
+    """One request's hold on the budget; settled (or cancelled) exactly once."""
+
+    __slots__ = ("_budget", "_open", "worst_usd")
+
+    def __init__(self, budget: SpendBudget, worst_usd: float) -> None:
+        self._budget = budget
+        self.worst_usd = worst_usd
+        self._open = True
+
+    def lower_to(self, worst_usd: float) -> None:
+        """The request's worst case is `worst_usd` after all (the key it got is cheaper)."""
+        if self._open and worst_usd < self.worst_usd:
+            self._budget._release(self.worst_usd - worst_usd)
+            self.worst_usd = worst_usd
+
+    def settle(self, billed_usd: float) -> None:
+        """The request ended, billed `billed_usd`: spent instead of reserved."""
+        if not self._open:
+            return
+        self._open = False
+        self._budget._settle(self.worst_usd, billed_usd)
+
+    def cancel(self) -> None:
+        """The request was never sent: its reservation goes back."""
+        self.settle(0.0)
+
+
+class SpendBudget:
+    """`cap_usd` across this run and the earlier runs that spent `spent_earlier_usd`."""
+
+    def __init__(self, cap_usd: float, spent_earlier_usd: float = 0.0) -> None:
+        self.cap_usd = cap_usd
+        self.spent_earlier_usd = spent_earlier_usd
+        self.spent_usd = 0.0  # by this run
+        self.reserved_usd = 0.0  # by requests in flight
+        self.reached = False
+        self._settled = asyncio.Event()
+
+    @property
+    def spent_total_usd(self) -> float:
+        return self.spent_earlier_usd + self.spent_usd
+
+    def fits(self, worst_usd: float) -> bool:
+        """Whether a request costing at most `worst_usd` can be reserved now."""
+        return self.spent_total_usd + self.reserved_usd + worst_usd <= self.cap_usd + _EPSILON_USD
+
+    def try_reserve(self, worst_usd: float) -> BudgetReservation | None:
+        """A reservation of `worst_usd` if it fits now, else None (never waits)."""
+        if self.reached or not self.fits(worst_usd):
+            return None
+        self.reserved_usd += worst_usd
+        return BudgetReservation(self, worst_usd)
+
+    async def reserve(self, worst_usd: float) -> BudgetReservation | None:
+        """A reservation of `worst_usd`, waiting while requests in flight may free room.
+
+        None once it cannot fit: nothing in flight, and spent + `worst_usd`
+        passes the cap.  From then on the budget is `reached`.
+        """
+        while True:
+            reservation = self.try_reserve(worst_usd)
+            if reservation is not None:
+                return reservation
+            if self.reached or self.reserved_usd <= _EPSILON_USD:
+                self.reached = True
+                return None
+            self._settled.clear()
+            await self._settled.wait()
+
+    def snapshot(self) -> BudgetSnapshot:
+        """The budget's figures now, as the snapshot shows them."""
+        return BudgetSnapshot(
+            cap_usd=self.cap_usd,
+            spent_usd=self.spent_total_usd,
+            spent_earlier_usd=self.spent_earlier_usd,
+            reserved_usd=self.reserved_usd,
+            reached=self.reached,
+        )
+
+    def _release(self, usd: float) -> None:
+        self.reserved_usd -= usd
+        if self.reserved_usd < _EPSILON_USD:  # all settled: no float residue held
+            self.reserved_usd = 0.0
+        self._settled.set()
+
+    def _settle(self, worst_usd: float, billed_usd: float) -> None:
+        self.spent_usd += billed_usd
+        self._release(worst_usd)
+
+
+@dataclass(frozen=True, slots=True)
+class RunSpend:
+    """What the store knows of one earlier run's spending."""
+
+    summary_json: str | None  # its `runs` row's summary (None: it never recorded an end)
+    results_cost_usd: float  # the cost of the results it stored
+
+
+def earlier_spend(runs: Iterable[RunSpend]) -> float:
+    """Dollars the store's earlier runs spent.
+
+    A run's summary says what it was billed (`spent_usd`, written by a
+    budgeted run: failed and unanswered requests included) or what its
+    answers cost (`cost_usd`); a run that died before writing it (kill -9)
+    counts the cost of the results it stored.
+    """
+    total = 0.0
+    for run in runs:
+        summary: object = None
+        if run.summary_json:
+            try:
+                summary = json.loads(run.summary_json)
+            except ValueError:
+                summary = None
+        spent = None
+        if isinstance(summary, dict):
+            for name in ("spent_usd", "cost_usd"):
+                value = summary.get(name)
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    spent = float(value)
+                    break
+        total += max(run.results_cost_usd, spent) if spent is not None else run.results_cost_usd
+    return total
+
+
+def budget_reached_line(
+    budget: SpendBudget, not_started: int, *, counted: bool, job_file: str | None
+) -> str:
+    """The one line a job stopped by its budget ends with: spent, not started, what to raise.
+
+    `counted`: `not_started` is exact (the input was all counted), else a floor.
+    """
+    where = f"in {job_file}" if job_file else "in the job file"
+    chunks = f"{not_started}" if counted else f"at least {not_started}"
+    return (
+        f"budget reached: ${budget.spent_total_usd:.4f} of ${budget.cap_usd:.4f} spent "
+        f"(${budget.spent_earlier_usd:.4f} by earlier runs); {chunks} chunks not started "
+        f"— raise [job] budget_usd {where} and run again to continue"
+    )
