@@ -1,0 +1,105 @@
+"""The spending cap's reservations, what a request is billed, and what earlier runs spent."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from engine.config.settings import ProviderSettings
+from engine.limits.request_cost import PROMPT_MARGIN, billed_cost, worst_case_cost
+from engine.limits.spend_budget import RunSpend, SpendBudget, earlier_spend
+from engine.provider.client import CallFailure, CallResult, FailureKind
+
+PROVIDER = ProviderSettings(
+    name="p", base_url="http://x/v1", model="m", price_input_per_m=1.0, price_output_per_m=4.0
+)
+
+
+def answer(prompt: int, completion: int, cost: float | None = None) -> CallResult:
+    return CallResult("{}", prompt, completion, {}, 0.1, cost)
+
+
+def test_a_worst_case_is_the_prompt_with_its_margin_and_all_of_max_tokens() -> None:
+    assert worst_case_cost(PROVIDER, 1000, 500) == pytest.approx(
+        (1000 * PROMPT_MARGIN * 1.0 + 500 * 4.0) / 1e6
+    )
+
+
+def test_an_answer_is_billed_what_the_provider_says_else_its_tokens_at_the_prices() -> None:
+    assert billed_cost(PROVIDER, answer(1000, 500), 1.0) == pytest.approx(0.003)
+    assert billed_cost(PROVIDER, answer(1000, 500, cost=0.0123), 1.0) == 0.0123
+
+
+@pytest.mark.parametrize(
+    ("kind", "billed"),
+    [
+        (FailureKind.RATE_LIMITED, 0.0),
+        (FailureKind.QUOTA, 0.0),
+        (FailureKind.AUTH, 0.0),
+        (FailureKind.BAD_REQUEST, 0.0),
+        (FailureKind.SERVER, 0.0),
+        (FailureKind.TIMEOUT, 0.5),  # it may have run: the worst case
+        (FailureKind.CONNECTION, 0.5),
+        (FailureKind.MALFORMED, 0.5),
+    ],
+)
+def test_a_failure_is_billed_nothing_when_refused_and_its_worst_case_when_its_fate_is_unknown(
+    kind: FailureKind, billed: float
+) -> None:
+    assert billed_cost(PROVIDER, CallFailure(kind, "", {}, 0.1), 0.5) == billed
+    assert billed_cost(PROVIDER, None, 0.5) == 0.5  # cancelled on the wire
+
+
+async def test_a_reservation_that_does_not_fit_waits_for_one_in_flight_to_settle() -> None:
+    budget = SpendBudget(1.0)
+    first = await budget.reserve(0.6)
+    assert first is not None and budget.reserved_usd == 0.6
+
+    waiting = asyncio.create_task(budget.reserve(0.6))
+    await asyncio.sleep(0)
+    assert not waiting.done()  # 0.6 + 0.6 would pass 1.0, and 0.6 may come back
+    first.settle(0.3)  # it cost less than its worst case
+    second = await asyncio.wait_for(waiting, 1.0)
+
+    assert second is not None
+    assert (budget.spent_usd, budget.reserved_usd) == (pytest.approx(0.3), pytest.approx(0.6))
+    assert not budget.reached
+
+
+async def test_with_nothing_in_flight_a_reservation_that_does_not_fit_reaches_the_budget() -> None:
+    budget = SpendBudget(1.0, spent_earlier_usd=0.7)
+
+    assert await budget.reserve(0.4) is None
+    assert budget.reached
+    assert budget.try_reserve(0.01) is None  # reached is for good: admission has ended
+
+
+async def test_a_reservation_settles_once_and_a_cancelled_one_costs_nothing() -> None:
+    budget = SpendBudget(1.0)
+    sent = await budget.reserve(0.5)
+    unsent = await budget.reserve(0.2)
+    assert sent is not None and unsent is not None
+
+    sent.settle(0.4)
+    sent.settle(0.4)
+    sent.cancel()
+    unsent.lower_to(0.1)
+    assert budget.reserved_usd == pytest.approx(0.1)
+    unsent.cancel()
+
+    assert (budget.spent_usd, budget.reserved_usd) == (pytest.approx(0.4), 0.0)
+    assert budget.snapshot().spent_usd == pytest.approx(0.4)
+
+
+def test_earlier_runs_count_what_they_were_billed_else_what_their_answers_or_results_cost() -> None:
+    runs = [
+        RunSpend(json.dumps({"cost_usd": 1.0, "spent_usd": 1.5}), 1.0),  # a budgeted run
+        RunSpend(json.dumps({"cost_usd": 2.0}), 2.0),  # a run without a budget
+        RunSpend(json.dumps({"done": 3, "fatal": "killed?"}), 0.25),  # interrupted
+        RunSpend(None, 0.125),  # still running when this one started, or killed mid-start
+        RunSpend("not json", 0.0),
+    ]
+
+    assert earlier_spend(runs) == pytest.approx(1.5 + 2.0 + 0.25 + 0.125)
