@@ -14,6 +14,10 @@ case for it, so the cap holds whatever the bill says.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
+from dataclasses import replace
+
 from engine.config.settings import ProviderSettings
 from engine.provider.client import CallFailure, CallResult, FailureKind
 
@@ -51,6 +55,37 @@ def answer_cost(provider: ProviderSettings, result: CallResult) -> float:
 def worst_case_cost(provider: ProviderSettings, prompt_tokens: int, max_tokens: int) -> float:
     """The most a request of `prompt_tokens` (as estimated) sent with `max_tokens` can cost."""
     return token_cost(provider, prompt_tokens * PROMPT_MARGIN, max_tokens)
+
+
+def dearest(providers: Iterable[ProviderSettings]) -> ProviderSettings | None:
+    """A provider as dear as the dearest of `providers` on every count: the highest
+    input price, output price and `max_output_tokens` of them (None if there are none).
+
+    What a request costs on it bounds what it costs on any of them, so admission
+    can reserve before it knows which key the request gets.
+    """
+    listed = list(providers)
+    if not listed:
+        return None
+    return replace(
+        listed[0],
+        price_input_per_m=max(p.price_input_per_m for p in listed),
+        price_output_per_m=max(p.price_output_per_m for p in listed),
+        max_output_tokens=max(p.max_output_tokens for p in listed),
+    )
+
+
+def affordable_output(provider: ProviderSettings, prompt_tokens: int, usd: float) -> int:
+    """The most output tokens `usd` pays for on `provider` beside the worst case of the prompt,
+    capped at its `max_output_tokens` (0: not even the prompt fits)."""
+    left = usd - token_cost(provider, prompt_tokens * PROMPT_MARGIN, 0)
+    if left < 0:
+        return 0
+    if provider.price_output_per_m <= 0:
+        return provider.max_output_tokens
+    # A hair under: the reservation must cover what is sent, rounding and all.
+    tokens = math.floor(left * 1e6 / provider.price_output_per_m * (1 - 1e-9))
+    return max(0, min(provider.max_output_tokens, tokens))
 
 
 def billed_cost(

@@ -6,9 +6,14 @@ reservation is settled with what it was billed (`billed_cost`).  A
 reservation is taken only while spent + reserved + it stays within the
 cap, so what is spent can never pass it.  When the next request does not
 fit, admission waits for the requests in flight to settle (their real cost
-is usually well under their worst case, which frees room); once nothing is
-in flight and it still does not fit, the budget is reached: `reserve`
-answers None, and the job drains and ends with the rest not started.
+is usually well under their worst case, which frees room).  Once nothing is
+in flight and it still does not fit, what is left is taken if it pays for
+the least the request needs (its answer's expected length: it is then sent
+with a smaller `max_tokens`); if not, `reserve` answers None, the dispatcher
+tries the batch's chunks one by one, and when a single chunk does not fit
+either the budget is `reached`: the job drains and ends with the rest not
+started.  So the job stops less than one request's expected cost short of
+the cap, and never above it.
 
 Spent counts this run and the store's earlier runs (`earlier_spend`), so a
 rerun with the same cap spends nothing more and one with a higher cap
@@ -85,21 +90,30 @@ class SpendBudget:
         self.reserved_usd += worst_usd
         return BudgetReservation(self, worst_usd)
 
-    async def reserve(self, worst_usd: float) -> BudgetReservation | None:
+    async def reserve(
+        self, worst_usd: float, least_usd: float | None = None
+    ) -> BudgetReservation | None:
         """A reservation of `worst_usd`, waiting while requests in flight may free room.
 
-        None once it cannot fit: nothing in flight, and spent + `worst_usd`
-        passes the cap.  From then on the budget is `reached`.
+        With nothing in flight and no room for `worst_usd`, what is left, if
+        that is at least `least_usd` (the request must then be sent within
+        it); else None: the request cannot be afforded (`close` says that is
+        final).
         """
+        least = worst_usd if least_usd is None else min(least_usd, worst_usd)
         while True:
             reservation = self.try_reserve(worst_usd)
-            if reservation is not None:
+            if reservation is not None or self.reached:
                 return reservation
-            if self.reached or self.reserved_usd <= _EPSILON_USD:
-                self.reached = True
-                return None
+            if self.reserved_usd <= _EPSILON_USD:
+                left = self.cap_usd - self.spent_total_usd
+                return self.try_reserve(left) if left >= least and left > 0 else None
             self._settled.clear()
             await self._settled.wait()
+
+    def close(self) -> None:
+        """Nothing more is admitted: the budget is reached."""
+        self.reached = True
 
     def snapshot(self) -> BudgetSnapshot:
         """The budget's figures now, as the snapshot shows them."""

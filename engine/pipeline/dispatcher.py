@@ -39,14 +39,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from engine.config.settings import Preset, PromptSettings
+from engine.config.settings import Preset, PromptSettings, ProviderSettings
 from engine.limits.adaptive_concurrency import AdaptiveConcurrency
 from engine.limits.concurrency_limit import ConcurrencyLimit
 from engine.limits.hang_deadline import HangDeadline
 from engine.limits.job_tail import JobTail
 from engine.limits.key_pool import KeyLease, KeyPool, NoUsableKeyError
 from engine.limits.memory_guard import MemoryState
-from engine.limits.request_cost import billed_cost, worst_case_cost
+from engine.limits.request_cost import (
+    affordable_output,
+    billed_cost,
+    dearest,
+    worst_case_cost,
+)
 from engine.limits.spend_budget import BudgetReservation, SpendBudget
 from engine.observe.events import EventBus, EventKind
 from engine.observe.run_stats import RunStats
@@ -67,6 +72,8 @@ class BatchOutcomes(Protocol):
     ) -> None: ...
 
     async def give_up(self, batch: Batch, reason: str, *, announce: bool = True) -> None: ...
+
+    def split(self, batch: Batch) -> None: ...
 
 
 class ChatClients(Protocol):
@@ -111,6 +118,7 @@ class _Flight:
     twin: bool = False
     task: asyncio.Task[None] | None = None  # its send
     reservation: BudgetReservation | None = None  # its worst case, held against the budget
+    max_tokens: int | None = None  # sent with it: a budgeted request's answer has a ceiling
 
 
 @dataclass(slots=True, eq=False)
@@ -291,14 +299,19 @@ class Dispatcher:
                 prompt_tokens = estimate_prompt_tokens(messages)
                 estimate = prompt_tokens + self._output_estimate(len(batch.chunks))
                 if self._budget is not None:
-                    worst = self._worst_case(prompt_tokens)
-                    reservation = await self._budget.reserve(worst)
+                    worst, least = self._costs(prompt_tokens, len(batch.chunks))
+                    reservation = await self._budget.reserve(worst, least)
                     if reservation is None:
                         # Spent + this request would pass the cap, with nothing in flight
-                        # to free room: the batch stays pending and admission ends.
+                        # to free room: its chunks one by one may fit; a single chunk
+                        # that does not stays pending, and admission ends.
                         concurrency.release()
+                        if len(batch.chunks) > 1:
+                            outcomes.split(batch)
+                            continue
                         queue.put_retry(batch)
-                        self._on_budget_reached(worst)
+                        self._budget.close()
+                        self._on_budget_reached(least)
                         return
                 lease = await self._keys.lease(estimate, prompt_tokens)
             except asyncio.CancelledError:
@@ -322,10 +335,14 @@ class Dispatcher:
             flight = _Flight(batch, lease, messages, self._clock())
             if reservation is not None:
                 provider = lease.key.provider
-                reservation.lower_to(
-                    worst_case_cost(provider, prompt_tokens, provider.max_output_tokens)
+                # What the reservation pays for at the dearest prices, it pays for on this key.
+                dear = dearest([provider, *self._priced()]) or provider
+                max_tokens = min(
+                    provider.max_output_tokens,
+                    affordable_output(dear, prompt_tokens, reservation.worst_usd),
                 )
-                flight.reservation = reservation
+                reservation.lower_to(worst_case_cost(provider, prompt_tokens, max_tokens))
+                flight.reservation, flight.max_tokens = reservation, max_tokens
             batch.model = lease.key.provider.model  # the model of the key that last tried it
             self.in_flight_chunks += len(batch.chunks)
             task = flight.task = sends.create_task(self._send(flight, messages, outcomes))
@@ -338,12 +355,20 @@ class Dispatcher:
             if delay > 0:
                 await asyncio.sleep(delay)
 
-    def _worst_case(self, prompt_tokens: int) -> float:
-        """A request's worst-case cost before its key is chosen: on the dearest usable provider."""
-        providers = {key.provider.name: key.provider for key in self._keys.keys if key.usable}
-        return max(
-            (worst_case_cost(p, prompt_tokens, p.max_output_tokens) for p in providers.values()),
-            default=0.0,
+    def _priced(self) -> list[ProviderSettings]:
+        """The providers of the usable keys."""
+        return list({k.provider.name: k.provider for k in self._keys.keys if k.usable}.values())
+
+    def _costs(self, prompt_tokens: int, n_chunks: int) -> tuple[float, float]:
+        """A request's worst-case cost before its key is chosen, on the dearest usable
+        provider, and the least it must be allowed: its answer's expected length."""
+        dear = dearest(self._priced())
+        if dear is None:
+            return 0.0, 0.0
+        expected = min(dear.max_output_tokens, self._output_estimate(n_chunks))
+        return (
+            worst_case_cost(dear, prompt_tokens, dear.max_output_tokens),
+            worst_case_cost(dear, prompt_tokens, expected),
         )
 
     def _settle_budget(self, flight: _Flight, outcome: CallResult | CallFailure | None) -> None:
@@ -451,7 +476,7 @@ class Dispatcher:
                     timeout,
                     self._prompt.temperature,
                     on_wire=lease.on_wire,
-                    max_tokens=provider.max_output_tokens if self._budget is not None else None,
+                    max_tokens=flight.max_tokens,
                 )
         except asyncio.CancelledError:
             self._give_back(flight, answered=False)

@@ -229,6 +229,13 @@ class Outcomes:
             return
         await self.give_up(batch, f"{failure.kind}: {failure.message}")
 
+    def split(self, batch: Batch) -> None:
+        """Put the batch back as one batch per chunk (a budget's last room fits one, not all)."""
+        for chunk in batch.chunks:
+            self._held.batch_made()
+            self._queue.put_retry(Batch((chunk,), attempt=batch.attempt, model=batch.model))
+        self._held.batch_resolved()
+
     async def _retry_or_fail(
         self, batch: Batch, key_id: str, kind: FailureKind, reason: str, count: bool = True
     ) -> None:

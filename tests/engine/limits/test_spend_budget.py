@@ -8,7 +8,13 @@ import json
 import pytest
 
 from engine.config.settings import ProviderSettings
-from engine.limits.request_cost import PROMPT_MARGIN, billed_cost, worst_case_cost
+from engine.limits.request_cost import (
+    PROMPT_MARGIN,
+    affordable_output,
+    billed_cost,
+    dearest,
+    worst_case_cost,
+)
 from engine.limits.spend_budget import RunSpend, SpendBudget, earlier_spend
 from engine.provider.client import CallFailure, CallResult, FailureKind
 
@@ -25,6 +31,49 @@ def test_a_worst_case_is_the_prompt_with_its_margin_and_all_of_max_tokens() -> N
     assert worst_case_cost(PROVIDER, 1000, 500) == pytest.approx(
         (1000 * PROMPT_MARGIN * 1.0 + 500 * 4.0) / 1e6
     )
+
+
+def test_the_output_a_sum_affords_beside_a_prompt_is_capped_at_max_output_tokens() -> None:
+    capped = ProviderSettings(
+        name="p",
+        base_url="http://x/v1",
+        model="m",
+        price_input_per_m=1.0,
+        price_output_per_m=4.0,
+        max_output_tokens=500,
+    )
+    prompt_worst = 1000 * PROMPT_MARGIN * 1.0 / 1e6
+
+    assert affordable_output(capped, 1000, prompt_worst + 100 * 4.0 / 1e6) == 99  # a hair under
+    assert affordable_output(capped, 1000, 1.0) == 500
+    assert affordable_output(capped, 1000, prompt_worst / 2) == 0
+    # What it affords, it costs no more than.
+    tokens = affordable_output(capped, 1000, 0.0015)
+    assert worst_case_cost(capped, 1000, tokens) <= 0.0015
+
+
+def test_the_dearest_of_several_providers_is_dear_on_every_count() -> None:
+    cheap_in = ProviderSettings(
+        name="a", base_url="http://a/v1", model="m", price_input_per_m=0.1, price_output_per_m=9.0
+    )
+    cheap_out = ProviderSettings(
+        name="b",
+        base_url="http://b/v1",
+        model="n",
+        price_input_per_m=2.0,
+        price_output_per_m=1.0,
+        max_output_tokens=4096,
+    )
+
+    dear = dearest([cheap_in, cheap_out])
+
+    assert dear is not None
+    assert (dear.price_input_per_m, dear.price_output_per_m, dear.max_output_tokens) == (
+        2.0,
+        9.0,
+        4096,
+    )
+    assert dearest([]) is None
 
 
 def test_an_answer_is_billed_what_the_provider_says_else_its_tokens_at_the_prices() -> None:
@@ -68,12 +117,25 @@ async def test_a_reservation_that_does_not_fit_waits_for_one_in_flight_to_settle
     assert not budget.reached
 
 
-async def test_with_nothing_in_flight_a_reservation_that_does_not_fit_reaches_the_budget() -> None:
+async def test_with_nothing_in_flight_what_is_left_is_taken_if_it_pays_for_the_least() -> None:
     budget = SpendBudget(1.0, spent_earlier_usd=0.7)
 
-    assert await budget.reserve(0.4) is None
+    assert await budget.reserve(0.4) is None  # no least: all of it or nothing
+    assert await budget.reserve(0.4, least_usd=0.35) is None
+    last = await budget.reserve(0.4, least_usd=0.2)
+
+    assert last is not None and last.worst_usd == pytest.approx(0.3)
+    assert budget.spent_total_usd + budget.reserved_usd == pytest.approx(1.0)
+    assert not budget.reached
+
+
+async def test_a_closed_budget_admits_nothing_more() -> None:
+    budget = SpendBudget(1.0)
+    budget.close()
+
     assert budget.reached
-    assert budget.try_reserve(0.01) is None  # reached is for good: admission has ended
+    assert budget.try_reserve(0.01) is None
+    assert await budget.reserve(0.01) is None
 
 
 async def test_a_reservation_settles_once_and_a_cancelled_one_costs_nothing() -> None:

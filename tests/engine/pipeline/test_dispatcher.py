@@ -66,6 +66,9 @@ class Recorder:
         self.given_up.append((batch.ids, reason, announce))
         self.held.batch_resolved()
 
+    def split(self, batch: Batch) -> None:
+        raise AssertionError("only a budget splits batches, and these tests set none")
+
 
 class CountingClients:
     """The real clients, counting the calls in flight at once."""
