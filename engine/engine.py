@@ -155,6 +155,8 @@ class Engine:
             on_input_end=self._input_ended,
         )
         cap = config.job.budget_usd
+        if cap is not None and cluster is not None:  # the job file refuses it too
+            raise ValueError("a budget cannot be held across a cluster's workers yet")
         self._budget = SpendBudget(cap) if cap is not None else None
         self._budget_line = ""  # the line the job ends with when its budget stopped it
         self._dispatcher = Dispatcher(

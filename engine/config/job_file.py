@@ -590,6 +590,12 @@ def load_config(
     drift = DriftSettings()
     if "drift" in raw:
         drift = read_drift_table(reader, reader.table(raw["drift"], ("drift",)), ("drift",))
+    if job.budget_usd is not None and drift.enabled and drift.embeddings:
+        reader.add(
+            ("job", "budget_usd"),
+            "cannot hold with the drift monitor's embedding calls, which are not priced: "
+            "set [drift] embeddings = false, or leave budget_usd out",
+        )
     cluster: ClusterSettings | None = None
     if "cluster" in raw:
         table = reader.table(raw["cluster"], ("cluster",))

@@ -24,6 +24,13 @@ and store its chunks twice — and failed as a timeout, which requeues its
 batch.  The preset's request timeout stays the ceiling.  The provider
 counted the request when it took it, so its reservation stays spent.
 
+With `[job] budget_usd` (`SpendBudget`) a batch also reserves its
+worst-case cost before its key is chosen, is sent with the `max_tokens`
+that reservation pays for, and settles it when its call ends; a batch the
+budget's last room cannot take is tried chunk by chunk, and one chunk that
+does not fit ends admission (`on_budget_reached`).  Such a job does not
+hedge: a second request is a second bill.
+
 What the call brought back goes to the outcomes (`BatchOutcomes`).  When no
 key can serve any more, every batch still to come fails with the keys'
 reasons instead of waiting forever, and `on_no_key` is told once; if it

@@ -144,6 +144,22 @@ def test_a_budget_with_a_cluster_is_refused_instead_of_held_per_worker(tmp_path:
     assert "cluster" in problem.message and "\n" not in str(problem)
 
 
+def test_a_budget_with_unpriced_embedding_calls_for_the_drift_monitor_is_refused(
+    tmp_path: Path,
+) -> None:
+    path = job_file(
+        tmp_path,
+        job="budget_usd = 10",
+        provider_prices="price_input_per_m = 0.15\nprice_output_per_m = 0.6\n",
+        more="\n[drift]\nembeddings = true\n",
+    )
+
+    (problem,) = problems_of(path)
+
+    assert (problem.line, problem.key) == (line_of(path, "budget_usd"), "job.budget_usd")
+    assert "embeddings = false" in problem.message
+
+
 def test_a_budget_typed_on_the_command_line_is_checked_and_blamed_on_the_flag(
     tmp_path: Path,
 ) -> None:
