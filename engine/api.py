@@ -50,6 +50,7 @@ from engine.observe.headless_reporter import (
     status_line,
 )
 from engine.observe.snapshot import (
+    BudgetSnapshot,
     Counts,
     CrawlSnapshot,
     DriftMetric,
@@ -128,6 +129,7 @@ __all__ = [
     "Baseline",
     "BaselineFormatError",
     "Bound",
+    "BudgetSnapshot",
     "ClusterJob",
     "ConfigError",
     "ConfigProblem",

@@ -23,6 +23,7 @@ from engine.engine import Engine
 from engine.observe.events import Event, EventKind
 from engine.observe.headless_reporter import status_line
 from engine.observe.snapshot import JobState
+from engine.observe.snapshot_codec import decode_snapshot, encode_snapshot
 from tests.engine.conftest import job_config, sim_keys, write_records
 
 HANG_GUARD_S = 60.0
@@ -108,6 +109,8 @@ async def test_a_job_capped_below_its_cost_stops_under_the_cap_within_one_reques
         engine.budget_line,
     )
     assert event.message == engine.budget_line
+    # Viewers over the control socket (`crawldeck status`, `attach`) get it whole.
+    assert decode_snapshot(json.loads(json.dumps(encode_snapshot(snap)))).budget == snap.budget
     line = status_line(snap)
     assert f"budget ${spent:.4f}/$0.8000 ($0.0000 in flight) REACHED" in line
 
