@@ -155,9 +155,9 @@ class Engine:
             on_input_end=self._input_ended,
         )
         cap = config.job.budget_usd
-        if cap is not None and cluster is not None:  # the job file refuses it too
-            raise ValueError("a budget cannot be held across a cluster's workers yet")
-        self._budget = SpendBudget(cap) if cap is not None else None
+        self._budget: SpendBudget | None = None
+        if cap is not None:  # a cluster's workers hold one budget together
+            self._budget = SpendBudget(cap) if cluster is None else cluster.spend_budget(cap)
         self._budget_line = ""  # the line the job ends with when its budget stopped it
         self._dispatcher = Dispatcher(
             self._queue,
@@ -178,6 +178,7 @@ class Engine:
             input_done=lambda: self._cluster is None and self._held.input_done,
             budget=self._budget,
             on_budget_reached=self._budget_reached,
+            split_at_budget=cluster is None,
         )
         self._drift = (
             DriftWatch(
@@ -229,7 +230,8 @@ class Engine:
         ended = False  # by the run's own path: finished, stopped, or store trouble
         try:
             self._run_id = await store.begin_run(cfg.job.name, effective_settings(cfg))
-            if self._budget is not None:  # what earlier runs spent counts against the cap
+            if self._budget is not None and self._cluster is None:
+                # What earlier runs spent counts against the cap (a cluster's tally is in Redis).
                 spends = await store.run_spends(excluding=self._run_id)
                 self._budget.spent_earlier_usd = earlier_spend(RunSpend(*run) for run in spends)
             if self._drift is not None:

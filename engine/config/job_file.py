@@ -607,12 +607,6 @@ def load_config(
                 "not shared, so every worker would crawl every site; remove [cluster] to "
                 "crawl in one process",
             )
-        if job.budget_usd is not None:
-            reader.add(
-                ("job", "budget_usd"),
-                "a budget cannot be held across a cluster's workers yet: each worker would "
-                "spend it all; remove budget_usd, or [cluster] to run in one process",
-            )
     problems.extend(reader.problems)
 
     active = _choose_preset(

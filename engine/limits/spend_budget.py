@@ -19,8 +19,8 @@ Spent counts this run and the store's earlier runs (`earlier_spend`), so a
 rerun with the same cap spends nothing more and one with a higher cap
 spends the difference.
 
-One process's budget: a cluster of workers would each hold the whole cap,
-so the job file refuses `budget_usd` with `[cluster]`.
+This is one process's budget; a cluster's workers share one through Redis
+(`engine.cluster.shared_spend`), with the same reservations.
 """
 
 from __future__ import annotations
@@ -39,25 +39,26 @@ _EPSILON_USD = 1e-12
 class BudgetReservation:
     """One request's hold on the budget; settled (or cancelled) exactly once."""
 
-    __slots__ = ("_budget", "_open", "worst_usd")
+    __slots__ = ("_budget", "_open", "name", "worst_usd")
 
-    def __init__(self, budget: SpendBudget, worst_usd: float) -> None:
+    def __init__(self, budget: SpendBudget, worst_usd: float, name: str = "") -> None:
         self._budget = budget
         self.worst_usd = worst_usd
+        self.name = name  # where the budget is kept elsewhere (Redis): its id there
         self._open = True
 
     def lower_to(self, worst_usd: float) -> None:
         """The request's worst case is `worst_usd` after all (the key it got is cheaper)."""
         if self._open and worst_usd < self.worst_usd:
-            self._budget._release(self.worst_usd - worst_usd)
-            self.worst_usd = worst_usd
+            old, self.worst_usd = self.worst_usd, worst_usd
+            self._budget._lowered(self, old)
 
     def settle(self, billed_usd: float) -> None:
         """The request ended, billed `billed_usd`: spent instead of reserved."""
         if not self._open:
             return
         self._open = False
-        self._budget._settle(self.worst_usd, billed_usd)
+        self._budget._settled(self, billed_usd)
 
     def cancel(self) -> None:
         """The request was never sent: its reservation goes back."""
@@ -67,13 +68,15 @@ class BudgetReservation:
 class SpendBudget:
     """`cap_usd` across this run and the earlier runs that spent `spent_earlier_usd`."""
 
+    EARLIER = "by earlier runs"  # who spent `spent_earlier_usd`, as the end's line says it
+
     def __init__(self, cap_usd: float, spent_earlier_usd: float = 0.0) -> None:
         self.cap_usd = cap_usd
         self.spent_earlier_usd = spent_earlier_usd
         self.spent_usd = 0.0  # by this run
         self.reserved_usd = 0.0  # by requests in flight
         self.reached = False
-        self._settled = asyncio.Event()
+        self._room = asyncio.Event()  # set whenever a reservation gives some back
 
     @property
     def spent_total_usd(self) -> float:
@@ -108,8 +111,8 @@ class SpendBudget:
             if self.reserved_usd <= _EPSILON_USD:
                 left = self.cap_usd - self.spent_total_usd
                 return self.try_reserve(left) if left >= least and left > 0 else None
-            self._settled.clear()
-            await self._settled.wait()
+            self._room.clear()
+            await self._room.wait()
 
     def close(self) -> None:
         """Nothing more is admitted: the budget is reached."""
@@ -129,11 +132,14 @@ class SpendBudget:
         self.reserved_usd -= usd
         if self.reserved_usd < _EPSILON_USD:  # all settled: no float residue held
             self.reserved_usd = 0.0
-        self._settled.set()
+        self._room.set()
 
-    def _settle(self, worst_usd: float, billed_usd: float) -> None:
+    def _lowered(self, reservation: BudgetReservation, old_usd: float) -> None:
+        self._release(old_usd - reservation.worst_usd)
+
+    def _settled(self, reservation: BudgetReservation, billed_usd: float) -> None:
         self.spent_usd += billed_usd
-        self._release(worst_usd)
+        self._release(reservation.worst_usd)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +188,6 @@ def budget_reached_line(
     chunks = f"{not_started}" if counted else f"at least {not_started}"
     return (
         f"budget reached: ${budget.spent_total_usd:.4f} of ${budget.cap_usd:.4f} spent "
-        f"(${budget.spent_earlier_usd:.4f} by earlier runs); {chunks} chunks not started "
+        f"(${budget.spent_earlier_usd:.4f} {budget.EARLIER}); {chunks} chunks not started "
         f"— raise [job] budget_usd {where} and run again to continue"
     )

@@ -27,8 +27,8 @@ counted the request when it took it, so its reservation stays spent.
 With `[job] budget_usd` (`SpendBudget`) a batch also reserves its
 worst-case cost before its key is chosen, is sent with the `max_tokens`
 that reservation pays for, and settles it when its call ends; a batch the
-budget's last room cannot take is tried chunk by chunk, and one chunk that
-does not fit ends admission (`on_budget_reached`).  Such a job does not
+budget's last room cannot take is tried chunk by chunk (one process only),
+and one that does not fit ends admission (`on_budget_reached`).  Such a job does not
 hedge: a second request is a second bill.
 
 What the call brought back goes to the outcomes (`BatchOutcomes`).  When no
@@ -164,12 +164,16 @@ class Dispatcher:
         input_done: Callable[[], bool] = lambda: False,
         budget: SpendBudget | None = None,
         on_budget_reached: Callable[[float], None] = lambda needed_usd: None,
+        split_at_budget: bool = True,
     ) -> None:
         self._queue = queue
         # With a budget every request reserves its worst case before it is sent,
         # and is sent with `max_tokens` so that worst case is a ceiling.
         self._budget = budget
         self._on_budget_reached = on_budget_reached
+        # Not in a cluster: a split batch's entry settles with its last chunk, so chunks
+        # answered before the job stopped would be asked again with the rest.
+        self._split_at_budget = split_at_budget
         self._input_done = input_done
         # Once the input is read and nothing waits to be sent, hangs are cut shorter.
         self.tail = JobTail()
@@ -313,7 +317,7 @@ class Dispatcher:
                         # to free room: its chunks one by one may fit; a single chunk
                         # that does not stays pending, and admission ends.
                         concurrency.release()
-                        if len(batch.chunks) > 1:
+                        if len(batch.chunks) > 1 and self._split_at_budget:
                             outcomes.split(batch)
                             continue
                         queue.put_retry(batch)
