@@ -200,7 +200,9 @@ class SharedSpendBudget(SpendBudget):
     async def run_writer(self) -> None:
         """Write settles and lowered reservations in order, and renew this worker's holds,
         until `close_writer()` and all is written."""
+        loop = asyncio.get_running_loop()
         renew_every = self._hold_s / 4
+        renew_at = loop.time() + renew_every
         while True:
             while self._pending:
                 answer = await self._call(self._pending[0])
@@ -209,13 +211,18 @@ class SharedSpendBudget(SpendBudget):
                 self._room.set()  # what this worker gave back is in the tally now
             if self._closing:
                 return
-            self._pending_changed.clear()
-            try:
-                async with asyncio.timeout(renew_every):
-                    await self._pending_changed.wait()
-            except TimeoutError:
+            if loop.time() >= renew_at:  # on time however busy the settles keep it
                 if self._open:
                     self._mirror(await self._call(["renew", repr(self._hold_s), *self._open]))
+                renew_at = loop.time() + renew_every
+            self._pending_changed.clear()
+            if self._pending:
+                continue
+            try:
+                async with asyncio.timeout_at(renew_at):
+                    await self._pending_changed.wait()
+            except TimeoutError:
+                pass
 
     def close_writer(self) -> None:
         """Nothing more will be queued: `run_writer()` ends once all is written."""

@@ -144,3 +144,29 @@ async def test_a_reservation_its_worker_stopped_renewing_counts_as_spent_until_s
     assert await tally(redis_client) == pytest.approx(0.1)
     await gone.aclose()
     await alive.aclose()
+
+
+async def test_a_live_worker_keeps_its_reservations_however_busy_its_writer_is(
+    redis_client: Redis,
+) -> None:
+    busy = SharedSpendBudget(1.0, redis_client, "test-job", "busy", hold_s=0.4)
+    await busy.open()
+    writer = asyncio.create_task(busy.run_writer())
+    held = await busy.reserve(0.6)  # a request waiting long for its key, say
+    assert held is not None
+    for _ in range(24):  # a settle every 0.05 s keeps the writer busy for 3 holds
+        quick = await busy.reserve(0.01)
+        assert quick is not None
+        quick.settle(0.01)
+        await asyncio.sleep(0.05)
+
+    look = SharedSpendBudget(1.0, redis_client, "test-job", "look", hold_s=30.0)
+    await look.open()  # a read: a hold past its time would be counted as spent now
+    assert await tally(redis_client) == pytest.approx(0.24)
+
+    held.settle(0.2)
+    busy.close_writer()
+    await writer
+    assert await tally(redis_client) == pytest.approx(0.44)
+    await busy.aclose()
+    await look.aclose()
