@@ -28,8 +28,8 @@ With `[job] budget_usd` (`SpendBudget`) a batch also reserves its
 worst-case cost before its key is chosen, is sent with the `max_tokens`
 that reservation pays for, and settles it when its call ends; a batch the
 budget's last room cannot take is tried chunk by chunk (one process only),
-and one that does not fit ends admission (`on_budget_reached`).  Such a job does not
-hedge: a second request is a second bill.
+and one that does not fit ends admission (`on_budget_reached`).  Such a
+job does not hedge: a second request is a second bill.
 
 What the call brought back goes to the outcomes (`BatchOutcomes`).  When no
 key can serve any more, every batch still to come fails with the keys'
