@@ -600,7 +600,13 @@ class Engine:
         started = self._dispatcher.in_flight_chunks + max(0, s.chunks_answered - s.done)
         not_started = max(0, (s.total if s.total is not None else s.seen) - s.finished - started)
         source = str(self.config.source) if self.config.source is not None else None
-        return budget_reached_line(self._budget, not_started, counted=counted, job_file=source)
+        return budget_reached_line(
+            self._budget,
+            not_started,
+            counted=counted,
+            job_file=source,
+            from_flag="job.budget_usd" in self.config.set_by_flags,
+        )
 
     def _count_429(self, now: float) -> None:
         self.stats.rate_limited += 1

@@ -644,6 +644,7 @@ def load_config(
         rate_limit_waits=rate_limit_waits,
         cluster=cluster,
         source=path,
+        set_by_flags=tuple(sorted({format_key(flag) for flag in flagged})),
     )
 
 

@@ -530,6 +530,7 @@ class JobConfig:
     rate_limit_waits: RateLimitWaits = field(default_factory=RateLimitWaits)
     cluster: ClusterSettings | None = None  # set: the job is shared with other workers via Redis
     source: Path | None = None  # the TOML file this came from, for messages
+    set_by_flags: tuple[str, ...] = ()  # the dotted keys `--set` gave, for messages
 
 
 def plain_values(value: Any) -> Any:

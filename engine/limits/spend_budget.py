@@ -178,13 +178,21 @@ def earlier_spend(runs: Iterable[RunSpend]) -> float:
 
 
 def budget_reached_line(
-    budget: SpendBudget, not_started: int, *, counted: bool, job_file: str | None
+    budget: SpendBudget,
+    not_started: int,
+    *,
+    counted: bool,
+    job_file: str | None,
+    from_flag: bool = False,
 ) -> str:
     """The one line a job stopped by its budget ends with: spent, not started, what to raise.
 
     `counted`: `not_started` is exact (the input was all counted), else a floor.
+    `from_flag`: the cap came from `--set job.budget_usd`, not from `job_file`.
     """
     where = f"in {job_file}" if job_file else "in the job file"
+    if from_flag:
+        where = "with --set job.budget_usd=…"
     chunks = f"{not_started}" if counted else f"at least {not_started}"
     return (
         f"budget reached: ${budget.spent_total_usd:.4f} of ${budget.cap_usd:.4f} spent "
