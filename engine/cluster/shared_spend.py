@@ -38,7 +38,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from engine.cluster.redis_connection import DeadlineRetry
 from engine.cluster.shared_budget import RETRY_FOR_S, SharedBudgetUnavailable
-from engine.limits.spend_budget import BudgetReservation, SpendBudget
+from engine.limits.spend_budget import BudgetReservation, Costs, SpendBudget
 
 _EPSILON_USD = 1e-12
 
@@ -129,14 +129,17 @@ class SharedSpendBudget(SpendBudget):
         """Never without asking Redis: use `reserve`."""
         raise NotImplementedError("a shared budget reserves through Redis: await reserve()")
 
-    async def reserve(
-        self, worst_usd: float, least_usd: float | None = None
-    ) -> BudgetReservation | None:
+    async def reserve(self, costs: Costs) -> BudgetReservation | None:
         """`SpendBudget.reserve`, cluster-wide: waits while requests in flight anywhere may
-        free room; with none in flight, the last room if it pays for `least_usd`."""
-        least = worst_usd if least_usd is None else min(least_usd, worst_usd)
+        free room; with none in flight, the last room if it pays for the least."""
         while not self.reached:
+            if self.probing:  # this worker's first request teaches what answers cost
+                self._room.clear()
+                await self._room.wait()
+                continue
             self._forget_notices()  # a settle after this wakes the wait below
+            worst_usd, least_usd = costs()
+            least = min(least_usd, worst_usd)
             name = f"{self._worker_id}:{next(self._numbers)}"
             answer = await self._call(
                 [
@@ -186,7 +189,13 @@ class SharedSpendBudget(SpendBudget):
         self._open[reservation.name] = reservation.worst_usd
         self._queue(["lower", reservation.name, repr(reservation.worst_usd), self._channel])
 
+    @property
+    def probing(self) -> bool:
+        """This worker's first request is out and has not ended (see `SpendBudget`)."""
+        return self.settles == 0 and bool(self._open)
+
     def _settled(self, reservation: BudgetReservation, billed_usd: float) -> None:
+        self.settles += 1
         self.spent_usd += billed_usd
         self._cluster_spent += billed_usd
         self.reserved_usd = max(0.0, self.reserved_usd - reservation.worst_usd)

@@ -27,13 +27,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from engine.observe.snapshot import BudgetSnapshot
 
 # Float sums drift by ulps: a reservation that fits to within this is taken.
 _EPSILON_USD = 1e-12
+
+Costs = Callable[[], tuple[float, float]]
+"""A request's (worst, least) cost now: what it may cost, and the least it can be sent for."""
 
 
 class BudgetReservation:
@@ -76,6 +79,10 @@ class SpendBudget:
         self.spent_usd = 0.0  # by this run
         self.reserved_usd = 0.0  # by requests in flight
         self.reached = False
+        # What a provider that reports its answers' cost bills, per dollar of the job's
+        # prices: worst cases are scaled by the most it has been, so they still cover.
+        self.price_ratio = 1.0
+        self.settles = 0  # requests that ended and were billed (or not)
         self._room = asyncio.Event()  # set whenever a reservation gives some back
 
     @property
@@ -93,18 +100,23 @@ class SpendBudget:
         self.reserved_usd += worst_usd
         return BudgetReservation(self, worst_usd)
 
-    async def reserve(
-        self, worst_usd: float, least_usd: float | None = None
-    ) -> BudgetReservation | None:
-        """A reservation of `worst_usd`, waiting while requests in flight may free room.
+    async def reserve(self, costs: Costs) -> BudgetReservation | None:
+        """A reservation of the request's worst case, waiting while requests in flight may
+        free room.
 
-        With nothing in flight and no room for `worst_usd`, what is left, if
-        that is at least `least_usd` (the request must then be sent within
-        it); else None: the request cannot be afforded (`close` says that is
-        final).
+        `costs()` is (worst, least), asked again after every wait: an answer
+        meanwhile may have shown what answers cost.  With nothing in flight
+        and no room for the worst, what is left, if that is at least the
+        least (the request must then be sent within it); else None: the
+        request cannot be afforded (`close` says that is final).
         """
-        least = worst_usd if least_usd is None else min(least_usd, worst_usd)
         while True:
+            if self.probing:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            worst_usd, least_usd = costs()
+            least = min(least_usd, worst_usd)
             reservation = self.try_reserve(worst_usd)
             if reservation is not None or self.reached:
                 return reservation
@@ -117,6 +129,21 @@ class SpendBudget:
     def close(self) -> None:
         """Nothing more is admitted: the budget is reached."""
         self.reached = True
+
+    @property
+    def probing(self) -> bool:
+        """The first request is out and none has ended: until it does, the others wait.
+
+        A provider that bills more than the job's prices (its answers say what
+        they cost) would otherwise pass the cap with the opening burst, every
+        request of it reserved at prices the first answer shows were too low.
+        """
+        return self.settles == 0 and self.reserved_usd > _EPSILON_USD
+
+    def learn_price(self, reported_usd: float, estimated_usd: float) -> None:
+        """An answer cost `reported_usd` where the job's prices said `estimated_usd`."""
+        if reported_usd > 0 and estimated_usd > 0:
+            self.price_ratio = max(self.price_ratio, reported_usd / estimated_usd)
 
     def snapshot(self) -> BudgetSnapshot:
         """The budget's figures now, as the snapshot shows them."""
@@ -138,6 +165,7 @@ class SpendBudget:
         self._release(old_usd - reservation.worst_usd)
 
     def _settled(self, reservation: BudgetReservation, billed_usd: float) -> None:
+        self.settles += 1
         self.spent_usd += billed_usd
         self._release(reservation.worst_usd)
 

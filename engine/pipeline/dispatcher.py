@@ -57,6 +57,7 @@ from engine.limits.request_cost import (
     affordable_output,
     billed_cost,
     dearest,
+    token_cost,
     worst_case_cost,
 )
 from engine.limits.spend_budget import BudgetReservation, SpendBudget
@@ -310,8 +311,12 @@ class Dispatcher:
                 prompt_tokens = estimate_prompt_tokens(messages)
                 estimate = prompt_tokens + self._output_estimate(len(batch.chunks))
                 if self._budget is not None:
-                    worst, least = self._costs(prompt_tokens, len(batch.chunks))
-                    reservation = await self._budget.reserve(worst, least)
+                    n = len(batch.chunks)
+                    reservation = await self._budget.reserve(
+                        functools.partial(self._costs, prompt_tokens, n)
+                    )
+                    # No wait since its last costs(): what they were reckoned with is this.
+                    counted, ratio = self._counted(prompt_tokens), self._budget.price_ratio
                     if reservation is None:
                         # Spent + this request would pass the cap, with nothing in flight
                         # to free room: its chunks one by one may fit; a single chunk
@@ -322,7 +327,7 @@ class Dispatcher:
                             continue
                         queue.put_retry(batch)
                         self._budget.close()
-                        self._on_budget_reached(least)
+                        self._on_budget_reached(self._costs(prompt_tokens, n)[1])
                         return
                 lease = await self._keys.lease(estimate, prompt_tokens)
             except asyncio.CancelledError:
@@ -350,9 +355,9 @@ class Dispatcher:
                 dear = dearest([provider, *self._priced()]) or provider
                 max_tokens = min(
                     provider.max_output_tokens,
-                    affordable_output(dear, prompt_tokens, reservation.worst_usd),
+                    affordable_output(dear, counted, reservation.worst_usd / ratio),
                 )
-                reservation.lower_to(worst_case_cost(provider, prompt_tokens, max_tokens))
+                reservation.lower_to(worst_case_cost(provider, counted, max_tokens) * ratio)
                 flight.reservation, flight.max_tokens = reservation, max_tokens
             batch.model = lease.key.provider.model  # the model of the key that last tried it
             self.in_flight_chunks += len(batch.chunks)
@@ -374,13 +379,19 @@ class Dispatcher:
         """A request's worst-case cost before its key is chosen, on the dearest usable
         provider, and the least it must be allowed: its answer's expected length."""
         dear = dearest(self._priced())
-        if dear is None:
+        if dear is None or self._budget is None:
             return 0.0, 0.0
+        counted, ratio = self._counted(prompt_tokens), self._budget.price_ratio
         expected = min(dear.max_output_tokens, self._output_estimate(n_chunks))
         return (
-            worst_case_cost(dear, prompt_tokens, dear.max_output_tokens),
-            worst_case_cost(dear, prompt_tokens, expected),
+            worst_case_cost(dear, counted, dear.max_output_tokens) * ratio,
+            worst_case_cost(dear, counted, expected) * ratio,
         )
+
+    def _counted(self, prompt_tokens: int) -> int:
+        """The prompt as the providers have been counting our estimates (never less)."""
+        ratio = max((k.budget.charge_ratio for k in self._keys.keys if k.usable), default=1.0)
+        return math.ceil(prompt_tokens * max(1.0, ratio))
 
     def _settle_budget(self, flight: _Flight, outcome: CallResult | CallFailure | None) -> None:
         """Settle a request's reservation with what it is billed (None: no answer came)."""
@@ -389,9 +400,14 @@ class Dispatcher:
             return
         if outcome is None and flight.lease.wired_at is None:
             reservation.cancel()  # never sent
-        else:
-            provider = flight.lease.key.provider
-            reservation.settle(billed_cost(provider, outcome, reservation.worst_usd))
+            return
+        provider = flight.lease.key.provider
+        reservation.settle(billed_cost(provider, outcome, reservation.worst_usd))
+        billed = outcome.cost_usd if isinstance(outcome, CallResult) else None
+        if self._budget is not None and billed is not None:  # the bill against our prices
+            assert isinstance(outcome, CallResult)
+            estimated = token_cost(provider, outcome.prompt_tokens, outcome.completion_tokens)
+            self._budget.learn_price(billed, estimated)
 
     def _output_estimate(self, n_chunks: int) -> int:
         # Learned from the answers so far: the mean output per chunk with a margin.

@@ -197,9 +197,33 @@ async def test_a_cost_the_provider_reports_is_preferred_over_the_token_estimate(
     estimate = estimated.snapshot()
     billed = reported.snapshot()
     assert estimate.cost_usd > 0
+    # No answer was cut short: the same requests, the same tokens, billed double.
+    assert billed.requests == estimate.requests and not billed.errors_by_kind
     assert billed.cost_usd == pytest.approx(2 * estimate.cost_usd)
     assert billed.budget is not None and billed.budget.spent_usd == pytest.approx(billed.cost_usd)
     assert store_figures(Path(reported_config.job.store))[2] == pytest.approx(billed.cost_usd)
+
+
+async def test_a_provider_billing_twice_the_job_s_prices_still_cannot_take_it_past_the_cap(
+    tmp_path: Path, simulator, records: Path
+) -> None:
+    # The job file's prices are half what the provider bills: its first answer says so,
+    # and every worst case from then on is scaled to cover it.
+    sim = await simulator(
+        keys=sim_keys(KEYS), latency_s=(0.02, 0.05), cost_per_m=(2 * PRICE_IN, 2 * PRICE_OUT)
+    )
+    config, secrets = job_config(tmp_path, records, sim.base_url, KEYS)
+    cap = 1.2  # the job is billed ~$3.6
+    engine = Engine(budgeted(config, cap), secrets)
+
+    assert await run_to_end(engine) is JobState.STOPPED
+
+    snap = engine.snapshot()
+    assert snap.budget is not None
+    assert snap.budget.spent_usd == pytest.approx(snap.cost_usd)  # the provider's figures
+    assert snap.budget.spent_usd <= cap
+    (event,) = budget_events(engine)
+    assert cap - snap.budget.spent_usd < float(event.data["needed_usd"])
 
 
 async def test_requests_that_got_no_answer_count_their_worst_case_and_the_cap_still_holds(

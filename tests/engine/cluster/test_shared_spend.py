@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from engine.cluster.shared_spend import SharedSpendBudget
 from engine.config.settings import JobConfig
 from engine.engine import Engine
+from engine.limits.spend_budget import Costs
 from engine.observe.snapshot import JobState
 from tests.engine.cluster.test_cluster_job import elsewhere, results, shared, workers
 from tests.engine.conftest import job_config, sim_keys, write_records
@@ -27,6 +28,11 @@ from tests.redis_server import RedisServer
 GUARD_S = 60.0
 KEYS = [("k1", 60_000, 100_000_000)]
 RECORDS = 100
+
+
+def costs(worst: float, least: float | None = None) -> Costs:
+    """A request that may cost `worst` and can be sent for `least` (else only for `worst`)."""
+    return lambda: (worst, worst if least is None else least)
 
 
 def budgeted(config: JobConfig, budget_usd: float) -> JobConfig:
@@ -98,8 +104,8 @@ async def test_the_last_room_goes_to_one_worker_and_the_other_is_told_there_is_n
     await two.open()
     writers = [asyncio.create_task(one.run_writer()), asyncio.create_task(two.run_writer())]
 
-    first = await one.reserve(0.7)
-    waiting = asyncio.create_task(two.reserve(0.7, least_usd=0.2))
+    first = await one.reserve(costs(0.7))
+    waiting = asyncio.create_task(two.reserve(costs(0.7, 0.2)))
     await asyncio.sleep(0.1)
     assert first is not None and not waiting.done()  # 0.7 may come back: it waits
 
@@ -107,7 +113,7 @@ async def test_the_last_room_goes_to_one_worker_and_the_other_is_told_there_is_n
     second = await asyncio.wait_for(waiting, GUARD_S)
     assert second is not None and second.worst_usd == pytest.approx(0.5)  # the last room
 
-    more = asyncio.create_task(one.reserve(0.3, least_usd=0.1))
+    more = asyncio.create_task(one.reserve(costs(0.3, 0.1)))
     await asyncio.sleep(0.1)
     assert not more.done()  # two's request is out: what it leaves may do
     second.settle(0.45)
@@ -129,9 +135,9 @@ async def test_a_reservation_its_worker_stopped_renewing_counts_as_spent_until_s
     await gone.open()
     await alive.open()
 
-    held = await gone.reserve(0.6)  # and its worker dies: no writer renews it
+    held = await gone.reserve(costs(0.6))  # and its worker dies: no writer renews it
     assert held is not None
-    late = await asyncio.wait_for(alive.reserve(0.6, least_usd=0.3), GUARD_S)
+    late = await asyncio.wait_for(alive.reserve(costs(0.6, 0.3)), GUARD_S)
 
     # The hold ran out: its worst case counts as spent, so only 0.4 was left.
     assert late is not None and late.worst_usd == pytest.approx(0.4)
@@ -152,10 +158,13 @@ async def test_a_live_worker_keeps_its_reservations_however_busy_its_writer_is(
     busy = SharedSpendBudget(1.0, redis_client, "test-job", "busy", hold_s=0.4)
     await busy.open()
     writer = asyncio.create_task(busy.run_writer())
-    held = await busy.reserve(0.6)  # a request waiting long for its key, say
+    probe = await busy.reserve(costs(0.01))  # a worker's first request goes alone
+    assert probe is not None
+    probe.settle(0.01)
+    held = await busy.reserve(costs(0.6))  # a request waiting long for its key, say
     assert held is not None
-    for _ in range(24):  # a settle every 0.05 s keeps the writer busy for 3 holds
-        quick = await busy.reserve(0.01)
+    for _ in range(23):  # a settle every 0.05 s keeps the writer busy for 3 holds
+        quick = await busy.reserve(costs(0.01))
         assert quick is not None
         quick.settle(0.01)
         await asyncio.sleep(0.05)

@@ -15,12 +15,17 @@ from engine.limits.request_cost import (
     dearest,
     worst_case_cost,
 )
-from engine.limits.spend_budget import RunSpend, SpendBudget, earlier_spend
+from engine.limits.spend_budget import Costs, RunSpend, SpendBudget, earlier_spend
 from engine.provider.client import CallFailure, CallResult, FailureKind
 
 PROVIDER = ProviderSettings(
     name="p", base_url="http://x/v1", model="m", price_input_per_m=1.0, price_output_per_m=4.0
 )
+
+
+def costs(worst: float, least: float | None = None) -> Costs:
+    """A request that may cost `worst` and can be sent for `least` (else only for `worst`)."""
+    return lambda: (worst, worst if least is None else least)
 
 
 def answer(prompt: int, completion: int, cost: float | None = None) -> CallResult:
@@ -103,10 +108,10 @@ def test_a_failure_is_billed_nothing_when_refused_and_its_worst_case_when_its_fa
 
 async def test_a_reservation_that_does_not_fit_waits_for_one_in_flight_to_settle() -> None:
     budget = SpendBudget(1.0)
-    first = await budget.reserve(0.6)
+    first = await budget.reserve(costs(0.6))
     assert first is not None and budget.reserved_usd == 0.6
 
-    waiting = asyncio.create_task(budget.reserve(0.6))
+    waiting = asyncio.create_task(budget.reserve(costs(0.6)))
     await asyncio.sleep(0)
     assert not waiting.done()  # 0.6 + 0.6 would pass 1.0, and 0.6 may come back
     first.settle(0.3)  # it cost less than its worst case
@@ -117,12 +122,27 @@ async def test_a_reservation_that_does_not_fit_waits_for_one_in_flight_to_settle
     assert not budget.reached
 
 
+async def test_until_the_first_request_ends_the_next_waits_for_it() -> None:
+    budget = SpendBudget(10.0)
+    first = await budget.reserve(costs(1.0))
+    assert first is not None and budget.probing
+
+    waiting = asyncio.create_task(budget.reserve(costs(1.0)))
+    await asyncio.sleep(0)
+    assert not waiting.done()  # room enough, but the first answer may say prices are low
+    first.settle(2.0)  # it did: billed twice its worst case
+    budget.learn_price(2.0, 1.0)
+
+    assert await asyncio.wait_for(waiting, 1.0) is not None
+    assert budget.price_ratio == 2.0 and not budget.probing
+
+
 async def test_with_nothing_in_flight_what_is_left_is_taken_if_it_pays_for_the_least() -> None:
     budget = SpendBudget(1.0, spent_earlier_usd=0.7)
 
-    assert await budget.reserve(0.4) is None  # no least: all of it or nothing
-    assert await budget.reserve(0.4, least_usd=0.35) is None
-    last = await budget.reserve(0.4, least_usd=0.2)
+    assert await budget.reserve(costs(0.4)) is None  # no least: all of it or nothing
+    assert await budget.reserve(costs(0.4, 0.35)) is None
+    last = await budget.reserve(costs(0.4, 0.2))
 
     assert last is not None and last.worst_usd == pytest.approx(0.3)
     assert budget.spent_total_usd + budget.reserved_usd == pytest.approx(1.0)
@@ -135,13 +155,13 @@ async def test_a_closed_budget_admits_nothing_more() -> None:
 
     assert budget.reached
     assert budget.try_reserve(0.01) is None
-    assert await budget.reserve(0.01) is None
+    assert await budget.reserve(costs(0.01)) is None
 
 
 async def test_a_reservation_settles_once_and_a_cancelled_one_costs_nothing() -> None:
     budget = SpendBudget(1.0)
-    sent = await budget.reserve(0.5)
-    unsent = await budget.reserve(0.2)
+    sent = await budget.reserve(costs(0.5))
+    unsent = budget.try_reserve(0.2)  # the first is out: `reserve` would wait for it
     assert sent is not None and unsent is not None
 
     sent.settle(0.4)
