@@ -15,6 +15,10 @@ either the budget is `reached`: the job drains and ends with the rest not
 started.  So the job stops less than one request's expected cost short of
 the cap, and never above it.
 
+The first request goes alone (`probing`): its answer may show that the
+provider bills more than the job's prices say (`learn_price`), and every
+later worst case is scaled by the most it has billed per dollar of them.
+
 Spent counts this run and the store's earlier runs (`earlier_spend`), so a
 rerun with the same cap spends nothing more and one with a higher cap
 spends the difference.
