@@ -59,6 +59,7 @@ from engine.observe.metrics_address import (
     parse_metrics_address,
 )
 from engine.observe.snapshot import (
+    BudgetSnapshot,
     Counts,
     CrawlSnapshot,
     DriftMetric,
@@ -145,6 +146,7 @@ __all__ = [
     "BaselineFormatError",
     "BatchRouteView",
     "Bound",
+    "BudgetSnapshot",
     "ClusterJob",
     "ConfigError",
     "ConfigProblem",

@@ -36,6 +36,7 @@ from engine.limits.concurrency_limit import ConcurrencyLimit
 from engine.limits.key_pool import KeyPool, provider_keys
 from engine.limits.memory_floor import process_floor_bytes
 from engine.limits.memory_guard import MemoryGuard
+from engine.limits.spend_budget import RunSpend, SpendBudget, budget_reached_line, earlier_spend
 from engine.observe.event_log import EventLog
 from engine.observe.events import EventBus, EventKind
 from engine.observe.run_stats import RunStats
@@ -164,6 +165,11 @@ class Engine:
             if batch_mode and any(p.batch_retries == "online" for p in config.providers)
             else None
         )
+        cap = config.job.budget_usd
+        self._budget: SpendBudget | None = None
+        if cap is not None:  # a cluster's workers hold one budget together
+            self._budget = SpendBudget(cap) if cluster is None else cluster.spend_budget(cap)
+        self._budget_line = ""  # the line the job ends with when its budget stopped it
         self._dispatcher = Dispatcher(
             self._queue if self._online_queue is None else self._online_queue,
             keys=self._keys,
@@ -187,6 +193,9 @@ class Engine:
                 and not batch_mode
             ),
             tail_signal=delivered,
+            budget=self._budget,
+            on_budget_reached=self._budget_reached,
+            split_at_budget=cluster is None,
         )
         self._drift = (
             DriftWatch(
@@ -258,6 +267,10 @@ class Engine:
         ended = False  # by the run's own path: finished, stopped, or store trouble
         try:
             self._run_id = await store.begin_run(cfg.job.name, effective_settings(cfg))
+            if self._budget is not None and self._cluster is None:
+                # What earlier runs spent counts against the cap (a cluster's tally is in Redis).
+                spends = await store.run_spends(excluding=self._run_id)
+                self._budget.spent_earlier_usd = earlier_spend(RunSpend(*run) for run in spends)
             if self._drift is not None:
                 await self._drift.load_saved(store)
             self._state = JobState.RUNNING
@@ -317,6 +330,8 @@ class Engine:
                 self._ended = self._clock()
                 self.stats.tick(self._ended)
                 self._state = self._final_state()
+                if self._budget is not None and self._budget.reached:
+                    self._budget_line = self._budget_reached_line()
                 if self._cluster is not None:
                     await self._cluster.leave()
                 self.events.emit(
@@ -438,6 +453,7 @@ class Engine:
             events=self.events.recent(),
             cluster=self._cluster.view() if self._cluster is not None else None,
             batch=self._batch_route.view() if self._batch_route is not None else None,
+            budget=self._budget.snapshot() if self._budget is not None else None,
         )
 
     # controls -----------------------------------------------------------
@@ -565,6 +581,11 @@ class Engine:
         return self._fatal
 
     @property
+    def budget_line(self) -> str:
+        """The one line saying the budget stopped the job, once it has ("" otherwise)."""
+        return self._budget_line
+
+    @property
     def elapsed_s(self) -> float:
         """The job's own wall time: it stops growing when the job ends, however
         long a finished dashboard stays open after it."""
@@ -629,6 +650,40 @@ class Engine:
     def _chunks_to_pay_for(self) -> int | None:
         s = self.stats
         return None if s.total is None else max(0, s.total - s.skipped - s.cached)
+
+    def _budget_reached(self, needed_usd: float) -> None:
+        """The next request (up to `needed_usd`) would pass the budget: admission has
+        stopped, the job drains; what is not started stays pending for a rerun."""
+        assert self._budget is not None
+        if self._state in (JobState.RUNNING, JobState.PAUSED, JobState.STARTING):
+            self._state = JobState.DRAINING
+        self._running.set()
+        if self._crawl is not None:
+            self._crawl.stop_starting()
+        self.events.emit(
+            EventKind.BUDGET_REACHED,
+            self._budget_reached_line(),
+            budget_usd=self._budget.cap_usd,
+            spent_usd=self._budget.spent_total_usd,
+            reserved_usd=self._budget.reserved_usd,
+            needed_usd=needed_usd,
+        )
+
+    def _budget_reached_line(self) -> str:
+        assert self._budget is not None
+        s = self.stats
+        counted = s.total is not None
+        # Answered but not yet committed, or in flight: started.
+        started = self._dispatcher.in_flight_chunks + max(0, s.chunks_answered - s.done)
+        not_started = max(0, (s.total if s.total is not None else s.seen) - s.finished - started)
+        source = str(self.config.source) if self.config.source is not None else None
+        return budget_reached_line(
+            self._budget,
+            not_started,
+            counted=counted,
+            job_file=source,
+            from_flag="job.budget_usd" in self.config.set_by_flags,
+        )
 
     def _count_429(self, now: float) -> None:
         self.stats.rate_limited += 1
@@ -722,4 +777,7 @@ class Engine:
         return JobState.DONE
 
     def _summary(self) -> dict[str, object]:
-        return self.stats.summary(self.elapsed_s, self._intake.records_skipped(), self._fatal)
+        summary = self.stats.summary(self.elapsed_s, self._intake.records_skipped(), self._fatal)
+        if self._budget is not None:  # billed, failed and unanswered requests included
+            summary |= {"spent_usd": self._budget.spent_usd, "budget_usd": self._budget.cap_usd}
+        return summary

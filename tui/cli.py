@@ -505,6 +505,8 @@ def _print_summary(engine: Engine, config: JobConfig) -> None:
     notice = nothing_left_notice(engine.snapshot(), config.job.store)
     if notice is not None:
         print(f"crawldeck: {notice}", file=sys.stderr)
+    if engine.budget_line:
+        print(f"crawldeck: {engine.budget_line}", file=sys.stderr)
     print(engine.summary_line(), file=sys.stderr)
 
 

@@ -50,6 +50,7 @@ from engine.cluster.results_stream import ResultsStreamRows
 from engine.cluster.shared_budget import SharedBudgetUnavailable
 from engine.cluster.shared_held_work import SharedHeldWork
 from engine.cluster.shared_key_pool import SharedKeyPool
+from engine.cluster.shared_spend import SharedSpendBudget
 from engine.cluster.stream_queue import QueueProgress, StreamWorkQueue
 from engine.cluster.worker_registry import (
     WorkerRegistry,
@@ -122,6 +123,8 @@ class ClusterJob:
             max(MIN_LEASE_S, config.cluster.lost_after_s),
         )
         self._budgets: asyncio.Task[None] | None = None
+        self._spend: SharedSpendBudget | None = None  # the job's budget_usd, when it has one
+        self._spending: asyncio.Task[None] | None = None
         self._beats: asyncio.Task[None] | None = None
         self._progress = QueueProgress()
         self._view: ClusterView | None = None
@@ -181,6 +184,19 @@ class ClusterJob:
         )
         return self._keys
 
+    def spend_budget(self, cap_usd: float) -> SharedSpendBudget:
+        """The job's spending cap, held for every worker together."""
+        self._spend = SharedSpendBudget(
+            cap_usd,
+            self.redis,
+            self.settings.prefix,
+            self.worker_id,
+            # Renewed every quarter of it: a worker gone this long is not sending.
+            hold_s=max(5.0, 2 * self.settings.lost_after_s),
+            retry_for_s=self.settings.outage_limit_s,
+        )
+        return self._spend
+
     @property
     def rows(self) -> ResultsStreamRows:
         """Where the outcomes put their rows: the results stream, settling their batches."""
@@ -216,6 +232,8 @@ class ClusterJob:
         """Join the keys' shared budgets (before the job's tasks start)."""
         assert self._keys is not None
         await self._keys.open()
+        if self._spend is not None:
+            await self._spend.open()
 
     def start(
         self, tg: asyncio.TaskGroup, outcomes: GivesUp, store: Store, run_id: int
@@ -243,6 +261,8 @@ class ClusterJob:
             events=self._events,
         )
         self._budgets = tg.create_task(self._keys.run_writer(), name="shared-budgets")
+        if self._spend is not None:
+            self._spending = tg.create_task(self._spend.run_writer(), name="shared-spend")
         self._beats = tg.create_task(self._registry.run(), name="heartbeat")
         return [
             tg.create_task(self._queue.run(outcomes), name="cluster-queue"),
@@ -258,6 +278,10 @@ class ClusterJob:
         assert self._keys is not None and self._budgets is not None and self._queue is not None
         self._keys.close_writer()  # no lease is open any more
         await self._budgets
+        if self._spend is not None and self._spending is not None:
+            self._spend.close_writer()  # every request has settled its reservation
+            await self._spending
+            await self._spend.aclose()
         if self._role is not None:
             await self._role.finish(job_over=self._queue.over)
         self._progress = await self._queue.progress()

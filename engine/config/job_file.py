@@ -15,6 +15,7 @@ comments survive.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 import shutil
@@ -32,6 +33,7 @@ from engine.config.presets import (
     preset_findings,
     read_preset_file,
 )
+from engine.config.prices_table import priced_providers, read_prices_table
 from engine.config.settings import (
     BUILTIN_PRESETS,
     SIMULATED_DRIFTS,
@@ -116,6 +118,8 @@ def _job_findings(job: JobSettings, crawling: bool = False) -> list[Finding]:
         findings.append(("input", "is required: a file, a directory or a glob of the documents"))
     if not job.store.strip():
         findings.append(("store", "must name the SQLite file that keeps the results"))
+    if job.budget_usd is not None and not (math.isfinite(job.budget_usd) and job.budget_usd > 0):
+        findings.append(("budget_usd", "must be more than 0 (US dollars), or left out for no cap"))
     if job.chunk_overlap_tokens >= job.chunk_tokens:
         findings.append(
             (
@@ -279,6 +283,7 @@ _SECTIONS = (
     "drift",
     "rate_limit_waits",
     "cluster",
+    "prices",
 )
 # Names people reach for when they paste a secret into the file.
 _SECRET_NAMES = frozenset({"key", "api_key", "apikey", "secret", "token", "value", "password"})
@@ -567,6 +572,26 @@ def load_config(
     job = _with_absolute_paths(job, base_dir, flagged)
 
     providers = reader.providers(raw.get("providers"))
+    prices_table = reader.table(raw.get("prices", {}), ("prices",))
+    prices = read_prices_table(reader, prices_table, ("prices",))
+    listed = raw.get("providers")
+    tables = [t if isinstance(t, dict) else {} for t in listed] if isinstance(listed, list) else []
+    providers, unpriced = priced_providers(reader, providers, tables, prices, ("prices",))
+    if job.budget_usd is not None:
+        for index in unpriced:
+            provider = providers[index]
+            reader.add(
+                ("job", "budget_usd"),
+                f"needs every model's price: provider {provider.name!r} gives none for "
+                f'{provider.model!r} (add [prices."{provider.model}"] or its '
+                "price_input_per_m and price_output_per_m)",
+            )
+    if job.budget_usd is not None and any(p.mode == "batch" for p in providers):
+        reader.add(
+            ("job", "budget_usd"),
+            "cannot hold in batch mode yet (a batch is paid for as a whole, after it ran): "
+            'leave budget_usd out, or send online (no mode = "batch")',
+        )
     prompt, _ = reader.settings(
         PromptSettings(), reader.table(raw.get("prompt", {}), ("prompt",)), ("prompt",)
     )
@@ -593,6 +618,12 @@ def load_config(
     drift = DriftSettings()
     if "drift" in raw:
         drift = read_drift_table(reader, reader.table(raw["drift"], ("drift",)), ("drift",))
+    if job.budget_usd is not None and drift.enabled and drift.embeddings:
+        reader.add(
+            ("job", "budget_usd"),
+            "cannot hold with the drift monitor's embedding calls, which are not priced: "
+            "set [drift] embeddings = false, or leave budget_usd out",
+        )
     cluster: ClusterSettings | None = None
     if "cluster" in raw:
         table = reader.table(raw["cluster"], ("cluster",))
@@ -647,6 +678,7 @@ def load_config(
         rate_limit_waits=rate_limit_waits,
         cluster=cluster,
         source=path,
+        set_by_flags=tuple(sorted({format_key(flag) for flag in flagged})),
     )
 
 

@@ -178,6 +178,9 @@ class JobSettings:
     store: str = "crawldeck.db"
     chunk_tokens: int = 800
     chunk_overlap_tokens: int = 80
+    # US dollars the job may spend, over all its runs in this store (None: no cap).
+    # `engine.limits.spend_budget` holds it; each model needs a price.
+    budget_usd: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -559,6 +562,7 @@ class JobConfig:
     rate_limit_waits: RateLimitWaits = field(default_factory=RateLimitWaits)
     cluster: ClusterSettings | None = None  # set: the job is shared with other workers via Redis
     source: Path | None = None  # the TOML file this came from, for messages
+    set_by_flags: tuple[str, ...] = ()  # the dotted keys `--set` gave, for messages
 
 
 def plain_values(value: Any) -> Any:

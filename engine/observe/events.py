@@ -46,6 +46,7 @@ class EventKind(StrEnum):
     BATCH_SUBMITTED = "batch_submitted"
     BATCH_RESUMED = "batch_resumed"
     BATCH_ENDED = "batch_ended"
+    BUDGET_REACHED = "budget_reached"  # the next request would pass budget_usd: admission stops
 
 
 @dataclass(frozen=True, slots=True)

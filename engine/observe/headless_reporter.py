@@ -116,6 +116,19 @@ def status_line(snap: Snapshot) -> str:
         + (_crawl_part(snap) if snap.crawl is not None else "")
         + _cluster_part(snap)
         + (f" | {batch_route_text(snap.batch)}" if snap.batch is not None else "")
+        + _budget_part(snap)
+    )
+
+
+def _budget_part(snap: Snapshot) -> str:
+    """Spent (earlier runs included) and held by requests in flight, of the job's budget."""
+    budget = snap.budget
+    if budget is None:
+        return ""
+    reached = " REACHED" if budget.reached else ""
+    return (
+        f" | budget ${budget.spent_usd:.4f}/${budget.cap_usd:.4f}"
+        f" (${budget.reserved_usd:.4f} in flight){reached}"
     )
 
 

@@ -119,6 +119,22 @@ class CrawlSnapshot:
     resumed: int = 0  # targets whose pages came from the store, not the web
 
 
+@dataclass(frozen=True, slots=True)
+class BudgetSnapshot:
+    """The job's spending cap (`[job] budget_usd`) and what counts against it.
+
+    `spent_usd` is every run's in this store (`spent_earlier_usd` of it
+    before this run); `reserved_usd` the worst cases of the requests in
+    flight.  `reached`: admission stopped, the rest is not started.
+    """
+
+    cap_usd: float = 0.0
+    spent_usd: float = 0.0
+    spent_earlier_usd: float = 0.0
+    reserved_usd: float = 0.0
+    reached: bool = False
+
+
 class DriftState(StrEnum):
     LEARNING = "learning"  # still collecting the baseline
     OK = "ok"
@@ -199,3 +215,4 @@ class Snapshot:
     cluster: ClusterView | None = None
     # Set for a batch-mode job: its Batch API batches and its cost at batch prices.
     batch: BatchRoute | None = None
+    budget: BudgetSnapshot | None = None  # set when the job has `[job] budget_usd`

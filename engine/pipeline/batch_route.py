@@ -44,7 +44,7 @@ from engine.observe.events import EventBus, EventKind
 from engine.observe.run_stats import RunStats
 from engine.pipeline.batch_file import BatchInput, LineAnswer, read_lines
 from engine.pipeline.held_work import HeldWork
-from engine.pipeline.outcomes import answer_cost
+from engine.pipeline.outcomes import priced_usage
 from engine.pipeline.prompt import build_messages, estimate_prompt_tokens
 from engine.pipeline.work_queue import Batch, WorkQueue
 from engine.provider.batch_client import BatchCallError, BatchClient, BatchStatus
@@ -569,8 +569,8 @@ class BatchRouter:
             self._stats.requests += 1
             outcome = self._line_outcome(line, latency)
             if isinstance(outcome, CallResult):
-                self.cost_usd += answer_cost(outcome, prices)
-                self.online_cost_usd += answer_cost(outcome, online)
+                self.cost_usd += priced_usage(outcome, prices)
+                self.online_cost_usd += priced_usage(outcome, online)
                 self._chunks_answered += len(batch.chunks)
                 await outcomes.answered_in_batch(batch, key, outcome, prices)
             else:

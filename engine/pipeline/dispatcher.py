@@ -28,6 +28,13 @@ and store its chunks twice — and failed as a timeout, which requeues its
 batch.  The preset's request timeout stays the ceiling.  The provider
 counted the request when it took it, so its reservation stays spent.
 
+With `[job] budget_usd` (`SpendBudget`) a batch also reserves its
+worst-case cost before its key is chosen, is sent with the `max_tokens`
+that reservation pays for, and settles it when its call ends; a batch the
+budget's last room cannot take is tried chunk by chunk (one process only),
+and one that does not fit ends admission (`on_budget_reached`).  Such a
+job does not hedge: a second request is a second bill.
+
 What the call brought back goes to the outcomes (`BatchOutcomes`).  When no
 key can serve any more, every batch still to come fails with the keys'
 reasons instead of waiting forever, and `on_no_key` is told once; if it
@@ -43,13 +50,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from engine.config.settings import Preset, PromptSettings
+from engine.config.settings import Preset, PromptSettings, ProviderSettings
 from engine.limits.adaptive_concurrency import AdaptiveConcurrency
 from engine.limits.concurrency_limit import ConcurrencyLimit
 from engine.limits.hang_deadline import HangDeadline
 from engine.limits.job_tail import JobTail
 from engine.limits.key_pool import KeyLease, KeyPool, NoUsableKeyError
 from engine.limits.memory_guard import MemoryState
+from engine.limits.request_cost import (
+    affordable_output,
+    billed_cost,
+    dearest,
+    token_cost,
+    worst_case_cost,
+)
+from engine.limits.spend_budget import BudgetReservation, SpendBudget
 from engine.observe.events import EventBus, EventKind
 from engine.observe.run_stats import RunStats
 from engine.pipeline.prompt import build_messages, estimate_prompt_tokens
@@ -70,6 +85,8 @@ class BatchOutcomes(Protocol):
 
     async def give_up(self, batch: Batch, reason: str, *, announce: bool = True) -> None: ...
 
+    def split(self, batch: Batch) -> None: ...
+
 
 class ChatClients(Protocol):
     """The provider clients' chat call (`engine.provider.client.ProviderClients`)."""
@@ -82,6 +99,7 @@ class ChatClients(Protocol):
         timeout_s: float,
         temperature: float | None = None,
         on_wire: Callable[[], None] | None = None,
+        max_tokens: int | None = None,
     ) -> CallResult | CallFailure: ...
 
 
@@ -116,6 +134,8 @@ class _Flight:
     race: _Race | None = None
     twin: bool = False
     task: asyncio.Task[None] | None = None  # its send
+    reservation: BudgetReservation | None = None  # its worst case, held against the budget
+    max_tokens: int | None = None  # sent with it: a budgeted request's answer has a ceiling
 
 
 @dataclass(slots=True, eq=False)
@@ -131,6 +151,15 @@ class _Leasing:
     prompt_tokens: int
     estimate: int = 0
     placed: bool = False
+    # With a budget: its worst case held, and what it was reckoned with.
+    reservation: BudgetReservation | None = None
+    counted: int = 0
+    ratio: float = 1.0
+
+    def cancel_reservation(self) -> None:
+        """Never sent: what it held of the budget is free again."""
+        if self.reservation is not None:
+            self.reservation.cancel()
 
 
 @dataclass(slots=True, eq=False)
@@ -168,8 +197,18 @@ class Dispatcher:
         on_no_key: Callable[[str], None],
         input_done: Callable[[], bool] = lambda: False,
         tail_signal: asyncio.Event | None = None,
+        budget: SpendBudget | None = None,
+        on_budget_reached: Callable[[float], None] = lambda needed_usd: None,
+        split_at_budget: bool = True,
     ) -> None:
         self._queue = queue
+        # With a budget every request reserves its worst case before it is sent,
+        # and is sent with `max_tokens` so that worst case is a ceiling.
+        self._budget = budget
+        self._on_budget_reached = on_budget_reached
+        # Not in a cluster: a split batch's entry settles with its last chunk, so chunks
+        # answered before the job stopped would be asked again with the rest.
+        self._split_at_budget = split_at_budget
         self._input_done = input_done
         # Set when the input is all out while admission may be waiting for a batch
         # that will not come (a cluster's stream, delivered): the tail begins then.
@@ -298,7 +337,8 @@ class Dispatcher:
 
     def _begin_tail(self, sends: asyncio.TaskGroup, outcomes: BatchOutcomes) -> None:
         self.tail.begin()
-        self._hedging = sends.create_task(self._hedge_tail(sends, outcomes), name="hedging")
+        if self._budget is None:  # a hedge is a second bill: not on a budget
+            self._hedging = sends.create_task(self._hedge_tail(sends, outcomes), name="hedging")
 
     async def _admit(self, sends: asyncio.TaskGroup, outcomes: BatchOutcomes) -> None:
         queue, concurrency = self._queue, self._concurrency
@@ -329,12 +369,41 @@ class Dispatcher:
             prompt_tokens = estimate_prompt_tokens(messages)
             leasing = _Leasing(batch, messages, prompt_tokens)
             leasing.estimate = prompt_tokens + self._output_estimate(len(batch.chunks))
+            if self._budget is not None:
+                n = len(batch.chunks)
+                try:
+                    reservation = await self._budget.reserve(
+                        functools.partial(self._costs, prompt_tokens, n)
+                    )
+                except asyncio.CancelledError:
+                    concurrency.release()
+                    queue.put_retry(batch)
+                    raise
+                if reservation is None:
+                    # Spent + this request would pass the cap, with nothing in flight
+                    # to free room: its chunks one by one may fit; a single chunk
+                    # that does not stays pending, and admission ends.
+                    concurrency.release()
+                    if n > 1 and self._split_at_budget:
+                        outcomes.split(batch)
+                        continue
+                    queue.put_retry(batch)
+                    self._budget.close()
+                    self._on_budget_reached(self._costs(prompt_tokens, n)[1])
+                    if self._leasing:
+                        await asyncio.wait(tuple(self._leasing))
+                    return
+                # No wait since its last costs(): what they were reckoned with is this.
+                leasing.reservation = reservation
+                leasing.counted = self._counted(prompt_tokens)
+                leasing.ratio = self._budget.price_ratio
             if self._keys.leases_at_once > 1:
                 try:
                     await self._lease_room.acquire()
                 except asyncio.CancelledError:
                     concurrency.release()
                     queue.put_retry(batch)
+                    leasing.cancel_reservation()
                     raise
                 task = sends.create_task(self._lease_and_launch(leasing, sends, outcomes))
                 self._leasing.add(task)
@@ -346,6 +415,7 @@ class Dispatcher:
                 except asyncio.CancelledError:
                     concurrency.release()
                     queue.put_retry(batch)
+                    leasing.cancel_reservation()
                     raise
                 if lease is None:
                     concurrency.release()
@@ -362,6 +432,7 @@ class Dispatcher:
         try:
             return await self._keys.lease(leasing.estimate, leasing.prompt_tokens)
         except NoUsableKeyError:
+            leasing.cancel_reservation()
             self._no_key_left()
             if (task := asyncio.current_task()) is not None and task.cancelling():
                 # `on_no_key` stopped admission (a worker of a cluster): the batch is
@@ -387,6 +458,7 @@ class Dispatcher:
         if not leasing.placed:  # cancelled (stopping): the batch waits to be sent again
             self._concurrency.release()
             self._queue.put_retry(leasing.batch)
+            leasing.cancel_reservation()
 
     def _launch(
         self,
@@ -397,6 +469,18 @@ class Dispatcher:
     ) -> None:
         batch, messages = leasing.batch, leasing.messages
         flight = _Flight(batch, lease, messages, self._clock())
+        if (reservation := leasing.reservation) is not None:
+            provider = lease.key.provider
+            # What the reservation pays for at the dearest prices, it pays for on this key.
+            dear = dearest([provider, *self._priced()]) or provider
+            max_tokens = min(
+                provider.max_output_tokens,
+                affordable_output(dear, leasing.counted, reservation.worst_usd / leasing.ratio),
+            )
+            reservation.lower_to(
+                worst_case_cost(provider, leasing.counted, max_tokens) * leasing.ratio
+            )
+            flight.reservation, flight.max_tokens = reservation, max_tokens
         batch.model = lease.key.provider.model  # the model of the key that last tried it
         self.in_flight_chunks += len(batch.chunks)
         self._launched += 1
@@ -406,6 +490,44 @@ class Dispatcher:
         # A task cancelled before it starts (stop now, in the turn that
         # admitted it) never runs its `except`: give its claims back here.
         task.add_done_callback(functools.partial(self._settle_unstarted, flight))
+
+    def _priced(self) -> list[ProviderSettings]:
+        """The providers of the usable keys."""
+        return list({k.provider.name: k.provider for k in self._keys.keys if k.usable}.values())
+
+    def _costs(self, prompt_tokens: int, n_chunks: int) -> tuple[float, float]:
+        """A request's worst-case cost before its key is chosen, on the dearest usable
+        provider, and the least it must be allowed: its answer's expected length."""
+        dear = dearest(self._priced())
+        if dear is None or self._budget is None:
+            return 0.0, 0.0
+        counted, ratio = self._counted(prompt_tokens), self._budget.price_ratio
+        expected = min(dear.max_output_tokens, self._output_estimate(n_chunks))
+        return (
+            worst_case_cost(dear, counted, dear.max_output_tokens) * ratio,
+            worst_case_cost(dear, counted, expected) * ratio,
+        )
+
+    def _counted(self, prompt_tokens: int) -> int:
+        """The prompt as the providers have been counting our estimates (never less)."""
+        ratio = max((k.budget.charge_ratio for k in self._keys.keys if k.usable), default=1.0)
+        return math.ceil(prompt_tokens * max(1.0, ratio))
+
+    def _settle_budget(self, flight: _Flight, outcome: CallResult | CallFailure | None) -> None:
+        """Settle a request's reservation with what it is billed (None: no answer came)."""
+        reservation = flight.reservation
+        if reservation is None:
+            return
+        if outcome is None and flight.lease.wired_at is None:
+            reservation.cancel()  # never sent
+            return
+        provider = flight.lease.key.provider
+        reservation.settle(billed_cost(provider, outcome, reservation.worst_usd))
+        billed = outcome.cost_usd if isinstance(outcome, CallResult) else None
+        if self._budget is not None and billed is not None:  # the bill against our prices
+            assert isinstance(outcome, CallResult)
+            estimated = token_cost(provider, outcome.prompt_tokens, outcome.completion_tokens)
+            self._budget.learn_price(billed, estimated)
 
     def _output_estimate(self, n_chunks: int) -> int:
         # Learned from the answers so far: the mean output per chunk with a margin.
@@ -486,6 +608,7 @@ class Dispatcher:
 
     def _settle_unstarted(self, flight: _Flight, _task: asyncio.Task[None]) -> None:
         self._give_back(flight, answered=False)  # no-op once the send itself gave them back
+        self._settle_budget(flight, None)  # likewise
 
     async def _send(
         self, flight: _Flight, messages: list[dict[str, str]], outcomes: BatchOutcomes
@@ -507,9 +630,11 @@ class Dispatcher:
                     timeout,
                     self._prompt.temperature,
                     on_wire=lease.on_wire,
+                    max_tokens=flight.max_tokens,
                 )
         except asyncio.CancelledError:
             self._give_back(flight, answered=False)
+            self._settle_budget(flight, None)
             raise
         except TimeoutError:
             outcome = self._hung(lease, hang.patience)
@@ -517,6 +642,7 @@ class Dispatcher:
             self._flying.discard(flight)
             self._flying_changed.set()
         self._give_back(flight, answered=True)
+        self._settle_budget(flight, outcome)
         self._stats.requests += 1
         if flight.race is not None and not self._wins(flight.race, outcome):
             self._keys.notify()

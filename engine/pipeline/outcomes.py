@@ -1,6 +1,7 @@
 """What a batch's call came to: result rows, retries, or failure rows.
 
-An answer is reconciled with its key (usage, limits), costed, parsed and
+An answer is reconciled with its key (usage, limits), costed (the
+provider's reported cost preferred, `engine.limits.request_cost`), parsed and
 stored one row per chunk, each with its share of the usage and the cost; a
 chunk the answer left out is retried alone.  A failure is classified: a 429
 cools its key and requeues the batch (until the batch has waited too long);
@@ -28,6 +29,7 @@ from typing import Any, Protocol
 from engine.config.settings import Preset, RateLimitWaits
 from engine.limits.key_pool import KeyLease, KeyPool, KeyState
 from engine.limits.rate_limit_patience import batch_gives_up
+from engine.limits.request_cost import answer_cost
 from engine.observe.events import EventBus, EventKind
 from engine.observe.run_stats import RunStats
 from engine.pipeline.held_work import HeldWork
@@ -45,7 +47,7 @@ Clock = Callable[[], float]
 _RESULT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
-def answer_cost(result: CallResult, prices: tuple[float, float]) -> float:
+def priced_usage(result: CallResult, prices: tuple[float, float]) -> float:
     """USD of an answer's usage at (input, output) USD per million tokens."""
     return (result.prompt_tokens * prices[0] + result.completion_tokens * prices[1]) / 1e6
 
@@ -135,8 +137,8 @@ class Outcomes:
         s.record_latency(result.latency_s)
         self._attempts.record(self._clock(), False)
         provider = key.provider
-        prices = (provider.price_input_per_m, provider.price_output_per_m)
-        await self._store_answer(batch, key, result, answer_cost(result, prices))
+        # The provider's own figure, when it gives one.
+        await self._store_answer(batch, key, result, answer_cost(provider, result))
 
     async def answered_in_batch(
         self, batch: Batch, key: KeyState, result: CallResult, prices: tuple[float, float]
@@ -145,7 +147,7 @@ class Outcomes:
         (batch prices, USD per million input and output tokens).  No key budget is
         reconciled: batch requests are counted against a quota of their own."""
         self._stats.tokens += result.prompt_tokens + result.completion_tokens
-        await self._store_answer(batch, key, result, answer_cost(result, prices))
+        await self._store_answer(batch, key, result, priced_usage(result, prices))
 
     async def line_failed(self, batch: Batch, key_id: str, kind: FailureKind, reason: str) -> None:
         """A Batch API request that came to nothing (an error line, a failed or
@@ -266,6 +268,13 @@ class Outcomes:
             await self._retry_or_fail(batch, key.key_id, failure.kind, failure.message, count=False)
             return
         await self.give_up(batch, f"{failure.kind}: {failure.message}")
+
+    def split(self, batch: Batch) -> None:
+        """Put the batch back as one batch per chunk (a budget's last room fits one, not all)."""
+        for chunk in batch.chunks:
+            self._held.batch_made()
+            self._queue.put_retry(Batch((chunk,), attempt=batch.attempt, model=batch.model))
+        self._held.batch_resolved()
 
     async def _retry_or_fail(
         self, batch: Batch, key_id: str, kind: FailureKind, reason: str, count: bool = True

@@ -27,6 +27,7 @@ import base64
 import contextlib
 import importlib
 import json
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -67,6 +68,7 @@ class CallResult:
     completion_tokens: int
     headers: Mapping[str, str]
     latency_s: float
+    cost_usd: float | None = None  # what the provider says the answer cost (`usage.cost`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +103,14 @@ def _transport_failure(exc: BaseException, timeout_s: float, latency: float) -> 
     return CallFailure(
         FailureKind.CONNECTION, f"connection failed ({type(exc).__name__})", {}, latency
     )
+
+
+def _reported_cost(value: object) -> float | None:
+    """An answer's `usage.cost` (OpenRouter's, in dollars) when it is a usable number."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    cost = float(value)
+    return cost if math.isfinite(cost) and cost >= 0 else None
 
 
 def _error_field(body: object, name: str) -> str:
@@ -182,12 +192,19 @@ def _not_a_completion(
 
 
 def chat_body(
-    model: str, messages: list[dict[str, str]], temperature: float | None
+    model: str,
+    messages: list[dict[str, str]],
+    temperature: float | None,
+    max_tokens: int | None = None,
 ) -> dict[str, Any]:
-    """The body of a chat completion request: the same online and in a batch's input file."""
+    """The body of a chat completion request: the same online and in a batch's input file.
+
+    `max_tokens` caps the answer (a budgeted job sends it)."""
     body: dict[str, Any] = {"model": model, "messages": messages}
     if temperature is not None:
         body["temperature"] = temperature
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
     return body
 
 
@@ -347,10 +364,14 @@ class ProviderClients:
         timeout_s: float,
         temperature: float | None = None,
         on_wire: Callable[[], None] | None = None,
+        max_tokens: int | None = None,
     ) -> CallResult | CallFailure:
-        """One chat completion of `messages` on the key's route (`on_wire`: see `_post`)."""
+        """One chat completion of `messages` on the key's route (`on_wire`: see `_post`).
+
+        `max_tokens` caps the answer (a budgeted job sends it, so a request's
+        cost has a ceiling)."""
         route = self._routes[key_id]
-        body = chat_body(model, messages, temperature)
+        body = chat_body(model, messages, temperature, max_tokens)
         sent = await self._post(route.chat_url, route, body, timeout_s, on_wire)
         if isinstance(sent, CallFailure):
             return sent
@@ -375,6 +396,7 @@ class ProviderClients:
             usage = answer.get("usage") or {}
             prompt_tokens = int(usage.get("prompt_tokens") or 0)
             completion_tokens = int(usage.get("completion_tokens") or 0)
+            cost = _reported_cost(usage.get("cost"))
         except (
             ValueError,
             LookupError,
@@ -386,7 +408,7 @@ class ProviderClients:
             return _not_a_completion(exc, headers, latency_s)
         if content:
             content = self._redactor.redact_content(content)
-        return CallResult(content, prompt_tokens, completion_tokens, headers, latency_s)
+        return CallResult(content, prompt_tokens, completion_tokens, headers, latency_s, cost)
 
     def batch_client(self, key_id: str) -> BatchClient:
         """The Files and Batch APIs for one key, over the shared connection pool."""

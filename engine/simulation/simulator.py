@@ -135,6 +135,9 @@ class SimulatorConfig:
     batch_fault_expire: float = 0.0
     batch_fault_stuck: float = 0.0
     batch_fault_poll: float = 0.0
+    # (input, output) US dollars per million tokens: each answer's usage then says
+    # what it cost (`usage.cost`), as OpenRouter's do.  None: no cost is reported.
+    cost_per_m: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         self.batch_faults()  # checks them
@@ -162,6 +165,8 @@ class SimulatorConfig:
                 raise ValueError(f"fault_{kind} must be a probability in [0, 1], got {rate}")
         if self.drift_after < 0:
             raise ValueError(f"drift_after must not be negative, got {self.drift_after}")
+        if self.cost_per_m is not None and min(self.cost_per_m) < 0:
+            raise ValueError(f"cost_per_m must not be negative, got {self.cost_per_m}")
         if self.drift_until < 0:
             raise ValueError(f"drift_until must not be negative, got {self.drift_until}")
         unknown = [kind for kind in self.drift if kind not in DRIFT_KINDS]
@@ -1047,6 +1052,10 @@ class ProviderSimulator:
             },
             "system_fingerprint": "fp_simulator",
         }
+        if config.cost_per_m is not None:
+            per_in, per_out = config.cost_per_m
+            usage = completion["usage"]
+            usage["cost"] = (prompt_tokens * per_in + completion_tokens * per_out) / 1e6
         return _Composed(
             completion,
             completion_tokens,
@@ -1207,6 +1216,16 @@ def _parse_latency(text: str) -> tuple[float, float]:
         raise argparse.ArgumentTypeError(f"expected LOW,HIGH seconds, got {text!r}") from None
 
 
+def _parse_prices(text: str) -> tuple[float, float]:
+    try:
+        per_in, _, per_out = text.partition(",")
+        return (float(per_in), float(per_out))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected IN,OUT dollars per million tokens, got {text!r}"
+        ) from None
+
+
 def _parse_default_limits(text: str) -> tuple[int | None, int | None]:
     rpm, sep, tpm = text.partition(":")
     if not sep:
@@ -1300,6 +1319,13 @@ def _argument_parser() -> argparse.ArgumentParser:
         help=f"how answers drift: {', '.join(DRIFT_KINDS)}",
     )
     parser.add_argument(
+        "--cost-per-m",
+        type=_parse_prices,
+        default=None,
+        metavar="IN,OUT",
+        help="report each answer's cost in usage.cost at these dollars per million tokens",
+    )
+    parser.add_argument(
         "--drift-until",
         type=int,
         default=0,
@@ -1365,6 +1391,7 @@ def config_from_args(argv: Sequence[str]) -> tuple[SimulatorConfig, str, int]:
             batch_fault_expire=args.batch_fault_expire,
             batch_fault_stuck=args.batch_fault_stuck,
             batch_fault_poll=args.batch_fault_poll,
+            cost_per_m=args.cost_per_m,
             **faults,
         )
     except ValueError as exc:

@@ -818,6 +818,17 @@ class Store:
             )
         return {str(outcome): int(count) for outcome, count in rows}
 
+    async def run_spends(self, excluding: int) -> list[tuple[str | None, float]]:
+        """(summary JSON or None, cost of its stored results) of every run but `excluding`."""
+        async with self._turn() as conn:
+            rows = await conn.execute_fetchall(
+                "SELECT runs.summary_json, COALESCE(SUM(results.cost), 0.0) FROM runs"
+                " LEFT JOIN results ON results.run_id = runs.run_id"
+                " WHERE runs.run_id <> ? GROUP BY runs.run_id",
+                (excluding,),
+            )
+        return [(summary, float(cost)) for summary, cost in rows]
+
     async def counts(self, prompt_version: str | None = None) -> dict[str, int]:
         """Committed results and failures, for one prompt version or all of them."""
         where, params = (

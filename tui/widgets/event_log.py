@@ -18,6 +18,7 @@ _WARNING_KINDS = {
     EventKind.DRAINING,
     EventKind.STOPPING,
     EventKind.BATCH_RECLAIMED,
+    EventKind.BUDGET_REACHED,
 }
 _ERROR_KINDS = {
     EventKind.KEY_DISABLED,

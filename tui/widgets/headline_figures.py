@@ -27,6 +27,12 @@ def headline_figures(snap: Snapshot) -> Figures:
         total = f"~{total}"  # a crawl's total, projected from the sites crawled so far
     eta, band = eta_text(snap)  # the job's state instead, while paused, draining or over
     projected = "" if snap.cost_projected_usd is None else f"~${snap.cost_projected_usd:,.4f} total"
+    if snap.budget is not None:  # spent by every run of the job, and held by requests out now
+        budget = snap.budget
+        projected = (
+            f"{'REACHED ' if budget.reached else ''}${budget.spent_usd:,.4f} of "
+            f"${budget.cap_usd:,.2f} · ${budget.reserved_usd:,.4f} out"
+        )
     outcome = f"{counts.failed:,} failed"
     if counts.cached:  # a copy of an answer to the same text: no request of its own
         outcome += f" · {counts.cached:,} cached"

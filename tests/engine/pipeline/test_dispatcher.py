@@ -66,6 +66,9 @@ class Recorder:
         self.given_up.append((batch.ids, reason, announce))
         self.held.batch_resolved()
 
+    def split(self, batch: Batch) -> None:
+        raise AssertionError("only a budget splits batches, and these tests set none")
+
 
 class CountingClients:
     """The real clients, counting the calls in flight at once."""
@@ -83,12 +86,19 @@ class CountingClients:
         timeout_s: float,
         temperature: float | None = None,
         on_wire: Callable[[], None] | None = None,
+        max_tokens: int | None = None,
     ) -> CallResult | CallFailure:
         self.now += 1
         self.most = max(self.most, self.now)
         try:
             return await self._clients.chat(
-                key_id, model, messages, timeout_s, temperature, on_wire=on_wire
+                key_id,
+                model,
+                messages,
+                timeout_s,
+                temperature,
+                on_wire=on_wire,
+                max_tokens=max_tokens,
             )
         finally:
             self.now -= 1
