@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action=VersionFlag)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def job_flags(p: argparse.ArgumentParser) -> None:
+    def config_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument("--preset", help="a preset name from the job file, or a preset .toml file")
         p.add_argument(
             "--set",
@@ -84,6 +84,9 @@ def _parser() -> argparse.ArgumentParser:
             metavar="KEY=VALUE",
             help="override a setting, e.g. --set preset.concurrency=32 (repeatable)",
         )
+
+    def job_flags(p: argparse.ArgumentParser) -> None:
+        config_flags(p)
         p.add_argument("--headless", action="store_true", help="no dashboard: status lines")
         p.add_argument("--json", action="store_true", help="status as JSON lines (headless)")
         p.add_argument(
@@ -125,15 +128,7 @@ def _parser() -> argparse.ArgumentParser:
         "plan", help="requests, tokens, cost and time of a job, worked out without sending any"
     )
     plan.add_argument("job", type=Path, help="the job's TOML file")
-    plan.add_argument("--preset", help="a preset name from the job file, or a preset .toml file")
-    plan.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a setting, as for run (repeatable)",
-    )
+    config_flags(plan)
     plan.add_argument("--json", action="store_true", help="the plan as one JSON object")
     plan.add_argument(
         "--output-tokens",
