@@ -594,7 +594,16 @@ async def run_dashboard(
         # Extraction workers must be forkable before the app takes over stderr.
         from engine.api import start_worker_server
 
-        start_worker_server()
+        try:
+            start_worker_server()
+        except (OSError, RuntimeError, ValueError) as exc:
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            print(
+                "crawldeck: page extraction workers could not start "
+                f"({type(exc).__name__}: {first})",
+                file=sys.stderr,
+            )
+            return 2
     async with (
         metrics_endpoint(metrics) as endpoint,  # first: a taken port ends it before anything starts
         _job_services(config, demo_sites) as (config, secrets, urls),

@@ -42,6 +42,7 @@ from tld import get_fld  # the Public Suffix List; trafilatura installs it (via 
 from trafilatura.settings import Extractor
 
 from engine.config.settings import CrawlSettings
+from engine.crawl.extraction_unavailable import ExtractionUnavailable
 from engine.crawl.targets import link_target
 
 HTML_TYPES = frozenset({"text/html", "application/xhtml+xml", ""})
@@ -289,7 +290,13 @@ class PageExtractor:
             # this module makes the server import the parsers once for all workers,
             # and a worker that replaces a killed one starts in milliseconds.
             # (pebble's workers ignore SIGINT: the parent owns shutdown.)
-            self._pool = ProcessPool(self.workers, context=start_worker_server())
+            try:
+                self._pool = ProcessPool(self.workers, context=start_worker_server())
+            except (OSError, RuntimeError, ValueError) as exc:
+                first = (str(exc).strip().splitlines() or [""])[0][:200]
+                raise ExtractionUnavailable(
+                    f"page extraction workers could not start ({type(exc).__name__}: {first})"
+                ) from None
         self._slots = asyncio.Semaphore(2 * self.workers)
         self._jobs: set[Future[ExtractedPage]] = set()  # handed to the pool, not yet back
         self._closed = False

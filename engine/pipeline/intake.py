@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Protocol
 
 from engine.config.settings import CrawlSettings, JobSettings
+from engine.crawl.extraction_unavailable import ExtractionUnavailable
 from engine.observe.events import EventBus, EventKind
 from engine.observe.run_stats import RunStats
 from engine.observe.snapshot import CrawlSnapshot
@@ -206,6 +207,9 @@ class Intake:
         assert self.crawl is not None
         try:
             await self.crawl.run()
+        except ExtractionUnavailable as exc:
+            self._on_fatal(str(exc))
+            self._events.emit(EventKind.WARNING, f"cannot crawl: {exc}")
         except (OSError, ValueError) as exc:
             self._on_fatal(f"crawl targets: {exc}")
             self._events.emit(EventKind.WARNING, f"cannot read crawl targets: {exc}")

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from engine.config.settings import CrawlSettings
+from engine.crawl import extraction
 from engine.crawl.extraction import ExtractedPage, PageFunction, extract_page
 from engine.crawl.outcomes import FetchOutcome
 from engine.engine import Engine
@@ -335,3 +336,27 @@ async def test_a_page_the_parser_raises_on_is_stored_as_failed_and_the_crawl_goe
     assert crawl is not None
     assert crawl.targets_finished == SITES
     assert dict(crawl.outcomes)[str(FetchOutcome.EXTRACTION_FAILED)] == 1
+
+
+async def test_extraction_workers_that_cannot_start_end_the_crawl_with_one_line(
+    tmp_path: Path,
+    simulator: Callable[..., object],
+    sites: SiteServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No process pool (no room for its sockets, a limit on processes): the job fails
+    at once, saying why in one line, with nothing half-done."""
+
+    def no_pool(*_args: object, **_kwargs: object) -> object:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(extraction, "ProcessPool", no_pool)
+    engine, _secrets = await crawl_engine(tmp_path, simulator, sites)
+
+    async with asyncio.timeout(60):
+        assert await engine.run() is JobState.FAILED
+
+    reason = engine.failure_reason
+    assert reason.startswith("page extraction workers could not start (OSError:"), reason
+    assert "\n" not in reason
+    assert stored_results(Path(engine.config.job.store)) == []
