@@ -1,16 +1,17 @@
 """Several `crawldeck run` workers on one job: at the keys' limits, through a kill and a
 Redis restart, and when only CPU binds.
 
-    python -m tests.benchmarks.cluster_rate_limit [--scenario rate|kill|restart|cpu ...]
-        [--workers N ...] [--cpu-requests N]
+    python -m tests.benchmarks.cluster_rate_limit
+        [--scenario rate|kill|kill-collector|restart|cpu ...] [--workers N ...]
+        [--cpu-requests N]
 
 Real processes as an operator would run them on one machine: a
 `redis-server`, the bundled simulator in a process of its own, and N
 `crawldeck run --headless` workers on one job file with `[cluster]` — each
 started with a store of its own (as on other machines); the first to join
 claims the job's, and the others' rows reach it through Redis.  Each
-scenario prints its own table; by default all four run, in this order, in
-about 4½ minutes here.
+scenario prints its own table; by default rate, kill, restart and cpu run,
+in this order, in about 4½ minutes here.
 
 **rate** — four keys of 300/600/900/1,200 RPM, buckets holding a full
 minute of each, latency 0.5–2 s lognormal; `rate_limit_efficiency`'s
@@ -27,11 +28,11 @@ minute of each, latency 0.5–2 s lognormal; `rate_limit_efficiency`'s
 **kill** — the rate job by 4 workers; once 30 % of its chunks are settled
 (the run's progress hash in Redis, polled), one worker that is not beside
 the job's store is SIGKILLed.  Only workers beside the store — that host,
-that store path — may collect (`engine/cluster/collector_lease.py`): were
-that one killed, its lease would run out and, with no other worker on its
-path, the rows would wait in Redis until a worker is started there again
-(the design; not what this scenario measures) — so it is spared.  The
-visibility timeout is 10 s (120 by default), so its batches are taken over
+that store path — may collect (`engine/cluster/collector_lease.py`), so
+that one is spared here; **kill-collector** (only when asked for) kills it
+instead: the others finish the work and exit, their rows waiting in Redis
+(no other worker is on its path), and the worker is started again on its
+store path, as an operator would, to collect them.  The visibility timeout is 10 s (120 by default), so its batches are taken over
 soon.  Printed: when, the wall, the requests the simulator saw, the
 `batch_reclaimed` events the workers that lived printed (`--json`), dead
 letters, and the store's tally: it must be 21,000/0/0/0, exactly one result
@@ -63,7 +64,10 @@ this 2-core machine shared with other sessions):
   an earlier, quieter run); 0 429s; key shares 0.997–1.002; 21,000/0/0/0;
 - kill: w2 SIGKILLed 9.5 s in (6,420 chunks settled); wall 51.9 s (bound
   45.0 s); 5,328 requests; 61 batches (244 chunks) reclaimed, 0 dead
-  letters; 21,000/0/0/0; the three others exited 0;
+  letters; 21,000/0/0/0; the three others exited 0.  kill-collector (run
+  alone): w2 killed 15.1 s in; once the others had exited the store held
+  6,216 results and 3,696 entries (14,784 rows) waited in Redis; w2 started
+  again collected them in 2.6 s: 21,000/0/0/0, 61 batches reclaimed;
 - restart: Redis killed 15.0 s in (6,336 settled), away 5.4 s; wall 52.6 s;
   5,270 requests, 0 429s; 21,000/0/0/0; every worker exited 0; one warning
   (the collector's lease ran out while Redis was away; it took it again);
@@ -252,11 +256,18 @@ async def workers_running(
     Each has a store of its own, as on other machines: the first to join
     claims the job's, and the others' rows reach it through Redis.
     """
-    running: list[Worker] = []
-    try:
+    async with killed_if_left() as running:
         for i in range(count):
             store = job.parent / "results.db" if i == 0 else work / f"w{i}" / "results.db"
             running.append(await start_worker(job, f"w{i}", store, *flags))
+        yield running
+
+
+@asynccontextmanager
+async def killed_if_left() -> AsyncIterator[list[Worker]]:
+    """A list to start workers into; any still running when the block ends is killed."""
+    running: list[Worker] = []
+    try:
         yield running
     finally:
         for worker in running:
@@ -443,6 +454,12 @@ class Disruption:
     closing: str  # the closing line of the worker beside the store: what the cluster did
     victim: str = ""  # the worker killed, if one was
     outage_s: float = 0.0  # how long Redis was away, if it was
+    # The collector killed: the store once the others had exited, the result
+    # entries then waiting in Redis, and how long a worker started again on
+    # its store path took to collect them and end.
+    stored_before_return: StoreTally | None = None
+    waiting_entries: int = 0
+    return_s: float = 0.0
 
     @property
     def reclaimed(self) -> int:
@@ -468,15 +485,27 @@ class Disruption:
 WATCHED = (EventKind.BATCH_RECLAIMED, EventKind.DEAD_LETTER, EventKind.WARNING)
 
 
-async def disrupted_run(work: Path, *, kill_worker: bool) -> Disruption:
-    """The rate job by 4 workers; at ~30 % done one worker is SIGKILLed (`kill_worker`),
-    or else Redis is killed and started again on its port after `OUTAGE_S`."""
+async def results_waiting(redis_url: str) -> int:
+    """Result entries of the job's current run that no collector has stored yet."""
+    redis = Redis.from_url(redis_url)
+    try:
+        run = int(await redis.get(run_counter(PREFIX)) or 1)
+        return int(await redis.xlen(JobStreams(run_prefix(PREFIX, run)).results))
+    finally:
+        await redis.aclose()
+
+
+async def disrupted_run(work: Path, broken: str) -> Disruption:
+    """The rate job by 4 workers, broken at ~30 % settled: `broken` is "worker" (one not
+    beside the store SIGKILLed), "collector" (the one beside it SIGKILLed, then started
+    again once the others have ended) or "redis" (killed, started again after `OUTAGE_S`)."""
     requests = REQUESTS
     records = requests * CHUNKS_PER_REQUEST
     victim, outage_s = "", 0.0
-    with RedisServer(work / "redis", appendonly=not kill_worker) as redis_server:
+    redis_down = broken == "redis"
+    with RedisServer(work / "redis", appendonly=redis_down) as redis_server:
         async with simulator(KEY_RPMS) as base_url:
-            cluster = {"visibility_timeout_s": VISIBILITY_S} if kill_worker else {}
+            cluster = {} if redis_down else {"visibility_timeout_s": VISIBILITY_S}
             job = write_job(work / "job", base_url, redis_server.url, records, cluster)
             started = time.monotonic()
             # JSON lines, every second: each event (with its data) is printed once.
@@ -484,24 +513,41 @@ async def disrupted_run(work: Path, *, kill_worker: bool) -> Disruption:
             async with workers_running(job, work, DISRUPTED_WORKERS, *flags) as running:
                 settled = await until_settled(redis_server.url, round(records * DISRUPT_AT))
                 at_s = time.monotonic() - started
-                if kill_worker:
-                    # Not the one beside the store: it alone may collect (see the module).
-                    claimed = (await claimed_store(redis_server.url)).resolve()
-                    target = next(w for w in reversed(running) if w.store.resolve() != claimed)
-                    target.proc.kill()
-                    victim = target.name
-                else:
+                if redis_down:
                     await asyncio.to_thread(redis_server.kill)
                     down = time.monotonic()
                     await asyncio.sleep(OUTAGE_S)  # the outage itself, chosen, not a guess
                     await asyncio.to_thread(redis_server.start)  # same port, AOF reloaded
                     outage_s = time.monotonic() - down
+                else:
+                    # Only the worker beside the store collects (see the module).
+                    claimed = (await claimed_store(redis_server.url)).resolve()
+                    beside_store = broken == "collector"
+                    target = next(
+                        w
+                        for w in reversed(running)
+                        if (w.store.resolve() == claimed) == beside_store
+                    )
+                    target.proc.kill()
+                    victim = target.name
                 codes = await exit_codes(running)
+            store = await claimed_store(redis_server.url)
+            lived = [w for w in running if w.name != victim]
+            stored_before, waiting, return_s = None, 0, 0.0
+            if broken == "collector":
+                # As an operator would: start a worker on that store path again.
+                stored_before = tally_store(store, records)
+                waiting = await results_waiting(redis_server.url)
+                back = time.monotonic()
+                async with killed_if_left() as again:
+                    again.append(await start_worker(job, f"{victim}-again", store, *flags))
+                    codes = (*codes, *(await exit_codes(again)))
+                running = [*running, *again]
+                lived += again
+                return_s = time.monotonic() - back
             wall_s = time.monotonic() - started
             stats = await simulator_stats(base_url)
-            store = await claimed_store(redis_server.url)
-    lived = [w for w in running if w.name != victim]
-    beside = next((w for w in lived if w.store.resolve() == store.resolve()), lived[0])
+    beside = next((w for w in reversed(lived) if w.store.resolve() == store.resolve()), lived[0])
     return Disruption(
         wall_s=wall_s,
         bound_s=rate_bound_s(requests),
@@ -515,19 +561,25 @@ async def disrupted_run(work: Path, *, kill_worker: bool) -> Disruption:
         closing=f"{beside.name}: {cluster_line(beside)}",
         victim=victim,
         outage_s=outage_s,
+        stored_before_return=stored_before,
+        waiting_entries=waiting,
+        return_s=return_s,
     )
 
 
-async def kill_scenario() -> int:
-    """Scenario `kill`: one of 4 workers SIGKILLed at ~30 % done; 1 if the store is not whole."""
+async def kill_scenario(collector: bool = False) -> int:
+    """Scenario `kill` (`kill-collector`): one of 4 workers SIGKILLed at ~30 % settled, one
+    not beside the store (the one beside it, started again once the others have ended);
+    1 if the store does not end with every chunk once."""
     records = REQUESTS * CHUNKS_PER_REQUEST
+    which = "the one beside the store" if collector else "one not beside the store"
     print(
-        f"\n== kill: {DISRUPTED_WORKERS} workers on the rate job ({records} chunks), one "
-        f"SIGKILLed once {DISRUPT_AT:.0%} of the chunks are settled (the run's progress in "
-        f"Redis); visibility timeout {VISIBILITY_S:g} s"
+        f"\n== {'kill-collector' if collector else 'kill'}: {DISRUPTED_WORKERS} workers on the "
+        f"rate job ({records} chunks), {which} SIGKILLed once {DISRUPT_AT:.0%} of the chunks "
+        f"are settled (the run's progress in Redis); visibility timeout {VISIBILITY_S:g} s"
     )
     with tempfile.TemporaryDirectory(prefix="crawldeck-cluster-bench-") as tmp:
-        out = await disrupted_run(Path(tmp), kill_worker=True)
+        out = await disrupted_run(Path(tmp), "collector" if collector else "worker")
     misses = out.misses(records)
     print(
         f"{'killed':>6} {'at':>6} {'settled then':>12} {'wall':>7} {'bound':>7} "
@@ -545,6 +597,13 @@ async def kill_scenario() -> int:
         f"  requests: what the simulator saw ({REQUESTS} in the job); reclaimed: the "
         "batch_reclaimed events the workers that lived printed (--json), chunks in them"
     )
+    if out.stored_before_return is not None:
+        print(
+            f"  once the other 3 had exited: the store {out.stored_before_return} "
+            f"(done/failed/lost/twice), {out.waiting_entries} result entries waiting in "
+            f"Redis; {out.victim} started again on its store path collected them and "
+            f"ended in {out.return_s:.1f} s"
+        )
     print(f"  {out.closing or 'no closing cluster line'}")
     print("  verdict: " + ("pass" if not misses else "FAIL: " + "; ".join(misses)), flush=True)
     return 1 if misses else 0
@@ -559,7 +618,7 @@ async def restart_scenario() -> int:
         f"of the chunks are settled, started again on its port {OUTAGE_S:g} s later"
     )
     with tempfile.TemporaryDirectory(prefix="crawldeck-cluster-bench-") as tmp:
-        out = await disrupted_run(Path(tmp), kill_worker=False)
+        out = await disrupted_run(Path(tmp), "redis")
     misses = out.misses(records)
     print(
         f"{'at':>6} {'settled then':>12} {'outage':>7} {'wall':>7} {'bound':>7} "
@@ -713,6 +772,7 @@ async def cpu_scenario(requests: int) -> int:
 
 
 SCENARIOS = ("rate", "kill", "restart", "cpu")
+EXTRA_SCENARIOS = ("kill-collector",)  # only when asked for: the default run stays ~4½ min
 
 
 async def main(scenarios: Sequence[str], worker_counts: Sequence[int], cpu_requests: int) -> int:
@@ -722,6 +782,8 @@ async def main(scenarios: Sequence[str], worker_counts: Sequence[int], cpu_reque
         failed += await rate_scenario(worker_counts, REQUESTS)
     if "kill" in scenarios:
         failed += await kill_scenario()
+    if "kill-collector" in scenarios:
+        failed += await kill_scenario(collector=True)
     if "restart" in scenarios:
         failed += await restart_scenario()
     if "cpu" in scenarios:
@@ -734,9 +796,10 @@ def cli(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.benchmarks.cluster_rate_limit")
     parser.add_argument(
         "--scenario",
-        choices=SCENARIOS,
+        choices=SCENARIOS + EXTRA_SCENARIOS,
         action="append",
-        help="scenarios to run, in this order: rate, kill, restart, cpu (default: all)",
+        help="scenarios to run, in this order: rate, kill, kill-collector, restart, cpu "
+        "(default: all but kill-collector)",
     )
     parser.add_argument(
         "--workers",
@@ -751,7 +814,8 @@ def cli(argv: Sequence[str] | None = None) -> int:
         help=f"requests of the cpu scenario's job (default {CPU_REQUESTS})",
     )
     args = parser.parse_args(argv)
-    chosen = [s for s in SCENARIOS if s in (args.scenario or SCENARIOS)]
+    order = ("rate", "kill", "kill-collector", "restart", "cpu")
+    chosen = [s for s in order if s in (args.scenario or SCENARIOS)]
     # No shorter rate job: a job the keys' buckets hold whole has no rate to reach.
     return asyncio.run(main(chosen, args.workers or [1, 4], args.cpu_requests))
 
