@@ -32,8 +32,9 @@ that store path — may collect (`engine/cluster/collector_lease.py`), so
 that one is spared here; **kill-collector** (only when asked for) kills it
 instead: the others finish the work and exit, their rows waiting in Redis
 (no other worker is on its path), and the worker is started again on its
-store path, as an operator would, to collect them.  The visibility timeout is 10 s (120 by default), so its batches are taken over
-soon.  Printed: when, the wall, the requests the simulator saw, the
+store path, as an operator would, to collect them.  The visibility timeout
+is 10 s (120 by default), so a dead worker's batches are taken over soon.
+Printed: when, the wall, the requests the simulator saw, the
 `batch_reclaimed` events the workers that lived printed (`--json`), dead
 letters, and the store's tally: it must be 21,000/0/0/0, exactly one result
 per chunk.
