@@ -58,25 +58,29 @@ show here.  The crawl path is not measured: a job with `[crawl]` and
 
 Issue 13 asks, with 4 workers: efficiency ≥ 0.95, 429s ≤ 1 %, each key
 within 2 % of its share; after a kill or a restart, every chunk once.
-Last run (one `python -m tests.benchmarks.cluster_rate_limit`, 270 s, on
-this 2-core machine shared with other sessions):
+Last run (one `python -m tests.benchmarks.cluster_rate_limit`, 276 s, on
+this 2-core machine shared with other sessions; the run before, 270 s, in
+brackets):
 
-- rate: 1 worker 0.923, 4 workers 0.893 (below 0.95; 0.943 and 0.907 in
-  an earlier, quieter run); 0 429s; key shares 0.997–1.002; 21,000/0/0/0;
-- kill: w2 SIGKILLed 9.5 s in (6,420 chunks settled); wall 51.9 s (bound
-  45.0 s); 5,328 requests; 61 batches (244 chunks) reclaimed, 0 dead
-  letters; 21,000/0/0/0; the three others exited 0.  kill-collector (run
-  alone): w2 killed 15.1 s in; once the others had exited the store held
-  6,216 results and 3,696 entries (14,784 rows) waited in Redis; w2 started
-  again collected them in 2.6 s: 21,000/0/0/0, 61 batches reclaimed;
-- restart: Redis killed 15.0 s in (6,336 settled), away 5.4 s; wall 52.6 s;
-  5,270 requests, 0 429s; 21,000/0/0/0; every worker exited 0; one warning
-  (the collector's lease ran out while Redis was away; it took it again);
-- cpu: 1 worker 235 req/s (939 chunks/s), 2 workers 355 (× 1.51), 4
-  workers 397 (× 1.69); one process alone 545 (× 2.32).  A worker in a
-  cluster spends ~2× the CPU a request of one alone (4.9–5.4 ms against
-  2.4, start-up included): a profile of one worker puts ~23 % of its time
-  in redis-py (several scripts a request) and 90 µs a row in
+- rate: 1 worker 0.935 [0.923], 4 workers 0.841 [0.893] (below 0.95; 0.943
+  and 0.907 in a quieter run before these scenarios); 0 429s; key shares
+  0.998–1.001; 21,000/0/0/0;
+- kill: w3 SIGKILLed 10.2 s in (6,304 chunks settled); wall 53.1 s (bound
+  45.0 s); 5,375 requests; 110 batches (440 chunks) reclaimed [61, 244], 0
+  dead letters; 21,000/0/0/0; the three others exited 0.  kill-collector
+  (run on its own): w2 killed 15.1 s in; once the others had exited the
+  store held 6,216 results and 3,696 entries (14,784 rows) waited in Redis;
+  w2 started again collected them in 2.6 s: 21,000/0/0/0;
+- restart: Redis killed 13.5 s in (6,420 settled), away 5.1 s [5.4]; wall
+  53.7 s; 5,266 requests, 0 429s; 21,000/0/0/0; every worker exited 0 [and
+  one warning: the collector's lease ran out while Redis was away, and it
+  took it again];
+- cpu: 1 worker 245 req/s (981 chunks/s) [235], 2 workers 426, × 1.74
+  [355, × 1.51], 4 workers 332, × 1.35 [397, × 1.69]; one process alone
+  653, × 2.66 [545, × 2.32].  A worker in a cluster spends ~2× the CPU a
+  request of one alone (4.2–5.4 ms against 2.0–2.4, start-up included): a
+  profile of one worker puts about a quarter of its time in redis-py
+  (several scripts a request) and 90 µs a row in
   `results_stream.encode_row` (`dataclasses.asdict`).
 """
 
