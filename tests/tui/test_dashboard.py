@@ -15,15 +15,18 @@ from textual.pilot import Pilot
 from textual.widgets import Static
 from textual.widgets._footer import FooterKey  # not exported; textual is pinned exactly
 
+from engine.cluster.cluster_view import WorkerReport
 from engine.engine import Engine
 from engine.observe.headless_reporter import status_line
 from engine.observe.snapshot import JobState
 from tests.tui.conftest import (
     FixedSource,
     fixed_batch_snapshot,
+    fixed_cluster,
     fixed_cluster_snapshot,
     fixed_crawl_snapshot,
     fixed_snapshot,
+    fixed_worker,
 )
 from tui.actions import ACTIONS
 from tui.app import CrawldeckApp
@@ -312,6 +315,30 @@ async def test_the_workers_panel_lists_every_worker_of_a_shared_job_and_hides_wi
         app.dashboard.pull()
         await pilot.pause()
         assert not panel.display
+
+
+async def test_an_ended_worker_is_listed_last_and_dimmed_with_no_stale_figures() -> None:
+    cluster = fixed_cluster(
+        fixed_worker("box-a-11-aaaaaa", WorkerReport("done", 900, 2), age_s=30.0, ended=True),
+        fixed_worker("box-b-22-bbbbbb", WorkerReport("running", 700, 1, 16, 0, 88.0), age_s=0.2),
+    )
+    app = CrawldeckApp(
+        FixedSource(fixed_snapshot(cluster=cluster)), refresh_hz=0, clock=FrozenClock()
+    )
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.pause()
+        panel = app.query_one(WorkersPanel)
+        drawn = panel.render()
+        lines = str(drawn).splitlines()
+        assert lines[0].startswith("workers 1 live  0 lost  1 ended")
+        assert words(lines[2]).startswith("bbbbbb box-b:22 running 700 1 16 88")
+        assert words(lines[3]) == "aaaaaa box-a:11 done 900 2 – – 30s ago this, collector"
+        ended_style = panel.get_component_rich_style("workers-panel--ended")
+        ended_from = str(drawn).index("aaaaaa")
+        assert any(
+            span.start <= ended_from and span.end == len(drawn) and span.style == ended_style
+            for span in drawn.spans
+        )
 
 
 def test_cluster_dashboard_at_160x48(snap_compare: Callable[..., bool]) -> None:
