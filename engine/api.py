@@ -25,6 +25,7 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 from typing import TYPE_CHECKING, Any
 
+from engine.cluster.cluster_view import ClusterView, WorkerView
 from engine.config.config_problem import ConfigError, ConfigProblem
 from engine.config.job_file import load_config
 from engine.config.key_secrets import resolve_secrets, served_by_simulator
@@ -148,6 +149,7 @@ __all__ = [
     "Bound",
     "BudgetSnapshot",
     "ClusterJob",
+    "ClusterView",
     "ConfigError",
     "ConfigProblem",
     "ControlClient",
@@ -185,6 +187,7 @@ __all__ = [
     "StoreInUseError",
     "SubmittedBatch",
     "TableChecker",
+    "WorkerView",
     "WrongType",
     "demo_job_file",
     "engine_memory_floor_bytes",

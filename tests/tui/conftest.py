@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.cluster.cluster_view import ClusterView, KeyUsage, WorkerReport, WorkerView, aggregate
 from engine.config.setting_bounds import CONCURRENCY, FETCH_CONCURRENCY
 from engine.config.settings import BUILTIN_PRESETS, DriftSettings, Preset
 from engine.control.controls import Adjustment
@@ -278,6 +279,76 @@ def fixed_batch_snapshot(**changes: object) -> Snapshot:
         counts=Counts(total=8_834, seen=8_834, done=3_750, pending=4_084, in_flight=1_000),
     )
     return replace(snap, **changes)  # type: ignore[arg-type]
+
+
+CLUSTER_AT = 1_700_000_500.0  # Redis's clock when the fixed cluster was read
+
+
+def fixed_worker(
+    worker_id: str, report: WorkerReport, *, age_s: float, lost: bool = False, ended: bool = False
+) -> WorkerView:
+    """A worker as the registry reads it: its id is host-pid-token, as `new_worker_id` makes."""
+    host, pid, _ = worker_id.rsplit("-", 2)
+    return WorkerView(
+        worker_id=worker_id,
+        host=host,
+        pid=int(pid),
+        state=report.state,
+        done=report.done,
+        failed=report.failed,
+        in_flight=report.in_flight,
+        items_per_min=report.items_per_min,
+        requests_per_min=report.requests_per_min,
+        tokens_per_s=report.tokens_per_s,
+        keys=report.keys,
+        heartbeat_s=1.0,
+        started_at=CLUSTER_AT - 600.0,
+        last_heartbeat=CLUSTER_AT - age_s,
+        age_s=age_s,
+        lost=lost,
+        ended=ended,
+    )
+
+
+def fixed_cluster(*workers: WorkerView) -> ClusterView:
+    """The cluster's totals as the registry sums them, plus its run counters in Redis."""
+    view = aggregate(workers, taken_at=CLUSTER_AT)
+    return replace(
+        view,
+        run=1,
+        chunks_enqueued=12_000,
+        chunks_done=4_920,
+        chunks_failed=14,
+        dead_letters=1,
+        input_complete=True,
+        worker_id=workers[0].worker_id,
+        store="/data/transcripts-q3.db",
+        collector=workers[0].worker_id,
+    )
+
+
+def fixed_cluster_snapshot(**changes: object) -> Snapshot:
+    """The fixed snapshot of a worker of a shared job: three workers, the third lost."""
+    keys = (KeyUsage("k1", requests=40, tokens=52_000),)
+    cluster = fixed_cluster(
+        fixed_worker(
+            "gpu-box-a-4242-9f3c1e",
+            WorkerReport("running", 2_310, 6, 32, 415.0, 104.0, 2_100.0, keys),
+            age_s=0.4,
+        ),
+        fixed_worker(
+            "gpu-box-b-1717-07ab55",
+            WorkerReport("running", 2_104, 5, 29, 388.0, 97.0, 1_950.0, keys),
+            age_s=1.6,
+        ),
+        fixed_worker(
+            "spare-3-880-c0ffee",
+            WorkerReport("running", 506, 3, 24, 402.0, 100.0, 2_000.0, keys),
+            age_s=47.0,
+            lost=True,
+        ),
+    )
+    return replace(fixed_snapshot(cluster=cluster), **changes)  # type: ignore[arg-type]
 
 
 class FixedSource:

@@ -15,14 +15,18 @@ from textual.pilot import Pilot
 from textual.widgets import Static
 from textual.widgets._footer import FooterKey  # not exported; textual is pinned exactly
 
+from engine.cluster.cluster_view import WorkerReport
 from engine.engine import Engine
 from engine.observe.headless_reporter import status_line
 from engine.observe.snapshot import JobState
 from tests.tui.conftest import (
     FixedSource,
     fixed_batch_snapshot,
+    fixed_cluster,
+    fixed_cluster_snapshot,
     fixed_crawl_snapshot,
     fixed_snapshot,
+    fixed_worker,
 )
 from tui.actions import ACTIONS
 from tui.app import CrawldeckApp
@@ -31,6 +35,7 @@ from tui.widgets.batch_panel import BatchPanel
 from tui.widgets.event_log import EventLog
 from tui.widgets.fitting_footer import FittingFooter
 from tui.widgets.key_usage_table import KeyUsageTable
+from tui.widgets.workers_panel import WorkersPanel
 
 ACTIONS_BY_ACTION = {a.action: a for a in ACTIONS}
 WAIT_S = 10.0  # a hang guard; conditions normally hold within a few ticks
@@ -273,6 +278,72 @@ def test_batch_dashboard_at_80x24(snap_compare: Callable[..., bool]) -> None:
 
 def test_batch_dashboard_at_160x48(snap_compare: Callable[..., bool]) -> None:
     assert snap_compare(fixed_batch_app(), terminal_size=(160, 48))
+
+
+def words(line: str) -> str:
+    """A drawn line with its column padding squeezed to single spaces."""
+    return " ".join(line.split())
+
+
+async def test_the_workers_panel_lists_every_worker_of_a_shared_job_and_hides_without_one() -> None:
+    source = FixedSource(fixed_cluster_snapshot())
+    app = CrawldeckApp(source, refresh_hz=0, clock=FrozenClock())
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.pause()
+        panel = app.query_one(WorkersPanel)
+        assert panel.display
+        drawn = panel.render()
+        lines = str(drawn).splitlines()
+        assert lines[0].startswith("workers 2 live  1 lost  chunks 4,934/12,000")
+        assert "done 4,920  failed 14  in flight 61  dead letters 1" in lines[0]
+        assert lines[0].endswith("803 items/min  201 req/min")  # the live workers' rates
+        assert words(lines[1]) == "worker host:pid state done failed in flight req/min heartbeat"
+        # The lost worker comes first; in flight and rate are stale there, so not shown.
+        assert words(lines[2]) == "c0ffee spare-3:880 LOST 506 3 – – 47s ago"
+        lost_at = str(drawn).index("LOST")
+        lost_style = panel.get_component_rich_style("workers-panel--lost")
+        assert any(
+            span.start <= lost_at < span.end and span.style == lost_style for span in drawn.spans
+        )
+        assert (
+            words(lines[3]) == "9f3c1e gpu-box-a:4242 running 2,310 6 32 104 0s ago this, collector"
+        )
+        assert words(lines[4]) == "07ab55 gpu-box-b:1717 running 2,104 5 29 97 2s ago"
+        assert len(lines) == 5
+
+        source.snap = fixed_snapshot()  # the same dashboard, now fed a job that is not shared
+        app.dashboard.pull()
+        await pilot.pause()
+        assert not panel.display
+
+
+async def test_an_ended_worker_is_listed_last_and_dimmed_with_no_stale_figures() -> None:
+    cluster = fixed_cluster(
+        fixed_worker("box-a-11-aaaaaa", WorkerReport("done", 900, 2), age_s=30.0, ended=True),
+        fixed_worker("box-b-22-bbbbbb", WorkerReport("running", 700, 1, 16, 0, 88.0), age_s=0.2),
+    )
+    app = CrawldeckApp(
+        FixedSource(fixed_snapshot(cluster=cluster)), refresh_hz=0, clock=FrozenClock()
+    )
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.pause()
+        panel = app.query_one(WorkersPanel)
+        drawn = panel.render()
+        lines = str(drawn).splitlines()
+        assert lines[0].startswith("workers 1 live  0 lost  1 ended")
+        assert words(lines[2]).startswith("bbbbbb box-b:22 running 700 1 16 88")
+        assert words(lines[3]) == "aaaaaa box-a:11 done 900 2 – – 30s ago this, collector"
+        ended_style = panel.get_component_rich_style("workers-panel--ended")
+        ended_from = str(drawn).index("aaaaaa")
+        assert any(
+            span.start <= ended_from and span.end == len(drawn) and span.style == ended_style
+            for span in drawn.spans
+        )
+
+
+def test_cluster_dashboard_at_160x48(snap_compare: Callable[..., bool]) -> None:
+    app = CrawldeckApp(FixedSource(fixed_cluster_snapshot()), refresh_hz=0, clock=FrozenClock())
+    assert snap_compare(app, terminal_size=(160, 48))
 
 
 def test_crawl_dashboard_at_80x24(snap_compare: Callable[..., bool]) -> None:

@@ -38,6 +38,7 @@ from tui.widgets.latency_sparkline import LatencySparkline
 from tui.widgets.memory_gauge import MemoryGauge
 from tui.widgets.queue_depths_bar import QueueDepthsBar
 from tui.widgets.throughput_sparkline import ThroughputSparkline
+from tui.widgets.workers_panel import WorkersPanel
 
 
 class SnapshotDisplay(Protocol):
@@ -115,6 +116,7 @@ class DashboardScreen(Screen[None]):
         yield QueueDepthsBar(id="queues")
         yield CrawlPanel(id="crawl")
         yield BatchPanel(id="batch")
+        yield WorkersPanel(id="workers")
         with Container(id="lower"):
             with Vertical(id="lower-left"):
                 yield KeyUsageTable(id="keys")
@@ -135,6 +137,7 @@ class DashboardScreen(Screen[None]):
             self.query_one(QueueDepthsBar),
             self.query_one(CrawlPanel),
             self.query_one(BatchPanel),
+            self.query_one(WorkersPanel),
             self.query_one(KeyUsageTable),
             self.query_one(DriftPanel),
             self.query_one(EventLog),
