@@ -73,6 +73,9 @@ __all__ = ["ClusterJob", "ClusterWorker", "joined_cluster"]
 
 QUEUE_BLOCK_S = 1.0
 """How long the queue's reader blocks on Redis for new batches (and looks at the run's end)."""
+QUEUE_PREFETCH = 4
+"""Batches a worker reads ahead: fewer reads a batch (one read took one or two at
+1), and few enough that a worker does not sit on work another could send."""
 MIN_LEASE_S = 1.0
 """The collector lease's shortest life: a faster heartbeat would only churn it."""
 
@@ -144,7 +147,7 @@ class ClusterJob:
             visibility_s=self.settings.visibility_timeout_s,
             max_deliveries=self.settings.max_deliveries,
             block_s=QUEUE_BLOCK_S,
-            prefetch=1,
+            prefetch=QUEUE_PREFETCH,
             max_backlog=max(64, self.config.engine.queue_size),
             events=events,
             clock=clock,
