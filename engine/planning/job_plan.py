@@ -249,7 +249,7 @@ async def make_plan(config: JobConfig, hints: PlanHints | None = None) -> JobPla
     """
     hints = hints or PlanHints()
     with StoredWork(config.job.store) as stored:
-        work = await planned_requests(config, stored)
+        work = await planned_requests(config, stored, simulated=_all_simulated(config))
         history = stored.history([p.model for p in config.providers], config.prompt)
 
     if history.output_tokens_per_chunk is not None:
@@ -258,6 +258,9 @@ async def make_plan(config: JobConfig, hints: PlanHints | None = None) -> JobPla
     elif hints.output_tokens_per_chunk is not None:
         per_chunk = hints.output_tokens_per_chunk
         output_source = "given"
+    elif work.simulated_output_tokens is not None and work.pending:
+        per_chunk = work.simulated_output_tokens / work.pending
+        output_source = "the simulator's answers to this input"
     else:
         per_chunk = DEFAULT_OUTPUT_TOKENS_PER_CHUNK
         output_source = f"default ({DEFAULT_OUTPUT_TOKENS_PER_CHUNK:g} a chunk)"

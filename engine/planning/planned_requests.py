@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +66,9 @@ class PlannedRequests:
     prompt_tokens: int
     records_skipped: int
     crawl: CrawlCoverage | None = None
+    # The output tokens a simulated provider's answers to these requests come to
+    # (its answers are a function of the input); None for a real provider.
+    simulated_output_tokens: int | None = None
 
     @property
     def chunks_per_request(self) -> float:
@@ -102,8 +105,12 @@ class _SameTextTally:
 class _TallyQueue:
     """A `WorkQueue` that keeps nothing: it counts each batch and its prompt estimate."""
 
-    def __init__(self, config: JobConfig) -> None:
+    def __init__(
+        self, config: JobConfig, answer_tokens: Callable[[list[dict[str, str]]], int] | None
+    ) -> None:
         self._prompt = config.prompt
+        self._answer_tokens = answer_tokens
+        self.output_tokens = 0
         self.requests = 0
         self.chunks = 0
         self.prompt_tokens = 0
@@ -116,7 +123,10 @@ class _TallyQueue:
         self.requests += 1
         self.chunks += len(batch.chunks)
         # The dispatcher's admission estimate of this batch's prompt.
-        self.prompt_tokens += estimate_prompt_tokens(build_messages(self._prompt, batch.chunks))
+        messages = build_messages(self._prompt, batch.chunks)
+        self.prompt_tokens += estimate_prompt_tokens(messages)
+        if self._answer_tokens is not None:
+            self.output_tokens += self._answer_tokens(messages)
 
     def put_retry(self, batch: Batch, delay_s: float = 0.0) -> None:
         raise AssertionError("a plan never retries")
@@ -175,7 +185,9 @@ def stored_page_chunks(config: JobConfig, stored: StoredWork) -> tuple[Iterator[
     return chunks(), tally
 
 
-async def planned_requests(config: JobConfig, stored: StoredWork) -> PlannedRequests:
+async def planned_requests(
+    config: JobConfig, stored: StoredWork, *, simulated: bool = False
+) -> PlannedRequests:
     """Read the job's input (a crawl job: its stored pages) and batch it as a run would.
 
     Raises what the engine's readers raise for an input that cannot be read
@@ -195,7 +207,12 @@ async def planned_requests(config: JobConfig, stored: StoredWork) -> PlannedRequ
     else:
         chunks, crawl_tally = stored_page_chunks(config, stored)
 
-    tally = _TallyQueue(config)
+    counts_answers: Callable[[list[dict[str, str]]], int] | None = None
+    if simulated:  # the bundled simulator answers a function of the input: count it
+        from engine.simulation.simulator import answer_tokens
+
+        counts_answers = answer_tokens
+    tally = _TallyQueue(config, counts_answers)
     same_text = None if config.cluster is not None else _SameTextTally(config)
     stats = RunStats()
     blocks: asyncio.Queue[list[Chunk] | None] = asyncio.Queue(maxsize=8)
@@ -232,6 +249,7 @@ async def planned_requests(config: JobConfig, stored: StoredWork) -> PlannedRequ
         duplicates=stats.cached + (same_text.copies if same_text is not None else 0),
         already_done=stats.skipped,
         pending=tally.chunks,
+        simulated_output_tokens=tally.output_tokens if simulated else None,
         requests=tally.requests,
         prompt_tokens=tally.prompt_tokens,
         records_skipped=bad_records,

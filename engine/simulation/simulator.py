@@ -335,6 +335,35 @@ def _common_direction(dim: int) -> np.ndarray:
     return vector / np.linalg.norm(vector)
 
 
+def answer_results(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What the simulated model says of each chunk in `messages` (before faults and
+    drift): its id, a summary, and items when the prompt asks for them."""
+    prompt_text = [_content_text(m.get("content")) for m in messages]
+    last_user = next(
+        (
+            text
+            for m, text in zip(reversed(messages), reversed(prompt_text), strict=True)
+            if m.get("role") == "user"
+        ),
+        "",
+    )
+    with_items = _asks_for_items(prompt_text)
+    return [
+        {
+            "id": cid,
+            "summary": summarize(text),
+            **({"items": extract_items(text)} if with_items else {}),
+        }
+        for cid, text in parse_chunks(last_user)
+    ]
+
+
+def answer_tokens(messages: Sequence[dict[str, Any]]) -> int:
+    """The completion tokens of the simulated model's plain answer to `messages`."""
+    content = json.dumps({"results": answer_results(messages)}, ensure_ascii=False)
+    return estimate_tokens(len(content.encode("utf-8")))
+
+
 def _asks_for_items(prompt_text: Sequence[str]) -> bool:
     """Whether the prompt's requested shape has an "items" list."""
     # The whole prompt is searched, as the shape may follow the chunks; a
@@ -984,23 +1013,7 @@ class ProviderSimulator:
         messages: list[dict[str, Any]] = body["messages"]
         prompt_text = [_content_text(m.get("content")) for m in messages]
         prompt_tokens = estimate_tokens(sum(len(t.encode("utf-8")) for t in prompt_text))
-        last_user = next(
-            (
-                text
-                for m, text in zip(reversed(messages), reversed(prompt_text), strict=True)
-                if m.get("role") == "user"
-            ),
-            "",
-        )
-        with_items = _asks_for_items(prompt_text)
-        results: list[dict[str, Any]] = [
-            {
-                "id": cid,
-                "summary": summarize(text),
-                **({"items": extract_items(text)} if with_items else {}),
-            }
-            for cid, text in parse_chunks(last_user)
-        ]
+        results = answer_results(messages)
         if fault == "missing_id" and results:
             del results[self._rng.randrange(len(results))]
         not_json = fault == "malformed" and self._rng.random() < 0.5
