@@ -32,7 +32,9 @@ from prometheus_client.utils import floatToGoString
 from engine.observe.snapshot import DriftState, JobState, Snapshot
 
 if TYPE_CHECKING:
-    from engine.observe.snapshot import CrawlSnapshot, DriftMetric, KeySnapshot
+    from engine.cluster.cluster_view import ClusterView
+    from engine.observe.batch_view import BatchRoute
+    from engine.observe.snapshot import BudgetSnapshot, CrawlSnapshot, DriftMetric, KeySnapshot
 
 _P = "crawldeck_"
 _KEY_LABELS = ["provider", "key_alias"]
@@ -73,6 +75,12 @@ def snapshot_families(snap: Snapshot) -> Iterator[Metric]:
         yield from _drift(snap.drift)
     if snap.crawl is not None:
         yield from _crawl(snap.crawl)
+    if snap.cluster is not None:
+        yield from _cluster(snap.cluster)
+    if snap.budget is not None:
+        yield from _budget(snap.budget)
+    if snap.batch is not None:
+        yield from _batch(snap.batch)
 
 
 def _gauge(name: str, doc: str, value: float | None) -> GaugeMetricFamily:
@@ -371,4 +379,73 @@ def _crawl(crawl: CrawlSnapshot) -> Iterator[Metric]:
     yield _counter("crawl_fetched_bytes_total", "Bytes of pages fetched.", crawl.bytes)
     yield _gauge(
         "crawl_pages_extracting", "Pages waiting for or in text extraction.", crawl.extracting
+    )
+
+
+def _cluster(view: ClusterView) -> Iterator[Metric]:
+    """The job's cluster as this worker last read it from Redis (the run's own counters)."""
+    workers = GaugeMetricFamily(
+        _P + "cluster_workers", "Workers of the job's run by state.", labels=["state"]
+    )
+    for state, count in (("live", view.live), ("lost", view.lost), ("ended", view.ended)):
+        workers.add_metric([state], count)
+    yield workers
+    chunks = GaugeMetricFamily(
+        _P + "cluster_chunks",
+        "The run's chunks settled in Redis by outcome (enqueued: every chunk queued so far).",
+        labels=["state"],
+    )
+    for state, count in (
+        ("enqueued", view.chunks_enqueued),
+        ("done", view.chunks_done),
+        ("failed", view.chunks_failed),
+        ("in_flight", view.in_flight),
+    ):
+        chunks.add_metric([state], count)
+    yield chunks
+    yield _gauge(
+        "cluster_dead_letters", "Batches given up after too many deliveries.", view.dead_letters
+    )
+    yield _gauge(
+        "cluster_requests_per_minute",
+        "Requests a minute summed over the live workers.",
+        view.requests_per_min,
+    )
+
+
+def _budget(budget: BudgetSnapshot) -> Iterator[Metric]:
+    """The job's spending cap (`[job] budget_usd`) and what counts against it."""
+    yield _gauge("budget_usd", "The job's spending cap.", budget.cap_usd)
+    yield _gauge(
+        "budget_spent_usd", "Spent against the cap, earlier runs included.", budget.spent_usd
+    )
+    yield _gauge(
+        "budget_reserved_usd",
+        "The worst cases of the requests in flight, held against the cap.",
+        budget.reserved_usd,
+    )
+    yield _gauge("budget_reached", "1 once admission stopped at the cap.", float(budget.reached))
+
+
+def _batch(route: BatchRoute) -> Iterator[Metric]:
+    """The Batch API route: open batches by state, and the job's cost at batch prices."""
+    open_batches = GaugeMetricFamily(
+        _P + "batches_open", "Submitted batches not yet settled, by state.", labels=["state"]
+    )
+    states: dict[str, int] = {}
+    for batch in route.batches:
+        states[batch.state] = states.get(batch.state, 0) + 1
+    for state, count in sorted(states.items()):
+        open_batches.add_metric([state], count)
+    yield open_batches
+    ended = CounterMetricFamily(
+        _P + "batches_ended", "Batches this run settled or gave up.", labels=["outcome"]
+    )
+    ended.add_metric(["settled"], route.settled)
+    ended.add_metric(["abandoned"], route.abandoned)
+    yield ended
+    yield _gauge(
+        "batch_cost_projected_usd",
+        "The whole job at batch prices (absent until answers say).",
+        route.cost_projected_usd,
     )
