@@ -76,31 +76,35 @@ KEEP_ALIVE_IDS_PER_CALL = 500
 # when the stream has nothing new: at the run's tail).
 TAIL_BLOCK_S = 0.25
 
-# KEYS: work, enqueued, progress, done.  ARGV: n, n chunk ids, n encoded chunks, history,
-# version.  Keeps the chunks never added and never stored and adds them as one entry.
+# KEYS: work, enqueued, progress, done.  ARGV: version, then for each batch: n, n chunk
+# ids, n encoded chunks, history.  Keeps each batch's chunks never added and never stored
+# and adds them as one entry.  Many batches a call: one round trip for an input block.
 _ENQUEUE = """
-local n = tonumber(ARGV[1])
-local kept = {}
-for i = 1, n do
-  if redis.call('SISMEMBER', KEYS[4], ARGV[1 + i]) == 0
-     and redis.call('SADD', KEYS[2], ARGV[1 + i]) == 1 then
-    kept[#kept + 1] = ARGV[1 + n + i]
+local version = ARGV[1]
+local at = 2
+while at <= #ARGV do
+  local n = tonumber(ARGV[at])
+  local kept = {}
+  for i = 1, n do
+    if redis.call('SISMEMBER', KEYS[4], ARGV[at + i]) == 0
+       and redis.call('SADD', KEYS[2], ARGV[at + i]) == 1 then
+      kept[#kept + 1] = ARGV[at + n + i]
+    end
   end
-end
-local id = ''
-if #kept > 0 then
-  local chunks = '[' .. table.concat(kept, ',') .. ']'
-  local history = ARGV[2 + 2 * n]
-  if history == '' then
-    id = redis.call('XADD', KEYS[1], '*', 'v', ARGV[3 + 2 * n], 'chunks', chunks)
-  else
-    id = redis.call('XADD', KEYS[1], '*', 'v', ARGV[3 + 2 * n], 'chunks', chunks,
-                    'history', history)
+  if #kept > 0 then
+    local chunks = '[' .. table.concat(kept, ',') .. ']'
+    local history = ARGV[at + 2 * n + 1]
+    if history == '' then
+      redis.call('XADD', KEYS[1], '*', 'v', version, 'chunks', chunks)
+    else
+      redis.call('XADD', KEYS[1], '*', 'v', version, 'chunks', chunks, 'history', history)
+    end
+    redis.call('HINCRBY', KEYS[3], 'entries', 1)
+    redis.call('HINCRBY', KEYS[3], 'chunks', #kept)
   end
-  redis.call('HINCRBY', KEYS[3], 'entries', 1)
-  redis.call('HINCRBY', KEYS[3], 'chunks', #kept)
+  at = at + 2 * n + 2
 end
-return {id, #kept, redis.call('HMGET', KEYS[3], 'entries', 'settled', 'dead')}
+return redis.call('HMGET', KEYS[3], 'entries', 'settled', 'dead')
 """
 
 # KEYS: work, results, progress, dead.  ARGV: group, entry id, chunks in it, rows (a JSON
@@ -316,16 +320,16 @@ class StreamWorkQueue:
             return
         await self.join()
         keys = [self.streams.work, self.streams.enqueued, self.streams.progress, self.done_set]
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for batch in batches:
-                ids = [c.id for c in batch.chunks]
-                encoded = [encode_chunk(c) for c in batch.chunks]
-                args: list[str | int] = [len(ids), *ids, *encoded]
-                args += [encode_history(batch), FORMAT_VERSION]
-                await self._enqueue(keys=keys, args=args, client=pipe)
-            replies = await pipe.execute()
+        args: list[str | int] = [FORMAT_VERSION]
+        for batch in batches:
+            args.append(len(batch.chunks))
+            args += [c.id for c in batch.chunks]
+            args += [encode_chunk(c) for c in batch.chunks]
+            args.append(encode_history(batch))
+        # One script call, not a pipeline of them: a call that meets a restarted Redis
+        # (its scripts gone) loads the script again, a retried pipeline does not.
+        counters = await self._enqueue(keys=keys, args=args)
         raise_if_cancelled()
-        _id, _kept, counters = replies[-1]
         entries, settled, dead = (as_int(v) for v in counters)
         backlog = entries - settled - dead
         while backlog >= self._max_backlog and not self._over:
