@@ -15,7 +15,8 @@ each run, which Prometheus's `rate()` reads as a restart.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client.core import (
@@ -95,6 +96,22 @@ def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(_P + name, doc, value=value)
 
 
+def _labelled(
+    name: str,
+    doc: str,
+    label: str,
+    samples: Iterable[tuple[str, float]],
+    *,
+    counter: bool = False,
+) -> Metric:
+    """A family with one label: a sample per (label value, value)."""
+    kind = CounterMetricFamily if counter else GaugeMetricFamily
+    family = kind(_P + name, doc, labels=[label])
+    for value_of_label, value in samples:
+        family.add_metric([value_of_label], value)
+    return family
+
+
 def _job(snap: Snapshot) -> Iterator[Metric]:
     info = InfoMetricFamily(_P + "job", "The job this process runs and the preset in force.")
     info.add_metric([], {"job_name": snap.job_name, "preset": snap.preset.name})
@@ -115,22 +132,20 @@ def _job(snap: Snapshot) -> Iterator[Metric]:
 
 def _chunks(snap: Snapshot) -> Iterator[Metric]:
     c = snap.counts
-    chunks = GaugeMetricFamily(
-        _P + "chunks",
+    yield _labelled(
+        "chunks",
         "Chunks read so far by state: pending, in_flight, done (stored by this run), failed, "
         "skipped (stored before), cached (repeated in this input).",
-        labels=["state"],
+        "state",
+        (
+            ("pending", c.pending),
+            ("in_flight", c.in_flight),
+            ("done", c.done),
+            ("failed", c.failed),
+            ("skipped", c.skipped),
+            ("cached", c.cached),
+        ),
     )
-    for name, value in (
-        ("pending", c.pending),
-        ("in_flight", c.in_flight),
-        ("done", c.done),
-        ("failed", c.failed),
-        ("skipped", c.skipped),
-        ("cached", c.cached),
-    ):
-        chunks.add_metric([name], value)
-    yield chunks
     yield _counter("chunks_read_total", "Chunks read from the input so far.", c.seen)
     yield _gauge(
         "chunks_expected",
@@ -147,18 +162,13 @@ def _chunks(snap: Snapshot) -> Iterator[Metric]:
         "Input records left out: unreadable, binary or without text.",
         c.records_skipped,
     )
-    queues = GaugeMetricFamily(
-        _P + "queue_depth", "Work waiting between the stages, by queue.", labels=["queue"]
-    )
     q = snap.queues
-    for name, value in (
-        ("chunks", q.chunks),
-        ("batches", q.batches),
-        ("retries", q.retries),
-        ("store", q.store),
-    ):
-        queues.add_metric([name], value)
-    yield queues
+    yield _labelled(
+        "queue_depth",
+        "Work waiting between the stages, by queue.",
+        "queue",
+        (("chunks", q.chunks), ("batches", q.batches), ("retries", q.retries), ("store", q.store)),
+    )
 
 
 def _requests(snap: Snapshot) -> Iterator[Metric]:
@@ -168,12 +178,13 @@ def _requests(snap: Snapshot) -> Iterator[Metric]:
         "Requests refused with a 429 (rate limited).",
         snap.rate_limited,
     )
-    errors = CounterMetricFamily(
-        _P + "request_errors", "Failed attempts by kind of failure.", labels=["kind"]
+    yield _labelled(
+        "request_errors",
+        "Failed attempts by kind of failure.",
+        "kind",
+        snap.errors_by_kind,
+        counter=True,
     )
-    for kind, count in snap.errors_by_kind:
-        errors.add_metric([kind], count)
-    yield errors
     yield _gauge("requests_in_flight", "Requests in flight now.", snap.in_flight_requests)
 
 
@@ -243,14 +254,13 @@ _KEY_FIGURES: tuple[tuple[bool, str, str, Callable[[KeySnapshot], float | None]]
 
 
 def _tokens_and_cost(snap: Snapshot) -> Iterator[Metric]:
-    tokens = CounterMetricFamily(
-        _P + "tokens",
+    yield _labelled(
+        "tokens",
         "Tokens the answers' usage reported, by kind (prompt, completion).",
-        labels=["kind"],
+        "kind",
+        (("prompt", snap.prompt_tokens), ("completion", snap.completion_tokens)),
+        counter=True,
     )
-    tokens.add_metric(["prompt"], snap.prompt_tokens)
-    tokens.add_metric(["completion"], snap.completion_tokens)
-    yield tokens
     yield _counter("cost_usd_total", "What the answers cost, in US dollars.", snap.cost_usd)
     yield _gauge(
         "cost_projected_usd",
@@ -351,14 +361,13 @@ def _drift(metrics: tuple[DriftMetric, ...]) -> Iterator[Metric]:
 
 
 def _crawl(crawl: CrawlSnapshot) -> Iterator[Metric]:
-    pages = CounterMetricFamily(
-        _P + "crawl_pages",
+    yield _labelled(
+        "crawl_pages",
         "Pages fetched (or given up on) by outcome: fetched, redirected, robots_blocked, …",
-        labels=["outcome"],
+        "outcome",
+        crawl.outcomes,
+        counter=True,
     )
-    for outcome, count in crawl.outcomes:
-        pages.add_metric([outcome], count)
-    yield pages
     yield _gauge("crawl_fetches_in_flight", "Fetches in flight now.", crawl.fetches_in_flight)
     yield _gauge(
         "crawl_fetch_concurrency",
@@ -384,25 +393,23 @@ def _crawl(crawl: CrawlSnapshot) -> Iterator[Metric]:
 
 def _cluster(view: ClusterView) -> Iterator[Metric]:
     """The job's cluster as this worker last read it from Redis (the run's own counters)."""
-    workers = GaugeMetricFamily(
-        _P + "cluster_workers", "Workers of the job's run by state.", labels=["state"]
+    yield _labelled(
+        "cluster_workers",
+        "Workers of the job's run by state.",
+        "state",
+        (("live", view.live), ("lost", view.lost), ("ended", view.ended)),
     )
-    for state, count in (("live", view.live), ("lost", view.lost), ("ended", view.ended)):
-        workers.add_metric([state], count)
-    yield workers
-    chunks = GaugeMetricFamily(
-        _P + "cluster_chunks",
+    yield _labelled(
+        "cluster_chunks",
         "The run's chunks settled in Redis by outcome (enqueued: every chunk queued so far).",
-        labels=["state"],
+        "state",
+        (
+            ("enqueued", view.chunks_enqueued),
+            ("done", view.chunks_done),
+            ("failed", view.chunks_failed),
+            ("in_flight", view.in_flight),
+        ),
     )
-    for state, count in (
-        ("enqueued", view.chunks_enqueued),
-        ("done", view.chunks_done),
-        ("failed", view.chunks_failed),
-        ("in_flight", view.in_flight),
-    ):
-        chunks.add_metric([state], count)
-    yield chunks
     yield _gauge(
         "cluster_dead_letters", "Batches given up after too many deliveries.", view.dead_letters
     )
@@ -429,21 +436,20 @@ def _budget(budget: BudgetSnapshot) -> Iterator[Metric]:
 
 def _batch(route: BatchRoute) -> Iterator[Metric]:
     """The Batch API route: open batches by state, and the job's cost at batch prices."""
-    open_batches = GaugeMetricFamily(
-        _P + "batches_open", "Submitted batches not yet settled, by state.", labels=["state"]
+    states = Counter(batch.state for batch in route.batches)
+    yield _labelled(
+        "batches_open",
+        "Submitted batches not yet settled, by state.",
+        "state",
+        sorted(states.items()),
     )
-    states: dict[str, int] = {}
-    for batch in route.batches:
-        states[batch.state] = states.get(batch.state, 0) + 1
-    for state, count in sorted(states.items()):
-        open_batches.add_metric([state], count)
-    yield open_batches
-    ended = CounterMetricFamily(
-        _P + "batches_ended", "Batches this run settled or gave up.", labels=["outcome"]
+    yield _labelled(
+        "batches_ended",
+        "Batches this run settled or gave up.",
+        "outcome",
+        (("settled", route.settled), ("abandoned", route.abandoned)),
+        counter=True,
     )
-    ended.add_metric(["settled"], route.settled)
-    ended.add_metric(["abandoned"], route.abandoned)
-    yield ended
     yield _gauge(
         "batch_cost_projected_usd",
         "The whole job at batch prices (absent until answers say).",
