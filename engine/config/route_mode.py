@@ -23,6 +23,8 @@ from engine.config.settings import ProviderMode, ProviderSettings
 
 __all__ = ["mixing_findings", "providers_in_mode", "switch_refusal"]
 
+_WINDOW_S = 24 * 3600.0  # batch_window "24h", the only one providers offer
+
 
 def providers_in_mode(
     providers: Sequence[ProviderSettings], own_mode: Sequence[bool], mode: ProviderMode | None
@@ -38,17 +40,33 @@ def providers_in_mode(
 
 def mixing_findings(providers: Sequence[ProviderSettings]) -> list[tuple[KeyPath, str]]:
     """What is wrong with the job's routes together: a cut-off with nowhere online to go,
-    or one that comes no sooner than the batch's deadline."""
+    one that comes no sooner than the batch's deadline, or online providers beside
+    batch-mode ones that nothing would ever be handed to."""
     findings: list[tuple[KeyPath, str]] = []
     online = any(provider.mode == "online" for provider in providers)
+    batch = [provider for provider in providers if provider.mode == "batch"]
+    if (
+        online
+        and batch
+        and not any(
+            p.batch_online_after_s is not None or p.batch_retries == "online" for p in batch
+        )
+    ):
+        first = next(i for i, provider in enumerate(providers) if provider.mode == "online")
+        findings.append(
+            (
+                ("providers", first, "mode"),
+                "is online beside batch-mode providers, which hand it nothing: give a batch "
+                'provider batch_online_after_s or batch_retries = "online", or leave it out',
+            )
+        )
     for index, provider in enumerate(providers):
         after = provider.batch_online_after_s
-        if after is None:
-            continue
+        if after is None or provider.mode != "batch":
+            continue  # online (perhaps under this preset only): like every batch_* setting
         path: KeyPath = ("providers", index, "batch_online_after_s")
-        if provider.mode != "batch":
-            findings.append((path, 'applies to a mode = "batch" provider only'))
-        elif not online and provider.batch_retries != "online":
+        deadline = provider.batch_deadline_s
+        if not online and provider.batch_retries != "online":
             findings.append(
                 (
                     path,
@@ -56,12 +74,10 @@ def mixing_findings(providers: Sequence[ProviderSettings]) -> list[tuple[KeyPath
                     'or set batch_retries = "online"',
                 )
             )
-        elif provider.batch_deadline_s is not None and after >= provider.batch_deadline_s:
+        elif after >= (deadline or _WINDOW_S):
+            below = "batch_deadline_s" if deadline else "the 24h completion window"
             findings.append(
-                (
-                    path,
-                    f"must be below batch_deadline_s ({after:g} >= {provider.batch_deadline_s:g})",
-                )
+                (path, f"must be below {below} ({after:g} >= {deadline or _WINDOW_S:g})")
             )
     return findings
 

@@ -127,9 +127,11 @@ def test_the_cut_off_needs_somewhere_online_and_comes_before_the_deadline(
     assert problem.key == "providers[0].batch_online_after_s"
     assert "must be below batch_deadline_s" in problem.message
 
-    online = job_file(tmp_path, "batch_online_after_s = 60")
-    (problem,) = problems_of(online)
-    assert 'applies to a mode = "batch" provider only' in problem.message
+    idle = job_file(tmp_path, 'mode = "batch"', SECOND.format(extra=""))
+    (problem,) = problems_of(idle)
+    assert problem.key == "providers[1].mode"
+    assert problem.line == line_of(idle, 'name = "now"') - 1  # its table: it says no mode
+    assert "which hand it nothing" in problem.message
 
     (problem,) = problems_of(
         job_file(tmp_path, 'mode = "batch"\nbatch_retries = "online"\nbatch_online_after_s = 0')
@@ -153,6 +155,7 @@ base_url = "https://api.openai.com/v1"
 model = "gpt-4o-mini"
 price_input_per_m = 0.15
 price_output_per_m = 0.6
+batch_online_after_s = 3600  # only when batch mode is in force
 
 [[providers.keys]]
 env = "OPENAI_API_KEY"
