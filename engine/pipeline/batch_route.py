@@ -572,7 +572,8 @@ class BatchRouter:
     async def _give_back(
         self, taken: _Open, kind: FailureKind, reason: str, outcomes: BatchOutcomes
     ) -> None:
-        """Give the batch up: each request counts a failed attempt and goes back to the queue."""
+        """Give the batch up: each request counts a failed attempt and goes back to the queue
+        (cut off with its window at risk: each goes online, uncounted)."""
         store = self._store
         assert store is not None
         self._events.emit(EventKind.BATCH_ENDED, f"{reason}: {taken.chunks} chunks sent again")
