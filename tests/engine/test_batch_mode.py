@@ -505,3 +505,30 @@ enabled = false
     )
     assert state is JobState.DONE and len(stored(Path(config.job.store))[0]) == 20
     assert sim.stats.admitted == 0 and sim.batches.stats.batches_created == 1
+
+
+async def test_a_batch_cut_at_its_deadline_keeps_what_it_finished(
+    tmp_path: Path, simulator
+) -> None:
+    # The batch takes 1 s; at its 0.5 s deadline it has answered about 40 % of its requests.
+    sim = await simulator(keys=sim_keys(KEYS), batch_delay_s=1.0)
+    config, secrets = batch_job(tmp_path, sim.base_url, batch_max_requests=12, batch_deadline_s=0.5)
+
+    engine = Engine(config, secrets)
+    running = asyncio.create_task(engine.run())
+    await wait_for(lambda: sim.batches.stats.batches_cancelled == 1)
+    sim.set_batch_faults(batch_delay_s=0.05)  # the next file is answered in time
+    state = await running
+
+    db = Path(config.job.store)
+    results, failures = stored(db)
+    assert state is JobState.DONE and failures == []
+    assert len(results) == len(set(results)) == 60
+    assert sim.stats.chunk_ids_answered == 60  # what the cut batch finished is not paid twice
+    assert sim.batches.stats.batches_cancelled == 1
+    assert sim.batches.stats.batches_created == 2  # the rest in a later file
+    assert sim.stats.admitted == 0  # not one online request
+    assert batch_states(db)[0] == "abandoned"
+    (cut,) = [e for e in engine.snapshot().events if "cancelled:" in e.message]
+    kept = int(cut.message.split("cancelled: ")[1].split(" of ")[0])
+    assert 0 < kept < 12  # requests of the cut batch stored from its partial output
