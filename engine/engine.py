@@ -25,7 +25,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from engine.config.config_problem import ConfigError, ConfigProblem
 from engine.config.presets import checked_preset, preset_from_values, save_preset
+from engine.config.route_mode import switch_refusal
 from engine.config.setting_bounds import CONCURRENCY, FETCH_CONCURRENCY
 from engine.config.settings import JobConfig, Preset, effective_settings
 from engine.control.controls import Adjustment
@@ -158,11 +160,16 @@ class Engine:
             batch_size=lambda: self._preset.batch_size,
             on_input_end=self._input_ended,
         )
-        # A batch-mode job whose retries go online sends them from a queue of their own.
+        # A batch-mode job that also sends online (online providers beside its batch ones,
+        # retries online) sends that from a queue of its own.
         batch_mode = cluster is None and any(p.mode == "batch" for p in config.providers)
+        retries_online = any(
+            p.mode == "batch" and p.batch_retries == "online" for p in config.providers
+        )
+        mixed = any(p.mode == "online" for p in config.providers)
         self._online_queue = (
             InProcessWorkQueue(max(4, config.engine.queue_size // 8), clock)
-            if batch_mode and any(p.batch_retries == "online" for p in config.providers)
+            if batch_mode and (retries_online or mixed)
             else None
         )
         cap = config.job.budget_usd
@@ -227,6 +234,7 @@ class Engine:
                 on_no_key=self._no_key_left,
                 to_do=self._chunks_to_pay_for,
                 online=self._online_queue,
+                retries_online=retries_online,
             )
             if batch_mode
             else None
@@ -510,9 +518,18 @@ class Engine:
         """Switch to a preset mid-run: a name known to the job, a preset file, or a value.
 
         A bad file or value raises `ConfigError` (one line per problem) and
-        changes nothing; so do memory limits below this process's own floor.
+        changes nothing; so do memory limits below this process's own floor,
+        and a preset whose `mode` would move a provider to the other route
+        (`engine.config.route_mode`: the route is chosen at start).
         """
         preset = checked_preset(preset, self.config.presets, self._memory_floor)
+        cfg = self.config
+        refusal = switch_refusal(
+            cfg.preset_modes, cfg.mode_from_preset, self._preset.name, preset.name
+        )
+        if refusal is not None:
+            self.events.emit(EventKind.WARNING, f"preset not switched: {refusal}")
+            raise ConfigError([ConfigProblem(f"preset {preset.name!r}", None, "mode", refusal)])
         old = self._preset.name
         self._preset = preset
         self._adaptive.set_ceiling(preset.concurrency, self._clock())

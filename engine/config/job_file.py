@@ -34,6 +34,7 @@ from engine.config.presets import (
     read_preset_file,
 )
 from engine.config.prices_table import priced_providers, read_prices_table
+from engine.config.route_mode import mixing_findings, providers_in_mode
 from engine.config.settings import (
     BUILTIN_PRESETS,
     SIMULATED_DRIFTS,
@@ -45,6 +46,7 @@ from engine.config.settings import (
     KeySettings,
     Preset,
     PromptSettings,
+    ProviderMode,
     ProviderSettings,
     RateLimitWaits,
     SimulatorSettings,
@@ -145,6 +147,7 @@ def _provider_findings(provider: ProviderSettings) -> list[Finding]:
             ("batch_max_bytes", lambda value: value >= 1024, "must be at least 1024"),
             ("batch_poll_s", positive, "must be more than 0"),
             ("batch_poll_max_s", positive, "must be more than 0"),
+            ("batch_online_after_s", positive, "must be more than 0"),
         ),
     )
     if provider.batch_poll_max_s < provider.batch_poll_s:
@@ -298,12 +301,16 @@ def _key_unknown_message(key: str, known: Sequence[str]) -> str:
     return unknown_key_message(key, known)
 
 
+_PRESET_EXTRAS = {"mode": ProviderMode}  # a job file's preset may choose the route too
+
+
 class _Reader(TableChecker):
     """Reads the job file's tables into settings values, collecting every problem."""
 
     def __init__(self, locator: Locator, memory_floor_bytes: int | None = None) -> None:
         super().__init__(locator)
         self.memory_floor_bytes = memory_floor_bytes  # None: memory limits go unchecked
+        self.preset_modes: dict[str, ProviderMode] = {}
 
     def providers(self, value: Any) -> tuple[ProviderSettings, ...]:
         if isinstance(value, TypedText):
@@ -345,13 +352,6 @@ class _Reader(TableChecker):
                 else:
                     first_with_alias[key.alias] = key_path
             providers.append(replace(provider, keys=keys))
-            if provider.mode != providers[0].mode:
-                # One route per job for now: batch for all of it, or online for all of it.
-                self.add(
-                    (*path, "mode"),
-                    f"is {provider.mode!r} but providers[0] is {providers[0].mode!r}: "
-                    "a job's providers must all be online or all be batch",
-                )
         return tuple(providers)
 
     def keys(self, provider: str, value: Any, path: KeyPath) -> tuple[KeySettings, ...]:
@@ -388,7 +388,9 @@ class _Reader(TableChecker):
                 f"the preset's name comes from its table ({name!r}); leave name out",
             )
         base = replace(BUILTIN_PRESETS.get(name, Preset()), name=name)
-        preset, _ = self.settings(base, table, path, skip=("name",))
+        preset, extras = self.settings(base, table, path, skip=("name",), extra=_PRESET_EXTRAS)
+        if "mode" in extras:  # the route of providers without their own (`route_mode`)
+            self.preset_modes[name] = extras["mode"]
         self.report(path, preset_findings(preset, self.memory_floor_bytes))
         return preset
 
@@ -662,6 +664,31 @@ def load_config(
     if preset_flags:
         active = _apply_preset_flags(active, preset_flags, problems, memory_floor_bytes)
         catalogue[active.name] = active
+    # The preset in force chooses the route of the providers that do not say their own.
+    own_mode = [isinstance(table, dict) and "mode" in table for table in tables]
+    moved: tuple[str, ...] = ()
+    if len(own_mode) == len(providers):
+        moved = tuple(p.name for p, own in zip(providers, own_mode, strict=True) if not own)
+        mode = reader.preset_modes.get(active.name)
+        in_mode = providers_in_mode(providers, own_mode, mode)
+        if mode == "batch" and in_mode != providers:
+            where = ("presets", active.name, "mode")
+            if job.budget_usd is not None:
+                problems.append(
+                    reader.locator.problem(
+                        where,
+                        "cannot be batch with [job] budget_usd (a batch is paid for "
+                        "as a whole, after it ran): leave one of them out",
+                    )
+                )
+            if cluster is not None:
+                problems.append(
+                    reader.locator.problem(
+                        where, "cannot be batch in a [cluster] job yet: remove one of them"
+                    )
+                )
+        providers = in_mode
+    problems.extend(reader.locator.problem(p, m) for p, m in mixing_findings(providers))
 
     if problems:
         raise ConfigError(_sorted(problems, file))
@@ -677,6 +704,8 @@ def load_config(
         drift=drift,
         rate_limit_waits=rate_limit_waits,
         cluster=cluster,
+        preset_modes=reader.preset_modes,
+        mode_from_preset=moved,
         source=path,
         set_by_flags=tuple(sorted({format_key(flag) for flag in flagged})),
     )

@@ -79,6 +79,9 @@ class ProviderSettings:
     # expired batch, one past its deadline): the next batch, or online at once —
     # the remainder online once the batch window is at risk.
     batch_retries: Literal["batch", "online"] = "batch"
+    # Seconds after its submission a batch not yet ended is cut off: cancelled, what
+    # it answered kept, the rest sent online at once (None: it runs its course).
+    batch_online_after_s: float | None = None
 
     @property
     def batch_prices_per_m(self) -> tuple[float, float]:
@@ -561,6 +564,10 @@ class JobConfig:
     drift: DriftSettings = field(default_factory=DriftSettings)
     rate_limit_waits: RateLimitWaits = field(default_factory=RateLimitWaits)
     cluster: ClusterSettings | None = None  # set: the job is shared with other workers via Redis
+    # `mode` of the `[presets.NAME]` tables that say one, and the providers it applies to
+    # (those without their own): `engine.config.route_mode`.
+    preset_modes: dict[str, ProviderMode] = field(default_factory=dict)
+    mode_from_preset: tuple[str, ...] = ()
     source: Path | None = None  # the TOML file this came from, for messages
     set_by_flags: tuple[str, ...] = ()  # the dotted keys `--set` gave, for messages
 

@@ -321,6 +321,9 @@ class KeyPool:
         on_rate_limited: Callable[[float], None] | None = None,
     ) -> None:
         self._keys = list(keys)
+        # Requests go on the online providers' keys; a job with none (batch mode only)
+        # sends its online retries on its batch-mode keys.
+        self._sending = [k for k in self._keys if k.provider.mode != "batch"] or self._keys
         self._clock = clock
         self._changed = asyncio.Event()
         self._events = events if events is not None else EventBus()
@@ -344,7 +347,7 @@ class KeyPool:
     def _best(self, est_tokens: int, charged: int | None) -> tuple[KeyState | None, float]:
         best: KeyState | None = None
         best_wait, best_room = math.inf, -1.0
-        for key in self._keys:
+        for key in self._sending:
             if not key.usable:
                 continue
             key.budget.recover()
@@ -442,7 +445,7 @@ class KeyPool:
         (nothing to go by).
         """
         total = 0.0
-        for key in self._keys:
+        for key in self._sending:
             if not key.usable:
                 continue
             mean = key.latency.mean()

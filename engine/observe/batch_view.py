@@ -31,6 +31,7 @@ class BatchRoute:
     settled: int = 0  # batches whose answers are stored
     abandoned: int = 0  # batches given up (failed, expired, past the deadline): sent again
     collecting: int = 0  # requests waiting for the next input file
+    chunks_sent_online: int = 0  # cut off from batches whose window was at risk
     cost_usd: float = 0.0  # of the answers stored, at batch prices
     cost_projected_usd: float | None = None  # the whole job at batch prices
     online_cost_projected_usd: float | None = None  # the same job at online prices
@@ -50,4 +51,8 @@ def batch_route_text(route: BatchRoute) -> str:
         cost = f", projected ${route.cost_projected_usd:.4f}"
         if route.online_cost_projected_usd is not None:
             cost += f" (online ${route.online_cost_projected_usd:.4f})"
-    return f"batches {open_text}{age}; settled {route.settled}, given up {route.abandoned}{cost}"
+    online = f", {route.chunks_sent_online} chunks sent online" if route.chunks_sent_online else ""
+    return (
+        f"batches {open_text}{age}; settled {route.settled}, given up {route.abandoned}"
+        f"{online}{cost}"
+    )

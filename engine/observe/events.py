@@ -46,6 +46,7 @@ class EventKind(StrEnum):
     BATCH_SUBMITTED = "batch_submitted"
     BATCH_RESUMED = "batch_resumed"
     BATCH_ENDED = "batch_ended"
+    BATCH_TO_ONLINE = "batch_to_online"  # a batch cut off, its window at risk: the rest online
     BUDGET_REACHED = "budget_reached"  # the next request would pass budget_usd: admission stops
 
 

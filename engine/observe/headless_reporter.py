@@ -42,6 +42,7 @@ _LOUD = {
     EventKind.BATCH_SUBMITTED,
     EventKind.BATCH_RESUMED,
     EventKind.BATCH_ENDED,
+    EventKind.BATCH_TO_ONLINE,
 }
 
 

@@ -450,6 +450,11 @@ def _batch(route: BatchRoute) -> Iterator[Metric]:
         (("settled", route.settled), ("abandoned", route.abandoned)),
         counter=True,
     )
+    yield _counter(
+        "batch_chunks_sent_online",
+        "Chunks cut off from batches whose window was at risk, sent online.",
+        route.chunks_sent_online,
+    )
     yield _gauge(
         "batch_cost_projected_usd",
         "The whole job at batch prices (absent until answers say).",

@@ -25,12 +25,23 @@ request of a batch that failed, expired, was cancelled or is still open past
 its deadline (`batch_deadline_s`, else the completion window) go back to
 the queue as a failed attempt — into the next file — until the preset's
 `max_retries`, then fail with the reason.  So every job ends.
+
+A job that also sends online (providers without `mode = "batch"`, or
+`batch_retries = "online"`) hands the online dispatcher's queue to the route:
+the retries go there with `batch_retries = "online"`, and a batch still open
+`batch_online_after_s` after it was submitted — its window at risk — is
+cancelled, the lines it already answered are stored from its partial output,
+and the requests it never reached go online at once, not counted as a failed
+attempt.  A batch cut off (at that point or its deadline) is followed until
+the provider says it is cancelled, for at most `CANCEL_GRACE_S`, so what it
+finished is never paid for twice.  Once a chunk went online it stays online.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -59,6 +70,9 @@ MAX_COLLECT_S = 30.0
 MAX_POLL_FAILURES = 8
 """Looks at a batch that may fail in a row before it is given up (its chunks sent again)."""
 WINDOW_S = {"24h": 24 * 3600.0}
+CANCEL_GRACE_S = 600.0
+"""How long a cancelled batch is followed for its partial output (OpenAI: up to 10 minutes);
+past it, what it did not give is sent again."""
 _OUTPUT_PER_CHUNK = 150  # tokens, for a projection before any answer has come
 
 
@@ -121,6 +135,8 @@ class _Open:
     requests: dict[str, Batch]
     status: BatchStatus | None = None
     resumed: bool = False
+    cut: str = ""  # why it was cancelled before it ended ("" while it runs its course)
+    to_online: bool = False  # cut because its window is at risk: the rest goes online
 
     @property
     def chunks(self) -> int:
@@ -133,9 +149,11 @@ class BatchRouter:
     `keys` are the job's batch-mode keys (used in turn); `on_no_key(reasons)`
     is told once when none can serve any more; `to_do()` is the number of
     chunks the job must still pay for (None while unknown), for the projection.
-    With `online` (a provider's `batch_retries = "online"`), a request its
-    batch let down is handed to that queue — the online dispatcher's — instead
-    of going into the next file.
+    `online` is the online dispatcher's queue, when the job sends online too:
+    with `retries_online` (a provider's `batch_retries = "online"`) a request
+    its batch let down is handed to it instead of going into the next file,
+    and a batch open past its provider's `batch_online_after_s` is cut off and
+    what it did not answer handed to it.
     """
 
     def __init__(
@@ -154,6 +172,7 @@ class BatchRouter:
         on_no_key: Callable[[str], None],
         to_do: Callable[[], int | None],
         online: WorkQueue | None = None,
+        retries_online: bool = True,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self._queue = queue
@@ -169,7 +188,10 @@ class BatchRouter:
         self._disable_key = disable_key
         self._on_no_key = on_no_key
         self._to_do = to_do
-        self._online = online  # where retries go, when they go online (the dispatcher's queue)
+        self._online = online  # the online dispatcher's queue, when the job sends online too
+        self._retries_online = online is not None and retries_online
+        self._sent_online: set[int] = set()  # chunks cut off from their batch: online for good
+        self.chunks_sent_online = 0
         self._wall = wall
         self._turn = 0
         self._store: BatchStore | None = None
@@ -280,6 +302,7 @@ class BatchRouter:
             settled=self.settled,
             abandoned=self.abandoned,
             collecting=len(self._collecting.requests) if self._collecting is not None else 0,
+            chunks_sent_online=self.chunks_sent_online,
             cost_usd=self.cost_usd,
             cost_projected_usd=self._projected(self.cost_usd, self._estimated_usd),
             online_cost_projected_usd=self._projected(
@@ -325,8 +348,8 @@ class BatchRouter:
                 continue
             if batch is None:
                 return  # every batch resolved
-            if self._online is not None and batch.attempt > 0:
-                self._online.put_retry(batch)  # let down by its batch: online now
+            if self._online is not None and self._goes_online(batch):
+                self._online.put_retry(batch)  # let down by its batch, or cut off: online now
                 continue
             await self._running.wait()  # paused: nothing is submitted
             if self.no_key:
@@ -353,6 +376,12 @@ class BatchRouter:
             group.add(batch, line, tokens)
             if group.full:
                 await self._submit(follows, outcomes)
+
+    def _goes_online(self, batch: Batch) -> bool:
+        """A retry when retries go online; a chunk that went online once, whatever came of it."""
+        if self._retries_online and batch.attempt > 0:
+            return True
+        return any(int(chunk.id, 16) in self._sent_online for chunk in batch.chunks)
 
     def _next_key(self) -> KeyState | None:
         """The next usable batch-mode key, in turn; None (and the job told) when none is."""
@@ -480,8 +509,18 @@ class BatchRouter:
             taken.status = found
         assert record.batch_id is not None
         interval, failures = provider.batch_poll_s, 0
+        online_after = provider.batch_online_after_s
+        online_at = (
+            record.submitted_at + online_after
+            if online_after is not None and self._online is not None
+            else None
+        )
+        cut_until = 0.0  # a cut-off batch is followed until then for its partial output
         while True:
-            await asyncio.sleep(interval)
+            # Never look later than the moment the batch is to be cut off.
+            due = min(record.deadline_at, online_at if online_at is not None else math.inf)
+            wait = interval if taken.cut else min(interval, max(0.0, due - self._wall()))
+            await asyncio.sleep(wait)
             interval = min(interval * 1.5, provider.batch_poll_max_s)
             try:
                 status = await client.status(record.batch_id)
@@ -505,20 +544,36 @@ class BatchRouter:
             if status.ended:
                 await self._settle(taken, status, client, outcomes)
                 return
-            if self._wall() >= record.deadline_at:
-                with contextlib.suppress(BatchCallError):
-                    await client.cancel(record.batch_id)
-                reason = (
+            now = self._wall()
+            if taken.cut:
+                if now >= cut_until:  # cancelled, but the provider never said so
+                    await self._give_back(taken, FailureKind.TIMEOUT, taken.cut, outcomes)
+                    return
+                continue
+            if now >= record.deadline_at:
+                taken.cut = (
                     f"batch {record.batch_id} still {status.state} at its deadline "
                     f"({record.deadline_at - record.submitted_at:.0f}s)"
                 )
-                await self._give_back(taken, FailureKind.TIMEOUT, reason, outcomes)
-                return
+            elif online_at is not None and now >= online_at:
+                taken.cut = (
+                    f"batch {record.batch_id} still {status.state} after "
+                    f"batch_online_after_s ({online_after:g}s)"
+                )
+                taken.to_online = True
+            else:
+                continue
+            # Cut off: cancelled, then followed to its end for what it finished meanwhile.
+            with contextlib.suppress(BatchCallError):
+                await client.cancel(record.batch_id)
+            cut_until = now + CANCEL_GRACE_S
+            interval = provider.batch_poll_s
 
     async def _give_back(
         self, taken: _Open, kind: FailureKind, reason: str, outcomes: BatchOutcomes
     ) -> None:
-        """Give the batch up: each request counts a failed attempt and goes back to the queue."""
+        """Give the batch up: each request counts a failed attempt and goes back to the queue
+        (cut off with its window at risk: each goes online, uncounted)."""
         store = self._store
         assert store is not None
         self._events.emit(EventKind.BATCH_ENDED, f"{reason}: {taken.chunks} chunks sent again")
@@ -526,7 +581,30 @@ class BatchRouter:
         self.abandoned += 1
         await store.update_batch(taken.record.input_file_id, state=ABANDONED)
         for batch in taken.requests.values():
-            await outcomes.line_failed(batch, taken.key.key_id, kind, reason)
+            if taken.to_online:
+                self._send_online(batch)
+            else:
+                await outcomes.line_failed(batch, taken.key.key_id, kind, reason)
+        self._announce_online(taken)
+
+    def _send_online(self, batch: Batch) -> None:
+        """A request cut off from its batch goes online now, not counted as a failed attempt."""
+        assert self._online is not None
+        for chunk in batch.chunks:
+            self._sent_online.add(int(chunk.id, 16))
+        self.chunks_sent_online += len(batch.chunks)
+        self._online.put_retry(batch)
+
+    def _announce_online(self, taken: _Open, sent: int | None = None) -> None:
+        if not taken.to_online:
+            return
+        chunks = taken.chunks if sent is None else sent
+        self._events.emit(
+            EventKind.BATCH_TO_ONLINE,
+            f"{taken.cut}: cancelled, {chunks} chunks sent online",
+            batch_id=taken.record.batch_id or "",
+            chunks=chunks,
+        )
 
     async def _settle(
         self, taken: _Open, status: BatchStatus, client: BatchClient, outcomes: BatchOutcomes
@@ -543,7 +621,9 @@ class BatchRouter:
                 continue  # unreadable: its requests are missing, and retried as such
             for answer in read_lines(content):
                 answers.setdefault(answer.custom_id, answer)
-        if status.state == "completed":
+        if taken.cut:  # cancelled by us: what it never reached is cut off, not failed
+            missing = (FailureKind.TIMEOUT, taken.cut)
+        elif status.state == "completed":
             missing = (FailureKind.MALFORMED, "the batch's files have no line for this request")
         elif status.state == "expired":
             missing = (FailureKind.TIMEOUT, f"batch {status.batch_id} expired")
@@ -561,8 +641,13 @@ class BatchRouter:
         key = taken.key
         prices = key.provider.batch_prices_per_m
         online = (key.provider.price_input_per_m, key.provider.price_output_per_m)
+        sent_online = 0
         for custom_id, batch in taken.requests.items():
             line = answers.get(custom_id)
+            if line is None and taken.to_online:
+                self._send_online(batch)
+                sent_online += len(batch.chunks)
+                continue
             if line is None:
                 await outcomes.line_failed(batch, key.key_id, *missing)
                 continue
@@ -576,11 +661,18 @@ class BatchRouter:
             else:
                 await outcomes.line_failed(batch, key.key_id, outcome.kind, outcome.message)
         await store.flush()  # its rows are committed before the batch is called settled
+        # A batch cut off counts as given up, whatever share of it was stored.
         await store.update_batch(
-            taken.record.input_file_id, state=SETTLED, provider_state=status.state
+            taken.record.input_file_id,
+            state=ABANDONED if taken.cut else SETTLED,
+            provider_state=status.state,
         )
         del self._open[taken.record.input_file_id]
-        self.settled += 1
+        if taken.cut:
+            self.abandoned += 1
+        else:
+            self.settled += 1
+        self._announce_online(taken, sent_online)
 
     def _line_outcome(self, line: LineAnswer, latency_s: float) -> CallResult | CallFailure:
         """An output line as the online route reads an answer or a failed call."""

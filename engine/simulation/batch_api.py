@@ -15,7 +15,10 @@ one seeded RNG when the batch is created: the whole batch fails validation,
 expires (the first half of its lines answered, the rest in the error file
 with `batch_expired`), or stays `in_progress` until cancelled ("stuck"); and
 each line fails with probability `line_fault` (a 500 in the error file);
-and a look at a batch answers 500 with probability `poll`.
+and a look at a batch answers 500 with probability `poll`.  A batch cancelled
+while in progress answers the share of its lines its age says it had got
+through (none for a stuck one), in an output file, as OpenAI's cancelled
+batches give what they finished; the lines it never reached are in no file.
 An input file over the provider's limits (requests or bytes) or with a line
 the chat endpoint would refuse fails the batch, as OpenAI's validation does.
 """
@@ -121,6 +124,7 @@ class _Batch:
     fate: str  # "complete", "fail", "expire" or "stuck"
     metadata: dict[str, str] | None
     status: str = "validating"
+    reached: float = 0.0  # the share of lines answered when it was cancelled
     total: int = 0
     completed: int = 0
     failed: int = 0
@@ -364,8 +368,7 @@ class SimulatedBatchApi:
         if batch.status in ("completed", "failed", "expired", "cancelled"):
             return
         if batch.status == "cancelling":
-            batch.status = "cancelled"
-            batch.stamps["cancelled"] = int(time.time())
+            self._finish(batch, batch.reached, "cancelled")
             return
         age = time.monotonic() - batch.started
         delay = self.faults.delay_s
@@ -382,12 +385,16 @@ class SimulatedBatchApi:
             batch.stamps["in_progress"] = int(time.time())
         if age < delay or batch.fate == "stuck":
             return
-        self._finish(batch)
+        expired = batch.fate == "expire"
+        self._finish(batch, 0.5 if expired else 1.0, "expired" if expired else "completed")
 
-    def _finish(self, batch: _Batch) -> None:
-        """Answer every line at once; complete (or expire) the batch with its files."""
+    def _finish(self, batch: _Batch, share: float, status: str) -> None:
+        """Answer the first `share` of the lines at once and end the batch in `status`
+        with its files: the rest are expired lines, or (cancelled) in no file."""
         lines, _ = self._input_lines(self._files[batch.input_file_id].content)
-        answered = len(lines) if batch.fate != "expire" else len(lines) // 2
+        answered = int(len(lines) * share)
+        if status == "cancelled":
+            lines = lines[:answered]
         output: list[bytes] = []
         errors: list[bytes] = []
         for index, line in enumerate(lines):
@@ -434,14 +441,24 @@ class SimulatedBatchApi:
             batch.error_file_id = self._add_file(
                 f"{batch.id}_error.jsonl", "batch_output", b"".join(errors)
             ).id
-        batch.status = "expired" if batch.fate == "expire" else "completed"
-        batch.stamps[batch.status] = now
+        batch.status = status
+        batch.stamps[status] = now
 
     def _cancel(self, batch: _Batch) -> None:
         if batch.status in ("validating", "in_progress"):
+            batch.reached = self._progress(batch)
             batch.status = "cancelling"
             batch.stamps["cancelling"] = int(time.time())
             self.stats.batches_cancelled += 1
+
+    def _progress(self, batch: _Batch) -> float:
+        """The share of its lines an in-progress batch has got through by now."""
+        if batch.fate != "complete":  # stuck, or bound to fail or expire
+            return 0.0
+        delay = self.faults.delay_s
+        start = delay * _VALIDATING_SHARE
+        age = time.monotonic() - batch.started
+        return min(1.0, max(0.0, (age - start) / max(1e-9, delay - start)))
 
 
 def _encoded(entry: dict[str, Any]) -> bytes:

@@ -11,6 +11,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from engine.config.config_problem import ConfigError
+from engine.config.job_file import load_config
 from engine.config.settings import JobConfig
 from engine.engine import Engine
 from engine.observe.events import EventKind
@@ -365,3 +367,168 @@ async def test_answers_that_do_not_validate_are_retried_like_online_ones(
     assert sim.stats.drifted_answers == 8
     assert dict(engine.snapshot().errors_by_kind).get("malformed", 0) > 0
     assert sim.batches.stats.batch_lines_answered > 12  # what they left out was asked again
+
+
+def mixed_job(
+    tmp_path: Path, base_url: str, records: int = 60, **batch: Any
+) -> tuple[JobConfig, dict[str, str]]:
+    """The bulk through the Batch API on provider "bulk" (key b1), one file of 12
+    requests; an online provider "now" (key o1) beside it."""
+    config, secrets = batch_job(tmp_path, base_url, records=records, batch_max_requests=12, **batch)
+    bulk = replace(
+        config.providers[0],
+        name="bulk",
+        keys=(replace(config.providers[0].keys[0], alias="b1"),),
+    )
+    now = replace(
+        bulk, name="now", mode="online", keys=(replace(bulk.keys[0], env="KEY_O1", alias="o1"),)
+    )
+    secrets = {"bulk/b1": "secret-b1", "now/o1": "secret-o1"}
+    return replace(config, providers=(bulk, now)), secrets
+
+
+def answered_by(db: Path) -> dict[tuple[str, str], int]:
+    """Result rows by (provider, key alias): which route answered."""
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT provider, key_alias, COUNT(*) FROM results GROUP BY 1, 2")
+        return {(provider, alias): n for provider, alias, n in rows}
+
+
+MIXED_KEYS = [("b1", 6000, 10_000_000), ("o1", 6000, 10_000_000)]
+
+
+async def test_a_batch_whose_window_is_at_risk_keeps_its_answers_and_sends_the_rest_online(
+    tmp_path: Path, simulator
+) -> None:
+    # The batch takes 2 s; at 1 s it is cut off, having answered about half its requests.
+    sim = await simulator(keys=sim_keys(MIXED_KEYS), batch_delay_s=2.0)
+    config, secrets = mixed_job(tmp_path, sim.base_url, batch_online_after_s=1.0)
+
+    engine = Engine(config, secrets)
+    state = await engine.run()
+
+    db = Path(config.job.store)
+    results, failures = stored(db)
+    assert state is JobState.DONE and failures == []
+    assert len(results) == len(set(results)) == 60  # every chunk once
+    assert sim.stats.chunk_ids_answered == 60  # nothing answered twice by the provider
+    assert sim.batches.stats.batches_created == sim.batches.stats.batches_cancelled == 1
+    by_route = answered_by(db)
+    assert set(by_route) == {("bulk", "b1"), ("now", "o1")}  # online on the online key only
+    assert 0 < by_route["bulk", "b1"] < 60 and by_route["bulk", "b1"] % 5 == 0
+    assert sim.stats.admitted * 5 == by_route["now", "o1"]  # the rest, a request each
+    snap = engine.snapshot()
+    assert snap.batch is not None and snap.batch.chunks_sent_online == by_route["now", "o1"]
+    assert snap.batch.abandoned == 1 and snap.batch.settled == 0
+    (cut,) = [e for e in snap.events if e.kind is EventKind.BATCH_TO_ONLINE]
+    assert "batch_online_after_s (1s)" in cut.message
+    assert f"{by_route['now', 'o1']} chunks sent online" in cut.message
+    assert f"{by_route['now', 'o1']} chunks sent online" in status_line(snap)
+    assert batch_states(db) == ["abandoned"]
+
+
+async def test_failed_lines_of_a_mixed_job_are_retried_on_its_online_keys(
+    tmp_path: Path, simulator
+) -> None:
+    sim = await simulator(keys=sim_keys(MIXED_KEYS), batch_delay_s=0.05, batch_fault_line=1.0)
+    config, secrets = mixed_job(tmp_path, sim.base_url, records=20, batch_retries="online")
+
+    state = await Engine(config, secrets).run()
+
+    db = Path(config.job.store)
+    results, failures = stored(db)
+    assert state is JobState.DONE and failures == []
+    assert len(results) == len(set(results)) == 20
+    assert answered_by(db) == {("now", "o1"): 20}
+    assert sim.batches.stats.batches_created == 1 and sim.stats.admitted == 4
+
+
+async def test_a_preset_chooses_the_batch_route_and_a_switch_off_it_is_refused(
+    tmp_path: Path, simulator
+) -> None:
+    sim = await simulator(keys=sim_keys(KEYS), batch_delay_s=0.5)
+    path = tmp_path / "job.toml"
+    path.write_text(
+        f"""
+[job]
+name = "by-preset"
+input = "{write_records(tmp_path / "in.txt", 20)}"
+input_format = "text"
+chunk_tokens = 400
+chunk_overlap_tokens = 0
+preset = "overnight"
+
+[presets.overnight]
+mode = "batch"
+batch_size = 5
+
+[presets.overnight-wide]
+mode = "batch"
+batch_size = 5
+concurrency = 32
+
+[[providers]]
+name = "sim"
+base_url = "{sim.base_url}"
+model = "gpt-4o-mini"
+batch_poll_s = 0.05
+batch_poll_max_s = 0.2
+
+[[providers.keys]]
+env = "KEY_K1"
+alias = "k1"
+
+[drift]
+enabled = false
+""",
+        encoding="utf-8",
+    )
+    config = load_config(path)
+    assert config.providers[0].mode == "batch"  # from the preset: the provider says none
+    engine = Engine(config, {"sim/k1": "secret-k1"})
+    running = asyncio.create_task(engine.run())
+    await wait_for(lambda: sim.batches.stats.batches_created == 1)
+
+    try:
+        engine.apply_preset("aggressive")
+    except ConfigError as refused:
+        assert "the route is chosen at start" in str(refused) and "\n" not in str(refused)
+    else:
+        raise AssertionError("a switch to an online preset mid-run was accepted")
+    engine.apply_preset("overnight-wide")  # batch too: the route stays
+    state = await running
+
+    snap = engine.snapshot()
+    assert snap.preset.name == "overnight-wide"
+    assert any(
+        e.kind is EventKind.WARNING and "preset not switched" in e.message for e in snap.events
+    )
+    assert state is JobState.DONE and len(stored(Path(config.job.store))[0]) == 20
+    assert sim.stats.admitted == 0 and sim.batches.stats.batches_created == 1
+
+
+async def test_a_batch_cut_at_its_deadline_keeps_what_it_finished(
+    tmp_path: Path, simulator
+) -> None:
+    # The batch takes 1 s; at its 0.5 s deadline it has answered about 40 % of its requests.
+    sim = await simulator(keys=sim_keys(KEYS), batch_delay_s=1.0)
+    config, secrets = batch_job(tmp_path, sim.base_url, batch_max_requests=12, batch_deadline_s=0.5)
+
+    engine = Engine(config, secrets)
+    running = asyncio.create_task(engine.run())
+    await wait_for(lambda: sim.batches.stats.batches_cancelled == 1)
+    sim.set_batch_faults(batch_delay_s=0.05)  # the next file is answered in time
+    state = await running
+
+    db = Path(config.job.store)
+    results, failures = stored(db)
+    assert state is JobState.DONE and failures == []
+    assert len(results) == len(set(results)) == 60
+    assert sim.stats.chunk_ids_answered == 60  # what the cut batch finished is not paid twice
+    assert sim.batches.stats.batches_cancelled == 1
+    assert sim.batches.stats.batches_created == 2  # the rest in a later file
+    assert sim.stats.admitted == 0  # not one online request
+    assert batch_states(db)[0] == "abandoned"
+    (cut,) = [e for e in engine.snapshot().events if "cancelled:" in e.message]
+    kept = int(cut.message.split("cancelled: ")[1].split(" of ")[0])
+    assert 0 < kept < 12  # requests of the cut batch stored from its partial output

@@ -272,6 +272,17 @@ async def test_the_batch_panel_shows_open_batches_and_the_cost_only_for_batch_jo
         assert lines[3].strip() == "… 2 more open"
 
 
+async def test_the_batch_panel_counts_the_chunks_sent_online_once_some_were() -> None:
+    snap = fixed_batch_snapshot()
+    assert snap.batch is not None
+    cut = replace(snap, batch=replace(snap.batch, chunks_sent_online=250))
+    app = CrawldeckApp(FixedSource(cut), refresh_hz=0, clock=FrozenClock())
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.pause()
+        head = str(pilot.app.query_one(BatchPanel).render()).splitlines()[0]
+        assert "sent online 250 chunks" in head
+
+
 def test_batch_dashboard_at_80x24(snap_compare: Callable[..., bool]) -> None:
     assert snap_compare(fixed_batch_app(), terminal_size=(80, 24))
 

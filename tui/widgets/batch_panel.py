@@ -63,6 +63,10 @@ class BatchPanel(Widget):
         ):
             head.append(f"  {label} ", "dim")
             head.append(f"{value:,}", self.get_component_rich_style(style) if style else "bold")
+        if route.chunks_sent_online:  # the remainder of batches whose window was at risk
+            head.append("  sent online ", "dim")
+            head.append(f"{route.chunks_sent_online:,}", "bold")
+            head.append(" chunks", "dim")
         lines = [head]
         oldest_first = sorted(route.batches, key=lambda batch: -batch.age_s)
         open_style = self.get_component_rich_style("batch-panel--open")

@@ -19,6 +19,7 @@ _WARNING_KINDS = {
     EventKind.STOPPING,
     EventKind.BATCH_RECLAIMED,
     EventKind.BUDGET_REACHED,
+    EventKind.BATCH_TO_ONLINE,
 }
 _ERROR_KINDS = {
     EventKind.KEY_DISABLED,

@@ -81,23 +81,136 @@ def test_batch_limits_out_of_range_are_refused_at_their_keys(tmp_path: Path) -> 
     assert problems[0].line == line_of(path, "batch_max_requests")
 
 
-def test_online_and_batch_providers_are_not_mixed_in_one_job(tmp_path: Path) -> None:
-    second = """
+SECOND = """
 [[providers]]
-name = "other"
+name = "now"
 base_url = "https://api.example.com/v1"
-model = "gpt-4o-mini"
-mode = "batch"
+model = "gpt-4o"
+{extra}
 
 [[providers.keys]]
 env = "OTHER_KEY"
 """
-    path = job_file(tmp_path, "", second)
+
+
+def test_online_and_batch_providers_mix_in_one_job(tmp_path: Path) -> None:
+    path = job_file(
+        tmp_path, 'mode = "batch"\nbatch_online_after_s = 3600', SECOND.format(extra="")
+    )
+
+    config = load_config(path)
+
+    assert [p.mode for p in config.providers] == ["batch", "online"]
+    assert config.providers[0].batch_online_after_s == 3600
+
+
+def test_the_cut_off_needs_somewhere_online_and_comes_before_the_deadline(
+    tmp_path: Path,
+) -> None:
+    alone = job_file(tmp_path, 'mode = "batch"\nbatch_online_after_s = 60')
+    (problem,) = problems_of(alone)
+    assert problem.key == "providers[0].batch_online_after_s"
+    assert problem.line == line_of(alone, "batch_online_after_s")
+    assert "nowhere to send the remainder" in problem.message and "\n" not in str(problem)
+    # Its own keys online will do.
+    retried = job_file(
+        tmp_path, 'mode = "batch"\nbatch_retries = "online"\nbatch_online_after_s = 6'
+    )
+    assert load_config(retried).providers[0].batch_online_after_s == 6
+
+    late = job_file(
+        tmp_path,
+        'mode = "batch"\nbatch_deadline_s = 60\nbatch_online_after_s = 60',
+        SECOND.format(extra=""),
+    )
+    (problem,) = problems_of(late)
+    assert problem.key == "providers[0].batch_online_after_s"
+    assert "must be below batch_deadline_s" in problem.message
+
+    idle = job_file(tmp_path, 'mode = "batch"', SECOND.format(extra=""))
+    (problem,) = problems_of(idle)
+    assert problem.key == "providers[1].mode"
+    assert problem.line == line_of(idle, 'name = "now"') - 1  # its table: it says no mode
+    assert "which hand it nothing" in problem.message
+
+    (problem,) = problems_of(
+        job_file(tmp_path, 'mode = "batch"\nbatch_retries = "online"\nbatch_online_after_s = 0')
+    )
+    assert problem.key == "providers[0].batch_online_after_s"
+    assert "must be more than 0" in problem.message
+
+
+PRESETS = """
+[job]
+input = "docs"
+preset = "{chosen}"
+
+[presets.bulk]
+mode = "{mode}"
+concurrency = 8
+
+[[providers]]
+name = "openai"
+base_url = "https://api.openai.com/v1"
+model = "gpt-4o-mini"
+price_input_per_m = 0.15
+price_output_per_m = 0.6
+batch_online_after_s = 3600  # only when batch mode is in force
+
+[[providers.keys]]
+env = "OPENAI_API_KEY"
+
+[[providers]]
+name = "now"
+base_url = "https://api.example.com/v1"
+model = "gpt-4o"
+mode = "online"
+price_input_per_m = 2.5
+price_output_per_m = 10.0
+
+[[providers.keys]]
+env = "OTHER_KEY"
+"""
+
+
+def presets_file(tmp_path: Path, mode: str = "batch", chosen: str = "bulk", more: str = "") -> Path:
+    path = tmp_path / "presets.toml"
+    text = PRESETS.format(mode=mode, chosen=chosen).replace("[job]\n", "[job]\n" + more, 1)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_a_preset_sends_the_providers_without_their_own_mode_through_the_batch_api(
+    tmp_path: Path,
+) -> None:
+    config = load_config(presets_file(tmp_path))
+
+    assert [p.mode for p in config.providers] == ["batch", "online"]  # "now" says its own
+    assert config.preset.name == "bulk" and config.preset_modes == {"bulk": "batch"}
+    assert config.mode_from_preset == ("openai",)
+    # Another preset in force: the providers' own modes (online by default).
+    other = load_config(presets_file(tmp_path), preset="aggressive")
+    assert [p.mode for p in other.providers] == ["online", "online"]
+
+
+def test_a_bad_preset_mode_is_one_line_at_its_key(tmp_path: Path) -> None:
+    path = presets_file(tmp_path, mode="bulk")
 
     (problem,) = problems_of(path)
 
-    assert problem.key == "providers[1].mode"
-    assert "all be online or all be batch" in problem.message
+    assert problem.key == "presets.bulk.mode"
+    assert problem.line == line_of(path, "mode =")
+    assert "'online', 'batch'" in problem.message and "\n" not in str(problem)
+
+
+def test_a_batch_preset_is_refused_where_batch_mode_is(tmp_path: Path) -> None:
+    path = presets_file(tmp_path, more="budget_usd = 5\n")
+
+    (problem,) = problems_of(path)
+
+    assert problem.key == "presets.bulk.mode"
+    assert problem.line == line_of(path, "mode =")
+    assert "budget_usd" in problem.message
 
 
 def test_batch_mode_is_not_shared_by_a_cluster(tmp_path: Path) -> None:

@@ -64,6 +64,7 @@ def test_open_batches_are_counted_by_state_and_the_ended_by_outcome() -> None:
         batches=(batch("in_progress"), batch("in_progress"), batch("validating")),
         settled=4,
         abandoned=1,
+        chunks_sent_online=35,
         cost_projected_usd=0.1004,
     )
     samples = scraped(Snapshot(batch=route))
@@ -73,6 +74,7 @@ def test_open_batches_are_counted_by_state_and_the_ended_by_outcome() -> None:
     assert samples[("crawldeck_batches_ended_total", (("outcome", "settled"),))] == 4
     assert samples[("crawldeck_batches_ended_total", (("outcome", "abandoned"),))] == 1
     assert samples[("crawldeck_batch_cost_projected_usd", ())] == 0.1004
+    assert samples[("crawldeck_batch_chunks_sent_online_total", ())] == 35
 
 
 def test_a_job_without_them_has_none_of_their_families() -> None:

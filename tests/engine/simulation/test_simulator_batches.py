@@ -136,6 +136,28 @@ async def test_a_batch_can_fail_expire_or_be_cancelled(served: Any) -> None:
     assert (await client.batches.retrieve(stuck)).status == "cancelled"
 
 
+async def test_a_batch_cancelled_in_progress_gives_the_lines_it_finished(served: Any) -> None:
+    sim, client = await served(batch_delay_s=2.0)
+    lines = [request_line(f"r{i}", {f"c{i}": "words"}) for i in range(20)]
+    file_id = (await client.files.create(file=("in.jsonl", jsonl(lines)), purpose="batch")).id
+    created = await client.batches.create(
+        input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    await asyncio.sleep(1.1)  # about half way through (validating takes the first tenth)
+
+    assert (await client.batches.cancel(created.id)).status == "cancelling"
+    cancelled = await wait_until_done(client, created.id)
+
+    assert cancelled.status == "cancelled" and cancelled.error_file_id is None
+    answered = (await client.files.content(cancelled.output_file_id)).content.splitlines()
+    assert 5 <= len(answered) <= 15  # half of 20, give or take the loop's timing
+    assert [json.loads(line)["custom_id"] for line in answered] == [
+        f"r{i}" for i in range(len(answered))
+    ]
+    assert cancelled.request_counts.completed == len(answered)
+    assert sim.batches.stats.batches_cancelled == 1
+
+
 async def test_an_input_line_the_chat_endpoint_refuses_fails_the_batch(served: Any) -> None:
     _, client = await served(batch_delay_s=0.05)
     bad = request_line("r0", {"c0": "x"})
