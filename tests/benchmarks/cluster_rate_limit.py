@@ -18,7 +18,16 @@ minute of each, latency 0.5–2 s lognormal; `rate_limit_efficiency`'s
 "keys" job, 5,250 requests of 4 chunks; 1 worker (no cluster) beside 4:
 
 - efficiency: the provider's bound (`provider_bound`) ÷ wall, wall from the
-  first worker's launch until every worker has exited;
+  first worker's engine start (when its `Engine` was made, after the
+  interpreter and its imports are up: a `--json` status record's
+  `taken_at − elapsed_s` — where `rate_limit_efficiency` starts one
+  process's clock, at `Engine.run()`) until every worker has
+  exited: the issue asks ≥ 0.95 "of the same bound one process is held
+  to".  Beside it, the wall from the first launch, as an operator's
+  stopwatch sees it: it adds the workers' start-up, which on this 2-core
+  machine is several Python processes importing at once beside the
+  simulator and Redis (the provider's full bucket meanwhile refills
+  nothing), and which one machine per worker would not share;
 - 429s, over every request the simulator saw;
 - each key's share of the requests ÷ its share of the keys' capacity (the
   shared budget spends every key in proportion to its limit: 1.00 each);
@@ -329,6 +338,19 @@ def worker_events(worker: Worker, kind: EventKind) -> list[dict[str, Any]]:
     return found
 
 
+def engine_started_at(worker: Worker) -> float:
+    """When the worker's engine was made (the events' clock), by its first `--json`
+    status record: `taken_at − elapsed_s`; infinity if it printed none."""
+    for line in worker.out.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("type") == "status":
+            return float(record["taken_at"]) - float(record["elapsed_s"])
+    return float("inf")
+
+
 def cluster_line(worker: Worker) -> str:
     """What a worker's closing line says the cluster did ("" if it printed none)."""
     for line in reversed(worker.err.read_text(encoding="utf-8", errors="replace").splitlines()):
@@ -361,9 +383,16 @@ class Outcome:
     key_shares: tuple[float, ...]  # each key's share of requests ÷ its share of capacity
     tally: StoreTally
     codes: tuple[int, ...]
+    engine_wall_s: float  # from the first worker's engine start (`job_started`)
 
     @property
     def efficiency(self) -> float:
+        """Bound ÷ wall from the first engine start: what the issue's 0.95 is held to."""
+        return self.bound_s / self.engine_wall_s
+
+    @property
+    def launch_efficiency(self) -> float:
+        """Bound ÷ wall from the first launch, start-up included."""
         return self.bound_s / self.wall_s
 
     @property
@@ -393,9 +422,11 @@ async def run(workers: int, requests: int, work: Path) -> Outcome:
             shared = redis_server.url if workers > 1 else None
             job = write_job(work / "job", base_url, shared, records)
             started = time.monotonic()
-            async with workers_running(job, work, workers, "--interval", "5") as running:
+            async with workers_running(job, work, workers, "--json") as running:
                 codes = await exit_codes(running)
             wall_s = time.monotonic() - started
+            ended_at = time.time()  # the events' clock
+            first_engine = min((engine_started_at(w) for w in running), default=ended_at - wall_s)
             stats = await simulator_stats(base_url)
             store = job.parent / "results.db"
             if shared is not None:
@@ -409,6 +440,7 @@ async def run(workers: int, requests: int, work: Path) -> Outcome:
         key_shares=key_shares(stats),
         tally=tally_store(store, records),
         codes=codes,
+        engine_wall_s=ended_at - first_engine,
     )
 
 
@@ -421,7 +453,7 @@ async def rate_scenario(worker_counts: Sequence[int], requests: int) -> int:
         f"{CONCURRENCY}"
     )
     print(
-        f"{'workers':>7} {'bound':>7} {'wall':>7} {'effic.':>6} {'429s':>12} "
+        f"{'workers':>7} {'bound':>7} {'wall':>7} {'effic.':>6} {'launch':>15} {'429s':>12} "
         f"{'key shares':>24} {'done/failed/lost/twice':>22}  verdict"
     )
     failed = 0
@@ -435,9 +467,9 @@ async def rate_scenario(worker_counts: Sequence[int], requests: int) -> int:
             failed += 1
         shares = " ".join(f"{share:.3f}" for share in out.key_shares)
         print(
-            f"{workers:7d} {out.bound_s:6.1f}s {out.wall_s:6.1f}s {out.efficiency:6.3f} "
-            f"{out.rate_limited:5d} {out.share_429:6.2%} {shares:>24} {out.tally!s:>22}  "
-            f"{verdict}",
+            f"{workers:7d} {out.bound_s:6.1f}s {out.engine_wall_s:6.1f}s {out.efficiency:6.3f} "
+            f"{out.wall_s:6.1f}s {out.launch_efficiency:6.3f}  {out.rate_limited:5d} "
+            f"{out.share_429:6.2%} {shares:>24} {out.tally!s:>22}  {verdict}",
             flush=True,
         )
     return 1 if failed else 0
