@@ -139,6 +139,7 @@ class ClusterJob:
         self._waiting = 0  # results entries left in Redis when this worker ended
         self._targets: TargetStream | None = None  # a crawl job's sites
         self._crawled: TargetProgress | None = None  # the crawl's counters, as last read
+        self._engine: JobControls | None = None
 
     # ------------------------------------------------------------ the engine's parts
     def work_queue(
@@ -168,7 +169,12 @@ class ClusterJob:
 
     def held_work(self, queue: StreamWorkQueue) -> HeldWork:
         """What the batcher and the outcomes hold: nothing, in a cluster."""
-        return SharedHeldWork(queue)
+        # A crawl's input is whole once every site of the run is crawled, by anyone.
+        return SharedHeldWork(
+            queue,
+            whole=lambda: self._targets is None or self._targets.over,
+            short=self._crawl_ended_short,
+        )
 
     def key_pool(
         self,
@@ -233,6 +239,7 @@ class ClusterJob:
 
     def attach(self, engine: JobControls) -> None:
         """The engine this worker runs: its reports, and the target of the cluster's controls."""
+        self._engine = engine
         self._registry = WorkerRegistry(
             self.redis,
             self.scope,
@@ -420,6 +427,12 @@ class ClusterJob:
             store=str(self.store),
             collector=await self._lease.holder(),
         )
+
+    def _crawl_ended_short(self) -> None:
+        """This worker's crawl ended before the cluster's (drained, no key left, or its
+        targets file unreadable here): it leaves, and the others crawl the rest."""
+        if self._engine is not None:
+            self._engine.drain()  # nothing if it is ending already
 
     def _applied(self, command: ClusterCommand, refusal: str | None) -> None:
         if refusal is not None:

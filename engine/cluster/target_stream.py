@@ -171,6 +171,7 @@ class TargetStream:
         self._next_reclaim = clock()
         self._held: dict[str, str] = {}  # url → the entry this consumer holds for it
         self._tail = False  # the whole file is enqueued
+        self.over = False  # every target is crawled or dead-lettered (as this worker saw)
         self.reclaimed = 0  # targets taken over from idle consumers
         self.dead_lettered = 0  # targets this consumer sent to the dead-letter stream
 
@@ -227,6 +228,7 @@ class TargetStream:
                 return self._hold(as_text(entry_id), entry_fields(fields))
             progress = await self.progress()
             if progress.over:
+                self.over = True
                 return None
             self._tail = progress.input_complete
 

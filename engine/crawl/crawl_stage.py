@@ -285,7 +285,9 @@ class CrawlStage:
                     if self._shared is None:
                         await self._start_targets(crawls, fetcher, extractor)
                     else:
-                        await self._start_shared_targets(crawls, fetcher, extractor)
+                        starting = self._start_shared_targets(crawls, fetcher, extractor)
+                        sites = crawls.create_task(starting, name="crawl-start")
+                        await self._enqueue_targets(self._shared, sites)
             if self._input_error is not None:
                 raise self._input_error
         finally:
@@ -331,10 +333,9 @@ class CrawlStage:
     async def _start_shared_targets(
         self, crawls: asyncio.TaskGroup, fetcher: Fetcher, extractor: PageExtractor
     ) -> None:
-        """A cluster's crawl: the file enqueued (beside), sites read one at a time."""
+        """A cluster's crawl: sites read one at a time (the file is enqueued beside)."""
         shared = self._shared
         assert shared is not None
-        crawls.create_task(self._enqueue_targets(shared), name="crawl-enqueue")
         while True:
             await self._may_read.wait()  # memory above its soft limit: start nothing new
             await self._running.wait()  # paused
@@ -354,8 +355,9 @@ class CrawlStage:
                 name=f"crawl {target.host}",
             )
 
-    async def _enqueue_targets(self, shared: SharedTargets) -> None:
-        """Every target of the file to the cluster (others' copies add nothing)."""
+    async def _enqueue_targets(self, shared: SharedTargets, sites: asyncio.Task[None]) -> None:
+        """Every target of the file to the cluster (others' copies add nothing); if the
+        file cannot be read, `sites` (the task starting them) is cancelled."""
         try:
             targets = dedupe_targets(
                 read_targets(
@@ -376,6 +378,7 @@ class CrawlStage:
             # the file, so it starts nothing more (the others may have read it).
             self._input_error = exc
             self.stop_starting()
+            sites.cancel()  # it may wait on the cluster for a site
             return
         await shared.input_read()
 

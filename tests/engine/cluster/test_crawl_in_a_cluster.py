@@ -207,3 +207,21 @@ async def test_a_finished_target_carries_its_page_rows_and_ends_the_crawl_for_ev
     entries = await redis_client.xrange(a.streams.results) or []
     assert [entry_fields(fields)["rows"] for _id, fields in entries] == ['[{"kind":"page"}]']
     assert (await a.progress()).settled == 1
+
+
+async def test_a_worker_whose_targets_file_is_missing_ends_failed_and_enqueues_nothing(
+    redis_server: RedisServer, tmp_path: Path, simulator, sites: SiteServer
+) -> None:
+    """A machine without the targets file: its worker cannot tell the cluster the crawl's
+    input is complete, so it leaves (failed, saying why) instead of waiting for sites."""
+    config, secrets = await crawl_job(tmp_path, simulator, sites.port, [], redis_server.url)
+    assert config.crawl is not None
+    missing = replace(config, crawl=replace(config.crawl, targets=str(tmp_path / "absent.txt")))
+    async with workers(missing) as (worker,):
+        engine = Engine(missing, secrets, cluster=worker)
+        async with asyncio.timeout(GUARD_S):
+            assert await engine.run() is JobState.FAILED
+        progress = await worker.redis.hgetall(f"{worker.scope.prefix}:work:progress")
+
+    assert engine.failure_reason.startswith("crawl targets: ")
+    assert b"input_complete" not in progress, "the other workers' crawl goes on"
