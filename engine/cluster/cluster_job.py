@@ -415,6 +415,9 @@ class ClusterJob:
         assert self._queue is not None
         view = await read_cluster_view(self.redis, self.scope.prefix)
         self._progress = p = await self._queue.progress()
+        if self._targets is not None:
+            self._crawled = await self._targets.progress()
+        sites = self._crawled or TargetProgress()
         self._view = replace(
             view,
             run=self.run,
@@ -423,6 +426,9 @@ class ClusterJob:
             chunks_failed=p.failed_chunks + p.dead_chunks,
             dead_letters=p.dead,
             input_complete=p.input_complete,
+            sites_enqueued=sites.targets,
+            sites_crawled=sites.settled,
+            sites_dead=sites.dead,
             worker_id=self.worker_id,
             store=str(self.store),
             collector=await self._lease.holder(),

@@ -116,6 +116,9 @@ async def test_two_workers_crawl_every_site_once_and_the_job_ends_with_one_resul
     assert one_result_per_chunk(store) == (chunks, chunks)
     assert results(store) == chunks > 0
     assert f"{len(hosts)}/{len(hosts)} sites crawled (0 dead letters)" in a.summary_line()
+    view = b.snapshot().cluster  # the cluster's crawl, counted across workers
+    assert view is not None
+    assert (view.sites_enqueued, view.sites_crawled, view.sites_dead) == (len(hosts), len(hosts), 0)
 
 
 async def test_a_site_a_stopped_worker_was_crawling_is_taken_over_and_crawled_to_its_end(
