@@ -98,17 +98,19 @@ end
 return 0
 """
 
-# KEYS: targets stream.  ARGV: group, consumer, min idle ms.  Takes over one entry idle
-# too long, with how often it has now been delivered.
+# KEYS: targets stream.  ARGV: group, consumer, min idle ms, cursor.  Takes over at most
+# one entry idle too long, with how often it has now been delivered; returns the cursor
+# to go on from (XAUTOCLAIM scans ten pending entries a claim asked for, so the scan of a
+# long pending list, live workers' sites first, goes on from where it stopped).
 _RECLAIM = """
-local claimed = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], '0-0',
+local claimed = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4],
                            'COUNT', 1)
 local entry = claimed[2][1]
-if not entry then return {} end
+if not entry then return {claimed[1]} end
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], entry[1], entry[1], 1)
 local deliveries = 0
 if p[1] then deliveries = p[1][4] end
-return {entry[1], entry[2], deliveries}
+return {claimed[1], entry[1], entry[2], deliveries}
 """
 
 
@@ -169,6 +171,7 @@ class TargetStream:
         self._reclaim = redis.register_script(_RECLAIM)
         self._joined = False
         self._next_reclaim = clock()
+        self._cursor = "0-0"  # where the scan of idle entries goes on
         self._held: dict[str, str] = {}  # url → the entry this consumer holds for it
         self._tail = False  # the whole file is enqueued
         self.over = False  # every target is crawled or dead-lettered (as this worker saw)
@@ -277,7 +280,8 @@ class TargetStream:
         return target
 
     async def _take_over_idle(self) -> Target | None:
-        """One target idle beyond the visibility timeout, taken over (or dead-lettered)."""
+        """One target idle beyond the visibility timeout, taken over (or dead-lettered);
+        None once a whole scan of the pending entries found none."""
         while True:
             raise_if_cancelled()
             claimed: Any = await self._reclaim(
@@ -286,11 +290,15 @@ class TargetStream:
                     self.streams.crawl_group,
                     self.consumer,
                     max(1, round(self._visibility_s * 1000)),
+                    self._cursor,
                 ],
             )
-            if not claimed:
-                return None
-            entry_id, fields, deliveries = as_text(claimed[0]), entry_fields(claimed[1]), claimed[2]
+            self._cursor = as_text(claimed[0])
+            if len(claimed) == 1:
+                if self._cursor == "0-0":
+                    return None
+                continue  # the scan goes on
+            entry_id, fields, deliveries = as_text(claimed[1]), entry_fields(claimed[2]), claimed[3]
             url = fields.get("url", "")
             if int(deliveries) > self._max_deliveries or "host" not in fields:
                 reason = (

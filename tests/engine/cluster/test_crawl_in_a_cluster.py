@@ -228,3 +228,27 @@ async def test_a_worker_whose_targets_file_is_missing_ends_failed_and_enqueues_n
 
     assert engine.failure_reason.startswith("crawl targets: ")
     assert b"input_complete" not in progress, "the other workers' crawl goes on"
+
+
+async def test_a_dead_consumers_target_behind_many_live_ones_is_still_found(
+    redis_client: Redis,
+) -> None:
+    """XAUTOCLAIM looks at ten pending entries a claim: the scan must go on past a live
+    worker's sites (kept alive, oldest first) to the dead one's."""
+
+    def stream(name: str) -> TargetStream:
+        return TargetStream(redis_client, "job:run:1", name, visibility_s=0.3, block_s=0.1)
+
+    live, dead, taker = stream("live"), stream("dead"), stream("taker")
+    sites = [normalise_target(f"site-{n:04d}.test", n) for n in range(1, 15)]
+    await live.enqueue(sites)
+    await live.input_read()
+    held = [await live.next_target() for _ in range(13)]
+    left = await dead.next_target()
+    assert left == sites[13] and held == sites[:13]
+    async with asyncio.TaskGroup() as tg:
+        keeping = tg.create_task(live.run_keep_alive())
+        async with asyncio.timeout(5):
+            assert await taker.next_target() == left
+        keeping.cancel()
+    assert taker.reclaimed == 1
