@@ -348,11 +348,9 @@ class CrawlStage:
                     shared.let_go(target)
                 self._slots.release()
                 return
-            known = await self._store.pages_of([target.url])
             self._c.started += 1
             crawls.create_task(
-                self._crawl(target, known.get(target.url, []), fetcher, extractor),
-                name=f"crawl {target.host}",
+                self._crawl(target, None, fetcher, extractor), name=f"crawl {target.host}"
             )
 
     async def _enqueue_targets(self, shared: SharedTargets, sites: asyncio.Task[None]) -> None:
@@ -395,11 +393,15 @@ class CrawlStage:
     async def _crawl(
         self,
         target: Target,
-        stored: list[StoredPage],
+        stored: list[StoredPage] | None,
         fetcher: Fetcher,
         extractor: PageExtractor,
     ) -> None:
+        """Crawl one site; `stored`: its pages from an earlier run (None: look them up
+        here, in the site's own task, so a store busy committing delays only this site)."""
         try:
+            if stored is None:
+                stored = (await self._store.pages_of([target.url])).get(target.url, [])
             if stored and stored[0].outcome not in RETRIED_OUTCOMES:
                 await self._replay(target, stored)
             else:
