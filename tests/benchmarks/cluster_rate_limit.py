@@ -94,16 +94,18 @@ brackets):
   (several scripts a request) and 90 µs a row in
   `results_stream.encode_row` (`dataclasses.asdict`).
 
-The crawl scenario, run alone (`--scenario crawl`, ~70 s) three times while
-other sessions kept the 2 cores' load average at 3.4–7.6: pages/s (= chunks/s,
-one chunk a page) with 1 / 2 / 4 workers 177 / 139 / 73 beside 170 alone
-(the runs before: 170 / 129 / 141 beside 217, and 129 / 85 / 69 beside 132);
-every run 2,000 pages, 400 robots.txt requests (each site crawled by one
-worker), 2,000 results, 0 lost, 0 twice.  No gain from more workers can show
-on this machine: one worker already keeps a core busy (5.3–6.4 ms of CPU a
-page, its start-up and extraction process included; 3.7–4.5 alone: Redis,
-the results stream and the collector cost ~1.5 ms a page), the site server,
-simulator and Redis take 3.5–4.4 s more, and the other sessions the rest.
+The crawl scenario, run alone (`--scenario crawl`, ~60 s), last with the
+2 cores' load average at 1.1–3.3 from other sessions: pages/s (= chunks/s,
+one chunk a page) with 1 / 2 / 4 workers 162 / 174 / 141 beside 174 alone
+(× 1.08 / 0.87); four runs before, at load 3.4–7.6: 177 / 139 / 73 beside
+170, 170 / 129 / 141 beside 217, 129 / 85 / 69 beside 132, 178 / 148 / 116
+beside 160.  Every run 2,000 pages, 400 robots.txt requests (each site
+crawled by one worker), 2,000 results, 0 lost, 0 twice.  No gain from more
+workers can show on this machine: a worker spends 5–6 ms of CPU a page (its
+start-up and extraction process included; 3.7–5.0 alone: Redis, the results
+stream and the collector cost ~1.5 ms a page), each worker more adds its
+~2 s start-up, the site server, simulator and Redis take ~3.5 s more, and
+the other sessions the rest of the 2 cores.
 """
 
 from __future__ import annotations
