@@ -295,6 +295,13 @@ class Engine:
                     run_id=self._run_id,
                     running=self._running,
                     page_function=self._page_function,
+                    shared=(  # a cluster's worker: the sites, chunks and pages are shared
+                        None
+                        if self._cluster is None
+                        else self._cluster.crawl_share(
+                            cfg.job, stats=self.stats, batch_size=lambda: self._preset.batch_size
+                        )
+                    ),
                 )
             same_text = self._same_text(store)
             outcomes = self._outcomes(store, same_text)

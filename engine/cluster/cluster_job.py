@@ -13,6 +13,8 @@ parts in place of its in-process ones, through a few seams:
 - the outcomes' rows go to the results stream (`ResultsStreamRows`): a
   worker's "done" is what it settled there, durably, not what it committed
   to SQLite;
+- a crawl job's sites come from the run's targets stream, and their chunks
+  and pages go back to the cluster (`SharedCrawl`);
 - beside the stages (`start`): the queue's reader (reclaims, dead letters),
   the budgets' writer, the heartbeat, the listener applying the cluster's
   controls here, the sender of this worker's controls to every worker, the
@@ -48,20 +50,23 @@ from engine.cluster.redis_connection import RedisUnavailable, connect_redis, red
 from engine.cluster.result_collector import ResultCollector
 from engine.cluster.results_stream import ResultsStreamRows
 from engine.cluster.shared_budget import SharedBudgetUnavailable
+from engine.cluster.shared_crawl import SharedCrawl
 from engine.cluster.shared_held_work import SharedHeldWork
 from engine.cluster.shared_key_pool import SharedKeyPool
 from engine.cluster.shared_spend import SharedSpendBudget
 from engine.cluster.stream_queue import QueueProgress, StreamWorkQueue
+from engine.cluster.target_stream import TargetProgress, TargetStream
 from engine.cluster.worker_registry import (
     WorkerRegistry,
     new_worker_id,
     read_cluster_view,
     report_from_snapshot,
 )
-from engine.config.settings import JobConfig, Preset, RateLimitWaits
+from engine.config.settings import JobConfig, JobSettings, Preset, RateLimitWaits
 from engine.control.controls import Adjustment, JobControls, RunnableJob
 from engine.limits.key_pool import Clock, KeyState
 from engine.observe.events import EventBus, EventKind
+from engine.observe.run_stats import RunStats
 from engine.observe.snapshot import JobState, Snapshot
 from engine.pipeline.held_work import HeldWork
 from engine.store.sqlite_store import Committed, Store
@@ -132,6 +137,9 @@ class ClusterJob:
         self._progress = QueueProgress()
         self._view: ClusterView | None = None
         self._waiting = 0  # results entries left in Redis when this worker ended
+        self._targets: TargetStream | None = None  # a crawl job's sites
+        self._crawled: TargetProgress | None = None  # the crawl's counters, as last read
+        self._engine: JobControls | None = None
 
     # ------------------------------------------------------------ the engine's parts
     def work_queue(
@@ -161,7 +169,12 @@ class ClusterJob:
 
     def held_work(self, queue: StreamWorkQueue) -> HeldWork:
         """What the batcher and the outcomes hold: nothing, in a cluster."""
-        return SharedHeldWork(queue)
+        # A crawl's input is whole once every site of the run is crawled, by anyone.
+        return SharedHeldWork(
+            queue,
+            whole=lambda: self._targets is None or self._targets.over,
+            short=self._crawl_ended_short,
+        )
 
     def key_pool(
         self,
@@ -200,6 +213,24 @@ class ClusterJob:
         )
         return self._spend
 
+    def crawl_share(
+        self, job: JobSettings, *, stats: RunStats, batch_size: Callable[[], int]
+    ) -> SharedCrawl:
+        """A crawl job's side of the cluster: the run's sites, read one at a time, and
+        their chunks (cut as `job` says, batched by `batch_size()`) on the batch stream."""
+        assert self._queue is not None, "work_queue() first"
+        self._targets = TargetStream(
+            self.redis,
+            self.scope.prefix,
+            self.worker_id,
+            visibility_s=self.settings.visibility_timeout_s,
+            max_deliveries=self.settings.max_deliveries,
+            block_s=QUEUE_BLOCK_S,
+            max_backlog=max(64, self.config.engine.queue_size),
+            events=self._events,
+        )
+        return SharedCrawl(self._targets, self._queue, job, stats=stats, batch_size=batch_size)
+
     @property
     def rows(self) -> ResultsStreamRows:
         """Where the outcomes put their rows: the results stream, settling their batches."""
@@ -208,6 +239,7 @@ class ClusterJob:
 
     def attach(self, engine: JobControls) -> None:
         """The engine this worker runs: its reports, and the target of the cluster's controls."""
+        self._engine = engine
         self._registry = WorkerRegistry(
             self.redis,
             self.scope,
@@ -267,7 +299,12 @@ class ClusterJob:
         if self._spend is not None:
             self._spending = tg.create_task(self._spend.run_writer(), name="shared-spend")
         self._beats = tg.create_task(self._registry.run(), name="heartbeat")
+        crawling = []
+        if self._targets is not None:
+            keep_alive = self._targets.run_keep_alive()
+            crawling.append(tg.create_task(keep_alive, name="crawl-keep-alive"))
         return [
+            *crawling,
             tg.create_task(self._queue.run(outcomes), name="cluster-queue"),
             tg.create_task(self._listener.run(), name="cluster-controls"),
             tg.create_task(self._steering.run(), name="cluster-steering"),
@@ -288,6 +325,8 @@ class ClusterJob:
         if self._role is not None:
             await self._role.finish(job_over=self._queue.over)
         self._progress = await self._queue.progress()
+        if self._targets is not None:
+            self._crawled = await self._targets.progress()
 
     async def leave(self) -> None:
         """The last heartbeat (the worker's final state), and the cluster as it is then."""
@@ -346,6 +385,9 @@ class ClusterJob:
             f"(done {done}, failed {self.failed_chunks}, dead letters {p.dead}) "
             f"by {_workers(len(view.workers))} ({view.lost} lost); store {self.store}"
         )
+        if self._crawled is not None:
+            c = self._crawled
+            text += f"; {c.settled}/{c.targets} sites crawled ({c.dead} dead letters)"
         if self.rows_stored:
             text += f"; this worker stored {self.rows_stored} rows in it"
         if self._waiting:
@@ -373,6 +415,9 @@ class ClusterJob:
         assert self._queue is not None
         view = await read_cluster_view(self.redis, self.scope.prefix)
         self._progress = p = await self._queue.progress()
+        if self._targets is not None:
+            self._crawled = await self._targets.progress()
+        sites = self._crawled or TargetProgress()
         self._view = replace(
             view,
             run=self.run,
@@ -381,10 +426,19 @@ class ClusterJob:
             chunks_failed=p.failed_chunks + p.dead_chunks,
             dead_letters=p.dead,
             input_complete=p.input_complete,
+            sites_enqueued=sites.targets,
+            sites_crawled=sites.settled,
+            sites_dead=sites.dead,
             worker_id=self.worker_id,
             store=str(self.store),
             collector=await self._lease.holder(),
         )
+
+    def _crawl_ended_short(self) -> None:
+        """This worker's crawl ended before the cluster's (drained, no key left, or its
+        targets file unreadable here): it leaves, and the others crawl the rest."""
+        if self._engine is not None:
+            self._engine.drain()  # nothing if it is ending already
 
     def _applied(self, command: ClusterCommand, refusal: str | None) -> None:
         if refusal is not None:

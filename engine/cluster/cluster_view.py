@@ -89,7 +89,8 @@ class ClusterView:
     settled with a result (`chunks_done`) or a failure (`chunks_failed`, dead
     letters' chunks included).  `worker_id` is the worker whose snapshot
     carries the view; `store` the job's one store and `collector` the worker
-    writing it now ("" when none is).
+    writing it now ("" when none is).  A crawl job's `sites_*` are its
+    targets stream's counters: sites enqueued, crawled, dead-lettered.
     """
 
     taken_at: float = 0.0
@@ -110,6 +111,9 @@ class ClusterView:
     chunks_failed: int = 0
     dead_letters: int = 0  # batches given up after too many deliveries
     input_complete: bool = False  # every worker's input is enqueued: the total is known
+    sites_enqueued: int = 0
+    sites_crawled: int = 0
+    sites_dead: int = 0
     worker_id: str = ""
     store: str = ""
     collector: str = ""

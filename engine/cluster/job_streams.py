@@ -58,10 +58,43 @@ class JobStreams:
         return f"{self.prefix}:done"
 
     @property
+    def targets(self) -> str:
+        """A crawl job's stream of sites waiting for (or held by) a worker."""
+        return f"{self.prefix}:crawl:targets"
+
+    @property
+    def targets_enqueued(self) -> str:
+        """The set of every target URL ever added to the targets stream (enqueue once)."""
+        return f"{self.prefix}:crawl:enqueued"
+
+    @property
+    def crawl_progress(self) -> str:
+        """A hash: targets enqueued, crawled, dead-lettered; whether the file is all in."""
+        return f"{self.prefix}:crawl:progress"
+
+    @property
+    def crawl_dead(self) -> str:
+        """The targets' dead-letter stream: sites delivered too often, with the reason."""
+        return f"{self.prefix}:crawl:dead"
+
+    @property
     def keys(self) -> tuple[str, ...]:
         """Every key of the job's work and results (to delete a finished job's)."""
-        return (self.work, self.enqueued, self.progress, self.dead, self.results, self.done)
+        return (
+            self.work,
+            self.enqueued,
+            self.progress,
+            self.dead,
+            self.results,
+            self.done,
+            self.targets,
+            self.targets_enqueued,
+            self.crawl_progress,
+            self.crawl_dead,
+        )
 
-    # Consumer groups: one for the workers on `work`, one for the collector on `results`.
+    # Consumer groups: the workers on `work`, the collector on `results`, the crawlers
+    # on `targets`.
     work_group: ClassVar[str] = "workers"
     results_group: ClassVar[str] = "collectors"
+    crawl_group: ClassVar[str] = "crawlers"

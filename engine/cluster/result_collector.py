@@ -1,6 +1,7 @@
 """The job's collector: the results stream, written to the one SQLite store.
 
-Workers anywhere append rows to the results stream (`results_stream`); the
+Workers anywhere append rows to the results stream (`results_stream`) —
+results, failures, and a crawl job's pages; the
 collector, in the process beside the store, reads them with a consumer
 group of its own, hands them to the store and acknowledges (and deletes)
 an entry only once the store has committed its rows.  A collector that
@@ -32,7 +33,7 @@ from engine.cluster.job_streams import JobStreams
 from engine.cluster.results_stream import RowFormatError, decode_rows
 from engine.cluster.stream_replies import as_text, create_group, entry_fields, read_entries
 from engine.observe.events import EventBus, EventKind
-from engine.store.sqlite_store import FailureRow, ResultRow
+from engine.store.sqlite_store import FailureRow, PageRow, ResultRow
 
 Clock = Callable[[], float]
 
@@ -43,6 +44,8 @@ class RowStore(Protocol):
     async def put_result(self, row: ResultRow) -> None: ...
 
     async def put_failure(self, row: FailureRow) -> None: ...
+
+    async def put_page(self, row: PageRow) -> None: ...
 
     async def flush(self) -> None: ...
 
@@ -207,6 +210,8 @@ class ResultCollector:
                 if isinstance(row, ResultRow):
                     await self._store.put_result(row)
                     done.append(row.chunk_id)
+                elif isinstance(row, PageRow):
+                    await self._store.put_page(row)  # a crawled page's outcome
                 else:
                     await self._store.put_failure(row)
             self.rows_collected += len(rows)

@@ -7,8 +7,9 @@ one atomic step.  The job's collector (`engine.cluster.result_collector`)
 reads that stream and writes the rows to the SQLite store.
 
 A results entry has `v` and `rows`, a JSON array of rows; each row is a
-JSON object with `kind` ("result" or "failure") and the row's fields by
-name, so a row reads the same in every process that writes or reads it.
+JSON object with `kind` ("result", "failure", or "page" for a crawled
+page's outcome) and the row's fields by name, so a row reads the same in
+every process that writes or reads it.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from engine.cluster.stream_queue import StreamWorkQueue
-from engine.store.sqlite_store import FailureRow, ResultRow
+from engine.store.sqlite_store import FailureRow, PageRow, ResultRow
 
 RESULT = "result"
 FAILURE = "failure"
+PAGE = "page"
 
 
 class RowFormatError(ValueError):
@@ -32,12 +34,17 @@ class RowFormatError(ValueError):
 # Field names read once: `dataclasses.asdict` copies every value deeply, ~90 µs a row.
 _RESULT_FIELDS = tuple(f.name for f in dataclasses.fields(ResultRow))
 _FAILURE_FIELDS = tuple(f.name for f in dataclasses.fields(FailureRow))
+_PAGE_FIELDS = tuple(f.name for f in dataclasses.fields(PageRow))
+
+Row = ResultRow | FailureRow | PageRow
 
 
-def encode_row(row: ResultRow | FailureRow) -> str:
+def encode_row(row: Row) -> str:
     """One row as a JSON object: its kind and its fields by name."""
     if isinstance(row, ResultRow):
         kind, names = RESULT, _RESULT_FIELDS
+    elif isinstance(row, PageRow):
+        kind, names = PAGE, _PAGE_FIELDS
     else:
         kind, names = FAILURE, _FAILURE_FIELDS
     body: dict[str, Any] = {"kind": kind}
@@ -48,7 +55,7 @@ def encode_row(row: ResultRow | FailureRow) -> str:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
 
 
-def decode_rows(fields: Mapping[Any, Any]) -> list[ResultRow | FailureRow]:
+def decode_rows(fields: Mapping[Any, Any]) -> list[Row]:
     """The rows of a results entry (fields as bytes or str); `RowFormatError` if unreadable."""
     text = {_text(k): _text(v) for k, v in fields.items()}
     if text.get("v") != "1":
@@ -60,13 +67,15 @@ def decode_rows(fields: Mapping[Any, Any]) -> list[ResultRow | FailureRow]:
         raise RowFormatError(f"unreadable results entry: {exc!r}") from exc
 
 
-def _row(item: Any) -> ResultRow | FailureRow:
+def _row(item: Any) -> Row:
     values = dict(item)
     kind = values.pop("kind")
     if kind == RESULT:
         return ResultRow(**values)
     if kind == FAILURE:
         return FailureRow(**values)
+    if kind == PAGE:
+        return PageRow(**values)
     raise ValueError(f"a row of kind {kind!r}")
 
 

@@ -9,12 +9,18 @@ elsewhere.  Redis keeps both instead — the set of chunks ever enqueued (a
 repeat adds nothing) and the counters of entries settled — and the queue's
 `get()` ends the job when the cluster's work is all settled.  So this
 holds nothing, and the end of the input only closes the queue, which tells
-every worker the whole input is enqueued.
+every worker the whole input is enqueued — unless `whole()` says otherwise:
+a crawl that ended short (drained, no key left, its file unreadable here) has
+not crawled every site, and the sites left are other workers' to crawl and
+enqueue; then `short()` is told instead.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from engine.pipeline.held_work import HeldWork
+from engine.pipeline.work_queue import WorkQueue
 
 __all__ = ["SharedHeldWork"]
 
@@ -22,7 +28,17 @@ __all__ = ["SharedHeldWork"]
 class SharedHeldWork(HeldWork):
     """`HeldWork` for a worker of a shared job: repeats and the end are the queue's to judge."""
 
-    __slots__ = ()
+    __slots__ = ("_short", "_whole")
+
+    def __init__(
+        self,
+        queue: WorkQueue,
+        whole: Callable[[], bool] = lambda: True,
+        short: Callable[[], None] = lambda: None,
+    ) -> None:
+        super().__init__(queue)
+        self._whole = whole
+        self._short = short
 
     def take(self, chunk_id: str) -> bool:
         """Always taken: the queue's script drops a chunk enqueued (or stored) before."""
@@ -40,4 +56,7 @@ class SharedHeldWork(HeldWork):
     def input_ended(self) -> None:
         """This worker's intake enqueued the whole input: so has the job (the queue says so)."""
         self.input_done = True
-        self._queue.close()
+        if self._whole():
+            self._queue.close()
+        else:
+            self._short()

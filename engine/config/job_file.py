@@ -630,13 +630,6 @@ def load_config(
     if "cluster" in raw:
         table = reader.table(raw["cluster"], ("cluster",))
         cluster = read_cluster_table(reader, table, ("cluster",), job.name)
-        if crawl is not None:
-            reader.add(
-                ("cluster",),
-                "a crawl job cannot be shared by a cluster of workers yet: the fetch work is "
-                "not shared, so every worker would crawl every site; remove [cluster] to "
-                "crawl in one process",
-            )
         if any(provider.mode == "batch" for provider in providers):
             reader.add(
                 ("cluster",),

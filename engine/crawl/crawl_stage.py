@@ -12,6 +12,12 @@ stalls the event loop the engine runs on; a page whose extraction runs past
 the job's `extract_timeout_s` is stored as `extraction_timed_out`, one the
 parser raised on (or whose worker died) as `extraction_failed`, and the site
 goes on without it.
+
+A crawl shared by a cluster of workers (`shared`, `engine.cluster.shared_crawl`)
+takes its targets from the cluster instead of the file — every worker
+enqueues the file, each reads sites one at a time — and hands each site's
+chunks and page rows to the cluster, which acknowledges the site only once
+both are handed on.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import asyncio
 import itertools
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
@@ -73,6 +79,29 @@ class Gate(Protocol):
     async def wait(self) -> object: ...
 
 
+class SharedTargets(Protocol):
+    """A crawl shared by a cluster of workers (`engine.cluster.shared_crawl.SharedCrawl`)."""
+
+    async def enqueue(self, targets: Sequence[Target]) -> None:
+        """Add the targets no worker added before (waits while many are unfinished)."""
+
+    async def input_read(self) -> None:
+        """This worker's targets file is all enqueued."""
+
+    async def next_target(self) -> Target | None:
+        """The next site for this worker; None once every site is crawled."""
+
+    async def deliver(self, target: Target, document: Document) -> None:
+        """One page's text of `target`, to be chunked and shared as batches."""
+
+    async def finished(self, target: Target, pages: Sequence[PageRow]) -> None:
+        """`target` is crawled: its remaining chunks and its pages handed on, then it is
+        acknowledged."""
+
+    def let_go(self, target: Target) -> None:
+        """`target` was not finished here (stopping): another worker will take it over."""
+
+
 def page_document(url: str, page: ExtractedPage) -> Document:
     """A page as the pipeline's document: its title, then its main text."""
     text = f"{page.title}\n\n{page.text}" if page.title else page.text
@@ -90,6 +119,7 @@ def stored_page_document(page: StoredPage) -> Document | None:
 @dataclass
 class _Counters:
     targets_total: int | None = None
+    read: int = 0  # distinct targets read from the file
     started: int = 0
     finished: int = 0
     resumed: int = 0
@@ -107,7 +137,8 @@ class CrawlStage:
 
     `running` is cleared while the job is paused and `may_read` holds while
     memory is above its soft limit: no new fetch starts then; after
-    `stop_starting()` none ever does.  `resolver` and
+    `stop_starting()` none ever does.  With `shared`, the targets come from
+    (and the pages go to) a cluster of workers.  `resolver` and
     `extractor` may be given (tests); by default names go to DNS (with the
     job's pins) and extraction to a process pool of the stage's own, which
     runs `page_function` (tests) instead of `extract_page` when given.
@@ -126,9 +157,14 @@ class CrawlStage:
         resolver: Resolver | None = None,
         extractor: PageExtractor | None = None,
         page_function: PageFunction | None = None,
+        shared: SharedTargets | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
+        self._shared = shared
+        # A shared crawl's page rows, by target, until the target is finished.
+        self._pages: dict[str, list[PageRow]] = {}
+        self._input_error: Exception | None = None
         self._store = store
         self._run_id = run_id
         self._events = events
@@ -192,6 +228,11 @@ class CrawlStage:
     def targets_finished(self) -> int:
         return self._c.finished
 
+    @property
+    def targets_read(self) -> int:
+        """Distinct targets read from the file so far (a cluster's worker may crawl none)."""
+        return self._c.read
+
     def tick(self, now: float) -> None:
         """Update the page rate; the engine calls this once a second."""
         c = self._c
@@ -241,7 +282,14 @@ class CrawlStage:
                 self._fetcher = fetcher
                 fetcher.set_concurrency(self._slots.limit)
                 async with asyncio.TaskGroup() as crawls:
-                    await self._start_targets(crawls, fetcher, extractor)
+                    if self._shared is None:
+                        await self._start_targets(crawls, fetcher, extractor)
+                    else:
+                        starting = self._start_shared_targets(crawls, fetcher, extractor)
+                        sites = crawls.create_task(starting, name="crawl-start")
+                        await self._enqueue_targets(self._shared, sites)
+            if self._input_error is not None:
+                raise self._input_error
         finally:
             self._fetcher = None
             if self._own_extractor:
@@ -275,11 +323,62 @@ class CrawlStage:
                 if self._stopped_starting:
                     self._slots.release()
                     return
+                self._c.read += 1
                 self._c.started += 1
                 crawls.create_task(
                     self._crawl(target, known.get(target.url, []), fetcher, extractor),
                     name=f"crawl {target.host}",
                 )
+
+    async def _start_shared_targets(
+        self, crawls: asyncio.TaskGroup, fetcher: Fetcher, extractor: PageExtractor
+    ) -> None:
+        """A cluster's crawl: sites read one at a time (the file is enqueued beside)."""
+        shared = self._shared
+        assert shared is not None
+        while True:
+            await self._may_read.wait()  # memory above its soft limit: start nothing new
+            await self._running.wait()  # paused
+            if self._stopped_starting:
+                return
+            await self._slots.acquire()
+            target = None if self._stopped_starting else await shared.next_target()
+            if target is None or self._stopped_starting:
+                if target is not None:
+                    shared.let_go(target)
+                self._slots.release()
+                return
+            self._c.started += 1
+            crawls.create_task(
+                self._crawl(target, None, fetcher, extractor), name=f"crawl {target.host}"
+            )
+
+    async def _enqueue_targets(self, shared: SharedTargets, sites: asyncio.Task[None]) -> None:
+        """Every target of the file to the cluster (others' copies add nothing); if the
+        file cannot be read, `sites` (the task starting them) is cancelled."""
+        try:
+            targets = dedupe_targets(
+                read_targets(
+                    Path(self.settings.targets),
+                    self.settings.targets_column or None,
+                    on_problem=self._bad_line,
+                )
+            )
+
+            def next_block(source: Iterator[Target] = targets) -> list[Target]:
+                return list(itertools.islice(source, _TARGET_BLOCK))
+
+            while block := await asyncio.to_thread(next_block):
+                self._c.read += len(block)
+                await shared.enqueue(block)
+        except (OSError, TargetError, ValueError) as exc:
+            # Raised by `run` once the sites under way end: this worker cannot read
+            # the file, so it starts nothing more (the others may have read it).
+            self._input_error = exc
+            self.stop_starting()
+            sites.cancel()  # it may wait on the cluster for a site
+            return
+        await shared.input_read()
 
     def _bad_line(self, line: int, message: str) -> None:
         # Called from the reading thread: hop to the loop before touching the bus.
@@ -294,20 +393,29 @@ class CrawlStage:
     async def _crawl(
         self,
         target: Target,
-        stored: list[StoredPage],
+        stored: list[StoredPage] | None,
         fetcher: Fetcher,
         extractor: PageExtractor,
     ) -> None:
+        """Crawl one site; `stored`: its pages from an earlier run (None: look them up
+        here, in the site's own task, so a store busy committing delays only this site)."""
         try:
+            if stored is None:
+                stored = (await self._store.pages_of([target.url])).get(target.url, [])
             if stored and stored[0].outcome not in RETRIED_OUTCOMES:
-                await self._replay(stored)
+                await self._replay(target, stored)
             else:
                 await self._fetch_site(target, fetcher, extractor)
+            if self._shared is not None:
+                await self._shared.finished(target, self._pages.pop(target.url, []))
         finally:
+            if self._shared is not None:
+                self._pages.pop(target.url, None)
+                self._shared.let_go(target)  # unfinished (cancelled): another takes it over
             self._slots.release()
             self._c.finished += 1
 
-    async def _replay(self, stored: list[StoredPage]) -> None:
+    async def _replay(self, target: Target, stored: list[StoredPage]) -> None:
         """A site crawled by an earlier run: its stored text goes through again, unfetched.
 
         Chunks that already have results are skipped downstream, so only the
@@ -318,7 +426,7 @@ class CrawlStage:
             self._count(page.outcome)
             document = stored_page_document(page)
             if document is not None:
-                await self._deliver(document)
+                await self._hand_on(target, document)
 
     async def _fetch_site(self, target: Target, fetcher: Fetcher, extractor: PageExtractor) -> None:
         """The target's page, then same-site links breadth first, within depth and page caps."""
@@ -352,12 +460,18 @@ class CrawlStage:
             await self._record(target, url, depth, result, outcome, page)
             if page is None or outcome is FetchOutcome.EMPTY_TEXT:
                 continue
-            await self._deliver(page_document(url, page))
+            await self._hand_on(target, page_document(url, page))
             if depth < self.settings.max_depth:
                 for link in page.links:
                     if link not in seen:
                         seen.add(link)
                         frontier.append((link, depth + 1))
+
+    async def _hand_on(self, target: Target, document: Document) -> None:
+        if self._shared is None:
+            await self._deliver(document)
+        else:
+            await self._shared.deliver(target, document)
 
     async def _extract(self, result: FetchResult, extractor: PageExtractor) -> ExtractedPage | None:
         if not result.outcome.has_page:
@@ -378,24 +492,26 @@ class CrawlStage:
         page: ExtractedPage | None,
     ) -> None:
         self._count(outcome)
-        await self._store.put_page(
-            PageRow(
-                url=url,
-                target=target.url,
-                host=target.host,
-                depth=depth,
-                outcome=str(outcome),
-                status=result.status,
-                final_url=result.final_url,
-                redirects=result.redirects,
-                bytes=len(result.body),
-                elapsed_ms=result.elapsed_s * 1000.0,
-                error=result.error,
-                title=page.title if page is not None else "",
-                text=page.text if page is not None and page.text.strip() else None,
-                run_id=self._run_id,
-            )
+        row = PageRow(
+            url=url,
+            target=target.url,
+            host=target.host,
+            depth=depth,
+            outcome=str(outcome),
+            status=result.status,
+            final_url=result.final_url,
+            redirects=result.redirects,
+            bytes=len(result.body),
+            elapsed_ms=result.elapsed_s * 1000.0,
+            error=result.error,
+            title=page.title if page is not None else "",
+            text=page.text if page is not None and page.text.strip() else None,
+            run_id=self._run_id,
         )
+        if self._shared is None:
+            await self._store.put_page(row)
+        else:  # to the cluster's collector with the site's acknowledgement
+            self._pages.setdefault(target.url, []).append(row)
 
     def _count(self, outcome: str) -> None:
         self._c.pages += 1

@@ -30,7 +30,7 @@ from engine.pipeline.inputs import iter_documents
 from engine.pipeline.records import Chunk, Document
 
 if TYPE_CHECKING:
-    from engine.crawl.crawl_stage import CrawlStage
+    from engine.crawl.crawl_stage import CrawlStage, SharedTargets
     from engine.crawl.extraction import PageFunction
     from engine.store.sqlite_store import Store
 
@@ -56,6 +56,9 @@ class CrawlInput(Protocol):
 
     @property
     def targets_finished(self) -> int: ...
+
+    @property
+    def targets_read(self) -> int: ...
 
     @property
     def skipped_lines(self) -> int: ...
@@ -178,11 +181,13 @@ class Intake:
         run_id: int,
         running: asyncio.Event,
         page_function: PageFunction | None = None,
+        shared: SharedTargets | None = None,
     ) -> CrawlStage:
         """Make the crawl job's fetch stage, whose pages this intake chunks.
 
         `running` is cleared while the job is paused; `page_function`
-        replaces `extract_page` (tests).
+        replaces `extract_page` (tests); `shared`: a cluster's worker, whose
+        sites and pages are the cluster's (its chunks do not come here).
         """
         # Imported here: the HTML parsers cost start-up time that document
         # jobs need not pay.
@@ -198,6 +203,7 @@ class Intake:
             may_read=self._may_read,
             clock=self._clock,
             page_function=page_function,
+            shared=shared,
         )
         self.crawl = crawl
         return crawl
@@ -247,10 +253,8 @@ class Intake:
         of binary data or bad lines.
         """
         skipped = self.records_skipped()
-        if self.crawl is not None:
-            nothing = self.crawl.snapshot().targets_started == 0
-        else:
-            nothing = self._stats.seen == 0
+        crawl = self.crawl
+        nothing = crawl.targets_read == 0 if crawl is not None else self._stats.seen == 0
         if not (nothing and skipped):
             return ""
         return (

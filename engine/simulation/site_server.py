@@ -199,6 +199,7 @@ class SiteServerStats:
     bytes_sent: int = 0
     in_flight: int = 0
     max_in_flight: int = 0
+    robots: int = 0  # requests for robots.txt, every host's
     requests_by_host: Counter[str] = field(default_factory=Counter)
     robots_by_host: Counter[str] = field(default_factory=Counter)
     in_flight_by_host: Counter[str] = field(default_factory=Counter)
@@ -218,6 +219,7 @@ class SiteServerStats:
             "bytes_sent": self.bytes_sent,
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
+            "robots": self.robots,
             "hosts": len(self.requests_by_host),
         }
 
@@ -334,6 +336,7 @@ class SiteServer:
         stats.requests += 1
         stats.requests_by_host[host] += 1
         if request.path == "/robots.txt":
+            stats.robots += 1
             stats.robots_by_host[host] += 1
         arrivals = stats.arrivals_by_host.setdefault(host, deque(maxlen=256))
         arrivals.append(getattr(request.protocol, "data_at", None) or time.monotonic())

@@ -2,16 +2,16 @@
 Redis restart, and when only CPU binds.
 
     python -m tests.benchmarks.cluster_rate_limit
-        [--scenario rate|kill|kill-collector|restart|cpu ...] [--workers N ...]
-        [--cpu-requests N]
+        [--scenario rate|kill|kill-collector|restart|cpu|crawl ...] [--workers N ...]
+        [--cpu-requests N] [--crawl-sites N]
 
 Real processes as an operator would run them on one machine: a
 `redis-server`, the bundled simulator in a process of its own, and N
 `crawldeck run --headless` workers on one job file with `[cluster]` — each
 started with a store of its own (as on other machines); the first to join
 claims the job's, and the others' rows reach it through Redis.  Each
-scenario prints its own table; by default rate, kill, restart and cpu run,
-in this order, in about 4½ minutes here.
+scenario prints its own table; by default rate, kill, restart, cpu and
+crawl run, in this order, in about 6 minutes here.
 
 **rate** — four keys of 300/600/900/1,200 RPM, buckets holding a full
 minute of each, latency 0.5–2 s lognormal; `rate_limit_efficiency`'s
@@ -62,8 +62,19 @@ span from the simulator's first answered chunk to its last (polled), the
 ratio to one worker in the cluster, the workers' CPU (start-up included)
 and the simulator's and Redis's.  This machine has 2 cores, shared with the
 simulator and Redis (and whatever else runs): past 2 workers no gain can
-show here.  The crawl path is not measured: a job with `[crawl]` and
-`[cluster]` is refused at load (crawl jobs cannot be shared yet).
+show here.
+
+**crawl** — the crawl path when fetch and extraction bind: the synthetic
+sites (`engine.simulation.site_server`) in a process of their own, 400
+normal sites of 5 pages each (robots.txt, then the home page and links one
+click deep), no politeness delay, one extraction process a worker; the
+simulator at latency 0 and limits far above.  1, 2 and 4 workers in a
+cluster share the sites through the run's targets stream
+(`engine/cluster/target_stream.py`), then one process alone for
+comparison.  Pages/s and chunks/s over the span from the sites' first
+request to the last change of either the sites' request count or the
+simulator's answered chunks (polled), the ratio to one worker, and the
+store's tally: every page once, one result per chunk.
 
 Issue 13 asks, with 4 workers: efficiency ≥ 0.95, 429s ≤ 1 %, each key
 within 2 % of its share; after a kill or a restart, every chunk once.
@@ -91,6 +102,19 @@ brackets):
   profile of one worker puts about a quarter of its time in redis-py
   (several scripts a request) and 90 µs a row in
   `results_stream.encode_row` (`dataclasses.asdict`).
+
+The crawl scenario, run alone (`--scenario crawl`, ~60 s), last with the
+2 cores' load average at 1.1–3.3 from other sessions: pages/s (= chunks/s,
+one chunk a page) with 1 / 2 / 4 workers 162 / 174 / 141 beside 174 alone
+(× 1.08 / 0.87); four runs before, at load 3.4–7.6: 177 / 139 / 73 beside
+170, 170 / 129 / 141 beside 217, 129 / 85 / 69 beside 132, 178 / 148 / 116
+beside 160.  Every run 2,000 pages, 400 robots.txt requests (each site
+crawled by one worker), 2,000 results, 0 lost, 0 twice.  No gain from more
+workers can show on this machine: a worker spends 5–6 ms of CPU a page (its
+start-up and extraction process included; 3.7–5.0 alone: Redis, the results
+stream and the collector cost ~1.5 ms a page), each worker more adds its
+~2 s start-up, the site server, simulator and Redis take ~3.5 s more, and
+the other sessions the rest of the 2 cores.
 """
 
 from __future__ import annotations
@@ -101,6 +125,7 @@ import contextlib
 import json
 import os
 import resource
+import sqlite3
 import sys
 import tempfile
 import time
@@ -110,6 +135,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import psutil
 from redis.asyncio import Redis
 
@@ -118,6 +144,7 @@ from engine.cluster.job_streams import JobStreams
 from engine.observe.events import EventKind
 from engine.provider.redaction import mask_secret
 from engine.simulation.service_process import service_process
+from engine.simulation.site_server import site_kind, synthetic_domains
 from tests.benchmarks.provider_bound import StoreTally, provider_bound_s, tally_store
 from tests.benchmarks.rate_limit_efficiency import simulator_stats
 from tests.redis_server import RedisServer
@@ -146,6 +173,10 @@ CPU_RPM = 1_000_000
 CPU_REQUESTS = 4000
 CPU_WORKERS = (1, 2, 4)
 CPU_POLL_S = 0.1
+# crawl: normal synthetic sites, this many pages each (the home page and links one deep).
+CRAWL_SITES = 400
+CRAWL_PAGES_A_SITE = 5
+CRAWL_WORKERS = (1, 2, 4)
 
 
 def secret(i: int) -> str:
@@ -801,18 +832,193 @@ async def cpu_scenario(requests: int) -> int:
         "admitted) and chunks/s over it; × 1: ÷ one worker in the cluster; worker CPU and "
         "ms/req include each worker's start-up; '1 alone': no [cluster], no Redis"
     )
+    return 1 if failed else 0
+
+
+@dataclass
+class CrawlThroughput:
+    """One crawl run: its span of work, what the sites served and the store kept."""
+
+    workers: int
+    shared: bool
+    wall_s: float
+    busy_s: float
+    pages: int  # page rows in the store (one a page fetched)
+    twice: int  # page rows beyond one a URL: always 0, a URL is one row
+    requests: int  # requests the sites saw, robots.txt included
+    robots: int  # requests for robots.txt: one a site when each is crawled once
+    chunks: int  # results in the store
+    lost: int  # chunks sent (the simulator's count) without a result stored
+    worker_cpu_s: float
+    service_cpu_s: float  # the site server's, the simulator's and redis-server's
+    codes: tuple[int, ...]
+
+    @property
+    def pages_per_s(self) -> float:
+        return self.pages / self.busy_s
+
+    @property
+    def chunks_per_s(self) -> float:
+        return self.chunks / self.busy_s
+
+
+def write_crawl_job(folder: Path, base_url: str, redis_url: str | None, targets: Path) -> Path:
+    """The crawl job: `targets`, fetch and extraction unbounded but by CPU, batches of 4."""
+    job = write_job(folder, base_url, redis_url, 0, rpms=(CPU_RPM,) * len(KEY_RPMS))
+    text = job.read_text(encoding="utf-8").replace('input = "records.txt"\n', "")
+    crawl = f"""
+[crawl]
+targets = "{targets}"
+concurrency = 64
+per_host = 1
+politeness_delay_s = 0.0
+max_depth = 1
+max_pages_per_domain = {CRAWL_PAGES_A_SITE}
+extract_workers = 1
+contact = "bench@example.com"
+allow_addresses = ["127.0.0.0/8"]
+resolve = {{ "*.test" = "127.0.0.1" }}
+"""
+    # [crawl] before [cluster]: a table ends where the next begins.
+    head, cluster, rest = text.partition("\n[cluster]\n")
+    job.write_text(head + crawl + cluster + rest, encoding="utf-8")
+    return job
+
+
+async def site_counts(port: int) -> tuple[int, int]:
+    """The sites' (requests, robots.txt requests) so far, from their `/_stats`."""
+    async with httpx2.AsyncClient(trust_env=False) as http:
+        stats = (await http.get(f"http://127.0.0.1:{port}/_stats")).json()
+    return int(stats["requests"]), int(stats["robots"])
+
+
+async def crawl_busy_span(base_url: str, port: int, running: Sequence[Worker]) -> float:
+    """Seconds from the sites' first request to the last change of the sites' or the
+    simulator's counters, once every worker has exited (polled)."""
+    while (await site_counts(port))[0] == 0:
+        await asyncio.sleep(CPU_POLL_S)
+    first = last = time.monotonic()
+    seen = (0, 0)
+    while any(w.proc.returncode is None for w in running):
+        now = (
+            (await site_counts(port))[0],
+            int((await simulator_stats(base_url))["chunk_ids_answered"]),
+        )
+        if now != seen:
+            seen, last = now, time.monotonic()
+        await asyncio.sleep(CPU_POLL_S)
+    return last - first
+
+
+def crawl_tally(db: Path) -> tuple[int, int, int]:
+    """The store's (page rows, page rows beyond one a URL, results)."""
+    with sqlite3.connect(db) as conn:
+        pages, urls = conn.execute("SELECT count(*), count(DISTINCT url) FROM pages").fetchone()
+        results = conn.execute("SELECT count(DISTINCT chunk_id) FROM results").fetchone()[0]
+    return int(pages), int(pages - urls), int(results)
+
+
+async def crawl_run(workers: int, shared: bool, sites: int, work: Path) -> CrawlThroughput:
+    """The crawl job by `workers` workers: fresh sites, Redis and simulator each run."""
+    cpu_before = children_cpu_s()
+    domains = work / "all-domains.txt"
+    serve = ["engine.simulation.site_server", "--count", str(sites * 2)]
+    serve += ["--domains-file", str(domains), "--slow-s", "0.1"]
+    with RedisServer(work / "redis") as redis_server:
+        async with (
+            service_process("site server", serve) as line,
+            simulator((CPU_RPM,) * len(KEY_RPMS), latency=(0.0, 0.0)) as base_url,
+        ):
+            port = int(json.loads(line)["port"])
+            normal = [
+                f"{name}:{port}\n"
+                for n, name in enumerate(synthetic_domains(sites * 2), start=1)
+                if site_kind(n) == "normal"
+            ][:sites]
+            targets = work / "domains.txt"
+            targets.write_text("".join(normal), encoding="utf-8")
+            redis_url = redis_server.url if shared else None
+            job = write_crawl_job(work / "job", base_url, redis_url, targets)
+            started = time.monotonic()
+            async with workers_running(job, work, workers, "--interval", "5") as running:
+                busy_s = await crawl_busy_span(base_url, port, running)
+                codes = await exit_codes(running)
+            wall_s = time.monotonic() - started
+            requests, robots = await site_counts(port)
+            sent = int((await simulator_stats(base_url))["chunk_ids_answered"])
+            store = await claimed_store(redis_url) if redis_url else running[0].store
+            service_cpu_s = running_children_cpu_s()
+    pages, twice, chunks = crawl_tally(store)
+    return CrawlThroughput(
+        workers=workers,
+        shared=shared,
+        wall_s=wall_s,
+        busy_s=busy_s,
+        pages=pages,
+        twice=twice,
+        requests=requests,
+        robots=robots,
+        chunks=chunks,
+        lost=max(0, sent - chunks),
+        worker_cpu_s=children_cpu_s() - cpu_before,
+        service_cpu_s=service_cpu_s,
+        codes=codes,
+    )
+
+
+async def crawl_scenario(sites: int) -> int:
+    """Scenario `crawl`: 1, 2 and 4 workers when fetch + extraction bind; 1 alone."""
     print(
-        "  crawl path (fetch + extraction): not measured — a job with [crawl] and [cluster] "
-        "is refused at load (crawl jobs cannot be shared by a cluster yet; see README)"
+        f"\n== crawl: {sites} sites of {CRAWL_PAGES_A_SITE} pages (site server in its own "
+        "process), no politeness delay, 1 extraction process a worker; simulator at latency 0, "
+        f"4 keys of {CPU_RPM:,} RPM; then one process without [cluster], for comparison"
+    )
+    print(
+        f"  this machine has {os.cpu_count()} cores, shared with the site server, the "
+        "simulator, redis-server (and other work)"
+    )
+    print(
+        f"{'workers':>9} {'wall':>7} {'busy':>7} {'pages/s':>8} {'chunks/s':>8} {'× 1':>5} "
+        f"{'worker CPU':>10} {'ms/page':>7} {'sites+sim+redis CPU':>19} {'pages':>6} "
+        f"{'robots':>6} {'chunks':>6} {'lost/twice':>10}"
+    )
+    failed = 0
+    rows: list[CrawlThroughput] = []
+    for workers, shared in (*((n, True) for n in CRAWL_WORKERS), (1, False)):
+        with tempfile.TemporaryDirectory(prefix="crawldeck-cluster-crawl-") as tmp:
+            out = await crawl_run(workers, shared, sites, Path(tmp))
+        rows.append(out)
+        one = rows[0]
+        whole = out.pages == sites * CRAWL_PAGES_A_SITE and out.robots == sites
+        if any(out.codes) or not whole or out.lost or out.twice:
+            failed += 1
+        label = f"{workers}" if shared else "1 alone"
+        print(
+            f"{label:>9} {out.wall_s:6.1f}s {out.busy_s:6.1f}s {out.pages_per_s:8.1f} "
+            f"{out.chunks_per_s:8.1f} {out.pages_per_s / one.pages_per_s:5.2f} "
+            f"{out.worker_cpu_s:9.1f}s {out.worker_cpu_s / max(1, out.pages) * 1000:7.1f} "
+            f"{out.service_cpu_s:18.1f}s {out.pages:6d} {out.robots:6d} {out.chunks:6d} "
+            f"{out.lost:>5d}/{out.twice:<4d}"
+            + ("" if not any(out.codes) else f"  exit codes {list(out.codes)}"),
+            flush=True,
+        )
+    print(
+        "  busy: the sites' first request until the sites' and the simulator's counters last "
+        "moved; pages/s (page rows stored) and chunks/s (results stored) over it; × 1: ÷ one "
+        "worker in the cluster; worker CPU and ms/page include each worker's start-up and "
+        "its extraction process; robots: robots.txt requests (one a site: each site crawled "
+        "by one worker); lost: chunks answered without a stored result"
     )
     return 1 if failed else 0
 
 
-SCENARIOS = ("rate", "kill", "restart", "cpu")
+SCENARIOS = ("rate", "kill", "restart", "cpu", "crawl")
 EXTRA_SCENARIOS = ("kill-collector",)  # only when asked for: the default run stays ~4½ min
 
 
-async def main(scenarios: Sequence[str], worker_counts: Sequence[int], cpu_requests: int) -> int:
+async def main(
+    scenarios: Sequence[str], worker_counts: Sequence[int], cpu_requests: int, crawl_sites: int
+) -> int:
     failed = 0
     started = time.monotonic()
     if "rate" in scenarios:
@@ -825,6 +1031,8 @@ async def main(scenarios: Sequence[str], worker_counts: Sequence[int], cpu_reque
         failed += await restart_scenario()
     if "cpu" in scenarios:
         failed += await cpu_scenario(cpu_requests)
+    if "crawl" in scenarios:
+        failed += await crawl_scenario(crawl_sites)
     print(f"\n{', '.join(scenarios)} in {time.monotonic() - started:.0f} s")
     return 1 if failed else 0
 
@@ -835,7 +1043,7 @@ def cli(argv: Sequence[str] | None = None) -> int:
         "--scenario",
         choices=SCENARIOS + EXTRA_SCENARIOS,
         action="append",
-        help="scenarios to run, in this order: rate, kill, kill-collector, restart, cpu "
+        help="scenarios to run, in this order: rate, kill, kill-collector, restart, cpu, crawl "
         "(default: all but kill-collector)",
     )
     parser.add_argument(
@@ -850,11 +1058,17 @@ def cli(argv: Sequence[str] | None = None) -> int:
         default=CPU_REQUESTS,
         help=f"requests of the cpu scenario's job (default {CPU_REQUESTS})",
     )
+    parser.add_argument(
+        "--crawl-sites",
+        type=int,
+        default=CRAWL_SITES,
+        help=f"sites of the crawl scenario's job (default {CRAWL_SITES})",
+    )
     args = parser.parse_args(argv)
-    order = ("rate", "kill", "kill-collector", "restart", "cpu")
+    order = ("rate", "kill", "kill-collector", "restart", "cpu", "crawl")
     chosen = [s for s in order if s in (args.scenario or SCENARIOS)]
     # No shorter rate job: a job the keys' buckets hold whole has no rate to reach.
-    return asyncio.run(main(chosen, args.workers or [1, 4], args.cpu_requests))
+    return asyncio.run(main(chosen, args.workers or [1, 4], args.cpu_requests, args.crawl_sites))
 
 
 if __name__ == "__main__":

@@ -39,26 +39,6 @@ def crawldeck(*args: str | Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_a_crawl_job_in_a_cluster_is_refused_naming_the_table(tmp_path: Path) -> None:
-    job = write_job(tmp_path, redis_url="redis://127.0.0.1:6379/0")
-    job.write_text(
-        job.read_text(encoding="utf-8").replace(
-            'input = "in.txt"\n', '[crawl]\ntargets = "t.txt"\n'
-        )
-    )
-
-    line = job.read_text(encoding="utf-8").splitlines().index("[cluster]") + 1
-
-    done = crawldeck("run", job, "--headless")
-
-    assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [
-        f"{job}:{line}: cluster: a crawl job cannot be shared by a cluster of workers yet: the "
-        "fetch work is not shared, so every worker would crawl every site; remove [cluster] "
-        "to crawl in one process"
-    ]
-
-
 def test_fresh_is_refused_for_a_shared_job(tmp_path: Path) -> None:
     job = write_job(tmp_path, redis_url="redis://127.0.0.1:6379/0")
 

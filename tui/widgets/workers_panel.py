@@ -109,6 +109,10 @@ class WorkersPanel(Widget):
         ):
             line.append(f"  {label} ", "dim")
             line.append(f"{value:,}", "bold")
+        if cluster.sites_enqueued:  # a crawl job: its sites crawled by any worker
+            line.append("  sites ", "dim")
+            finished = cluster.sites_crawled + cluster.sites_dead
+            line.append(f"{finished:,}/{cluster.sites_enqueued:,}", "bold")
         if cluster.dead_letters:
             line.append("  dead letters ", "dim")
             line.append(

@@ -256,3 +256,13 @@ def test_the_examples_cluster_table_loads_once_uncommented(tmp_path: Path) -> No
         password_env="CRAWLDECK_REDIS_PASSWORD",
         prefix="crawldeck:transcripts-demo",
     )
+
+
+def test_a_crawl_job_may_be_shared_by_a_cluster(tmp_path: Path) -> None:
+    """Its sites are shared through Redis like the batches (`engine/cluster/shared_crawl.py`)."""
+    text = MINIMAL + '\n[crawl]\ntargets = "domains.txt"\n'
+    path = write(tmp_path, text + '\n[cluster]\nredis = "redis://10.0.0.5:6380/2"\n')
+
+    config = load_config(path)
+
+    assert config.crawl is not None and config.cluster is not None

@@ -79,6 +79,7 @@ class StandInCrawl:
         self.targets_total = total
         self.targets_finished = finished
         self.skipped_lines = bad_lines
+        self.targets_read = started  # a stage alone reads each target it starts
         self._started = started
         self.ran = False
 
