@@ -33,8 +33,9 @@ class BatchRoute:
     collecting: int = 0  # requests waiting for the next input file
     chunks_sent_online: int = 0  # cut off from batches whose window was at risk
     cost_usd: float = 0.0  # of the answers stored, at batch prices
-    cost_projected_usd: float | None = None  # the whole job at batch prices
-    online_cost_projected_usd: float | None = None  # the same job at online prices
+    # The whole job: its batch route's share at batch prices, what went online as paid.
+    cost_projected_usd: float | None = None
+    online_cost_projected_usd: float | None = None  # the route's share at online prices
 
 
 def batch_route_text(route: BatchRoute) -> str:

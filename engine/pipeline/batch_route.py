@@ -321,14 +321,20 @@ class BatchRouter:
         ) / 1e6
 
     def _projected(self, spent: float, estimated: float) -> float | None:
-        """The job's cost: per chunk as answered so far (else as estimated) × chunks to do."""
+        """The job's cost: what the chunks answered online cost (a mixed job's remainder,
+        retries sent online), and the rest per chunk as this route's answers cost so far
+        (else as estimated)."""
         to_do = self._to_do()
         if to_do is None:
             return None
+        # The online answers go through the same outcomes: the job's counters hold both.
+        online_chunks = max(0, self._stats.chunks_answered - self._chunks_answered)
+        online_paid = max(0.0, self._stats.cost_usd - self.cost_usd)
+        rest = max(0, to_do - online_chunks)
         if self._chunks_answered:
-            return spent / self._chunks_answered * to_do
+            return online_paid + spent / self._chunks_answered * rest
         if self._chunks_submitted:
-            return estimated / self._chunks_submitted * to_do
+            return online_paid + estimated / self._chunks_submitted * rest
         return None
 
     # --------------------------------------------------------------- collecting

@@ -425,6 +425,9 @@ async def test_a_batch_whose_window_is_at_risk_keeps_its_answers_and_sends_the_r
     assert f"{by_route['now', 'o1']} chunks sent online" in cut.message
     assert f"{by_route['now', 'o1']} chunks sent online" in status_line(snap)
     assert batch_states(db) == ["abandoned"]
+    # Its cost projected at the end is what it cost: the remainder at online prices.
+    assert snap.cost_usd > 0 and snap.batch.cost_projected_usd is not None
+    assert abs(snap.batch.cost_projected_usd - snap.cost_usd) <= snap.cost_usd * 1e-6
 
 
 async def test_failed_lines_of_a_mixed_job_are_retried_on_its_online_keys(
