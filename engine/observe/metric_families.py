@@ -77,7 +77,7 @@ def snapshot_families(snap: Snapshot) -> Iterator[Metric]:
     if snap.crawl is not None:
         yield from _crawl(snap.crawl)
     if snap.cluster is not None:
-        yield from _cluster(snap.cluster)
+        yield from _cluster(snap.cluster, crawl=snap.crawl is not None)
     if snap.budget is not None:
         yield from _budget(snap.budget)
     if snap.batch is not None:
@@ -391,8 +391,9 @@ def _crawl(crawl: CrawlSnapshot) -> Iterator[Metric]:
     )
 
 
-def _cluster(view: ClusterView) -> Iterator[Metric]:
-    """The job's cluster as this worker last read it from Redis (the run's own counters)."""
+def _cluster(view: ClusterView, *, crawl: bool) -> Iterator[Metric]:
+    """The job's cluster as this worker last read it from Redis (the run's own counters);
+    a crawl job's sites too."""
     yield _labelled(
         "cluster_workers",
         "Workers of the job's run by state.",
@@ -418,6 +419,17 @@ def _cluster(view: ClusterView) -> Iterator[Metric]:
         "Requests a minute summed over the live workers.",
         view.requests_per_min,
     )
+    if crawl:
+        yield _labelled(
+            "cluster_sites",
+            "A crawl's sites in the run's targets stream, by state (enqueued: every one so far).",
+            "state",
+            (
+                ("enqueued", view.sites_enqueued),
+                ("crawled", view.sites_crawled),
+                ("dead", view.sites_dead),
+            ),
+        )
 
 
 def _budget(budget: BudgetSnapshot) -> Iterator[Metric]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -165,6 +166,16 @@ def test_a_clusters_total_is_unknown_until_every_input_is_enqueued_and_dead_lett
     assert line.endswith(
         " | cluster 26/? (done 20, failed 6, dead letters 2) workers 3 live 0 lost"
     )
+
+
+def test_a_crawl_shared_by_a_cluster_shows_its_sites_crawled_and_dead() -> None:
+    view = ClusterView(live=2, chunks_enqueued=80, chunks_done=40, sites_enqueued=10)
+    line = status_line(running_snapshot(cluster=view))
+    assert line.endswith(" workers 2 live 0 lost sites 0/10")
+
+    view = replace(view, sites_crawled=9, sites_dead=1)
+    line = status_line(running_snapshot(cluster=view))
+    assert line.endswith(" workers 2 live 0 lost sites 9/10 (1 dead letters)")
 
 
 def test_reclaimed_batches_and_dead_letters_get_a_line_of_their_own() -> None:

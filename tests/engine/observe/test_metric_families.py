@@ -13,7 +13,7 @@ from prometheus_client.registry import CollectorRegistry
 from engine.cluster.cluster_view import ClusterView
 from engine.observe.batch_view import BatchRoute, SubmittedBatch
 from engine.observe.metric_families import SnapshotCollector
-from engine.observe.snapshot import BudgetSnapshot, Snapshot
+from engine.observe.snapshot import BudgetSnapshot, CrawlSnapshot, Snapshot
 
 
 def scraped(snap: Snapshot) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -44,6 +44,17 @@ def test_a_workers_snapshot_says_the_cluster_in_the_runs_own_counters() -> None:
     assert samples[("crawldeck_cluster_chunks", (("state", "enqueued"),))] == 12_000
     assert samples[("crawldeck_cluster_dead_letters", ())] == 1
     assert samples[("crawldeck_cluster_requests_per_minute", ())] == 298.5
+
+
+def test_a_crawl_shared_by_a_cluster_counts_its_sites_by_state() -> None:
+    view = ClusterView(live=2, sites_enqueued=400, sites_crawled=120, sites_dead=3)
+    samples = scraped(Snapshot(cluster=view, crawl=CrawlSnapshot()))
+
+    assert samples[("crawldeck_cluster_sites", (("state", "enqueued"),))] == 400
+    assert samples[("crawldeck_cluster_sites", (("state", "crawled"),))] == 120
+    assert samples[("crawldeck_cluster_sites", (("state", "dead"),))] == 3
+    # A documents job has no sites to count.
+    assert not any(name == "crawldeck_cluster_sites" for name, _ in scraped(Snapshot(cluster=view)))
 
 
 def test_a_budget_shows_its_cap_what_is_spent_and_what_is_held() -> None:
