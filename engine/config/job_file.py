@@ -29,6 +29,7 @@ from engine.config.cluster_table import ClusterSettings, read_cluster_table
 from engine.config.config_problem import ConfigError, ConfigProblem, KeyPath, format_key
 from engine.config.drift_table import read_drift_table
 from engine.config.presets import (
+    PRESET_MODE,
     floor_findings,
     preset_findings,
     read_preset_file,
@@ -301,9 +302,6 @@ def _key_unknown_message(key: str, known: Sequence[str]) -> str:
     return unknown_key_message(key, known)
 
 
-_PRESET_EXTRAS = {"mode": ProviderMode}  # a job file's preset may choose the route too
-
-
 class _Reader(TableChecker):
     """Reads the job file's tables into settings values, collecting every problem."""
 
@@ -388,7 +386,7 @@ class _Reader(TableChecker):
                 f"the preset's name comes from its table ({name!r}); leave name out",
             )
         base = replace(BUILTIN_PRESETS.get(name, Preset()), name=name)
-        preset, extras = self.settings(base, table, path, skip=("name",), extra=_PRESET_EXTRAS)
+        preset, extras = self.settings(base, table, path, skip=("name",), extra=PRESET_MODE)
         if "mode" in extras:  # the route of providers without their own (`route_mode`)
             self.preset_modes[name] = extras["mode"]
         self.report(path, preset_findings(preset, self.memory_floor_bytes))
@@ -647,6 +645,7 @@ def load_config(
         base_dir=base_dir,
         problems=problems,
         memory_floor_bytes=memory_floor_bytes,
+        modes=reader.preset_modes,
     )
     if active is BUILTIN_PRESETS.get(active.name):
         # A built-in the file does not redefine: no table above checked its limits.
@@ -655,7 +654,9 @@ def load_config(
             for name, message in floor_findings(active, memory_floor_bytes)
         )
     if preset_flags:
-        active = _apply_preset_flags(active, preset_flags, problems, memory_floor_bytes)
+        active = _apply_preset_flags(
+            active, preset_flags, problems, memory_floor_bytes, reader.preset_modes
+        )
         catalogue[active.name] = active
     # The preset in force chooses the route of the providers that do not say their own.
     own_mode = [isinstance(table, dict) and "mode" in table for table in tables]
@@ -714,8 +715,12 @@ def _choose_preset(
     base_dir: Path,
     problems: list[ConfigProblem],
     memory_floor_bytes: int | None = None,
+    modes: dict[str, ProviderMode] | None = None,
 ) -> Preset:
-    """The active preset: `--set job.preset` > the `preset` argument > `[job] preset`."""
+    """The active preset: `--set job.preset` > the `preset` argument > `[job] preset`.
+
+    A preset file's `mode` goes into `modes` by the preset's name, as a table's does.
+    """
     from_file = in_job is not None and (in_job_flagged or argument is None)
     if from_file:
         assert in_job is not None
@@ -748,9 +753,11 @@ def _choose_preset(
         if found is None:
             complain(f"preset file not found: {choice}")
             return catalogue[DEFAULT_PRESET]
-        loaded, file_problems = read_preset_file(found, memory_floor_bytes)
+        loaded, file_problems, mode = read_preset_file(found, memory_floor_bytes)
         problems.extend(file_problems)
         catalogue[loaded.name] = loaded
+        if modes is not None and mode is not None:
+            modes[loaded.name] = mode
         return loaded
     available = ", ".join(sorted(catalogue))
     complain(f"unknown preset {choice!r} (available: {available}; or the path of a preset file)")
@@ -762,10 +769,13 @@ def _apply_preset_flags(
     flags: Mapping[str | int, TypedText],
     problems: list[ConfigProblem],
     memory_floor_bytes: int | None = None,
+    modes: dict[str, ProviderMode] | None = None,
 ) -> Preset:
     reader = _Reader(_FlagAwareLocator(FLAG_SOURCE, flagged=[()]))
     table = {str(key): value for key, value in flags.items()}
-    changed, _ = reader.settings(active, table, ("preset",))
+    changed, extras = reader.settings(active, table, ("preset",), extra=PRESET_MODE)
+    if modes is not None and "mode" in extras:  # `--set preset.mode=batch`
+        modes[changed.name] = extras["mode"]
 
     def findings(preset: Preset) -> list[Finding]:
         return preset_findings(preset, memory_floor_bytes)

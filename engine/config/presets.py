@@ -20,7 +20,7 @@ import tomli_w
 
 from engine.config.config_problem import ConfigError, ConfigProblem
 from engine.config.setting_bounds import BATCH_SIZE, CONCURRENCY
-from engine.config.settings import BUILTIN_PRESETS, Preset, plain_values
+from engine.config.settings import BUILTIN_PRESETS, Preset, ProviderMode, plain_values
 from engine.config.table_check import (
     Finding,
     TableChecker,
@@ -33,6 +33,7 @@ from engine.config.toml_source import Locator, read_toml
 from engine.limits.memory_floor import limit_below_floor
 
 __all__ = [
+    "PRESET_MODE",
     "checked_preset",
     "load_preset_file",
     "preset_findings",
@@ -89,32 +90,48 @@ def floor_findings(preset: Preset, memory_floor_bytes: int | None) -> list[Findi
     return findings
 
 
+PRESET_MODE = {"mode": ProviderMode}
+"""What a preset may say beside its fields: the route of the providers that do not
+say their own (`engine.config.route_mode`), chosen at the job's start."""
+
+
 def read_preset_file(
-    path: Path, memory_floor_bytes: int | None = None
-) -> tuple[Preset, list[ConfigProblem]]:
-    """The preset in `path` and every problem with it (a default preset if unreadable)."""
+    path: Path, memory_floor_bytes: int | None = None, *, at_start: bool = True
+) -> tuple[Preset, list[ConfigProblem], ProviderMode | None]:
+    """The preset in `path`, every problem with it (a default preset if unreadable),
+    and the route it chooses (`mode`; None: it says none).  A running job cannot
+    change route (not `at_start`): a file that says one is refused at its line."""
     try:
         source = read_toml(path)
     except ConfigError as exc:
-        return Preset(), exc.problems
+        return Preset(), exc.problems, None
     name = source.data.get("name", path.stem)
     checker = TableChecker(source.locator)
     if not isinstance(name, str) or not name.strip():
         checker.add(("name",), "must be a non-empty string")
         name = path.stem
     base = replace(BUILTIN_PRESETS.get(name, Preset()), name=name)
-    preset, _ = checker.settings(base, source.data, ())
+    preset, extras = checker.settings(base, source.data, (), extra=PRESET_MODE)
+    mode: ProviderMode | None = extras.get("mode")
+    if mode is not None and not at_start:
+        checker.add(
+            ("mode",),
+            "chooses the route at the job's start, not while it runs: start the job "
+            "with this file as its preset, or leave mode out",
+        )
     checker.report((), preset_findings(preset, memory_floor_bytes))
-    return preset, checker.problems
+    return preset, checker.problems, mode
 
 
 def load_preset_file(path: Path, memory_floor_bytes: int | None = None) -> Preset:
-    """A preset from a flat TOML table of `Preset` fields; the name defaults to the file's stem.
+    """A preset a running job switches to, from a flat TOML table of `Preset` fields; the
+    name defaults to the file's stem.
 
     A partial file inherits from the built-in preset of that name, else from `Preset()`.
-    With `memory_floor_bytes`, memory limits this process cannot run under are refused.
+    With `memory_floor_bytes`, memory limits this process cannot run under are refused;
+    so is a `mode` (the route is chosen at the job's start: `read_preset_file`).
     """
-    preset, problems = read_preset_file(Path(path), memory_floor_bytes)
+    preset, problems, _ = read_preset_file(Path(path), memory_floor_bytes, at_start=False)
     if problems:
         raise ConfigError(problems)
     return preset

@@ -9,6 +9,7 @@ import pytest
 
 from engine.config.config_problem import ConfigError, ConfigProblem
 from engine.config.job_file import load_config
+from engine.config.presets import load_preset_file
 
 JOB = """\
 [job]
@@ -230,3 +231,44 @@ def test_batch_retries_go_to_the_next_batch_or_online(tmp_path: Path) -> None:
 
     assert problem.key == "providers[0].batch_retries"
     assert "'batch', 'online'" in problem.message
+
+
+def test_a_preset_file_given_at_start_may_choose_the_batch_route(tmp_path: Path) -> None:
+    job = presets_file(tmp_path, chosen="aggressive")
+    (tmp_path / "overnight.toml").write_text('mode = "batch"\nconcurrency = 8\n', encoding="utf-8")
+
+    config = load_config(job, preset="overnight.toml")
+
+    assert config.preset.name == "overnight" and config.preset.concurrency == 8
+    assert [p.mode for p in config.providers] == ["batch", "online"]
+    assert config.preset_modes == {"bulk": "batch", "overnight": "batch"}
+    assert config.mode_from_preset == ("openai",)
+
+
+def test_a_flag_may_set_the_preset_in_forces_mode(tmp_path: Path) -> None:
+    job = presets_file(tmp_path, chosen="aggressive")
+
+    config = load_config(job, overrides=["preset.mode=batch"])
+
+    assert config.preset.name == "aggressive"
+    assert [p.mode for p in config.providers] == ["batch", "online"]
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(job, overrides=["preset.mode=bulk"])
+    (problem,) = caught.value.problems
+    assert problem.key == "preset.mode" and "'online', 'batch'" in problem.message
+
+
+def test_a_running_job_refuses_a_preset_file_that_chooses_a_route(tmp_path: Path) -> None:
+    path = tmp_path / "overnight.toml"
+    path.write_text('concurrency = 8\nmode = "batch"\n', encoding="utf-8")
+
+    with pytest.raises(ConfigError) as caught:
+        load_preset_file(path)
+
+    (problem,) = caught.value.problems
+    assert problem.key == "mode" and problem.line == 2
+    assert "at the job's start" in problem.message and "\n" not in str(problem)
+    # Without it, the same file is a preset a running job may switch to.
+    path.write_text("concurrency = 8\n", encoding="utf-8")
+    assert load_preset_file(path).concurrency == 8
