@@ -235,6 +235,7 @@ class Engine:
                 to_do=self._chunks_to_pay_for,
                 online=self._online_queue,
                 retries_online=retries_online,
+                online_sources=config.job.online_sources,
             )
             if batch_mode
             else None

@@ -683,6 +683,18 @@ def load_config(
                 )
         providers = in_mode
     problems.extend(reader.locator.problem(p, m) for p, m in mixing_findings(providers))
+    if job.online_sources:
+        batch = any(p.mode == "batch" for p in providers)
+        online = any(p.mode == "online" for p in providers)
+        if not (batch and online):
+            problems.append(
+                reader.locator.problem(
+                    ("job", "online_sources"),
+                    "sends these sources online in a job that mixes batch-mode and online "
+                    f"providers; this one has {'no online' if batch else 'no batch-mode'} "
+                    "provider: add one, or leave online_sources out",
+                )
+            )
 
     if problems:
         raise ConfigError(_sorted(problems, file))

@@ -184,6 +184,9 @@ class JobSettings:
     # US dollars the job may spend, over all its runs in this store (None: no cap).
     # `engine.limits.spend_budget` holds it; each model needs a price.
     budget_usd: float | None = None
+    # A job that mixes batch and online providers: the sources (globs) whose chunks
+    # must come back now go online; the rest through the Batch API.
+    online_sources: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,6 +45,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from fnmatch import fnmatchcase
 from typing import Protocol
 
 from engine.config.settings import PromptSettings, ProviderSettings
@@ -173,6 +174,7 @@ class BatchRouter:
         to_do: Callable[[], int | None],
         online: WorkQueue | None = None,
         retries_online: bool = True,
+        online_sources: Sequence[str] = (),
         wall: Callable[[], float] = time.time,
     ) -> None:
         self._queue = queue
@@ -190,6 +192,7 @@ class BatchRouter:
         self._to_do = to_do
         self._online = online  # the online dispatcher's queue, when the job sends online too
         self._retries_online = online is not None and retries_online
+        self._online_sources = tuple(online_sources) if online is not None else ()
         self._sent_online: set[int] = set()  # chunks cut off from their batch: online for good
         self.chunks_sent_online = 0
         self._wall = wall
@@ -356,6 +359,9 @@ class BatchRouter:
                 return  # every batch resolved
             if self._online is not None and self._goes_online(batch):
                 self._online.put_retry(batch)  # let down by its batch, or cut off: online now
+                continue
+            if self._must_come_back_now(batch):
+                self._send_online(batch)  # its source is one the job wants back now
                 continue
             await self._running.wait()  # paused: nothing is submitted
             if self.no_key:
@@ -593,8 +599,16 @@ class BatchRouter:
                 await outcomes.line_failed(batch, taken.key.key_id, kind, reason)
         self._announce_online(taken)
 
+    def _must_come_back_now(self, batch: Batch) -> bool:
+        """A chunk of the batch is from a source `[job] online_sources` names."""
+        patterns = self._online_sources
+        return bool(patterns) and any(
+            fnmatchcase(chunk.source, pattern) for chunk in batch.chunks for pattern in patterns
+        )
+
     def _send_online(self, batch: Batch) -> None:
-        """A request cut off from its batch goes online now, not counted as a failed attempt."""
+        """A request cut off from its batch (or one that must come back now) goes online
+        now, not counted as a failed attempt."""
         assert self._online is not None
         for chunk in batch.chunks:
             self._sent_online.add(int(chunk.id, 16))

@@ -446,6 +446,31 @@ async def test_failed_lines_of_a_mixed_job_are_retried_on_its_online_keys(
     assert sim.batches.stats.batches_created == 1 and sim.stats.admitted == 4
 
 
+async def test_sources_that_must_come_back_now_go_online_and_the_bulk_through_the_batch_api(
+    tmp_path: Path, simulator
+) -> None:
+    sim = await simulator(keys=sim_keys(MIXED_KEYS), batch_delay_s=0.05)
+    config, secrets = mixed_job(tmp_path, sim.base_url, batch_online_after_s=30.0)
+    config = replace(config, job=replace(config.job, online_sources=("in.txt#L1?",)))
+
+    engine = Engine(config, secrets)
+    state = await engine.run()
+
+    db = Path(config.job.store)
+    results, failures = stored(db)
+    assert state is JobState.DONE and failures == []
+    assert len(results) == len(set(results)) == 60 and sim.stats.chunk_ids_answered == 60
+    with sqlite3.connect(db) as conn:
+        route = dict(conn.execute("SELECT source, provider FROM results").fetchall())
+    # Lines 10-19 went online, in the requests of 5 that hold them (lines 6-20).
+    assert {source for source, by in route.items() if by == "now"} == {
+        f"in.txt#L{n}" for n in range(6, 21)
+    }
+    assert answered_by(db) == {("bulk", "b1"): 45, ("now", "o1"): 15}
+    snap = engine.snapshot()
+    assert snap.batch is not None and snap.batch.chunks_sent_online == 15
+
+
 async def test_a_preset_chooses_the_batch_route_and_a_switch_off_it_is_refused(
     tmp_path: Path, simulator
 ) -> None:

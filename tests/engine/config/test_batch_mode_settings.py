@@ -272,3 +272,23 @@ def test_a_running_job_refuses_a_preset_file_that_chooses_a_route(tmp_path: Path
     # Without it, the same file is a preset a running job may switch to.
     path.write_text("concurrency = 8\n", encoding="utf-8")
     assert load_preset_file(path).concurrency == 8
+
+
+def test_sources_sent_online_need_a_job_that_mixes_both_routes(tmp_path: Path) -> None:
+    mixed = job_file(tmp_path, 'mode = "batch"\nbatch_retries = "online"', SECOND.format(extra=""))
+    text = mixed.read_text(encoding="utf-8").replace(
+        'input = "docs"', 'input = "docs"\nonline_sources = ["urgent/*"]'
+    )
+    mixed.write_text(text, encoding="utf-8")
+    assert load_config(mixed).job.online_sources == ("urgent/*",)
+
+    path = job_file(tmp_path, 'mode = "batch"')
+    path.write_text(
+        path.read_text(encoding="utf-8").replace(
+            'input = "docs"', 'input = "docs"\nonline_sources = ["urgent/*"]'
+        ),
+        encoding="utf-8",
+    )
+    (problem,) = problems_of(path)
+    assert problem.key == "job.online_sources" and problem.line == line_of(path, "online_sources")
+    assert "no online provider" in problem.message and "\n" not in str(problem)
