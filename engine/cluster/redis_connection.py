@@ -42,6 +42,7 @@ __all__ = [
     "RedisUnavailable",
     "cluster_password",
     "connect_redis",
+    "connection_troubles",
     "masked",
     "open_redis",
     "redis_unavailable",
@@ -91,6 +92,19 @@ def masked(text: str, password: str | None) -> str:
     return text.replace(password, MASK)
 
 
+class _TroubleCount:
+    """Command failures seen by a client's retry policy, every connection's together:
+    redis-py deep-copies the policy into each connection, and this stays one."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _TroubleCount:
+        return self
+
+
 class DeadlineRetry(Retry):
     """redis-py's `Retry`, bounded by time instead of a count: a command gives up `limit_s` on.
 
@@ -109,6 +123,9 @@ class DeadlineRetry(Retry):
             is_retryable=lambda error: not isinstance(error, _REFUSED),
         )
         self.limit_s = limit_s
+        # Failures seen, every command together: a blocking read whose connection
+        # dropped may have lost a reply Redis had already sent (`connection_troubles`).
+        self.troubles = _TroubleCount()
 
     async def call_with_retry(
         self,
@@ -122,6 +139,7 @@ class DeadlineRetry(Retry):
         token = _DEADLINE.set(deadline)
 
         def in_time(error: Exception) -> bool:
+            self.troubles.count += 1
             if is_retryable is not None and not is_retryable(error):
                 return False
             if deadline.at is None:
@@ -136,6 +154,13 @@ class DeadlineRetry(Retry):
             _DEADLINE.reset(token)
         raise_if_cancelled()  # a cancel redis-py's write may have dropped (Python 3.11)
         return result
+
+
+def connection_troubles(redis: Redis) -> int:
+    """The command failures `redis`'s retry policy has seen so far (0 for a client made
+    without it): a change says a reply may have been lost on the way."""
+    retry = redis.connection_pool.connection_kwargs.get("retry")
+    return retry.troubles.count if isinstance(retry, DeadlineRetry) else 0
 
 
 def retry_policy(outage_limit_s: float) -> Retry:

@@ -24,7 +24,11 @@ on an entry that is already gone.  A batch split by the outcomes (a chunk
 left out, a bad request) settles its entry when its last chunk does.
 
 Reclaim: entries idle beyond the visibility timeout (their consumer died or
-stalled) are taken over with `XAUTOCLAIM`.  One delivered more than
+stalled) are taken over with `XAUTOCLAIM`.  A read whose connection dropped
+may have lost a reply Redis had sent: those entries are this consumer's,
+pending, and known to no one; after any connection trouble it reads its
+own pending entries again (`XREADGROUP … 0`) instead of leaving them to
+the visibility timeout.  One delivered more than
 `max_deliveries` times is a dead letter: its chunks are given up with the
 reason (`run(failures)`: the outcomes' `give_up`), and when their failure
 rows settle it, it goes to the dead-letter stream with that reason.
@@ -58,6 +62,7 @@ from engine.cluster.batch_codec import (
 )
 from engine.cluster.cancel_guard import raise_if_cancelled
 from engine.cluster.job_streams import JobStreams
+from engine.cluster.redis_connection import connection_troubles
 from engine.cluster.stream_replies import (
     as_int,
     as_text,
@@ -74,6 +79,7 @@ Clock = Callable[[], float]
 KEEP_ALIVE_IDS_PER_CALL = 500
 # The reader's longest block once the whole input is enqueued (a read blocks only
 # when the stream has nothing new: at the run's tail).
+RECOVER_PAGE = 100  # own pending entries read at a time after a connection trouble
 TAIL_BLOCK_S = 0.25
 
 # KEYS: work, enqueued, progress, done.  ARGV: version, then for each batch: n, n chunk
@@ -289,12 +295,14 @@ class StreamWorkQueue:
         self._input_ended = asyncio.Event()
         self._joined = False
         self._cursor = "0-0"
+        self._troubles = connection_troubles(redis)  # as last looked at
         self._over = False
         self._input_complete_seen = False
         # Set once the whole input is enqueued and every entry has been read by some
         # consumer: what is left is in flight somewhere — the run's tail.
         self.delivered = asyncio.Event()
         self.reclaimed = 0  # entries taken over from idle consumers
+        self.recovered = 0  # entries delivered here whose reply a dropped connection lost
         self.dead_lettered = 0  # entries this consumer sent to the dead-letter stream
         self.lost = 0  # entries another consumer took over from this one
 
@@ -474,6 +482,10 @@ class StreamWorkQueue:
         next_reclaim = self._clock()
         while not self._over:
             raise_if_cancelled()
+            troubles = connection_troubles(self._redis)
+            if troubles != self._troubles:
+                self._troubles = troubles
+                await self._recover_delivered(failures)
             if self._room() <= 0:
                 self._space.clear()
                 await self._space.wait()
@@ -521,6 +533,27 @@ class StreamWorkQueue:
         for entry_id, fields in entries:
             await self._hold(as_text(entry_id), entry_fields(fields), 1, failures)
         return bool(entries)
+
+    async def _recover_delivered(self, failures: GivesUp) -> None:
+        """Hold this consumer's pending entries that it does not know of: delivered by a
+        read whose reply was lost with its connection."""
+        after = "0-0"
+        while True:
+            reply = await self._redis.xreadgroup(
+                self.streams.work_group,
+                self.consumer,
+                {self.streams.work: after},
+                count=RECOVER_PAGE,
+            )
+            entries = read_entries(reply)
+            if not entries:
+                return
+            for entry_id, fields in entries:
+                entry = as_text(entry_id)
+                if entry not in self._holdings and fields is not None:
+                    self.recovered += 1
+                    await self._hold(entry, entry_fields(fields), 1, failures)
+            after = as_text(entries[-1][0])
 
     async def _take_over_idle(self, failures: GivesUp) -> bool:
         """Claim entries idle beyond the visibility timeout; True if any came back."""

@@ -19,8 +19,11 @@ from redis.asyncio import Redis
 
 import engine.cluster.stream_queue as stream_queue
 from engine.cluster.batch_codec import decode_batch, encode_batch
+from engine.cluster.redis_connection import connection_troubles, open_redis
 from engine.cluster.result_collector import ResultCollector
 from engine.cluster.stream_queue import QueueProgress, StreamWorkQueue
+from engine.cluster.stream_replies import read_entries
+from engine.config.cluster_table import ClusterSettings
 from engine.observe.events import EventKind
 from engine.observe.run_stats import RunStats
 from engine.pipeline.batcher import Batcher
@@ -180,6 +183,41 @@ async def test_a_worker_killed_while_holding_batches_has_them_taken_over(
     assert all(e.data["deliveries"] == 2 for e in reclaims)
     assert sorted(ids_of(rescuer.worked)) == sorted(c.id for c in work)
     assert await stored(redis_client, tmp_path / "results.db") == {"results": 24, "failures": 0}
+
+
+async def test_entries_whose_reply_a_dropped_connection_lost_are_read_again_at_once(
+    redis_server: RedisServer, redis_client: Redis
+) -> None:
+    """Redis delivered entries to a worker and its connection dropped before the reply
+    arrived (Redis restarted, say): the entries are that worker's, pending, and known to
+    no one.  After the trouble it reads its own pending entries again, long before the
+    visibility timeout would let another worker take them over."""
+    client = open_redis(ClusterSettings(redis=redis_server.url), {})
+    try:
+        worker = Worker(client, PREFIX, "w1", Timing(visibility_s=60.0, block_s=0.2))
+        work = chunks(12)
+        await enqueue(worker.queue, batches(work, 2))
+        streams = worker.queue.streams
+        lost = await redis_client.xreadgroup(
+            streams.work_group, "w1", {streams.work: ">"}, count=2
+        )  # delivered to w1; the reply never reaches it
+        assert len(read_entries(lost)) == 2
+
+        async with asyncio.timeout(GUARD_S), asyncio.TaskGroup() as tg:  # inside 60 s
+            tg.create_task(worker.serve())
+            while len(worker.worked) < 4:  # the rest: then it waits in blocking reads
+                await asyncio.sleep(0.05)
+            # Its connections drop, as when Redis restarts: until a kill meets a read
+            # in progress (an idle one is reconnected quietly when next used).
+            while connection_troubles(client) == 0:
+                await redis_client.client_kill_filter(_type="normal", skipme=True)
+                await asyncio.sleep(0.5)
+
+        assert sorted(ids_of(worker.worked)) == sorted(c.id for c in work)
+        assert worker.queue.recovered == 2 and worker.queue.reclaimed == 0
+        assert (await worker.queue.progress()).settled == 6
+    finally:
+        await client.aclose()
 
 
 async def test_keep_alive_keeps_a_slow_live_workers_batch(redis_client: Redis) -> None:
