@@ -283,6 +283,7 @@ class StreamWorkQueue:
         self._keep_alive_script = redis.register_script(_KEEP_ALIVE)
         self._reclaim = redis.register_script(_RECLAIM)
         self._holdings: dict[str, _Holding] = {}
+        self._settling: set[str] = set()  # entries whose settle script is on its way
         self._entry_of: dict[str, str] = {}  # chunk id → the entry holding it
         self._ready: deque[Batch] = deque()
         self._retries: list[tuple[float, int, Batch]] = []
@@ -550,7 +551,8 @@ class StreamWorkQueue:
                 return
             for entry_id, fields in entries:
                 entry = as_text(entry_id)
-                if entry not in self._holdings and fields is not None:
+                known = entry in self._holdings or entry in self._settling
+                if not known and fields is not None:
                     self.recovered += 1
                     await self._hold(entry, entry_fields(fields), 1, failures)
             after = as_text(entries[-1][0])
@@ -634,16 +636,21 @@ class StreamWorkQueue:
             if self._entry_of.get(chunk.id) == holding.entry_id:
                 del self._entry_of[chunk.id]
         dead = encode_batch(holding.batch) if holding.dead_reason else {}
-        acked = await self._run_settle(
-            holding.entry_id,
-            chunks=len(holding.batch.chunks),
-            rows="[" + ",".join(holding.rows) + "]" if holding.rows else "",
-            dead_reason=holding.dead_reason,
-            deliveries=holding.deliveries,
-            dead_chunks=dead.get("chunks", ""),
-            dead_history=dead.get("history", ""),
-            failures=holding.failures,
-        )
+        # Still pending until the script lands: not an entry a lost reply delivered.
+        self._settling.add(holding.entry_id)
+        try:
+            acked = await self._run_settle(
+                holding.entry_id,
+                chunks=len(holding.batch.chunks),
+                rows="[" + ",".join(holding.rows) + "]" if holding.rows else "",
+                dead_reason=holding.dead_reason,
+                deliveries=holding.deliveries,
+                dead_chunks=dead.get("chunks", ""),
+                dead_history=dead.get("history", ""),
+                failures=holding.failures,
+            )
+        finally:
+            self._settling.discard(holding.entry_id)
         if holding.dead_reason:
             self.dead_lettered += 1
         if acked and self._on_settled is not None:
