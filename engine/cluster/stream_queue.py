@@ -77,9 +77,9 @@ Clock = Callable[[], float]
 
 # Ids per keep-alive script call: bounds one script's run time on the server.
 KEEP_ALIVE_IDS_PER_CALL = 500
+RECOVER_PAGE = 100  # own pending entries read at a time after a connection trouble
 # The reader's longest block once the whole input is enqueued (a read blocks only
 # when the stream has nothing new: at the run's tail).
-RECOVER_PAGE = 100  # own pending entries read at a time after a connection trouble
 TAIL_BLOCK_S = 0.25
 
 # KEYS: work, enqueued, progress, done.  ARGV: version, then for each batch: n, n chunk

@@ -295,9 +295,9 @@ class CrawlStage:
             if self._own_extractor:
                 await extractor.aclose()
 
-    async def _start_targets(
-        self, crawls: asyncio.TaskGroup, fetcher: Fetcher, extractor: PageExtractor
-    ) -> None:
+    def _target_blocks(self) -> Callable[[], list[Target]]:
+        """What reads the targets file's next block of distinct targets (called in a
+        worker thread; an empty block at its end)."""
         targets = dedupe_targets(
             read_targets(
                 Path(self.settings.targets),
@@ -309,6 +309,12 @@ class CrawlStage:
         def next_block(source: Iterator[Target] = targets) -> list[Target]:
             return list(itertools.islice(source, _TARGET_BLOCK))
 
+        return next_block
+
+    async def _start_targets(
+        self, crawls: asyncio.TaskGroup, fetcher: Fetcher, extractor: PageExtractor
+    ) -> None:
+        next_block = self._target_blocks()
         while True:
             block = await asyncio.to_thread(next_block)
             if not block:
@@ -357,17 +363,7 @@ class CrawlStage:
         """Every target of the file to the cluster (others' copies add nothing); if the
         file cannot be read, `sites` (the task starting them) is cancelled."""
         try:
-            targets = dedupe_targets(
-                read_targets(
-                    Path(self.settings.targets),
-                    self.settings.targets_column or None,
-                    on_problem=self._bad_line,
-                )
-            )
-
-            def next_block(source: Iterator[Target] = targets) -> list[Target]:
-                return list(itertools.islice(source, _TARGET_BLOCK))
-
+            next_block = self._target_blocks()
             while block := await asyncio.to_thread(next_block):
                 self._c.read += len(block)
                 await shared.enqueue(block)
