@@ -220,8 +220,8 @@ def test_the_function_and_its_result_pickle_for_worker_processes() -> None:
     assert pickle.loads(pickle.dumps(page)) == page
 
 
-def extraction_workers() -> list[psutil.Process]:
-    """The live extraction workers: with forkserver they are children of the
+def live_extraction_workers() -> list[psutil.Process]:
+    """Every live extraction worker: with forkserver they are children of the
     server, which is our child."""
     return [
         worker
@@ -230,6 +230,22 @@ def extraction_workers() -> list[psutil.Process]:
         for worker in server.children()
         if worker.status() != psutil.STATUS_ZOMBIE
     ]
+
+
+_OLDER: set[int] = set()  # workers alive when the current test began
+
+
+@pytest.fixture(autouse=True)
+def _workers_of_this_test_only() -> None:
+    # The forkserver serves the whole session: a worker another test's pool has not
+    # yet seen exit is not one of this test's extractor.
+    _OLDER.clear()
+    _OLDER.update(worker.pid for worker in live_extraction_workers())
+
+
+def extraction_workers() -> list[psutil.Process]:
+    """The live extraction workers started since this test began: its extractor's."""
+    return [worker for worker in live_extraction_workers() if worker.pid not in _OLDER]
 
 
 async def test_the_process_pool_extracts_in_workers_passes_errors_back_and_stops() -> None:
