@@ -184,7 +184,9 @@ async def test_a_worker_whose_key_is_refused_leaves_its_batches_to_the_others(
         refused = Engine(config, wrong, cluster=here)
         serving = Engine(config, secrets, cluster=there)
         async with asyncio.timeout(GUARD_S):
-            states = await asyncio.gather(refused.run(), serving.run())
+            # The refused one first: started together on a busy machine, the other could
+            # finish the whole job before this one had sent anything to be refused for.
+            states = [await refused.run(), await serving.run()]
 
     assert states == [JobState.FAILED, JobState.DONE], serving.failure_reason
     assert refused.failure_reason.startswith("no API key can serve any more")
