@@ -36,7 +36,7 @@ import socket
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypedDict
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -83,6 +83,15 @@ QUEUE_PREFETCH = 4
 1), and few enough that a worker does not sit on work another could send."""
 MIN_LEASE_S = 1.0
 """The collector lease's shortest life: a faster heartbeat would only churn it."""
+
+
+class _StreamTerms(TypedDict):
+    """What the run's batch and targets streams are both read under."""
+
+    visibility_s: float
+    max_deliveries: int
+    block_s: float
+    max_backlog: int
 
 
 class ClusterJob:
@@ -152,11 +161,8 @@ class ClusterJob:
             self.redis,
             self.scope.prefix,
             self.worker_id,
-            visibility_s=self.settings.visibility_timeout_s,
-            max_deliveries=self.settings.max_deliveries,
-            block_s=QUEUE_BLOCK_S,
+            **self._stream_terms(),
             prefetch=QUEUE_PREFETCH,
-            max_backlog=max(64, self.config.engine.queue_size),
             events=events,
             clock=clock,
             done_set=self.done_set,
@@ -213,6 +219,15 @@ class ClusterJob:
         )
         return self._spend
 
+    def _stream_terms(self) -> _StreamTerms:
+        """What the run's batch and targets streams are read under, from `[cluster]`."""
+        return {
+            "visibility_s": self.settings.visibility_timeout_s,
+            "max_deliveries": self.settings.max_deliveries,
+            "block_s": QUEUE_BLOCK_S,
+            "max_backlog": max(64, self.config.engine.queue_size),
+        }
+
     def crawl_share(
         self, job: JobSettings, *, stats: RunStats, batch_size: Callable[[], int]
     ) -> SharedCrawl:
@@ -223,10 +238,7 @@ class ClusterJob:
             self.redis,
             self.scope.prefix,
             self.worker_id,
-            visibility_s=self.settings.visibility_timeout_s,
-            max_deliveries=self.settings.max_deliveries,
-            block_s=QUEUE_BLOCK_S,
-            max_backlog=max(64, self.config.engine.queue_size),
+            **self._stream_terms(),
             events=self._events,
         )
         return SharedCrawl(self._targets, self._queue, job, stats=stats, batch_size=batch_size)
