@@ -57,6 +57,7 @@ from engine.api import (
 from tui.closed_pipe import EXIT_CLOSED_PIPE, ClosedStdout, quiet_when_stdout_closes
 from tui.fresh_start import FRESH_FLAG, nothing_left_notice, start_over
 from tui.metrics_flag import METRICS_FLAG, add_metrics_flag, metrics_endpoint, metrics_published
+from tui.process_exit import ending_process
 from tui.version_flag import VersionFlag
 
 if TYPE_CHECKING:
@@ -716,5 +717,8 @@ def export(source: Path, fmt: str, output: Path | None, failures: bool) -> int:
     return 0
 
 
+entry = ending_process(main)
+"""The `crawldeck` command (`main` in a process that ends with it)."""
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(entry())
