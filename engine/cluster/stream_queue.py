@@ -711,6 +711,8 @@ class StreamWorkQueue:
         )
         if as_int(acked):
             self._settled_here.set()
+        if as_int(complete) == 1:
+            self._input_complete_seen = True  # known at every settle, not only when reads dry up
         if as_int(complete) == 1 and as_int(entries) - as_int(settled) - as_int(dead) <= 0:
             self._finish()
         return bool(as_int(acked))
@@ -753,6 +755,7 @@ class StreamWorkQueue:
     async def _mark_input_complete(self) -> None:
         await self._input_ended.wait()
         await self._redis.hset(self.streams.progress, "input_complete", 1)
+        self._input_complete_seen = True
 
     def _emit(self, kind: EventKind, message: str, **data: Any) -> None:
         if self._events is not None:

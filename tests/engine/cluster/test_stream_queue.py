@@ -86,6 +86,35 @@ async def test_the_tail_is_known_once_every_batch_is_out_and_not_before(
         assert [await end for end in ends] == [None, None]
 
 
+async def test_a_worker_knows_the_input_is_complete_from_its_settles_not_only_from_empty_reads(
+    redis_client: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each settle tells the worker what Redis knows of the input: once it is complete, a
+    read that finds nothing new blocks only briefly and the tail begins — not after a
+    full blocking read spent not knowing it (up to a second, on the job's wall)."""
+    monkeypatch.setattr(stream_queue, "TAIL_BLOCK_S", 0.2)
+    slow = Timing(visibility_s=120.0, block_s=60.0)  # an unknowing read: up to 60 s
+    intake = Worker(redis_client, PREFIX, "intake", prefetch=0)
+    worker = Worker(redis_client, PREFIX, "worker", slow, prefetch=0)
+    await enqueue(intake.queue, batches(chunks(12), 4))
+    async with asyncio.timeout(GUARD_S), asyncio.TaskGroup() as tg:
+        marking = tg.create_task(intake.queue.run(intake.outcomes))  # the input complete
+        while not (await intake.queue.progress()).input_complete:
+            await asyncio.sleep(0.01)
+        tg.create_task(worker.queue.run(worker.outcomes))
+        taken = [await worker.queue.get() for _ in range(3)]
+        for batch in taken[:2]:
+            assert batch is not None
+            await worker.answer(batch)  # its settle's reply: the input is complete
+        waiting = tg.create_task(worker.queue.get())  # admission, waiting at the tail
+        async with asyncio.timeout(5.0):
+            await worker.queue.delivered.wait()
+        assert taken[2] is not None
+        await worker.answer(taken[2])
+        assert await waiting is None
+        marking.cancel()  # it takes no batches: nothing of its own ends its reading
+
+
 async def test_two_workers_share_the_batches_and_each_chunk_is_worked_once(
     redis_client: Redis, tmp_path: Path
 ) -> None:
