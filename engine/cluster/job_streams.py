@@ -48,6 +48,12 @@ class JobStreams:
         return f"{self.prefix}:work:dead"
 
     @property
+    def work_over(self) -> str:
+        """The channel on which the settle that ends the job says so: a notice that wakes
+        the workers' blocked reads; the progress hash stays the truth."""
+        return f"{self.prefix}:work:over"
+
+    @property
     def results(self) -> str:
         """The stream of result and failure rows, read by the job's collector."""
         return f"{self.prefix}:results"

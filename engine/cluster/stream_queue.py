@@ -36,12 +36,17 @@ rows settle it, it goes to the dead-letter stream with that reason.
 The job is over for a consumer when the input is fully enqueued and every
 entry is settled or dead-lettered — counters kept by the scripts, so
 another consumer's pending work (it may die) keeps everyone waiting until
-it is settled or reclaimed.  `get()` returns None from then on.
+it is settled or reclaimed.  `get()` returns None from then on.  The
+settle that ends the job publishes a notice (`JobStreams.work_over`): the
+other workers, blocked in a read that can bring nothing any more, stop at
+once instead of at its timeout — each worker's exit is on the job's wall.
+A notice missed (a dropped subscription) costs that timeout, nothing more.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import time
@@ -51,6 +56,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from engine.cluster.batch_codec import (
     FORMAT_VERSION,
@@ -115,7 +121,7 @@ return redis.call('HMGET', KEYS[3], 'entries', 'settled', 'dead')
 
 # KEYS: work, results, progress, dead.  ARGV: group, entry id, chunks in it, rows (a JSON
 # array, or ''), dead reason ('' if settled), deliveries, chunks JSON, history JSON, and
-# how many of the rows are failures.
+# how many of the rows are failures, the job-over channel.
 # Rows are appended even when another consumer settled the entry first: a late
 # result still supersedes a dead letter's failure, and the collector ignores repeats.
 _SETTLE = """
@@ -136,7 +142,12 @@ if acked == 1 then
     redis.call('HINCRBY', KEYS[3], 'failed_chunks', tonumber(ARGV[9]))
   end
 end
-return {acked, redis.call('HMGET', KEYS[3], 'input_complete', 'entries', 'settled', 'dead')}
+local p = redis.call('HMGET', KEYS[3], 'input_complete', 'entries', 'settled', 'dead')
+if acked == 1 and p[1] == '1' and
+   (tonumber(p[2]) or 0) - (tonumber(p[3]) or 0) - (tonumber(p[4]) or 0) <= 0 then
+  redis.call('PUBLISH', ARGV[10], 'over')
+end
+return {acked, p}
 """
 
 # KEYS: work.  ARGV: group, consumer, entry ids.  Resets the idle time of the
@@ -414,9 +425,11 @@ class StreamWorkQueue:
         async with asyncio.TaskGroup() as tg:
             marker = tg.create_task(self._mark_input_complete(), name="queue-input-marker")
             alive = tg.create_task(self._keep_alive(), name="queue-keep-alive")
-            await self._read(failures)
-            alive.cancel()
-            marker.cancel()  # over: someone's intake has written it already
+            reading = tg.create_task(self._read(failures), name="queue-reader")
+            notice = tg.create_task(self._hear_the_end(reading), name="queue-over-notice")
+            await asyncio.wait((reading,))  # ended, or cancelled by the notice
+            for task in (notice, alive, marker):
+                task.cancel()  # over: someone's intake has written the marker already
 
     async def settle(self, chunk_id: str, row: str, *, failure: bool = False) -> None:
         """A chunk's row (encoded for the results stream) is ready; `failure` if it is one.
@@ -707,6 +720,7 @@ class StreamWorkQueue:
                 dead_chunks,
                 dead_history,
                 failures,
+                s.work_over,
             ],
         )
         if as_int(acked):
@@ -751,6 +765,25 @@ class StreamWorkQueue:
                         "timeout); both may finish it, one result per chunk is kept",
                         entry=entry_id,
                     )
+
+    async def _hear_the_end(self, reading: asyncio.Task[None]) -> None:
+        """Wait for the notice that the job is over; once the counters confirm it, end
+        `reading` (its blocked read can bring nothing).  Quietly gives up on Redis
+        trouble: the reader's own look at the counters ends the job then."""
+        notices = self._redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await notices.subscribe(self.streams.work_over)
+            # Subscribed first, then looked: an end that came before is not missed.
+            while not (await self.progress()).over:
+                raise_if_cancelled()  # a call may have dropped it (see cancel_guard)
+                await notices.get_message(timeout=None)
+        except RedisError:
+            return
+        finally:
+            with contextlib.suppress(RedisError):
+                await notices.aclose()
+        self._finish()
+        reading.cancel()
 
     async def _mark_input_complete(self) -> None:
         await self._input_ended.wait()

@@ -115,6 +115,29 @@ async def test_a_worker_knows_the_input_is_complete_from_its_settles_not_only_fr
         marking.cancel()  # it takes no batches: nothing of its own ends its reading
 
 
+async def test_the_settle_that_ends_the_job_wakes_the_workers_blocked_in_a_read(
+    redis_client: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last settle publishes that the job is over: a worker blocked in a read that
+    can bring nothing more ends at once, not at its read's timeout."""
+    monkeypatch.setattr(stream_queue, "TAIL_BLOCK_S", 60.0)
+    slow = Timing(visibility_s=120.0, block_s=60.0)  # an empty read: 60 s
+    last, idle = (Worker(redis_client, PREFIX, name, slow, prefetch=0) for name in ("a", "b"))
+    work = batches(chunks(8), 4)
+    await enqueue(last.queue, work)
+    async with asyncio.timeout(GUARD_S), asyncio.TaskGroup() as tg:
+        runs = [tg.create_task(w.queue.run(w.outcomes)) for w in (last, idle)]
+        taken = [await last.queue.get() for _ in work]
+        idle_end = tg.create_task(idle.queue.get())  # its reader blocks: nothing is left
+        await asyncio.sleep(0.5)
+        for batch in taken:
+            assert batch is not None
+            await last.answer(batch)
+        async with asyncio.timeout(5.0):
+            assert await idle_end is None
+            await runs[1]
+
+
 async def test_two_workers_share_the_batches_and_each_chunk_is_worked_once(
     redis_client: Redis, tmp_path: Path
 ) -> None:
@@ -252,15 +275,15 @@ async def test_entries_whose_reply_a_dropped_connection_lost_are_read_again_at_o
 async def test_keep_alive_keeps_a_slow_live_workers_batch(redis_client: Redis) -> None:
     """A call that lasts three visibility timeouts is not taken over while its worker lives."""
     timing = Timing(visibility_s=0.5, block_s=0.1)
-    slow = Worker(redis_client, PREFIX, "slow", timing)
-    other = Worker(redis_client, PREFIX, "other", timing)
-    await enqueue(slow.queue, batches(chunks(2), 2))
+    # Both slow: whichever reads the batch first holds it for three timeouts.
+    a, b = (Worker(redis_client, PREFIX, name, timing) for name in "ab")
+    await enqueue(a.queue, batches(chunks(2), 2))
     async with asyncio.timeout(GUARD_S):
-        await asyncio.gather(slow.serve(hold_s=1.5), other.serve())
-    assert len(slow.worked) == 1
-    assert other.worked == []
-    assert other.queue.reclaimed == 0 and slow.queue.lost == 0
-    assert (await slow.queue.progress()).settled == 1
+        await asyncio.gather(a.serve(hold_s=1.5), b.serve(hold_s=1.5))
+    assert len(a.worked) + len(b.worked) == 1
+    assert a.queue.reclaimed == b.queue.reclaimed == 0
+    assert a.queue.lost == b.queue.lost == 0
+    assert (await a.queue.progress()).settled == 1
 
 
 async def test_a_batch_delivered_too_often_is_a_dead_letter_with_the_reason(
