@@ -175,8 +175,10 @@ local function needed(h, est, charge)
   return est
 end
 
-local function budget_wait(h, est, charge, now)
-  return math.max(wait_for(h.R, 1, now), wait_for(h.T, needed(h, est, charge), now))
+-- With `spare` more like it left over: budget nobody waiting takes.
+local function budget_wait(h, est, charge, now, spare)
+  local n = 1 + (spare or 0)
+  return math.max(wait_for(h.R, n, now), wait_for(h.T, needed(h, est, charge) * n, now))
 end
 
 local function headroom(h, now)
@@ -355,7 +357,7 @@ function OPS.open(p, now)
 end
 
 -- KEYS: each candidate's hash then its recent reservations; payload.keys:
--- {rpm, tpm, est, charge, cooling} per candidate.  The key that can admit
+-- {rpm, tpm, est, charge, cooling, spare} per candidate.  The key that can admit
 -- soonest (ties: the most free budget) takes one request and its tokens:
 -- {'admitted', its number, tokens taken, now, marks requests, marks tokens, state};
 -- or nothing is taken: {'wait', seconds, every candidate's state}.
@@ -370,7 +372,7 @@ function OPS.reserve(p, now)
     end
     if recover(h, now) then changed[i] = true end
     hs[i] = h
-    local wait = math.max(0, h.cool_until - now, c.cooling or 0, budget_wait(h, c.est, c.charge, now))
+    local wait = math.max(0, h.cool_until - now, c.cooling or 0, budget_wait(h, c.est, c.charge, now, c.spare))
     local room = headroom(h, now)
     if wait < best_wait - 1e-9 or (math.abs(wait - best_wait) <= 1e-9 and room > best_room) then
       best, best_wait, best_room = i, wait, room

@@ -106,6 +106,7 @@ class Candidate:
     est_tokens: int
     charge: int
     cooling_s: float = 0.0
+    spare: int = 0  # requests like it that must stay free after it (`KeyBudgets.lease`)
 
 
 def _number(raw: str) -> float | None:
@@ -336,6 +337,7 @@ class SharedBudget:
                     "est": c.est_tokens,
                     "charge": c.charge,
                     "cooling": c.cooling_s,
+                    "spare": c.spare,
                 }
                 for c in candidates
             ]

@@ -197,13 +197,18 @@ class SharedKeyPool(KeyPool):
     """Reservations out at once: enough to spend a full bucket at a busy machine's round trips."""
 
     # admission -------------------------------------------------------------------
-    async def _reserve(self, est_tokens: int, charged: int | None) -> tuple[KeyState, int]:
-        key, admitted = await self._reserve_shared(est_tokens, charged)
+    async def _reserve(
+        self, est_tokens: int, charged: int | None, spare: int = 0
+    ) -> tuple[KeyState, int]:
+        key, admitted = await self._reserve_shared(est_tokens, charged, spare)
         return key, admitted.taken
 
-    async def lease(self, est_tokens: int, charged: int | None = None) -> KeyLease:
-        """`acquire`, held as a lease, sent at the reservation's time on Redis's clock."""
-        key, admitted = await self._reserve_shared(est_tokens, charged)
+    async def lease(
+        self, est_tokens: int, charged: int | None = None, *, spare: int = 0
+    ) -> KeyLease:
+        """`acquire`, held as a lease, sent at the reservation's time on Redis's clock
+        (`spare`: see `KeyBudgets.lease`; the room left over is the cluster's)."""
+        key, admitted = await self._reserve_shared(est_tokens, charged, spare)
         return KeyLease(
             key,
             est_tokens,
@@ -215,14 +220,18 @@ class SharedKeyPool(KeyPool):
         )
 
     async def _reserve_shared(
-        self, est_tokens: int, charged: int | None
+        self, est_tokens: int, charged: int | None, spare: int = 0
     ) -> tuple[KeyState, Admitted]:
         # A first ask at once: with budget free, the reservations out together are
         # admitted together.  With none, they queue and one asks for them all —
         # every waiter asking at each notify() would cost a script call apiece.
-        admitted = await self._ask_once(est_tokens, charged)
+        admitted = await self._ask_once(est_tokens, charged, spare=spare)
         if admitted is not None:
             return admitted
+        while spare:  # waits apart: at the head of the queue it would hold up the rest
+            admitted = await self._ask_once(est_tokens, charged, spare=spare, wait=True)
+            if admitted is not None:
+                return admitted
         async with self._waiting:
             while True:
                 admitted = await self._ask_once(est_tokens, charged, wait=True)
@@ -230,7 +239,7 @@ class SharedKeyPool(KeyPool):
                     return admitted
 
     async def _ask_once(
-        self, est_tokens: int, charged: int | None, *, wait: bool = False
+        self, est_tokens: int, charged: int | None, *, spare: int = 0, wait: bool = False
     ) -> tuple[KeyState, Admitted] | None:
         """One reservation asked of Redis; None if no key has room (then, with `wait`,
         after the wait the script gave, or until `notify()`)."""
@@ -240,7 +249,7 @@ class SharedKeyPool(KeyPool):
         # Taken before asking: a notify() from here on wakes this call (`notify`
         # swaps the event, never clears it).
         changed = self._changed
-        answer = await self._ask(usable, est_tokens, charged)
+        answer = await self._ask(usable, est_tokens, charged, spare)
         if isinstance(answer, Admitted):
             self._adopt({answer.key_id: answer.state})
             return self._shared[answer.key_id][0], answer
@@ -259,7 +268,7 @@ class SharedKeyPool(KeyPool):
         self._changed = asyncio.Event()  # for the calls that ask from now on
 
     async def _ask(
-        self, usable: Sequence[KeyState], est_tokens: int, charged: int | None
+        self, usable: Sequence[KeyState], est_tokens: int, charged: int | None, spare: int = 0
     ) -> Admitted | Waiting:
         candidates = []
         for key in usable:
@@ -272,6 +281,7 @@ class SharedKeyPool(KeyPool):
                     est_tokens,
                     budget.charge_of(est_tokens, charged),
                     key.cooling_for(),
+                    spare,
                 )
             )
         # Shielded: a reservation made while its asker was cancelled is given back.

@@ -289,7 +289,16 @@ class KeyBudgets(Protocol):
 
     async def acquire(self, est_tokens: int, charged: int | None = None) -> KeyState: ...
 
-    async def lease(self, est_tokens: int, charged: int | None = None) -> KeyLease: ...
+    async def lease(
+        self, est_tokens: int, charged: int | None = None, *, spare: int = 0
+    ) -> KeyLease:
+        """A key's budget for one request, held until the request ends.
+
+        `spare`: admit only while room for that many more requests would be
+        left over — budget nobody waiting takes (a hedge yields to every
+        request that is not one: while those wait, the buckets never refill
+        that far)."""
+        ...
 
     def notify(self) -> None: ...
 
@@ -344,14 +353,16 @@ class KeyPool:
         """Budget or key health changed: re-evaluate waiting admissions."""
         self._changed.set()
 
-    def _best(self, est_tokens: int, charged: int | None) -> tuple[KeyState | None, float]:
+    def _best(
+        self, est_tokens: int, charged: int | None, spare: int = 0
+    ) -> tuple[KeyState | None, float]:
         best: KeyState | None = None
         best_wait, best_room = math.inf, -1.0
         for key in self._sending:
             if not key.usable:
                 continue
             key.budget.recover()
-            wait = max(key.cooling_for(), key.budget.wait_for(est_tokens, charged))
+            wait = max(key.cooling_for(), key.budget.wait_for(est_tokens, charged, spare))
             room = key.budget.headroom()
             if wait < best_wait - 1e-9 or (abs(wait - best_wait) <= 1e-9 and room > best_room):
                 best, best_wait, best_room = key, wait, room
@@ -366,9 +377,11 @@ class KeyPool:
         key, _ = await self._reserve(est_tokens, charged)
         return key
 
-    async def _reserve(self, est_tokens: int, charged: int | None) -> tuple[KeyState, int]:
+    async def _reserve(
+        self, est_tokens: int, charged: int | None, spare: int = 0
+    ) -> tuple[KeyState, int]:
         while True:
-            key, wait = self._best(est_tokens, charged)
+            key, wait = self._best(est_tokens, charged, spare)
             if key is None:
                 raise NoUsableKeyError("every API key is disabled")
             if wait <= 0:
@@ -380,9 +393,12 @@ class KeyPool:
             except TimeoutError:
                 pass
 
-    async def lease(self, est_tokens: int, charged: int | None = None) -> KeyLease:
-        """`acquire`, held as a lease: the key counts the request in flight until it ends."""
-        key, taken = await self._reserve(est_tokens, charged)
+    async def lease(
+        self, est_tokens: int, charged: int | None = None, *, spare: int = 0
+    ) -> KeyLease:
+        """`acquire`, held as a lease: the key counts the request in flight until it ends
+        (`spare`: see `KeyBudgets.lease`)."""
+        key, taken = await self._reserve(est_tokens, charged, spare)
         return KeyLease(key, est_tokens, charged, taken)
 
     # health ------------------------------------------------------------------

@@ -257,10 +257,12 @@ class KeyBudget:
         self._charges_learned = 0
 
     # admission -----------------------------------------------------------
-    def wait_for(self, est_tokens: int, charged: int | None = None) -> float:
-        """Seconds until a request of `est_tokens` (`charged` at admission) fits both budgets."""
+    def wait_for(self, est_tokens: int, charged: int | None = None, spare: int = 0) -> float:
+        """Seconds until a request of `est_tokens` (`charged` at admission) fits both budgets
+        — with room for `spare` more like it left over (`KeyBudgets.lease`)."""
         return max(
-            self.requests.wait_for(1), self.tokens.wait_for(self._needed(est_tokens, charged))
+            self.requests.wait_for(1 + spare),
+            self.tokens.wait_for(self._needed(est_tokens, charged) * (1 + spare)),
         )
 
     def charge_of(self, est_tokens: int, charged: int | None) -> int:

@@ -106,6 +106,11 @@ class ChatClients(Protocol):
 HEDGE_QUANTILE = 0.5
 """At the tail, a batch out longer than this quantile of its key's latency is sent again."""
 
+HEDGE_SPARE = 1
+"""A hedge takes a key's budget only with room for this many more requests left over:
+while any request that is not a hedge waits (a retry here, another worker's batch in
+a cluster), the buckets never refill that far, so hedges never delay real work."""
+
 HEDGE_SHARE = 0.05
 """Hedges are at most this share of the job's requests (and at least one): each is
 paid for like any request, and a job small enough to be all tail would otherwise
@@ -586,13 +591,18 @@ class Dispatcher:
         flight.race = race
         if flight.task is not None:
             race.sends.add(flight.task)
-        # Budget for it within the median latency, or no hedge: a wait for a key that
-        # cools or is gone must not hold the job's end.
+        # Budget for it within the median latency, and before the request it would race
+        # ends, or no hedge: a wait for spare budget, or for a key that cools or is
+        # gone, must not hold the job's end.
         patience = flight.lease.key.latency.quantile(HEDGE_QUANTILE) or 1.0
-        try:
-            async with asyncio.timeout(patience):
-                lease = await self._keys.lease(flight.lease.estimate, flight.lease.charged)
-        except (TimeoutError, NoUsableKeyError):
+        leasing = sends.create_task(self._spare_lease(flight.lease))
+        ended = {flight.task} if flight.task is not None else set()
+        await asyncio.wait({leasing, *ended}, timeout=patience, return_when=asyncio.FIRST_COMPLETED)
+        if not leasing.done():
+            leasing.cancel()  # owned by `sends`, which sees it end
+            return
+        lease = leasing.result()
+        if lease is None:
             return
         if race.settled or flight not in self._flying:
             lease.abandoned()  # answered meanwhile: never sent
@@ -605,6 +615,14 @@ class Dispatcher:
         self._sends.add(task)
         task.add_done_callback(self._sends.discard)
         task.add_done_callback(functools.partial(self._settle_unstarted, twin))
+
+    async def _spare_lease(self, of: KeyLease) -> KeyLease | None:
+        """A lease like `of` from budget nobody waits for (`HEDGE_SPARE`); None if no key
+        can serve."""
+        try:
+            return await self._keys.lease(of.estimate, of.charged, spare=HEDGE_SPARE)
+        except NoUsableKeyError:
+            return None
 
     def _settle_unstarted(self, flight: _Flight, _task: asyncio.Task[None]) -> None:
         self._give_back(flight, answered=False)  # no-op once the send itself gave them back

@@ -201,3 +201,24 @@ async def test_a_redis_restart_loses_no_reservation_and_ends_no_job(tmp_path: Pa
     warnings = [e.message for e in events.recent() if e.kind is EventKind.WARNING]
     assert warnings[0].startswith("shared key budgets: Redis did not answer")
     assert warnings[-1].startswith("shared key budgets: Redis answers again")
+
+
+async def test_a_spare_lease_leaves_the_last_room_to_every_worker_that_is_not_hedging(
+    redis_server: RedisServer,
+) -> None:
+    """A hedge (`spare=1`) takes a shared key's budget only with room for one more left
+    over: another worker's real request, asking after it, still goes first."""
+    limits = [("k", 240, None)]  # paced at two a second until answers come, four at first
+    async with (
+        worker(redis_server.url, limits) as hedging,
+        worker(redis_server.url, limits) as other,
+    ):
+        await leases(other, 3)  # room for one left
+        hedge = asyncio.create_task(hedging.lease(10, spare=1))
+        await asyncio.sleep(0.1)
+        await leases(other, 1)  # at once, though the hedge asked first
+        assert not hedge.done(), "the last room went to the request that is not a hedge"
+        async with asyncio.timeout(GUARD):  # two fit again within a second
+            assert (await hedge).key.alias == "k"
+    state = (await hedging.budget.read(["sim/k"]))["sim/k"]
+    assert state.reserved_requests == 5

@@ -260,3 +260,24 @@ def test_a_key_is_usable_until_disabled_and_cools_for_the_time_left() -> None:
     assert key.cooling_for() == 0.0
     key.disabled_reason = "invalid api key"
     assert not key.usable
+
+
+async def test_a_spare_lease_takes_only_room_that_nothing_waiting_would_take() -> None:
+    """A hedge leases with `spare=1`: while the key has room for one request, that room is
+    left to requests that are not hedges; once two would fit, the hedge goes."""
+    clock = FakeClock()
+    key = make_key("a", clock, rpm=60)  # one a second, a first burst of two
+    key.budget.reserve(1)
+    pool = KeyPool([key], clock)
+
+    hedge = asyncio.create_task(pool.lease(1, spare=1))
+    await settle()
+    assert not hedge.done(), "room for one only: not a hedge's"
+    async with asyncio.timeout(GUARD):
+        real = await pool.lease(1)  # at once, though the hedge asked first
+    assert real.key is key and not hedge.done()
+
+    clock.advance(2.0)  # room for two again
+    pool.notify()
+    await settle()
+    assert hedge.done() and hedge.result().key is key
