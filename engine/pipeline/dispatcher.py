@@ -597,9 +597,15 @@ class Dispatcher:
         patience = flight.lease.key.latency.quantile(HEDGE_QUANTILE) or 1.0
         leasing = sends.create_task(self._spare_lease(flight.lease))
         ended = {flight.task} if flight.task is not None else set()
-        await asyncio.wait({leasing, *ended}, timeout=patience, return_when=asyncio.FIRST_COMPLETED)
-        if not leasing.done():
-            leasing.cancel()  # owned by `sends`, which sees it end
+        try:
+            await asyncio.wait(
+                {leasing, *ended}, timeout=patience, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            leased = leasing.done()
+            if not leased:  # also when the hedging is stopped (drain): no lease left waiting
+                leasing.cancel()  # owned by `sends`, which sees it end
+        if not leased:
             return
         lease = leasing.result()
         if lease is None:
