@@ -26,6 +26,7 @@ import asyncio
 import base64
 import contextlib
 import importlib
+import itertools
 import json
 import math
 import time
@@ -172,6 +173,13 @@ def classify_status(
 # Embedding requests for the drift monitor are not counted in concurrency.
 _EMBEDDING_HEADROOM = 64
 
+POOLS = 4
+"""Connection pools the requests take turns on.  The transport's pool looks at every
+connection it holds, twice a request, to choose one: at 64 in flight that scan was
+~20 % of the engine's CPU flat out.  Four pools hold a quarter each (one TLS context
+for all); `engine_cpu` flat out: 1.39 ms a request against 1.53 with one, side by
+side."""
+
 
 _JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
 
@@ -277,12 +285,18 @@ class ProviderClients:
         # (0.1 s): load it with the client, not inside the job's first requests.
         with contextlib.suppress(ImportError):  # a warm-up only: anyio's layout may change
             importlib.import_module("anyio._backends._asyncio")
-        self._http = httpx2.AsyncClient(
-            limits=httpx2.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
-            timeout=httpx2.Timeout(60.0, connect=10.0),
+        tls = httpx2.create_ssl_context()  # loading the CA certificates once, not per pool
+        limits = httpx2.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
         )
+        self._pools = [
+            httpx2.AsyncClient(
+                limits=limits, timeout=httpx2.Timeout(60.0, connect=10.0), verify=tls
+            )
+            for _ in range(POOLS)
+        ]
+        self._turns = itertools.cycle(self._pools)
+        self._http = self._pools[0]  # the Batch API's few calls
         self._routes: dict[str, _Route] = {}
         self._batch_clients: dict[str, BatchClient] = {}
         self._timeouts: dict[float, httpx2.Timeout] = {}
@@ -335,7 +349,7 @@ class ProviderClients:
             # The transport's timeout covers each network phase; the outer one
             # also catches a server that trickles bytes forever.
             async with asyncio.timeout(timeout_s * 1.5 + 1.0):
-                response = await self._http.post(
+                response = await next(self._turns).post(
                     url,
                     content=_BODY_JSON.encode(body).encode(),
                     headers=route.headers,
@@ -464,7 +478,8 @@ class ProviderClients:
         if not self._closed:
             self._closed = True
             self._log_filter.uninstall()
-            await self._http.aclose()
+            for pool in self._pools:
+                await pool.aclose()
 
 
 def _vector(embedding: object) -> NDArray[np.float32]:
