@@ -304,7 +304,8 @@ async def test_a_worker_killed_mid_job_leaves_nothing_undone(
         try:
             deadline = time.monotonic() + RUN_TIMEOUT_S
             while results(job.parent / "results.db")[0] < records // 3:
-                assert all(w.proc.returncode is None for w in workers), "a worker ended early"
+                ended_early = [w for w in workers if w.proc.returncode is not None]
+                assert not ended_early, [(w.proc.returncode, w.stderr) for w in ended_early]
                 assert time.monotonic() < deadline, "the job made no progress"
                 await asyncio.sleep(0.05)
             holder = str(await redis.get(f"{PREFIX}:collector"))  # the worker id: host-pid-…
