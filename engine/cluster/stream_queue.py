@@ -727,8 +727,8 @@ class StreamWorkQueue:
             self._settled_here.set()
         if as_int(complete) == 1:
             self._input_complete_seen = True  # known at every settle, not only when reads dry up
-        if as_int(complete) == 1 and as_int(entries) - as_int(settled) - as_int(dead) <= 0:
-            self._finish()
+            if as_int(entries) - as_int(settled) - as_int(dead) <= 0:
+                self._finish()
         return bool(as_int(acked))
 
     def _room(self) -> int:
