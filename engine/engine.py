@@ -315,7 +315,9 @@ class Engine:
                 helpers = [
                     tg.create_task(self._tick(), name="ticker"),
                     tg.create_task(self._memory.run(), name="memory-guard"),
-                    tg.create_task(self._intake.census(), name="census"),
+                    tg.create_task(
+                        self._intake.census(after=self._dispatcher.sending), name="census"
+                    ),
                     tg.create_task(self._event_log.run(store, self._run_id), name="event-log"),
                 ]
                 if self._drift is not None:

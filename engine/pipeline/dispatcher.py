@@ -246,6 +246,9 @@ class Dispatcher:
         self._flying: set[_Flight] = set()  # requests out now, for hedging at the tail
         self._flying_changed = asyncio.Event()
         self._launched = 0  # requests sent, hedges aside
+        # Set as the first request goes out: work that can wait (the input's census)
+        # waits for it, so the job's first requests are not slowed by it.
+        self.sending = asyncio.Event()
 
     # ---------------------------------------------------------------- controls
     def adapt(self, now: float, *, allowed: bool) -> None:
@@ -642,6 +645,7 @@ class Dispatcher:
         timeout = provider.request_timeout_s or self._preset().request_timeout_s
         hang = HangDeadline(lease.key.latency, timeout, self.tail)
         sent_at = self._clock()
+        self.sending.set()
         self._flying.add(flight)
         self._flying_changed.set()
         try:

@@ -213,6 +213,34 @@ async def test_the_census_leaves_a_total_the_reader_already_settled(tmp_path: Pa
     assert made.stats.total == 49
 
 
+async def test_the_census_waits_for_the_first_request_to_go_out(tmp_path: Path) -> None:
+    # Counting holds the interpreter's lock in turns with the event loop: the
+    # job's first requests go out first.
+    made = Made(text_job(write_lines(tmp_path / "in.txt", 300)))
+    first_request_out = asyncio.Event()
+    census = asyncio.create_task(made.intake.census(after=first_request_out))
+    await asyncio.sleep(0.1)
+    assert made.stats.total is None and not census.done()
+
+    first_request_out.set()
+    async with asyncio.timeout(GUARD):
+        await census
+
+    assert made.stats.total == 300
+
+
+async def test_a_job_that_sends_nothing_yet_still_gets_its_total(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("engine.pipeline.intake.CENSUS_WAIT_S", 0.05)
+    made = Made(text_job(write_lines(tmp_path / "in.txt", 300)))
+
+    async with asyncio.timeout(GUARD):
+        await made.intake.census(after=asyncio.Event())  # paused, cooling: never set here
+
+    assert made.stats.total == 300
+
+
 async def test_a_cancelled_census_stops_counting_in_its_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
