@@ -316,7 +316,7 @@ class Engine:
                     tg.create_task(self._tick(), name="ticker"),
                     tg.create_task(self._memory.run(), name="memory-guard"),
                     tg.create_task(
-                        self._intake.census(after=self._dispatcher.sending), name="census"
+                        self._intake.census(after=self._dispatcher.first_reply), name="census"
                     ),
                     tg.create_task(self._event_log.run(store, self._run_id), name="event-log"),
                 ]

@@ -246,9 +246,10 @@ class Dispatcher:
         self._flying: set[_Flight] = set()  # requests out now, for hedging at the tail
         self._flying_changed = asyncio.Event()
         self._launched = 0  # requests sent, hedges aside
-        # Set as the first request goes out: work that can wait (the input's census)
-        # waits for it, so the job's first requests are not slowed by it.
-        self.sending = asyncio.Event()
+        # Set when the first request comes back (answered or not): the opening requests
+        # are on the wire by then, and work that can wait (the input's census) waits
+        # for it, so that they are not slowed by it.
+        self.first_reply = asyncio.Event()
 
     # ---------------------------------------------------------------- controls
     def adapt(self, now: float, *, allowed: bool) -> None:
@@ -645,7 +646,6 @@ class Dispatcher:
         timeout = provider.request_timeout_s or self._preset().request_timeout_s
         hang = HangDeadline(lease.key.latency, timeout, self.tail)
         sent_at = self._clock()
-        self.sending.set()
         self._flying.add(flight)
         self._flying_changed.set()
         try:
@@ -669,6 +669,7 @@ class Dispatcher:
         finally:
             self._flying.discard(flight)
             self._flying_changed.set()
+        self.first_reply.set()
         self._give_back(flight, answered=True)
         self._settle_budget(flight, outcome)
         self._stats.requests += 1

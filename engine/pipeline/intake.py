@@ -9,10 +9,10 @@ limit holds new input back (`may_read`).
 The census counts every chunk up front, in a thread of its own, so
 progress and ETA have a total early; a crawl's total is projected from the
 chunks per finished site until every site is crawled.  The documents' census
-starts once the first request is out (or after `CENSUS_WAIT_S`): counting
-holds the interpreter's lock in turns with the event loop, and the job's
-first requests waited 0.05–0.2 s for it on 21,000 chunks.  Input records that
-cannot be read are skipped, counted and named in the event log.
+starts once the first request has come back (or after `CENSUS_WAIT_S`):
+counting holds the interpreter's lock in turns with the event loop, and
+the job's opening requests, started at once, reached the wire 0.15–0.25 s
+later with 21,000 chunks being counted beside them (0.01 s without).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from engine.store.sqlite_store import Store
 
 READ_BLOCK = 256  # chunks handed from the reading thread per hop
-# The longest the documents' census waits for the first request to go out: a job
+# The longest the documents' census waits for the first request to come back: a job
 # that cannot send yet (paused, keys cooling, the Batch API) still gets its total.
 CENSUS_WAIT_S = 1.0
 # Bad records named one by one in the event log; the rest only counted (a
@@ -112,7 +112,7 @@ class Intake:
 
     async def census(self, after: asyncio.Event | None = None) -> None:
         """Count the whole input up front, so progress and ETA have a total early;
-        documents are counted once `after` is set (the first request is out), or
+        documents are counted once `after` is set (the first request came back), or
         `CENSUS_WAIT_S` has passed."""
         if self.crawl is not None:
             await self.crawl.count_targets()

@@ -213,16 +213,16 @@ async def test_the_census_leaves_a_total_the_reader_already_settled(tmp_path: Pa
     assert made.stats.total == 49
 
 
-async def test_the_census_waits_for_the_first_request_to_go_out(tmp_path: Path) -> None:
+async def test_the_census_waits_for_the_first_request_to_come_back(tmp_path: Path) -> None:
     # Counting holds the interpreter's lock in turns with the event loop: the
-    # job's first requests go out first.
+    # job's opening requests go out first.
     made = Made(text_job(write_lines(tmp_path / "in.txt", 300)))
-    first_request_out = asyncio.Event()
-    census = asyncio.create_task(made.intake.census(after=first_request_out))
+    first_reply = asyncio.Event()
+    census = asyncio.create_task(made.intake.census(after=first_reply))
     await asyncio.sleep(0.1)
     assert made.stats.total is None and not census.done()
 
-    first_request_out.set()
+    first_reply.set()
     async with asyncio.timeout(GUARD):
         await census
 
