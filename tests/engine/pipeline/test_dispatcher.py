@@ -253,6 +253,25 @@ async def test_a_failure_goes_to_the_outcomes_with_its_claims_given_back(
     assert desk.keys.keys[0].requests == 1
 
 
+async def test_the_first_reply_is_told_whether_it_answered_or_failed(
+    simulator, clients: ProviderClients
+) -> None:
+    # What waits for the opening requests to be out (the input's census) waits on it.
+    sim = await simulator(keys=(SimKey("secret", None, None),), fault_5xx=1.0)
+    clients.add_key("sim/k", "secret", sim.base_url)
+    desk = Desk(clients, [key("sim", "gpt-4o", sim.base_url)], concurrency=4)
+    desk.running.clear()
+    task = await desk.send(batch(1))
+    await asyncio.sleep(0.1)
+    assert not desk.dispatcher.first_reply.is_set()  # nothing sent yet
+
+    desk.running.set()
+    await finish(task)
+
+    assert desk.dispatcher.first_reply.is_set()
+    assert [f.kind.value for f in desk.recorder.failures] == ["server_error"]
+
+
 async def test_a_batch_remembers_the_model_of_the_key_that_tried_it(
     simulator, clients: ProviderClients
 ) -> None:
