@@ -326,7 +326,7 @@ class Engine:
                 if self._cluster is not None:
                     helpers += self._cluster.start(tg, outcomes, store, self._run_id)
                 stages = [
-                    tg.create_task(self._intake.read(), name="reader"),
+                    tg.create_task(self._read_input(), name="reader"),
                     tg.create_task(self._batcher.run(store, same_text), name="batcher"),
                     dispatching := tg.create_task(
                         self._dispatcher.run(outcomes)
@@ -779,6 +779,15 @@ class Engine:
             await store.end_run(
                 self._run_id, str(self._state), self._summary(), busy_timeout_ms=1000
             )
+
+    async def _read_input(self) -> None:
+        """The intake's reading; a worker that joins a shared job whose input is all
+        enqueued already reads none of it: the job's input is what was enqueued."""
+        cluster = self._cluster
+        if cluster is not None and self.config.crawl is None and await cluster.input_all_enqueued():
+            await self._intake.read_none()
+            return
+        await self._intake.read()
 
     def _holds_nothing(self) -> bool:
         """Nothing queued, in flight or unstored: holding input back cannot lower memory."""

@@ -112,6 +112,11 @@ class Intake:
         """Put the whole input on the blocks queue, then None."""
         await (self.read_documents() if self.crawl is None else self.read_crawl())
 
+    async def read_none(self) -> None:
+        """End the input at once: it is someone else's to read (a shared job's input,
+        all enqueued before this worker joined)."""
+        await self._blocks.put(None)
+
     async def census(self, after: asyncio.Event | None = None) -> None:
         """Count the whole input up front, so progress and ETA have a total early;
         documents are counted once `after` is set (the first request came back), or

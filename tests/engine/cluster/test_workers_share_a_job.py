@@ -283,6 +283,43 @@ async def test_two_workers_share_a_job_one_store_and_the_keys_limit(
     assert stats["rate_limited"] <= max(1, stats["admitted"] // 100), stats
 
 
+async def test_a_worker_joining_once_the_input_is_enqueued_reads_none_of_it(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """A machine added to a running job: the whole input is in the stream already, so the
+    new worker reads none of it — the job's input is what was enqueued, even where the
+    file it finds has grown since — and takes its share of the batches."""
+    records, rpm = 160, 600  # 80 requests at 10 a second: the second joins well before the end
+    async with simulator(rpm, (0.05, 0.2)) as base_url:
+        job = write_job(
+            tmp_path / "job",
+            base_url=base_url,
+            redis_url=redis_server.url,
+            records=records,
+            rpm=rpm,
+        )
+        workers = [await start_worker(job, "first")]
+        redis = Redis.from_url(redis_server.url)
+        try:
+            async with asyncio.timeout(RUN_TIMEOUT_S):
+                while await redis.hget(f"{PREFIX}:run:1:work:progress", "input_complete") is None:
+                    assert workers[0].proc.returncode is None, workers[0].stderr
+                    await asyncio.sleep(0.05)
+            write_records(job.parent / "records.txt", records + 40)  # 40 more, read by none
+            elsewhere = tmp_path / "b" / "results.db"
+            workers.append(await start_worker(job, "second", "--set", f"job.store={elsewhere}"))
+            codes = await ended(workers)
+        finally:
+            kill_all(workers)
+            await redis.aclose()
+
+    assert codes == [0, 0], [w.stderr for w in workers]
+    assert results(job.parent / "results.db") == (records, records, 0)
+    first, second = (w.summary() for w in workers)
+    assert second[0] > 0, "the worker that joined late did part of the work"
+    assert first[0] + second[0] == records and first[1] == second[1] == 0
+
+
 async def test_a_worker_killed_mid_job_leaves_nothing_undone(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
