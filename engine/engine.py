@@ -308,25 +308,33 @@ class Engine:
             outcomes = self._outcomes(store, same_text)
             if self._batch_route is not None:
                 await self._batch_route.resume(store, self._run_id)
+            reads_input = True
             if self._cluster is not None:
                 await self._cluster.open()
+                # Joining once the shared input is all enqueued, a worker reads none of
+                # it, nor counts it: the job's input is what was enqueued, and its total
+                # is the cluster's.
+                reads_input = cfg.crawl is not None or not await self._cluster.input_all_enqueued()
             async with asyncio.TaskGroup() as tg:
                 writer = tg.create_task(store.run_writer(), name="store-writer")
                 helpers = [
                     tg.create_task(self._tick(), name="ticker"),
                     tg.create_task(self._memory.run(), name="memory-guard"),
-                    tg.create_task(
-                        self._intake.census(after=self._dispatcher.first_reply), name="census"
-                    ),
                     tg.create_task(self._event_log.run(store, self._run_id), name="event-log"),
                 ]
+                if reads_input:
+                    census = self._intake.census(after=self._dispatcher.first_reply)
+                    helpers.append(tg.create_task(census, name="census"))
                 if self._drift is not None:
                     baselines = self._drift.keep_baselines(store, self._run_id)
                     helpers.append(tg.create_task(baselines, name="drift-baselines"))
                 if self._cluster is not None:
                     helpers += self._cluster.start(tg, outcomes, store, self._run_id)
                 stages = [
-                    tg.create_task(self._read_input(), name="reader"),
+                    tg.create_task(
+                        self._intake.read() if reads_input else self._intake.read_none(),
+                        name="reader",
+                    ),
                     tg.create_task(self._batcher.run(store, same_text), name="batcher"),
                     dispatching := tg.create_task(
                         self._dispatcher.run(outcomes)
@@ -779,15 +787,6 @@ class Engine:
             await store.end_run(
                 self._run_id, str(self._state), self._summary(), busy_timeout_ms=1000
             )
-
-    async def _read_input(self) -> None:
-        """The intake's reading; a worker that joins a shared job whose input is all
-        enqueued already reads none of it: the job's input is what was enqueued."""
-        cluster = self._cluster
-        if cluster is not None and self.config.crawl is None and await cluster.input_all_enqueued():
-            await self._intake.read_none()
-            return
-        await self._intake.read()
 
     def _holds_nothing(self) -> bool:
         """Nothing queued, in flight or unstored: holding input back cannot lower memory."""
