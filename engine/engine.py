@@ -308,13 +308,16 @@ class Engine:
             outcomes = self._outcomes(store, same_text)
             if self._batch_route is not None:
                 await self._batch_route.resume(store, self._run_id)
-            reads_input = True
+            enqueued = None
             if self._cluster is not None:
                 await self._cluster.open()
-                # Joining once the shared input is all enqueued, a worker reads none of
-                # it, nor counts it: the job's input is what was enqueued, and its total
-                # is the cluster's.
-                reads_input = cfg.crawl is not None or not await self._cluster.input_all_enqueued()
+                if cfg.crawl is None:
+                    enqueued = await self._cluster.input_enqueued()
+            # Joining once the shared input is all enqueued, a worker reads none of it,
+            # nor counts it: the job's input is what was enqueued, and so is its total.
+            reads_input = enqueued is None
+            if enqueued is not None:
+                self.stats.total = enqueued
             async with asyncio.TaskGroup() as tg:
                 writer = tg.create_task(store.run_writer(), name="store-writer")
                 helpers = [
@@ -335,7 +338,10 @@ class Engine:
                         self._intake.read() if reads_input else self._intake.read_none(),
                         name="reader",
                     ),
-                    tg.create_task(self._batcher.run(store, same_text), name="batcher"),
+                    tg.create_task(
+                        self._batcher.run(store, same_text, settles_total=reads_input),
+                        name="batcher",
+                    ),
                     dispatching := tg.create_task(
                         self._dispatcher.run(outcomes)
                         if self._batch_route is None

@@ -275,15 +275,16 @@ class ClusterJob:
         return ClusterWorker(engine, self.steering)
 
     # ------------------------------------------------------------ the run
-    async def input_all_enqueued(self) -> bool:
-        """Whether the job's whole input is in its stream already: a worker that joins
-        then has none of it to read.  False when Redis cannot say: reading it again
-        adds nothing twice."""
+    async def input_enqueued(self) -> int | None:
+        """The run's chunks, when its whole input is in its stream already: a worker that
+        joins then has none of it to read.  None if not yet, or when Redis cannot say:
+        reading it again adds nothing twice."""
         assert self._queue is not None, "work_queue() first"
         try:
-            return (await self._queue.progress()).input_complete
+            progress = await self._queue.progress()
         except RedisError:
-            return False
+            return None
+        return progress.chunks if progress.input_complete else None
 
     async def open(self) -> None:
         """Join the keys' shared budgets (before the job's tasks start)."""

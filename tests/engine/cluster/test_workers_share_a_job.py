@@ -318,6 +318,9 @@ async def test_a_worker_joining_once_the_input_is_enqueued_reads_none_of_it(
     first, second = (w.summary() for w in workers)
     assert second[0] > 0, "the worker that joined late did part of the work"
     assert first[0] + second[0] == records and first[1] == second[1] == 0
+    # Its own count goes against the job's total, as every worker's does.
+    last_status = workers[1].stdout.strip().splitlines()[-1]
+    assert f"] {second[0]}/{records} (done {second[0]}, failed 0" in last_status
 
 
 async def test_a_worker_killed_mid_job_leaves_nothing_undone(
