@@ -57,6 +57,7 @@ class BucketReading:
         reserved_since: float,
         spends: Callable[[], Iterable[tuple[float, float]] | None] | None = None,
         spread_s: float = SEND_SPREAD_S,
+        last_spend_at: float | None = None,
     ) -> float:
         """What the provider's bucket holds now for us: the reading refilled
         since it was taken (never past the bucket's size) less what we
@@ -67,10 +68,23 @@ class BucketReading:
         lost: with `spends` ((time, amount) of each of those reservations, in
         order; None when forgotten) the bucket is replayed through them
         instead — on a bucket of one second that is most of its size.
+        `last_spend_at`, when the latest of them was made, spares the replay
+        where its outcome is sure: a full bucket.
         """
         size = max(self.capacity(), self.remaining)
         start = self.taken_at + spread_s
         refilled = self.remaining + max(0.0, now - start) * rate_per_s
+        if (
+            refilled > size
+            and last_spend_at is not None
+            and refilled - reserved_since >= size
+            and (now - max(start, last_spend_at)) * rate_per_s >= reserved_since
+        ):
+            # Full at the end whether or not it filled up between the reservations
+            # (if it did, what refilled since the last of them makes up all of
+            # them): the replay's answer, without walking every reservation in
+            # flight on every answer (~3 % of a busy process's CPU).
+            return size
         replayed = None if refilled <= size or spends is None else spends()
         if replayed is None:  # never full meanwhile, or the reservations are forgotten
             return min(size, refilled) - reserved_since

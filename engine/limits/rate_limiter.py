@@ -372,17 +372,27 @@ class KeyBudget:
         """(requests, tokens) reserved before the `before`-th that an answer sent on the
         wire at `wired_at` cannot have counted: not on the wire yet, or put on it late."""
         requests = tokens = 0
+        # Both logs are in order (reservation numbers, wire times): each walk stops
+        # where nothing further can count — flat out, thousands go on the wire late
+        # within `SPEND_LOG_S`, and every answer walking them all cost more than its send.
         for request, (_, charge) in self._unwired.items():
-            if request < before:
-                requests += 1
-                tokens += charge
-        if self._late:
-            cutoff = wired_at - SEND_SPREAD_S
+            if request >= before:
+                break
+            requests += 1
+            tokens += charge
+        late = self._late
+        if late:
             forget = self._clock() - SPEND_LOG_S
-            for request, (on_wire, charge) in tuple(self._late.items()):
-                if on_wire < forget:
-                    del self._late[request]
-                elif request < before and on_wire >= cutoff:
+            while late:
+                oldest = next(iter(late))
+                if late[oldest][0] >= forget:
+                    break
+                del late[oldest]
+            cutoff = wired_at - SEND_SPREAD_S
+            for request, (on_wire, charge) in reversed(late.items()):
+                if on_wire < cutoff:
+                    break
+                if request < before:
                     requests += 1
                     tokens += charge
         return requests, tokens
@@ -576,6 +586,7 @@ class KeyBudget:
             bucket.rate,
             reserved_since,
             lambda: self._spends_from(blurred, tokens, own),
+            last_spend_at=self._spends[-1][0] if self._spends else None,
         )
         # Sent late or not yet: spent, whatever the reading says.
         bucket.set_level(self.trust.of(available - unseen))

@@ -10,10 +10,12 @@ they were sent, both bounds are blurred by `SEND_SPREAD_S`.
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from engine.limits.provider_headroom import SEND_SPREAD_S, BucketReading, HeaderTrust
-from engine.limits.rate_limiter import BURST_SECONDS, KeyBudget, RateHeaders
+from engine.limits.rate_limiter import BURST_SECONDS, SPEND_LOG_S, KeyBudget, RateHeaders
 from tests.engine.limits.test_rate_limiter import FakeClock
 
 
@@ -360,6 +362,76 @@ def test_requests_not_yet_on_the_wire_are_spent_whatever_an_answer_says() -> Non
     budget.wired(0, clock.now)  # request 0 reaches the wire, a second late
     budget.sync(minute_bucket(1199, "50ms"), sent_at=sent_at, marks=marks, wired_at=sent_at)
     assert budget.requests.level() == pytest.approx(1200 - 5)  # still not in that reading
+
+
+def test_a_bucket_sure_to_be_full_again_is_not_replayed_and_reads_as_the_replay_would() -> None:
+    """The replay is skipped only where its outcome is sure (a full bucket): on 5,000
+    random readings, sizes and reservations, the answer with the shortcut is the replay's."""
+    rng = random.Random(20261207)
+    skipped = 0
+    for _ in range(5000):
+        size = rng.choice((20.0, 1200.0, 1e6))
+        rate = size / rng.choice((1.0, 60.0))
+        taken_at = rng.uniform(0.0, 1.0)
+        now = taken_at + rng.uniform(0.0, 3.0)
+        remaining = rng.uniform(0.0, size)
+        # Its reset: the time until the bucket of `size` is full again.
+        reading = BucketReading(remaining, (size - remaining) / rate, rate * 60.0, taken_at)
+        times = sorted(rng.uniform(taken_at - 0.2, now) for _ in range(rng.randrange(0, 40)))
+        spends = [(when, rng.choice((1.0, 2.0, size / 50.0))) for when in times]
+        reserved = sum(amount for _, amount in spends)
+
+        def replay(log: list[tuple[float, float]] = spends) -> list[tuple[float, float]]:
+            return log
+
+        exact = reading.available(now, rate, reserved, replay)
+        quick = reading.available(
+            now, rate, reserved, replay, last_spend_at=times[-1] if times else None
+        )
+        skipped += quick == reading.capacity() and exact == pytest.approx(quick)
+        assert quick == pytest.approx(exact, abs=1e-6 * size)
+    assert skipped > 500  # the shortcut was taken, not only never wrong
+
+
+def test_an_answer_leaves_out_exactly_the_requests_it_cannot_have_counted_among_thousands() -> None:
+    """Flat out, most requests reach the wire after the send spread, and thousands are
+    remembered as late: each answer leaves out of its reading those reserved before its
+    marks that were not on the wire yet, or went on it from just before it — walked
+    from the newest, not all of them — and forgets late ones past the spend log."""
+    rng = random.Random(7)
+    clock = FakeClock()
+    budget = KeyBudget(10**7, None, clock)
+    wires: dict[int, float | None] = {}  # request: when on the wire (None: not yet)
+    charges: dict[int, int] = {}
+    reserved_at: dict[int, float] = {}
+    for request in range(4000):
+        estimate = rng.randrange(5, 50)
+        charges[request] = budget.charge_of(estimate, None)
+        reserved_at[request] = clock.now
+        budget.reserve(estimate)
+        wires[request] = None
+        clock.advance(0.002)
+        for waiting in [r for r, at in wires.items() if at is None]:
+            if rng.random() < 0.02:
+                wires[waiting] = clock.now
+                budget.wired(waiting, clock.now)
+        if request % 97 == 0:
+            before = rng.randrange(0, request + 1)
+            wired_at = clock.now - rng.uniform(0.0, 2.0)
+            on_wire_since = wired_at - SEND_SPREAD_S
+            expected = [
+                r
+                for r, at in wires.items()
+                if r < before
+                and (at is None or (at - reserved_at[r] > SEND_SPREAD_S and at >= on_wire_since))
+            ]
+            assert budget._unseen(before, wired_at) == (
+                len(expected),
+                sum(charges[r] for r in expected),
+            )
+    clock.advance(SPEND_LOG_S + 1)  # every late one forgotten, the unwired remembered
+    unwired = [r for r, at in wires.items() if at is None]
+    assert budget._unseen(4000, clock.now) == (len(unwired), sum(charges[r] for r in unwired))
 
 
 def test_until_the_provider_answers_a_key_opens_with_half_a_second_and_refills_slower() -> None:
