@@ -32,7 +32,8 @@ class RowFormatError(ValueError):
 
 
 # Field names read once: `dataclasses.asdict` copies every value deeply, ~90 µs a row.
-_RESULT_FIELDS = tuple(f.name for f in dataclasses.fields(ResultRow))
+# A result's text key is the collector's to work out: rows read as they did before it.
+_RESULT_FIELDS = tuple(f.name for f in dataclasses.fields(ResultRow) if f.name != "text_key")
 _FAILURE_FIELDS = tuple(f.name for f in dataclasses.fields(FailureRow))
 _PAGE_FIELDS = tuple(f.name for f in dataclasses.fields(PageRow))
 

@@ -178,6 +178,7 @@ class Outcomes:
         share = cost / max(1, n)
         observed: list[tuple[dict[str, Any], str]] = []  # for the drift watch
         version, model = self._version, provider.model
+        same_text = self._same_text
         for chunk in batch.chunks:
             entry = parsed.results.get(chunk.id)
             if entry is None:
@@ -199,11 +200,12 @@ class Outcomes:
                     latency_ms=result.latency_s * 1000.0,
                     cost=share,
                     run_id=self._run_id,
+                    text_key="" if same_text is None else same_text.key_of(chunk),
                 )
             )
             self._held.let_go(chunk.id)  # done is counted on commit
-            if self._same_text is not None:
-                await self._same_text.answered(chunk, encoded, model, provider.name)
+            if same_text is not None:
+                await same_text.answered(chunk, encoded, model, provider.name)
             if drift is not None:
                 observed.append((entry, encoded))
         if parsed.missing:

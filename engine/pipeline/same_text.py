@@ -112,6 +112,9 @@ class SameText:
         self._remember = remember
         self._max_waiting = max_waiting
         self._in_flight: dict[str, _Holding] = {}
+        # Each sent chunk's text key, worked out once here (a hash of its folded
+        # text) and not again when it is answered, failed and stored.
+        self._sent_keys: dict[str, str] = {}
         self._recent: OrderedDict[str, StoredAnswer] = OrderedDict()
         self.waiting = 0  # chunks waiting for another chunk's answer now
 
@@ -138,18 +141,23 @@ class SameText:
             holding = self._in_flight.get(key)
             if holding is None:
                 self._in_flight[key] = _Holding(chunk.id, [])
-                sending.append(chunk)
             elif self.waiting < self._max_waiting:
                 holding.waiting.append(chunk)
                 self.waiting += 1
-            else:
-                sending.append(chunk)  # past the bound: pay twice rather than hold more
+                continue
+            # Else past the bound: pay twice rather than hold more.
+            sending.append(chunk)
+            self._sent_keys[chunk.id] = key
         return sending
+
+    def key_of(self, chunk: Chunk) -> str:
+        """`chunk`'s text key (`text_key`): kept since it was sent, or worked out."""
+        return self._sent_keys.get(chunk.id) or text_key(chunk.text)
 
     async def answered(self, chunk: Chunk, result_json: str, model: str, provider: str) -> None:
         """`chunk`'s result (`result_json`, as stored) was handed to the store: the
         chunks waiting for its text are stored as copies, and later ones will be."""
-        key = text_key(chunk.text)
+        key = self._sent_keys.pop(chunk.id, None) or text_key(chunk.text)
         answer = StoredAnswer(chunk.id, model, provider, result_json)
         self._recent[key] = answer
         self._recent.move_to_end(key)
@@ -164,7 +172,7 @@ class SameText:
 
     def failed(self, chunk: Chunk) -> list[Chunk]:
         """`chunk` failed for good: the chunks that waited for its text, to be sent themselves."""
-        key = text_key(chunk.text)
+        key = self._sent_keys.pop(chunk.id, None) or text_key(chunk.text)
         holding = self._in_flight.get(key)
         if holding is None or holding.holder != chunk.id:
             return []  # it held nothing (a duplicate sent past the bound)

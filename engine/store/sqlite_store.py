@@ -227,6 +227,8 @@ class ResultRow:
     # Set on a copy of another chunk's answer to the same text (that chunk's id):
     # no request was made for this chunk, and its text is not filed as answered again.
     copied_from: str = ""
+    # `text_key(text)` when the caller has it already (else worked out on writing).
+    text_key: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -949,7 +951,12 @@ class Store:
             if isinstance(item, ResultRow):
                 if not item.copied_from:
                     answered_texts.append(
-                        (text_key(item.text), item.prompt_version, item.model, item.chunk_id)
+                        (
+                            item.text_key or text_key(item.text),
+                            item.prompt_version,
+                            item.model,
+                            item.chunk_id,
+                        )
                     )
                 (copies if item.copied_from else results).append(
                     (
