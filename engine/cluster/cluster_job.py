@@ -52,6 +52,7 @@ from engine.cluster.results_stream import ResultsStreamRows
 from engine.cluster.shared_budget import SharedBudgetUnavailable
 from engine.cluster.shared_crawl import SharedCrawl
 from engine.cluster.shared_held_work import SharedHeldWork
+from engine.cluster.shared_host_clock import SharedHostClock
 from engine.cluster.shared_key_pool import SharedKeyPool
 from engine.cluster.shared_spend import SharedSpendBudget
 from engine.cluster.stream_queue import QueueProgress, StreamWorkQueue
@@ -241,7 +242,14 @@ class ClusterJob:
             **self._stream_terms(),
             events=self._events,
         )
-        return SharedCrawl(self._targets, self._queue, job, stats=stats, batch_size=batch_size)
+        return SharedCrawl(
+            self._targets,
+            self._queue,
+            job,
+            stats=stats,
+            batch_size=batch_size,
+            host_clock=SharedHostClock(self.redis, self.scope.prefix),
+        )
 
     @property
     def rows(self) -> ResultsStreamRows:

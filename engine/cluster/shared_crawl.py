@@ -11,7 +11,10 @@ does alone, but with this as its `shared` side:
   any worker does the LLM work; a site's chunks are batched together, its
   last partial batch enqueued when the site is finished;
 - pages: a site's page rows go to the results stream for the job's
-  collector to store, in the script that acknowledges the site.
+  collector to store, in the script that acknowledges the site;
+- politeness: each request takes its host's turn from a clock every
+  worker shares (`SharedHostClock`), so two sites on one host crawled by
+  two workers still keep the delay between them.
 
 So a site is acknowledged only once its chunks are enqueued and its pages
 are in the results stream; a worker that dies before that leaves the site
@@ -26,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from engine.cluster.results_stream import encode_row
+from engine.cluster.shared_host_clock import SharedHostClock
 from engine.cluster.stream_queue import StreamWorkQueue
 from engine.cluster.target_stream import TargetStream
 from engine.config.settings import JobSettings
@@ -52,8 +56,10 @@ class SharedCrawl:
         *,
         stats: RunStats,
         batch_size: Callable[[], int],
+        host_clock: SharedHostClock,
     ) -> None:
         self.targets = targets
+        self.host_clock = host_clock
         self._queue = queue
         self._job = job
         self._stats = stats

@@ -43,6 +43,7 @@ from engine.crawl.extraction import (
     extract_page,
 )
 from engine.crawl.fetcher import Fetcher
+from engine.crawl.host_politeness import SharedHostClock
 from engine.crawl.outcomes import FetchOutcome, FetchResult
 from engine.crawl.pinned_resolver import PinnedResolver
 from engine.crawl.targets import Target, TargetError, dedupe_targets, read_targets
@@ -81,6 +82,10 @@ class Gate(Protocol):
 
 class SharedTargets(Protocol):
     """A crawl shared by a cluster of workers (`engine.cluster.shared_crawl.SharedCrawl`)."""
+
+    @property
+    def host_clock(self) -> SharedHostClock:
+        """Every worker's turns at each host: the politeness delay holds across them."""
 
     async def enqueue(self, targets: Sequence[Target]) -> None:
         """Add the targets no worker added before (waits while many are unfinished)."""
@@ -277,7 +282,11 @@ class CrawlStage:
         policy = AddressPolicy(self.settings.allow_addresses)
         try:
             async with Fetcher(
-                self.settings, resolver=self._resolver, policy=policy, clock=self._clock
+                self.settings,
+                resolver=self._resolver,
+                policy=policy,
+                clock=self._clock,
+                shared_hosts=None if self._shared is None else self._shared.host_clock,
             ) as fetcher:
                 self._fetcher = fetcher
                 fetcher.set_concurrency(self._slots.limit)

@@ -35,7 +35,7 @@ from engine.crawl.guarded_transport import (
     GuardedTransport,
     NameResolutionError,
 )
-from engine.crawl.host_politeness import HostPoliteness, HostTurn
+from engine.crawl.host_politeness import HostPoliteness, HostTurn, SharedHostClock
 from engine.crawl.outcomes import FetchOutcome, FetchResult
 from engine.crawl.robots import MAX_ROBOTS_BYTES, RobotsCache
 from engine.limits.concurrency_limit import ConcurrencyLimit
@@ -180,7 +180,8 @@ class Fetcher:
 
     Use it as an async context manager: entering opens the transport,
     leaving closes it and its connections.  `fetch` and `fetch_target` may
-    be called from any number of tasks at once.
+    be called from any number of tasks at once.  `shared_hosts` (a
+    cluster's) spaces each host's requests across processes too.
 
     Requests go to `GuardedTransport` directly, not through an
     `httpx2.AsyncClient`: what the client would add (its own redirects, a
@@ -196,6 +197,7 @@ class Fetcher:
         resolver: Resolver | None = None,
         policy: AddressPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
+        shared_hosts: SharedHostClock | None = None,
     ) -> None:
         self._settings = settings if settings is not None else CrawlSettings()
         self._policy = (
@@ -208,7 +210,10 @@ class Fetcher:
         self._user_agent = self._settings.user_agent_header
         self._limit = ConcurrencyLimit(self._settings.concurrency)
         self._politeness = HostPoliteness(
-            self._settings.per_host, self._settings.politeness_delay_s, clock=clock
+            self._settings.per_host,
+            self._settings.politeness_delay_s,
+            clock=clock,
+            shared=shared_hosts,
         )
         self._robots = RobotsCache(self._fetch_robots_file, clock=clock)
         self._transport: GuardedTransport | None = None

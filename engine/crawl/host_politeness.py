@@ -13,6 +13,12 @@ taking a global slot and a connection only to wait at the gate.
 A crawl touches thousands of hosts, mostly once or twice, so a host's state
 lives only while it has requests or while its spacing still matters; after
 that it is forgotten and memory stays bounded by the busy hosts.
+
+In a cluster, two workers may each crawl a site on the same host (two
+targets, one host).  The gate then also takes the host's turn from a clock
+every worker shares (`SharedHostClock`, kept in Redis by
+`engine.cluster.shared_host_clock`), so the delay holds between requests
+from different machines too.
 """
 
 from __future__ import annotations
@@ -23,9 +29,19 @@ from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Protocol
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
+
+
+class SharedHostClock(Protocol):
+    """Turns at a host shared with other processes (a cluster's workers)."""
+
+    async def turn(self, host: str, delay_s: float) -> float:
+        """Take the host's next start, `delay_s` after the one taken before it by
+        anyone; the seconds to wait until then (0: now)."""
+        ...
 
 
 @dataclass(slots=True)
@@ -42,10 +58,13 @@ class _HostState:
 class HostTurn:
     """One request's turn at a host, from `HostPoliteness.slot`."""
 
-    __slots__ = ("_delay", "_politeness", "_state")
+    __slots__ = ("_delay", "_host", "_politeness", "_state")
 
-    def __init__(self, politeness: HostPoliteness, state: _HostState, delay: float) -> None:
+    def __init__(
+        self, politeness: HostPoliteness, host: str, state: _HostState, delay: float
+    ) -> None:
         self._politeness = politeness
+        self._host = host
         self._state = state
         self._delay = delay
 
@@ -60,7 +79,7 @@ class HostTurn:
         Call it right before the request's first byte is written, after the
         connection is made: the delay is kept from there to there.
         """
-        await self._politeness._pass_gate(self._state, self._delay)
+        await self._politeness._pass_gate(self._host, self._state, self._delay)
 
     def sent(self) -> None:
         """Count the request as gone out no earlier than now: call it once its bytes are written.
@@ -85,7 +104,8 @@ class HostPoliteness:
     `on_the_wire()` the request awaits right before sending: that wait keeps
     the delay from the previous request's real start.  A larger
     `min_delay_s` (a robots.txt Crawl-delay) wins for that request.
-    `clock` and `sleep` are injectable for tests.
+    With `shared`, the gate also waits for the host's turn among other
+    processes.  `clock` and `sleep` are injectable for tests.
     """
 
     def __init__(
@@ -95,6 +115,7 @@ class HostPoliteness:
         *,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
+        shared: SharedHostClock | None = None,
     ) -> None:
         if per_host < 1:
             raise ValueError(f"per_host must be at least 1, got {per_host}")
@@ -104,6 +125,7 @@ class HostPoliteness:
         self._delay_s = delay_s
         self._clock = clock
         self._sleep = sleep
+        self._shared = shared
         self._hosts: dict[str, _HostState] = {}
         # Hosts with nothing in flight, oldest release first: forgotten once their spacing ends.
         self._idle: OrderedDict[str, None] = OrderedDict()
@@ -133,15 +155,20 @@ class HostPoliteness:
             state.last_start, state.spacing = start, delay
             if start > now:
                 await self._sleep(start - now)
-            yield HostTurn(self, state, delay)
+            yield HostTurn(self, key, state, delay)
         finally:
             self._release(key, state)
 
-    async def _pass_gate(self, state: _HostState, delay: float) -> None:
+    async def _pass_gate(self, host: str, state: _HostState, delay: float) -> None:
         async with state.gate:
             wait = state.last_on_wire + delay - self._clock()
             if wait > 0:
                 await self._sleep(wait)
+            if self._shared is not None:
+                # Taken with this process's own spacing kept: one turn at a time.
+                wait = await self._shared.turn(host, delay)
+                if wait > 0:
+                    await self._sleep(wait)
             now = self._clock()
             state.last_on_wire = now
             # The next plan starts from here if this start came later than planned.

@@ -9,6 +9,7 @@ consumers, for what a dead worker leaves behind.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -119,6 +120,38 @@ async def test_two_workers_crawl_every_site_once_and_the_job_ends_with_one_resul
     view = b.snapshot().cluster  # the cluster's crawl, counted across workers
     assert view is not None
     assert (view.sites_enqueued, view.sites_crawled, view.sites_dead) == (len(hosts), len(hosts), 0)
+
+
+async def test_two_workers_crawling_sites_on_one_host_keep_its_delay_between_them(
+    redis_server: RedisServer, tmp_path: Path, simulator, sites: SiteServer
+) -> None:
+    """Six targets on one host, read by two workers: each crawls some of them, and the
+    host still sees its requests spaced by the politeness delay — the host's turns are
+    taken from one clock in Redis, not from each worker's own."""
+    (host,) = hosts_of("normal", 1)
+    delay = 0.25
+    config, secrets = await crawl_job(tmp_path, simulator, sites.port, [host], redis_server.url)
+    assert config.crawl is not None
+    paths = ["/", *(f"/page/{n}" for n in range(1, 6))]
+    Path(config.crawl.targets).write_text(
+        "".join(f"{host}:{sites.port}{path}\n" for path in paths), encoding="utf-8"
+    )
+    crawl = replace(config.crawl, politeness_delay_s=delay, max_pages_per_domain=1)
+    config = replace(config, crawl=crawl)
+    other = elsewhere(config, tmp_path / "other" / "results.db")
+    async with workers(config, other) as (here, there):
+        a = Engine(config, secrets, cluster=here)
+        b = Engine(other, secrets, cluster=there)
+        async with asyncio.timeout(GUARD_S):
+            states = await asyncio.gather(a.run(), b.run())
+
+    assert states == [JobState.DONE, JobState.DONE], (a.failure_reason, b.failure_reason)
+    crawled = [e.crawl for e in (a.snapshot(), b.snapshot())]
+    assert all(c is not None and c.targets_finished > 0 for c in crawled), "both crawled"
+    arrivals = sorted(sites.stats.arrivals()[host])
+    assert len(arrivals) == len(paths) + 2  # each page once, and each worker's robots.txt
+    gaps = [later - earlier for earlier, later in itertools.pairwise(arrivals)]
+    assert min(gaps) >= delay * 0.9, gaps
 
 
 async def test_a_site_a_stopped_worker_was_crawling_is_taken_over_and_crawled_to_its_end(

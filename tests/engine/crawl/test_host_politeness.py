@@ -206,3 +206,40 @@ def test_nonsense_limits_are_refused() -> None:
         HostPoliteness(per_host=0, delay_s=1.0)
     with pytest.raises(ValueError):
         HostPoliteness(per_host=1, delay_s=-1.0)
+
+
+class OtherProcesses:
+    """A shared host clock (`SharedHostClock`) on which other workers took `taken` turns."""
+
+    def __init__(self, clock: ManualClock, taken: dict[str, float]) -> None:
+        self._clock = clock
+        self.last = dict(taken)  # the latest start taken, by host
+        self.turns: list[tuple[str, float]] = []
+
+    async def turn(self, host: str, delay_s: float) -> float:
+        now = self._clock()
+        start = max(now, self.last.get(host, float("-inf")) + delay_s)
+        self.last[host] = start
+        self.turns.append((host, delay_s))
+        return start - now
+
+
+async def test_with_a_shared_clock_the_gate_also_waits_for_the_hosts_turn_among_others() -> None:
+    """Another worker's request to the host went out at 0.5: this one, free of its own
+    spacing, still waits until a delay after that one; a host nobody else visits
+    waits for nothing more."""
+    clock = ManualClock()
+    others = OtherProcesses(clock, {"h.test": 0.5})
+    politeness = HostPoliteness(1, 1.0, clock=clock, sleep=clock.sleep, shared=others)
+    async with politeness.slot("H.test") as turn:
+        await turn.on_the_wire()
+        first = clock()
+    async with politeness.slot("h.test") as turn:
+        await turn.on_the_wire()
+        second = clock()
+    async with politeness.slot("quiet.test") as turn:
+        await turn.on_the_wire()
+        alone = clock()
+
+    assert (first, second, alone) == (1.5, 2.5, 2.5)
+    assert others.turns == [("h.test", 1.0), ("h.test", 1.0), ("quiet.test", 1.0)]
