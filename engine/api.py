@@ -71,7 +71,7 @@ from engine.observe.snapshot import (
     QueueDepths,
     Snapshot,
 )
-from engine.pipeline.inputs import InputError, iter_documents
+from engine.pipeline.inputs import InputError, input_present, iter_documents
 from engine.simulation.simulator_launch import launched_simulator, simulator_arguments
 from engine.store.state_folder import state_folder_for_store
 from engine.store.store_aside import StoreInUseError, set_store_aside
@@ -194,6 +194,7 @@ __all__ = [
     "eta_text",
     "export_results",
     "format_duration",
+    "input_present",
     "iter_documents",
     "job_exit_status",
     "joined_cluster",

@@ -47,6 +47,7 @@ from engine.pipeline.batch_route import BatchRouter
 from engine.pipeline.batcher import Batcher
 from engine.pipeline.dispatcher import Dispatcher
 from engine.pipeline.held_work import HeldWork
+from engine.pipeline.inputs import input_present
 from engine.pipeline.intake import READ_BLOCK, Intake
 from engine.pipeline.outcomes import Outcomes
 from engine.pipeline.records import Chunk
@@ -308,16 +309,14 @@ class Engine:
             outcomes = self._outcomes(store, same_text)
             if self._batch_route is not None:
                 await self._batch_route.resume(store, self._run_id)
-            enqueued = None
             if self._cluster is not None:
                 await self._cluster.open()
-                if cfg.crawl is None:
-                    enqueued = await self._cluster.input_enqueued()
-            # Joining once the shared input is all enqueued, a worker reads none of it,
-            # nor counts it: the job's input is what was enqueued, and so is its total.
-            reads_input = enqueued is None
-            if enqueued is not None:
-                self.stats.total = enqueued
+            # A cluster's document input is read by one worker at a time; the others
+            # read none of it, nor count it: their total is what the job enqueued.
+            shared_input = self._cluster is not None and cfg.crawl is None
+            reads_input = asyncio.Event()
+            if not shared_input:
+                reads_input.set()
             async with asyncio.TaskGroup() as tg:
                 writer = tg.create_task(store.run_writer(), name="store-writer")
                 helpers = [
@@ -325,9 +324,8 @@ class Engine:
                     tg.create_task(self._memory.run(), name="memory-guard"),
                     tg.create_task(self._event_log.run(store, self._run_id), name="event-log"),
                 ]
-                if reads_input:
-                    census = self._intake.census(after=self._dispatcher.first_reply)
-                    helpers.append(tg.create_task(census, name="census"))
+                census = self._census_once_read(reads_input)
+                helpers.append(tg.create_task(census, name="census"))
                 if self._drift is not None:
                     baselines = self._drift.keep_baselines(store, self._run_id)
                     helpers.append(tg.create_task(baselines, name="drift-baselines"))
@@ -335,11 +333,13 @@ class Engine:
                     helpers += self._cluster.start(tg, outcomes, store, self._run_id)
                 stages = [
                     tg.create_task(
-                        self._intake.read() if reads_input else self._intake.read_none(),
+                        self._read_shared_input(reads_input)
+                        if shared_input
+                        else self._intake.read(),
                         name="reader",
                     ),
                     tg.create_task(
-                        self._batcher.run(store, same_text, settles_total=reads_input),
+                        self._batcher.run(store, same_text, settles_total=reads_input.is_set),
                         name="batcher",
                     ),
                     dispatching := tg.create_task(
@@ -645,6 +645,28 @@ class Engine:
 
     def _set_fatal(self, reason: str) -> None:
         self._fatal = reason
+
+    async def _census_once_read(self, reads_input: asyncio.Event) -> None:
+        """Count the input once this worker reads it (a cluster worker may never)."""
+        await reads_input.wait()
+        await self._intake.census(after=self._dispatcher.first_reply)
+
+    async def _read_shared_input(self, reads_input: asyncio.Event) -> None:
+        """A cluster's input: read here when this worker's turn comes, else none of it
+        once the job has it all (`ClusterJob.read_input`)."""
+        assert self._cluster is not None
+
+        def enqueued(chunks: int) -> None:
+            self.stats.total = chunks
+
+        await self._cluster.read_input(
+            self._intake.read,
+            self._intake.read_none,
+            input_name=self.config.job.input,
+            here=input_present(self.config.job.input),
+            reading=reads_input.set,
+            enqueued=enqueued,
+        )
 
     def _same_text(self, store: Store) -> SameText | None:
         """One request per text in this process; None in a cluster (see `same_text`)."""

@@ -42,6 +42,7 @@ from engine.api import (
     StoreInUseError,
     demo_job_file,
     engine_memory_floor_bytes,
+    input_present,
     iter_documents,
     job_exit_status,
     launched_simulator,
@@ -396,6 +397,8 @@ def _input_problem(config: JobConfig, demo_sites: int | None) -> str | None:
         if demo_sites is None and not targets.is_file():
             return f"crawl targets: no such file: {targets}"
         return None
+    if config.cluster is not None and not input_present(config.job.input):
+        return None  # a worker of a cluster works on what one that has the input enqueues
     try:
         # Only finds the first input file: a missing input fails here, in one
         # line, not as an engine warning in the log.

@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypedDict
@@ -45,6 +45,7 @@ from engine.cluster.cluster_controls import ClusterCommand, ClusterControls, Con
 from engine.cluster.cluster_job_controls import ClusterJobControls
 from engine.cluster.cluster_view import ClusterView
 from engine.cluster.collector_lease import CollectorLease, CollectorRole, StoreClaim, claim_store
+from engine.cluster.intake_lease import IntakeLease, NoReader
 from engine.cluster.job_runs import join_run, run_prefix
 from engine.cluster.redis_connection import RedisUnavailable, connect_redis, redis_unavailable
 from engine.cluster.result_collector import ResultCollector
@@ -124,6 +125,7 @@ class ClusterJob:
             RedisError,
             RedisUnavailable,
             SharedBudgetUnavailable,
+            NoReader,
         )
         self.rows_stored = 0  # results and failures this worker's collector stored (repeats not)
         self._events = EventBus()
@@ -284,15 +286,62 @@ class ClusterJob:
 
     # ------------------------------------------------------------ the run
     async def input_enqueued(self) -> int | None:
-        """The run's chunks, when its whole input is in its stream already: a worker that
-        joins then has none of it to read.  None if not yet, or when Redis cannot say:
-        reading it again adds nothing twice."""
+        """The run's chunks, when its whole input is in its stream already.  None if not
+        yet, or when Redis cannot say."""
         assert self._queue is not None, "work_queue() first"
         try:
             progress = await self._queue.progress()
         except RedisError:
             return None
         return progress.chunks if progress.input_complete else None
+
+    async def read_input(
+        self,
+        read: Callable[[], Awaitable[None]],
+        read_none: Callable[[], Awaitable[None]],
+        *,
+        input_name: str,
+        here: bool,
+        reading: Callable[[], None],
+        enqueued: Callable[[int], None],
+    ) -> None:
+        """The run's input, read by one worker at a time (`IntakeLease`): `read()` here
+        once this worker's turn comes (`reading()` is told first), or `read_none()` once
+        the input is all enqueued (`enqueued(chunks)` told the run's total first) —
+        at once for a worker that joins late.  `input_name` is the input, `here`
+        whether this machine has it (`NoReader` if nobody that has it reads it)."""
+        queue = self._queue
+        assert queue is not None, "work_queue() first"
+
+        async def complete() -> bool:
+            return (await self.input_enqueued()) is not None
+
+        lease = IntakeLease(
+            self.redis,
+            queue.streams,
+            self.worker_id,
+            complete=complete,
+            hold_s=self.settings.lost_after_s,
+            wait_for_reader_s=self.settings.visibility_timeout_s,
+            events=self._events,
+        )
+        if await lease.turn(input_name, here=here):
+            reading()
+            await lease.hold_while(self._read_to_the_marker(read, queue))
+            return
+        chunks = await self.input_enqueued()
+        if chunks is not None:
+            enqueued(chunks)
+        await read_none()
+
+    @staticmethod
+    async def _read_to_the_marker(
+        read: Callable[[], Awaitable[None]], queue: StreamWorkQueue
+    ) -> None:
+        # The lease is held until the input is marked all enqueued, not only read: a
+        # reader that dies with its last batches unqueued leaves its turn to another.
+        await read()
+        await queue.input_marked.wait()
 
     async def open(self) -> None:
         """Join the keys' shared budgets (before the job's tasks start)."""

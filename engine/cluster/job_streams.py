@@ -54,6 +54,17 @@ class JobStreams:
         return f"{self.prefix}:work:over"
 
     @property
+    def intake(self) -> str:
+        """The lease of the worker reading the run's input (`intake_lease`)."""
+        return f"{self.prefix}:work:intake"
+
+    @property
+    def input_notice(self) -> str:
+        """The channel on which the input's reader says it gave its lease back, and the
+        queue's marker that the input is all enqueued."""
+        return f"{self.prefix}:work:input"
+
+    @property
     def results(self) -> str:
         """The stream of result and failure rows, read by the job's collector."""
         return f"{self.prefix}:results"

@@ -310,6 +310,8 @@ class StreamWorkQueue:
         self._troubles = connection_troubles(redis)  # as last looked at
         self._over = False
         self._input_complete_seen = False
+        # Set once this worker wrote that the input is all enqueued.
+        self.input_marked = asyncio.Event()
         # Set once the whole input is enqueued and every entry has been read by some
         # consumer: what is left is in flight somewhere — the run's tail.
         self.delivered = asyncio.Event()
@@ -789,6 +791,10 @@ class StreamWorkQueue:
         await self._input_ended.wait()
         await self._redis.hset(self.streams.progress, "input_complete", 1)
         self._input_complete_seen = True
+        self.input_marked.set()
+        # Wakes the workers waiting for their turn to read it (`intake_lease`).
+        with contextlib.suppress(RedisError):
+            await self._redis.publish(self.streams.input_notice, "complete")
 
     def _emit(self, kind: EventKind, message: str, **data: Any) -> None:
         if self._events is not None:

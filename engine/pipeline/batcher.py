@@ -68,12 +68,16 @@ class Batcher:
         self._on_input_end = on_input_end
 
     async def run(
-        self, store: DoneIds, same_text: TextsToSend | None = None, *, settles_total: bool = True
+        self,
+        store: DoneIds,
+        same_text: TextsToSend | None = None,
+        *,
+        settles_total: Callable[[], bool] = lambda: True,
     ) -> None:
         """Skip what `store` has done, group the rest into batches, queue them;
         with `same_text`, only the chunks whose text needs a request.  At the input's
-        end what was read is the total, unless not `settles_total` (a worker that
-        reads none of a shared input: its total is what the job enqueued)."""
+        end what was read is the total, unless not `settles_total()` (a worker that
+        read none of a shared input: its total is what the job enqueued)."""
         stats, held = self._stats, self._held
         pending: list[Chunk] = []
         while True:
@@ -110,7 +114,7 @@ class Batcher:
             await self._enqueue(full)
         if pending:
             await self._enqueue([Batch(tuple(pending))])
-        if settles_total and stats.total != stats.seen:
+        if settles_total() and stats.total != stats.seen:
             stats.total = stats.seen  # the reader is the final word
         self._on_input_end()
         held.input_ended()

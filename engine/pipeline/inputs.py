@@ -94,6 +94,15 @@ def is_glob(input_text: str) -> bool:
     return any(char in _GLOB_CHARS for char in input_text) and not Path(input_text).exists()
 
 
+def input_present(input_text: str) -> bool:
+    """Whether this machine has the input: its path exists, or its glob matches a file.
+
+    A cluster's worker without it reads none of a shared input (another does)."""
+    if is_glob(input_text):
+        return any(Path(match).is_file() for match in glob(input_text, recursive=True))
+    return bool(input_text) and Path(input_text).exists()
+
+
 def resolve_input_format(job: JobSettings) -> ConcreteFormat:
     """The format the job's input is read in, with "auto" decided.
 

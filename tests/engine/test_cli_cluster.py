@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.redis_server import free_port
+from tests.redis_server import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,3 +68,21 @@ def test_a_worker_whose_redis_is_not_there_ends_in_one_line_within_the_outage_li
     )
     assert time.monotonic() - started < 30
     assert not (tmp_path / "j.db").exists(), "nothing ran"
+
+
+def test_a_worker_without_the_input_and_nobody_reading_it_ends_in_one_line_naming_it(
+    tmp_path: Path,
+) -> None:
+    """A shared job's input that is not on this machine is no error by itself (another
+    worker may have it); with no worker reading it, the run ends failed, saying so."""
+    with RedisServer(tmp_path / "redis") as server:
+        job = write_job(tmp_path, redis_url=server.url, more="visibility_timeout_s = 1\n")
+        (tmp_path / "in.txt").unlink()
+
+        done = crawldeck("run", job, "--headless")
+
+    assert done.returncode != 0
+    assert (
+        f"input {tmp_path / 'in.txt'} is not on this machine, and no worker that has it "
+        "enqueued it within 1s"
+    ) in done.stderr

@@ -194,3 +194,115 @@ async def test_a_worker_whose_key_is_refused_leaves_its_batches_to_the_others(
     with sqlite3.connect(config.job.store) as conn:
         assert conn.execute("SELECT count(*) FROM failures").fetchone()[0] == 0
     assert results(Path(config.job.store)) == 100
+
+
+async def test_workers_starting_together_read_the_input_once(
+    redis_server: RedisServer, tmp_path: Path, simulator
+) -> None:
+    """Two workers started at once on one job: one takes the run's intake and reads the
+    whole input; the other reads none of it, works on what the first enqueues, and
+    counts against the job's total."""
+    sim = await simulator(keys=sim_keys(KEYS), latency_s=(0.02, 0.05))
+    config, secrets = job_config(
+        tmp_path, write_records(tmp_path / "in.txt", 400), sim.base_url, KEYS
+    )
+    config = shared(config, redis_server.url)
+    config = replace(config, preset=replace(config.preset, concurrency=4))
+    other = elsewhere(config, tmp_path / "other" / "results.db")
+    async with workers(config, other) as (here, there):
+        a = Engine(config, secrets, cluster=here)
+        b = Engine(other, secrets, cluster=there)
+        async with asyncio.timeout(GUARD_S):
+            states = await asyncio.gather(a.run(), b.run())
+
+    assert states == [JobState.DONE, JobState.DONE], (a.failure_reason, b.failure_reason)
+    assert sorted((a.stats.seen, b.stats.seen)) == [0, 400], "read once, by one of them"
+    assert a.stats.done > 0 and b.stats.done > 0 and a.stats.done + b.stats.done == 400
+    assert a.stats.total == b.stats.total == 400
+    assert results(Path(config.job.store)) == 400
+
+
+async def test_a_worker_on_a_machine_without_the_input_works_on_what_another_enqueues(
+    redis_server: RedisServer, tmp_path: Path, simulator
+) -> None:
+    """The input is on the first machine only: the second worker starts first, waits for
+    its turn without one, and does its share once the first enqueues the input."""
+    sim = await simulator(keys=sim_keys(KEYS), latency_s=(0.02, 0.05))
+    config, secrets = job_config(
+        tmp_path, write_records(tmp_path / "in.txt", 300), sim.base_url, KEYS
+    )
+    config = shared(config, redis_server.url)
+    config = replace(config, preset=replace(config.preset, concurrency=4))
+    other = elsewhere(config, tmp_path / "other" / "results.db")
+    other = replace(other, job=replace(other.job, input=str(tmp_path / "other" / "in.txt")))
+    async with workers(config, other) as (here, there):
+        b = Engine(other, secrets, cluster=there)
+        without = asyncio.create_task(b.run())
+        await until(lambda: any("is not on this machine" in e.message for e in b.events.recent()))
+        a = Engine(config, secrets, cluster=here)
+        async with asyncio.timeout(GUARD_S):
+            states = await asyncio.gather(a.run(), without)
+
+    assert states == [JobState.DONE, JobState.DONE], (a.failure_reason, b.failure_reason)
+    assert (a.stats.seen, b.stats.seen) == (300, 0)
+    assert b.stats.done > 0 and a.stats.done + b.stats.done == 300
+    assert results(Path(config.job.store)) == 300
+
+
+async def test_a_worker_without_the_input_ends_failed_when_no_worker_reads_it(
+    redis_server: RedisServer, tmp_path: Path, simulator
+) -> None:
+    """Nobody that has the input is reading it: the worker without it waits no longer
+    than the visibility timeout, then ends FAILED in one line naming the input — and
+    the input is not marked enqueued, so a worker that has it still can."""
+    sim = await simulator(keys=sim_keys(KEYS), latency_s=(0.02, 0.05))
+    missing = tmp_path / "nowhere" / "in.txt"
+    config, secrets = job_config(tmp_path, missing, sim.base_url, KEYS)
+    config = shared(config, redis_server.url, visibility_timeout_s=1.0)
+    async with workers(config) as (alone,):
+        engine = Engine(config, secrets, cluster=alone)
+        async with asyncio.timeout(GUARD_S):
+            assert await engine.run() is JobState.FAILED
+        assert await alone.input_enqueued() is None
+
+    assert engine.failure_reason == (
+        f"input {missing} is not on this machine, and no worker that has it enqueued it within 1s"
+    )
+    assert sim.stats.requests == 0
+
+
+async def test_a_reader_that_stops_hands_its_turn_to_a_waiting_worker(
+    redis_server: RedisServer, tmp_path: Path, simulator
+) -> None:
+    """The worker reading the input is stopped before it has enqueued all of it (the
+    queue's backlog holds its intake back): it gives the intake lease back, the worker
+    waiting for its turn reads the input from the start, and the job ends with one
+    result per chunk — what the first enqueued is not enqueued twice."""
+    sim = await simulator(keys=sim_keys(KEYS), latency_s=(0.05, 0.1))
+    config, secrets = job_config(
+        tmp_path, write_records(tmp_path / "in.txt", 1000), sim.base_url, KEYS
+    )
+    config = shared(config, redis_server.url, visibility_timeout_s=2.0)
+    # 200 batches, at most 64 waiting in the stream: the intake is held back a while.
+    config = replace(
+        config,
+        preset=replace(config.preset, concurrency=4),
+        engine=replace(config.engine, queue_size=64),
+    )
+    other = elsewhere(config, tmp_path / "other" / "results.db")
+    async with workers(config, other) as (here, there):
+        # The reader away from the store; the worker beside it collects every row.
+        a = Engine(other, secrets, cluster=there)
+        first = asyncio.create_task(a.run())
+        await until(lambda: a.stats.seen > 0)  # a holds the intake
+        b = Engine(config, secrets, cluster=here)
+        second = asyncio.create_task(b.run())
+        await until(lambda: b.snapshot().counts.done > 0)  # b works on a's batches
+        assert b.stats.seen == 0 and await here.input_enqueued() is None
+        a.stop()
+        async with asyncio.timeout(GUARD_S):
+            states = await asyncio.gather(first, second)
+
+    assert states == [JobState.STOPPED, JobState.DONE], b.failure_reason
+    assert b.stats.seen > 0, "b read the input once a let it go"
+    assert results(Path(config.job.store)) == 1000
