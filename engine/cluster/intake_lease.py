@@ -113,6 +113,8 @@ class IntakeLease:
                 ):
                     return True
                 left_ms = await self._redis.pttl(self._key)
+                if left_ms == -1:  # no expiry (set by hand?): look again after a lease's time
+                    left_ms = self._hold_ms
                 if left_ms >= 0:  # someone reads: until it ends, or its lease runs out
                     unread_since = None
                     wait = left_ms / 1000 + 0.01
