@@ -34,6 +34,7 @@ from redis.exceptions import RedisError
 
 from engine.cluster.cancel_guard import raise_if_cancelled
 from engine.cluster.job_streams import JobStreams
+from engine.cluster.redis_connection import LONGEST_BLOCK_S
 from engine.observe.events import EventBus, EventKind
 
 __all__ = ["IntakeLease", "NoReader"]
@@ -135,7 +136,8 @@ class IntakeLease:
                             f"input {input_name} is not on this machine, and no worker "
                             f"that has it enqueued it within {self._wait_for_reader_s:g}s"
                         )
-                await notices.get_message(timeout=wait)
+                # Within one blocking read's bound: a connection's reads time out past it.
+                await notices.get_message(timeout=min(wait, LONGEST_BLOCK_S))
         finally:
             with contextlib.suppress(RedisError):
                 await notices.aclose()
