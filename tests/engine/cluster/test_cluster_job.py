@@ -51,6 +51,19 @@ async def workers(*configs: JobConfig) -> AsyncIterator[list[ClusterJob]]:
         yield joined
 
 
+async def run_together(
+    config: JobConfig, other: JobConfig, secrets: dict[str, str], guard_s: float = GUARD_S
+) -> tuple[Engine, Engine, list[JobState]]:
+    """Two workers of one job run to their end: `config`'s (the first, which claims the
+    store) and `other`'s; the engines, and the states they ended in."""
+    async with workers(config, other) as (here, there):
+        a = Engine(config, secrets, cluster=here)
+        b = Engine(other, secrets, cluster=there)
+        async with asyncio.timeout(guard_s):
+            states = await asyncio.gather(a.run(), b.run())
+    return a, b, list(states)
+
+
 def results(db: Path) -> int:
     with sqlite3.connect(db) as conn:
         return int(conn.execute("SELECT count(DISTINCT chunk_id) FROM results").fetchone()[0])
@@ -209,11 +222,7 @@ async def test_workers_starting_together_read_the_input_once(
     config = shared(config, redis_server.url)
     config = replace(config, preset=replace(config.preset, concurrency=4))
     other = elsewhere(config, tmp_path / "other" / "results.db")
-    async with workers(config, other) as (here, there):
-        a = Engine(config, secrets, cluster=here)
-        b = Engine(other, secrets, cluster=there)
-        async with asyncio.timeout(GUARD_S):
-            states = await asyncio.gather(a.run(), b.run())
+    a, b, states = await run_together(config, other, secrets)
 
     assert states == [JobState.DONE, JobState.DONE], (a.failure_reason, b.failure_reason)
     assert sorted((a.stats.seen, b.stats.seen)) == [0, 400], "read once, by one of them"

@@ -26,7 +26,14 @@ from engine.engine import Engine
 from engine.observe.events import EventBus, EventKind
 from engine.observe.snapshot import JobState
 from engine.simulation.site_server import SiteServer, site_kind, synthetic_domains
-from tests.engine.cluster.test_cluster_job import elsewhere, results, shared, until, workers
+from tests.engine.cluster.test_cluster_job import (
+    elsewhere,
+    results,
+    run_together,
+    shared,
+    until,
+    workers,
+)
 from tests.engine.conftest import job_config, sim_keys
 from tests.redis_server import RedisServer
 
@@ -92,11 +99,7 @@ async def test_two_workers_crawl_every_site_once_and_the_job_ends_with_one_resul
     hosts = hosts_of("normal", 10)
     config, secrets = await crawl_job(tmp_path, simulator, sites.port, hosts, redis_server.url)
     other = elsewhere(config, tmp_path / "other" / "results.db")
-    async with workers(config, other) as (here, there):
-        a = Engine(config, secrets, cluster=here)
-        b = Engine(other, secrets, cluster=there)
-        async with asyncio.timeout(GUARD_S):
-            states = await asyncio.gather(a.run(), b.run())
+    a, b, states = await run_together(config, other, secrets, GUARD_S)
 
     assert states == [JobState.DONE, JobState.DONE], (a.failure_reason, b.failure_reason)
     crawled = [e.crawl for e in (a.snapshot(), b.snapshot())]
@@ -139,11 +142,7 @@ async def test_two_workers_crawling_sites_on_one_host_keep_its_delay_between_the
     crawl = replace(config.crawl, politeness_delay_s=delay, max_pages_per_domain=1)
     config = replace(config, crawl=crawl)
     other = elsewhere(config, tmp_path / "other" / "results.db")
-    async with workers(config, other) as (here, there):
-        a = Engine(config, secrets, cluster=here)
-        b = Engine(other, secrets, cluster=there)
-        async with asyncio.timeout(GUARD_S):
-            states = await asyncio.gather(a.run(), b.run())
+    a, b, states = await run_together(config, other, secrets, GUARD_S)
 
     assert states == [JobState.DONE, JobState.DONE], (a.failure_reason, b.failure_reason)
     crawled = [e.crawl for e in (a.snapshot(), b.snapshot())]

@@ -21,7 +21,7 @@ from engine.config.settings import JobConfig
 from engine.engine import Engine
 from engine.limits.spend_budget import Costs
 from engine.observe.snapshot import JobState
-from tests.engine.cluster.test_cluster_job import elsewhere, results, shared, workers
+from tests.engine.cluster.test_cluster_job import elsewhere, results, run_together, shared, workers
 from tests.engine.conftest import job_config, sim_keys, write_records
 from tests.redis_server import RedisServer
 
@@ -61,11 +61,7 @@ async def test_two_workers_hold_one_cap_together_and_a_rerun_with_a_higher_one_f
     config = replace(config, preset=replace(config.preset, concurrency=4))
     other = elsewhere(config, tmp_path / "other" / "results.db")
 
-    async with workers(config, other) as (here, there):
-        a = Engine(config, secrets, cluster=here)
-        b = Engine(other, secrets, cluster=there)
-        async with asyncio.timeout(GUARD_S):
-            states = await asyncio.gather(a.run(), b.run())
+    a, b, states = await run_together(config, other, secrets)
 
     assert states == [JobState.STOPPED, JobState.STOPPED]
     spent = await tally(redis_client)
