@@ -644,7 +644,11 @@ class Engine:
         return self._preset
 
     def _set_fatal(self, reason: str) -> None:
+        """The input cannot be read (the intake's `on_fatal`)."""
         self._fatal = reason
+        if self._cluster is not None and self.config.crawl is None:
+            # Not all enqueued: another worker that has it may read it yet.
+            self._cluster.input_failed(reason)
 
     async def _census_once_read(self, reads_input: asyncio.Event) -> None:
         """Count the input once this worker reads it (a cluster worker may never)."""

@@ -45,7 +45,7 @@ from engine.cluster.cluster_controls import ClusterCommand, ClusterControls, Con
 from engine.cluster.cluster_job_controls import ClusterJobControls
 from engine.cluster.cluster_view import ClusterView
 from engine.cluster.collector_lease import CollectorLease, CollectorRole, StoreClaim, claim_store
-from engine.cluster.intake_lease import IntakeLease, NoReader
+from engine.cluster.intake_lease import InputUnread, IntakeLease, NoReader
 from engine.cluster.job_runs import join_run, run_prefix
 from engine.cluster.redis_connection import RedisUnavailable, connect_redis, redis_unavailable
 from engine.cluster.result_collector import ResultCollector
@@ -126,7 +126,9 @@ class ClusterJob:
             RedisUnavailable,
             SharedBudgetUnavailable,
             NoReader,
+            InputUnread,
         )
+        self._unread = ""  # why this worker's reading of the input failed
         self.rows_stored = 0  # results and failures this worker's collector stored (repeats not)
         self._events = EventBus()
         self._queue: StreamWorkQueue | None = None
@@ -183,7 +185,14 @@ class ClusterJob:
             queue,
             whole=lambda: self._targets is None or self._targets.over,
             short=self._crawl_ended_short,
+            unread=lambda: bool(self._unread),
         )
+
+    def input_failed(self, reason: str) -> None:
+        """This worker's reading of the run's input failed (`reason`): nothing marks the
+        input all enqueued, and the worker ends with the reason once its read returns,
+        giving its turn to a worker that may read it (`read_input`)."""
+        self._unread = reason
 
     def key_pool(
         self,
@@ -334,13 +343,14 @@ class ClusterJob:
             enqueued(chunks)
         await read_none()
 
-    @staticmethod
     async def _read_to_the_marker(
-        read: Callable[[], Awaitable[None]], queue: StreamWorkQueue
+        self, read: Callable[[], Awaitable[None]], queue: StreamWorkQueue
     ) -> None:
         # The lease is held until the input is marked all enqueued, not only read: a
         # reader that dies with its last batches unqueued leaves its turn to another.
         await read()
+        if self._unread:
+            raise InputUnread(self._unread)
         await queue.input_marked.wait()
 
     async def open(self) -> None:

@@ -37,7 +37,7 @@ from engine.cluster.job_streams import JobStreams
 from engine.cluster.redis_connection import LONGEST_BLOCK_S
 from engine.observe.events import EventBus, EventKind
 
-__all__ = ["IntakeLease", "NoReader"]
+__all__ = ["InputUnread", "IntakeLease", "NoReader"]
 
 # KEYS: the lease.  ARGV: this worker, the lease's lifetime in ms.  1 if still ours.
 _RENEW = """
@@ -60,6 +60,10 @@ return 0
 
 class NoReader(RuntimeError):
     """The input is not on this machine, and no worker that has it is reading it."""
+
+
+class InputUnread(RuntimeError):
+    """This worker's reading of the input failed: the message says why."""
 
 
 class IntakeLease:

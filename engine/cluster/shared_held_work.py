@@ -28,17 +28,19 @@ __all__ = ["SharedHeldWork"]
 class SharedHeldWork(HeldWork):
     """`HeldWork` for a worker of a shared job: repeats and the end are the queue's to judge."""
 
-    __slots__ = ("_short", "_whole")
+    __slots__ = ("_short", "_unread", "_whole")
 
     def __init__(
         self,
         queue: WorkQueue,
         whole: Callable[[], bool] = lambda: True,
         short: Callable[[], None] = lambda: None,
+        unread: Callable[[], bool] = lambda: False,
     ) -> None:
         super().__init__(queue)
         self._whole = whole
         self._short = short
+        self._unread = unread
 
     def take(self, chunk_id: str) -> bool:
         """Always taken: the queue's script drops a chunk enqueued (or stored) before."""
@@ -54,8 +56,11 @@ class SharedHeldWork(HeldWork):
         """As `batch_made`."""
 
     def input_ended(self) -> None:
-        """This worker's intake enqueued the whole input: so has the job (the queue says so)."""
+        """This worker's intake enqueued the whole input: so has the job (the queue says so)
+        — unless its reading failed (`unread()`): then the input is not all enqueued."""
         self.input_done = True
+        if self._unread():
+            return
         if self._whole():
             self._queue.close()
         else:

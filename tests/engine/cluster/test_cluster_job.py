@@ -14,6 +14,8 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 
+from redis.asyncio import Redis
+
 from engine.cluster.cluster_job import ClusterJob, joined_cluster
 from engine.config.cluster_table import ClusterSettings
 from engine.config.settings import JobConfig
@@ -315,3 +317,29 @@ async def test_a_reader_that_stops_hands_its_turn_to_a_waiting_worker(
     assert states == [JobState.STOPPED, JobState.DONE], b.failure_reason
     assert b.stats.seen > 0, "b read the input once a let it go"
     assert results(Path(config.job.store)) == 1000
+
+
+async def test_an_input_no_worker_can_read_is_never_taken_for_all_enqueued(
+    redis_server: RedisServer, tmp_path: Path, simulator
+) -> None:
+    """The csv lacks the column the job reads: the worker whose turn it is fails to read
+    it, says why, and gives its turn up without marking the input all enqueued — so the
+    other worker does not end DONE on an input nobody read; it tries, and fails alike."""
+    sim = await simulator(keys=sim_keys(KEYS), latency_s=(0.02, 0.05))
+    table = tmp_path / "in.csv"
+    table.write_text("id,body\n1,hello there\n2,general kenobi\n", encoding="utf-8")
+    config, secrets = job_config(tmp_path, table, sim.base_url, KEYS)
+    config = shared(replace(config, job=replace(config.job, input_format="csv")), redis_server.url)
+    other = elsewhere(config, tmp_path / "other" / "results.db")
+    a, b, states = await run_together(config, other, secrets)
+
+    assert states == [JobState.FAILED, JobState.FAILED]
+    redis = Redis.from_url(redis_server.url)
+    try:
+        assert await redis.hget("test-job:run:1:work:progress", "input_complete") is None
+    finally:
+        await redis.aclose()
+    for engine in (a, b):
+        assert engine.failure_reason.startswith("input: "), engine.failure_reason
+        assert "text" in engine.failure_reason
+    assert sim.stats.requests == 0
