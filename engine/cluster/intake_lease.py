@@ -16,6 +16,10 @@ wait is timed to its expiry).  A worker that has the file then takes the
 lease and reads from the start; the enqueue script keeps each chunk once,
 so what the dead reader enqueued is not added twice.
 
+A reader whose reading fails (`InputUnread`: a file it cannot read) gives
+the lease back without the input being marked enqueued, so another worker
+may yet read it; it ends with the reason.
+
 A worker whose machine has no copy of the input never reads: it waits for
 one that does, and if none holds the lease for `wait_for_reader_s` while the
 input is unfinished, the job cannot go on here — `NoReader` says so in one

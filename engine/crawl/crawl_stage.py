@@ -43,7 +43,7 @@ from engine.crawl.extraction import (
     extract_page,
 )
 from engine.crawl.fetcher import Fetcher
-from engine.crawl.host_politeness import SharedHostClock
+from engine.crawl.host_politeness import SharedHostTurns
 from engine.crawl.outcomes import FetchOutcome, FetchResult
 from engine.crawl.pinned_resolver import PinnedResolver
 from engine.crawl.targets import Target, TargetError, dedupe_targets, read_targets
@@ -84,7 +84,7 @@ class SharedTargets(Protocol):
     """A crawl shared by a cluster of workers (`engine.cluster.shared_crawl.SharedCrawl`)."""
 
     @property
-    def host_clock(self) -> SharedHostClock:
+    def host_clock(self) -> SharedHostTurns:
         """Every worker's turns at each host: the politeness delay holds across them."""
 
     async def enqueue(self, targets: Sequence[Target]) -> None:

@@ -35,7 +35,7 @@ from engine.crawl.guarded_transport import (
     GuardedTransport,
     NameResolutionError,
 )
-from engine.crawl.host_politeness import HostPoliteness, HostTurn, SharedHostClock
+from engine.crawl.host_politeness import HostPoliteness, HostTurn, SharedHostTurns
 from engine.crawl.outcomes import FetchOutcome, FetchResult
 from engine.crawl.robots import MAX_ROBOTS_BYTES, RobotsCache
 from engine.limits.concurrency_limit import ConcurrencyLimit
@@ -197,7 +197,7 @@ class Fetcher:
         resolver: Resolver | None = None,
         policy: AddressPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
-        shared_hosts: SharedHostClock | None = None,
+        shared_hosts: SharedHostTurns | None = None,
     ) -> None:
         self._settings = settings if settings is not None else CrawlSettings()
         self._policy = (

@@ -16,7 +16,7 @@ that it is forgotten and memory stays bounded by the busy hosts.
 
 In a cluster, two workers may each crawl a site on the same host (two
 targets, one host).  The gate then also takes the host's turn from a clock
-every worker shares (`SharedHostClock`, kept in Redis by
+every worker shares (`SharedHostTurns`, kept in Redis by
 `engine.cluster.shared_host_clock`), so the delay holds between requests
 from different machines too.
 """
@@ -35,7 +35,7 @@ Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
 
-class SharedHostClock(Protocol):
+class SharedHostTurns(Protocol):
     """Turns at a host shared with other processes (a cluster's workers)."""
 
     async def turn(self, host: str, delay_s: float) -> float:
@@ -115,7 +115,7 @@ class HostPoliteness:
         *,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
-        shared: SharedHostClock | None = None,
+        shared: SharedHostTurns | None = None,
     ) -> None:
         if per_host < 1:
             raise ValueError(f"per_host must be at least 1, got {per_host}")
