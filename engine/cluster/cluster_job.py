@@ -323,7 +323,10 @@ class ClusterJob:
         assert queue is not None, "work_queue() first"
 
         async def complete() -> bool:
-            return (await self.input_enqueued()) is not None
+            chunks = await self.input_enqueued()
+            if chunks is not None:
+                enqueued(chunks)  # the turn ends here: this worker reads none of it
+            return chunks is not None
 
         lease = IntakeLease(
             self.redis,
@@ -337,11 +340,8 @@ class ClusterJob:
         if await lease.turn(input_name, here=here):
             reading()
             await lease.hold_while(self._read_to_the_marker(read, queue))
-            return
-        chunks = await self.input_enqueued()
-        if chunks is not None:
-            enqueued(chunks)
-        await read_none()
+        else:
+            await read_none()
 
     async def _read_to_the_marker(
         self, read: Callable[[], Awaitable[None]], queue: StreamWorkQueue

@@ -66,6 +66,26 @@ async def run_together(
     return a, b, list(states)
 
 
+def two_machines(
+    tmp_path: Path,
+    base_url: str,
+    redis_url: str,
+    *,
+    records: int,
+    concurrency: int,
+    **cluster: object,
+) -> tuple[JobConfig, JobConfig, dict[str, str]]:
+    """A job over `records` text records shared through `redis_url`, each worker at
+    `concurrency`: as the first machine runs it (beside its store), as a second one
+    does (its store path not the job's), and the secrets."""
+    config, secrets = job_config(
+        tmp_path, write_records(tmp_path / "in.txt", records), base_url, KEYS
+    )
+    config = shared(config, redis_url, **cluster)
+    config = replace(config, preset=replace(config.preset, concurrency=concurrency))
+    return config, elsewhere(config, tmp_path / "other" / "results.db"), secrets
+
+
 def results(db: Path) -> int:
     with sqlite3.connect(db) as conn:
         return int(conn.execute("SELECT count(DISTINCT chunk_id) FROM results").fetchone()[0])
@@ -81,12 +101,9 @@ async def test_two_engines_share_the_work_and_a_pause_on_one_holds_both(
     redis_server: RedisServer, tmp_path: Path, simulator
 ) -> None:
     sim = await simulator(keys=sim_keys(KEYS), latency_s=(0.05, 0.05))
-    config, secrets = job_config(
-        tmp_path, write_records(tmp_path / "in.txt", 300), sim.base_url, KEYS
+    config, other, secrets = two_machines(
+        tmp_path, sim.base_url, redis_server.url, records=300, concurrency=2
     )
-    config = shared(config, redis_server.url)
-    config = replace(config, preset=replace(config.preset, concurrency=2))
-    other = elsewhere(config, tmp_path / "other" / "results.db")
     async with workers(config, other) as (here, there):
         a = Engine(config, secrets, cluster=here)
         b = Engine(other, secrets, cluster=there)
@@ -218,12 +235,9 @@ async def test_workers_starting_together_read_the_input_once(
     whole input; the other reads none of it, works on what the first enqueues, and
     counts against the job's total."""
     sim = await simulator(keys=sim_keys(KEYS), latency_s=(0.02, 0.05))
-    config, secrets = job_config(
-        tmp_path, write_records(tmp_path / "in.txt", 400), sim.base_url, KEYS
+    config, other, secrets = two_machines(
+        tmp_path, sim.base_url, redis_server.url, records=400, concurrency=4
     )
-    config = shared(config, redis_server.url)
-    config = replace(config, preset=replace(config.preset, concurrency=4))
-    other = elsewhere(config, tmp_path / "other" / "results.db")
     a, b, states = await run_together(config, other, secrets)
 
     assert states == [JobState.DONE, JobState.DONE], (a.failure_reason, b.failure_reason)
@@ -239,12 +253,9 @@ async def test_a_worker_on_a_machine_without_the_input_works_on_what_another_enq
     """The input is on the first machine only: the second worker starts first, waits for
     its turn without one, and does its share once the first enqueues the input."""
     sim = await simulator(keys=sim_keys(KEYS), latency_s=(0.02, 0.05))
-    config, secrets = job_config(
-        tmp_path, write_records(tmp_path / "in.txt", 300), sim.base_url, KEYS
+    config, other, secrets = two_machines(
+        tmp_path, sim.base_url, redis_server.url, records=300, concurrency=4
     )
-    config = shared(config, redis_server.url)
-    config = replace(config, preset=replace(config.preset, concurrency=4))
-    other = elsewhere(config, tmp_path / "other" / "results.db")
     other = replace(other, job=replace(other.job, input=str(tmp_path / "other" / "in.txt")))
     async with workers(config, other) as (here, there):
         b = Engine(other, secrets, cluster=there)
@@ -290,17 +301,16 @@ async def test_a_reader_that_stops_hands_its_turn_to_a_waiting_worker(
     waiting for its turn reads the input from the start, and the job ends with one
     result per chunk — what the first enqueued is not enqueued twice."""
     sim = await simulator(keys=sim_keys(KEYS), latency_s=(0.05, 0.1))
-    config, secrets = job_config(
-        tmp_path, write_records(tmp_path / "in.txt", 1000), sim.base_url, KEYS
+    config, other, secrets = two_machines(
+        tmp_path,
+        sim.base_url,
+        redis_server.url,
+        records=1000,
+        concurrency=4,
+        visibility_timeout_s=2.0,
     )
-    config = shared(config, redis_server.url, visibility_timeout_s=2.0)
     # 200 batches, at most 64 waiting in the stream: the intake is held back a while.
-    config = replace(
-        config,
-        preset=replace(config.preset, concurrency=4),
-        engine=replace(config.engine, queue_size=64),
-    )
-    other = elsewhere(config, tmp_path / "other" / "results.db")
+    config, other = (replace(c, engine=replace(c.engine, queue_size=64)) for c in (config, other))
     async with workers(config, other) as (here, there):
         # The reader away from the store; the worker beside it collects every row.
         a = Engine(other, secrets, cluster=there)
