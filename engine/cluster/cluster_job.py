@@ -121,6 +121,9 @@ class ClusterJob:
         self.beside_store = store == here
         # Stored chunks of this prompt version, for every run of the job.
         self.done_set = f"{config.cluster.prefix}:done:{config.prompt.version}"
+        # Crawled sites whose pages the job's store holds, for every run: a rerun replays
+        # them beside the store instead of fetching them.
+        self.stored_sites = f"{config.cluster.prefix}:crawl:stored"
         self.trouble: tuple[type[BaseException], ...] = (
             RedisError,
             RedisUnavailable,
@@ -252,6 +255,8 @@ class ClusterJob:
             self.worker_id,
             **self._stream_terms(),
             events=self._events,
+            stored_sites=self.stored_sites,
+            beside_store=self.beside_store,
         )
         return SharedCrawl(
             self._targets,
@@ -376,6 +381,7 @@ class ClusterJob:
             visibility_s=self.settings.visibility_timeout_s,
             events=self._events,
             done_set=self.done_set,
+            stored_sites=self.stored_sites,
         )
         self._role = CollectorRole(
             self.redis,

@@ -80,6 +80,12 @@ class JobStreams:
         return f"{self.prefix}:crawl:targets"
 
     @property
+    def replays(self) -> str:
+        """A crawl job's stream of sites an earlier run stored, for a worker beside the
+        store to replay (`target_stream`)."""
+        return f"{self.prefix}:crawl:replays"
+
+    @property
     def targets_enqueued(self) -> str:
         """The set of every target URL ever added to the targets stream (enqueue once)."""
         return f"{self.prefix}:crawl:enqueued"
@@ -105,13 +111,14 @@ class JobStreams:
             self.results,
             self.done,
             self.targets,
+            self.replays,
             self.targets_enqueued,
             self.crawl_progress,
             self.crawl_dead,
         )
 
     # Consumer groups: the workers on `work`, the collector on `results`, the crawlers
-    # on `targets`.
+    # on `targets` and `replays`.
     work_group: ClassVar[str] = "workers"
     results_group: ClassVar[str] = "collectors"
     crawl_group: ClassVar[str] = "crawlers"

@@ -17,6 +17,9 @@ because a batch is acknowledged in the same script that appends its rows.
 The ids of chunks whose result is committed go to the done set (in the
 same transaction as the acknowledgement), which the work queue reads so a
 chunk stored once is never enqueued again, by any worker, in any run.
+Likewise a crawled site whose first page is committed goes to the job's
+stored sites, so a rerun replays it from this store instead of fetching it
+(`target_stream`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from engine.cluster.cancel_guard import raise_if_cancelled
 from engine.cluster.job_streams import JobStreams
 from engine.cluster.results_stream import RowFormatError, decode_rows
 from engine.cluster.stream_replies import as_text, create_group, entry_fields, read_entries
+from engine.crawl.outcomes import RETRIED_OUTCOMES
 from engine.observe.events import EventBus, EventKind
 from engine.store.sqlite_store import FailureRow, PageRow, ResultRow
 
@@ -56,7 +60,9 @@ class ResultCollector:
     `run_id`, when given, is stamped on every row: the run in this store
     that collected it (a worker's own run id means nothing here).
     `visibility_s`: a collector's entries idle this long are taken over.
-    `done_set` names the set of stored chunk ids (default: one under `prefix`).
+    `done_set` names the set of stored chunk ids (default: one under `prefix`);
+    `stored_sites`, the set of crawl targets whose pages the store holds for a
+    rerun to replay (a site's first page stored with an outcome not retried).
     """
 
     def __init__(
@@ -73,6 +79,7 @@ class ResultCollector:
         events: EventBus | None = None,
         clock: Clock = time.monotonic,
         done_set: str | None = None,
+        stored_sites: str | None = None,
     ) -> None:
         if visibility_s <= 0 or block_s <= 0 or read_count < 1:
             raise ValueError("visibility_s and block_s must be > 0, read_count >= 1")
@@ -80,6 +87,7 @@ class ResultCollector:
         self.streams = JobStreams(prefix)
         self.consumer = consumer
         self.done_set = done_set or self.streams.done
+        self.stored_sites = stored_sites
         self._store = store
         self._run_id = run_id
         self._visibility_s = visibility_s
@@ -196,6 +204,7 @@ class ResultCollector:
         """Rows to the store, committed; then their entries acknowledged and deleted."""
         ids: list[str] = []
         done: list[str] = []
+        sites: list[str] = []
         for entry_id, fields in entries:
             entry = as_text(entry_id)
             ids.append(entry)
@@ -212,6 +221,8 @@ class ResultCollector:
                     done.append(row.chunk_id)
                 elif isinstance(row, PageRow):
                     await self._store.put_page(row)  # a crawled page's outcome
+                    if row.depth == 0 and row.outcome not in RETRIED_OUTCOMES:
+                        sites.append(row.target)  # a rerun replays it from here
                 else:
                     await self._store.put_failure(row)
             self.rows_collected += len(rows)
@@ -221,6 +232,8 @@ class ResultCollector:
             pipe.xdel(self.streams.results, *ids)
             if done:
                 pipe.sadd(self.done_set, *done)
+            if sites and self.stored_sites is not None:
+                pipe.sadd(self.stored_sites, *sites)
             await pipe.execute()
         self.entries_collected += len(ids)
 

@@ -14,6 +14,15 @@ dies or stalls leaves it idle, and after the visibility timeout another
 takes it over with `XAUTOCLAIM` (delivered more than `max_deliveries`
 times, it is a dead letter, with the reason).
 
+A site an earlier run crawled (the job's set of stored sites, kept by the
+collector as it stores each site's first page) goes to the run's replays
+stream instead: its pages come back from the store, unfetched, and only a
+worker beside the store can read them.  The enqueue script delivers each
+replay at once to a placeholder consumer (`FOR_THE_STORE`), from which a
+worker beside the store claims it before reading new sites; left there
+beyond the visibility timeout (no worker beside the store is running), any
+worker takes it over as it would a dead worker's site, and fetches it.
+
 `finished(target, rows)` is called once what the site produced is handed
 on: its chunks enqueued on the job's batch stream (by the caller, before),
 and its page rows appended to the results stream for the collector here
@@ -49,22 +58,46 @@ TARGET_FORMAT = "1"
 # worker finishing the last site) is seen this soon.
 TAIL_BLOCK_S = 0.25
 
-# KEYS: targets stream, enqueued set, crawl progress.  ARGV: format, then 4 per target:
-# url, host, line, fallback ("1"/"0").  Adds the targets never added before.
+# Who a site crawled before waits with until a worker beside the store claims it.
+FOR_THE_STORE = "(beside the store)"
+
+# KEYS: targets stream, enqueued set, crawl progress, stored sites, replays stream.
+# ARGV: format, group, then 4 per target: url, host, line, fallback ("1"/"0").  Adds the
+# targets never added before: a site stored by an earlier run to the replays, delivered
+# to `FOR_THE_STORE` (never read as a new entry by anyone), the others to the targets.
 _ENQUEUE = """
-local added = 0
-for at = 2, #ARGV, 4 do
+local added, replays = 0, 0
+for at = 3, #ARGV, 4 do
   if redis.call('SADD', KEYS[2], ARGV[at]) == 1 then
-    redis.call('XADD', KEYS[1], '*', 'v', ARGV[1], 'url', ARGV[at], 'host', ARGV[at + 1],
+    local stream = KEYS[1]
+    if redis.call('SISMEMBER', KEYS[4], ARGV[at]) == 1 then
+      stream = KEYS[5]
+      replays = replays + 1
+    end
+    redis.call('XADD', stream, '*', 'v', ARGV[1], 'url', ARGV[at], 'host', ARGV[at + 1],
                'line', ARGV[at + 2], 'fallback', ARGV[at + 3])
     added = added + 1
   end
 end
+if replays > 0 then
+  redis.call('XREADGROUP', 'GROUP', ARGV[2], '__FOR_THE_STORE__', 'COUNT', replays,
+             'STREAMS', KEYS[5], '>')
+end
 if added > 0 then redis.call('HINCRBY', KEYS[3], 'targets', added) end
 return redis.call('HMGET', KEYS[3], 'targets', 'settled', 'dead')
-"""
+""".replace("__FOR_THE_STORE__", FOR_THE_STORE)
 
-# KEYS: targets stream, results stream, crawl progress, crawl dead letters.  ARGV: group,
+# KEYS: replays stream.  ARGV: group, consumer.  Claims one replay waiting for a worker
+# beside the store (its delivery count set to 1: the placeholder's is no attempt).
+_CLAIM_REPLAY = """
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, '__FOR_THE_STORE__')
+if not p[1] then return false end
+local claimed = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, p[1][1], 'RETRYCOUNT', 1)
+if not claimed[1] then return false end
+return claimed[1]
+""".replace("__FOR_THE_STORE__", FOR_THE_STORE)
+
+# KEYS: the entry's stream, results stream, crawl progress, crawl dead letters.  ARGV: group,
 # entry id, page rows (a JSON array, or ''), dead reason ('' if crawled), url, deliveries.
 # The rows are appended even if another worker finished the target first: the
 # collector keeps one row a page.
@@ -86,8 +119,8 @@ end
 return acked
 """
 
-# KEYS: targets stream.  ARGV: group, consumer, entry ids.  Resets the idle time of the
-# entries this consumer still owns.
+# KEYS: a targets or replays stream.  ARGV: group, consumer, entry ids.  Resets the idle
+# time of the entries this consumer still owns.
 _KEEP_ALIVE = """
 for i = 3, #ARGV do
   local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
@@ -98,10 +131,11 @@ end
 return 0
 """
 
-# KEYS: targets stream.  ARGV: group, consumer, min idle ms, cursor.  Takes over at most
-# one entry idle too long, with how often it has now been delivered; returns the cursor
-# to go on from (XAUTOCLAIM scans ten pending entries a claim asked for, so the scan of a
-# long pending list, live workers' sites first, goes on from where it stopped).
+# KEYS: a targets or replays stream.  ARGV: group, consumer, min idle ms, cursor.  Takes
+# over at most one entry idle too long, with how often it has now been delivered; returns
+# the cursor to go on from (XAUTOCLAIM scans ten pending entries a claim asked for, so
+# the scan of a long pending list, live workers' sites first, goes on from where it
+# stopped).
 _RECLAIM = """
 local claimed = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4],
                            'COUNT', 1)
@@ -137,6 +171,9 @@ class TargetStream:
     a dead letter; `block_s` bounds a blocking read (then the run's end is
     looked at); `max_backlog`, `enqueue` waits while this many targets are
     enqueued and not finished, so the stream does not hold the whole file.
+    `stored_sites` names the job's set of sites its store holds (None: every
+    site is fetched); `beside_store`, this worker can read that store, so it
+    replays them.
     """
 
     def __init__(
@@ -151,6 +188,8 @@ class TargetStream:
         max_backlog: int = 10_000,
         events: EventBus | None = None,
         clock: Clock = time.monotonic,
+        stored_sites: str | None = None,
+        beside_store: bool = False,
     ) -> None:
         if visibility_s <= 0 or block_s <= 0 or max_deliveries < 1 or max_backlog < 1:
             raise ValueError(
@@ -165,23 +204,31 @@ class TargetStream:
         self._max_backlog = max_backlog
         self._events = events
         self._clock = clock
+        # Without a set of stored sites, none is ever in it: an empty set's name.
+        self._stored_sites = stored_sites or f"{prefix}:crawl:no-stored-sites"
+        self._beside_store = beside_store
         self._enqueue = redis.register_script(_ENQUEUE)
+        self._claim_replay = redis.register_script(_CLAIM_REPLAY)
         self._finish = redis.register_script(_FINISH)
         self._keep_alive = redis.register_script(_KEEP_ALIVE)
         self._reclaim = redis.register_script(_RECLAIM)
         self._joined = False
         self._next_reclaim = clock()
-        self._cursor = "0-0"  # where the scan of idle entries goes on
-        self._held: dict[str, str] = {}  # url → the entry this consumer holds for it
+        # Where the scan of each stream's idle entries goes on.
+        self._cursors = {self.streams.targets: "0-0", self.streams.replays: "0-0"}
+        # url → the stream and entry this consumer holds for it
+        self._held: dict[str, tuple[str, str]] = {}
         self._tail = False  # the whole file is enqueued
         self.over = False  # every target is crawled or dead-lettered (as this worker saw)
         self.reclaimed = 0  # targets taken over from idle consumers
+        self.replays_claimed = 0  # sites crawled before, claimed to replay from the store
         self.dead_lettered = 0  # targets this consumer sent to the dead-letter stream
 
     async def join(self) -> None:
-        """Create the crawlers' consumer group if it does not exist yet (idempotent)."""
+        """Create the crawlers' consumer groups if they do not exist yet (idempotent)."""
         if not self._joined:
-            await create_group(self._redis, self.streams.targets, self.streams.crawl_group)
+            for stream in (self.streams.targets, self.streams.replays):
+                await create_group(self._redis, stream, self.streams.crawl_group)
             self._joined = True
 
     async def enqueue(self, targets: Sequence[Target]) -> None:
@@ -189,11 +236,20 @@ class TargetStream:
         backlog is full."""
         await self.join()
         if targets:
-            args: list[str | int] = [TARGET_FORMAT]
+            s = self.streams
+            args: list[str | int] = [TARGET_FORMAT, s.crawl_group]
             for t in targets:
                 args += [t.url, t.host, t.line, "1" if t.fallback_http else "0"]
-            s = self.streams
-            await self._enqueue(keys=[s.targets, s.targets_enqueued, s.crawl_progress], args=args)
+            await self._enqueue(
+                keys=[
+                    s.targets,
+                    s.targets_enqueued,
+                    s.crawl_progress,
+                    self._stored_sites,
+                    s.replays,
+                ],
+                args=args,
+            )
         while True:
             progress = await self.progress()
             if progress.targets - progress.settled - progress.dead < self._max_backlog:
@@ -206,8 +262,9 @@ class TargetStream:
         await self._redis.hset(self.streams.crawl_progress, "input_complete", 1)
 
     async def next_target(self) -> Target | None:
-        """The next site for this worker: one idle elsewhere too long first, then a new
-        one; None once every target is crawled or dead-lettered."""
+        """The next site for this worker: one idle elsewhere too long first, then (beside
+        the store) one crawled before, then a new one; None once every target is crawled
+        or dead-lettered."""
         await self.join()
         while True:
             raise_if_cancelled()
@@ -217,6 +274,14 @@ class TargetStream:
                 if target is not None:
                     return target
                 self._next_reclaim = now + self._visibility_s / 2
+            if self._beside_store:
+                claimed: Any = await self._claim_replay(
+                    keys=[self.streams.replays], args=[self.streams.crawl_group, self.consumer]
+                )
+                if claimed:
+                    self.replays_claimed += 1
+                    entry_id, fields = claimed
+                    return self._hold(self.streams.replays, as_text(entry_id), entry_fields(fields))
             block_s = min(self._block_s, max(0.001, self._next_reclaim - now))
             if self._tail:
                 block_s = min(block_s, TAIL_BLOCK_S)
@@ -228,7 +293,7 @@ class TargetStream:
                 block=max(1, round(block_s * 1000)),
             )
             for entry_id, fields in read_entries(reply):
-                return self._hold(as_text(entry_id), entry_fields(fields))
+                return self._hold(self.streams.targets, as_text(entry_id), entry_fields(fields))
             progress = await self.progress()
             if progress.over:
                 self.over = True
@@ -238,10 +303,11 @@ class TargetStream:
     async def finished(self, target: Target, rows: Sequence[str] = ()) -> None:
         """The site is crawled and its chunks enqueued: its page rows (encoded for the
         results stream) go to the collector and its entry is acknowledged, atomically."""
-        entry_id = self._held.pop(target.url, None)
-        if entry_id is None:
+        held = self._held.pop(target.url, None)
+        if held is None:
             raise KeyError(f"{target.url} is not a target this worker holds")
-        await self._run_finish(entry_id, target.url, rows=rows)
+        stream, entry_id = held
+        await self._run_finish(stream, entry_id, target.url, rows=rows)
 
     def let_go(self, target: Target) -> None:
         """Forget a target without finishing it (stopping): it stays pending, and another
@@ -261,41 +327,50 @@ class TargetStream:
         while True:
             # A timer, not polling: the keep-alive is a heartbeat by nature.
             await asyncio.sleep(self._visibility_s / 3)
-            held = list(self._held.values())
-            if held:
+            by_stream: dict[str, list[str]] = {}
+            for stream, entry_id in self._held.values():
+                by_stream.setdefault(stream, []).append(entry_id)
+            for stream, held in by_stream.items():
                 await self._keep_alive(
-                    keys=[self.streams.targets],
-                    args=[self.streams.crawl_group, self.consumer, *held],
+                    keys=[stream], args=[self.streams.crawl_group, self.consumer, *held]
                 )
 
     # ------------------------------------------------------------ internals
-    def _hold(self, entry_id: str, fields: Mapping[str, str]) -> Target:
+    def _hold(self, stream: str, entry_id: str, fields: Mapping[str, str]) -> Target:
         target = Target(
             url=fields["url"],
             host=fields["host"],
             line=int(fields.get("line", "0")),
             fallback_http=fields.get("fallback") == "1",
         )
-        self._held[target.url] = entry_id
+        self._held[target.url] = (stream, entry_id)
         return target
 
     async def _take_over_idle(self) -> Target | None:
         """One target idle beyond the visibility timeout, taken over (or dead-lettered);
-        None once a whole scan of the pending entries found none."""
+        None once a whole scan of the pending entries found none.  A site crawled
+        before that no worker beside the store claimed is taken over too: fetched."""
+        for stream in self._cursors:
+            target = await self._take_over_idle_in(stream)
+            if target is not None:
+                return target
+        return None
+
+    async def _take_over_idle_in(self, stream: str) -> Target | None:
         while True:
             raise_if_cancelled()
             claimed: Any = await self._reclaim(
-                keys=[self.streams.targets],
+                keys=[stream],
                 args=[
                     self.streams.crawl_group,
                     self.consumer,
                     max(1, round(self._visibility_s * 1000)),
-                    self._cursor,
+                    self._cursors[stream],
                 ],
             )
-            self._cursor = as_text(claimed[0])
+            self._cursors[stream] = as_text(claimed[0])
             if len(claimed) == 1:
-                if self._cursor == "0-0":
+                if self._cursors[stream] == "0-0":
                     return None
                 continue  # the scan goes on
             entry_id, fields, deliveries = as_text(claimed[1]), entry_fields(claimed[2]), claimed[3]
@@ -317,7 +392,9 @@ class TargetStream:
                     target=url,
                     reason=reason,
                 )
-                await self._run_finish(entry_id, url, dead_reason=reason, deliveries=deliveries)
+                await self._run_finish(
+                    stream, entry_id, url, dead_reason=reason, deliveries=deliveries
+                )
                 continue
             self.reclaimed += 1
             self._emit(
@@ -328,10 +405,11 @@ class TargetStream:
                 deliveries=int(deliveries),
                 target=url,
             )
-            return self._hold(entry_id, fields)
+            return self._hold(stream, entry_id, fields)
 
     async def _run_finish(
         self,
+        stream: str,
         entry_id: str,
         url: str,
         *,
@@ -341,7 +419,7 @@ class TargetStream:
     ) -> None:
         s = self.streams
         await self._finish(
-            keys=[s.targets, s.results, s.crawl_progress, s.crawl_dead],
+            keys=[stream, s.results, s.crawl_progress, s.crawl_dead],
             args=[
                 s.crawl_group,
                 entry_id,

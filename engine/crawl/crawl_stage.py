@@ -44,7 +44,7 @@ from engine.crawl.extraction import (
 )
 from engine.crawl.fetcher import Fetcher
 from engine.crawl.host_politeness import SharedHostTurns
-from engine.crawl.outcomes import FetchOutcome, FetchResult
+from engine.crawl.outcomes import RETRIED_OUTCOMES, FetchOutcome, FetchResult
 from engine.crawl.pinned_resolver import PinnedResolver
 from engine.crawl.targets import Target, TargetError, dedupe_targets, read_targets
 from engine.limits.concurrency_limit import ConcurrencyLimit
@@ -54,19 +54,6 @@ from engine.pipeline.census import count_in_thread
 from engine.pipeline.records import Document
 from engine.store.sqlite_store import PageRow, Store, StoredPage
 
-# Outcomes a rerun tries again; any other stored outcome is the site's answer.
-# EXTRACTION_TIMED_OUT and EXTRACTION_FAILED are not retried: the same bytes
-# would run the parser into the same wall, costing a killed worker (and the
-# time limit) on every rerun.
-RETRIED_OUTCOMES = frozenset(
-    {
-        FetchOutcome.TIMED_OUT,
-        FetchOutcome.REFUSED,
-        FetchOutcome.DNS_FAILURE,
-        FetchOutcome.HTTP_ERROR,
-        FetchOutcome.TLS_ERROR,
-    }
-)
 _TARGET_BLOCK = 256  # targets read (and looked up in the store) at a time
 _WARNED_LINES = 20  # bad target lines reported one by one; the rest only counted
 _RATE_ALPHA = 0.3  # smoothing of pages per minute, per one-second tick

@@ -38,6 +38,21 @@ class FetchOutcome(StrEnum):
         return self in (FetchOutcome.FETCHED, FetchOutcome.REDIRECTED)
 
 
+# Outcomes a rerun tries again; any other stored outcome is the site's answer.
+# EXTRACTION_TIMED_OUT and EXTRACTION_FAILED are not retried: the same bytes
+# would run the parser into the same wall, costing a killed worker (and the
+# time limit) on every rerun.
+RETRIED_OUTCOMES: frozenset[FetchOutcome] = frozenset(
+    {
+        FetchOutcome.TIMED_OUT,
+        FetchOutcome.REFUSED,
+        FetchOutcome.DNS_FAILURE,
+        FetchOutcome.HTTP_ERROR,
+        FetchOutcome.TLS_ERROR,
+    }
+)
+
+
 @dataclass(frozen=True, slots=True)
 class FetchResult:
     """One fetch, finished.

@@ -152,7 +152,8 @@ class _TallyQueue:
 def stored_page_chunks(config: JobConfig, stored: StoredWork) -> tuple[Iterator[Chunk], list[int]]:
     """A crawl job's chunks from its stored pages, and a tally filled as they are read:
     [targets, targets without usable pages, pages with text, bad target lines]."""
-    from engine.crawl.crawl_stage import RETRIED_OUTCOMES, stored_page_document
+    from engine.crawl.crawl_stage import stored_page_document
+    from engine.crawl.outcomes import RETRIED_OUTCOMES
     from engine.crawl.targets import dedupe_targets, read_targets
 
     crawl, job = config.crawl, config.job

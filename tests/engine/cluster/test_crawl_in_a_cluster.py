@@ -125,6 +125,56 @@ async def test_two_workers_crawl_every_site_once_and_the_job_ends_with_one_resul
     assert (view.sites_enqueued, view.sites_crawled, view.sites_dead) == (len(hosts), len(hosts), 0)
 
 
+async def test_a_rerun_fetches_nothing_again_and_the_worker_beside_the_store_replays_it(
+    redis_server: RedisServer, tmp_path: Path, simulator, sites: SiteServer
+) -> None:
+    """A finished crawl run again: the sites it crawled come back from the store, not the
+    web — replayed by the worker beside the store (the pages' text is only there), while
+    the worker on another machine, which cannot read it, fetches nothing."""
+    hosts = hosts_of("normal", 8)
+    config, secrets = await crawl_job(tmp_path, simulator, sites.port, hosts, redis_server.url)
+    other = elsewhere(config, tmp_path / "other" / "results.db")
+    first = await run_together(config, other, secrets, GUARD_S)
+    assert first[2] == [JobState.DONE, JobState.DONE]
+    crawled_first = [e.snapshot().crawl for e in first[:2]]
+    assert all(c is not None and c.targets_finished > 0 for c in crawled_first), "both crawled"
+    fetched = sum(sites.stats.requests_by_host[h] for h in hosts)
+    store = Path(config.job.store)
+    stored, answered = pages(store), one_result_per_chunk(store)
+
+    here, away, states = await run_together(config, other, secrets, GUARD_S)
+
+    assert states == [JobState.DONE, JobState.DONE], (here.failure_reason, away.failure_reason)
+    assert sum(sites.stats.requests_by_host[h] for h in hosts) == fetched, "nothing fetched"
+    beside, elsewhere_crawl = here.snapshot().crawl, away.snapshot().crawl
+    assert beside is not None and elsewhere_crawl is not None
+    assert beside.resumed == len(hosts) and elsewhere_crawl.targets_finished == 0
+    assert pages(store) == stored and one_result_per_chunk(store) == answered
+
+
+async def test_a_rerun_with_no_worker_beside_the_store_fetches_the_sites_again_and_ends(
+    redis_server: RedisServer, tmp_path: Path, simulator, sites: SiteServer
+) -> None:
+    """The sites crawled before wait for a worker beside the store to replay them; when
+    none comes within the visibility timeout, the worker elsewhere takes them over and
+    fetches them — the job ends either way."""
+    hosts = hosts_of("normal", 4)
+    config, secrets = await crawl_job(tmp_path, simulator, sites.port, hosts, redis_server.url)
+    other = elsewhere(config, tmp_path / "other" / "results.db")
+    first = await run_together(config, other, secrets, GUARD_S)
+    assert first[2] == [JobState.DONE, JobState.DONE]
+    fetched = sum(sites.stats.requests_by_host[h] for h in hosts)
+
+    async with workers(other) as (alone,):
+        away = Engine(other, secrets, cluster=alone)
+        async with asyncio.timeout(GUARD_S):
+            assert await away.run() is JobState.DONE, away.failure_reason
+
+    assert sum(sites.stats.requests_by_host[h] for h in hosts) == 2 * fetched
+    taken = {e.data["target"] for e in away.events.recent() if e.kind is EventKind.BATCH_RECLAIMED}
+    assert taken == {f"https://{h}:{sites.port}/" for h in hosts}
+
+
 async def test_two_workers_crawling_sites_on_one_host_keep_its_delay_between_them(
     redis_server: RedisServer, tmp_path: Path, simulator, sites: SiteServer
 ) -> None:
