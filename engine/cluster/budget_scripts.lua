@@ -356,22 +356,18 @@ function OPS.open(p, now)
   return states
 end
 
--- KEYS: each candidate's hash then its recent reservations; payload.keys:
--- {rpm, tpm, est, charge, cooling, spare} per candidate.  The key that can admit
--- soonest (ties: the most free budget) takes one request and its tokens:
+-- KEYS: each candidate key's hash then its recent reservations; payload.asks: the
+-- reservations asked for together, in order, each a list of {rpm, tpm, est, charge,
+-- cooling, spare} per candidate (the same keys, in KEYS' order).  For each ask, the key
+-- that can admit soonest (ties: the most free budget) takes one request and its tokens:
 -- {'admitted', its number, tokens taken, now, marks requests, marks tokens, state};
--- or nothing is taken: {'wait', seconds, every candidate's state}.
-function OPS.reserve(p, now)
-  local hs, changed = {}, {}
+-- or nothing is taken: {'wait', seconds, every candidate's state}.  One call for the
+-- reservations a worker asks for at once: a script call apiece cost it more CPU than
+-- the requests themselves when nothing else binds.
+local function reserve_one(hs, changed, keys, now)
   local best, best_wait, best_room = nil, math.huge, -1
-  for i, c in ipairs(p.keys) do
-    local h = load(KEYS[2 * i - 1])
-    if h == nil then  -- never opened, or Redis lost it: start again, cautiously
-      h = fresh(c.rpm, c.tpm, now)
-      changed[i] = true
-    end
-    if recover(h, now) then changed[i] = true end
-    hs[i] = h
+  for i, c in ipairs(keys) do
+    local h = hs[i]
     local wait = math.max(0, h.cool_until - now, c.cooling or 0, budget_wait(h, c.est, c.charge, now, c.spare))
     local room = headroom(h, now)
     if wait < best_wait - 1e-9 or (math.abs(wait - best_wait) <= 1e-9 and room > best_room) then
@@ -379,7 +375,7 @@ function OPS.reserve(p, now)
     end
   end
   if best ~= nil and best_wait <= 0 then
-    local h, c = hs[best], p.keys[best]
+    local h, c = hs[best], keys[best]
     local taken = needed(h, c.est, c.charge)
     take(h.R, 1, now)
     take(h.T, taken, now)
@@ -391,17 +387,32 @@ function OPS.reserve(p, now)
     redis.call('PEXPIRE', recent, 60000)  -- an idle key's leaves nothing behind
     local marks_r, marks_t = string.match(redis.call('ZRANGE', recent, 0, 0)[1], '^(%d+):(%d+)$')
     changed[best] = true
-    for i, h_i in pairs(hs) do
-      if changed[i] then save(KEYS[2 * i - 1], h_i) end
-    end
     return {'admitted', tostring(best), fmt(taken), fmt(now), marks_r, marks_t, state(h, now)}
   end
   local states = {}
-  for i, h in ipairs(hs) do
-    if changed[i] then save(KEYS[2 * i - 1], h) end
-    states[i] = state(h, now)
-  end
+  for i, h in ipairs(hs) do states[i] = state(h, now) end
   return {'wait', fmt(best_wait), states}
+end
+
+function OPS.reserve(p, now)
+  local hs, changed = {}, {}
+  for i, c in ipairs(p.asks[1]) do
+    local h = load(KEYS[2 * i - 1])
+    if h == nil then  -- never opened, or Redis lost it: start again, cautiously
+      h = fresh(c.rpm, c.tpm, now)
+      changed[i] = true
+    end
+    if recover(h, now) then changed[i] = true end
+    hs[i] = h
+  end
+  local answers = {}
+  for j, keys in ipairs(p.asks) do
+    answers[j] = reserve_one(hs, changed, keys, now)
+  end
+  for i, h in pairs(hs) do
+    if changed[i] then save(KEYS[2 * i - 1], h) end
+  end
+  return answers
 end
 
 -- KEYS: the hashes the ops name (op.k is the number of one); payload.ops in

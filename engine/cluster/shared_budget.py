@@ -325,38 +325,37 @@ class SharedBudget:
 
         A key cooling after a 429 (anyone's) waits its cool-down out.
         """
-        if not candidates:
-            raise ValueError("reserve needs at least one candidate key")
+        (answer,) = await self.reserve_many([candidates])
+        return answer
+
+    async def reserve_many(self, asks: Sequence[Sequence[Candidate]]) -> list[Admitted | Waiting]:
+        """`reserve` for each of `asks`, in order, in one atomic call; every ask names
+        the same keys in the same order."""
+        if not asks or not asks[0]:
+            raise ValueError("reserve needs at least one ask of at least one candidate key")
+        first = [c.key_id for c in asks[0]]
+        if any([c.key_id for c in ask] != first for ask in asks[1:]):
+            raise ValueError("the asks of one reservation call must name the same keys")
         keys: list[str] = []
-        for c in candidates:
-            keys += [self.hash_key(c.key_id), self._recent_key(c.key_id)]
+        for key_id in first:
+            keys += [self.hash_key(key_id), self._recent_key(key_id)]
         payload = {
-            "keys": [
-                {
-                    **_limits(c.rpm, c.tpm),
-                    "est": c.est_tokens,
-                    "charge": c.charge,
-                    "cooling": c.cooling_s,
-                    "spare": c.spare,
-                }
-                for c in candidates
+            "asks": [
+                [
+                    {
+                        **_limits(c.rpm, c.tpm),
+                        "est": c.est_tokens,
+                        "charge": c.charge,
+                        "cooling": c.cooling_s,
+                        "spare": c.spare,
+                    }
+                    for c in ask
+                ]
+                for ask in asks
             ]
         }
         raw = await self._call("reserve", keys, payload)
-        if _text(raw[0]) == "admitted":
-            chosen = candidates[int(_text(raw[1])) - 1]
-            return Admitted(
-                key_id=chosen.key_id,
-                taken=int(float(_text(raw[2]))),
-                sent_at=float(_text(raw[3])),
-                marks=(int(_text(raw[4])), int(_text(raw[5]))),
-                state=SharedKeyState.parse(raw[6]),
-                charge=chosen.charge,
-            )
-        states = {
-            c.key_id: SharedKeyState.parse(s) for c, s in zip(candidates, raw[2], strict=True)
-        }
-        return Waiting(float(_text(raw[1])), states)
+        return [_reservation(ask, answer) for ask, answer in zip(asks, raw, strict=True)]
 
     async def settle(self, ops: Sequence[SettleOp]) -> Settled:
         """Apply `ops` in order, all in one atomic call."""
@@ -411,6 +410,22 @@ class SharedBudget:
     def _say(self, message: str) -> None:
         if self._on_trouble is not None:
             self._on_trouble(message)
+
+
+def _reservation(candidates: Sequence[Candidate], raw: Sequence[Any]) -> Admitted | Waiting:
+    """One ask's answer from the reserve script."""
+    if _text(raw[0]) == "admitted":
+        chosen = candidates[int(_text(raw[1])) - 1]
+        return Admitted(
+            key_id=chosen.key_id,
+            taken=int(float(_text(raw[2]))),
+            sent_at=float(_text(raw[3])),
+            marks=(int(_text(raw[4])), int(_text(raw[5]))),
+            state=SharedKeyState.parse(raw[6]),
+            charge=chosen.charge,
+        )
+    states = {c.key_id: SharedKeyState.parse(s) for c, s in zip(candidates, raw[2], strict=True)}
+    return Waiting(float(_text(raw[1])), states)
 
 
 def _encode(op: SettleOp) -> dict[str, Any]:

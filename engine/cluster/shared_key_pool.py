@@ -12,11 +12,13 @@ requests it has in flight, its counters, latencies and usage windows for
 the dashboard, the patience with a key that keeps refusing, and a key it
 disabled (quota, a rejected key) — `KeyPool`'s code, not a copy of it.
 
-Reserving is a script call, a round trip to Redis: several may be out at
-once (`leases_at_once`), so a worker's admissions are not bounded by one
-round trip each — on a busy machine that is tens of milliseconds, slower
-than a full bucket lets requests go.  A call that finds no key free sleeps
-the wait the script returned, or until `notify()`.  What an answer, a release or a 429 does to a
+Reserving is a script call, a round trip to Redis: many leases may be
+asked for at once (`leases_at_once`), and those asked while a call is out
+go together in the next (`CallCoalescer`), so a worker's admissions are not
+bounded by one round trip each — on a busy machine that is tens of
+milliseconds, slower than a full bucket lets requests go — nor does each
+cost a call.  A reservation that finds no key free sleeps the wait the
+script returned, or until `notify()`.  What an answer, a release or a 429 does to a
 budget must not hold up the call that reported it, so it is queued, in the
 order it happened, and written by `run_writer()` — many at a time, in one
 atomic call.  Each key's `budget` here is a `SharedKeyBudget`: it queues the
@@ -35,6 +37,7 @@ from dataclasses import replace
 
 from redis.asyncio import Redis
 
+from engine.cluster.call_coalescer import CallCoalescer
 from engine.cluster.shared_budget import (
     RETRY_FOR_S,
     Admitted,
@@ -180,8 +183,14 @@ class SharedKeyPool(KeyPool):
         self._waiting = asyncio.Lock()  # the reservations that found no room, in turn
         self._pending: deque[SettleOp] = deque()
         self._pending_changed = asyncio.Event()
-        self._reserving: set[asyncio.Task[Admitted | Waiting]] = set()
-        self._abandoned: set[asyncio.Task[Admitted | Waiting]] = set()
+        # Reservations asked for while a call is out go together in the next: a busy
+        # worker pays one round trip for many admissions.
+        self._asks: CallCoalescer[tuple[Candidate, ...], Admitted | Waiting] = CallCoalescer(
+            lambda asks: self.budget.reserve_many(asks),
+            together=lambda candidates: tuple(c.key_id for c in candidates),
+            unclaimed=self._give_back,
+            idle=self._pending_changed.set,  # a closing writer waits for the asks
+        )
         self._closing = False
 
     async def open(self) -> None:
@@ -193,8 +202,9 @@ class SharedKeyPool(KeyPool):
         ]
         self._adopt(await self.budget.open(limits))
 
-    leases_at_once = 8
-    """Reservations out at once: enough to spend a full bucket at a busy machine's round trips."""
+    leases_at_once = 32
+    """Reservations asked for at once: enough to spend a full bucket at a busy machine's
+    round trips, and to send many in one call when nothing else binds."""
 
     # admission -------------------------------------------------------------------
     async def _reserve(
@@ -284,30 +294,11 @@ class SharedKeyPool(KeyPool):
                     spare,
                 )
             )
-        # Shielded: a reservation made while its asker was cancelled is given back.
-        call = asyncio.ensure_future(self.budget.reserve(candidates))
-        self._reserving.add(call)
-        call.add_done_callback(self._reserve_done)
-        try:
-            return await asyncio.shield(call)
-        except asyncio.CancelledError:
-            if call.done():
-                self._give_back_unused(call)
-            else:
-                self._abandoned.add(call)
-            raise
+        # Cancelled while its call is out, a reservation is given back (`_give_back`).
+        return await self._asks.ask(tuple(candidates))
 
-    def _reserve_done(self, call: asyncio.Task[Admitted | Waiting]) -> None:
-        self._reserving.discard(call)
-        if call in self._abandoned:
-            self._abandoned.discard(call)
-            self._give_back_unused(call)
-        self._pending_changed.set()
-
-    def _give_back_unused(self, call: asyncio.Task[Admitted | Waiting]) -> None:
-        if call.cancelled() or call.exception() is not None:
-            return
-        answer = call.result()
+    def _give_back(self, _candidates: tuple[Candidate, ...], answer: Admitted | Waiting) -> None:
+        """A reservation whose asker was cancelled while Redis made it."""
         if isinstance(answer, Admitted):
             self._write(Release(answer.key_id, answer.taken))
 
@@ -337,7 +328,7 @@ class SharedKeyPool(KeyPool):
                 self._learn(ops, await self.budget.settle(ops))
                 self.notify()  # refunds and cool-downs: waiting admissions look again
                 continue
-            if self._closing and not self._reserving:
+            if self._closing and not self._asks.busy:
                 return
             self._pending_changed.clear()
             await self._pending_changed.wait()

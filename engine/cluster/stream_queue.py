@@ -66,6 +66,7 @@ from engine.cluster.batch_codec import (
     encode_chunk,
     encode_history,
 )
+from engine.cluster.call_coalescer import CallCoalescer
 from engine.cluster.cancel_guard import raise_if_cancelled
 from engine.cluster.job_streams import JobStreams
 from engine.cluster.redis_connection import connection_troubles
@@ -80,6 +81,9 @@ from engine.observe.events import EventBus, EventKind
 from engine.pipeline.work_queue import Batch
 
 Clock = Callable[[], float]
+# One entry's settle: its id, chunks, rows, dead reason, deliveries, dead chunks, dead
+# history, failures (the settle script's arguments for it, in order).
+_Settle = tuple[str, int, str, str, int, str, str, int]
 
 # Ids per keep-alive script call: bounds one script's run time on the server.
 KEEP_ALIVE_IDS_PER_CALL = 500
@@ -119,35 +123,41 @@ end
 return redis.call('HMGET', KEYS[3], 'entries', 'settled', 'dead')
 """
 
-# KEYS: work, results, progress, dead.  ARGV: group, entry id, chunks in it, rows (a JSON
-# array, or ''), dead reason ('' if settled), deliveries, chunks JSON, history JSON, and
-# how many of the rows are failures, the job-over channel.
+# KEYS: work, results, progress, dead.  ARGV: group, the job-over channel, then 8 for each
+# entry: its id, chunks in it, rows (a JSON array, or ''), dead reason ('' if settled),
+# deliveries, chunks JSON, history JSON, and how many of the rows are failures.  Returns
+# whether each entry was acknowledged here, and the progress after them all.
 # Rows are appended even when another consumer settled the entry first: a late
 # result still supersedes a dead letter's failure, and the collector ignores repeats.
 _SETTLE = """
-if ARGV[4] ~= '' then
-  redis.call('XADD', KEYS[2], '*', 'v', '1', 'rows', ARGV[4])
-end
-local acked = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-if acked == 1 then
-  redis.call('XDEL', KEYS[1], ARGV[2])
-  if ARGV[5] ~= '' then
-    redis.call('XADD', KEYS[4], '*', 'entry', ARGV[2], 'reason', ARGV[5],
-               'deliveries', ARGV[6], 'chunks', ARGV[7], 'history', ARGV[8])
-    redis.call('HINCRBY', KEYS[3], 'dead', 1)
-    redis.call('HINCRBY', KEYS[3], 'dead_chunks', tonumber(ARGV[3]))
-  else
-    redis.call('HINCRBY', KEYS[3], 'settled', 1)
-    redis.call('HINCRBY', KEYS[3], 'settled_chunks', tonumber(ARGV[3]))
-    redis.call('HINCRBY', KEYS[3], 'failed_chunks', tonumber(ARGV[9]))
+local acks, any = {}, false
+for at = 3, #ARGV, 8 do
+  if ARGV[at + 2] ~= '' then
+    redis.call('XADD', KEYS[2], '*', 'v', '1', 'rows', ARGV[at + 2])
   end
+  local acked = redis.call('XACK', KEYS[1], ARGV[1], ARGV[at])
+  if acked == 1 then
+    any = true
+    redis.call('XDEL', KEYS[1], ARGV[at])
+    if ARGV[at + 3] ~= '' then
+      redis.call('XADD', KEYS[4], '*', 'entry', ARGV[at], 'reason', ARGV[at + 3],
+                 'deliveries', ARGV[at + 4], 'chunks', ARGV[at + 5], 'history', ARGV[at + 6])
+      redis.call('HINCRBY', KEYS[3], 'dead', 1)
+      redis.call('HINCRBY', KEYS[3], 'dead_chunks', tonumber(ARGV[at + 1]))
+    else
+      redis.call('HINCRBY', KEYS[3], 'settled', 1)
+      redis.call('HINCRBY', KEYS[3], 'settled_chunks', tonumber(ARGV[at + 1]))
+      redis.call('HINCRBY', KEYS[3], 'failed_chunks', tonumber(ARGV[at + 7]))
+    end
+  end
+  acks[#acks + 1] = acked
 end
 local p = redis.call('HMGET', KEYS[3], 'input_complete', 'entries', 'settled', 'dead')
-if acked == 1 and p[1] == '1' and
+if any and p[1] == '1' and
    (tonumber(p[2]) or 0) - (tonumber(p[3]) or 0) - (tonumber(p[4]) or 0) <= 0 then
-  redis.call('PUBLISH', ARGV[10], 'over')
+  redis.call('PUBLISH', ARGV[2], 'over')
 end
-return {acked, p}
+return {acks, p}
 """
 
 # KEYS: work.  ARGV: group, consumer, entry ids.  Resets the idle time of the
@@ -291,6 +301,8 @@ class StreamWorkQueue:
         self._reclaim_every_s = visibility_s / 2
         self._enqueue = redis.register_script(_ENQUEUE)
         self._settle = redis.register_script(_SETTLE)
+        # Entries settled while a settle call is out go together in the next.
+        self._settles: CallCoalescer[_Settle, bool] = CallCoalescer(self._settle_many)
         self._keep_alive_script = redis.register_script(_KEEP_ALIVE)
         self._reclaim = redis.register_script(_RECLAIM)
         self._holdings: dict[str, _Holding] = {}
@@ -708,12 +720,10 @@ class StreamWorkQueue:
         dead_history: str,
         failures: int,
     ) -> bool:
-        """Run the settle script; whether this call acknowledged the entry."""
-        s = self.streams
-        acked, (complete, entries, settled, dead) = await self._settle(
-            keys=[s.work, s.results, s.progress, s.dead],
-            args=[
-                s.work_group,
+        """Run the settle script for the entry (with others settled meanwhile);
+        whether this call acknowledged it."""
+        return await self._settles.ask(
+            (
                 entry_id,
                 chunks,
                 rows,
@@ -722,16 +732,26 @@ class StreamWorkQueue:
                 dead_chunks,
                 dead_history,
                 failures,
-                s.work_over,
-            ],
+            )
         )
-        if as_int(acked):
+
+    async def _settle_many(self, settles: list[_Settle]) -> list[bool]:
+        """One settle script call for `settles`; whether each was acknowledged here."""
+        s = self.streams
+        args: list[str | int] = [s.work_group, s.work_over]
+        for settle in settles:
+            args += settle
+        acks, (complete, entries, settled, dead) = await self._settle(
+            keys=[s.work, s.results, s.progress, s.dead], args=args
+        )
+        acked = [bool(as_int(a)) for a in acks]
+        if any(acked):
             self._settled_here.set()
         if as_int(complete) == 1:
             self._input_complete_seen = True  # known at every settle, not only when reads dry up
             if as_int(entries) - as_int(settled) - as_int(dead) <= 0:
                 self._finish()
-        return bool(as_int(acked))
+        return acked
 
     def _room(self) -> int:
         """How many entries to read now: the read-ahead plus one per waiting `get()`."""

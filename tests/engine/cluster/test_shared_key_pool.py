@@ -12,10 +12,12 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
+from engine.cluster.shared_budget import Candidate
 from engine.cluster.shared_key_pool import SharedKeyPool
 from engine.config.settings import ProviderSettings
 from engine.limits.key_pool import KeyLease, KeyState
@@ -162,16 +164,81 @@ async def test_a_limit_learned_from_headers_is_said_by_the_worker_that_learned_i
 async def test_a_reservation_whose_asker_was_cancelled_is_given_back(
     redis_server: RedisServer,
 ) -> None:
+    """Cancelled while its script call is out: Redis took the reservation, and the
+    worker gives it back when the answer comes."""
+    async with worker(redis_server.url, [("k", None, 6000)]) as pool:
+        reserve_many = pool.budget.reserve_many
+        made, answer_held = asyncio.Event(), asyncio.Event()
+
+        async def reserved_then_held(asks: Sequence[Sequence[Candidate]]) -> Any:
+            answers = await reserve_many(asks)
+            made.set()
+            await answer_held.wait()
+            return answers
+
+        pool.budget.reserve_many = reserved_then_held  # type: ignore[method-assign]
+        asking = asyncio.create_task(pool.lease(80))
+        await asyncio.wait_for(made.wait(), GUARD)
+        asking.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asking
+        answer_held.set()
+    state = (await pool.budget.read(["sim/k"]))["sim/k"]
+
+    assert state.reserved_requests == 1  # Redis did take it...
+    assert state.tokens_level == pytest.approx(100, abs=2)  # ...and has its tokens back
+
+
+async def test_a_reservation_cancelled_before_it_is_sent_takes_nothing(
+    redis_server: RedisServer,
+) -> None:
     async with worker(redis_server.url, [("k", None, 6000)]) as pool:
         asking = asyncio.create_task(pool.lease(80))
-        await asyncio.sleep(0)  # the script call is on its way
+        await asyncio.sleep(0)  # asked; the call that sends it has not started
         asking.cancel()
         with pytest.raises(asyncio.CancelledError):
             await asking
     state = (await pool.budget.read(["sim/k"]))["sim/k"]
 
-    assert state.reserved_requests == 1  # Redis did take it...
-    assert state.tokens_level == pytest.approx(100, abs=2)  # ...and has its tokens back
+    assert state.reserved_requests == 0
+    assert state.tokens_level == pytest.approx(100, abs=2)
+
+
+async def test_reservations_asked_while_a_call_is_out_go_together_in_the_next(
+    redis_server: RedisServer,
+) -> None:
+    """A busy worker pays one round trip for many admissions: nineteen leases asked
+    while the first one's call is out go in one call after it — each its own
+    reservation, on the key its ask chose."""
+    async with worker(redis_server.url, [("k", 600, None), ("j", 600, None)]) as pool:
+        reserve_many = pool.budget.reserve_many
+        calls: list[int] = []
+        first_out, first_held = asyncio.Event(), asyncio.Event()
+
+        async def counted(asks: Sequence[Sequence[Candidate]]) -> Any:
+            calls.append(len(asks))
+            answers = await reserve_many(asks)
+            if len(calls) == 1:
+                first_out.set()
+                await first_held.wait()
+            return answers
+
+        pool.budget.reserve_many = counted  # type: ignore[method-assign]
+        async with asyncio.timeout(GUARD):
+            first = asyncio.create_task(pool.lease(10))
+            await first_out.wait()
+            rest = asyncio.gather(*(pool.lease(10) for _ in range(19)))
+            await asyncio.sleep(0.05)  # all nineteen asked meanwhile
+            first_held.set()
+            taken = [await first, *await rest]
+        for lease in taken:
+            lease.returned()
+            pool.answered(lease, 10, {})
+    states = await pool.budget.read(["sim/k", "sim/j"])
+
+    assert calls == [1, 19]
+    assert sum(s.reserved_requests for s in states.values()) == 20
+    assert {lease.key.alias for lease in taken} == {"k", "j"}  # each ask its own choice
 
 
 async def test_a_redis_restart_loses_no_reservation_and_ends_no_job(tmp_path: Path) -> None:
