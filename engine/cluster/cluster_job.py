@@ -155,6 +155,7 @@ class ClusterJob:
         self._view: ClusterView | None = None
         self._waiting = 0  # results entries left in Redis when this worker ended
         self._targets: TargetStream | None = None  # a crawl job's sites
+        self._crawl_share: SharedCrawl | None = None  # and the rest of its shared side
         self._crawled: TargetProgress | None = None  # the crawl's counters, as last read
         self._engine: JobControls | None = None
 
@@ -258,7 +259,7 @@ class ClusterJob:
             stored_sites=self.stored_sites,
             beside_store=self.beside_store,
         )
-        return SharedCrawl(
+        self._crawl_share = SharedCrawl(
             self._targets,
             self._queue,
             job,
@@ -266,6 +267,7 @@ class ClusterJob:
             batch_size=batch_size,
             host_clock=SharedHostClock(self.redis, self.scope.prefix),
         )
+        return self._crawl_share
 
     @property
     def rows(self) -> ResultsStreamRows:
@@ -399,6 +401,9 @@ class ClusterJob:
         if self._targets is not None:
             keep_alive = self._targets.run_keep_alive()
             crawling.append(tg.create_task(keep_alive, name="crawl-keep-alive"))
+        if self._crawl_share is not None:
+            flusher = self._crawl_share.run_flusher()
+            crawling.append(tg.create_task(flusher, name="crawl-batch-flusher"))
         return [
             *crawling,
             tg.create_task(self._queue.run(outcomes), name="cluster-queue"),

@@ -8,8 +8,10 @@ does alone, but with this as its `shared` side:
   (`TargetStream`);
 - chunks: each page's text is chunked here and put on the job's batch
   stream (`StreamWorkQueue.put_many`) in batches of the preset in force, so
-  any worker does the LLM work; a site's chunks are batched together, its
-  last partial batch enqueued when the site is finished;
+  any worker does the LLM work.  Chunks of the sites this worker crawls go
+  into the same batches, as they would in one process: a site of a few
+  chunks, batched alone, would cost a request of its own — on a
+  rate-limited job, up to half as many requests again as the chunks need;
 - pages: a site's page rows go to the results stream for the job's
   collector to store, in the script that acknowledges the site;
 - politeness: each request takes its host's turn from a clock every
@@ -17,8 +19,11 @@ does alone, but with this as its `shared` side:
   two workers still keep the delay between them.
 
 So a site is acknowledged only once its chunks are enqueued and its pages
-are in the results stream; a worker that dies before that leaves the site
-pending, and whoever takes it over crawls it again (the batch stream keeps
+are in the results stream: a finished site whose last chunks wait in a
+batch short of full is acknowledged when that batch fills, or when it has
+waited `FLUSH_S` (`run_flusher`), or when the crawl here ends (`flush`).
+A worker that dies before that leaves the site pending, and whoever takes
+it over crawls it again (the batch stream keeps
 each chunk once, the store one row a page).  The batch stream's "input
 complete" is written when this worker's crawl ends, and its crawl ends
 only when every site of the run is crawled or dead-lettered.
@@ -26,6 +31,9 @@ only when every site of the run is crawled or dead-lettered.
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 
 from engine.cluster.results_stream import encode_row
@@ -43,6 +51,10 @@ from engine.store.sqlite_store import PageRow
 __all__ = ["SharedCrawl"]
 
 
+FLUSH_S = 0.5
+"""A finished site's last chunks wait at most this long for other sites' to fill a batch."""
+
+
 class SharedCrawl:
     """The crawl stage's `SharedTargets` in a cluster: `targets` for the sites, `queue`
     (the job's batch stream) for their chunks, cut as `job` says and batched by
@@ -57,6 +69,7 @@ class SharedCrawl:
         stats: RunStats,
         batch_size: Callable[[], int],
         host_clock: SharedHostClock,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.targets = targets
         self.host_clock = host_clock
@@ -64,7 +77,15 @@ class SharedCrawl:
         self._job = job
         self._stats = stats
         self._batch_size = batch_size
-        self._unbatched: dict[str, list[Chunk]] = {}  # a site's chunks short of a batch
+        self._clock = clock
+        # Chunks short of a batch, with the site each is from, in the order they came.
+        self._partial: list[tuple[str, Chunk]] = []
+        self._unbatched: Counter[str] = Counter()  # site url → its chunks in `_partial`
+        # Finished sites whose last chunks wait in `_partial`: their page rows, encoded.
+        self._finished: dict[str, tuple[Target, list[str]]] = {}
+        self._oldest_finished: float | None = None  # when the first of them finished
+        self._crawling: set[str] = set()  # sites taken here and not finished
+        self._finished_waits = asyncio.Event()
 
     async def enqueue(self, targets: Sequence[Target]) -> None:
         await self.targets.enqueue(targets)
@@ -73,29 +94,88 @@ class SharedCrawl:
         await self.targets.input_read()
 
     async def next_target(self) -> Target | None:
-        return await self.targets.next_target()
+        target = await self.targets.next_target()
+        if target is not None:
+            self._crawling.add(target.url)
+        return target
 
     async def deliver(self, target: Target, document: Document) -> None:
-        """One page's chunks: full batches enqueued now, the rest with the site's next."""
+        """One page's chunks: with the chunks other sites left short of a batch, the
+        full batches enqueued now, the rest with the next."""
         job = self._job
         chunks = list(iter_chunks((document,), job.chunk_tokens, job.chunk_overlap_tokens))
         self._stats.seen += len(chunks)
-        pending = self._unbatched.setdefault(target.url, [])
-        pending += chunks
+        self._partial += [(target.url, chunk) for chunk in chunks]
+        self._unbatched[target.url] += len(chunks)
         size = max(1, self._batch_size())
-        full = [
-            Batch(tuple(pending[i : i + size])) for i in range(0, len(pending) // size * size, size)
-        ]
-        del pending[: len(full) * size]
-        await self._queue.put_many(full)
+        full = len(self._partial) // size * size
+        if full:
+            taken, self._partial = self._partial[:full], self._partial[full:]
+            await self._put(taken, size)
 
     async def finished(self, target: Target, pages: Sequence[PageRow]) -> None:
-        """The site's last chunks enqueued, then its pages and acknowledgement, atomically."""
-        rest = self._unbatched.pop(target.url, [])
-        if rest:
-            await self._queue.put_many([Batch(tuple(rest))])
-        await self.targets.finished(target, [encode_row(page) for page in pages])
+        """The site is crawled: acknowledged with its pages now if all its chunks are
+        enqueued, else once they are (`deliver`, `run_flusher`, `flush`)."""
+        self._crawling.discard(target.url)
+        rows = [encode_row(page) for page in pages]
+        if not self._unbatched[target.url]:
+            await self.targets.finished(target, rows)
+            return
+        self._finished[target.url] = (target, rows)
+        if not self._crawling:
+            await self.flush()  # no site here to fill the batch: the tail, or a lull
+        elif self._oldest_finished is None:
+            self._oldest_finished = self._clock()
+            self._finished_waits.set()
 
     def let_go(self, target: Target) -> None:
-        self._unbatched.pop(target.url, None)
+        """An unfinished site (stopping): its chunks are not enqueued — whoever takes it
+        over crawls it again; a finished one stays to be acknowledged."""
+        if target.url not in self._crawling:
+            return  # finished: acknowledged, or to be once its chunks are enqueued
+        self._crawling.discard(target.url)
+        if self._unbatched.pop(target.url, 0):
+            self._partial = [(url, chunk) for url, chunk in self._partial if url != target.url]
         self.targets.let_go(target)
+
+    async def flush(self) -> None:
+        """Enqueue the chunks short of a batch as they are: every finished site is
+        acknowledged (the crawl here has ended, or they waited `FLUSH_S`)."""
+        self._oldest_finished = None
+        self._finished_waits.clear()
+        if self._partial:
+            taken, self._partial = self._partial, []
+            await self._put(taken, max(1, self._batch_size()))
+
+    async def run_flusher(self) -> None:
+        """Flush a batch short of full that a finished site has waited on for `FLUSH_S`;
+        run beside the crawl until cancelled."""
+        while True:
+            await self._finished_waits.wait()
+            since = self._oldest_finished
+            if since is None:
+                self._finished_waits.clear()
+                continue
+            # A deadline, not polling: this sleeps once per batch that waits.
+            await asyncio.sleep(max(0.0, since + FLUSH_S - self._clock()))
+            if self._oldest_finished == since:
+                await self.flush()
+
+    async def _put(self, taken: list[tuple[str, Chunk]], size: int) -> None:
+        """`taken` on the batch stream in batches of `size`; then each finished site none
+        of whose chunks wait any more is acknowledged."""
+        chunks = [chunk for _url, chunk in taken]
+        await self._queue.put_many(
+            [Batch(tuple(chunks[i : i + size])) for i in range(0, len(chunks), size)]
+        )
+        for url, _chunk in taken:
+            self._unbatched[url] -= 1
+            if not self._unbatched[url]:
+                del self._unbatched[url]
+        done = [url for url in self._finished if url not in self._unbatched]
+        for url in done:
+            target, rows = self._finished.pop(url)
+            await self.targets.finished(target, rows)
+        if not self._finished:
+            self._oldest_finished = None
+            self._finished_waits.clear()

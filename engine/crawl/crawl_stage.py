@@ -93,6 +93,10 @@ class SharedTargets(Protocol):
     def let_go(self, target: Target) -> None:
         """`target` was not finished here (stopping): another worker will take it over."""
 
+    async def flush(self) -> None:
+        """The crawl here has ended: chunks held back for a fuller batch are handed on,
+        and the sites waiting on them acknowledged."""
+
 
 def page_document(url: str, page: ExtractedPage) -> Document:
     """A page as the pipeline's document: its title, then its main text."""
@@ -284,6 +288,8 @@ class CrawlStage:
                         starting = self._start_shared_targets(crawls, fetcher, extractor)
                         sites = crawls.create_task(starting, name="crawl-start")
                         await self._enqueue_targets(self._shared, sites)
+                if self._shared is not None:
+                    await self._shared.flush()  # stopped early: what the sites left
             if self._input_error is not None:
                 raise self._input_error
         finally:
