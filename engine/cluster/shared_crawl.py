@@ -118,10 +118,12 @@ class SharedCrawl:
         enqueued, else once they are (`deliver`, `run_flusher`, `flush`)."""
         self._crawling.discard(target.url)
         rows = [encode_row(page) for page in pages]
-        if not self._unbatched[target.url]:
+        if self._unbatched[target.url]:
+            self._finished[target.url] = (target, rows)
+        else:
             await self.targets.finished(target, rows)
+        if not self._finished:
             return
-        self._finished[target.url] = (target, rows)
         if not self._crawling:
             await self.flush()  # no site here to fill the batch: the tail, or a lull
         elif self._oldest_finished is None:
@@ -172,9 +174,11 @@ class SharedCrawl:
             self._unbatched[url] -= 1
             if not self._unbatched[url]:
                 del self._unbatched[url]
-        done = [url for url in self._finished if url not in self._unbatched]
-        for url in done:
-            target, rows = self._finished.pop(url)
+        # Taken out before the first await: another `_put` may end meanwhile.
+        done = [
+            self._finished.pop(url) for url in list(self._finished) if url not in self._unbatched
+        ]
+        for target, rows in done:
             await self.targets.finished(target, rows)
         if not self._finished:
             self._oldest_finished = None

@@ -115,3 +115,26 @@ async def test_a_site_let_go_unfinished_takes_its_chunks_back_and_stays_pending(
     assert await batch_sizes(redis_client) == [1]  # a's chunk alone
     progress = await share.targets.progress()
     assert (progress.targets, progress.settled) == (2, 1)
+
+
+async def test_sites_crawled_at_once_are_each_acknowledged_once_with_every_chunk_out(
+    redis_client: Redis,
+) -> None:
+    """Twenty sites' pages handed on concurrently (their batches' script calls
+    interleaving): every chunk on the stream once, every site acknowledged once."""
+    share = crawl_share(redis_client)
+    sites = await taken(share, 20)
+
+    async def crawled(site: Target, pages: int) -> None:
+        for n in range(pages):
+            await page(share, site, n)
+        await share.finished(site, [])
+
+    async with asyncio.timeout(GUARD_S):
+        await asyncio.gather(*(crawled(site, 1 + i % 3) for i, site in enumerate(sites)))
+
+    sizes = await batch_sizes(redis_client)
+    assert sum(sizes) == sum(1 + i % 3 for i in range(20)) == 39
+    assert sizes.count(BATCH) == 9  # all full but the last
+    progress = await share.targets.progress()
+    assert (progress.settled, progress.over) == (20, True)
