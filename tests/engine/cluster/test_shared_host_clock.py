@@ -49,3 +49,30 @@ async def test_workers_taking_turns_at_one_host_at_once_are_spaced_by_its_delay(
     assert spaced[-1] - spaced[0] >= 11 * delay - 0.005
     assert other[0] - began < delay, "another host's first turn is now"
     assert 0 < ttl <= 5_000 + 1_000, "the host is forgotten shortly after its spacing"
+
+
+async def test_one_workers_turns_at_many_hosts_asked_at_once_take_one_call(
+    redis_server: RedisServer,
+) -> None:
+    """Twenty hosts' turns asked together go in one script call: each host's first turn
+    is now, and its second one the delay after it."""
+    client = Redis.from_url(redis_server.url)
+    try:
+        clock = SharedHostClock(client, "job")
+        script = clock._turn
+        calls: list[int] = []
+
+        async def counted(*, keys: list[str], args: list[int]) -> object:
+            calls.append(len(keys))
+            return await script(keys=keys, args=args)
+
+        clock._turn = counted  # type: ignore[assignment]
+        hosts = [f"site-{n}.test" for n in range(20)]
+        first = await asyncio.gather(*(clock.turn(host, 0.5) for host in hosts))
+        second = await asyncio.gather(*(clock.turn(host, 0.5) for host in hosts))
+    finally:
+        await client.aclose()
+
+    assert calls == [20, 20]
+    assert first == [0.0] * 20
+    assert all(0.4 < wait <= 0.5 for wait in second), second
