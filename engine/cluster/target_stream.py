@@ -397,10 +397,15 @@ class TargetStream:
                 )
                 continue
             self.reclaimed += 1
+            why = (
+                f"crawled before, and no worker beside the store replayed it within "
+                f"{self._visibility_s:g}s"
+                if stream == self.streams.replays and not self._beside_store
+                else f"idle over {self._visibility_s:g}s"
+            )
             self._emit(
                 EventKind.BATCH_RECLAIMED,
-                f"took over crawl target {url} (idle over {self._visibility_s:g}s; "
-                f"delivery {deliveries})",
+                f"took over crawl target {url} ({why}; delivery {deliveries})",
                 entry=entry_id,
                 deliveries=int(deliveries),
                 target=url,

@@ -171,8 +171,9 @@ async def test_a_rerun_with_no_worker_beside_the_store_fetches_the_sites_again_a
             assert await away.run() is JobState.DONE, away.failure_reason
 
     assert sum(sites.stats.requests_by_host[h] for h in hosts) == 2 * fetched
-    taken = {e.data["target"] for e in away.events.recent() if e.kind is EventKind.BATCH_RECLAIMED}
-    assert taken == {f"https://{h}:{sites.port}/" for h in hosts}
+    reclaimed = [e for e in away.events.recent() if e.kind is EventKind.BATCH_RECLAIMED]
+    assert {e.data["target"] for e in reclaimed} == {f"https://{h}:{sites.port}/" for h in hosts}
+    assert all("no worker beside the store replayed it" in e.message for e in reclaimed)
 
 
 async def test_two_workers_crawling_sites_on_one_host_keep_its_delay_between_them(
