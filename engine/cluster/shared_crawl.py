@@ -171,8 +171,12 @@ class SharedCrawl:
             [Batch(tuple(chunks[i : i + size])) for i in range(0, len(chunks), size)]
         )
         for url, _chunk in taken:
-            self._unbatched[url] -= 1
-            if not self._unbatched[url]:
+            left = self._unbatched.get(url)
+            if left is None:
+                continue  # let go meanwhile: whoever takes it over counts its own
+            if left > 1:
+                self._unbatched[url] = left - 1
+            else:
                 del self._unbatched[url]
         # Taken out before the first await: another `_put` may end meanwhile.
         done = [
