@@ -846,6 +846,7 @@ class CrawlThroughput:
     requests: int  # requests the sites saw, robots.txt included
     robots: int  # requests for robots.txt: one a site when each is crawled once
     chunks: int  # results in the store
+    llm_requests: int  # chat requests the simulator admitted: chunks ÷ batch size when batched well
     lost: int  # chunks sent (the simulator's count) without a result stored
     worker_cpu_s: float
     service_cpu_s: float  # the site server's, the simulator's and redis-server's
@@ -943,7 +944,8 @@ async def crawl_run(workers: int, shared: bool, sites: int, work: Path) -> Crawl
                 codes = await exit_codes(running)
             wall_s = time.monotonic() - started
             requests, robots = await site_counts(port)
-            sent = int((await simulator_stats(base_url))["chunk_ids_answered"])
+            llm = await simulator_stats(base_url)
+            sent, llm_requests = int(llm["chunk_ids_answered"]), int(llm["admitted"])
             store = await claimed_store(redis_url) if redis_url else running[0].store
             service_cpu_s = running_children_cpu_s()
     pages, twice, chunks = crawl_tally(store)
@@ -957,6 +959,7 @@ async def crawl_run(workers: int, shared: bool, sites: int, work: Path) -> Crawl
         requests=requests,
         robots=robots,
         chunks=chunks,
+        llm_requests=llm_requests,
         lost=max(0, sent - chunks),
         worker_cpu_s=children_cpu_s() - cpu_before,
         service_cpu_s=service_cpu_s,
@@ -978,7 +981,7 @@ async def crawl_scenario(sites: int) -> int:
     print(
         f"{'workers':>9} {'wall':>7} {'busy':>7} {'pages/s':>8} {'chunks/s':>8} {'× 1':>5} "
         f"{'worker CPU':>10} {'ms/page':>7} {'sites+sim+redis CPU':>19} {'pages':>6} "
-        f"{'robots':>6} {'chunks':>6} {'lost/twice':>10}"
+        f"{'robots':>6} {'chunks':>6} {'LLM req':>7} {'lost/twice':>10}"
     )
     failed = 0
     rows: list[CrawlThroughput] = []
@@ -996,7 +999,7 @@ async def crawl_scenario(sites: int) -> int:
             f"{out.chunks_per_s:8.1f} {out.pages_per_s / one.pages_per_s:5.2f} "
             f"{out.worker_cpu_s:9.1f}s {out.worker_cpu_s / max(1, out.pages) * 1000:7.1f} "
             f"{out.service_cpu_s:18.1f}s {out.pages:6d} {out.robots:6d} {out.chunks:6d} "
-            f"{out.lost:>5d}/{out.twice:<4d}"
+            f"{out.llm_requests:7d} {out.lost:>5d}/{out.twice:<4d}"
             + ("" if not any(out.codes) else f"  exit codes {list(out.codes)}"),
             flush=True,
         )
@@ -1005,7 +1008,9 @@ async def crawl_scenario(sites: int) -> int:
         "moved; pages/s (page rows stored) and chunks/s (results stored) over it; × 1: ÷ one "
         "worker in the cluster; worker CPU and ms/page include each worker's start-up and "
         "its extraction process; robots: robots.txt requests (one a site: each site crawled "
-        "by one worker); lost: chunks answered without a stored result"
+        "by one worker); LLM req: chat requests the simulator admitted (a worker batches "
+        "the chunks of all its sites together, as one process does); lost: chunks "
+        "answered without a stored result"
     )
     return 1 if failed else 0
 
