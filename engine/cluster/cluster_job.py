@@ -417,6 +417,10 @@ class ClusterJob:
         """After the stages ended: the budgets written, what is left collected (beside the
         store), the run's counters read for the end."""
         assert self._keys is not None and self._budgets is not None and self._queue is not None
+        if self._crawl_share is not None:
+            # Stopped mid-crawl: the sites finished here whose last chunks wait for a
+            # fuller batch are handed on now, not crawled again by whoever reclaims them.
+            await self._crawl_share.flush(leaving=True)
         self._keys.close_writer()  # no lease is open any more
         await self._budgets
         if self._spend is not None and self._spending is not None:

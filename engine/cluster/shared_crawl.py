@@ -140,14 +140,16 @@ class SharedCrawl:
             self._partial = [(url, chunk) for url, chunk in self._partial if url != target.url]
         self.targets.let_go(target)
 
-    async def flush(self) -> None:
+    async def flush(self, *, leaving: bool = False) -> None:
         """Enqueue the chunks short of a batch as they are: every finished site is
-        acknowledged (the crawl here has ended, or they waited `FLUSH_S`)."""
+        acknowledged (the crawl here has ended, or they waited `FLUSH_S`).
+        `leaving`: this worker is ending — no wait for room in the backlog, which
+        only other workers would make."""
         self._oldest_finished = None
         self._finished_waits.clear()
         if self._partial:
             taken, self._partial = self._partial, []
-            await self._put(taken, max(1, self._batch_size()))
+            await self._put(taken, max(1, self._batch_size()), wait_for_room=not leaving)
 
     async def run_flusher(self) -> None:
         """Flush a batch short of full that a finished site has waited on for `FLUSH_S`;
@@ -163,12 +165,15 @@ class SharedCrawl:
             if self._oldest_finished == since:
                 await self.flush()
 
-    async def _put(self, taken: list[tuple[str, Chunk]], size: int) -> None:
+    async def _put(
+        self, taken: list[tuple[str, Chunk]], size: int, *, wait_for_room: bool = True
+    ) -> None:
         """`taken` on the batch stream in batches of `size`; then each finished site none
         of whose chunks wait any more is acknowledged."""
         chunks = [chunk for _url, chunk in taken]
         await self._queue.put_many(
-            [Batch(tuple(chunks[i : i + size])) for i in range(0, len(chunks), size)]
+            [Batch(tuple(chunks[i : i + size])) for i in range(0, len(chunks), size)],
+            wait_for_room=wait_for_room,
         )
         for url, _chunk in taken:
             left = self._unbatched.get(url)

@@ -347,9 +347,11 @@ class StreamWorkQueue:
         is full."""
         await self.put_many((batch,))
 
-    async def put_many(self, batches: Sequence[Batch]) -> None:
+    async def put_many(self, batches: Sequence[Batch], *, wait_for_room: bool = True) -> None:
         """`put` each of `batches`, in one round trip: on a busy machine a round trip is
-        tens of milliseconds, and one per batch would pace the whole job's intake."""
+        tens of milliseconds, and one per batch would pace the whole job's intake.
+        Without `wait_for_room`, returns once they are enqueued, however full the
+        backlog (a worker handing on its last batches as it stops)."""
         if not batches:
             return
         await self.join()
@@ -366,7 +368,7 @@ class StreamWorkQueue:
         raise_if_cancelled()
         entries, settled, dead = (as_int(v) for v in counters)
         backlog = entries - settled - dead
-        while backlog >= self._max_backlog and not self._over:
+        while wait_for_room and backlog >= self._max_backlog and not self._over:
             raise_if_cancelled()
             # Settles here are an event; other processes' are seen at the next look,
             # every `block_s` — the same bound as the reader's blocking read.

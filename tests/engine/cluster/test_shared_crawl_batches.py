@@ -28,11 +28,13 @@ BATCH = 4
 GUARD_S = 5.0
 
 
-def crawl_share(redis: Redis) -> SharedCrawl:
+def crawl_share(redis: Redis, max_backlog: int = 10_000) -> SharedCrawl:
     """One worker's shared side of a crawl, batches of `BATCH` chunks."""
     return SharedCrawl(
         TargetStream(redis, PREFIX, "w", visibility_s=30.0, block_s=0.1),
-        StreamWorkQueue(redis, PREFIX, "w", visibility_s=30.0, block_s=0.1),
+        StreamWorkQueue(
+            redis, PREFIX, "w", visibility_s=30.0, block_s=0.1, max_backlog=max_backlog
+        ),
         JobSettings(chunk_tokens=50, chunk_overlap_tokens=0),
         stats=RunStats(),
         batch_size=lambda: BATCH,
@@ -138,3 +140,21 @@ async def test_sites_crawled_at_once_are_each_acknowledged_once_with_every_chunk
     assert sizes.count(BATCH) == 9  # all full but the last
     progress = await share.targets.progress()
     assert (progress.settled, progress.over) == (20, True)
+
+
+async def test_a_worker_leaving_hands_on_its_last_chunks_however_full_the_backlog(
+    redis_client: Redis,
+) -> None:
+    """Stopping, a worker enqueues what its finished sites left short of a batch without
+    waiting for room that only other workers (perhaps none) would make."""
+    share = crawl_share(redis_client, max_backlog=2)
+    a, b, _c = await taken(share, 3)
+    async with asyncio.timeout(GUARD_S):
+        for n in range(BATCH):
+            await page(share, b, n)  # a full batch: one entry in the backlog
+        await page(share, a, 1)
+        await share.finished(a, [])  # c is still crawling: a's chunk waits
+        await share.flush(leaving=True)  # its batch fills the backlog: no wait for room
+
+    assert await batch_sizes(redis_client) == [BATCH, 1]
+    assert await acknowledged(share) == 1
