@@ -221,7 +221,6 @@ class TargetStream:
         self._tail = False  # the whole file is enqueued
         self.over = False  # every target is crawled or dead-lettered (as this worker saw)
         self.reclaimed = 0  # targets taken over from idle consumers
-        self.replays_claimed = 0  # sites crawled before, claimed to replay from the store
         self.dead_lettered = 0  # targets this consumer sent to the dead-letter stream
 
     async def join(self) -> None:
@@ -279,7 +278,6 @@ class TargetStream:
                     keys=[self.streams.replays], args=[self.streams.crawl_group, self.consumer]
                 )
                 if claimed:
-                    self.replays_claimed += 1
                     entry_id, fields = claimed
                     return self._hold(self.streams.replays, as_text(entry_id), entry_fields(fields))
             block_s = min(self._block_s, max(0.001, self._next_reclaim - now))
