@@ -339,7 +339,11 @@ class Engine:
                         name="reader",
                     ),
                     tg.create_task(
-                        self._batcher.run(store, same_text, settles_total=reads_input.is_set),
+                        self._batcher.run(
+                            store,
+                            same_text if self._cluster is None else self._cluster.same_text(),
+                            settles_total=reads_input.is_set,
+                        ),
                         name="batcher",
                     ),
                     dispatching := tg.create_task(
@@ -673,7 +677,8 @@ class Engine:
         )
 
     def _same_text(self, store: Store) -> SameText | None:
-        """One request per text in this process; None in a cluster (see `same_text`)."""
+        """One request per text in this process; None in a cluster, whose texts are
+        decided in Redis and copied by its collector (`shared_same_text`)."""
         if self._cluster is not None:
             return None
         return SameText(

@@ -32,6 +32,14 @@ def encode_chunk(chunk: Chunk) -> str:
     return _dumps([chunk.id, chunk.source, chunk.seq, chunk.text, chunk.est_tokens])
 
 
+def decode_chunk(encoded: str | bytes) -> Chunk:
+    """A chunk `encode_chunk` made; `BatchFormatError` if it is not one."""
+    try:
+        return chunk_of_row(json.loads(encoded))
+    except (TypeError, ValueError) as exc:
+        raise BatchFormatError(f"unreadable chunk: {exc!r}") from exc
+
+
 def encode_history(batch: Batch) -> str:
     """The batch's retry history as a JSON object, or "" when it has none (fresh work)."""
     history: dict[str, Any] = {}
@@ -72,7 +80,7 @@ def decode_batch(fields: Mapping[Any, Any]) -> Batch:
         raise BatchFormatError(f"batch format {version!r}; this worker reads {FORMAT_VERSION!r}")
     try:
         rows = json.loads(text["chunks"])
-        chunks = tuple(_chunk(row) for row in rows)
+        chunks = tuple(chunk_of_row(row) for row in rows)
         history = json.loads(text["history"]) if text.get("history") else {}
         if not chunks or not isinstance(history, dict):
             raise ValueError("no chunks" if not chunks else "history is not an object")
@@ -90,7 +98,9 @@ def decode_batch(fields: Mapping[Any, Any]) -> Batch:
         raise BatchFormatError(f"unreadable batch entry: {exc!r}") from exc
 
 
-def _chunk(row: Any) -> Chunk:
+def chunk_of_row(row: Any) -> Chunk:
+    """A chunk from its decoded JSON array (`encode_chunk`); ValueError or TypeError if
+    it is not one."""
     chunk_id, source, seq, text, est_tokens = row
     if not all(isinstance(v, str) for v in (chunk_id, source, text)):
         raise ValueError(f"chunk fields of the wrong type: {row!r:.80}")

@@ -55,6 +55,7 @@ from engine.cluster.shared_crawl import SharedCrawl
 from engine.cluster.shared_held_work import SharedHeldWork
 from engine.cluster.shared_host_clock import SharedHostClock
 from engine.cluster.shared_key_pool import SharedKeyPool
+from engine.cluster.shared_same_text import SharedSameText, TextCopies
 from engine.cluster.shared_spend import SharedSpendBudget
 from engine.cluster.stream_queue import QueueProgress, StreamWorkQueue
 from engine.cluster.target_stream import TargetProgress, TargetStream
@@ -137,6 +138,7 @@ class ClusterJob:
         self._queue: StreamWorkQueue | None = None
         self._keys: SharedKeyPool | None = None
         self._rows: ResultsStreamRows | None = None
+        self._texts: SharedSameText | None = None
         self._registry: WorkerRegistry | None = None
         self._listener: ControlListener | None = None
         self._steering: ClusterJobControls | None = None
@@ -180,7 +182,13 @@ class ClusterJob:
             ),
         )
         self._rows = ResultsStreamRows(self._queue)
+        self._texts = SharedSameText(self.redis, self.scope.prefix, self.done_set)
         return self._queue
+
+    def same_text(self) -> SharedSameText:
+        """Which chunks need a request: one per text in the whole run (`shared_same_text`)."""
+        assert self._texts is not None, "work_queue() first"
+        return self._texts
 
     def held_work(self, queue: StreamWorkQueue) -> HeldWork:
         """What the batcher and the outcomes hold: nothing, in a cluster."""
@@ -266,6 +274,7 @@ class ClusterJob:
             stats=stats,
             batch_size=batch_size,
             host_clock=SharedHostClock(self.redis, self.scope.prefix),
+            same_text=self.same_text(),
         )
         return self._crawl_share
 
@@ -384,6 +393,12 @@ class ClusterJob:
             events=self._events,
             done_set=self.done_set,
             stored_sites=self.stored_sites,
+            copies=TextCopies(
+                self.redis,
+                self.scope.prefix,
+                prompt_version=self.config.prompt.version,
+                models=(provider.model for provider in self.config.providers),
+            ),
         )
         self._role = CollectorRole(
             self.redis,
@@ -449,7 +464,7 @@ class ClusterJob:
     @property
     def failed_chunks(self) -> int:
         """The run's chunks that ended failed, on any worker (as last read)."""
-        return self._progress.failed_chunks + self._progress.dead_chunks
+        return self._progress.chunks_failed
 
     def view(self) -> ClusterView | None:
         """The cluster as last read (every `heartbeat_s`); None before the first look."""
@@ -483,7 +498,7 @@ class ClusterJob:
         """What the cluster did, for the end of this worker's summary."""
         view = self._view or ClusterView()
         p = self._progress
-        done = p.settled_chunks - p.failed_chunks
+        done = p.chunks_done
         total = p.chunks if p.input_complete else f"{p.chunks}+"
         text = (
             f"cluster run {self.run}: {done + self.failed_chunks}/{total} chunks "
@@ -527,8 +542,8 @@ class ClusterJob:
             view,
             run=self.run,
             chunks_enqueued=p.chunks,
-            chunks_done=p.settled_chunks - p.failed_chunks,
-            chunks_failed=p.failed_chunks + p.dead_chunks,
+            chunks_done=p.chunks_done,
+            chunks_failed=p.chunks_failed,
             dead_letters=p.dead,
             input_complete=p.input_complete,
             sites_enqueued=sites.targets,

@@ -75,6 +75,31 @@ class JobStreams:
         return f"{self.prefix}:done"
 
     @property
+    def texts(self) -> str:
+        """A hash: each text key sent in the run → the chunk sent for it, or `=` and
+        that chunk once its answer is stored (`shared_same_text`)."""
+        return f"{self.prefix}:texts"
+
+    @property
+    def text_holders(self) -> str:
+        """A hash: each chunk sent for a text → that text's key, until its row is stored."""
+        return f"{self.prefix}:texts:holders"
+
+    def text_waiting(self, holder: str) -> str:
+        """The list of chunks (encoded) waiting for the answer of chunk `holder`'s text."""
+        return f"{self.prefix}:texts:waiting:{holder}"
+
+    @property
+    def texts_copied(self) -> str:
+        """The set of chunks stored as a copy of another chunk's answer in the run."""
+        return f"{self.prefix}:texts:copied"
+
+    @property
+    def texts_unanswered(self) -> str:
+        """The set of chunks stored as failed because the chunk sent for their text failed."""
+        return f"{self.prefix}:texts:unanswered"
+
+    @property
     def targets(self) -> str:
         """A crawl job's stream of sites waiting for (or held by) a worker."""
         return f"{self.prefix}:crawl:targets"
@@ -110,6 +135,10 @@ class JobStreams:
             self.dead,
             self.results,
             self.done,
+            self.texts,
+            self.text_holders,
+            self.texts_copied,
+            self.texts_unanswered,
             self.targets,
             self.replays,
             self.targets_enqueued,

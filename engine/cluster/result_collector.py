@@ -20,6 +20,12 @@ chunk stored once is never enqueued again, by any worker, in any run.
 Likewise a crawled site whose first page is committed goes to the job's
 stored sites, so a rerun replays it from this store instead of fetching it
 (`target_stream`).
+
+With `copies` (`shared_same_text`), a committed row of a chunk sent for a
+text that others repeat is followed by their copies of its answer (or
+their failures, if it failed), and an entry of copies to make — chunks
+enqueued once their text was answered — by those copies; all committed
+before the entries are acknowledged.
 """
 
 from __future__ import annotations
@@ -31,19 +37,23 @@ from typing import Any, Protocol
 
 from redis.asyncio import Redis
 
+from engine.cluster.batch_codec import BatchFormatError
 from engine.cluster.cancel_guard import raise_if_cancelled
 from engine.cluster.job_streams import JobStreams
 from engine.cluster.results_stream import RowFormatError, decode_rows
+from engine.cluster.shared_same_text import COPIES_FIELD, LateCopy, TextCopies, late_copies
 from engine.cluster.stream_replies import as_text, create_group, entry_fields, read_entries
 from engine.crawl.outcomes import RETRIED_OUTCOMES
 from engine.observe.events import EventBus, EventKind
+from engine.pipeline.same_text import StoredAnswers
 from engine.store.sqlite_store import FailureRow, PageRow, ResultRow
 
 Clock = Callable[[], float]
 
 
-class RowStore(Protocol):
-    """Where collected rows are committed (`engine.store.sqlite_store.Store`)."""
+class RowStore(StoredAnswers, Protocol):
+    """Where collected rows are committed (`engine.store.sqlite_store.Store`); its
+    answers by text serve copies enqueued once their text was answered."""
 
     async def put_result(self, row: ResultRow) -> None: ...
 
@@ -63,6 +73,7 @@ class ResultCollector:
     `done_set` names the set of stored chunk ids (default: one under `prefix`);
     `stored_sites`, the set of crawl targets whose pages the store holds for a
     rerun to replay (a site's first page stored with an outcome not retried).
+    `copies`: the run's texts sent once (`shared_same_text`), whose copies are made here.
     """
 
     def __init__(
@@ -80,6 +91,7 @@ class ResultCollector:
         clock: Clock = time.monotonic,
         done_set: str | None = None,
         stored_sites: str | None = None,
+        copies: TextCopies | None = None,
     ) -> None:
         if visibility_s <= 0 or block_s <= 0 or read_count < 1:
             raise ValueError("visibility_s and block_s must be > 0, read_count >= 1")
@@ -88,6 +100,7 @@ class ResultCollector:
         self.consumer = consumer
         self.done_set = done_set or self.streams.done
         self.stored_sites = stored_sites
+        self._copies = copies
         self._store = store
         self._run_id = run_id
         self._visibility_s = visibility_s
@@ -205,13 +218,20 @@ class ResultCollector:
         ids: list[str] = []
         done: list[str] = []
         sites: list[str] = []
-        for entry_id, fields in entries:
+        results: list[ResultRow] = []
+        failures: list[FailureRow] = []
+        late: list[LateCopy] = []
+        for entry_id, raw in entries:
             entry = as_text(entry_id)
             ids.append(entry)
+            fields = entry_fields(raw)
             try:
-                rows = decode_rows(entry_fields(fields))
-            except RowFormatError as exc:
-                await self._set_aside(entry, fields, str(exc))
+                if COPIES_FIELD in fields and self._copies is not None:
+                    late += late_copies(fields[COPIES_FIELD])
+                    continue
+                rows = decode_rows(fields)
+            except (RowFormatError, BatchFormatError) as exc:
+                await self._set_aside(entry, raw, str(exc))
                 continue
             for row in rows:
                 if self._run_id is not None:
@@ -219,14 +239,28 @@ class ResultCollector:
                 if isinstance(row, ResultRow):
                     await self._store.put_result(row)
                     done.append(row.chunk_id)
+                    results.append(row)
                 elif isinstance(row, PageRow):
                     await self._store.put_page(row)  # a crawled page's outcome
                     if row.depth == 0 and row.outcome not in RETRIED_OUTCOMES:
                         sites.append(row.target)  # a rerun replays it from here
                 else:
                     await self._store.put_failure(row)
+                    failures.append(row)
             self.rows_collected += len(rows)
         await self._store.flush()  # committed: only now may the stream let them go
+        texts, copies = self._copies, None
+        if texts is not None and (results or failures or late):
+            # The texts are marked answered only now that their answers are committed.
+            copies = await texts.made_for(results, failures, late, self._store, self._run_id or 0)
+            for copy in copies.rows:
+                if isinstance(copy, ResultRow):
+                    await self._store.put_result(copy)
+                else:
+                    await self._store.put_failure(copy)
+            done += copies.copied
+            self.rows_collected += len(copies.rows)
+            await self._store.flush()
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.xack(self.streams.results, self.streams.results_group, *ids)
             pipe.xdel(self.streams.results, *ids)
@@ -234,6 +268,8 @@ class ResultCollector:
                 pipe.sadd(self.done_set, *done)
             if sites and self.stored_sites is not None:
                 pipe.sadd(self.stored_sites, *sites)
+            if texts is not None and copies is not None:
+                texts.settle(pipe, copies)
             await pipe.execute()
         self.entries_collected += len(ids)
 

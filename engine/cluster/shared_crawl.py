@@ -8,8 +8,10 @@ does alone, but with this as its `shared` side:
   (`TargetStream`);
 - chunks: each page's text is chunked here and put on the job's batch
   stream (`StreamWorkQueue.put_many`) in batches of the preset in force, so
-  any worker does the LLM work.  Chunks of the sites this worker crawls go
-  into the same batches, as they would in one process: a site of a few
+  any worker does the LLM work — but a chunk whose text another chunk of
+  the run carries waits for its answer instead (`SharedSameText`).  Chunks
+  of the sites this worker crawls go into the same batches, as they would
+  in one process: a site of a few
   chunks, batched alone, would cost a request of its own — on a
   rate-limited job, up to half as many requests again as the chunks need;
 - pages: a site's page rows go to the results stream for the job's
@@ -38,6 +40,7 @@ from collections.abc import Callable, Sequence
 
 from engine.cluster.results_stream import encode_row
 from engine.cluster.shared_host_clock import SharedHostClock
+from engine.cluster.shared_same_text import SharedSameText
 from engine.cluster.stream_queue import StreamWorkQueue
 from engine.cluster.target_stream import TargetStream
 from engine.config.settings import JobSettings
@@ -69,10 +72,12 @@ class SharedCrawl:
         stats: RunStats,
         batch_size: Callable[[], int],
         host_clock: SharedHostClock,
+        same_text: SharedSameText | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.targets = targets
         self.host_clock = host_clock
+        self._same_text = same_text
         self._queue = queue
         self._job = job
         self._stats = stats
@@ -105,6 +110,8 @@ class SharedCrawl:
         job = self._job
         chunks = list(iter_chunks((document,), job.chunk_tokens, job.chunk_overlap_tokens))
         self._stats.seen += len(chunks)
+        if self._same_text is not None:  # a text another chunk carries is not sent again
+            chunks = await self._same_text.to_send(chunks)
         self._partial += [(target.url, chunk) for chunk in chunks]
         self._unbatched[target.url] += len(chunks)
         size = max(1, self._batch_size())

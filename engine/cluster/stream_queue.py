@@ -202,7 +202,10 @@ class QueueProgress:
     """The job's counters in Redis: entries (and their chunks) enqueued, settled, dead.
 
     `failed_chunks` are chunks of settled entries whose row is a failure; the
-    chunks of dead letters are `dead_chunks`.
+    chunks of dead letters are `dead_chunks`.  `chunks` also counts the chunks
+    that are not sent because another chunk carries their text
+    (`shared_same_text`): of those, `copied` are stored as copies of its
+    answer and `unanswered` as failed with it.
     """
 
     entries: int = 0
@@ -213,6 +216,19 @@ class QueueProgress:
     dead_chunks: int = 0
     input_complete: bool = False
     failed_chunks: int = 0
+    copied: int = 0
+    unanswered: int = 0
+
+    @property
+    def chunks_done(self) -> int:
+        """Chunks with a result: answered in a settled entry, or copied from an answer."""
+        return self.settled_chunks - self.failed_chunks + self.copied
+
+    @property
+    def chunks_failed(self) -> int:
+        """Chunks stored as failed: in a settled entry, a dead letter, or because the
+        chunk sent for their text failed."""
+        return self.failed_chunks + self.dead_chunks + self.unanswered
 
     @property
     def backlog(self) -> int:
@@ -468,23 +484,29 @@ class StreamWorkQueue:
 
     async def progress(self) -> QueueProgress:
         """The job's counters as Redis has them now."""
-        values = await self._redis.hmget(
-            self.streams.progress,
-            [
-                "entries",
-                "chunks",
-                "settled",
-                "settled_chunks",
-                "dead",
-                "dead_chunks",
-                "input_complete",
-                "failed_chunks",
-            ],
-        )
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(
+                self.streams.progress,
+                [
+                    "entries",
+                    "chunks",
+                    "settled",
+                    "settled_chunks",
+                    "dead",
+                    "dead_chunks",
+                    "input_complete",
+                    "failed_chunks",
+                ],
+            )
+            pipe.scard(self.streams.texts_copied)
+            pipe.scard(self.streams.texts_unanswered)
+            values, copied, unanswered = await pipe.execute()
         entries, chunks, settled, settled_chunks, dead, dead_chunks, complete, failed = (
             as_int(v) for v in values
         )
         return QueueProgress(
+            copied=as_int(copied),
+            unanswered=as_int(unanswered),
             entries=entries,
             chunks=chunks,
             settled=settled,

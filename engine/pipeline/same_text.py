@@ -24,9 +24,9 @@ rows the store may hold uncommitted — an answer leaves them only once the
 store can answer for it.
 
 Answers embed the chunk id (`{"id": ..., ...}`, as `prompt.parse_answer`
-maps entries to chunks): a copy carries its own chunk's id.  In-process
-only: a worker of a cluster does not use it (its batches are answered
-wherever they are read).
+maps entries to chunks): a copy carries its own chunk's id.  In one
+process; a cluster decides the same in Redis, and its collector makes the
+copies (`engine.cluster.shared_same_text`).
 """
 
 from __future__ import annotations
@@ -181,23 +181,26 @@ class SameText:
         return holding.waiting
 
     async def _copy(self, answer: StoredAnswer, chunk: Chunk) -> None:
-        await self._rows.put_result(
-            ResultRow(
-                chunk_id=chunk.id,
-                prompt_version=self._version,
-                model=answer.model,
-                source=chunk.source,
-                seq=chunk.seq,
-                text=chunk.text,
-                result_json=answer_for(answer.result_json, chunk.id),
-                provider=answer.provider,
-                key_alias="",  # no key was used for it
-                input_tokens=0,
-                output_tokens=0,
-                latency_ms=0.0,
-                cost=0.0,
-                run_id=self._run_id,
-                copied_from=answer.chunk_id,
-            )
-        )
+        await self._rows.put_result(copy_row(answer, chunk, self._version, self._run_id))
         self._held.let_go(chunk.id)  # cached is counted on commit
+
+
+def copy_row(answer: StoredAnswer, chunk: Chunk, prompt_version: str, run_id: int) -> ResultRow:
+    """`chunk`'s result as a copy of `answer` (to the same text): no request was made."""
+    return ResultRow(
+        chunk_id=chunk.id,
+        prompt_version=prompt_version,
+        model=answer.model,
+        source=chunk.source,
+        seq=chunk.seq,
+        text=chunk.text,
+        result_json=answer_for(answer.result_json, chunk.id),
+        provider=answer.provider,
+        key_alias="",  # no key was used for it
+        input_tokens=0,
+        output_tokens=0,
+        latency_ms=0.0,
+        cost=0.0,
+        run_id=run_id,
+        copied_from=answer.chunk_id,
+    )

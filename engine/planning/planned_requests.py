@@ -214,7 +214,9 @@ async def planned_requests(
 
         counts_answers = answer_tokens
     tally = _TallyQueue(config, counts_answers)
-    same_text = None if config.cluster is not None else _SameTextTally(config)
+    # A cluster too sends a text once per run (its earlier runs' answers serve only
+    # the texts of chunks stored already): counted as one process counts it.
+    same_text = _SameTextTally(config)
     stats = RunStats()
     blocks: asyncio.Queue[list[Chunk] | None] = asyncio.Queue(maxsize=8)
     batcher = Batcher(
@@ -247,7 +249,7 @@ async def planned_requests(
         crawl = CrawlCoverage(*crawl_tally)
     return PlannedRequests(
         chunks=stats.seen,
-        duplicates=stats.cached + (same_text.copies if same_text is not None else 0),
+        duplicates=stats.cached + same_text.copies,
         already_done=stats.skipped,
         pending=tally.chunks,
         simulated_output_tokens=tally.output_tokens if simulated else None,

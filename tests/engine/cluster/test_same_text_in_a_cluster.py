@@ -1,31 +1,176 @@
-"""Repeated text in a job shared through Redis: nothing lost, and the answers filed by text.
+"""Repeated text in a job shared through Redis: one request per text for the whole run.
 
-Workers of a cluster send what the queue gives them (one request per text
-is a one-process matter), so every chunk has its own answer; the collector
-files them by text all the same, so a later run in one process copies them.
+Whichever worker reads a chunk, a text another chunk of the run carries is
+not sent again: the chunk waits for that answer (or, answered already, is
+copied from the store) and the collector stores it as a copy under its own
+id.  If the chunk sent for a text fails for good, the chunks that waited
+for it are stored failed, saying why, and the text may be sent again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from dataclasses import replace
 from pathlib import Path
 
+from redis.asyncio import Redis
+
+from engine.cluster.result_collector import ResultCollector
+from engine.cluster.shared_same_text import SharedSameText, TextCopies
 from engine.engine import Engine
 from engine.observe.snapshot import JobState
+from engine.pipeline.records import Chunk, chunk_id
+from engine.store.sqlite_store import Store
+from tests.engine.cluster.cluster_worker import MODEL, PROMPT_VERSION, Worker, batches
 from tests.engine.cluster.test_cluster_job import GUARD_S, KEYS, elsewhere, shared, workers
 from tests.engine.conftest import job_config, sim_keys
 from tests.engine.test_same_text import lines_with_repeats, write_lines
 from tests.redis_server import RedisServer
 
+PREFIX = "job"
 
-def stored_sources(db: Path) -> set[str]:
+
+def of(source: str, *texts: str) -> list[Chunk]:
+    """Chunks of `source` with these texts, in order."""
+    return [
+        Chunk(chunk_id(source, text), source, seq, text, est_tokens=12)
+        for seq, text in enumerate(texts)
+    ]
+
+
+def stored(db: Path) -> dict[str, tuple[str, bool]]:
+    """Each stored result's chunk id → (the id its answer names, whether it is a copy:
+    no key was used for it)."""
     with sqlite3.connect(db) as conn:
-        return {str(row[0]) for row in conn.execute("SELECT source FROM results")}
+        rows = conn.execute("SELECT chunk_id, result_json, key_alias FROM results").fetchall()
+    return {str(c): (json.loads(r)["id"], not k) for c, r, k in rows}
 
 
-async def test_two_workers_store_every_chunk_and_a_later_run_copies_their_answers(
+def failed(db: Path) -> dict[str, str]:
+    with sqlite3.connect(db) as conn:
+        return {str(c): str(r) for c, r in conn.execute("SELECT chunk_id, reason FROM failures")}
+
+
+async def script_calls(redis: Redis) -> int:
+    stats = await redis.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+def collector(redis: Redis, store: Store) -> ResultCollector:
+    copies = TextCopies(redis, PREFIX, prompt_version=PROMPT_VERSION, models=[MODEL])
+    return ResultCollector(redis, PREFIX, "collector", store, run_id=1, copies=copies)
+
+
+async def work_through(worker: Worker, sent: list[Chunk]) -> None:
+    """`sent` enqueued as batches of two and answered, the input then complete."""
+    for batch in batches(sent, 2):
+        await worker.queue.put(batch)
+    worker.queue.close()
+    async with asyncio.timeout(GUARD_S):
+        await worker.serve()
+
+
+async def test_a_text_repeated_across_sources_is_sent_once_and_copied_to_the_others(
+    redis_client: Redis, tmp_path: Path
+) -> None:
+    worker = Worker(redis_client, PREFIX, "w")
+    texts = SharedSameText(redis_client, PREFIX, worker.queue.done_set)
+    a = of("a.txt", "intro", "one", "two", "outro")
+    b = of("b.txt", "intro", "three", "outro")  # two texts a.txt carries, in flight
+
+    sent = await texts.to_send(a) + await texts.to_send(b)
+    assert sent == [*a, b[1]]
+    await work_through(worker, sent)
+    async with await Store.open(tmp_path / "results.db") as store:
+        await collector(redis_client, store).catch_up()
+    rows = stored(tmp_path / "results.db")
+
+    assert sum(len(batch.chunks) for batch in worker.worked) == 5, "each text sent once"
+    copies = {chunk: answer_id for chunk, (answer_id, copy) in rows.items() if copy}
+    assert copies == {b[0].id: b[0].id, b[2].id: b[2].id}, "copies, under their own ids"
+    assert set(rows) == {c.id for c in (*a, *b)}
+    progress = await worker.queue.progress()
+    assert (progress.chunks, progress.copied, progress.chunks_done) == (7, 2, 7)
+
+    # Met again once its answer is stored: copied from the store, nothing sent.
+    c = of("c.txt", "one")
+    assert await texts.to_send(c) == []
+    async with await Store.open(tmp_path / "results.db") as store:
+        await collector(redis_client, store).catch_up()
+    assert stored(tmp_path / "results.db")[c[0].id] == (c[0].id, True)
+    assert (await worker.queue.progress()).copied == 3
+    assert await redis_client.xlen(f"{PREFIX}:results") == 0
+
+
+async def test_when_the_chunk_sent_for_a_text_fails_its_waiting_chunks_fail_saying_why(
+    redis_client: Redis, tmp_path: Path
+) -> None:
+    worker = Worker(redis_client, PREFIX, "w")
+    texts = SharedSameText(redis_client, PREFIX, worker.queue.done_set)
+    a, b = of("a.txt", "refused text"), of("b.txt", "refused text")
+    assert await texts.to_send(a) == a and await texts.to_send(b) == []
+
+    await worker.queue.put(batches(a, 1)[0])
+    worker.queue.close()
+    async with asyncio.timeout(GUARD_S), asyncio.TaskGroup() as tg:
+        tg.create_task(worker.queue.run(worker.outcomes))
+        batch = await worker.queue.get()
+        assert batch is not None
+        await worker.outcomes.give_up(batch, "the provider refused it")
+        assert await worker.queue.get() is None
+    async with await Store.open(tmp_path / "results.db") as store:
+        await collector(redis_client, store).catch_up()
+    failures = failed(tmp_path / "results.db")
+
+    assert set(failures) == {a[0].id, b[0].id}, "none lost"
+    assert a[0].id in failures[b[0].id] and "the provider refused it" in failures[b[0].id]
+    progress = await worker.queue.progress()
+    assert (progress.chunks, progress.unanswered, progress.chunks_failed) == (2, 1, 2)
+    # Nobody holds the text now: the next chunk carrying it is sent.
+    c = of("c.txt", "refused text")
+    assert await texts.to_send(c) == c
+
+
+async def test_an_input_read_again_adds_no_waiting_chunk_twice(
+    redis_client: Redis, tmp_path: Path
+) -> None:
+    """A second reader (the first stopped mid-intake) reads the input from the start."""
+    worker = Worker(redis_client, PREFIX, "w")
+    first = SharedSameText(redis_client, PREFIX, worker.queue.done_set)
+    second = SharedSameText(redis_client, PREFIX, worker.queue.done_set)
+    a, b = of("a.txt", "x", "y"), of("b.txt", "x", "y")
+    assert await first.to_send(a) == a and await first.to_send(b) == []
+
+    # The holders were never enqueued (the first reader stopped): read again, they are sent.
+    assert await second.to_send(a) == a
+    await second.to_send(b)
+    await work_through(worker, a)
+    async with await Store.open(tmp_path / "results.db") as store:
+        await collector(redis_client, store).catch_up()
+
+    assert set(stored(tmp_path / "results.db")) == {c.id for c in (*a, *b)}
+    progress = await worker.queue.progress()
+    assert (progress.chunks, progress.copied, progress.chunks_done) == (4, 2, 4)
+
+
+async def test_pages_asked_for_together_share_one_call_and_the_first_holds_the_text(
+    redis_client: Redis,
+) -> None:
+    texts = SharedSameText(redis_client, PREFIX, f"{PREFIX}:done")
+    await texts.to_send(of("warm/", "the script loaded"))
+    calls_before = await script_calls(redis_client)
+    pages = [of(f"site{n}/", "cookie banner", f"page {n}") for n in range(5)]
+    sent = await asyncio.gather(*(texts.to_send(page) for page in pages))
+
+    assert await script_calls(redis_client) - calls_before == 1, "asked at once: one call"
+    assert sent == [pages[0], *([page[1]] for page in pages[1:])]
+    waiting = await redis_client.lrange(f"{PREFIX}:texts:waiting:{pages[0][0].id}", 0, -1)
+    assert len(waiting) == 4
+
+
+async def test_two_workers_send_each_text_once_and_a_later_run_copies_their_answers(
     redis_server: RedisServer, tmp_path: Path, simulator
 ) -> None:
     sim = await simulator(keys=sim_keys(KEYS), latency_s=(0.01, 0.03))
@@ -39,9 +184,14 @@ async def test_two_workers_store_every_chunk_and_a_later_run_copies_their_answer
         b = Engine(other, secrets, cluster=there)
         async with asyncio.timeout(GUARD_S):
             states = await asyncio.gather(a.run(), b.run())
+        view = here.view()
 
     assert states == [JobState.DONE, JobState.DONE]
-    assert stored_sources(Path(config.job.store)) == {f"in.txt#L{n}" for n in range(1, 51)}
+    assert sim.stats.chunks_received == 40, "each text sent once"
+    rows = stored(Path(config.job.store))
+    assert len(rows) == 50 and sum(1 for _, copied in rows.values() if copied) == 10
+    assert all(answer_id == chunk for chunk, (answer_id, _) in rows.items())
+    assert view is not None and (view.chunks_done, view.chunks_total) == (50, 50)
 
     # The same texts mirrored under new sources, in one process on the job's store.
     mirror = replace(
@@ -53,4 +203,4 @@ async def test_two_workers_store_every_chunk_and_a_later_run_copies_their_answer
 
     assert sim.stats.chunks_received == sent_before  # nothing sent: every text had an answer
     assert (engine.snapshot().counts.done, engine.snapshot().counts.cached) == (0, 50)
-    assert len(stored_sources(Path(config.job.store))) == 100
+    assert len(stored(Path(config.job.store))) == 100

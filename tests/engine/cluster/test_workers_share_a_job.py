@@ -253,7 +253,11 @@ async def test_two_workers_share_a_job_one_store_and_the_keys_limit(
                 await ControlClient.connect(second_socket) as to_second,
             ):
                 await to_first.control("pause")  # `crawldeck attach` to the first worker, p
-                paused = await until_remote(to_second, lambda s: s.state is JobState.PAUSED)
+                # The cluster's view comes on the heartbeat's rhythm: a pause may come first.
+                paused = await until_remote(
+                    to_second,
+                    lambda s: s.state is JobState.PAUSED and s.cluster is not None,
+                )
                 assert paused.cluster is not None and paused.cluster.live == 2
                 await to_second.control("resume")
                 await until_remote(to_first, lambda s: s.state is JobState.RUNNING)
