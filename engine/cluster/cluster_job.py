@@ -500,9 +500,10 @@ class ClusterJob:
         p = self._progress
         done = p.chunks_done
         total = p.chunks if p.input_complete else f"{p.chunks}+"
+        copied = f" ({p.copied} copied)" if p.copied else ""
         text = (
             f"cluster run {self.run}: {done + self.failed_chunks}/{total} chunks "
-            f"(done {done}, failed {self.failed_chunks}, dead letters {p.dead}) "
+            f"(done {done}{copied}, failed {self.failed_chunks}, dead letters {p.dead}) "
             f"by {_workers(len(view.workers))} ({view.lost} lost); store {self.store}"
         )
         if self._crawled is not None:
@@ -544,6 +545,7 @@ class ClusterJob:
             chunks_enqueued=p.chunks,
             chunks_done=p.chunks_done,
             chunks_failed=p.chunks_failed,
+            chunks_copied=p.copied,
             dead_letters=p.dead,
             input_complete=p.input_complete,
             sites_enqueued=sites.targets,

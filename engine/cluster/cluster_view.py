@@ -109,6 +109,7 @@ class ClusterView:
     chunks_enqueued: int = 0
     chunks_done: int = 0
     chunks_failed: int = 0
+    chunks_copied: int = 0  # of the done: copies of another chunk's answer to their text
     dead_letters: int = 0  # batches given up after too many deliveries
     input_complete: bool = False  # every worker's input is enqueued: the total is known
     sites_enqueued: int = 0

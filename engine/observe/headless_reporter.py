@@ -143,12 +143,13 @@ def _cluster_part(snap: Snapshot) -> str:
         return ""
     total = "?" if cluster.chunks_total is None else str(cluster.chunks_total)
     dead = f", dead letters {cluster.dead_letters}" if cluster.dead_letters else ""
+    copied = f" ({cluster.chunks_copied} copied)" if cluster.chunks_copied else ""
     sites = ""
     if cluster.sites_enqueued:  # a crawl job's: its sites, crawled by one worker each
         gone = f" ({cluster.sites_dead} dead letters)" if cluster.sites_dead else ""
         sites = f" sites {cluster.sites_crawled}/{cluster.sites_enqueued}{gone}"
     return (
-        f" | cluster {cluster.chunks_finished}/{total} (done {cluster.chunks_done}, "
+        f" | cluster {cluster.chunks_finished}/{total} (done {cluster.chunks_done}{copied}, "
         f"failed {cluster.chunks_failed}{dead}) workers {cluster.live} live {cluster.lost} lost"
         f"{sites}"
     )

@@ -407,6 +407,7 @@ def _cluster(view: ClusterView, *, crawl: bool) -> Iterator[Metric]:
         (
             ("enqueued", view.chunks_enqueued),
             ("done", view.chunks_done),
+            ("copied", view.chunks_copied),  # of the done
             ("failed", view.chunks_failed),
             ("in_flight", view.in_flight),
         ),

@@ -104,9 +104,12 @@ class WorkersPanel(Widget):
         line.append(f"{cluster.chunks_finished:,}/{'?' if total is None else f'{total:,}'}", "bold")
         for label, value in (
             ("done", cluster.chunks_done),
+            ("copied", cluster.chunks_copied),  # of the done: their text was sent once
             ("failed", cluster.chunks_failed),
             ("in flight", cluster.in_flight),
         ):
+            if label == "copied" and not value:
+                continue
             line.append(f"  {label} ", "dim")
             line.append(f"{value:,}", "bold")
         if cluster.sites_enqueued:  # a crawl job: its sites crawled by any worker

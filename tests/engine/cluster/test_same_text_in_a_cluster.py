@@ -191,7 +191,8 @@ async def test_two_workers_send_each_text_once_and_a_later_run_copies_their_answ
     rows = stored(Path(config.job.store))
     assert len(rows) == 50 and sum(1 for _, copied in rows.values() if copied) == 10
     assert all(answer_id == chunk for chunk, (answer_id, _) in rows.items())
-    assert view is not None and (view.chunks_done, view.chunks_total) == (50, 50)
+    assert view is not None
+    assert (view.chunks_done, view.chunks_copied, view.chunks_total) == (50, 10, 50)
 
     # The same texts mirrored under new sources, in one process on the job's store.
     mirror = replace(

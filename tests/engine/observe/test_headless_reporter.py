@@ -168,6 +168,12 @@ def test_a_clusters_total_is_unknown_until_every_input_is_enqueued_and_dead_lett
     )
 
 
+def test_a_clusters_copies_of_answers_to_repeated_texts_show_among_its_done() -> None:
+    view = ClusterView(live=2, chunks_enqueued=50, chunks_done=50, chunks_copied=10)
+    line = status_line(running_snapshot(cluster=view))
+    assert " | cluster 50/? (done 50 (10 copied), failed 0) workers 2" in line
+
+
 def test_a_crawl_shared_by_a_cluster_shows_its_sites_crawled_and_dead() -> None:
     view = ClusterView(live=2, chunks_enqueued=80, chunks_done=40, sites_enqueued=10)
     line = status_line(running_snapshot(cluster=view))

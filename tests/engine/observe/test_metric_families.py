@@ -33,13 +33,15 @@ def scraped(snap: Snapshot) -> dict[tuple[str, tuple[tuple[str, str], ...]], flo
 def test_a_workers_snapshot_says_the_cluster_in_the_runs_own_counters() -> None:
     view = ClusterView(
         live=3, lost=1, ended=0, chunks_enqueued=12_000, chunks_done=4_920,
-        chunks_failed=14, in_flight=96, dead_letters=1, requests_per_min=298.5,
+        chunks_failed=14, chunks_copied=120, in_flight=96, dead_letters=1,
+        requests_per_min=298.5,
     )  # fmt: skip
     samples = scraped(Snapshot(cluster=view))
 
     assert samples[("crawldeck_cluster_workers", (("state", "live"),))] == 3
     assert samples[("crawldeck_cluster_workers", (("state", "lost"),))] == 1
     assert samples[("crawldeck_cluster_chunks", (("state", "done"),))] == 4_920
+    assert samples[("crawldeck_cluster_chunks", (("state", "copied"),))] == 120
     assert samples[("crawldeck_cluster_chunks", (("state", "failed"),))] == 14
     assert samples[("crawldeck_cluster_chunks", (("state", "enqueued"),))] == 12_000
     assert samples[("crawldeck_cluster_dead_letters", ())] == 1
