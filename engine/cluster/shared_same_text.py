@@ -20,7 +20,12 @@ each chunk neither stored nor enqueued before:
   results stream as a copy to make, naming the holder and the text.
 
 A chunk that waits or is copied is marked enqueued (a second reader of the
-input adds nothing twice) and counted in the run's chunks.
+input adds nothing twice) and counted in the run's chunks.  A holder let go
+before it was enqueued (its reader stopped, its site released mid-crawl)
+keeps its text: whoever reads it again holds it anew and sends it.  (Only
+if a site's page changed in between, so that the chunk never comes again,
+do the chunks waiting on it stay unstored in that run; the next run sends
+them.)
 
 `TextCopies` is the collector's side.  Once the store has committed a
 holder's row, `made_for` marks its text answered (or, the holder failed,
