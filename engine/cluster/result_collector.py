@@ -260,7 +260,8 @@ class ResultCollector:
                     await self._store.put_failure(copy)
             done += copies.copied
             self.rows_collected += len(copies.rows)
-            await self._store.flush()
+            if copies.rows:
+                await self._store.flush()
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.xack(self.streams.results, self.streams.results_group, *ids)
             pipe.xdel(self.streams.results, *ids)

@@ -11,9 +11,9 @@ does alone, but with this as its `shared` side:
   any worker does the LLM work — but a chunk whose text another chunk of
   the run carries waits for its answer instead (`SharedSameText`).  Chunks
   of the sites this worker crawls go into the same batches, as they would
-  in one process: a site of a few
-  chunks, batched alone, would cost a request of its own — on a
-  rate-limited job, up to half as many requests again as the chunks need;
+  in one process: a site of a few chunks, batched alone, would cost a
+  request of its own — on a rate-limited job, up to half as many requests
+  again as the chunks need;
 - pages: a site's page rows go to the results stream for the job's
   collector to store, in the script that acknowledges the site;
 - politeness: each request takes its host's turn from a clock every
