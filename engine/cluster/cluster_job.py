@@ -133,7 +133,8 @@ class ClusterJob:
             InputUnread,
         )
         self._unread = ""  # why this worker's reading of the input failed
-        self.rows_stored = 0  # results and failures this worker's collector stored (repeats not)
+        # Results (copies too) and failures this worker's collector stored (repeats not).
+        self.rows_stored = 0
         self._events = EventBus()
         self._queue: StreamWorkQueue | None = None
         self._keys: SharedKeyPool | None = None
@@ -459,7 +460,7 @@ class ClusterJob:
 
     def count_stored(self, committed: Committed) -> None:
         """The store's word on what a commit held: the rows this worker collected that took."""
-        self.rows_stored += committed.results + committed.failures
+        self.rows_stored += committed.results + committed.cached + committed.failures
 
     @property
     def failed_chunks(self) -> int:

@@ -193,6 +193,8 @@ async def test_two_workers_send_each_text_once_and_a_later_run_copies_their_answ
     assert all(answer_id == chunk for chunk, (answer_id, _) in rows.items())
     assert view is not None
     assert (view.chunks_done, view.chunks_copied, view.chunks_total) == (50, 10, 50)
+    assert "done 50 (10 copied)" in a.summary_line()
+    assert "this worker stored 50 rows in it" in a.summary_line(), "copies are rows it stored"
 
     # The same texts mirrored under new sources, in one process on the job's store.
     mirror = replace(
