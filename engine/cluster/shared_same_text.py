@@ -56,6 +56,7 @@ from engine.cluster.batch_codec import BatchFormatError, chunk_of_row, decode_ch
 from engine.cluster.call_coalescer import CallCoalescer
 from engine.cluster.job_streams import JobStreams
 from engine.cluster.stream_replies import as_text
+from engine.pipeline.outcomes import failure_row
 from engine.pipeline.records import Chunk, text_key
 from engine.pipeline.same_text import StoredAnswers, copy_row
 from engine.store.sqlite_store import FailureRow, ResultRow, StoredAnswer
@@ -256,7 +257,9 @@ class TextCopies:
     ) -> None:
         reason = f"the chunk sent for its text ({holder.chunk_id}) failed: {holder.reason}"
         for chunk in chunks:
-            made.rows.append(_failure(chunk, holder.prompt_version, holder.model, reason, run_id))
+            made.rows.append(
+                failure_row(chunk, holder.prompt_version, holder.model, reason, 0, run_id)
+            )
             made.unanswered.append(chunk.id)
 
     async def _copy_late(
@@ -277,7 +280,7 @@ class TextCopies:
             # another store, or a prompt or models changed mid-run, lands here.
             reason = f"the answer of the chunk sent for its text ({holder}) is not in the store"
             model = self._models[0] if self._models else ""
-            made.rows.append(_failure(chunk, self._version, model, reason, run_id))
+            made.rows.append(failure_row(chunk, self._version, model, reason, 0, run_id))
             made.unanswered.append(chunk.id)
 
 
@@ -293,17 +296,3 @@ def late_copies(value: str) -> list[LateCopy]:
 def _chunks(encoded: Iterable[Any]) -> list[Chunk]:
     # Each pushed by the claim script as `encode_chunk` made it.
     return [decode_chunk(item) for item in encoded]
-
-
-def _failure(chunk: Chunk, version: str, model: str, reason: str, run_id: int) -> FailureRow:
-    return FailureRow(
-        chunk_id=chunk.id,
-        prompt_version=version,
-        model=model,
-        source=chunk.source,
-        seq=chunk.seq,
-        text=chunk.text,
-        reason=reason,
-        attempts=0,
-        run_id=run_id,
-    )

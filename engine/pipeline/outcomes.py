@@ -309,17 +309,7 @@ class Outcomes:
         unheld: list[Chunk] = []  # chunks that waited for these chunks' texts
         for chunk in batch.chunks:
             await self._rows.put_failure(
-                FailureRow(
-                    chunk_id=chunk.id,
-                    prompt_version=self._version,
-                    model=model,
-                    source=chunk.source,
-                    seq=chunk.seq,
-                    text=chunk.text,
-                    reason=reason,
-                    attempts=batch.attempt,
-                    run_id=self._run_id,
-                )
+                failure_row(chunk, self._version, model, reason, batch.attempt, self._run_id)
             )
             self._held.let_go(chunk.id)  # failed is counted on commit
             if self._same_text is not None:
@@ -348,3 +338,20 @@ class Outcomes:
             attempt=0,
             delay_s=0.0,
         )
+
+
+def failure_row(
+    chunk: Chunk, prompt_version: str, model: str, reason: str, attempts: int, run_id: int
+) -> FailureRow:
+    """`chunk` failed for good, under `model` (the last that tried it), with `reason`."""
+    return FailureRow(
+        chunk_id=chunk.id,
+        prompt_version=prompt_version,
+        model=model,
+        source=chunk.source,
+        seq=chunk.seq,
+        text=chunk.text,
+        reason=reason,
+        attempts=attempts,
+        run_id=run_id,
+    )
