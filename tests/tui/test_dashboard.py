@@ -365,6 +365,19 @@ async def test_the_workers_panel_counts_a_shared_crawls_sites_across_workers() -
         assert "in flight 61  sites 120/400  dead letters 1" in first
 
 
+async def test_the_workers_panel_shows_the_copies_among_the_done_when_there_are_any() -> None:
+    snap = fixed_cluster_snapshot()
+    assert snap.cluster is not None
+    cluster = replace(snap.cluster, chunks_copied=310)
+    app = CrawldeckApp(
+        FixedSource(replace(snap, cluster=cluster)), refresh_hz=0, clock=FrozenClock()
+    )
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.pause()
+        first = str(app.query_one(WorkersPanel).render()).splitlines()[0]
+        assert "done 4,920  copied 310  failed 14  in flight 61" in first
+
+
 def test_cluster_dashboard_at_160x48(snap_compare: Callable[..., bool]) -> None:
     app = CrawldeckApp(FixedSource(fixed_cluster_snapshot()), refresh_hz=0, clock=FrozenClock())
     assert snap_compare(app, terminal_size=(160, 48))
