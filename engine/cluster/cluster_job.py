@@ -183,13 +183,23 @@ class ClusterJob:
             ),
         )
         self._rows = ResultsStreamRows(self._queue)
-        self._texts = SharedSameText(self.redis, self.scope.prefix, self.done_set)
+        self._texts = SharedSameText(
+            self.redis,
+            self.scope.prefix,
+            self.done_set,
+            prompt_version=self.config.prompt.version,
+            models=self._models(),
+        )
         return self._queue
 
     def same_text(self) -> SharedSameText:
         """Which chunks need a request: one per text in the whole run (`shared_same_text`)."""
         assert self._texts is not None, "work_queue() first"
         return self._texts
+
+    def _models(self) -> list[str]:
+        """The job's models: an answer from any of them serves a text."""
+        return [provider.model for provider in self.config.providers]
 
     def held_work(self, queue: StreamWorkQueue) -> HeldWork:
         """What the batcher and the outcomes hold: nothing, in a cluster."""
@@ -398,7 +408,7 @@ class ClusterJob:
                 self.redis,
                 self.scope.prefix,
                 prompt_version=self.config.prompt.version,
-                models=(provider.model for provider in self.config.providers),
+                models=self._models(),
             ),
         )
         self._role = CollectorRole(

@@ -17,7 +17,11 @@ each chunk neither stored nor enqueued before:
 - its text is held by a chunk in flight: it waits, encoded, on that
   holder's list (`JobStreams.text_waiting`);
 - its text is answered (the holder's result is stored): it goes to the
-  results stream as a copy to make, naming the holder and the text.
+  results stream as a copy to make, naming the holder and the text.  So
+  does a chunk whose text the job's store answered in an earlier run, when
+  this worker is the one beside the store (`to_send` is given the store, as
+  one process looks it up; elsewhere the store is not the job's and answers
+  nothing).
 
 A chunk that waits or is copied is marked enqueued (a second reader of the
 input adds nothing twice) and counted in the run's chunks.  A holder let go
@@ -71,15 +75,23 @@ SEND = 0  # the claim script's decisions: 0 send, 1 wait, 2 copy
 LateCopy = tuple[str, str, Chunk]
 """A chunk enqueued once its text was answered: (holder, text key, the chunk)."""
 
+# One asker's chunks, each with its text key and the stored answer to it (or None).
+_Ask = list[tuple[Chunk, str, StoredAnswer | None]]
+
 # KEYS: texts, holders, enqueued, done, results, progress.  ARGV: the waiting lists'
-# prefix, then id, text key, encoded chunk for each chunk.  Returns each one's decision.
+# prefix, then id, text key, encoded chunk, and the chunk whose stored answer (from an
+# earlier run) serves, or '', for each chunk.  Returns each one's decision.
 _CLAIM = """
 local decisions, copies, kept = {}, {}, 0
-for at = 2, #ARGV, 3 do
+for at = 2, #ARGV, 4 do
   local id, key = ARGV[at], ARGV[at + 1]
   local decision = 0
   if redis.call('SISMEMBER', KEYS[4], id) == 0 and redis.call('SISMEMBER', KEYS[3], id) == 0 then
     local holder = redis.call('HGET', KEYS[1], key)
+    if ARGV[at + 3] ~= '' and not holder then
+      holder = '=' .. ARGV[at + 3]  -- answered in the store: so for every worker from now
+      redis.call('HSET', KEYS[1], key, holder)
+    end
     if not holder or holder == id then
       redis.call('HSET', KEYS[1], key, id)
       redis.call('HSET', KEYS[2], id, key)
@@ -133,40 +145,55 @@ class SharedSameText:
     decided for the whole run in Redis (see the module).  `done_set` is the job's set
     of stored chunk ids (the work queue's)."""
 
-    def __init__(self, redis: Redis, prefix: str, done_set: str) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        prefix: str,
+        done_set: str,
+        *,
+        prompt_version: str,
+        models: Iterable[str],
+    ) -> None:
         self.streams = JobStreams(prefix)
         self._done_set = done_set
+        self._version = prompt_version
+        self._models = list(dict.fromkeys(models))
         self._claim = redis.register_script(_CLAIM)
         # A crawl asks for every page: asks made while a call is out go in the next.
-        self._claims: CallCoalescer[Sequence[Chunk], list[int]] = CallCoalescer(self._claim_all)
+        self._claims: CallCoalescer[_Ask, list[int]] = CallCoalescer(self._claim_all)
 
     async def to_send(
         self, chunks: Sequence[Chunk], stored: StoredAnswers | None = None
     ) -> list[Chunk]:
         """Of `chunks`, the ones whose text needs a request; the others wait for the
-        answer to their text, or are copied from it (`stored` is not read: the run's
-        answers are the collector's to look up)."""
+        answer to their text, or are copied from it — from this run's answers, or
+        from `stored` (the job's store, beside it) when it answered their text."""
         if not chunks:
             return []
-        decisions = await self._claims.ask(chunks)
+        keys = [text_key(chunk.text) for chunk in chunks]
+        answered: dict[str, StoredAnswer] = {}
+        if stored is not None:
+            answered = await stored.answers_for(keys, self._version, self._models)
+        ask = [(chunk, key, answered.get(key)) for chunk, key in zip(chunks, keys, strict=True)]
+        decisions = await self._claims.ask(ask)
         return [chunk for chunk, d in zip(chunks, decisions, strict=True) if d == SEND]
 
-    async def _claim_all(self, asks: list[Sequence[Chunk]]) -> list[list[int]]:
+    async def _claim_all(self, asks: list[_Ask]) -> list[list[int]]:
         """One script call deciding for every chunk of `asks`, in order; each ask's
         decisions.  (An asker cancelled meanwhile may leave a text held by a chunk it
         never enqueues: whoever reads that chunk again — its site taken over, the input
         read again — holds it anew.)"""
         s = self.streams
         args: list[str] = [s.text_waiting("")]
-        for chunks in asks:
-            for chunk in chunks:
-                args += (chunk.id, text_key(chunk.text), encode_chunk(chunk))
+        for ask in asks:
+            for chunk, key, answer in ask:
+                args += (chunk.id, key, encode_chunk(chunk), answer.chunk_id if answer else "")
         keys = [s.texts, s.text_holders, s.enqueued, self._done_set, s.results, s.progress]
         decisions = [int(d) for d in await self._claim(keys=keys, args=args)]
         answers, at = [], 0
-        for chunks in asks:
-            answers.append(decisions[at : at + len(chunks)])
-            at += len(chunks)
+        for ask in asks:
+            answers.append(decisions[at : at + len(ask)])
+            at += len(ask)
         return answers
 
 

@@ -53,14 +53,18 @@ def failed(db: Path) -> dict[str, str]:
         return {str(c): str(r) for c, r in conn.execute("SELECT chunk_id, reason FROM failures")}
 
 
+def shared_same_text(redis: Redis, done_set: str, prefix: str = PREFIX) -> SharedSameText:
+    return SharedSameText(redis, prefix, done_set, prompt_version=PROMPT_VERSION, models=[MODEL])
+
+
 async def script_calls(redis: Redis) -> int:
     stats = await redis.info("commandstats")
     return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
 
 
-def collector(redis: Redis, store: Store) -> ResultCollector:
-    copies = TextCopies(redis, PREFIX, prompt_version=PROMPT_VERSION, models=[MODEL])
-    return ResultCollector(redis, PREFIX, "collector", store, run_id=1, copies=copies)
+def collector(redis: Redis, store: Store, prefix: str = PREFIX) -> ResultCollector:
+    copies = TextCopies(redis, prefix, prompt_version=PROMPT_VERSION, models=[MODEL])
+    return ResultCollector(redis, prefix, "collector", store, run_id=1, copies=copies)
 
 
 async def work_through(worker: Worker, sent: list[Chunk]) -> None:
@@ -76,7 +80,7 @@ async def test_a_text_repeated_across_sources_is_sent_once_and_copied_to_the_oth
     redis_client: Redis, tmp_path: Path
 ) -> None:
     worker = Worker(redis_client, PREFIX, "w")
-    texts = SharedSameText(redis_client, PREFIX, worker.queue.done_set)
+    texts = shared_same_text(redis_client, worker.queue.done_set)
     a = of("a.txt", "intro", "one", "two", "outro")
     b = of("b.txt", "intro", "three", "outro")  # two texts a.txt carries, in flight
 
@@ -104,11 +108,37 @@ async def test_a_text_repeated_across_sources_is_sent_once_and_copied_to_the_oth
     assert await redis_client.xlen(f"{PREFIX}:results") == 0
 
 
+async def test_a_text_the_store_answered_in_an_earlier_run_is_copied_beside_the_store(
+    redis_client: Redis, tmp_path: Path
+) -> None:
+    """Run 1 answers a text; in run 2 (its own keys) a chunk of a new source carrying it
+    is copied from the store by the worker beside it, and so are the repeats any other
+    worker meets later in that run."""
+    first = Worker(redis_client, PREFIX, "w")
+    a = of("a.txt", "boilerplate")
+    await work_through(first, await shared_same_text(redis_client, first.queue.done_set).to_send(a))
+    async with await Store.open(tmp_path / "results.db") as store:
+        await collector(redis_client, store).catch_up()
+
+    run2 = f"{PREFIX}:run:2"
+    b, c = of("b.txt", "boilerplate", "news"), of("c.txt", "boilerplate")
+    async with await Store.open(tmp_path / "results.db") as store:
+        beside = shared_same_text(redis_client, first.queue.done_set, run2)
+        assert await beside.to_send(b, store) == [b[1]]
+        elsewhere = shared_same_text(redis_client, first.queue.done_set, run2)
+        assert await elsewhere.to_send(c) == [], "no store there: the run knows it"
+        await collector(redis_client, store, run2).catch_up()
+    rows = stored(tmp_path / "results.db")
+
+    assert rows[b[0].id] == (b[0].id, True) and rows[c[0].id] == (c[0].id, True)
+    assert b[1].id not in rows, "a new text is sent"
+
+
 async def test_when_the_chunk_sent_for_a_text_fails_its_waiting_chunks_fail_saying_why(
     redis_client: Redis, tmp_path: Path
 ) -> None:
     worker = Worker(redis_client, PREFIX, "w")
-    texts = SharedSameText(redis_client, PREFIX, worker.queue.done_set)
+    texts = shared_same_text(redis_client, worker.queue.done_set)
     a, b = of("a.txt", "refused text"), of("b.txt", "refused text")
     assert await texts.to_send(a) == a and await texts.to_send(b) == []
 
@@ -138,8 +168,8 @@ async def test_an_input_read_again_adds_no_waiting_chunk_twice(
 ) -> None:
     """A second reader (the first stopped mid-intake) reads the input from the start."""
     worker = Worker(redis_client, PREFIX, "w")
-    first = SharedSameText(redis_client, PREFIX, worker.queue.done_set)
-    second = SharedSameText(redis_client, PREFIX, worker.queue.done_set)
+    first = shared_same_text(redis_client, worker.queue.done_set)
+    second = shared_same_text(redis_client, worker.queue.done_set)
     a, b = of("a.txt", "x", "y"), of("b.txt", "x", "y")
     assert await first.to_send(a) == a and await first.to_send(b) == []
 
@@ -158,7 +188,7 @@ async def test_an_input_read_again_adds_no_waiting_chunk_twice(
 async def test_pages_asked_for_together_share_one_call_and_the_first_holds_the_text(
     redis_client: Redis,
 ) -> None:
-    texts = SharedSameText(redis_client, PREFIX, f"{PREFIX}:done")
+    texts = shared_same_text(redis_client, f"{PREFIX}:done")
     await texts.to_send(of("warm/", "the script loaded"))
     calls_before = await script_calls(redis_client)
     pages = [of(f"site{n}/", "cookie banner", f"page {n}") for n in range(5)]
@@ -170,7 +200,7 @@ async def test_pages_asked_for_together_share_one_call_and_the_first_holds_the_t
     assert len(waiting) == 4
 
 
-async def test_two_workers_send_each_text_once_and_a_later_run_copies_their_answers(
+async def test_two_workers_send_each_text_once_and_later_runs_copy_their_answers(
     redis_server: RedisServer, tmp_path: Path, simulator
 ) -> None:
     sim = await simulator(keys=sim_keys(KEYS), latency_s=(0.01, 0.03))
@@ -196,14 +226,26 @@ async def test_two_workers_send_each_text_once_and_a_later_run_copies_their_answ
     assert "done 50 (10 copied)" in a.summary_line()
     assert "this worker stored 50 rows in it" in a.summary_line(), "copies are rows it stored"
 
-    # The same texts mirrored under new sources, in one process on the job's store.
-    mirror = replace(
-        config, job=replace(config.job, input=str(write_lines(tmp_path / "mirror.txt", lines)))
-    )
-    engine = Engine(mirror, secrets)
+    # The same texts mirrored under new sources: the job's next run, by the worker beside
+    # the store, copies every one from it; then one process on the store does too.
     sent_before = sim.stats.chunks_received
+    mirrored = replace(
+        clustered,
+        job=replace(config.job, input=str(write_lines(tmp_path / "mirror.txt", lines))),
+    )
+    async with workers(mirrored) as (here,):
+        async with asyncio.timeout(GUARD_S):
+            assert await Engine(mirrored, secrets, cluster=here).run() is JobState.DONE
+        view = here.view()
+    assert sim.stats.chunks_received == sent_before, "nothing sent: every text had an answer"
+    assert view is not None and (view.chunks_done, view.chunks_copied) == (50, 50)
+
+    alone = replace(
+        config, job=replace(config.job, input=str(write_lines(tmp_path / "again.txt", lines)))
+    )
+    engine = Engine(alone, secrets)
     assert await engine.run() is JobState.DONE
 
-    assert sim.stats.chunks_received == sent_before  # nothing sent: every text had an answer
+    assert sim.stats.chunks_received == sent_before
     assert (engine.snapshot().counts.done, engine.snapshot().counts.cached) == (0, 50)
-    assert len(stored(Path(config.job.store))) == 100
+    assert len(stored(Path(config.job.store))) == 150
