@@ -301,7 +301,10 @@ class Engine:
                         None
                         if self._cluster is None
                         else self._cluster.crawl_share(
-                            cfg.job, stats=self.stats, batch_size=lambda: self._preset.batch_size
+                            cfg.job,
+                            stats=self.stats,
+                            batch_size=lambda: self._preset.batch_size,
+                            stored=store,
                         )
                     ),
                 )

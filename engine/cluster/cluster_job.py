@@ -72,6 +72,7 @@ from engine.observe.events import EventBus, EventKind
 from engine.observe.run_stats import RunStats
 from engine.observe.snapshot import JobState, Snapshot
 from engine.pipeline.held_work import HeldWork
+from engine.pipeline.same_text import StoredAnswers
 from engine.store.sqlite_store import Committed, Store
 
 if TYPE_CHECKING:
@@ -264,10 +265,16 @@ class ClusterJob:
         }
 
     def crawl_share(
-        self, job: JobSettings, *, stats: RunStats, batch_size: Callable[[], int]
+        self,
+        job: JobSettings,
+        *,
+        stats: RunStats,
+        batch_size: Callable[[], int],
+        stored: StoredAnswers | None = None,
     ) -> SharedCrawl:
         """A crawl job's side of the cluster: the run's sites, read one at a time, and
-        their chunks (cut as `job` says, batched by `batch_size()`) on the batch stream."""
+        their chunks (cut as `job` says, batched by `batch_size()`) on the batch stream;
+        `stored` (this worker's store) answers texts an earlier run answered, beside it."""
         assert self._queue is not None, "work_queue() first"
         self._targets = TargetStream(
             self.redis,
@@ -286,6 +293,7 @@ class ClusterJob:
             batch_size=batch_size,
             host_clock=SharedHostClock(self.redis, self.scope.prefix),
             same_text=self.same_text(),
+            stored=stored,
         )
         return self._crawl_share
 

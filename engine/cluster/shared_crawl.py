@@ -48,6 +48,7 @@ from engine.crawl.targets import Target
 from engine.observe.run_stats import RunStats
 from engine.pipeline.chunking import iter_chunks
 from engine.pipeline.records import Chunk, Document
+from engine.pipeline.same_text import StoredAnswers
 from engine.pipeline.work_queue import Batch
 from engine.store.sqlite_store import PageRow
 
@@ -73,11 +74,13 @@ class SharedCrawl:
         batch_size: Callable[[], int],
         host_clock: SharedHostClock,
         same_text: SharedSameText | None = None,
+        stored: StoredAnswers | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.targets = targets
         self.host_clock = host_clock
         self._same_text = same_text
+        self._stored = stored  # answers from earlier runs, when this is the job's store
         self._queue = queue
         self._job = job
         self._stats = stats
@@ -111,7 +114,7 @@ class SharedCrawl:
         chunks = list(iter_chunks((document,), job.chunk_tokens, job.chunk_overlap_tokens))
         self._stats.seen += len(chunks)
         if self._same_text is not None:  # a text another chunk carries is not sent again
-            chunks = await self._same_text.to_send(chunks)
+            chunks = await self._same_text.to_send(chunks, self._stored)
         self._partial += [(target.url, chunk) for chunk in chunks]
         self._unbatched[target.url] += len(chunks)
         size = max(1, self._batch_size())
