@@ -81,6 +81,11 @@ Doubled: measured at the provider, a busy hour's +30 % showed as +43-50 %
 (`tests/benchmarks/drift_gate_cost.py`), and a trial of the conservative
 preset costs seconds of a fast job."""
 
+SLOW_DOWN_FROM_S = 0.05
+"""The least latency a rise is measured from: a provider answering within milliseconds
+is slowed for only once its median passes twice this.  At such latencies the event
+loop's own delays on a busy machine double a median, and going slower mends nothing."""
+
 HELP_ANSWERS = 20
 """Answers under the conservative preset after which it must have brought latency down:
 enough for a median, few because the preset sends only a few a second."""
@@ -122,6 +127,8 @@ class _TrialRule:
     # burst the answers that come are its stragglers, the slowest of hundreds sent
     # at once, so the latest few alone overstate a rise in latency.
     longer: int = 0
+    # The least level a rise is measured from (latency: `SLOW_DOWN_FROM_S`).
+    floor: float = 0.0
 
     def shown(self, level: float) -> str:
         return f"{level:.1%}" if self.unit == "%" else f"median {level:.3g} {self.unit}"
@@ -130,7 +137,13 @@ class _TrialRule:
 _TRIED: Mapping[str, _TrialRule] = {
     # Each answer's latency; each call's server error (1.0) or not (0.0).
     "latency": _TrialRule(
-        statistics.median, HELP_ANSWERS, SLOW_DOWN_RISE, "s", "answers", RECENT_ANSWERS
+        statistics.median,
+        HELP_ANSWERS,
+        SLOW_DOWN_RISE,
+        "s",
+        "answers",
+        RECENT_ANSWERS,
+        floor=SLOW_DOWN_FROM_S,
     ),
     "server_errors": _TrialRule(statistics.fmean, HELP_CALLS, 0.0, "%", "calls"),
 }
@@ -227,7 +240,7 @@ class GateActions:
         if rule is not None and action is GateAction.CONSERVATIVE:
             # The window lags a rise still under way: the latest calls lead.
             now = self._level_now(metric, rule) if self._latest[metric] else window
-            if not now >= baseline * (1.0 + rule.rise):  # (a NaN waits too)
+            if not now >= max(baseline, rule.floor) * (1.0 + rule.rise):  # (a NaN waits too)
                 if metric not in self._waiting:
                     short = (
                         f"less than the {rule.rise:.0%} rise that slows the job"
@@ -367,7 +380,7 @@ class GateActions:
             return False
         if math.isnan(held.baseline) or len(self._latest[metric]) < rule.calls:
             return False
-        return self._level_now(metric, rule) < held.baseline * (1 + rule.rise / 2)
+        return self._level_now(metric, rule) < max(held.baseline, rule.floor) * (1 + rule.rise / 2)
 
     def _yield_to_operator(self) -> None:
         """Drop the held actions if the preset in force is no longer what they made."""

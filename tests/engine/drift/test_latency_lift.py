@@ -15,6 +15,7 @@ from engine.drift.gate_actions import (
     HELP_ANSWERS,
     LIFT_AFTER,
     RECENT_ANSWERS,
+    SLOW_DOWN_FROM_S,
     SLOW_DOWN_RISE,
     GateActions,
 )
@@ -123,3 +124,25 @@ def test_the_stragglers_of_a_burst_do_not_slow_the_job() -> None:
     actions.take("latency", GateAction.CONSERVATIVE, baseline=0.8, window=1.2)
 
     assert holder.preset == FAST
+
+
+def test_a_provider_answering_in_milliseconds_is_not_slowed_for_a_rise_under_it() -> None:
+    """2 ms to 6 ms (the event loop's own delays on a busy machine): no preset change; the
+    same tripling from 0.05 s slows the job."""
+    for baseline, slowed in ((0.002, False), (SLOW_DOWN_FROM_S, True)):
+        holder = PresetHolder(FAST)
+        clock = Clock()
+        actions = GateActions(
+            controls=holder,  # type: ignore[arg-type]
+            preset=lambda holder=holder: holder.preset,  # type: ignore[misc]
+            presets=BUILTIN_PRESETS,
+            events=EventBus(),
+            clock=clock,
+        )
+        for _ in range(RECENT_ANSWERS):
+            clock.now += 0.1
+            observe_latency(actions, clock, baseline * 3)
+
+        actions.take("latency", GateAction.CONSERVATIVE, baseline=baseline, window=baseline * 3)
+
+        assert (holder.preset.name == "conservative") is slowed, baseline
