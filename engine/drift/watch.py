@@ -29,6 +29,7 @@ from engine.drift.baseline import Baseline, BaselineFormatError
 from engine.drift.features import AnswerFeatures, ResultFeatures, features_of_result
 from engine.drift.gate_actions import GateActions
 from engine.drift.monitor import DriftMonitor
+from engine.drift.result_sampling import ResultSampling
 from engine.limits.key_pool import KeyPool, NoUsableKeyError
 from engine.observe.events import EventBus, EventKind
 from engine.observe.snapshot import DriftMetric
@@ -112,6 +113,7 @@ class DriftWatch:
         )
         self._evaluations_seen = 0
         self._learning = True
+        self._sampling = ResultSampling(clock)  # past the baseline, past a rate: a sample
         self._embeddings_wanted = settings.embeddings
         self._baseline_loaded = False
         self._unsaved: deque[str] = deque()  # learned, to be kept in the store
@@ -161,7 +163,12 @@ class DriftWatch:
         self._act()
 
     async def observe_results(self, results: list[tuple[dict[str, Any], str]]) -> None:
-        """Stored results, as (entry, its JSON), with their outputs' embeddings if wanted."""
+        """Stored results, as (entry, its JSON), with their outputs' embeddings if wanted;
+        past the baseline and a rate, a sample of them (`result_sampling`)."""
+        if not self._learning:
+            results = list(self._sampling.sample(results))
+            if not results:
+                return
         observed: list[ResultFeatures] = [
             features_of_result(entry, encoded=encoded) for entry, encoded in results
         ]
