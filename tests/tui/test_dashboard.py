@@ -352,30 +352,27 @@ async def test_an_ended_worker_is_listed_last_and_dimmed_with_no_stale_figures()
         )
 
 
-async def test_the_workers_panel_counts_a_shared_crawls_sites_across_workers() -> None:
+async def workers_totals_line(**cluster_changes: int) -> str:
+    """The workers panel's first line for the fixed cluster with `cluster_changes`."""
     snap = fixed_cluster_snapshot()
     assert snap.cluster is not None
-    cluster = replace(snap.cluster, sites_enqueued=400, sites_crawled=118, sites_dead=2)
+    cluster = replace(snap.cluster, **cluster_changes)
     app = CrawldeckApp(
         FixedSource(replace(snap, cluster=cluster)), refresh_hz=0, clock=FrozenClock()
     )
     async with app.run_test(size=(160, 48)) as pilot:
         await pilot.pause()
-        first = str(app.query_one(WorkersPanel).render()).splitlines()[0]
-        assert "in flight 61  sites 120/400  dead letters 1" in first
+        return str(app.query_one(WorkersPanel).render()).splitlines()[0]
+
+
+async def test_the_workers_panel_counts_a_shared_crawls_sites_across_workers() -> None:
+    first = await workers_totals_line(sites_enqueued=400, sites_crawled=118, sites_dead=2)
+    assert "in flight 61  sites 120/400  dead letters 1" in first
 
 
 async def test_the_workers_panel_shows_the_copies_among_the_done_when_there_are_any() -> None:
-    snap = fixed_cluster_snapshot()
-    assert snap.cluster is not None
-    cluster = replace(snap.cluster, chunks_copied=310)
-    app = CrawldeckApp(
-        FixedSource(replace(snap, cluster=cluster)), refresh_hz=0, clock=FrozenClock()
-    )
-    async with app.run_test(size=(160, 48)) as pilot:
-        await pilot.pause()
-        first = str(app.query_one(WorkersPanel).render()).splitlines()[0]
-        assert "done 4,920  copied 310  failed 14  in flight 61" in first
+    first = await workers_totals_line(chunks_copied=310)
+    assert "done 4,920  copied 310  failed 14  in flight 61" in first
 
 
 def test_cluster_dashboard_at_160x48(snap_compare: Callable[..., bool]) -> None:
