@@ -190,6 +190,7 @@ class ClusterJob:
             self.done_set,
             prompt_version=self.config.prompt.version,
             models=self._models(),
+            beside_store=self.beside_store,
         )
         return self._queue
 

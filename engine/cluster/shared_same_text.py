@@ -20,8 +20,8 @@ each chunk neither stored nor enqueued before:
   results stream as a copy to make, naming the holder and the text.  So
   does a chunk whose text the job's store answered in an earlier run, when
   this worker is the one beside the store (`to_send` is given the store, as
-  one process looks it up; elsewhere the store is not the job's and answers
-  nothing).
+  one process looks it up; a worker elsewhere does not look: its store is
+  not the job's, and what it holds the collector could not copy).
 
 A chunk that waits or is copied is marked enqueued (a second reader of the
 input adds nothing twice) and counted in the run's chunks.  A holder let go
@@ -143,7 +143,8 @@ return out
 class SharedSameText:
     """The batcher's `TextsToSend` in a cluster: which chunks of a block need a request,
     decided for the whole run in Redis (see the module).  `done_set` is the job's set
-    of stored chunk ids (the work queue's)."""
+    of stored chunk ids (the work queue's); `beside_store`: this worker's store is the
+    job's, so its answers from earlier runs serve."""
 
     def __init__(
         self,
@@ -153,9 +154,11 @@ class SharedSameText:
         *,
         prompt_version: str,
         models: Iterable[str],
+        beside_store: bool = True,
     ) -> None:
         self.streams = JobStreams(prefix)
         self._done_set = done_set
+        self._beside_store = beside_store
         self._version = prompt_version
         self._models = list(dict.fromkeys(models))
         self._claim = redis.register_script(_CLAIM)
@@ -172,7 +175,7 @@ class SharedSameText:
             return []
         keys = [text_key(chunk.text) for chunk in chunks]
         answered: dict[str, StoredAnswer] = {}
-        if stored is not None:
+        if stored is not None and self._beside_store:
             answered = await stored.answers_for(keys, self._version, self._models)
         ask = [(chunk, key, answered.get(key)) for chunk, key in zip(chunks, keys, strict=True)]
         decisions = await self._claims.ask(ask)

@@ -53,8 +53,17 @@ def failed(db: Path) -> dict[str, str]:
         return {str(c): str(r) for c, r in conn.execute("SELECT chunk_id, reason FROM failures")}
 
 
-def shared_same_text(redis: Redis, done_set: str, prefix: str = PREFIX) -> SharedSameText:
-    return SharedSameText(redis, prefix, done_set, prompt_version=PROMPT_VERSION, models=[MODEL])
+def shared_same_text(
+    redis: Redis, done_set: str, prefix: str = PREFIX, *, beside_store: bool = True
+) -> SharedSameText:
+    return SharedSameText(
+        redis,
+        prefix,
+        done_set,
+        prompt_version=PROMPT_VERSION,
+        models=[MODEL],
+        beside_store=beside_store,
+    )
 
 
 async def script_calls(redis: Redis) -> int:
@@ -123,11 +132,15 @@ async def test_a_text_the_store_answered_in_an_earlier_run_is_copied_beside_the_
     run2 = f"{PREFIX}:run:2"
     b, c = of("b.txt", "boilerplate", "news"), of("c.txt", "boilerplate")
     async with await Store.open(tmp_path / "results.db") as store:
-        beside = shared_same_text(redis_client, first.queue.done_set, run2)
+        elsewhere = shared_same_text(redis_client, first.queue.done_set, run2, beside_store=False)
+        # A worker elsewhere does not read its own store (not the job's): it would send.
+        assert await elsewhere.to_send(b, store) == b
+        run3 = f"{PREFIX}:run:3"
+        beside = shared_same_text(redis_client, first.queue.done_set, run3)
+        elsewhere = shared_same_text(redis_client, first.queue.done_set, run3, beside_store=False)
         assert await beside.to_send(b, store) == [b[1]]
-        elsewhere = shared_same_text(redis_client, first.queue.done_set, run2)
-        assert await elsewhere.to_send(c) == [], "no store there: the run knows it"
-        await collector(redis_client, store, run2).catch_up()
+        assert await elsewhere.to_send(c) == [], "the run knows it now"
+        await collector(redis_client, store, run3).catch_up()
     rows = stored(tmp_path / "results.db")
 
     assert rows[b[0].id] == (b[0].id, True) and rows[c[0].id] == (c[0].id, True)
