@@ -30,7 +30,7 @@ Item = TypeVar("Item")
 class ResultSampling:
     """A token bucket of `max_per_s` results a second, holding a second of them."""
 
-    __slots__ = ("_clock", "_level", "_max_per_s", "_then", "passed_over")
+    __slots__ = ("_clock", "_level", "_max_per_s", "_then")
 
     def __init__(self, clock: Callable[[], float], max_per_s: float = MAX_PER_S) -> None:
         if max_per_s <= 0:
@@ -39,7 +39,6 @@ class ResultSampling:
         self._max_per_s = max_per_s
         self._level = max_per_s
         self._then = clock()
-        self.passed_over = 0  # results not looked at, for the record
 
     def sample(self, items: Sequence[Item]) -> Sequence[Item]:
         """Of `items` arriving now, the ones to look at: all while the rate allows,
@@ -51,7 +50,6 @@ class ResultSampling:
         self._level -= taken
         if taken == len(items):
             return items
-        self.passed_over += len(items) - taken
         if taken == 0:
             return ()
         step = len(items) / taken

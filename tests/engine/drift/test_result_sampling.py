@@ -19,7 +19,6 @@ def test_every_result_is_looked_at_while_they_come_slower_than_the_rate() -> Non
     for _ in range(50):
         clock.now += 0.05  # 5 results every 50 ms: 100 a second
         assert sampling.sample(list(range(5))) == [0, 1, 2, 3, 4]
-    assert sampling.passed_over == 0
 
 
 def test_past_the_rate_a_sample_spread_through_each_arrival() -> None:
@@ -30,7 +29,6 @@ def test_past_the_rate_a_sample_spread_through_each_arrival() -> None:
     clock.now += 0.5
     taken = sampling.sample(list(range(200)))
     assert taken == list(range(0, 200, 4)), "50 of 200, every fourth"
-    assert sampling.passed_over == 300 + 10 + 150
 
 
 def test_the_default_rate_keeps_a_fast_jobs_monitor_to_a_sixth_of_its_results() -> None:
