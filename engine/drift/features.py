@@ -18,11 +18,19 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "LATENCY_SCALE_S",
     "AnswerFeatures",
     "ResultFeatures",
     "features_of_result",
     "looks_like_refusal",
 ]
+
+
+LATENCY_SCALE_S = 0.05
+"""The least latency a change in latency is measured against.  A provider answering
+within milliseconds doubles its median on a busy machine's own delays (the event loop,
+the network stack), which is load, not the provider drifting; judged against at least
+this, such moves stay small and neither trip the gates nor slow the job."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,6 +51,7 @@ from dataclasses import dataclass, field, replace
 from engine.config.config_problem import ConfigError
 from engine.config.settings import GateAction, Preset
 from engine.control.controls import JobControls
+from engine.drift.features import LATENCY_SCALE_S
 from engine.observe.events import EventBus, EventKind
 from engine.observe.snapshot import DriftMetric, DriftState
 
@@ -81,10 +82,9 @@ Doubled: measured at the provider, a busy hour's +30 % showed as +43-50 %
 (`tests/benchmarks/drift_gate_cost.py`), and a trial of the conservative
 preset costs seconds of a fast job."""
 
-SLOW_DOWN_FROM_S = 0.05
-"""The least latency a rise is measured from: a provider answering within milliseconds
-is slowed for only once its median passes twice this.  At such latencies the event
-loop's own delays on a busy machine double a median, and going slower mends nothing."""
+SLOW_DOWN_FROM_S = LATENCY_SCALE_S
+"""The least latency a rise is measured from (`features.LATENCY_SCALE_S`): a provider
+answering within milliseconds is slowed for only once its median passes twice this."""
 
 HELP_ANSWERS = 20
 """Answers under the conservative preset after which it must have brought latency down:

@@ -66,7 +66,7 @@ from engine.drift.baseline import (
     Feature,
 )
 from engine.drift.detectors import MeanShiftDetector, ShiftDetector, page_hinkley
-from engine.drift.features import AnswerFeatures, ResultFeatures
+from engine.drift.features import LATENCY_SCALE_S, AnswerFeatures, ResultFeatures
 from engine.drift.statistics import (
     bin_proportions,
     centroid_cosine_distance,
@@ -108,6 +108,8 @@ square.)  A change of shape without a move of the median goes unseen.
 # provider's busy hour) by tens of percent; only a larger move says the
 # provider changed.
 _MIN_MOVE = {"latency": 0.5}
+# The least median a move is measured against (latency: milliseconds' jitter is load).
+_LEAST_SCALE = {"latency": LATENCY_SCALE_S}
 # Features where only a rise is a problem: a faster or cheaper answer is not
 # drift to act on (a latency baseline learned under a slow start, or a
 # provider getting quicker, once switched a healthy job to the conservative
@@ -218,11 +220,12 @@ def _median(values: NDArray[np.float64]) -> float:
 
 
 def _median_move(window_median: float, baseline_median: float, name: str) -> float:
-    """The window median's distance from the baseline's, relative to the baseline's;
-    for a feature where only a rise matters, a fall is no move at all."""
+    """The window median's distance from the baseline's, relative to the baseline's (for
+    latency, to at least `LATENCY_SCALE_S`); for a feature where only a rise matters, a
+    fall is no move at all."""
     if name in _ONLY_RISES and window_median <= baseline_median:
         return 0.0
-    scale = max(abs(baseline_median), 1e-12)
+    scale = max(abs(baseline_median), _LEAST_SCALE.get(name, 1e-12))
     return abs(window_median - baseline_median) / scale
 
 

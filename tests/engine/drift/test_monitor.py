@@ -55,6 +55,7 @@ class SyntheticStream:
     dimension: int = 32
     shift: str | None = None
     strength: float = 1.0
+    latency_unit: float = 1.0  # 0.002: a provider answering in milliseconds
     rng: np.random.Generator = field(init=False)
 
     def __post_init__(self) -> None:
@@ -102,6 +103,7 @@ class SyntheticStream:
             vectors.append((vector / np.linalg.norm(vector)).astype(np.float32))
         tokens = int(sum(r.answer_chars for r in results) / 3.6 + 15 * rng.random())
         latency = (0.35 + 0.004 * tokens) * math.exp(rng.normal(0, 0.25)) * latency_scale
+        latency *= self.latency_unit
         if rng.random() < 0.03:
             latency *= 3  # a straggler
         input_tokens = self.batch * 800 * (1 + 0.1 * rng.normal()) + 200
@@ -243,6 +245,19 @@ def test_answers_getting_faster_trip_nothing(seed: int) -> None:
     stream.shift = "faster"
     assert feed(monitor, stream, 1000) == []
     assert metric(monitor, "latency").current == 0.0
+
+
+@pytest.mark.parametrize("seed", [21, 22, 23])
+def test_latency_in_milliseconds_jumping_two_and_a_half_times_trips_nothing(seed: int) -> None:
+    """~5 ms to ~14 ms is a busy machine's own delays, not the provider: judged against
+    at least `LATENCY_SCALE_S`, it neither trips the latency gate nor a sudden shift —
+    the same jump at ~0.5 s trips both (`test_each_kind_of_drift_trips_its_gate`)."""
+    monitor = DriftMonitor(DriftSettings(), clock=lambda: 0.0)
+    stream = SyntheticStream(seed, latency_unit=0.002)
+    learn(monitor, stream)
+
+    stream.shift = "latency_jump"
+    assert feed(monitor, stream, 1000) == []
 
 
 def test_a_trip_needs_two_evaluations_and_is_reported_once() -> None:
