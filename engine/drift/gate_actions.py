@@ -82,10 +82,6 @@ Doubled: measured at the provider, a busy hour's +30 % showed as +43-50 %
 (`tests/benchmarks/drift_gate_cost.py`), and a trial of the conservative
 preset costs seconds of a fast job."""
 
-SLOW_DOWN_FROM_S = LATENCY_SCALE_S
-"""The least latency a rise is measured from (`features.LATENCY_SCALE_S`): a provider
-answering within milliseconds is slowed for only once its median passes twice this."""
-
 HELP_ANSWERS = 20
 """Answers under the conservative preset after which it must have brought latency down:
 enough for a median, few because the preset sends only a few a second."""
@@ -127,8 +123,13 @@ class _TrialRule:
     # burst the answers that come are its stragglers, the slowest of hundreds sent
     # at once, so the latest few alone overstate a rise in latency.
     longer: int = 0
-    # The least level a rise is measured from (latency: `SLOW_DOWN_FROM_S`).
+    # The least level a rise is measured from (latency: `LATENCY_SCALE_S`, so a provider
+    # answering within milliseconds is slowed for only once its median passes twice it).
     floor: float = 0.0
+
+    def risen_line(self, baseline: float, share: float = 1.0) -> float:
+        """The level `share` of the rule's rise above `baseline` (or above the floor)."""
+        return max(baseline, self.floor) * (1.0 + self.rise * share)
 
     def shown(self, level: float) -> str:
         return f"{level:.1%}" if self.unit == "%" else f"median {level:.3g} {self.unit}"
@@ -143,7 +144,7 @@ _TRIED: Mapping[str, _TrialRule] = {
         "s",
         "answers",
         RECENT_ANSWERS,
-        floor=SLOW_DOWN_FROM_S,
+        floor=LATENCY_SCALE_S,
     ),
     "server_errors": _TrialRule(statistics.fmean, HELP_CALLS, 0.0, "%", "calls"),
 }
@@ -240,7 +241,7 @@ class GateActions:
         if rule is not None and action is GateAction.CONSERVATIVE:
             # The window lags a rise still under way: the latest calls lead.
             now = self._level_now(metric, rule) if self._latest[metric] else window
-            if not now >= max(baseline, rule.floor) * (1.0 + rule.rise):  # (a NaN waits too)
+            if not now >= rule.risen_line(baseline):  # (a NaN waits too)
                 if metric not in self._waiting:
                     short = (
                         f"less than the {rule.rise:.0%} rise that slows the job"
@@ -380,7 +381,7 @@ class GateActions:
             return False
         if math.isnan(held.baseline) or len(self._latest[metric]) < rule.calls:
             return False
-        return self._level_now(metric, rule) < max(held.baseline, rule.floor) * (1 + rule.rise / 2)
+        return self._level_now(metric, rule) < rule.risen_line(held.baseline, share=0.5)
 
     def _yield_to_operator(self) -> None:
         """Drop the held actions if the preset in force is no longer what they made."""

@@ -214,8 +214,8 @@ async def planned_requests(
 
         counts_answers = answer_tokens
     tally = _TallyQueue(config, counts_answers)
-    # A cluster too sends a text once per run (its earlier runs' answers serve only
-    # the texts of chunks stored already): counted as one process counts it.
+    # A cluster too sends a text once per run and copies what the job's store answered
+    # (`engine.cluster.shared_same_text`): counted as one process counts it.
     same_text = _SameTextTally(config)
     stats = RunStats()
     blocks: asyncio.Queue[list[Chunk] | None] = asyncio.Queue(maxsize=8)

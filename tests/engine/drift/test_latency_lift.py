@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import replace
 
 from engine.config.settings import BUILTIN_PRESETS, GateAction, Preset
+from engine.drift.features import LATENCY_SCALE_S
 from engine.drift.gate_actions import (
     HELP_ANSWERS,
     LIFT_AFTER,
     RECENT_ANSWERS,
-    SLOW_DOWN_FROM_S,
     SLOW_DOWN_RISE,
     GateActions,
 )
@@ -129,7 +129,7 @@ def test_the_stragglers_of_a_burst_do_not_slow_the_job() -> None:
 def test_a_provider_answering_in_milliseconds_is_not_slowed_for_a_rise_under_it() -> None:
     """2 ms to 6 ms (the event loop's own delays on a busy machine): no preset change; the
     same tripling from 0.05 s slows the job."""
-    for baseline, slowed in ((0.002, False), (SLOW_DOWN_FROM_S, True)):
+    for baseline, slowed in ((0.002, False), (LATENCY_SCALE_S, True)):
         holder = PresetHolder(FAST)
         clock = Clock()
         actions = GateActions(
