@@ -116,6 +116,12 @@ HEDGE_SHARE = 0.05
 paid for like any request, and a job small enough to be all tail would otherwise
 send most of its batches twice."""
 
+HEDGE_SENDS = 3
+"""A batch is sent at most this many times at the tail, itself included: a hedge draws
+its latency afresh and can be slow too, and the job's end then waits for the slower of
+two answers again; a third, sent once the hedge is out longer than the median, makes
+that wait the slowest of three (a lognormal's 1-in-100 draw waited out before)."""
+
 
 class SendGate(Protocol):
     """The memory breaker's hold on sending (`engine.limits.memory_guard.MemoryGuard`)."""
@@ -169,10 +175,13 @@ class _Leasing:
 
 @dataclass(slots=True, eq=False)
 class _Race:
-    """A batch sent twice: which requests are still out, and whether one settled it."""
+    """A batch sent more than once: which requests are still out, how many were sent
+    and when the last of them was, and whether one settled it."""
 
+    newest_at: float
     sends: set[asyncio.Task[None]] = field(default_factory=set)
     live: int = 1
+    sent: int = 1
     settled: bool = False
 
 
@@ -552,10 +561,11 @@ class Dispatcher:
             self._concurrency.release()
 
     async def _hedge_tail(self, sends: asyncio.TaskGroup, outcomes: BatchOutcomes) -> None:
-        """At the tail, send a second request for each batch out longer than its key's
-        median latency: the job's end is then the faster of two answers, not the
-        slowest of the last requests — oldest first, up to `HEDGE_SHARE` of the
-        job's requests.  Ends with admission, once nothing is out."""
+        """At the tail, send another request for each batch whose newest request is
+        out longer than its key's median latency: the job's end is then the fastest
+        of its answers, not the slowest of the last requests — oldest first, up to
+        `HEDGE_SENDS` requests a batch and `HEDGE_SHARE` of the job's requests.
+        Ends with admission, once nothing is out."""
         admission = self._admission
         if admission is not None:
             admission.add_done_callback(lambda _: self._flying_changed.set())
@@ -565,20 +575,26 @@ class Dispatcher:
             # or the job's end waits on an event already spent.
             self._flying_changed.clear()
             now, due = self._clock(), math.inf
+            looked: set[_Race] = set()  # a batch out twice is looked at once a pass
             # Oldest first: the hedges wait for budget one by one.
             for flight in sorted(self._flying, key=lambda flight: flight.sent_at):
-                if flight.race is not None:
-                    continue  # hedged already, or a hedge itself
+                race, newest = flight.race, flight.sent_at
+                if race is not None:
+                    if race in looked or race.settled or race.sent >= HEDGE_SENDS:
+                        continue
+                    looked.add(race)
+                    newest = race.newest_at
                 median = flight.lease.key.latency.quantile(HEDGE_QUANTILE)
                 if median is None:
                     continue
-                if flight.sent_at + median > now:
-                    due = min(due, flight.sent_at + median)
+                if newest + median > now:
+                    due = min(due, newest + median)
                     continue
                 if self._stats.hedged >= self._hedges_allowed():
                     due = math.inf  # spent: the rest end as they come
                     break
-                await self._hedge(flight, sends, outcomes)
+                if not await self._hedge(flight, sends, outcomes):
+                    return  # no key can serve: the rest end as they come
             try:
                 async with asyncio.timeout(None if math.isinf(due) else max(0.0, due - now)):
                     await self._flying_changed.wait()
@@ -590,41 +606,44 @@ class Dispatcher:
 
     async def _hedge(
         self, flight: _Flight, sends: asyncio.TaskGroup, outcomes: BatchOutcomes
-    ) -> None:
-        race = _Race()
-        flight.race = race
-        if flight.task is not None:
-            race.sends.add(flight.task)
-        # Budget for it within the median latency, and before the request it would race
-        # ends, or no hedge: a wait for spare budget, or for a key that cools or is
-        # gone, must not hold the job's end.
-        patience = flight.lease.key.latency.quantile(HEDGE_QUANTILE) or 1.0
+    ) -> bool:
+        """Send `flight`'s batch once more when spare budget comes; False if no key can."""
+        race = flight.race
+        if race is None:
+            # Set before the wait for budget: an answer meanwhile settles the race.
+            race = flight.race = _Race(flight.sent_at)
+            if flight.task is not None:
+                race.sends.add(flight.task)
+        # Budget for it before the request it would race ends, or no hedge: the wait
+        # for spare budget (or for a key that cools) must not hold the job's end.  Not
+        # sent, the batch is looked at again in the next pass, oldest first as before.
         leasing = sends.create_task(self._spare_lease(flight.lease))
         ended = {flight.task} if flight.task is not None else set()
         try:
-            await asyncio.wait(
-                {leasing, *ended}, timeout=patience, return_when=asyncio.FIRST_COMPLETED
-            )
+            await asyncio.wait({leasing, *ended}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             leased = leasing.done()
             if not leased:  # also when the hedging is stopped (drain): no lease left waiting
                 leasing.cancel()  # owned by `sends`, which sees it end
         if not leased:
-            return
+            return True
         lease = leasing.result()
         if lease is None:
-            return
+            return False
         if race.settled or flight not in self._flying:
             lease.abandoned()  # answered meanwhile: never sent
-            return
+            return True
         race.live += 1
+        race.sent += 1
+        race.newest_at = self._clock()
         self._stats.hedged += 1
-        twin = _Flight(flight.batch, lease, flight.messages, self._clock(), race, twin=True)
+        twin = _Flight(flight.batch, lease, flight.messages, race.newest_at, race, twin=True)
         task = twin.task = sends.create_task(self._send(twin, twin.messages, outcomes))
         race.sends.add(task)
         self._sends.add(task)
         task.add_done_callback(self._sends.discard)
         task.add_done_callback(functools.partial(self._settle_unstarted, twin))
+        return True
 
     async def _spare_lease(self, of: KeyLease) -> KeyLease | None:
         """A lease like `of` from budget nobody waits for (`HEDGE_SPARE`); None if no key

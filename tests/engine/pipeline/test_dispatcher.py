@@ -22,7 +22,7 @@ from engine.limits.memory_guard import MemoryGuard, MemoryState
 from engine.limits.rate_limiter import KeyBudget, RateHeaders
 from engine.observe.events import EventBus, EventKind
 from engine.observe.run_stats import RunStats
-from engine.pipeline.dispatcher import Dispatcher
+from engine.pipeline.dispatcher import HEDGE_SENDS, Dispatcher
 from engine.pipeline.held_work import HeldWork
 from engine.pipeline.records import Chunk, chunk_id
 from engine.pipeline.work_queue import Batch, InProcessWorkQueue
@@ -52,6 +52,7 @@ class Recorder:
     leases: list[KeyLease] = field(default_factory=list)
 
     async def answered(self, batch: Batch, lease: KeyLease, result: CallResult) -> None:
+        lease.key.latency.record(result.latency_s)  # as the real outcomes' key pool does
         self.answered_ids.append(batch.ids)
         self.leases.append(lease)
         self.held.batch_resolved()
@@ -104,10 +105,51 @@ class CountingClients:
             self.now -= 1
 
 
-class Desk:
-    """A dispatcher with its queue, keys, gates and recorder."""
+class SlowFirstSends(CountingClients):
+    """The real clients, but the first `slow` requests of a batch holding `marked` go
+    unanswered, as from a provider whose latency drew its far tail."""
 
-    def __init__(self, clients: ProviderClients, keys: list[KeyState], concurrency: int) -> None:
+    def __init__(self, clients: ProviderClients, marked: str, slow: int) -> None:
+        super().__init__(clients)
+        self._marked = marked
+        self._slow = slow
+        self.marked_calls = 0
+
+    async def chat(
+        self,
+        key_id: str,
+        model: str,
+        messages: list[dict[str, str]],
+        timeout_s: float,
+        temperature: float | None = None,
+        on_wire: Callable[[], None] | None = None,
+        max_tokens: int | None = None,
+    ) -> CallResult | CallFailure:
+        if any(self._marked in message["content"] for message in messages):
+            self.marked_calls += 1
+            if self.marked_calls <= self._slow:
+                await asyncio.sleep(GUARD)
+        return await super().chat(
+            key_id, model, messages, timeout_s, temperature, on_wire, max_tokens
+        )
+
+
+class Desk:
+    """A dispatcher with its queue, keys, gates and recorder.
+
+    `chat` stands between the dispatcher and the real clients (counting by default);
+    `input_done` says the input is all read, so the batch last out begins the tail.
+    """
+
+    def __init__(
+        self,
+        clients: ProviderClients,
+        keys: list[KeyState],
+        concurrency: int,
+        *,
+        chat: CountingClients | None = None,
+        input_done: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.queue = InProcessWorkQueue(maxsize=100)
         self.held = HeldWork(self.queue)
         self.events = EventBus()
@@ -118,7 +160,7 @@ class Desk:
         self.running = asyncio.Event()
         self.running.set()
         self.memory = MemoryGuard(2048, 4096, on_change=lambda *_: None, read_rss=lambda: 1)
-        self.clients = CountingClients(clients)
+        self.clients = chat or CountingClients(clients)
         self.recorder = Recorder(self.held)
         self.no_key: list[str] = []
         self.dispatcher = Dispatcher(
@@ -136,6 +178,7 @@ class Desk:
             events=self.events,
             clock=time.monotonic,
             on_no_key=self.no_key.append,
+            input_done=input_done,
         )
 
     async def send(self, *batches: Batch) -> asyncio.Task[None]:
@@ -450,3 +493,30 @@ async def test_memory_above_the_soft_limit_still_halves_a_budget_led_limit(
     desk.dispatcher.memory_changed(MemoryState.OK, 100 * 2**20)
 
     assert desk.limit.limit == 64
+
+
+async def test_at_the_tail_a_batch_whose_hedge_is_slow_too_goes_out_a_third_time(
+    simulator, clients: ProviderClients
+) -> None:
+    """A hedge draws its latency afresh and can be slow too: once it is out longer
+    than the key's median, the batch goes out once more, and the first answer settles
+    it — instead of both being waited out until the tail's patience gives them up."""
+    sim = await simulator(keys=(SimKey("secret", None, None),))
+    clients.add_key("sim/k", "secret", sim.base_url)
+    slow = SlowFirstSends(clients, "chunk number 999", slow=2)
+    desk = Desk(
+        clients,
+        [key("sim", "gpt-4o", sim.base_url)],
+        concurrency=1,
+        chat=slow,
+        input_done=lambda: True,
+    )
+    # Sixty requests allow three hedges (`HEDGE_SHARE`); the last batch is the slow one.
+    batches = [batch(n) for n in range(1, 60)] + [batch(999)]
+
+    await finish(await desk.send(*batches))
+
+    assert desk.recorder.failures == []
+    assert sorted(desk.recorder.answered_ids) == sorted(b.ids for b in batches)
+    assert slow.marked_calls == HEDGE_SENDS == 3
+    assert claims_all_back(desk)
