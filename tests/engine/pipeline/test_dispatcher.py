@@ -92,6 +92,7 @@ class CountingClients:
         self.now += 1
         self.most = max(self.most, self.now)
         try:
+            await self.provider_side(messages)
             return await self._clients.chat(
                 key_id,
                 model,
@@ -104,6 +105,9 @@ class CountingClients:
         finally:
             self.now -= 1
 
+    async def provider_side(self, messages: list[dict[str, str]]) -> None:
+        """Before the real call: a provider's own delays, in the tests that want them."""
+
 
 class SlowFirstSends(CountingClients):
     """The real clients, but the first `slow` requests of a batch holding `marked` go
@@ -115,23 +119,11 @@ class SlowFirstSends(CountingClients):
         self._slow = slow
         self.marked_calls = 0
 
-    async def chat(
-        self,
-        key_id: str,
-        model: str,
-        messages: list[dict[str, str]],
-        timeout_s: float,
-        temperature: float | None = None,
-        on_wire: Callable[[], None] | None = None,
-        max_tokens: int | None = None,
-    ) -> CallResult | CallFailure:
+    async def provider_side(self, messages: list[dict[str, str]]) -> None:
         if any(self._marked in message["content"] for message in messages):
             self.marked_calls += 1
             if self.marked_calls <= self._slow:
                 await asyncio.sleep(GUARD)
-        return await super().chat(
-            key_id, model, messages, timeout_s, temperature, on_wire, max_tokens
-        )
 
 
 class Desk:
