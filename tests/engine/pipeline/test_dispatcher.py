@@ -513,3 +513,28 @@ async def test_at_the_tail_a_batch_whose_hedge_is_slow_too_goes_out_a_third_time
     assert sorted(desk.recorder.answered_ids) == sorted(b.ids for b in batches)
     assert slow.marked_calls == HEDGE_SENDS == 3
     assert claims_all_back(desk)
+
+
+async def test_at_the_tail_a_hedge_waits_for_spare_budget_instead_of_giving_the_batch_up(
+    simulator, clients: ProviderClients
+) -> None:
+    """On a key refilling ten requests a second, spare budget for a hedge comes
+    ~0.2 s after the last batch goes out, far past the median latency: the hedge
+    waits for it and answers the batch, which was once left to the tail's patience."""
+    sim = await simulator(keys=(SimKey("secret", None, None),))
+    clients.add_key("sim/k", "secret", sim.base_url)
+    slow = SlowFirstSends(clients, "chunk number 999", slow=1)
+    desk = Desk(
+        clients,
+        [key("sim", "gpt-4o", sim.base_url, rpm=600)],
+        concurrency=1,
+        chat=slow,
+        input_done=lambda: True,
+    )
+    batches = [batch(n) for n in range(1, 30)] + [batch(999)]
+
+    await finish(await desk.send(*batches))
+
+    assert desk.recorder.failures == []
+    assert sorted(desk.recorder.answered_ids) == sorted(b.ids for b in batches)
+    assert slow.marked_calls == 2
