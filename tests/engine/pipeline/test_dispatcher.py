@@ -487,22 +487,31 @@ async def test_memory_above_the_soft_limit_still_halves_a_budget_led_limit(
     assert desk.limit.limit == 64
 
 
+async def slow_last_batch(
+    simulator, clients: ProviderClients, *, slow: int, rpm: int | None = None
+) -> tuple[Desk, SlowFirstSends]:
+    """A desk sending one at a time, its input all read, whose batch 999 goes
+    unanswered on its first `slow` requests."""
+    sim = await simulator(keys=(SimKey("secret", None, None),))
+    clients.add_key("sim/k", "secret", sim.base_url)
+    chat = SlowFirstSends(clients, "chunk number 999", slow=slow)
+    desk = Desk(
+        clients,
+        [key("sim", "gpt-4o", sim.base_url, rpm=rpm)],
+        concurrency=1,
+        chat=chat,
+        input_done=lambda: True,
+    )
+    return desk, chat
+
+
 async def test_at_the_tail_a_batch_whose_hedge_is_slow_too_goes_out_a_third_time(
     simulator, clients: ProviderClients
 ) -> None:
     """A hedge draws its latency afresh and can be slow too: once it is out longer
     than the key's median, the batch goes out once more, and the first answer settles
     it — instead of both being waited out until the tail's patience gives them up."""
-    sim = await simulator(keys=(SimKey("secret", None, None),))
-    clients.add_key("sim/k", "secret", sim.base_url)
-    slow = SlowFirstSends(clients, "chunk number 999", slow=2)
-    desk = Desk(
-        clients,
-        [key("sim", "gpt-4o", sim.base_url)],
-        concurrency=1,
-        chat=slow,
-        input_done=lambda: True,
-    )
+    desk, slow = await slow_last_batch(simulator, clients, slow=2)
     # A hundred requests allow five hedges (`HEDGE_SHARE`): two for the slow last batch
     # even if the one before it, slow too on a busy machine, took two.
     batches = [batch(n) for n in range(1, 100)] + [batch(999)]
@@ -521,16 +530,7 @@ async def test_at_the_tail_a_hedge_waits_for_spare_budget_instead_of_giving_the_
     """On a key refilling ten requests a second, spare budget for a hedge comes
     ~0.2 s after the last batch goes out, far past the median latency: the hedge
     waits for it and answers the batch, which was once left to the tail's patience."""
-    sim = await simulator(keys=(SimKey("secret", None, None),))
-    clients.add_key("sim/k", "secret", sim.base_url)
-    slow = SlowFirstSends(clients, "chunk number 999", slow=1)
-    desk = Desk(
-        clients,
-        [key("sim", "gpt-4o", sim.base_url, rpm=600)],
-        concurrency=1,
-        chat=slow,
-        input_done=lambda: True,
-    )
+    desk, slow = await slow_last_batch(simulator, clients, slow=1, rpm=600)
     batches = [batch(n) for n in range(1, 30)] + [batch(999)]
 
     await finish(await desk.send(*batches))
