@@ -28,7 +28,12 @@ from engine.config.settings import Preset, ProviderSettings, RateLimitWaits
 from engine.limits.backoff import Backoff
 from engine.limits.key_latency import KeyLatency
 from engine.limits.rate_limit_patience import KeyCooling, KeyRefusals, format_wait
-from engine.limits.rate_limiter import KeyBudget, RateHeaders, parse_retry_after
+from engine.limits.rate_limiter import (
+    KeyBudget,
+    RateHeaders,
+    parse_retry_after,
+    wait_in_message,
+)
 from engine.observe.eta import KeyOutlook
 from engine.observe.events import EventBus, EventKind
 from engine.observe.snapshot import KeySnapshot
@@ -486,7 +491,9 @@ class KeyPool:
         lease.release()
         wait = parse_retry_after(failure.headers)
         if wait is None:
-            # No retry-after: the limit's own reset time is the next best answer.
+            wait = wait_in_message(failure.message)
+        if wait is None:
+            # Asked for no wait: the limit's own reset time is the next best answer.
             limits = RateHeaders.parse(failure.headers)
             reset = (
                 limits.reset_tokens_s if failure.rate_kind == "tokens" else limits.reset_requests_s

@@ -167,6 +167,33 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
     return None
 
 
+# "Please try again in 1.5s" / "in 120ms" / "in 6m0s" (OpenAI), "Please retry after
+# 20 seconds" (Azure): the wait a 429's own text asks for.
+_WAIT_IN_TEXT = re.compile(
+    r"(?:try again|retry)(?:\s+after|\s+in)?\s+"
+    r"((?:\d+(?:\.\d+)?\s*(?:milliseconds?|seconds?|minutes?|hours?|ms|h|m|s)\s*)+)",
+    re.IGNORECASE,
+)
+_TEXT_PART = re.compile(
+    r"(\d+(?:\.\d+)?)\s*(milliseconds?|seconds?|minutes?|hours?|ms|h|m|s)", re.IGNORECASE
+)
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_UNIT_S |= {"millisecond": 0.001, "second": 1.0, "minute": 60.0, "hour": 3600.0}
+
+
+def wait_in_message(message: str) -> float | None:
+    """Seconds a 429's message asks to wait (`"... Please try again in 120ms."`), or
+    None: OpenAI says it there, not always in a `retry-after` header."""
+    found = _WAIT_IN_TEXT.search(message)
+    if found is None:
+        return None
+    total = 0.0
+    for number, unit in _TEXT_PART.findall(found.group(1)):
+        unit = unit.lower()
+        total += float(number) * _UNIT_S[unit if len(unit) <= 2 else unit.removesuffix("s")]
+    return total
+
+
 def _int_header(headers: Mapping[str, str], name: str) -> int | None:
     raw = headers.get(name)
     if raw is None:

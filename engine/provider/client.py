@@ -160,7 +160,9 @@ def classify_status(
             # smaller request can (the dispatcher splits the batch).
             return CallFailure(FailureKind.BAD_REQUEST, message[:200], headers, latency)
         rate_kind = "tokens" if err_type == "tokens" or "(TPM)" in message else "requests"
-        return CallFailure(FailureKind.RATE_LIMITED, message[:200], headers, latency, rate_kind)
+        # Kept long enough for the wait OpenAI states last ("... Please try again in
+        # 120ms."), after a long model name and organization.
+        return CallFailure(FailureKind.RATE_LIMITED, message[:400], headers, latency, rate_kind)
     if status in (401, 403):
         return CallFailure(FailureKind.AUTH, f"HTTP {status}: {message[:160]}", headers, latency)
     if status >= 500:

@@ -21,7 +21,13 @@ from engine.limits.backoff import Backoff
 from engine.limits.key_pool import KeyPool, KeyState, NoUsableKeyError, provider_keys
 from engine.limits.rate_limiter import KeyBudget
 from engine.observe.events import EventBus, EventKind
-from engine.provider.client import CallFailure, CallResult, FailureKind, ProviderClients
+from engine.provider.client import (
+    CallFailure,
+    CallResult,
+    FailureKind,
+    ProviderClients,
+    classify_status,
+)
 from engine.simulation.simulator import SimKey
 from tests.engine.limits.test_key_pool import FakeClock
 
@@ -157,6 +163,35 @@ async def test_a_429_cools_its_key_for_the_wait_it_asks_and_releases_the_budget(
     assert key.cooling_for() == pytest.approx(0.02)
     assert key.rate_limited == 1 and told == [clock.now]
     assert key.budget.tokens.level() == pytest.approx(200.0)
+
+
+async def test_a_429_without_retry_after_cools_for_the_wait_its_message_asks_not_the_reset() -> (
+    None
+):
+    # OpenAI's 429 states the wait in its text; its reset header says when the whole
+    # minute's bucket is full again — a minute's idle key if taken for the wait.
+    body = {
+        "error": {
+            "message": "Rate limit reached for gpt-4o-mini-2024-07-18 in organization "
+            "org-AbCdEfGhIjKlMnOpQrStUvWx on requests per min (RPM): Limit 1200, Used 1200, "
+            "Requested 1. Please try again in 50ms. Visit "
+            "https://platform.openai.com/account/rate-limits to learn more.",
+            "type": "requests",
+            "code": "rate_limit_exceeded",
+        }
+    }
+    headers = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "59.95s"}
+    refused = classify_status(429, headers, body, 0.01)
+    clock = FakeClock()
+    key = make_key(clock, rpm=1200)
+    pool = KeyPool([key], clock, events=EventBus())
+    lease = await pool.lease(1)
+    lease.returned()
+
+    cooling = pool.refused(lease, refused, sent_at=clock.now)
+
+    assert cooling.wait_s == pytest.approx(0.05)
+    assert key.cooling_for() == pytest.approx(0.05)
 
 
 async def test_a_429_that_asks_longer_than_the_key_may_wait_disables_the_key(

@@ -13,6 +13,7 @@ from engine.limits.rate_limiter import (
     TokenBucket,
     parse_reset,
     parse_retry_after,
+    wait_in_message,
 )
 
 
@@ -229,6 +230,26 @@ def test_parse_retry_after_prefers_milliseconds_and_gives_up_on_dates(
     headers: dict[str, str], seconds: float | None
 ) -> None:
     assert parse_retry_after(headers) == seconds
+
+
+@pytest.mark.parametrize(
+    ("message", "seconds"),
+    [
+        ("... Requested 1. Please try again in 20s. Visit https://platform.openai.com/...", 20.0),
+        ("Please try again in 120ms.", 0.12),
+        ("Please try again in 6m0s.", 360.0),
+        ("Please try again in 1.5s", 1.5),
+        ("... S0 pricing tier. Please retry after 20 seconds.", 20.0),
+        ("Please retry after 1 second", 1.0),
+        ("Please try again in 2 minutes", 120.0),
+        ("Too many requests", None),
+        ("try again in a moment", None),
+    ],
+)
+def test_wait_in_message_reads_what_a_429_says_in_words(
+    message: str, seconds: float | None
+) -> None:
+    assert wait_in_message(message) == (None if seconds is None else pytest.approx(seconds))
 
 
 def test_rate_headers_parse_every_limit_header() -> None:
