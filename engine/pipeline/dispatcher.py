@@ -104,7 +104,8 @@ class ChatClients(Protocol):
 
 
 HEDGE_QUANTILE = 0.5
-"""At the tail, a batch out longer than this quantile of its key's latency is sent again."""
+"""At the tail, a batch already sent twice goes out again once its newest request is out
+longer than this quantile of its key's latency (its first hedge goes out at once)."""
 
 HEDGE_SPARE = 1
 """A hedge takes a key's budget only with room for this many more requests left over:
@@ -254,6 +255,9 @@ class Dispatcher:
         self._lease_room = asyncio.Semaphore(keys.leases_at_once)
         self._flying: set[_Flight] = set()  # requests out now, for hedging at the tail
         self._flying_changed = asyncio.Event()
+        # A batch taken from the queue and not yet on its way: the tail's first hedges
+        # wait for it, or they would go to the batches before it.
+        self._holding = False
         self._launched = 0  # requests sent, hedges aside
         # Set when the first request comes back (answered or not): the opening requests
         # are on the wire by then, and work that can wait (the input's census) waits
@@ -361,7 +365,11 @@ class Dispatcher:
     async def _admit(self, sends: asyncio.TaskGroup, outcomes: BatchOutcomes) -> None:
         queue, concurrency = self._queue, self._concurrency
         while True:
+            if self._holding:
+                self._holding = False
+                self._flying_changed.set()
             batch = await queue.get()
+            self._holding = batch is not None
             if batch is None:
                 if self._leasing:  # admission ends when the last of them is sent
                     await asyncio.wait(tuple(self._leasing))
@@ -473,6 +481,7 @@ class Dispatcher:
     def _lease_ended(self, leasing: _Leasing, task: asyncio.Task[None]) -> None:
         self._leasing.discard(task)
         self._lease_room.release()
+        self._flying_changed.set()  # one batch fewer that the tail's first hedges wait for
         if not leasing.placed:  # cancelled (stopping): the batch waits to be sent again
             self._concurrency.release()
             self._queue.put_retry(leasing.batch)
@@ -505,6 +514,10 @@ class Dispatcher:
         task = flight.task = sends.create_task(self._send(flight, messages, outcomes))
         self._sends.add(task)
         task.add_done_callback(self._sends.discard)
+        # Out from now on for the tail's hedging, before its task starts: once admission
+        # has let go of the batch, the hedging must find it here.
+        self._flying.add(flight)
+        task.add_done_callback(lambda _: self._flying.discard(flight))
         # A task cancelled before it starts (stop now, in the turn that
         # admitted it) never runs its `except`: give its claims back here.
         task.add_done_callback(functools.partial(self._settle_unstarted, flight))
@@ -561,9 +574,9 @@ class Dispatcher:
             self._concurrency.release()
 
     async def _hedge_tail(self, sends: asyncio.TaskGroup, outcomes: BatchOutcomes) -> None:
-        """At the tail, send another request for each batch whose newest request is
-        out longer than its key's median latency: the job's end is then the fastest
-        of its answers, not the slowest of the last requests — oldest first, up to
+        """At the tail, send another request for batches still out, as spare budget
+        comes: the job's end is then the fastest of each batch's answers, not the
+        slowest of the last requests.  Newest first (`_next_hedge`), up to
         `HEDGE_SENDS` requests a batch and `HEDGE_SHARE` of the job's requests.
         Ends with admission, once nothing is out."""
         admission = self._admission
@@ -574,32 +587,54 @@ class Dispatcher:
             # budget (the last send ends, admission ends) must wake the wait below,
             # or the job's end waits on an event already spent.
             self._flying_changed.clear()
-            now, due = self._clock(), math.inf
-            looked: set[_Race] = set()  # a batch out twice is looked at once a pass
-            # Oldest first: the hedges wait for budget one by one.
-            for flight in sorted(self._flying, key=lambda flight: flight.sent_at):
-                race, newest = flight.race, flight.sent_at
-                if race is not None:
-                    if race in looked or race.settled or race.sent >= HEDGE_SENDS:
-                        continue
-                    looked.add(race)
-                    newest = race.newest_at
-                median = flight.lease.key.latency.quantile(HEDGE_QUANTILE)
-                if median is None:
+            now = self._clock()
+            flight, due = self._next_hedge(now)
+            if flight is not None:
+                if self._stats.hedged < self._hedges_allowed():
+                    if not await self._hedge(flight, sends, outcomes):
+                        return  # no key can serve: the rest end as they come
                     continue
-                if newest + median > now:
-                    due = min(due, newest + median)
-                    continue
-                if self._stats.hedged >= self._hedges_allowed():
-                    due = math.inf  # spent: the rest end as they come
-                    break
-                if not await self._hedge(flight, sends, outcomes):
-                    return  # no key can serve: the rest end as they come
+                due = math.inf  # spent: the rest end as they come
             try:
                 async with asyncio.timeout(None if math.isinf(due) else max(0.0, due - now)):
                     await self._flying_changed.wait()
             except TimeoutError:
                 pass
+
+    def _next_hedge(self, now: float) -> tuple[_Flight | None, float]:
+        """The batch to send again now, and when the next one is due if none is.
+
+        The newest first: the job ends on the requests sent last, whose latency is
+        all ahead of them, while older ones have mostly answered by the time spare
+        budget reaches them.  A batch out once is sent again at once (spare budget
+        at the tail is otherwise lost); a batch out more than once, when its newest
+        request is out longer than its key's `HEDGE_QUANTILE` latency.  No batch is
+        sent again for the first time while one is still to be sent (it will be the
+        newest).
+        """
+        first_hedges = not (self._holding or self._leasing)
+        best: _Flight | None = None
+        best_at, due = -math.inf, math.inf
+        looked: set[_Race] = set()  # a batch out twice is looked at once
+        # Oldest first, so a batch out twice is represented by its first request.
+        for flight in sorted(self._flying, key=lambda flight: flight.sent_at):
+            race, newest, sent = flight.race, flight.sent_at, 1
+            if race is not None:
+                if race in looked or race.settled or race.sent >= HEDGE_SENDS:
+                    continue
+                looked.add(race)
+                newest, sent = race.newest_at, race.sent
+            median = flight.lease.key.latency.quantile(HEDGE_QUANTILE)
+            if median is None:
+                continue  # nothing answered yet: no tail to shorten
+            if sent == 1 and not first_hedges:
+                continue  # looked at again once it is sent (`_flying_changed`)
+            ready = newest if sent == 1 else newest + median
+            if ready > now:
+                due = min(due, ready)
+            elif newest > best_at:
+                best, best_at = flight, newest
+        return best, due
 
     def _hedges_allowed(self) -> int:
         return max(1, math.ceil(HEDGE_SHARE * self._launched))

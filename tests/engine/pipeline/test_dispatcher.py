@@ -111,19 +111,26 @@ class CountingClients:
 
 class SlowFirstSends(CountingClients):
     """The real clients, but the first `slow` requests of a batch holding `marked` go
-    unanswered, as from a provider whose latency drew its far tail."""
+    unanswered, as from a provider whose latency drew its far tail; every other
+    answer takes `latency_s`.  `marked_at`: when each request for that batch came."""
 
-    def __init__(self, clients: ProviderClients, marked: str, slow: int) -> None:
+    def __init__(
+        self, clients: ProviderClients, marked: str, slow: int, latency_s: float = 0.0
+    ) -> None:
         super().__init__(clients)
         self._marked = marked
         self._slow = slow
+        self._latency_s = latency_s
         self.marked_calls = 0
+        self.marked_at: list[float] = []
 
     async def provider_side(self, messages: list[dict[str, str]]) -> None:
         if any(self._marked in message["content"] for message in messages):
             self.marked_calls += 1
+            self.marked_at.append(time.monotonic())
             if self.marked_calls <= self._slow:
                 await asyncio.sleep(GUARD)
+        await asyncio.sleep(self._latency_s)
 
 
 class Desk:
@@ -488,17 +495,23 @@ async def test_memory_above_the_soft_limit_still_halves_a_budget_led_limit(
 
 
 async def slow_last_batch(
-    simulator, clients: ProviderClients, *, slow: int, rpm: int | None = None
+    simulator,
+    clients: ProviderClients,
+    *,
+    slow: int,
+    rpm: int | None = None,
+    concurrency: int = 1,
+    latency_s: float = 0.0,
 ) -> tuple[Desk, SlowFirstSends]:
-    """A desk sending one at a time, its input all read, whose batch 999 goes
-    unanswered on its first `slow` requests."""
+    """A desk sending `concurrency` at a time, its input all read, whose batch 999
+    goes unanswered on its first `slow` requests."""
     sim = await simulator(keys=(SimKey("secret", None, None),))
     clients.add_key("sim/k", "secret", sim.base_url)
-    chat = SlowFirstSends(clients, "chunk number 999", slow=slow)
+    chat = SlowFirstSends(clients, "chunk number 999", slow=slow, latency_s=latency_s)
     desk = Desk(
         clients,
         [key("sim", "gpt-4o", sim.base_url, rpm=rpm)],
-        concurrency=1,
+        concurrency=concurrency,
         chat=chat,
         input_done=lambda: True,
     )
@@ -538,3 +551,22 @@ async def test_at_the_tail_a_hedge_waits_for_spare_budget_instead_of_giving_the_
     assert desk.recorder.failures == []
     assert sorted(desk.recorder.answered_ids) == sorted(b.ids for b in batches)
     assert slow.marked_calls == 2
+
+
+async def test_at_the_tail_the_batch_sent_last_goes_out_again_first_and_at_once(
+    simulator, clients: ProviderClients
+) -> None:
+    """The job ends on the requests sent last, whose latency is all ahead of them:
+    spare budget at the tail goes to the newest batch first, as soon as it is out —
+    not to the batches before it while it waits for a slot, and not after the key's
+    median latency (here ~0.3 s) has passed."""
+    desk, slow = await slow_last_batch(simulator, clients, slow=1, concurrency=4, latency_s=0.3)
+    # Twenty requests allow one hedge (`HEDGE_SHARE`): it must be the last batch's.
+    batches = [batch(n) for n in range(1, 20)] + [batch(999)]
+
+    await finish(await desk.send(*batches))
+
+    assert desk.recorder.failures == []
+    assert sorted(desk.recorder.answered_ids) == sorted(b.ids for b in batches)
+    first, hedge = slow.marked_at
+    assert hedge - first < 0.15
