@@ -221,7 +221,7 @@ class Outcome:
         s = self.scenario
         missed = []
         if self.efficiency < s.min_efficiency:
-            missed.append(f"efficiency {self.efficiency:.2f} < {s.min_efficiency:.2f}")
+            missed.append(f"efficiency {self.efficiency:.3f} < {s.min_efficiency:.2f}")
         if s.max_share_429 is not None and self.share_429 > s.max_share_429:
             missed.append(f"429s {self.share_429:.1%} > {s.max_share_429:.0%}")
         if not self.tally.whole:
