@@ -651,7 +651,7 @@ class Dispatcher:
                 race.sends.add(flight.task)
         # Budget for it before the request it would race ends, or no hedge: the wait
         # for spare budget (or for a key that cools) must not hold the job's end.  Not
-        # sent, the batch is looked at again in the next pass, oldest first as before.
+        # sent, the batch is looked at again with the others (`_next_hedge`).
         leasing = sends.create_task(self._spare_lease(flight.lease))
         ended = {flight.task} if flight.task is not None else set()
         try:

@@ -80,15 +80,16 @@ within 2 % of its share; after a kill or a restart, every chunk once.
 Last run (one `python -m tests.benchmarks.cluster_rate_limit`, on this
 2-core machine, quiet but for this run; other runs that day in brackets):
 
-- rate (2026-12-07), efficiency from the first worker's run start (from
-  launch): 4 workers 0.956 (0.935), 0.951 (0.931), 0.948 (0.928), 0.930
-  (0.906) in four runs; 1 worker 0.943 (0.934); 0 429s; key shares
-  0.997–1.001; 21,000/0/0/0.  The spread is the tail's: the last answer
-  comes 1.4–2.4 s after the 5,250th admission (a Monte Carlo of this
-  latency: ~1.85 s on average with the tail hedged, and no hedging order
-  or count shortens it by more than ~0.1 s); that admission comes
-  0.4–0.5 s after the bound (the first request ~0.2 s into the run, ~13
-  requests held back by the headers' send spread);
+- rate (2026-12-07, 13:10–13:53 UTC, the tail's hedges newest first),
+  efficiency from the first worker's run start (from launch): 4 workers
+  0.960 (0.935), 0.949 (0.923), 0.949 (0.921), 0.933 (0.907), 0.938
+  (0.909), 0.951 (0.925), 0.949 (0.922) in seven runs; 1 worker 0.951 to
+  0.960 (0.940–0.947); 0 429s; key shares 0.994–1.001; 21,000/0/0/0.  The
+  spread is the tail's: the last answer comes 1.4–2.4 s after the 5,250th
+  admission (a Monte Carlo of this latency: ~1.66 s on average with the
+  tail hedged newest first, 1.83 oldest first); that admission comes
+  0.35–0.45 s after the bound (the first request 0.02–0.1 s into the
+  run, ~10 requests held back by the headers' send spread);
 - kill: w2 SIGKILLed 6.5 s in (6,696 chunks settled); wall 51.2 s (bound
   45.0 s); 5,365 requests; 96 batches (384 chunks) reclaimed, 0 dead
   letters; 21,000/0/0/0; the three others exited 0;
