@@ -8,7 +8,8 @@ cools its key and requeues the batch (until the batch has waited too long);
 a spent quota or a rejected key disables the key and requeues; a bad
 request splits the batch so one bad chunk does not sink the others; what
 may pass (timeouts, 5xx, malformed answers) is retried with backoff up to
-the preset's `max_retries`; the rest fails at once.
+the preset's `max_retries` — waiting at least what a `retry-after` on the
+failure asks, within the preset's `backoff_max_s`; the rest fails at once.
 
 One model rule for both kinds of row: a row names the model of the key
 that last tried its chunk, so a later result for the chunk supersedes its
@@ -29,6 +30,7 @@ from typing import Any, Protocol
 from engine.config.settings import Preset, RateLimitWaits
 from engine.limits.key_pool import KeyLease, KeyPool, KeyState
 from engine.limits.rate_limit_patience import batch_gives_up
+from engine.limits.rate_limiter import parse_retry_after
 from engine.limits.request_cost import answer_cost
 from engine.observe.events import EventBus, EventKind
 from engine.observe.run_stats import RunStats
@@ -267,7 +269,10 @@ class Outcomes:
             self._held.batch_resolved()
             return
         if failure.kind in RETRYABLE:
-            await self._retry_or_fail(batch, key.key_id, failure.kind, failure.message, count=False)
+            asked = parse_retry_after(failure.headers)  # an overloaded provider's 503
+            await self._retry_or_fail(
+                batch, key.key_id, failure.kind, failure.message, count=False, asked_s=asked
+            )
             return
         await self.give_up(batch, f"{failure.kind}: {failure.message}")
 
@@ -279,7 +284,13 @@ class Outcomes:
         self._held.batch_resolved()
 
     async def _retry_or_fail(
-        self, batch: Batch, key_id: str, kind: FailureKind, reason: str, count: bool = True
+        self,
+        batch: Batch,
+        key_id: str,
+        kind: FailureKind,
+        reason: str,
+        count: bool = True,
+        asked_s: float | None = None,
     ) -> None:
         if count:
             self._stats.errors_by_kind[str(kind)] += 1
@@ -292,6 +303,8 @@ class Outcomes:
             await self.give_up(batch, f"{kind}: {reason} (after {batch.attempt} attempts)")
             return
         delay = self._backoff(batch.attempt)
+        if asked_s is not None:  # what the provider asked, within the operator's bound
+            delay = max(delay, min(asked_s, self._preset().backoff_max_s))
         if len(batch.chunks) == 1 or batch.attempt == 1:
             self._events.emit(
                 EventKind.RETRY,

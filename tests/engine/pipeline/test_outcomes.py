@@ -30,7 +30,13 @@ from engine.pipeline.outcomes import Outcomes
 from engine.pipeline.prompt import build_messages, estimate_prompt_tokens
 from engine.pipeline.records import Chunk, chunk_id
 from engine.pipeline.work_queue import Batch, InProcessWorkQueue
-from engine.provider.client import CallFailure, CallResult, FailureKind, ProviderClients
+from engine.provider.client import (
+    CallFailure,
+    CallResult,
+    FailureKind,
+    ProviderClients,
+    classify_status,
+)
 from engine.simulation.simulator import SimKey
 from engine.store.sqlite_store import Store
 
@@ -84,6 +90,7 @@ class Desk:
         keys: list[KeyState],
         *,
         waits: RateLimitWaits | None = None,
+        preset: Preset = PRESET,
     ) -> None:
         self.store = store
         self.clients = clients
@@ -93,7 +100,7 @@ class Desk:
         self.stats = RunStats()
         self.keys = KeyPool(keys, events=self.events, waits=waits)
         self.adaptive = AdaptiveConcurrency(8, time.monotonic())
-        backoff = Backoff(lambda: PRESET, random.Random(1))
+        backoff = Backoff(lambda: preset, random.Random(1))
         self.outcomes = Outcomes(
             store,
             run_id=7,
@@ -105,7 +112,7 @@ class Desk:
             stats=self.stats,
             events=self.events,
             attempts=self.adaptive,
-            preset=lambda: PRESET,
+            preset=lambda: preset,
             backoff=backoff.delay_s,
             waits=waits or RateLimitWaits(),
             clock=time.monotonic,
@@ -250,6 +257,27 @@ async def test_a_server_error_is_retried_with_backoff(
     assert desk.stats.errors_by_key == {"a/k": 1}
     assert k.errors == 1
     assert table(store, "SELECT * FROM failures") == []
+
+
+@pytest.mark.parametrize(("retry_after", "waited"), [("0.5", 0.5), ("600", 5.0)])
+async def test_a_server_error_that_says_when_to_retry_waits_that_long_within_the_bound(
+    store: Store, clients: ProviderClients, retry_after: str, waited: float
+) -> None:
+    """An overloaded provider's 503 may say when to come back: the retry waits that
+    long rather than the backoff's fraction of a second, within `backoff_max_s`."""
+    k = key("a", "gpt-4o")
+    desk = Desk(store, clients, [k], preset=replace(PRESET, backoff_max_s=5.0))
+    b = desk.hold(batch(1))
+    lease = await desk.keys.lease(100)
+    lease.returned()
+    body = {"error": {"message": "The server is overloaded.", "type": "server_error"}}
+    overloaded = classify_status(503, {"retry-after": retry_after}, body, 0.01)
+
+    await desk.outcomes.failed(b, lease, overloaded, time.monotonic())
+
+    assert desk.queue.retry_count == 1 and b.attempt == 1
+    [retry] = [e for e in desk.events.recent() if e.kind is EventKind.RETRY]
+    assert retry.data["delay_s"] == pytest.approx(waited)
 
 
 async def test_a_429_cools_its_key_and_requeues_the_batch_without_counting_an_attempt(
