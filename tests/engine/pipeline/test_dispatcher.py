@@ -559,8 +559,8 @@ async def test_at_the_tail_the_batch_sent_last_goes_out_again_first_and_at_once(
     """The job ends on the requests sent last, whose latency is all ahead of them:
     spare budget at the tail goes to the newest batch first, as soon as it is out —
     not to the batches before it while it waits for a slot, and not after the key's
-    median latency (here ~0.3 s) has passed."""
-    desk, slow = await slow_last_batch(simulator, clients, slow=1, concurrency=4, latency_s=0.3)
+    median latency (here ~0.5 s) has passed."""
+    desk, slow = await slow_last_batch(simulator, clients, slow=1, concurrency=4, latency_s=0.5)
     # Twenty requests allow one hedge (`HEDGE_SHARE`): it must be the last batch's.
     batches = [batch(n) for n in range(1, 20)] + [batch(999)]
 
@@ -569,4 +569,4 @@ async def test_at_the_tail_the_batch_sent_last_goes_out_again_first_and_at_once(
     assert desk.recorder.failures == []
     assert sorted(desk.recorder.answered_ids) == sorted(b.ids for b in batches)
     first, hedge = slow.marked_at
-    assert hedge - first < 0.15
+    assert hedge - first < 0.25  # a busy machine's scheduling, far under the median
