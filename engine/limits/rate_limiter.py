@@ -132,6 +132,7 @@ class TokenBucket:
 
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 def parse_reset(value: str | None) -> float | None:
@@ -146,7 +147,7 @@ def parse_reset(value: str | None) -> float | None:
     total, matched = 0.0, False
     for number, unit in _DURATION_PART.findall(value):
         matched = True
-        total += float(number) * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[unit]
+        total += float(number) * _UNIT_S[unit]
     return total if matched else None
 
 
@@ -177,8 +178,7 @@ _WAIT_IN_TEXT = re.compile(
 _TEXT_PART = re.compile(
     r"(\d+(?:\.\d+)?)\s*(milliseconds?|seconds?|minutes?|hours?|ms|h|m|s)", re.IGNORECASE
 )
-_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_UNIT_S |= {"millisecond": 0.001, "second": 1.0, "minute": 60.0, "hour": 3600.0}
+_WORD_S = _UNIT_S | {"millisecond": 0.001, "second": 1.0, "minute": 60.0, "hour": 3600.0}
 
 
 def wait_in_message(message: str) -> float | None:
@@ -190,7 +190,7 @@ def wait_in_message(message: str) -> float | None:
     total = 0.0
     for number, unit in _TEXT_PART.findall(found.group(1)):
         unit = unit.lower()
-        total += float(number) * _UNIT_S[unit if len(unit) <= 2 else unit.removesuffix("s")]
+        total += float(number) * _WORD_S[unit if len(unit) <= 2 else unit.removesuffix("s")]
     return total
 
 

@@ -511,7 +511,13 @@ class Dispatcher:
         batch.model = lease.key.provider.model  # the model of the key that last tried it
         self.in_flight_chunks += len(batch.chunks)
         self._launched += 1
-        task = flight.task = sends.create_task(self._send(flight, messages, outcomes))
+        self._fly(flight, sends, outcomes)
+
+    def _fly(
+        self, flight: _Flight, sends: asyncio.TaskGroup, outcomes: BatchOutcomes
+    ) -> asyncio.Task[None]:
+        """Send `flight`'s request in a task of its own, owned by `sends`; the task."""
+        task = flight.task = sends.create_task(self._send(flight, outcomes))
         self._sends.add(task)
         task.add_done_callback(self._sends.discard)
         # Out from now on for the tail's hedging, before its task starts: once admission
@@ -521,6 +527,7 @@ class Dispatcher:
         # A task cancelled before it starts (stop now, in the turn that
         # admitted it) never runs its `except`: give its claims back here.
         task.add_done_callback(functools.partial(self._settle_unstarted, flight))
+        return task
 
     def _priced(self) -> list[ProviderSettings]:
         """The providers of the usable keys."""
@@ -673,11 +680,7 @@ class Dispatcher:
         race.newest_at = self._clock()
         self._stats.hedged += 1
         twin = _Flight(flight.batch, lease, flight.messages, race.newest_at, race, twin=True)
-        task = twin.task = sends.create_task(self._send(twin, twin.messages, outcomes))
-        race.sends.add(task)
-        self._sends.add(task)
-        task.add_done_callback(self._sends.discard)
-        task.add_done_callback(functools.partial(self._settle_unstarted, twin))
+        race.sends.add(self._fly(twin, sends, outcomes))
         return True
 
     async def _spare_lease(self, of: KeyLease) -> KeyLease | None:
@@ -692,15 +695,12 @@ class Dispatcher:
         self._give_back(flight, answered=False)  # no-op once the send itself gave them back
         self._settle_budget(flight, None)  # likewise
 
-    async def _send(
-        self, flight: _Flight, messages: list[dict[str, str]], outcomes: BatchOutcomes
-    ) -> None:
-        batch, lease = flight.batch, flight.lease
+    async def _send(self, flight: _Flight, outcomes: BatchOutcomes) -> None:
+        batch, lease, messages = flight.batch, flight.lease, flight.messages
         provider = lease.key.provider
         timeout = provider.request_timeout_s or self._preset().request_timeout_s
         hang = HangDeadline(lease.key.latency, timeout, self.tail)
         sent_at = self._clock()
-        self._flying.add(flight)
         self._flying_changed.set()
         try:
             # Below the timeout the client enforces itself, the key's patience cuts a hang short.

@@ -165,9 +165,7 @@ async def test_a_429_cools_its_key_for_the_wait_it_asks_and_releases_the_budget(
     assert key.budget.tokens.level() == pytest.approx(200.0)
 
 
-async def test_a_429_without_retry_after_cools_for_the_wait_its_message_asks_not_the_reset() -> (
-    None
-):
+async def test_a_429_without_retry_after_cools_for_the_wait_its_message_states() -> None:
     # OpenAI's 429 states the wait in its text; its reset header says when the whole
     # minute's bucket is full again — a minute's idle key if taken for the wait.
     body = {
