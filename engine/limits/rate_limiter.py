@@ -23,6 +23,8 @@ import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC
+from email.utils import parsedate_to_datetime
 
 from engine.limits.provider_headroom import SEND_SPREAD_S, BucketReading, HeaderTrust
 
@@ -152,7 +154,8 @@ def parse_reset(value: str | None) -> float | None:
 
 
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds to wait from `retry-after-ms` (preferred, finer) or `retry-after`."""
+    """Seconds to wait from `retry-after-ms` (preferred, finer) or `retry-after`
+    (seconds, or the HTTP date to retry at)."""
     raw_ms = headers.get("retry-after-ms")
     if raw_ms:
         try:
@@ -164,8 +167,33 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
         try:
             return max(0.0, float(raw))
         except ValueError:
-            return None  # an HTTP date: rare from LLM APIs; fall back to backoff
+            return _until_http_date(raw, headers.get("date"))
     return None
+
+
+def _until_http_date(value: str, sent: str | None) -> float | None:
+    """Seconds from the answer's own `date` (else now) to the HTTP date `value`.
+
+    A gateway or proxy in front of a provider may say when rather than how
+    long (RFC 9110 allows both).  Measured from the answer's `date`, both
+    times are the server's clock, so a skew between its clock and ours
+    does not stretch or cut the wait.
+    """
+    at = _http_date(value)
+    if at is None:
+        return None
+    since = _http_date(sent) if sent else None
+    return max(0.0, at - (time.time() if since is None else since))
+
+
+def _http_date(value: str) -> float | None:
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment.tzinfo is None:  # "-0000": UTC, its zone unsaid
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
 
 
 # "Please try again in 1.5s" / "in 120ms" / "in 6m0s" (OpenAI), "Please retry after

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import email.utils
 import math
+import time
 
 import pytest
 
@@ -222,14 +224,29 @@ def test_parse_reset_reads_openai_style_durations(value: str | None, seconds: fl
         ({"retry-after": "2"}, 2.0),
         ({"retry-after-ms": "oops", "retry-after": "3"}, 3.0),
         ({"retry-after": "-4"}, 0.0),
-        ({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, None),
+        # A date is counted from the answer's own date: the server's clock, not ours.
+        (
+            {
+                "retry-after": "Wed, 21 Oct 2015 07:28:30 GMT",
+                "date": "Wed, 21 Oct 2015 07:28:00 GMT",
+            },
+            30.0,
+        ),
+        ({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, 0.0),  # long past, by our clock
+        ({"retry-after": "soon"}, None),
         ({}, None),
     ],
 )
-def test_parse_retry_after_prefers_milliseconds_and_gives_up_on_dates(
+def test_parse_retry_after_prefers_milliseconds_and_reads_dates_on_the_servers_clock(
     headers: dict[str, str], seconds: float | None
 ) -> None:
     assert parse_retry_after(headers) == seconds
+
+
+def test_a_retry_after_date_without_the_answers_date_counts_from_now() -> None:
+    at = email.utils.formatdate(time.time() + 20.0, usegmt=True)
+    # The date has whole seconds: 19–20 s from now.
+    assert 18.9 <= (parse_retry_after({"retry-after": at}) or 0.0) <= 20.0
 
 
 @pytest.mark.parametrize(
