@@ -1,9 +1,14 @@
 """Calling OpenAI-compatible providers: JSON over one shared HTTP pool.
 
-The hot path is the SDK's own transport without the SDK: one
-`httpx2.AsyncClient` (the client `openai` is built on) is the connection
-pool for every key; a call posts the JSON body itself and reads the answer
-with `json`.  Measured side by side (`python -m tests.benchmarks.engine_cpu`),
+The hot path is one `aiohttp` session — the transport the SDK itself
+offers for concurrency (`openai.DefaultAioHttpClient`) — shared by every
+key; a call posts the JSON body itself and reads the answer with `json`.
+Flat out against a local provider, a loop posting through it spent
+0.23–0.34 ms of CPU a request where the same loop through
+`httpx2.AsyncClient` spent 0.86–1.12 (three alternating rounds): httpcore2's
+pool and h11's header checks are Python, aiohttp's parser is C.  The
+Batch API's few calls keep `httpx2` (`BatchClient`).  Measured side by side
+(`python -m tests.benchmarks.engine_cpu`),
 the SDK's `with_raw_response.create` + `.parse()` spent more CPU per request
 than everything else in the engine together — most of it turning our plain
 dicts into its typed dicts and back, and building models we read three
@@ -24,17 +29,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
-import importlib
-import itertools
 import json
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+import aiohttp
 import httpx2
 import numpy as np
 from numpy.typing import NDArray
@@ -99,6 +104,7 @@ def _transport_failure(exc: BaseException, timeout_s: float, latency: float) -> 
     """What a call that got no status means: a timeout (ours or the
     transport's) or a broken connection, told by the exception's type name,
     as the SDK's `APITimeoutError` / `APIConnectionError` would."""
+    # aiohttp's read and connect timeouts are `TimeoutError`s too.
     if isinstance(exc, TimeoutError | httpx2.TimeoutException):
         return CallFailure(FailureKind.TIMEOUT, f"timed out after {timeout_s:g}s", {}, latency)
     return CallFailure(
@@ -175,14 +181,6 @@ def classify_status(
 # Embedding requests for the drift monitor are not counted in concurrency.
 _EMBEDDING_HEADROOM = 64
 
-POOLS = 4
-"""Connection pools the requests take turns on.  The transport's pool looks at every
-connection it holds, twice a request, to choose one: at 64 in flight that scan was
-~20 % of the engine's CPU flat out.  Four pools hold a quarter each (one TLS context
-for all); `engine_cpu` flat out: 1.39 ms a request against 1.53 with one, side by
-side."""
-
-
 _JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
 
 
@@ -227,6 +225,21 @@ class _Route:
     headers: Mapping[str, str]
     base_url: str
     secret: str = field(repr=False)
+    proxy: str | None = None  # the proxy the environment names for it
+
+
+def _env_proxy(url: str) -> str | None:
+    """The proxy the environment names for `url` (`HTTPS_PROXY`, `HTTP_PROXY`,
+    `ALL_PROXY`, less `NO_PROXY`'s hosts), as httpx2 reads them.
+
+    Read once per key rather than by aiohttp's `trust_env`, which also looks
+    for a `.netrc` login before every request, in a thread: ~40 % of the
+    engine's CPU flat out."""
+    parts = urllib.parse.urlsplit(url)
+    if urllib.request.proxy_bypass(parts.hostname or ""):
+        return None
+    proxies = urllib.request.getproxies()
+    return proxies.get(parts.scheme) or proxies.get("all")
 
 
 # What the engine reads of an answer's headers: its limits, when to retry, the
@@ -254,10 +267,10 @@ _ANSWER_HEADERS = frozenset(
 _BODY_JSON = json.JSONEncoder(ensure_ascii=False)
 
 
-def _answer_headers(headers: httpx2.Headers) -> dict[str, str]:
+def _answer_headers(raw: tuple[tuple[bytes, bytes], ...]) -> dict[str, str]:
     """The headers of `_ANSWER_HEADERS` an answer carries, names lower-cased."""
     kept: dict[str, str] = {}
-    for name, value in headers.raw:
+    for name, value in raw:
         lowered = name.lower()
         if lowered in _ANSWER_HEADERS:
             # latin-1 decodes any byte: a header value is never an error here.
@@ -265,14 +278,21 @@ def _answer_headers(headers: httpx2.Headers) -> dict[str, str]:
     return kept
 
 
-def _wire_trace(on_wire: Callable[[], None]) -> Callable[[str, dict[str, Any]], Awaitable[None]]:
-    """An httpcore trace hook that calls `on_wire` as the request's headers go out."""
+def _all_headers(raw: tuple[tuple[bytes, bytes], ...]) -> dict[str, str]:
+    """Every header of an error answer, names lower-cased; a repeated one's values
+    joined by commas, as httpx2 reads them."""
+    headers: dict[str, str] = {}
+    for name, value in raw:
+        lowered, text = name.decode("latin-1").lower(), value.decode("latin-1")
+        headers[lowered] = f"{headers[lowered]}, {text}" if lowered in headers else text
+    return headers
 
-    async def trace(event: str, _info: dict[str, Any]) -> None:
-        if event.endswith("send_request_headers.started"):
-            on_wire()
 
-    return trace
+async def _headers_sent(_session: object, context: Any, _params: object) -> None:
+    """aiohttp's trace of a request's headers going out: its `on_wire`, if it has one."""
+    on_wire = context.trace_request_ctx
+    if on_wire is not None:
+        on_wire()
 
 
 class ProviderClients:
@@ -283,25 +303,20 @@ class ProviderClients:
         # concurrency (plus drift embeddings, which run beside it): a smaller
         # pool would be a hidden queue that the concurrency control cannot see.
         # Connections are opened as needed and kept warm.
-        # The pool's first wait for a connection loads anyio's asyncio backend
-        # (0.1 s): load it with the client, not inside the job's first requests.
-        with contextlib.suppress(ImportError):  # a warm-up only: anyio's layout may change
-            importlib.import_module("anyio._backends._asyncio")
-        tls = httpx2.create_ssl_context()  # loading the CA certificates once, not per pool
-        limits = httpx2.Limits(
-            max_connections=max_connections, max_keepalive_connections=max_connections
+        # httpx2's CA certificates and environment (SSL_CERT_FILE, SSL_CERT_DIR)
+        # for both transports, loaded once.
+        self._tls = httpx2.create_ssl_context()
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None  # made in the loop, when first used
+        # The Batch API's few calls (uploads, downloads, polls).
+        self._http = httpx2.AsyncClient(
+            limits=httpx2.Limits(max_connections=8, max_keepalive_connections=8),
+            timeout=httpx2.Timeout(60.0, connect=10.0),
+            verify=self._tls,
         )
-        self._pools = [
-            httpx2.AsyncClient(
-                limits=limits, timeout=httpx2.Timeout(60.0, connect=10.0), verify=tls
-            )
-            for _ in range(POOLS)
-        ]
-        self._turns = itertools.cycle(self._pools)
-        self._http = self._pools[0]  # the Batch API's few calls
         self._routes: dict[str, _Route] = {}
         self._batch_clients: dict[str, BatchClient] = {}
-        self._timeouts: dict[float, httpx2.Timeout] = {}
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
         self._closed = False
         self._redactor = Redactor()
         # The transport logs status lines and (at DEBUG) response headers when
@@ -320,14 +335,36 @@ class ProviderClients:
             headers={**_JSON_HEADERS, "Authorization": f"Bearer {secret}"},
             base_url=base,
             secret=secret,
+            proxy=_env_proxy(base),
         )
 
-    def _timeout(self, seconds: float) -> httpx2.Timeout:
-        # Per network phase, as the SDK's `timeout=` was; made once per value.
+    def _timeout(self, seconds: float) -> aiohttp.ClientTimeout:
+        # Per network phase, as the SDK's `timeout=` is: waiting for a connection
+        # and opening it, then each read; made once per value.
         timeout = self._timeouts.get(seconds)
         if timeout is None:
-            timeout = self._timeouts[seconds] = httpx2.Timeout(seconds)
+            timeout = aiohttp.ClientTimeout(total=None, connect=seconds, sock_read=seconds)
+            self._timeouts[seconds] = timeout
         return timeout
+
+    def _pool(self) -> aiohttp.ClientSession:
+        """The shared session: made on first use, inside the running loop, as aiohttp asks."""
+        session = self._session
+        if session is None:
+            wire = aiohttp.TraceConfig()
+            wire.on_request_headers_sent.append(_headers_sent)
+            session = self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=self._max_connections,
+                    limit_per_host=0,
+                    # httpx's keep-alive: a connection idle longer may have been
+                    # closed by the provider, and a request sent on it is lost.
+                    keepalive_timeout=5.0,
+                    ssl=self._tls,
+                ),
+                trace_configs=[wire],
+            )
+        return session
 
     async def _post(
         self,
@@ -336,10 +373,10 @@ class ProviderClients:
         body: dict[str, Any],
         timeout_s: float,
         on_wire: Callable[[], None] | None = None,
-    ) -> tuple[httpx2.Response, dict[str, str], float] | CallFailure:
-        """POST `body` as JSON: the response, the headers the engine reads
-        (redacted) and when it was sent — or the failure it came to (a status
-        error is classified here).
+    ) -> tuple[bytes, dict[str, str], float] | CallFailure:
+        """POST `body` as JSON: the response's body, the headers the engine
+        reads (redacted) and when it was sent — or the failure it came to (a
+        status error is classified here).
 
         `on_wire` is called when the request's headers start on their way to
         the provider (after any wait for a connection, its TCP and TLS)."""
@@ -350,27 +387,32 @@ class ProviderClients:
         try:
             # The transport's timeout covers each network phase; the outer one
             # also catches a server that trickles bytes forever.
-            async with asyncio.timeout(timeout_s * 1.5 + 1.0):
-                response = await next(self._turns).post(
+            async with (
+                asyncio.timeout(timeout_s * 1.5 + 1.0),
+                self._pool().post(
                     url,
-                    content=_BODY_JSON.encode(body).encode(),
+                    data=_BODY_JSON.encode(body).encode(),
                     headers=route.headers,
                     timeout=self._timeout(timeout_s),
-                    extensions=None if on_wire is None else {"trace": _wire_trace(on_wire)},
-                )
+                    trace_request_ctx=on_wire,
+                    proxy=route.proxy,
+                ) as response,
+            ):
+                content = await response.read()
+                status, raw = response.status, response.raw_headers
         except Exception as exc:
             # Whatever the transport raises is a failed connection unless it is
             # a timeout — the SDK's rule too — and never escapes the call.
             return _transport_failure(exc, timeout_s, time.monotonic() - started)
-        if not response.is_success:
+        if not 200 <= status < 300:
             return classify_status(
-                response.status_code,
-                response.headers,
-                _error_body(response.content),
+                status,
+                _all_headers(raw),
+                _error_body(content),
                 time.monotonic() - started,
                 self._redactor,
             )
-        return response, self._redactor.redact_headers(_answer_headers(response.headers)), started
+        return content, self._redactor.redact_headers(_answer_headers(raw)), started
 
     async def chat(
         self,
@@ -391,9 +433,9 @@ class ProviderClients:
         sent = await self._post(route.chat_url, route, body, timeout_s, on_wire)
         if isinstance(sent, CallFailure):
             return sent
-        response, headers, started = sent
+        content, headers, started = sent
         try:
-            answer = json.loads(response.content)
+            answer = json.loads(content)
         except ValueError as exc:
             return _not_a_completion(exc, headers, time.monotonic() - started)
         return self.completion(answer, headers, time.monotonic() - started)
@@ -454,9 +496,9 @@ class ProviderClients:
         sent = await self._post(route.embeddings_url, route, body, timeout_s)
         if isinstance(sent, CallFailure):
             return sent
-        response, headers, started = sent
+        content, headers, started = sent
         try:
-            answer = json.loads(response.content)
+            answer = json.loads(content)
             items = sorted(answer["data"], key=lambda item: item["index"])
             vectors = [_vector(item["embedding"]) for item in items]
             tokens = int((answer.get("usage") or {}).get("prompt_tokens") or 0)
@@ -480,8 +522,9 @@ class ProviderClients:
         if not self._closed:
             self._closed = True
             self._log_filter.uninstall()
-            for pool in self._pools:
-                await pool.aclose()
+            if self._session is not None:
+                await self._session.close()
+            await self._http.aclose()
 
 
 def _vector(embedding: object) -> NDArray[np.float32]:

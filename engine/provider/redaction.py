@@ -226,7 +226,7 @@ class Redactor:
 # Loggers of the SDK and its transport, which may log provider text (a
 # request id header, a status line's reason) once an application turns
 # their logging on (OPENAI_LOG=debug, or a DEBUG root logger).
-_PROVIDER_LOGGERS = ("openai", "httpx2", "httpcore2")
+_PROVIDER_LOGGERS = ("openai", "httpx2", "httpcore2", "aiohttp")
 # The ones known to log response data, named so they get the filter even if
 # their module is imported later.
 _KNOWN_LOGGERS = (

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -103,3 +105,21 @@ def stored(db: Path) -> tuple[list[str], list[tuple[str, str]]]:
         results = [row[0] for row in conn.execute("SELECT chunk_id FROM results")]
         failures = [(r[0], r[1]) for r in conn.execute("SELECT chunk_id, reason FROM failures")]
     return results, failures
+
+
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost (and its key), made by the openssl tool."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    command = ["openssl", "req", "-x509", "-nodes", "-days", "2", "-subj", "/CN=localhost"]
+    command += ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
+    command += ["-keyout", str(key), "-out", str(cert), "-addext", "subjectAltName=DNS:localhost"]
+    subprocess.run(command, check=True, capture_output=True)
+    return cert, key
+
+
+def tls_server(certificate: tuple[Path, Path]) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*certificate)
+    return context

@@ -3,7 +3,7 @@
 Checked in fresh interpreters: a static look at the imports would miss a
 deferred `import textual` inside a function, and this test process may have
 imported Textual already for other tests.  A documents job with the drift
-monitor on (the default) needs neither the SDK (calls go over httpx2), nor
+monitor on (the default) needs neither the SDK (calls go over aiohttp), nor
 river and scipy (the monitor's Page-Hinkley is its own), nor the crawl
 stack: together they were seconds of start-up CPU before the first request.
 """
@@ -78,7 +78,6 @@ NOT_FOR_A_DOCUMENTS_JOB = (
     "openai",
     "river",
     "scipy",
-    "aiohttp",
     "trafilatura",
     "lxml",
     "pebble",
@@ -132,5 +131,5 @@ latency_s = [0.01, 0.02]
     ]
     assert "engine.engine" in imported  # not vacuous: the run's imports were listed
     assert "engine.drift.monitor" in imported  # the drift monitor was on
-    assert "httpx2" in imported
+    assert "aiohttp" in imported  # the provider calls' transport
     assert sorted({m.split(".")[0] for m in imported} & set(NOT_FOR_A_DOCUMENTS_JOB)) == []

@@ -6,7 +6,6 @@ import asyncio
 import socket
 import ssl
 import struct
-import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,6 +14,7 @@ import httpcore2
 import pytest
 
 from engine.crawl.asyncio_network import AsyncioNetworkBackend, TLSHandshakeError
+from tests.engine.conftest import tls_server
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -54,24 +54,6 @@ def unanswered_port() -> Iterator[int]:
         listener.listen(0)
         filler.connect(listener.getsockname())  # takes the one backlog place
         yield listener.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A self-signed certificate for localhost (and its key), made by the openssl tool."""
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    command = ["openssl", "req", "-x509", "-nodes", "-days", "2", "-subj", "/CN=localhost"]
-    command += ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
-    command += ["-keyout", str(key), "-out", str(cert), "-addext", "subjectAltName=DNS:localhost"]
-    subprocess.run(command, check=True, capture_output=True)
-    return cert, key
-
-
-def tls_server(certificate: tuple[Path, Path]) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(*certificate)
-    return context
 
 
 # --- plain connections -----------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx2
 import numpy as np
@@ -19,7 +20,7 @@ from engine.provider.client import (
     ProviderClients,
 )
 from engine.provider.redaction import mask_secret
-from tests.engine.conftest import sim_keys
+from tests.engine.conftest import sim_keys, tls_server
 from tests.engine.provider.hostile_provider import HostileProvider
 
 MESSAGES = [{"role": "user", "content": "[id=a] hello there\n[id=b] general kenobi"}]
@@ -182,20 +183,25 @@ async def test_the_embeddings_path_is_redacted_too(hostile: HostileProvider) -> 
 async def test_the_transports_debug_log_shows_the_hint_not_the_echoed_key(
     hostile: HostileProvider, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # What a DEBUG root logger would print: the transport's trace of the
-    # response headers and its status line with the reason phrase.
+    # What a DEBUG root logger would print while calls are made: whatever the
+    # transports log of an answer that echoes the key (aiohttp's client logs no
+    # answer; httpx2's, under the Batch API, logs status lines and headers).
     caplog.set_level(logging.DEBUG)
     hostile.status_by_secret[ECHOED] = 401
     clients = ProviderClients()
     clients.add_key("hostile/k", ECHOED, hostile.base_url)
     try:
         await clients.chat("hostile/k", "gpt-4o-mini", MESSAGES, timeout_s=5)
+        for name in ("aiohttp.client", "httpcore2.http11", "httpx2"):
+            logging.getLogger(name).debug("receive_response_headers %r", [(b"x", ECHOED.encode())])
+            logging.getLogger(name).info('"HTTP/1.1 401 Echo %s"', ECHOED)
     finally:
         await clients.aclose()
 
-    logged = "\n".join(record.getMessage() for record in caplog.records)
-    assert f"(b'x-request-id', b'{ECHOED_HINT}')" in logged
-    assert f'"HTTP/1.1 401 Echo {ECHOED_HINT}"' in logged
+    ours = [r for r in caplog.records if not r.name.startswith("aiohttp.access")]
+    logged = "\n".join(record.getMessage() for record in ours)
+    assert logged.count(f"(b'x', b'{ECHOED_HINT}')") == 3
+    assert logged.count(f'"HTTP/1.1 401 Echo {ECHOED_HINT}"') == 3
     assert leaks(logged) == []
 
 
@@ -332,3 +338,101 @@ async def test_an_error_body_that_is_not_json_is_told_by_its_status(
     assert isinstance(limited, CallFailure) and limited.kind is FailureKind.RATE_LIMITED
     assert limited.rate_kind == "requests"
     assert isinstance(missing, CallFailure) and missing.kind is FailureKind.BAD_REQUEST
+
+
+async def test_calls_go_through_the_proxy_the_environment_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A forward proxy on loopback that answers for the provider it is asked for;
+    # the provider's own name does not resolve, so only the proxy can answer.
+    asked: list[str] = []
+
+    async def chat(request: web.Request) -> web.Response:
+        asked.append(request.headers["Host"])
+        return web.Response(body=completion("[]"), content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    proxy = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    monkeypatch.setenv("HTTP_PROXY", proxy)
+    monkeypatch.setenv("NO_PROXY", "direct.invalid")
+    clients = ProviderClients()
+    clients.add_key("via/k", "secret-k", "http://provider.invalid/v1")
+    clients.add_key("direct/k", "secret-k", "http://direct.invalid/v1")
+    try:
+        proxied = await clients.chat("via/k", "gpt-4o-mini", MESSAGES, timeout_s=5)
+        direct = await clients.chat("direct/k", "gpt-4o-mini", MESSAGES, timeout_s=5)
+    finally:
+        await clients.aclose()
+        await runner.cleanup()
+
+    assert isinstance(proxied, CallResult) and asked == ["provider.invalid"]
+    # NO_PROXY's host is called directly: its name resolves nowhere.
+    assert isinstance(direct, CallFailure) and direct.kind is FailureKind.CONNECTION
+
+
+async def test_a_provider_over_tls_is_trusted_as_the_environment_says(
+    certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def chat(_request: web.Request) -> web.Response:
+        return web.Response(body=completion("[]"), content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls_server(certificate))
+    await site.start()
+    base = f"https://localhost:{runner.addresses[0][1]}/v1"
+    outcomes: list[CallResult | CallFailure] = []
+    try:
+        for trusted in (False, True):
+            monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+            if trusted:  # the certificate's authority, as an operator behind one names it
+                monkeypatch.setenv("SSL_CERT_FILE", str(certificate[0]))
+            else:
+                monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+            clients = ProviderClients()
+            clients.add_key("tls/k", "secret-k", base)
+            try:
+                outcomes.append(await clients.chat("tls/k", "gpt-4o-mini", MESSAGES, timeout_s=5))
+            finally:
+                await clients.aclose()
+    finally:
+        await runner.cleanup()
+
+    untrusted, trusted_answer = outcomes
+    # A self-signed certificate nobody vouches for is refused, not believed.
+    assert isinstance(untrusted, CallFailure) and untrusted.kind is FailureKind.CONNECTION
+    assert isinstance(trusted_answer, CallResult)
+
+
+async def test_on_wire_is_called_once_as_the_request_goes_out_and_never_if_it_cannot(
+    odd_provider: tuple[str, list[tuple[int, str, bytes]]],
+) -> None:
+    base_url, answers = odd_provider
+    answers.append((200, "application/json", completion("[]")))
+    wired: list[str] = []
+    clients = ProviderClients()
+    clients.add_key("odd/k", "secret-k", base_url)
+    clients.add_key("gone/k", "secret-k", "http://127.0.0.1:9/v1")  # the discard port: refused
+    try:
+        sent = await clients.chat(
+            "odd/k", "gpt-4o-mini", MESSAGES, timeout_s=5, on_wire=lambda: wired.append("odd")
+        )
+        refused = await clients.chat(
+            "gone/k", "gpt-4o-mini", MESSAGES, timeout_s=5, on_wire=lambda: wired.append("gone")
+        )
+    finally:
+        await clients.aclose()
+
+    assert isinstance(sent, CallResult)
+    assert isinstance(refused, CallFailure) and refused.kind is FailureKind.CONNECTION
+    assert wired == ["odd"]
