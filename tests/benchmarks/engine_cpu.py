@@ -3,13 +3,16 @@
     python -m tests.benchmarks.engine_cpu [--requests N] [--rounds R] [--profile]
                                           [--scenarios paced,max]
 
-One simulator process (zero latency) serves three kinds of run, interleaved
+One simulator process (zero latency) serves four kinds of run, interleaved
 round by round, on the same requests (the messages the engine builds for
 batches of 4 chunks):
 
 - **raw**: one `httpx2.AsyncClient`, 64 workers posting the JSON body and
   reading the answer's content, usage and rate headers with `json` — the
   floor any client on this transport pays;
+- **aio**: the same loop over one `aiohttp.ClientSession` — the engine's own
+  transport (`engine.provider.client`), so engine ÷ aio is what the engine
+  adds to the transport it uses;
 - **sdk**: the same through `AsyncOpenAI(max_retries=0)`'s
   `with_raw_response.create(...)` and `.parse()` (what the engine used to do);
 - **engine**: the whole pipeline (read, chunk, batch, dispatch, parse,
@@ -87,7 +90,7 @@ WORDS_PER_RECORD = 30
 BURST_SECONDS = 2.0
 REQUIREMENT = 2.0  # engine ÷ raw CPU per request
 SUSTAINED_REQUIREMENT = 500.0  # requests/s in the "max" scenario
-KINDS = ("raw", "sdk", "engine")
+KINDS = ("raw", "aio", "sdk", "engine")
 SCENARIOS = {"paced": RPM, "max": UNBOUNDED_RPM}
 
 
@@ -281,6 +284,35 @@ async def _raw_loop(
         await http.aclose()
 
 
+async def _aio_loop(
+    url: str, all_messages: Sequence[list[dict[str, str]]], rpm: int
+) -> dict[str, Any]:
+    """The floor on the engine's transport: the raw loop over one aiohttp session."""
+    import aiohttp
+
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=512, keepalive_timeout=5.0)
+    )
+    endpoint = f"{url.rstrip('/')}/chat/completions"
+    headers = {"Authorization": f"Bearer {SECRET}", "Content-Type": "application/json"}
+
+    async def send(i: int) -> bool:
+        body = json.dumps({"model": MODEL, "messages": all_messages[i], "temperature": 0.0})
+        async with session.post(endpoint, data=body.encode(), headers=headers) as response:
+            content = await response.read()
+            if response.status != 200:
+                return False
+            answer = json.loads(content)
+            _ = answer["choices"][0]["message"]["content"], answer["usage"]["total_tokens"]
+            _ = response.headers.get("x-ratelimit-remaining-requests")
+        return True
+
+    try:
+        return await _workers(send, len(all_messages), rpm)
+    finally:
+        await session.close()
+
+
 async def _sdk_loop(
     url: str, all_messages: Sequence[list[dict[str, str]]], rpm: int
 ) -> dict[str, Any]:
@@ -335,9 +367,8 @@ async def _engine_run(
     )
     config = replace(config, drift=warn_only_drift())
     # Made before the window opens, as the loops make their client before
-    # theirs: building the engine loads the transport (httpcore's modules are
-    # imported when the first client is made) — a job's set-up, measured by
-    # `first_request_cpu`, not a request's cost.
+    # theirs: building the engine loads the transports — a job's set-up,
+    # measured by `first_request_cpu`, not a request's cost.
     engine = Engine(config, {KEY_ID: SECRET})
     profiler = cProfile.Profile() if profile_path else None
     cpu0, wall0, main0 = cpu_seconds(), time.monotonic(), time.thread_time()
@@ -365,9 +396,9 @@ async def _engine_run(
 def child_main(args: argparse.Namespace) -> None:
     """Inside a fresh process: do one run, print one JSON line."""
     input_path = Path(args.input)
-    if args.child in ("raw", "sdk"):
+    if args.child in ("raw", "aio", "sdk"):
         messages = _batched_messages(input_path, args.requests)
-        loop = _raw_loop if args.child == "raw" else _sdk_loop
+        loop = {"raw": _raw_loop, "aio": _aio_loop, "sdk": _sdk_loop}[args.child]
         result = asyncio.run(loop(args.url, messages, args.rpm))
     else:
         profile = Path(args.profile_out) if args.profile_out else None
@@ -483,10 +514,11 @@ def print_profile(profile_path: Path, top: int = 25) -> None:
 def run_scenario(
     scenario: str, work: Path, input_path: Path, requests: int, rounds: int, force_profile: bool
 ) -> bool:
-    """Rounds of raw, sdk and engine side by side on one simulator; True if it passed."""
+    """Rounds of raw, aio, sdk and engine side by side on one simulator; True if it passed."""
     rpm = SCENARIOS[scenario]
     tpm = HUGE_TPM if rpm == RPM else UNBOUNDED_TPM
     ratios: list[float] = []
+    aio_ratios: list[float] = []
     sdk_ratios: list[float] = []
     engine_rates: list[float] = []
     with simulator_process(rpm, tpm) as url:
@@ -502,7 +534,7 @@ def run_scenario(
         for r in range(1, rounds + 1):
             figures: dict[str, RunFigures] = {}
             # Rotate which kind goes first, so none always meets a warmer simulator.
-            order = KINDS[r % 3 :] + KINDS[: r % 3]
+            order = KINDS[r % len(KINDS) :] + KINDS[: r % len(KINDS)]
             for kind in order:
                 if rpm == RPM:
                     # The runs share the simulator's key: let its bucket fill up again
@@ -523,12 +555,15 @@ def run_scenario(
                 )
             engine = figures["engine"]
             ratio = engine.ms_per_request / figures["raw"].ms_per_request
+            aio_ratio = engine.ms_per_request / figures["aio"].ms_per_request
             sdk_ratio = engine.ms_per_request / figures["sdk"].ms_per_request
             ratios.append(ratio)
+            aio_ratios.append(aio_ratio)
             sdk_ratios.append(sdk_ratio)
             engine_rates.append(engine.requests / engine.wall_s)
             print(
-                f"{r:5d} engine CPU per request ÷ raw: {ratio:.2f}, ÷ sdk: {sdk_ratio:.2f}",
+                f"{r:5d} engine CPU per request ÷ raw: {ratio:.2f}, ÷ aio: {aio_ratio:.2f}, "
+                f"÷ sdk: {sdk_ratio:.2f}",
                 flush=True,
             )
         median = statistics.median(ratios)
@@ -536,6 +571,7 @@ def run_scenario(
         print(
             f"{scenario}: median engine ÷ raw CPU per request over {rounds} rounds: "
             f"{median:.2f} (requirement ≤ {REQUIREMENT:g}: {'PASS' if passed else 'FAIL'}); "
+            f"engine ÷ aio: {statistics.median(aio_ratios):.2f}; "
             f"engine ÷ sdk: {statistics.median(sdk_ratios):.2f}",
             flush=True,
         )
@@ -581,7 +617,7 @@ def main(requests: int, rounds: int, scenarios: Sequence[str], force_profile: bo
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     parser.add_argument("--requests", type=int, default=3000, help="requests per run")
-    parser.add_argument("--rounds", type=int, default=3, help="raw+sdk+engine rounds (≥ 2)")
+    parser.add_argument("--rounds", type=int, default=3, help="raw+aio+sdk+engine rounds (≥ 2)")
     parser.add_argument(
         "--scenarios", default="paced,max", help="comma-separated: paced (200 req/s), max"
     )
