@@ -56,7 +56,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -260,6 +260,20 @@ def _pooled_http_client() -> Any:
     )
 
 
+def _body(messages: list[dict[str, str]]) -> bytes:
+    return json.dumps({"model": MODEL, "messages": messages, "temperature": 0.0}).encode()
+
+
+def _read(status: int, content: bytes, headers: Mapping[str, str]) -> bool:
+    """What the raw loops read of an answer: its content, usage and a rate header."""
+    if status != 200:
+        return False
+    answer = json.loads(content)
+    _ = answer["choices"][0]["message"]["content"], answer["usage"]["total_tokens"]
+    _ = headers.get("x-ratelimit-remaining-requests")
+    return True
+
+
 async def _raw_loop(
     url: str, all_messages: Sequence[list[dict[str, str]]], rpm: int
 ) -> dict[str, Any]:
@@ -269,14 +283,8 @@ async def _raw_loop(
     headers = {"Authorization": f"Bearer {SECRET}", "Content-Type": "application/json"}
 
     async def send(i: int) -> bool:
-        body = json.dumps({"model": MODEL, "messages": all_messages[i], "temperature": 0.0})
-        response = await http.post(endpoint, content=body.encode(), headers=headers)
-        if response.status_code != 200:
-            return False
-        answer = json.loads(response.content)
-        _ = answer["choices"][0]["message"]["content"], answer["usage"]["total_tokens"]
-        _ = response.headers.get("x-ratelimit-remaining-requests")
-        return True
+        response = await http.post(endpoint, content=_body(all_messages[i]), headers=headers)
+        return _read(response.status_code, response.content, response.headers)
 
     try:
         return await _workers(send, len(all_messages), rpm)
@@ -297,15 +305,8 @@ async def _aio_loop(
     headers = {"Authorization": f"Bearer {SECRET}", "Content-Type": "application/json"}
 
     async def send(i: int) -> bool:
-        body = json.dumps({"model": MODEL, "messages": all_messages[i], "temperature": 0.0})
-        async with session.post(endpoint, data=body.encode(), headers=headers) as response:
-            content = await response.read()
-            if response.status != 200:
-                return False
-            answer = json.loads(content)
-            _ = answer["choices"][0]["message"]["content"], answer["usage"]["total_tokens"]
-            _ = response.headers.get("x-ratelimit-remaining-requests")
-        return True
+        async with session.post(endpoint, data=_body(all_messages[i]), headers=headers) as response:
+            return _read(response.status, await response.read(), response.headers)
 
     try:
         return await _workers(send, len(all_messages), rpm)

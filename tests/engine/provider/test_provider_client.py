@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx2
@@ -250,6 +252,22 @@ async def test_a_cut_off_embeddings_body_is_malformed_with_its_headers(simulator
     assert outcome.headers["x-ratelimit-limit-requests"] == "600"  # the budget still learns
 
 
+@asynccontextmanager
+async def chat_server(
+    chat: Callable[[web.Request], Awaitable[web.Response]], tls: ssl.SSLContext | None = None
+) -> AsyncIterator[int]:
+    """A loopback server answering chat requests with `chat`; yields its port."""
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls).start()
+    try:
+        yield runner.addresses[0][1]
+    finally:
+        await runner.cleanup()
+
+
 @pytest.fixture
 async def odd_provider() -> AsyncIterator[tuple[str, list[tuple[int, str, bytes]]]]:
     """A provider that answers each chat request with the next (status, type, body) queued."""
@@ -259,17 +277,8 @@ async def odd_provider() -> AsyncIterator[tuple[str, list[tuple[int, str, bytes]
         status, content_type, body = answers.pop(0)
         return web.Response(status=status, body=body, content_type=content_type)
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", chat)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
+    async with chat_server(chat) as port:
         yield f"http://127.0.0.1:{port}/v1", answers
-    finally:
-        await runner.cleanup()
 
 
 def completion(content: object, usage: object = None) -> bytes:
@@ -351,27 +360,20 @@ async def test_calls_go_through_the_proxy_the_environment_names(
         asked.append(request.headers["Host"])
         return web.Response(body=completion("[]"), content_type="application/json")
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", chat)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    proxy = f"http://127.0.0.1:{runner.addresses[0][1]}"
     for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
         monkeypatch.delenv(name, raising=False)
         monkeypatch.delenv(name.upper(), raising=False)
-    monkeypatch.setenv("HTTP_PROXY", proxy)
-    monkeypatch.setenv("NO_PROXY", "direct.invalid")
-    clients = ProviderClients()
-    clients.add_key("via/k", "secret-k", "http://provider.invalid/v1")
-    clients.add_key("direct/k", "secret-k", "http://direct.invalid/v1")
-    try:
-        proxied = await clients.chat("via/k", "gpt-4o-mini", MESSAGES, timeout_s=5)
-        direct = await clients.chat("direct/k", "gpt-4o-mini", MESSAGES, timeout_s=5)
-    finally:
-        await clients.aclose()
-        await runner.cleanup()
+    async with chat_server(chat) as port:
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("NO_PROXY", "direct.invalid")
+        clients = ProviderClients()
+        clients.add_key("via/k", "secret-k", "http://provider.invalid/v1")
+        clients.add_key("direct/k", "secret-k", "http://direct.invalid/v1")
+        try:
+            proxied = await clients.chat("via/k", "gpt-4o-mini", MESSAGES, timeout_s=5)
+            direct = await clients.chat("direct/k", "gpt-4o-mini", MESSAGES, timeout_s=5)
+        finally:
+            await clients.aclose()
 
     assert isinstance(proxied, CallResult) and asked == ["provider.invalid"]
     # NO_PROXY's host is called directly: its name resolves nowhere.
@@ -384,15 +386,9 @@ async def test_a_provider_over_tls_is_trusted_as_the_environment_says(
     async def chat(_request: web.Request) -> web.Response:
         return web.Response(body=completion("[]"), content_type="application/json")
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", chat)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls_server(certificate))
-    await site.start()
-    base = f"https://localhost:{runner.addresses[0][1]}/v1"
     outcomes: list[CallResult | CallFailure] = []
-    try:
+    async with chat_server(chat, tls_server(certificate)) as port:
+        base = f"https://localhost:{port}/v1"
         for trusted in (False, True):
             monkeypatch.delenv("SSL_CERT_DIR", raising=False)
             if trusted:  # the certificate's authority, as an operator behind one names it
@@ -405,8 +401,6 @@ async def test_a_provider_over_tls_is_trusted_as_the_environment_says(
                 outcomes.append(await clients.chat("tls/k", "gpt-4o-mini", MESSAGES, timeout_s=5))
             finally:
                 await clients.aclose()
-    finally:
-        await runner.cleanup()
 
     untrusted, trusted_answer = outcomes
     # A self-signed certificate nobody vouches for is refused, not believed.
