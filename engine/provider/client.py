@@ -308,9 +308,9 @@ class ProviderClients:
         self._tls = httpx2.create_ssl_context()
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None  # made in the loop, when first used
-        # The Batch API's few calls (uploads, downloads, polls).
+        # The Batch API's few calls (uploads, downloads, each open batch's polls).
         self._http = httpx2.AsyncClient(
-            limits=httpx2.Limits(max_connections=8, max_keepalive_connections=8),
+            limits=httpx2.Limits(max_connections=32, max_keepalive_connections=32),
             timeout=httpx2.Timeout(60.0, connect=10.0),
             verify=self._tls,
         )
