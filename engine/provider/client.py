@@ -396,6 +396,9 @@ class ProviderClients:
                     timeout=self._timeout(timeout_s),
                     trace_request_ctx=on_wire,
                     proxy=route.proxy,
+                    # As httpx2 and the SDK: a redirect is an answer to report, not to
+                    # follow (aiohttp would resend a POST as a GET elsewhere).
+                    allow_redirects=False,
                 ) as response,
             ):
                 content = await response.read()

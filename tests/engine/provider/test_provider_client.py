@@ -430,3 +430,23 @@ async def test_on_wire_is_called_once_as_the_request_goes_out_and_never_if_it_ca
     assert isinstance(sent, CallResult)
     assert isinstance(refused, CallFailure) and refused.kind is FailureKind.CONNECTION
     assert wired == ["odd"]
+
+
+async def test_a_redirect_is_reported_not_followed() -> None:
+    asked: list[str] = []
+
+    async def chat(request: web.Request) -> web.Response:
+        asked.append(request.path)
+        # To itself: followed, the call would come back here again and again.
+        raise web.HTTPTemporaryRedirect(location="/v1/chat/completions")
+
+    async with chat_server(chat) as port:
+        clients = ProviderClients()
+        clients.add_key("moved/k", "secret-k", f"http://127.0.0.1:{port}/v1")
+        try:
+            outcome = await clients.chat("moved/k", "gpt-4o-mini", MESSAGES, timeout_s=5)
+        finally:
+            await clients.aclose()
+
+    assert isinstance(outcome, CallFailure) and outcome.kind is FailureKind.BAD_REQUEST
+    assert "HTTP 307" in outcome.message and asked == ["/v1/chat/completions"]
