@@ -523,6 +523,7 @@ class Dispatcher:
         # Out from now on for the tail's hedging, before its task starts: once admission
         # has let go of the batch, the hedging must find it here.
         self._flying.add(flight)
+        self._flying_changed.set()
         task.add_done_callback(lambda _: self._flying.discard(flight))
         # A task cancelled before it starts (stop now, in the turn that
         # admitted it) never runs its `except`: give its claims back here.
@@ -701,7 +702,6 @@ class Dispatcher:
         timeout = provider.request_timeout_s or self._preset().request_timeout_s
         hang = HangDeadline(lease.key.latency, timeout, self.tail)
         sent_at = self._clock()
-        self._flying_changed.set()
         try:
             # Below the timeout the client enforces itself, the key's patience cuts a hang short.
             async with hang:
