@@ -9,8 +9,9 @@
 -- puts them above this text when it loads it).
 --
 -- A key's budget is one hash (KEYS of open, settle, read; every other KEY of
--- reserve) plus, for reserve, a sorted set of the last SEND_SPREAD_S's
--- reservations: what an answer's headers may miss, cluster-wide.
+-- reserve) plus, for reserve, a sorted set of the reservations within the widest
+-- send spread: what an answer's headers may miss, cluster-wide (the key's send
+-- spread's worth of them, by its trust).
 --
 -- Numbers go back as strings ("%.17g"): Redis would cut a Lua number to an
 -- integer.  An absent field or an empty string is "none" (no limit, not yet).
@@ -213,6 +214,10 @@ local function trust_recover(h, now)
   h.trust = math.min(1, h.trust + TRUST_STEP)
 end
 
+local function spread_s(h)
+  return SEND_SPREAD_S / math.max(h.trust, 1 / SPREAD_WIDENS_UP_TO)
+end
+
 local function trust_of(h, headroom_left)
   if headroom_left > 0 then return headroom_left * h.trust end
   return headroom_left
@@ -223,8 +228,8 @@ local function reading_capacity(rd)
   return math.min(rd.limit, rd.remaining + rd.reset * rd.limit / 60)
 end
 
-local function reading_available(rd, now, rate_per_s, reserved_since)
-  local refilled = rd.remaining + math.max(0, now - rd.taken_at - SEND_SPREAD_S) * rate_per_s
+local function reading_available(rd, now, rate_per_s, reserved_since, spread)
+  local refilled = rd.remaining + math.max(0, now - rd.taken_at - spread) * rate_per_s
   return math.min(math.max(reading_capacity(rd), rd.remaining), refilled) - reserved_since
 end
 
@@ -240,7 +245,7 @@ local function take_headroom(h, b, remaining, reset_s, provider_limit, sent_at, 
   size = math.min(size, in_force)
   h.from_hdr = 1
   set_burst(b, h.trust * size / r, now)
-  set_level(b, trust_of(h, reading_available(rd, now, r, reserved_since)), now)
+  set_level(b, trust_of(h, reading_available(rd, now, r, reserved_since, spread_s(h))), now)
   return rd
 end
 
@@ -383,9 +388,10 @@ local function reserve_one(hs, changed, keys, now)
     redis.call('ZADD', recent, now, string.format('%d:%d', h.res_r, h.res_t))
     h.res_r = h.res_r + 1
     h.res_t = h.res_t + c.charge
-    redis.call('ZREMRANGEBYSCORE', recent, '-inf', '(' .. fmt(now - SEND_SPREAD_S))
+    redis.call('ZREMRANGEBYSCORE', recent, '-inf', '(' .. fmt(now - SEND_SPREAD_S * SPREAD_WIDENS_UP_TO))
     redis.call('PEXPIRE', recent, 60000)  -- an idle key's leaves nothing behind
-    local marks_r, marks_t = string.match(redis.call('ZRANGE', recent, 0, 0)[1], '^(%d+):(%d+)$')
+    local first = redis.call('ZRANGEBYSCORE', recent, fmt(now - spread_s(h)), '+inf', 'LIMIT', 0, 1)[1]
+    local marks_r, marks_t = string.match(first, '^(%d+):(%d+)$')
     changed[best] = true
     return {'admitted', tostring(best), fmt(taken), fmt(now), marks_r, marks_t, state(h, now)}
   end

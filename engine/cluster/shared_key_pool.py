@@ -39,6 +39,7 @@ from redis.asyncio import Redis
 
 from engine.cluster.call_coalescer import CallCoalescer
 from engine.cluster.shared_budget import (
+    CLUSTER_SEND_SPREAD_S,
     RETRY_FOR_S,
     Admitted,
     Candidate,
@@ -79,7 +80,7 @@ class SharedKeyBudget(KeyBudget):
         write: Callable[[SettleOp], None],
         clock: Clock = time.monotonic,
     ) -> None:
-        super().__init__(rpm, tpm, clock)
+        super().__init__(rpm, tpm, clock, CLUSTER_SEND_SPREAD_S)
         self.open_cautiously()  # as the shared budget starts
         self.key_id = key_id
         self._write = write

@@ -525,14 +525,17 @@ class KeyPool:
             self._headers_distrusted(key, rate_kind, *fell)
 
     def _headers_distrusted(self, key: KeyState, rate_kind: str, old: float, new: float) -> None:
+        spread = key.budget.trust.spread_at(new)
         self._events.emit(
             EventKind.HEADERS_DISTRUSTED,
             f"{key.key_id}: a 429 ({rate_kind}) its rate-limit headers did not foresee: "
-            f"spending {new:.0%} of the headroom they report (was {old:.0%})",
+            f"spending {new:.0%} of the headroom they report (was {old:.0%}); "
+            f"requests sent up to {spread * 1000:.0f} ms apart may arrive out of order",
             key=key.key_id,
             kind=rate_kind,
             old=old,
             new=new,
+            spread_s=spread,
         )
 
     def report_429(

@@ -260,7 +260,9 @@ class KeyBudget:
 
     `configured_*` are what the job file says; `limit_*` are what is in
     force: the configured values, lowered by what the provider's headers
-    report and by what 429s teach when there are no headers.
+    report and by what 429s teach when there are no headers.  `spread_s` is
+    how far apart admission and arrival at the provider may be while its
+    headers are fully believed (`engine.limits.provider_headroom`).
     """
 
     # After a 429 without limit headers, the limit drops to this share of
@@ -272,7 +274,13 @@ class KeyBudget:
     LESSON_S = 5.0  # 429s closer together than this are one storm: one lesson
     _RATE_WINDOW_S = 60.0
 
-    def __init__(self, rpm: int | None, tpm: int | None, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self,
+        rpm: int | None,
+        tpm: int | None,
+        clock: Clock = time.monotonic,
+        spread_s: float = SEND_SPREAD_S,
+    ) -> None:
         self._clock = clock
         self.configured_rpm = rpm
         self.configured_tpm = tpm
@@ -287,7 +295,7 @@ class KeyBudget:
         self.header_limits_seen = False
         # Once an answer said what is left, the provider's word sets the budget.
         self.headroom_from_headers = False
-        self.trust = HeaderTrust()
+        self.trust = HeaderTrust(spread_s)
         # Every reservation ever: an answer's headers miss those made after it was sent.
         self.reserved_requests = 0
         self.reserved_tokens = 0
@@ -355,7 +363,7 @@ class KeyBudget:
 
         Its last word refilled since, less what was reserved after the
         request it answered — without the caution admission adds
-        (`SEND_SPREAD_S`, trust): the ETA's view of the burst still to
+        (the send spread, trust): the ETA's view of the burst still to
         spend, not a licence to send.  Before any word, the budget's level.
         None: no such limit.
         """
@@ -416,7 +424,7 @@ class KeyBudget:
     def wired(self, request: int, now: float) -> None:
         """The `request`-th reservation's request went on the wire at `now`."""
         entry = self._unwired.pop(request, None)
-        if entry is not None and now - entry[0] > SEND_SPREAD_S:
+        if entry is not None and now - entry[0] > self.trust.spread_s():
             self._late[request] = (now, entry[1])
 
     def sent_or_not(self, request: int) -> None:
@@ -443,7 +451,7 @@ class KeyBudget:
                 if late[oldest][0] >= forget:
                     break
                 del late[oldest]
-            cutoff = wired_at - SEND_SPREAD_S
+            cutoff = wired_at - self.trust.spread_s()
             for request, (on_wire, charge) in reversed(late.items()):
                 if on_wire < cutoff:
                     break
@@ -491,9 +499,9 @@ class KeyBudget:
         return reserved_through - self._spends[offset][1]
 
     def marks(self) -> tuple[int, int]:
-        """(requests, tokens) reserved before the last `SEND_SPREAD_S`: headers
+        """(requests, tokens) reserved before the key's last send spread: headers
         answered for a request sent now may miss anything reserved after that."""
-        spends, cutoff = self._spends, self._clock() - SEND_SPREAD_S
+        spends, cutoff = self._spends, self._clock() - self.trust.spread_s()
         first = bisect.bisect_left(spends, cutoff, key=lambda spend: spend[0])
         if first < len(spends):
             return self._spend_base + first, spends[first][1]
@@ -641,6 +649,7 @@ class KeyBudget:
             bucket.rate,
             reserved_since,
             lambda: self._spends_from(blurred, tokens, own),
+            spread_s=self.trust.spread_s(),
             last_spend_at=self._spends[-1][0] if self._spends else None,
         )
         # Sent late or not yet: spent, whatever the reading says.
@@ -706,7 +715,8 @@ class KeyBudget:
         if reading is None or self.limit_tpm is None:
             return None
         size = max(reading.capacity(), reading.remaining, 1.0)
-        left = min(size, reading.available(self._clock(), self.tokens.rate, 0.0))
+        spread = self.trust.spread_s()
+        left = min(size, reading.available(self._clock(), self.tokens.rate, 0.0, spread_s=spread))
         return max(0.0, self.limit_tpm * (1.0 - left / size))
 
     def on_rate_limited(self, kind: str, sent_rpm: float) -> tuple[str, float, float] | None:

@@ -15,6 +15,7 @@ import pytest
 from redis.asyncio import Redis
 
 from engine.cluster.shared_budget import (
+    CLUSTER_SEND_SPREAD_S,
     Admitted,
     Candidate,
     HeaderSync,
@@ -27,7 +28,6 @@ from engine.cluster.shared_budget import (
     SharedKeyState,
     Waiting,
 )
-from engine.limits.provider_headroom import SEND_SPREAD_S
 from engine.limits.rate_limiter import KeyBudget, RateHeaders
 from tests.engine.limits.test_key_pool import FakeClock
 from tests.redis_server import RedisServer
@@ -77,13 +77,13 @@ async def test_reserve_reconcile_header_sync_and_a_429_do_what_key_budget_does(
     clock = FakeClock()
     [state] = (await budget.open([KeyLimits(KEY, 600, 60_000)])).values()
     clock.now = state.now
-    local = KeyBudget(600, 60_000, clock)
+    local = KeyBudget(600, 60_000, clock, CLUSTER_SEND_SPREAD_S)
     local.open_cautiously()
     assert_same(state, local, clock)
 
     reservations = []
     reserved_at_send = []  # the local budget's counts up to and including each
-    for pause in (0.0, 0.0, SEND_SPREAD_S * 1.5, 0.0):  # one gap wider than the send spread
+    for pause in (0.0, 0.0, CLUSTER_SEND_SPREAD_S * 1.5, 0.0):  # one gap wider than the send spread
         await asyncio.sleep(pause)
         got = await admitted(budget, candidate(600, 60_000, est=100, charge=80))
         clock.now = got.sent_at
@@ -135,6 +135,34 @@ async def test_reserve_reconcile_header_sync_and_a_429_do_what_key_budget_does(
     assert state.cooling_for() == pytest.approx(2.0)
 
 
+async def test_a_key_whose_headers_are_believed_less_counts_further_back_as_unseen(
+    redis_client: Redis,
+) -> None:
+    """The send spread widens as a key's trust falls, in Redis as in the process: a
+    reservation made longer ago than the spread at full trust, but within the widened
+    one, may still reach the provider after a request sent now."""
+    budget = SharedBudget(redis_client, "job")
+    clock = FakeClock()
+    [state] = (await budget.open([KeyLimits(KEY, 60_000, None)])).values()
+    clock.now = state.now
+    local = KeyBudget(60_000, None, clock, CLUSTER_SEND_SPREAD_S)
+    local.open_cautiously()
+    # Three 429s the headers did not foresee, storms apart: the widest spread.
+    await redis_client.hset(budget.hash_key(KEY), "trust", "0.125")
+    local.trust.level = 0.125
+    assert local.trust.spread_s() == pytest.approx(8 * CLUSTER_SEND_SPREAD_S)
+
+    marks = []
+    for pause in (0.0, CLUSTER_SEND_SPREAD_S * 1.5):
+        await asyncio.sleep(pause)
+        got = await admitted(budget, candidate(60_000, None))
+        clock.now = got.sent_at
+        local.reserve(100)
+        assert got.marks == local.marks()
+        marks.append(got.marks)
+    assert marks[-1] == (0, 0)  # the first, reserved 150 ms before, counts as unseen
+
+
 async def test_a_limit_header_lower_than_the_configured_one_is_learned_once(
     redis_client: Redis,
 ) -> None:
@@ -157,7 +185,7 @@ async def test_without_limit_headers_a_429_lowers_the_limit_below_the_clusters_a
     clock = FakeClock()
     [state] = (await budget.open([KeyLimits(KEY, 600, None)])).values()
     clock.now = state.now
-    local = KeyBudget(600, None, clock)
+    local = KeyBudget(600, None, clock, CLUSTER_SEND_SPREAD_S)
     local.open_cautiously()
     other_connection = Redis.from_url(_url(redis_client))
     other_worker = SharedBudget(other_connection, "job")

@@ -5,7 +5,8 @@ holds a full minute of the limit, one enforcing it per second — drive a
 budget on a clock the test moves.  The headers describe the provider's
 bucket when the answered request was sent; what was reserved after that is
 not in them; since requests reach the provider a little out of the order
-they were sent, both bounds are blurred by `SEND_SPREAD_S`.
+they were sent, both bounds are blurred by the key's send spread
+(`SEND_SPREAD_S` while its headers are fully believed).
 """
 
 from __future__ import annotations
@@ -14,7 +15,12 @@ import random
 
 import pytest
 
-from engine.limits.provider_headroom import SEND_SPREAD_S, BucketReading, HeaderTrust
+from engine.limits.provider_headroom import (
+    SEND_SPREAD_S,
+    SPREAD_WIDENS_UP_TO,
+    BucketReading,
+    HeaderTrust,
+)
 from engine.limits.rate_limiter import BURST_SECONDS, SPEND_LOG_S, KeyBudget, RateHeaders
 from tests.engine.limits.test_rate_limiter import FakeClock
 
@@ -197,6 +203,37 @@ def test_trust_never_falls_below_its_floor() -> None:
     assert trust.level == HeaderTrust.FLOOR
 
 
+def test_a_429_the_headers_did_not_foresee_widens_the_send_spread_until_trust_returns() -> None:
+    """Requests may reach this provider further out of order than assumed: what an
+    answer may miss reaches further back (and its refill starts later) while the
+    trust is down, and comes back with it."""
+    clock = FakeClock()
+    budget = KeyBudget(1200, None, clock)
+    budget.sync(minute_bucket(1199, "50ms"), sent_at=clock.now, marks=budget.marks())
+    admit(budget, clock, 1)
+    clock.advance(1.5 * SEND_SPREAD_S)
+    assert budget.marks()[0] == 1  # reserved before the spread: surely arrived first
+
+    budget.distrust()
+
+    assert budget.trust.spread_s() == pytest.approx(2 * SEND_SPREAD_S)
+    assert budget.marks()[0] == 0  # now it may arrive after a request sent now
+    clock.advance(HeaderTrust.QUIET_S)
+    for _ in range(5):  # answers keep coming, no 429 among them
+        clock.advance(HeaderTrust.STEP_EVERY_S)
+        budget.sync(minute_bucket(1000, "10s"), sent_at=clock.now, marks=budget.marks())
+    assert budget.trust.level == pytest.approx(1.0)
+    assert budget.trust.spread_s() == pytest.approx(SEND_SPREAD_S)
+
+
+def test_the_send_spread_stays_bounded_however_low_the_trust() -> None:
+    trust = HeaderTrust()
+    for second in range(0, 200, 10):
+        trust.surprised(float(second))
+
+    assert trust.spread_s() == pytest.approx(SPREAD_WIDENS_UP_TO * SEND_SPREAD_S)
+
+
 def test_a_reading_without_a_reset_time_proves_only_what_was_left() -> None:
     reading = BucketReading(remaining=500, reset_s=None, limit_per_min=1200, taken_at=0.0)
 
@@ -300,10 +337,10 @@ def test_a_small_bucket_is_replayed_through_what_was_sent_since_not_charged_it_a
         marks=marks,
     )
 
-    # Replayed: 3,000 (its own 2,000 counted again: 1,000), +1,500 of refill by the
-    # next send (0.3 s after the blur), then each 2,000 met by 2,000 of refill.
+    # Replayed: 3,000 (its own 2,000 counted again: 1,000), + the refill by the next
+    # send (0.4 s less the blur), then each 2,000 met by 2,000 of refill.
     assert budget.tokens.capacity == pytest.approx(5000)
-    assert budget.tokens.level() == pytest.approx(1000 + 1500)
+    assert budget.tokens.level() == pytest.approx(1000 + (0.4 - SEND_SPREAD_S) * 5000)
 
 
 def test_an_answer_counts_its_own_request_once_on_a_bucket_that_holds_about_one() -> None:

@@ -14,7 +14,10 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from engine.engine import Engine
+from engine.limits.provider_headroom import SEND_SPREAD_S
 from engine.limits.rate_limiter import BURST_SECONDS
 from engine.observe.events import EventKind
 from engine.observe.snapshot import JobState
@@ -129,5 +132,6 @@ async def test_a_429_the_headers_did_not_foresee_lowers_the_trust_in_them(
     [first, *_] = [e for e in engine.events.recent() if e.kind is EventKind.HEADERS_DISTRUSTED]
     assert first.data["key"] == "sim/k1"
     assert (first.data["old"], first.data["new"]) == (1.0, 0.5)
+    assert first.data["spread_s"] == pytest.approx(2 * SEND_SPREAD_S)  # widened with it
     assert "its rate-limit headers did not foresee" in first.message
     assert len(stored(Path(config.job.store))[0]) == 5 * 100
