@@ -214,6 +214,7 @@ def _simulator_findings(simulator: SimulatorSettings) -> list[Finding]:
             ("limit_scale", positive, "must be more than 0"),
             ("drift_after", not_negative, "must be 0 (never) or more"),
             ("hang_s", positive, "must be more than 0"),
+            ("arrival_jitter_s", not_negative, "must be 0 or more"),
             (
                 "burst_s",
                 lambda value: 0 < value <= 60,

@@ -214,6 +214,9 @@ class SimulatorSettings:
     fault_429: float = 0.0  # a 429 whatever the budget: a provider that won't serve
     hang_s: float = 3600.0  # how long a hung request hangs before its connection drops
     limit_scale: float = 1.0  # real limits = configured limits × this
+    # Up to this many seconds between a request's arrival and the buckets: a
+    # network path's jitter (requests meet the buckets out of the order sent).
+    arrival_jitter_s: float = 0.0
     seed: int = 1
     # Drift on cue, for demos and tests: from answer number `drift_after` on
     # (0: never), answers change in the ways `drift` names: "shorter",

@@ -120,6 +120,9 @@ class SimulatorConfig:
     fault_missing_id: float = 0.0
     fault_429: float = 0.0
     hang_s: float = 3600.0
+    # Up to this many seconds (uniform) between a request's arrival and its bucket:
+    # a network path's jitter, so requests meet the buckets out of the order sent.
+    arrival_jitter_s: float = 0.0
     seed: int = 1
     embedding_dim: int = 64
     models: tuple[str, ...] = ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small")
@@ -155,8 +158,10 @@ class SimulatorConfig:
             raise ValueError("a lognormal latency needs a low above 0 (its 5th percentile)")
         if not 0 < self.burst_s <= FULL_MINUTE_S:
             raise ValueError(f"burst_s must be more than 0 and at most 60, got {self.burst_s}")
-        if self.seconds_per_output_token < 0 or self.hang_s < 0:
-            raise ValueError("seconds_per_output_token and hang_s must not be negative")
+        if self.seconds_per_output_token < 0 or self.hang_s < 0 or self.arrival_jitter_s < 0:
+            raise ValueError(
+                "seconds_per_output_token, hang_s and arrival_jitter_s must not be negative"
+            )
         if self.embedding_dim <= 0:
             raise ValueError(f"embedding_dim must be positive, got {self.embedding_dim}")
         for kind in FAULT_KINDS:
@@ -727,6 +732,9 @@ class ProviderSimulator:
             return self._json(
                 400, _error_body(str(bad), "invalid_request_error", None, bad.param), headers
             )
+        jitter = self._config.arrival_jitter_s
+        if jitter > 0.0:
+            await asyncio.sleep(self._rng.uniform(0.0, jitter))
         now = self._clock()
         admission = caller.budget.admit(token_cost, now)
         headers = {"x-request-id": request_id, **self._limit_headers(caller, now)}
@@ -1313,6 +1321,13 @@ def _argument_parser() -> argparse.ArgumentParser:
         parser.add_argument(f"--fault-{flag}", type=float, default=0.0, metavar="P")
     parser.add_argument("--hang-s", type=float, default=3600.0)
     parser.add_argument(
+        "--arrival-jitter-s",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="requests meet the buckets up to S seconds late (uniform): out of the order sent",
+    )
+    parser.add_argument(
         "--exit-with-parent", action="store_true", help="exit when stdin closes (parent died)"
     )
     parser.add_argument("--seed", type=int, default=1)
@@ -1393,6 +1408,7 @@ def config_from_args(argv: Sequence[str]) -> tuple[SimulatorConfig, str, int]:
             burst_s=args.burst_s,
             seconds_per_output_token=args.per_token,
             hang_s=args.hang_s,
+            arrival_jitter_s=args.arrival_jitter_s,
             seed=args.seed,
             embedding_dim=args.embedding_dim,
             drift_after=args.drift_after,

@@ -67,6 +67,8 @@ def simulator_arguments(sim: SimulatorSettings, port: int) -> list[str]:
         str(sim.fault_429),
         "--hang-s",
         str(sim.hang_s),
+        "--arrival-jitter-s",
+        str(sim.arrival_jitter_s),
         "--seed",
         str(sim.seed),
         "--batch-delay-s",

@@ -384,6 +384,7 @@ def test_an_integer_is_a_fine_number_for_a_float_setting(tmp_path: Path) -> None
         ("simulator", "burst_s = 0", "burst_s", "must be more than 0 and at most 60"),
         ("simulator", "burst_s = 61", "burst_s", "must be more than 0 and at most 60"),
         ("simulator", "hang_s = 0", "hang_s", "must be more than 0 (got 0.0)"),
+        ("simulator", "arrival_jitter_s = -0.1", "arrival_jitter_s", "must be 0 or more"),
         (
             "simulator",
             'latency_distribution = "lognormal"\nlatency_s = [0, 2]',

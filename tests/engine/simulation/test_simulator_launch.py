@@ -61,6 +61,7 @@ def test_the_simulators_command_line_carries_every_setting_it_models() -> None:
         latency_distribution="lognormal",
         burst_s=1,
         hang_s=120,
+        arrival_jitter_s=0.15,
         fault_5xx=0.02,
         fault_reset=0.01,
         fault_hang=0.005,
@@ -75,6 +76,7 @@ def test_the_simulators_command_line_carries_every_setting_it_models() -> None:
     assert config.latency_distribution == "lognormal"
     assert config.burst_s == 1.0
     assert config.hang_s == 120.0
+    assert config.arrival_jitter_s == 0.15
     assert (config.fault_5xx, config.fault_reset, config.fault_hang, config.fault_malformed) == (
         0.02,
         0.01,
