@@ -6,7 +6,8 @@ budget on a clock the test moves.  The headers describe the provider's
 bucket when the answered request was sent; what was reserved after that is
 not in them; since requests reach the provider a little out of the order
 they were sent, both bounds are blurred by the key's send spread
-(`SEND_SPREAD_S` while its headers are fully believed).
+(`OPENING_SPREAD_S` until its headers have held for `SETTLE_S`, then
+`SEND_SPREAD_S` while they are fully believed).
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import random
 import pytest
 
 from engine.limits.provider_headroom import (
+    OPENING_SPREAD_S,
     SEND_SPREAD_S,
+    SETTLE_S,
     SPREAD_WIDENS_UP_TO,
     BucketReading,
     HeaderTrust,
@@ -67,7 +70,7 @@ def test_a_full_minute_of_headroom_is_spent_less_what_was_sent_after_the_answere
     assert budget.requests.capacity == pytest.approx(1200)  # the whole minute
     # 1199 then, less the 40 sent about then (its own included: which of them
     # arrived first is not known), refilled since (from the send's blur on).
-    assert budget.requests.level() == pytest.approx(1199 - 40 + (0.5 - SEND_SPREAD_S) * 20)
+    assert budget.requests.level() == pytest.approx(1199 - 40 + (0.5 - OPENING_SPREAD_S) * 20)
     assert budget.wait_for(10) == 0.0
 
 
@@ -84,7 +87,7 @@ def test_a_provider_that_enforces_the_minute_per_second_is_paced() -> None:
     assert budget.requests.capacity == pytest.approx(20)  # one second of the limit
     # 19 then, less the 20 sent then (its own again), refilled since: the
     # refill that paid for them is not lost to the bucket's cap.
-    assert budget.requests.level() == pytest.approx(19 - 20 + (0.5 - SEND_SPREAD_S) * 20)
+    assert budget.requests.level() == pytest.approx(19 - 20 + (0.5 - OPENING_SPREAD_S) * 20)
     # From here the budget paces at the limit: 20 a second, never a minute's burst.
     clock.advance(5.0)
     assert budget.requests.level() == pytest.approx(20)
@@ -102,7 +105,7 @@ def test_headroom_never_counts_what_was_reserved_after_the_answered_request() ->
 
     budget.sync(minute_bucket(999, "10.05s"), sent_at=early[0], marks=early[1])
 
-    refilled = (1.0 - SEND_SPREAD_S) * 20
+    refilled = (1.0 - OPENING_SPREAD_S) * 20
     assert budget.requests.level() == pytest.approx(999 + refilled - 901)
 
 
@@ -114,7 +117,7 @@ def test_a_stale_answer_is_credited_with_the_refill_since_it_was_sent_up_to_the_
 
     budget.sync(minute_bucket(100, "50s", limit=600), sent_at=sent_at, marks=marks)
 
-    assert budget.requests.level() == pytest.approx(100 + (3.0 - SEND_SPREAD_S) * 10 - 1)
+    assert budget.requests.level() == pytest.approx(100 + (3.0 - OPENING_SPREAD_S) * 10 - 1)
     clock.advance(120.0)
     assert budget.requests.level() == pytest.approx(600)  # never more than the bucket
 
@@ -136,7 +139,7 @@ def test_token_headroom_follows_the_tokens_headers_the_same_way() -> None:
     budget.reserve(2000)
     sent_at, marks = clock.now, budget.marks()
     budget.reserve(2000)  # sent after: not in the answer's headers
-    clock.advance(SEND_SPREAD_S)  # the refill starts once the request surely arrived
+    clock.advance(OPENING_SPREAD_S)  # the refill starts once the request surely arrived
 
     budget.sync(
         RateHeaders.parse(
@@ -203,27 +206,49 @@ def test_trust_never_falls_below_its_floor() -> None:
     assert trust.level == HeaderTrust.FLOOR
 
 
-def test_a_429_the_headers_did_not_foresee_widens_the_send_spread_until_trust_returns() -> None:
-    """Requests may reach this provider further out of order than assumed: what an
-    answer may miss reaches further back (and its refill starts later) while the
-    trust is down, and comes back with it."""
+def test_the_send_spread_narrows_once_the_headers_have_held_and_widens_with_a_429() -> None:
+    """Requests reach the provider out of order by an unknown amount: while a key's
+    headers are new (the opening's answers come back while its burst still arrives)
+    what an answer may miss reaches back `OPENING_SPREAD_S`; once they have held for
+    `SETTLE_S`, `SEND_SPREAD_S`; a 429 they did not foresee widens it again, and it
+    comes back with the trust."""
     clock = FakeClock()
     budget = KeyBudget(1200, None, clock)
     budget.sync(minute_bucket(1199, "50ms"), sent_at=clock.now, marks=budget.marks())
     admit(budget, clock, 1)
     clock.advance(1.5 * SEND_SPREAD_S)
-    assert budget.marks()[0] == 1  # reserved before the spread: surely arrived first
+    assert budget.trust.spread_s() == pytest.approx(OPENING_SPREAD_S)
+    assert budget.marks()[0] == 0  # it may yet arrive after a request sent now
+
+    clock.advance(SETTLE_S)
+    budget.sync(minute_bucket(1100, "5s"), sent_at=clock.now, marks=budget.marks())
+    admit(budget, clock, 1)
+    clock.advance(1.5 * SEND_SPREAD_S)
+    assert budget.trust.spread_s() == pytest.approx(SEND_SPREAD_S)
+    assert budget.marks()[0] == 2  # reserved before the spread: surely arrived first
 
     budget.distrust()
 
-    assert budget.trust.spread_s() == pytest.approx(2 * SEND_SPREAD_S)
-    assert budget.marks()[0] == 0  # now it may arrive after a request sent now
+    assert budget.trust.spread_s() == pytest.approx(OPENING_SPREAD_S)
+    assert budget.marks()[0] == 1  # now it may arrive after a request sent now
     clock.advance(HeaderTrust.QUIET_S)
     for _ in range(5):  # answers keep coming, no 429 among them
         clock.advance(HeaderTrust.STEP_EVERY_S)
         budget.sync(minute_bucket(1000, "10s"), sent_at=clock.now, marks=budget.marks())
     assert budget.trust.level == pytest.approx(1.0)
     assert budget.trust.spread_s() == pytest.approx(SEND_SPREAD_S)
+
+
+def test_a_trust_fallen_far_widens_the_spread_past_the_opening() -> None:
+    trust = HeaderTrust()
+    trust.recover(0.0)
+    trust.recover(SETTLE_S)
+    assert trust.settled
+    for second in (10.0, 20.0):
+        trust.surprised(second)
+
+    assert trust.level == 0.25
+    assert trust.spread_s() == pytest.approx(4 * SEND_SPREAD_S)
 
 
 def test_the_send_spread_stays_bounded_however_low_the_trust() -> None:
@@ -340,7 +365,7 @@ def test_a_small_bucket_is_replayed_through_what_was_sent_since_not_charged_it_a
     # Replayed: 3,000 (its own 2,000 counted again: 1,000), + the refill by the next
     # send (0.4 s less the blur), then each 2,000 met by 2,000 of refill.
     assert budget.tokens.capacity == pytest.approx(5000)
-    assert budget.tokens.level() == pytest.approx(1000 + (0.4 - SEND_SPREAD_S) * 5000)
+    assert budget.tokens.level() == pytest.approx(1000 + (0.4 - OPENING_SPREAD_S) * 5000)
 
 
 def test_an_answer_counts_its_own_request_once_on_a_bucket_that_holds_about_one() -> None:
@@ -369,7 +394,7 @@ def test_an_answer_counts_its_own_request_once_on_a_bucket_that_holds_about_one(
     budget.sync(answer, sent_at=sent_at, marks=marks, reserved_at_send=reserved_at_send)
 
     assert budget.tokens.capacity == pytest.approx(2500, abs=1)
-    assert budget.tokens.level() == pytest.approx(496 + (0.8 - SEND_SPREAD_S) * 2500)
+    assert budget.tokens.level() == pytest.approx(496 + (0.8 - OPENING_SPREAD_S) * 2500)
     assert budget.wait_for(2004) == 0.0
 
 
@@ -455,12 +480,12 @@ def test_an_answer_leaves_out_exactly_the_requests_it_cannot_have_counted_among_
         if request % 97 == 0:
             before = rng.randrange(0, request + 1)
             wired_at = clock.now - rng.uniform(0.0, 2.0)
-            on_wire_since = wired_at - SEND_SPREAD_S
+            on_wire_since = wired_at - OPENING_SPREAD_S
             expected = [
                 r
                 for r, at in wires.items()
                 if r < before
-                and (at is None or (at - reserved_at[r] > SEND_SPREAD_S and at >= on_wire_since))
+                and (at is None or (at - reserved_at[r] > OPENING_SPREAD_S and at >= on_wire_since))
             ]
             assert budget._unseen(before, wired_at) == (
                 len(expected),
