@@ -261,8 +261,9 @@ class KeyBudget:
     `configured_*` are what the job file says; `limit_*` are what is in
     force: the configured values, lowered by what the provider's headers
     report and by what 429s teach when there are no headers.  `spread_s` is
-    how far apart admission and arrival at the provider may be while its
-    headers are fully believed (`engine.limits.provider_headroom`).
+    how far apart admission and arrival at the provider may be once its
+    headers have held and while they are fully believed
+    (`engine.limits.provider_headroom`).
     """
 
     # After a 429 without limit headers, the limit drops to this share of
