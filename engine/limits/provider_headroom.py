@@ -117,7 +117,8 @@ class HeaderTrust:
     A 429 the headers did not foresee halves it (a storm of them within
     `STORM_S` is one lesson); after `QUIET_S` without one it grows back by
     `STEP` every `STEP_EVERY_S`.  `settled`: the headers have held for
-    `SETTLE_S` since they were first read or last surprised.
+    `SETTLE_S` since they were first read or last surprised (a storm's last
+    429 included).
     """
 
     FLOOR = 1 / 16
@@ -127,7 +128,7 @@ class HeaderTrust:
     STEP_EVERY_S = 10.0
 
     __slots__ = (
-        "_heard_since",
+        "_held_since",
         "_last_step",
         "_last_surprise",
         "base_spread_s",
@@ -139,13 +140,13 @@ class HeaderTrust:
         self.level = 1.0
         self.base_spread_s = base_spread_s
         self.settled = False
-        self._heard_since: float | None = None
+        self._held_since: float | None = None  # first read, or last surprised
         self._last_surprise = -math.inf
         self._last_step = -math.inf
 
     def surprised(self, now: float) -> tuple[float, float] | None:
         """A 429 the headers said would not come; (old, new) trust when it fell."""
-        self.settled = False
+        self.settled, self._held_since = False, now
         if now - self._last_surprise < self.STORM_S:
             return None
         self._last_surprise = now
@@ -157,9 +158,9 @@ class HeaderTrust:
     def recover(self, now: float) -> None:
         """Headers read at `now`: settled once they have held for `SETTLE_S`;
         quiet long enough, believe them a little more."""
-        if self._heard_since is None:
-            self._heard_since = now
-        if not self.settled and now - max(self._heard_since, self._last_surprise) >= SETTLE_S:
+        if self._held_since is None:
+            self._held_since = now
+        if not self.settled and now - self._held_since >= SETTLE_S:
             self.settled = True
         if self.level >= 1.0 or now - self._last_surprise < self.QUIET_S:
             return

@@ -251,6 +251,20 @@ def test_a_trust_fallen_far_widens_the_spread_past_the_opening() -> None:
     assert trust.spread_s() == pytest.approx(4 * SEND_SPREAD_S)
 
 
+def test_a_storm_of_429s_unsettles_the_spread_until_its_last_one_is_past() -> None:
+    trust = HeaderTrust()
+    trust.recover(0.0)
+    trust.recover(SETTLE_S)
+    trust.surprised(10.0)
+    trust.surprised(14.0)  # the same storm: no second lesson for the trust
+
+    trust.recover(15.5)
+    assert not trust.settled  # 5.5 s after the storm began, 1.5 s after its last 429
+    assert trust.spread_s() == pytest.approx(OPENING_SPREAD_S)
+    trust.recover(14.0 + SETTLE_S)
+    assert trust.settled
+
+
 def test_the_send_spread_stays_bounded_however_low_the_trust() -> None:
     trust = HeaderTrust()
     for second in range(0, 200, 10):
