@@ -26,7 +26,9 @@ batch short of full is acknowledged when that batch fills, or when it has
 waited `FLUSH_S` (`run_flusher`), or when the crawl here ends (`flush`).
 A worker that dies before that leaves the site pending, and whoever takes
 it over crawls it again (the batch stream keeps
-each chunk once, the store one row a page).  The batch stream's "input
+each chunk once, the store one row a page; a chunk whose text waited on one
+of the first crawl's chunks that the second did not meet again is sent once
+every site is crawled: `SharedSameText.orphaned`).  The batch stream's "input
 complete" is written when this worker's crawl ends, and its crawl ends
 only when every site of the run is crawled or dead-lettered.
 """
@@ -160,6 +162,21 @@ class SharedCrawl:
         if self._partial:
             taken, self._partial = self._partial, []
             await self._put(taken, max(1, self._batch_size()), wait_for_room=not leaving)
+        if self.targets.over and self._same_text is not None:
+            await self._send_orphaned(self._same_text, leaving=leaving)
+
+    async def _send_orphaned(self, same_text: SharedSameText, *, leaving: bool) -> None:
+        """Every site is crawled: chunks still waiting for a text whose chunk was never
+        enqueued (its page changed before its site was crawled again) are sent now."""
+        waiting = await same_text.orphaned()
+        if not waiting:
+            return
+        chunks = await same_text.to_send(waiting, self._stored)
+        size = max(1, self._batch_size())
+        await self._queue.put_many(
+            [Batch(tuple(chunks[i : i + size])) for i in range(0, len(chunks), size)],
+            wait_for_room=not leaving,
+        )
 
     async def run_flusher(self) -> None:
         """Flush a batch short of full that a finished site has waited on for `FLUSH_S`;

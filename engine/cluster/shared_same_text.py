@@ -26,10 +26,11 @@ each chunk neither stored nor enqueued before:
 A chunk that waits or is copied is marked enqueued (a second reader of the
 input adds nothing twice) and counted in the run's chunks.  A holder let go
 before it was enqueued (its reader stopped, its site released mid-crawl)
-keeps its text: whoever reads it again holds it anew and sends it.  (Only
-if a site's page changed in between, so that the chunk never comes again,
-do the chunks waiting on it stay unstored in that run; the next run sends
-them.)
+keeps its text: whoever reads it again holds it anew and sends it.  If it
+never comes again (a site's page changed before it was crawled again, or
+the site was dead-lettered), the chunks waiting on it are handed on once
+the crawl is over (`orphaned`): the first holds the text anew and is sent,
+the others wait for it.
 
 `TextCopies` is the collector's side.  Once the store has committed a
 holder's row, `made_for` marks its text answered (or, the holder failed,
@@ -140,6 +141,33 @@ return out
 """
 
 
+# KEYS: texts, holders, enqueued, done, progress.  ARGV: the waiting lists' prefix.
+# Every holder neither enqueued nor stored lets its text go; the chunks that waited for
+# it (encoded) are returned, uncounted and no longer marked enqueued, to be asked anew.
+_ORPHANED = """
+local out, held = {}, redis.call('HGETALL', KEYS[2])
+for at = 1, #held, 2 do
+  local id, key = held[at], held[at + 1]
+  if redis.call('SISMEMBER', KEYS[3], id) == 0 and redis.call('SISMEMBER', KEYS[4], id) == 0 then
+    redis.call('HDEL', KEYS[2], id)
+    if redis.call('HGET', KEYS[1], key) == id then
+      redis.call('HDEL', KEYS[1], key)
+    end
+    local list = ARGV[1] .. id
+    for _, encoded in ipairs(redis.call('LRANGE', list, 0, -1)) do
+      out[#out + 1] = encoded
+      redis.call('SREM', KEYS[3], cjson.decode(encoded)[1])
+    end
+    redis.call('DEL', list)
+  end
+end
+if #out > 0 then
+  redis.call('HINCRBY', KEYS[5], 'chunks', -#out)
+end
+return out
+"""
+
+
 class SharedSameText:
     """The batcher's `TextsToSend` in a cluster: which chunks of a block need a request,
     decided for the whole run in Redis (see the module).  `done_set` is the job's set
@@ -162,6 +190,7 @@ class SharedSameText:
         self._version = prompt_version
         self._models = list(dict.fromkeys(models))
         self._claim = redis.register_script(_CLAIM)
+        self._orphaned = redis.register_script(_ORPHANED)
         # A crawl asks for every page: asks made while a call is out go in the next.
         self._claims: CallCoalescer[_Ask, list[int]] = CallCoalescer(self._claim_all)
 
@@ -180,6 +209,18 @@ class SharedSameText:
         ask = [(chunk, key, answered.get(key)) for chunk, key in zip(chunks, keys, strict=True)]
         decisions = await self._claims.ask(ask)
         return [chunk for chunk, d in zip(chunks, decisions, strict=True) if d == SEND]
+
+    async def orphaned(self) -> list[Chunk]:
+        """Once every chunk of the run is enqueued (a crawl is over): the chunks waiting for
+        a text whose holder never was — its site let go here and its page changed before
+        it was crawled again, or the site dead-lettered.  They are no longer counted nor
+        marked enqueued; ask `to_send` for them again (the first holds their text)."""
+        s = self.streams
+        encoded = await self._orphaned(
+            keys=[s.texts, s.text_holders, s.enqueued, self._done_set, s.progress],
+            args=[s.text_waiting("")],
+        )
+        return _chunks(encoded)
 
     async def _claim_all(self, asks: list[_Ask]) -> list[list[int]]:
         """One script call deciding for every chunk of `asks`, in order; each ask's

@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from engine.cluster.batch_codec import decode_batch
 from engine.cluster.shared_crawl import FLUSH_S, SharedCrawl
 from engine.cluster.shared_host_clock import SharedHostClock
+from engine.cluster.shared_same_text import SharedSameText
 from engine.cluster.stream_queue import StreamWorkQueue
 from engine.cluster.stream_replies import entry_fields
 from engine.cluster.target_stream import TargetStream
@@ -22,23 +23,35 @@ from engine.config.settings import JobSettings
 from engine.crawl.targets import Target, normalise_target
 from engine.observe.run_stats import RunStats
 from engine.pipeline.records import Document
+from engine.pipeline.work_queue import Batch
 
 PREFIX = "job:run:1"
 BATCH = 4
 GUARD_S = 5.0
 
 
-def crawl_share(redis: Redis, max_backlog: int = 10_000) -> SharedCrawl:
-    """One worker's shared side of a crawl, batches of `BATCH` chunks."""
+def crawl_share(
+    redis: Redis,
+    max_backlog: int = 10_000,
+    *,
+    worker: str = "w",
+    visibility_s: float = 30.0,
+    same_text: bool = False,
+) -> SharedCrawl:
+    """One worker's shared side of a crawl, batches of `BATCH` chunks; with `same_text`,
+    a text the run met before is not sent again."""
+    queue = StreamWorkQueue(
+        redis, PREFIX, worker, visibility_s=visibility_s, block_s=0.1, max_backlog=max_backlog
+    )
+    texts = SharedSameText(redis, PREFIX, queue.done_set, prompt_version="1", models=["m"])
     return SharedCrawl(
-        TargetStream(redis, PREFIX, "w", visibility_s=30.0, block_s=0.1),
-        StreamWorkQueue(
-            redis, PREFIX, "w", visibility_s=30.0, block_s=0.1, max_backlog=max_backlog
-        ),
+        TargetStream(redis, PREFIX, worker, visibility_s=visibility_s, block_s=0.1),
+        queue,
         JobSettings(chunk_tokens=50, chunk_overlap_tokens=0),
         stats=RunStats(),
         batch_size=lambda: BATCH,
         host_clock=SharedHostClock(redis, PREFIX),
+        same_text=texts if same_text else None,
     )
 
 
@@ -56,8 +69,12 @@ async def page(share: SharedCrawl, site: Target, n: int) -> None:
 
 
 async def batch_sizes(redis: Redis) -> list[int]:
+    return [len(batch.chunks) for batch in await enqueued(redis)]
+
+
+async def enqueued(redis: Redis) -> list[Batch]:
     entries = await redis.xrange(f"{PREFIX}:work") or []
-    return [len(decode_batch(entry_fields(fields)).chunks) for _id, fields in entries]
+    return [decode_batch(entry_fields(fields)) for _id, fields in entries]
 
 
 async def acknowledged(share: SharedCrawl) -> int:
@@ -158,3 +175,38 @@ async def test_a_worker_leaving_hands_on_its_last_chunks_however_full_the_backlo
 
     assert await batch_sizes(redis_client) == [BATCH, 1]
     assert await acknowledged(share) == 1
+
+
+async def test_a_text_whose_chunk_a_changed_page_never_sent_again_is_sent_once_all_is_crawled(
+    redis_client: Redis,
+) -> None:
+    """A worker stops mid-site after its page's footer claimed the run's footer text; a
+    second site's footer waits for that chunk.  The site taken over has changed, and
+    that chunk never comes again: once every site is crawled, the waiting footer is
+    sent in its place — it is neither lost nor counted twice."""
+    first = crawl_share(redis_client, worker="w1", same_text=True)
+    second = crawl_share(redis_client, worker="w2", visibility_s=0.2, same_text=True)
+    a, b = normalise_target("a.test", 1), normalise_target("b.test", 2)
+    await first.enqueue([a, b])
+    await first.input_read()
+    async with asyncio.timeout(GUARD_S):
+        assert await first.next_target() == a
+        await first.deliver(a, Document(source=a.url, text="the same footer"))
+        first.let_go(a)  # stopping: a's chunk was never enqueued
+
+        assert await second.next_target() == b
+        await second.deliver(b, Document(source=f"{b.url}about", text="the same footer"))
+        await second.finished(b, [])
+        assert await enqueued(redis_client) == [], "b's footer waits for a's"
+
+        await asyncio.sleep(0.3)  # a is idle beyond the visibility timeout: taken over
+        assert await second.next_target() == a
+        await second.deliver(a, Document(source=a.url, text="a page rewritten since"))
+        await second.finished(a, [])
+        assert await second.next_target() is None
+        await second.flush()  # the crawl here has ended
+
+    sent = [chunk.text for batch in await enqueued(redis_client) for chunk in batch.chunks]
+    assert sorted(sent) == ["a page rewritten since", "the same footer"]
+    counted = StreamWorkQueue(redis_client, PREFIX, "reader", visibility_s=30.0)
+    assert (await counted.progress()).chunks == 2, "each counted once"
