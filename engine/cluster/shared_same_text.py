@@ -247,7 +247,8 @@ class CopiesMade:
     and what its acknowledgement then settles (`TextCopies.settle`)."""
 
     rows: list[ResultRow | FailureRow] = field(default_factory=list)
-    holders: list[str] = field(default_factory=list)  # holders whose waiting lists go
+    holders: list[str] = field(default_factory=list)  # holders let go
+    waited: list[str] = field(default_factory=list)  # those of them some chunk waited for
     copied: list[str] = field(default_factory=list)  # chunks stored as copies
     unanswered: list[str] = field(default_factory=list)  # stored failed: their holder failed
 
@@ -292,6 +293,8 @@ class TextCopies:
                 holder = as_text(holder_id)
                 made.holders.append(holder)
                 chunks = _chunks(waiting)
+                if chunks:
+                    made.waited.append(holder)
                 result = answered.get(holder)
                 if result is not None:
                     answer = StoredAnswer(holder, result.model, result.provider, result.result_json)
@@ -306,8 +309,10 @@ class TextCopies:
         """Add to the collector's acknowledgement: the waiting lists resolved, the holders
         let go, the copies and the unanswered counted (sets: a repeat counts once)."""
         s = self.streams
-        for holder in made.holders:
-            pipe.delete(s.text_waiting(holder))
+        # Only the lists that exist: most texts are met once, and a command per chunk was
+        # most of the collector's Redis work.  (`made_for` stopped them growing.)
+        if made.waited:
+            pipe.delete(*(s.text_waiting(holder) for holder in made.waited))
         if made.holders:
             pipe.hdel(s.text_holders, *made.holders)
         if made.copied:

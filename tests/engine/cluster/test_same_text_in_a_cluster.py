@@ -106,6 +106,7 @@ async def test_a_text_repeated_across_sources_is_sent_once_and_copied_to_the_oth
     assert set(rows) == {c.id for c in (*a, *b)}
     progress = await worker.queue.progress()
     assert (progress.chunks, progress.copied, progress.chunks_done) == (7, 2, 7)
+    assert await redis_client.keys(f"{PREFIX}:texts:waiting:*") == [], "the waits are over"
 
     # Met again once its answer is stored: copied from the store, nothing sent.
     c = of("c.txt", "one")
