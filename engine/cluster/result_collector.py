@@ -30,7 +30,6 @@ before the entries are acknowledged.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -229,13 +228,11 @@ class ResultCollector:
                 if COPIES_FIELD in fields and self._copies is not None:
                     late += late_copies(fields[COPIES_FIELD])
                     continue
-                rows = decode_rows(fields)
+                rows = decode_rows(fields, self._run_id)
             except (RowFormatError, BatchFormatError) as exc:
                 await self._set_aside(entry, raw, str(exc))
                 continue
             for row in rows:
-                if self._run_id is not None:
-                    row = dataclasses.replace(row, run_id=self._run_id)
                 if isinstance(row, ResultRow):
                     await self._store.put_result(row)
                     done.append(row.chunk_id)

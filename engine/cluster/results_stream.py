@@ -56,21 +56,24 @@ def encode_row(row: Row) -> str:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
 
 
-def decode_rows(fields: Mapping[Any, Any]) -> list[Row]:
-    """The rows of a results entry (fields as bytes or str); `RowFormatError` if unreadable."""
+def decode_rows(fields: Mapping[Any, Any], run_id: int | None = None) -> list[Row]:
+    """The rows of a results entry (fields as bytes or str), stamped with `run_id` when
+    given (the collector's run); `RowFormatError` if unreadable."""
     text = {_text(k): _text(v) for k, v in fields.items()}
     if text.get("v") != "1":
         raise RowFormatError(f"results format {text.get('v')!r}; this collector reads '1'")
     try:
         items = json.loads(text["rows"])
-        return [_row(item) for item in items]
+        return [_row(item, run_id) for item in items]
     except (KeyError, TypeError, ValueError) as exc:
         raise RowFormatError(f"unreadable results entry: {exc!r}") from exc
 
 
-def _row(item: Any) -> Row:
+def _row(item: Any, run_id: int | None) -> Row:
     values = dict(item)
     kind = values.pop("kind")
+    if run_id is not None:
+        values["run_id"] = run_id  # set as it is read: a copy of every row cost more
     if kind == RESULT:
         return ResultRow(**values)
     if kind == FAILURE:
