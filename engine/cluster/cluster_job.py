@@ -190,6 +190,7 @@ class ClusterJob:
             self.done_set,
             prompt_version=self.config.prompt.version,
             models=self._models(),
+            job_prefix=self.settings.prefix,
             beside_store=self.beside_store,
         )
         return self._queue
@@ -418,6 +419,7 @@ class ClusterJob:
                 self.scope.prefix,
                 prompt_version=self.config.prompt.version,
                 models=self._models(),
+                job_prefix=self.settings.prefix,
             ),
         )
         self._role = CollectorRole(

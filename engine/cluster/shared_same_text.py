@@ -18,10 +18,13 @@ each chunk neither stored nor enqueued before:
   holder's list (`JobStreams.text_waiting`);
 - its text is answered (the holder's result is stored): it goes to the
   results stream as a copy to make, naming the holder and the text.  So
-  does a chunk whose text the job's store answered in an earlier run, when
-  this worker is the one beside the store (`to_send` is given the store, as
-  one process looks it up; a worker elsewhere does not look: its store is
-  not the job's, and what it holds the collector could not copy).
+  does a chunk whose text an earlier run of the job answered: the collector
+  records each text it stores an answer to in a job-level hash per prompt
+  version and model (`answered_texts`), which every worker's claim reads,
+  wherever it runs.  The worker beside the store also looks the store itself
+  up (`to_send` is given it, as one process does), which finds answers stored
+  before the job ran as a cluster; a worker elsewhere does not: its store is
+  not the job's, and what it holds the collector could not copy.
 
 A chunk that waits or is copied is marked enqueued (a second reader of the
 input adds nothing twice) and counted in the run's chunks.  A holder let go
@@ -56,6 +59,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.typing import EncodableT, FieldT
 
 from engine.cluster.batch_codec import BatchFormatError, chunk_of_row, decode_chunk, encode_chunk
 from engine.cluster.call_coalescer import CallCoalescer
@@ -66,7 +70,15 @@ from engine.pipeline.records import Chunk, text_key
 from engine.pipeline.same_text import StoredAnswers, copy_row
 from engine.store.sqlite_store import FailureRow, ResultRow, StoredAnswer
 
-__all__ = ["COPIES_FIELD", "CopiesMade", "LateCopy", "SharedSameText", "TextCopies", "late_copies"]
+__all__ = [
+    "COPIES_FIELD",
+    "CopiesMade",
+    "LateCopy",
+    "SharedSameText",
+    "TextCopies",
+    "answered_texts",
+    "late_copies",
+]
 
 COPIES_FIELD = "copies"
 """A results entry's field listing copies to make: `[holder, text key, chunk]` each."""
@@ -79,9 +91,10 @@ LateCopy = tuple[str, str, Chunk]
 # One asker's chunks, each with its text key and the stored answer to it (or None).
 _Ask = list[tuple[Chunk, str, StoredAnswer | None]]
 
-# KEYS: texts, holders, enqueued, done, results, progress.  ARGV: the waiting lists'
-# prefix, then id, text key, encoded chunk, and the chunk whose stored answer (from an
-# earlier run) serves, or '', for each chunk.  Returns each one's decision.
+# KEYS: texts, holders, enqueued, done, results, progress, then the job's answered texts
+# of each model in the order they serve.  ARGV: the waiting lists' prefix, then id, text
+# key, encoded chunk, and the chunk whose stored answer (from an earlier run) serves, or
+# '', for each chunk.  Returns each one's decision.
 _CLAIM = """
 local decisions, copies, kept = {}, {}, 0
 for at = 2, #ARGV, 4 do
@@ -89,8 +102,13 @@ for at = 2, #ARGV, 4 do
   local decision = 0
   if redis.call('SISMEMBER', KEYS[4], id) == 0 and redis.call('SISMEMBER', KEYS[3], id) == 0 then
     local holder = redis.call('HGET', KEYS[1], key)
-    if ARGV[at + 3] ~= '' and not holder then
-      holder = '=' .. ARGV[at + 3]  -- answered in the store: so for every worker from now
+    local earlier = ARGV[at + 3]
+    for model = 7, #KEYS do
+      if holder or earlier ~= '' then break end
+      earlier = redis.call('HGET', KEYS[model], key) or ''
+    end
+    if earlier ~= '' and not holder then
+      holder = '=' .. earlier  -- answered in an earlier run: so for every worker from now
       redis.call('HSET', KEYS[1], key, holder)
     end
     if not holder or holder == id then
@@ -168,11 +186,18 @@ return out
 """
 
 
+def answered_texts(job_prefix: str, prompt_version: str, model: str) -> str:
+    """The job-level hash of each text an answer from `model` at `prompt_version` is
+    stored for → the chunk it was stored under (kept across runs, like the done set)."""
+    return f"{job_prefix}:answered:{prompt_version}:{model}"
+
+
 class SharedSameText:
     """The batcher's `TextsToSend` in a cluster: which chunks of a block need a request,
     decided for the whole run in Redis (see the module).  `done_set` is the job's set
-    of stored chunk ids (the work queue's); `beside_store`: this worker's store is the
-    job's, so its answers from earlier runs serve."""
+    of stored chunk ids (the work queue's); `job_prefix`, when given, the job's own
+    prefix, under which the texts earlier runs answered are kept (`answered_texts`);
+    `beside_store`: this worker's store is the job's, so its answers serve."""
 
     def __init__(
         self,
@@ -182,6 +207,7 @@ class SharedSameText:
         *,
         prompt_version: str,
         models: Iterable[str],
+        job_prefix: str | None = None,
         beside_store: bool = True,
     ) -> None:
         self.streams = JobStreams(prefix)
@@ -189,6 +215,11 @@ class SharedSameText:
         self._beside_store = beside_store
         self._version = prompt_version
         self._models = list(dict.fromkeys(models))
+        self._answered = (
+            []
+            if job_prefix is None
+            else [answered_texts(job_prefix, prompt_version, m) for m in self._models]
+        )
         self._claim = redis.register_script(_CLAIM)
         self._orphaned = redis.register_script(_ORPHANED)
         # A crawl asks for every page: asks made while a call is out go in the next.
@@ -233,7 +264,7 @@ class SharedSameText:
             for chunk, key, answer in ask:
                 args += (chunk.id, key, encode_chunk(chunk), answer.chunk_id if answer else "")
         keys = [s.texts, s.text_holders, s.enqueued, self._done_set, s.results, s.progress]
-        decisions = [int(d) for d in await self._claim(keys=keys, args=args)]
+        decisions = [int(d) for d in await self._claim(keys=keys + self._answered, args=args)]
         answers, at = [], 0
         for ask in asks:
             answers.append(decisions[at : at + len(ask)])
@@ -251,6 +282,8 @@ class CopiesMade:
     waited: list[str] = field(default_factory=list)  # those of them some chunk waited for
     copied: list[str] = field(default_factory=list)  # chunks stored as copies
     unanswered: list[str] = field(default_factory=list)  # stored failed: their holder failed
+    # Texts answered now, by model (text key → chunk): what later runs may copy.
+    answered: dict[str, dict[FieldT, EncodableT]] = field(default_factory=dict)
 
 
 class TextCopies:
@@ -258,12 +291,20 @@ class TextCopies:
     for the chunks that waited for them, or were enqueued once the answer was stored.
 
     `prompt_version` and `models` are the job's: an answer stored under them serves.
+    With `job_prefix`, each text answered is recorded for later runs (`answered_texts`).
     """
 
     def __init__(
-        self, redis: Redis, prefix: str, *, prompt_version: str, models: Iterable[str]
+        self,
+        redis: Redis,
+        prefix: str,
+        *,
+        prompt_version: str,
+        models: Iterable[str],
+        job_prefix: str | None = None,
     ) -> None:
         self.streams = JobStreams(prefix)
+        self._job_prefix = job_prefix
         self._version = prompt_version
         self._models = list(dict.fromkeys(models))
         self._waiting_for = redis.register_script(_WAITING_FOR)
@@ -281,6 +322,9 @@ class TextCopies:
         are stamped with `run_id` (the collector's run in the store)."""
         made = CopiesMade()
         answered = {row.chunk_id: row for row in results}
+        if self._job_prefix is not None:
+            for row in results:
+                made.answered.setdefault(row.model, {})[text_key(row.text)] = row.chunk_id
         failed = {row.chunk_id: row for row in failures if row.chunk_id not in answered}
         if answered or failed:
             args = [self.streams.text_waiting("")]
@@ -319,6 +363,9 @@ class TextCopies:
             pipe.sadd(s.texts_copied, *made.copied)
         if made.unanswered:
             pipe.sadd(s.texts_unanswered, *made.unanswered)
+        if self._job_prefix is not None:
+            for model, texts in made.answered.items():
+                pipe.hset(answered_texts(self._job_prefix, self._version, model), mapping=texts)
 
     # ------------------------------------------------------------ internals
     def _copy(

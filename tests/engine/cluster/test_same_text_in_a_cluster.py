@@ -54,14 +54,21 @@ def failed(db: Path) -> dict[str, str]:
 
 
 def shared_same_text(
-    redis: Redis, done_set: str, prefix: str = PREFIX, *, beside_store: bool = True
+    redis: Redis,
+    done_set: str,
+    prefix: str = PREFIX,
+    *,
+    beside_store: bool = True,
+    model: str = MODEL,
 ) -> SharedSameText:
+    """A worker's side, in run `prefix` of the job `PREFIX`."""
     return SharedSameText(
         redis,
         prefix,
         done_set,
         prompt_version=PROMPT_VERSION,
-        models=[MODEL],
+        models=[model],
+        job_prefix=PREFIX,
         beside_store=beside_store,
     )
 
@@ -71,8 +78,18 @@ async def script_calls(redis: Redis) -> int:
     return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
 
 
-def collector(redis: Redis, store: Store, prefix: str = PREFIX) -> ResultCollector:
-    copies = TextCopies(redis, prefix, prompt_version=PROMPT_VERSION, models=[MODEL])
+def collector(
+    redis: Redis, store: Store, prefix: str = PREFIX, *, recorded: bool = True
+) -> ResultCollector:
+    """The collector of run `prefix`; `recorded`: it keeps the texts it stores answers to
+    for later runs (as a cluster's does; a store filled otherwise has none kept)."""
+    copies = TextCopies(
+        redis,
+        prefix,
+        prompt_version=PROMPT_VERSION,
+        models=[MODEL],
+        job_prefix=PREFIX if recorded else None,
+    )
     return ResultCollector(redis, prefix, "collector", store, run_id=1, copies=copies)
 
 
@@ -118,17 +135,48 @@ async def test_a_text_repeated_across_sources_is_sent_once_and_copied_to_the_oth
     assert await redis_client.xlen(f"{PREFIX}:results") == 0
 
 
-async def test_a_text_the_store_answered_in_an_earlier_run_is_copied_beside_the_store(
+async def test_a_text_an_earlier_run_answered_is_copied_by_a_worker_anywhere(
     redis_client: Redis, tmp_path: Path
 ) -> None:
-    """Run 1 answers a text; in run 2 (its own keys) a chunk of a new source carrying it
-    is copied from the store by the worker beside it, and so are the repeats any other
-    worker meets later in that run."""
+    """Run 1 answers a text; in run 2 (its own keys) the chunks of new sources carrying
+    it are copied from the job's store whichever worker reads them — one on a machine
+    without the store too.  An answer from another model does not serve."""
     first = Worker(redis_client, PREFIX, "w")
     a = of("a.txt", "boilerplate")
     await work_through(first, await shared_same_text(redis_client, first.queue.done_set).to_send(a))
     async with await Store.open(tmp_path / "results.db") as store:
         await collector(redis_client, store).catch_up()
+
+    run2 = f"{PREFIX}:run:2"
+    b, c = of("b.txt", "boilerplate", "news"), of("c.txt", "boilerplate")
+    elsewhere = shared_same_text(redis_client, first.queue.done_set, run2, beside_store=False)
+    assert await elsewhere.to_send(b) == [b[1]]
+    assert await elsewhere.to_send(c) == []
+    other_model = shared_same_text(
+        redis_client, first.queue.done_set, f"{PREFIX}:run:3", model="another-model"
+    )
+    d = of("d.txt", "boilerplate")
+    assert await other_model.to_send(d) == d
+    async with await Store.open(tmp_path / "results.db") as store:
+        await collector(redis_client, store, run2).catch_up()
+    rows = stored(tmp_path / "results.db")
+
+    assert rows[b[0].id] == (b[0].id, True) and rows[c[0].id] == (c[0].id, True), "copies"
+    assert failed(tmp_path / "results.db") == {}
+
+
+async def test_a_text_in_a_store_filled_outside_the_cluster_is_copied_beside_the_store(
+    redis_client: Redis, tmp_path: Path
+) -> None:
+    """Run 1 answers a text but keeps no record of it (the store was filled by one
+    process); in run 2 a chunk of a new source carrying it is copied from the store by
+    the worker beside it, and so are the repeats any other worker meets later in that
+    run."""
+    first = Worker(redis_client, PREFIX, "w")
+    a = of("a.txt", "boilerplate")
+    await work_through(first, await shared_same_text(redis_client, first.queue.done_set).to_send(a))
+    async with await Store.open(tmp_path / "results.db") as store:
+        await collector(redis_client, store, recorded=False).catch_up()
 
     run2 = f"{PREFIX}:run:2"
     b, c = of("b.txt", "boilerplate", "news"), of("c.txt", "boilerplate")
