@@ -154,9 +154,10 @@ class SharedCrawl:
 
     async def flush(self, *, leaving: bool = False) -> None:
         """Enqueue the chunks short of a batch as they are: every finished site is
-        acknowledged (the crawl here has ended, or they waited `FLUSH_S`).
-        `leaving`: this worker is ending — no wait for room in the backlog, which
-        only other workers would make."""
+        acknowledged (the crawl here has ended, or they waited `FLUSH_S`).  Once every
+        site of the run is crawled, chunks left waiting on a text nobody will send are
+        sent too (`_send_orphaned`).  `leaving`: this worker is ending — no wait for
+        room in the backlog, which only other workers would make."""
         self._oldest_finished = None
         self._finished_waits.clear()
         if self._partial:
@@ -167,7 +168,8 @@ class SharedCrawl:
 
     async def _send_orphaned(self, same_text: SharedSameText, *, leaving: bool) -> None:
         """Every site is crawled: chunks still waiting for a text whose chunk was never
-        enqueued (its page changed before its site was crawled again) are sent now."""
+        enqueued (its page changed before its site was crawled again, or its site was
+        dead-lettered) are sent now."""
         waiting = await same_text.orphaned()
         if not waiting:
             return
