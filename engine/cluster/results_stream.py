@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from engine.cluster.stream_queue import StreamWorkQueue
+from engine.pipeline.records import text_key
 from engine.store.sqlite_store import FailureRow, PageRow, ResultRow
 
 RESULT = "result"
@@ -32,7 +33,8 @@ class RowFormatError(ValueError):
 
 
 # Field names read once: `dataclasses.asdict` copies every value deeply, ~90 µs a row.
-# A result's text key is the collector's to work out: rows read as they did before it.
+# A result's text key is the collector's to work out (once, as the row is read: the
+# store and the record of answered texts both need it): rows read as before it.
 _RESULT_FIELDS = tuple(f.name for f in dataclasses.fields(ResultRow) if f.name != "text_key")
 _FAILURE_FIELDS = tuple(f.name for f in dataclasses.fields(FailureRow))
 _PAGE_FIELDS = tuple(f.name for f in dataclasses.fields(PageRow))
@@ -75,7 +77,7 @@ def _row(item: Any, run_id: int | None) -> Row:
     if run_id is not None:
         values["run_id"] = run_id  # set as it is read: a copy of every row cost more
     if kind == RESULT:
-        return ResultRow(**values)
+        return ResultRow(**values, text_key=text_key(values["text"]))
     if kind == FAILURE:
         return FailureRow(**values)
     if kind == PAGE:

@@ -176,7 +176,7 @@ class SharedCrawl:
         chunks = await same_text.to_send(waiting, self._stored)
         size = max(1, self._batch_size())
         await self._queue.put_many(
-            [Batch(tuple(chunks[i : i + size])) for i in range(0, len(chunks), size)],
+            _batches(chunks, size),
             wait_for_room=not leaving,
         )
 
@@ -201,7 +201,7 @@ class SharedCrawl:
         of whose chunks wait any more is acknowledged."""
         chunks = [chunk for _url, chunk in taken]
         await self._queue.put_many(
-            [Batch(tuple(chunks[i : i + size])) for i in range(0, len(chunks), size)],
+            _batches(chunks, size),
             wait_for_room=wait_for_room,
         )
         for url, _chunk in taken:
@@ -221,3 +221,8 @@ class SharedCrawl:
         if not self._finished:
             self._oldest_finished = None
             self._finished_waits.clear()
+
+
+def _batches(chunks: Sequence[Chunk], size: int) -> list[Batch]:
+    """`chunks` in order, in batches of `size` (the last one shorter)."""
+    return [Batch(tuple(chunks[i : i + size])) for i in range(0, len(chunks), size)]

@@ -324,7 +324,8 @@ class TextCopies:
         answered = {row.chunk_id: row for row in results}
         if self._job_prefix is not None:
             for row in results:
-                made.answered.setdefault(row.model, {})[text_key(row.text)] = row.chunk_id
+                key = row.text_key or text_key(row.text)
+                made.answered.setdefault(row.model, {})[key] = row.chunk_id
         failed = {row.chunk_id: row for row in failures if row.chunk_id not in answered}
         if answered or failed:
             args = [self.streams.text_waiting("")]
